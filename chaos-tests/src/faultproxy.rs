@@ -1,0 +1,270 @@
+//! Userspace TCP proxy that injects network faults (latency, blackhole, refusal, resets),
+//! standing in for netem, which this kernel lacks.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::{AbortHandle, JoinHandle, JoinSet};
+use tokio::time::Instant;
+
+const READ_CHUNK: usize = 16 * 1024;
+/// Chunks in flight per direction; bounds memory while latency holds data back.
+const IN_FLIGHT: usize = 64;
+
+struct Shared {
+    upstream: SocketAddr,
+    latency_us: AtomicU64,
+    blackhole: watch::Sender<bool>,
+    refuse: watch::Sender<bool>,
+    // Bumped by reset_all; every connection watches it.
+    generation: watch::Sender<u64>,
+    active: AtomicUsize,
+}
+
+impl Shared {
+    fn latency(&self) -> Duration {
+        Duration::from_micros(self.latency_us.load(Relaxed))
+    }
+}
+
+/// Starts fault proxies.
+pub struct FaultProxy;
+
+impl FaultProxy {
+    /// Listens on `127.0.0.1:0` and forwards every connection to `upstream`.
+    pub async fn start(upstream: SocketAddr) -> io::Result<FaultProxyHandle> {
+        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            upstream,
+            latency_us: AtomicU64::new(0),
+            blackhole: watch::Sender::new(false),
+            refuse: watch::Sender::new(false),
+            generation: watch::Sender::new(0),
+            active: AtomicUsize::new(0),
+        });
+        let task = tokio::spawn(accept_loop(listener, addr, shared.clone()));
+        Ok(FaultProxyHandle {
+            addr,
+            shared,
+            abort: task.abort_handle(),
+            task: Mutex::new(Some(task)),
+        })
+    }
+}
+
+/// A running proxy. Dropping it closes the listener and every proxied connection.
+pub struct FaultProxyHandle {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    abort: AbortHandle,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl FaultProxyHandle {
+    /// Where clients connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Delay added to every chunk in each direction (a round trip gains twice this).
+    /// Applies to data read from now on; connection setup is not delayed.
+    pub fn set_latency(&self, latency: Duration) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.shared.latency_us.store(us, Relaxed);
+    }
+
+    /// The current one-way latency.
+    pub fn latency(&self) -> Duration {
+        self.shared.latency()
+    }
+
+    /// While on, nothing is forwarded in either direction and new connections are accepted
+    /// but not connected upstream. Data is held, not dropped: like TCP retransmission after
+    /// a real blackhole, it flows again once this is turned off.
+    pub fn set_blackhole(&self, on: bool) {
+        self.shared.blackhole.send_replace(on);
+    }
+
+    /// While on, the listening socket is closed, so new connections get ECONNREFUSED
+    /// (a connection that races in just before the close is reset instead). Turning it off
+    /// listens on the same address again.
+    pub fn set_refuse(&self, on: bool) {
+        self.shared.refuse.send_replace(on);
+    }
+
+    /// Aborts every current connection with an RST to both the client and the upstream.
+    pub fn reset_all(&self) {
+        self.shared.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Connections currently open through the proxy.
+    pub fn connections(&self) -> usize {
+        self.shared.active.load(Relaxed)
+    }
+
+    /// Closes the listener and all connections, and waits until they are gone.
+    pub async fn shutdown(&self) {
+        self.abort.abort();
+        let task = self.task.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for FaultProxyHandle {
+    fn drop(&mut self) {
+        self.abort.abort();
+    }
+}
+
+async fn wait_for(rx: &mut watch::Receiver<bool>, wanted: bool) {
+    // Err means the handle is gone; the accept task is being aborted then anyway.
+    let _ = rx.wait_for(|v| *v == wanted).await;
+}
+
+async fn accept_loop(listener: TcpListener, addr: SocketAddr, shared: Arc<Shared>) {
+    let mut refuse = shared.refuse.subscribe();
+    let mut conns = JoinSet::new();
+    let mut listener = Some(listener);
+    loop {
+        if *refuse.borrow_and_update() {
+            listener = None;
+        }
+        let Some(l) = &listener else {
+            tokio::select! {
+                () = wait_for(&mut refuse, false) => {}
+                Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            }
+            match TcpListener::bind(addr).await {
+                Ok(l) => listener = Some(l),
+                Err(e) => {
+                    tracing::warn!(error = %e, %addr, "fault proxy could not listen again; retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            continue;
+        };
+        tokio::select! {
+            accepted = l.accept() => match accepted {
+                Ok((client, _)) => {
+                    if *shared.refuse.borrow() {
+                        let _ = client.set_zero_linger();
+                        continue;
+                    }
+                    let _ = client.set_nodelay(true);
+                    conns.spawn(proxy(client, shared.clone()));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "fault proxy accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            _ = refuse.changed() => {}
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+struct Active(Arc<Shared>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Relaxed);
+    }
+}
+
+async fn proxy(mut client: TcpStream, shared: Arc<Shared>) {
+    shared.active.fetch_add(1, Relaxed);
+    let _active = Active(shared.clone());
+    let mut generation = shared.generation.subscribe();
+    generation.borrow_and_update();
+    let mut blackhole = shared.blackhole.subscribe();
+
+    let upstream = tokio::select! {
+        up = async {
+            wait_for(&mut blackhole, false).await;
+            TcpStream::connect(shared.upstream).await
+        } => up,
+        _ = generation.changed() => {
+            let _ = client.set_zero_linger();
+            return;
+        }
+    };
+    let mut upstream = match upstream {
+        Ok(u) => u,
+        Err(e) => {
+            // The upstream refused: the client sees its connection die, as it would through
+            // a real middlebox.
+            tracing::debug!(error = %e, "fault proxy could not reach upstream");
+            let _ = client.set_zero_linger();
+            return;
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+
+    let clean = {
+        let (cr, cw) = client.split();
+        let (ur, uw) = upstream.split();
+        tokio::select! {
+            done = async {
+                tokio::try_join!(
+                    pump(cr, uw, &shared, shared.blackhole.subscribe()),
+                    pump(ur, cw, &shared, shared.blackhole.subscribe()),
+                )
+            } => done.is_ok(),
+            _ = generation.changed() => false,
+        }
+    };
+    if !clean {
+        // Propagate an abort as an abort, so neither side mistakes it for a clean close.
+        let _ = client.set_zero_linger();
+        let _ = upstream.set_zero_linger();
+    }
+}
+
+/// Copies one direction. Reading and writing are separate loops joined by a queue of
+/// timestamped chunks, so latency delays each chunk without limiting throughput.
+async fn pump<R, W>(
+    mut reader: R,
+    mut writer: W,
+    shared: &Shared,
+    mut blackhole: watch::Receiver<bool>,
+) -> io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let (tx, mut rx) = mpsc::channel::<(Instant, Bytes)>(IN_FLIGHT);
+    let read = async move {
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        loop {
+            buf.reserve(READ_CHUNK);
+            if reader.read_buf(&mut buf).await? == 0 {
+                return Ok::<_, io::Error>(());
+            }
+            let due = Instant::now() + shared.latency();
+            if tx.send((due, buf.split().freeze())).await.is_err() {
+                return Ok(());
+            }
+        }
+    };
+    let write = async {
+        while let Some((due, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            wait_for(&mut blackhole, false).await;
+            writer.write_all(&chunk).await?;
+        }
+        // The reader saw EOF: pass the half-close on.
+        writer.shutdown().await
+    };
+    tokio::try_join!(read, write).map(|_| ())
+}

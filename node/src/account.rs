@@ -1,0 +1,180 @@
+//! Phase 7, account: the node's Prometheus metrics and the one access-log line
+//! written when a request is finished (after its last byte, or when the client left).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::admit::RouteKind;
+use crate::stream::Usage;
+
+/// Latency buckets from 0.5 ms to 5 min: gateway overhead and long generations both fit.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0, 300.0,
+];
+
+/// Every metric the node exports, in its own registry (so several nodes can live in
+/// one test process).
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub upstream_ttfb: HistogramVec,
+    pub ttft: HistogramVec,
+    pub tokens: IntCounterVec,
+    pub upstream_errors: IntCounterVec,
+    pub gateway_errors: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub active_streams: IntGauge,
+    pub stream_failures: IntCounterVec,
+    pub upstream_connections: IntGauge,
+    pub downstream_connections: IntGauge,
+    pub key_cooldowns: IntCounterVec,
+    pub keys: IntGaugeVec,
+    pub draining: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new_custom(Some("strait".into()), None).expect("valid prefix");
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(SECONDS_BUCKETS.to_vec()), labels)
+                .expect("valid metric");
+            registry.register(Box::new(h.clone())).expect("unique metric");
+            h
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let keys = IntGaugeVec::new(Opts::new("upstream_keys", "Upstream keys by state"), &["state"])
+            .expect("valid metric");
+        registry.register(Box::new(keys.clone())).expect("unique metric");
+        Arc::new(Metrics {
+            requests: counter("requests_total", "Requests finished, by route, status and model", &["route", "status", "model"]),
+            duration: histogram("request_duration_seconds", "Time from request received to last byte sent", &["route"]),
+            upstream_ttfb: histogram("upstream_ttfb_seconds", "Time from upstream request sent to response headers", &["route"]),
+            ttft: histogram("time_to_first_token_seconds", "Time from request received to the first content delta of a stream", &["model"]),
+            tokens: counter("tokens_total", "Tokens reported by the upstream, by direction and model", &["direction", "model"]),
+            upstream_errors: counter("upstream_errors_total", "Upstream failures by kind", &["kind"]),
+            gateway_errors: counter("gateway_errors_total", "Errors the gateway itself answered, by type", &["type"]),
+            retries: counter("upstream_retries_total", "Upstream attempts repeated on another key or connection, by cause", &["cause"]),
+            active_streams: gauge("active_streams", "Streaming responses in flight"),
+            stream_failures: counter("stream_failures_total", "Streams that failed after they started, by cause", &["cause"]),
+            upstream_connections: gauge("upstream_connections", "Open upstream connections (pooled or in use)"),
+            downstream_connections: gauge("downstream_connections", "Open client connections"),
+            key_cooldowns: counter("upstream_key_cooldowns_total", "Upstream keys put to rest, by reason", &["reason"]),
+            keys,
+            draining: gauge("draining", "1 while the node drains"),
+            registry,
+        })
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// What the access log and metrics need to know about one finished request.
+/// Built up along the pipeline; never holds bodies or keys.
+pub struct RequestRecord {
+    pub metrics: Arc<Metrics>,
+    pub access_log: bool,
+    pub request_id: String,
+    pub started: Instant,
+    pub method: http::Method,
+    pub path: String,
+    pub route: RouteKind,
+    pub client: Option<Arc<str>>,
+    pub model: Option<String>,
+    pub stream: bool,
+    pub status: u16,
+    pub upstream_key: Option<String>,
+    pub attempts: u32,
+    pub upstream_ttfb: Option<Duration>,
+    pub ttft: Option<Duration>,
+    pub usage: Usage,
+    pub error: Option<&'static str>,
+    pub outcome: &'static str,
+    pub bytes_out: u64,
+}
+
+impl RequestRecord {
+    /// Writes the metrics and the access line. Called exactly once, when the response
+    /// is done or abandoned.
+    pub fn finish(&mut self) {
+        let m = &self.metrics;
+        let route = self.route.label();
+        // Only models the upstream accepted become label values: a client cannot
+        // blow up metric cardinality by inventing model names.
+        let model = match (&self.model, self.status) {
+            (Some(model), 200..=299) if model.len() <= 64 => model.as_str(),
+            (Some(_), _) => "other",
+            (None, _) => "",
+        };
+        let mut status_buf = itoa_status(self.status);
+        m.requests.with_label_values(&[route, status_str(&mut status_buf), model]).inc();
+        let elapsed = self.started.elapsed();
+        m.duration.with_label_values(&[route]).observe(elapsed.as_secs_f64());
+        if let Some(ttfb) = self.upstream_ttfb {
+            m.upstream_ttfb.with_label_values(&[route]).observe(ttfb.as_secs_f64());
+        }
+        if let Some(ttft) = self.ttft {
+            m.ttft.with_label_values(&[model]).observe(ttft.as_secs_f64());
+        }
+        if self.usage.input_tokens > 0 {
+            m.tokens.with_label_values(&["input", model]).inc_by(self.usage.input_tokens);
+        }
+        if self.usage.output_tokens > 0 {
+            m.tokens.with_label_values(&["output", model]).inc_by(self.usage.output_tokens);
+        }
+        if !self.access_log {
+            return;
+        }
+        tracing::info!(
+            target: "strait::access",
+            request_id = %self.request_id,
+            method = %self.method,
+            path = %self.path,
+            route,
+            status = self.status,
+            client = self.client.as_deref().unwrap_or("-"),
+            model = self.model.as_deref().map(|m| if m.len() > 64 { "other" } else { m }).unwrap_or("-"),
+            stream = self.stream,
+            upstream_key = self.upstream_key.as_deref().unwrap_or("-"),
+            attempts = self.attempts,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            ttfb_ms = self.upstream_ttfb.map(|d| d.as_secs_f64() * 1000.0),
+            ttft_ms = self.ttft.map(|d| d.as_secs_f64() * 1000.0),
+            input_tokens = self.usage.input_tokens,
+            output_tokens = self.usage.output_tokens,
+            bytes_out = self.bytes_out,
+            outcome = self.outcome,
+            error = self.error,
+            "request"
+        );
+    }
+}
+
+fn itoa_status(status: u16) -> [u8; 3] {
+    let s = status.min(999);
+    [b'0' + (s / 100) as u8, b'0' + (s / 10 % 10) as u8, b'0' + (s % 10) as u8]
+}
+
+fn status_str(buf: &mut [u8; 3]) -> &str {
+    std::str::from_utf8(buf).unwrap_or("000")
+}

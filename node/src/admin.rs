@@ -1,0 +1,54 @@
+//! The admin listener: `/livez`, `/readyz` and `/metrics`. Health answers are also
+//! served on the public listener (see `proxy::handle`); metrics are admin-only.
+
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::body::ProxyBody;
+use crate::proxy::Shared;
+
+/// Serves one admin request.
+pub fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
+    match req.uri().path() {
+        p @ ("/livez" | "/readyz") => health(shared, p),
+        "/metrics" => {
+            refresh_gauges(shared);
+            let mut r = Response::new(ProxyBody::full(shared.metrics.render()));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        _ => {
+            let mut r = Response::new(ProxyBody::full("not found\n"));
+            *r.status_mut() = StatusCode::NOT_FOUND;
+            r
+        }
+    }
+}
+
+/// `/livez` (the process answers) or `/readyz` (health+json, 200 pass/warn, 503 fail).
+pub fn health(shared: &Shared, path: &str) -> Response<ProxyBody> {
+    let (status, body, ctype) = if path == "/livez" {
+        (StatusCode::OK, String::from("{\"status\":\"pass\"}"), "application/health+json")
+    } else {
+        let (status, body) = shared.readiness();
+        (status, body, "application/health+json")
+    };
+    let mut r = Response::new(ProxyBody::full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// Gauges derived from state are computed at scrape time rather than on the hot path.
+fn refresh_gauges(shared: &Shared) {
+    let (ready, transient, exhausted) = shared.snapshot.load().pool.census();
+    let keys = &shared.metrics.keys;
+    keys.with_label_values(&["ready"]).set(ready as i64);
+    keys.with_label_values(&["cooling_transient"]).set(transient as i64);
+    keys.with_label_values(&["cooling_exhausted"]).set(exhausted as i64);
+    shared.metrics.draining.set(i64::from(shared.health.is_draining()));
+}

@@ -1,0 +1,183 @@
+//! Phase 3, admit: decide whether a request may go on. Today: the route is one the
+//! gateway relays, the body is within limits, and a Messages body is valid JSON
+//! (whose `model`, `stream` and `max_tokens` are read for routing and accounting).
+
+use bytes::Bytes;
+use http::{header, request::Parts, Method};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde::Deserialize;
+
+use crate::body::RequestBody;
+use crate::error::{Error, ErrorKind, Result};
+
+/// Which Anthropic API a request is for; used for body handling and metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteKind {
+    Messages,
+    CountTokens,
+    Batches,
+    Models,
+    Files,
+    /// Another `/v1/...` path, relayed as is.
+    OtherV1,
+}
+
+impl RouteKind {
+    /// Classifies a path; `None` for paths outside the Anthropic API.
+    pub fn classify(path: &str) -> Option<RouteKind> {
+        let rest = path.strip_prefix("/v1/")?;
+        Some(match rest {
+            "messages" => RouteKind::Messages,
+            "messages/count_tokens" => RouteKind::CountTokens,
+            _ if rest.starts_with("messages/batches") => RouteKind::Batches,
+            _ if rest == "models" || rest.starts_with("models/") => RouteKind::Models,
+            _ if rest == "files" || rest.starts_with("files/") => RouteKind::Files,
+            _ => RouteKind::OtherV1,
+        })
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RouteKind::Messages => "messages",
+            RouteKind::CountTokens => "count_tokens",
+            RouteKind::Batches => "batches",
+            RouteKind::Models => "models",
+            RouteKind::Files => "files",
+            RouteKind::OtherV1 => "other",
+        }
+    }
+
+    /// Routes whose POST bodies are JSON documents the gateway reads in full (and can
+    /// therefore replay on retry). File uploads are streamed instead.
+    fn buffers_body(self) -> bool {
+        matches!(self, RouteKind::Messages | RouteKind::CountTokens | RouteKind::Batches)
+    }
+}
+
+/// What the gateway reads from a Messages request. Every field is optional here:
+/// Anthropic validates the request itself and its answer passes through.
+#[derive(Debug, Default, Clone)]
+pub struct RequestMeta {
+    pub model: Option<String>,
+    pub stream: bool,
+    pub max_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct MessagesPeek {
+    #[serde(default)]
+    model: Option<serde_json::Value>,
+    #[serde(default)]
+    stream: Option<serde_json::Value>,
+    #[serde(default)]
+    max_tokens: Option<serde_json::Value>,
+}
+
+/// Reads and checks a request body according to its route. Returns the body to send
+/// upstream and what was learnt from it.
+pub async fn admit_body(
+    route: RouteKind,
+    parts: &Parts,
+    body: Incoming,
+    max_body: u64,
+) -> Result<(RequestBody, RequestMeta)> {
+    if let Some(len) = content_length(parts)? {
+        if len > max_body {
+            return Err(too_large(max_body));
+        }
+    }
+    if parts.method == Method::GET || parts.method == Method::HEAD || parts.method == Method::DELETE {
+        // Bodies on these methods are not part of Anthropic's API; drop them.
+        return Ok((RequestBody::Full(None), RequestMeta::default()));
+    }
+    if !route.buffers_body() {
+        return Ok((RequestBody::Stream { inner: body, seen: 0, limit: max_body }, RequestMeta::default()));
+    }
+    let bytes = read_limited(body, max_body).await?;
+    let meta = match route {
+        RouteKind::Messages | RouteKind::CountTokens => peek_messages(&bytes)?,
+        _ => {
+            if !bytes.is_empty() {
+                serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(invalid_json)?;
+            }
+            RequestMeta::default()
+        }
+    };
+    Ok((RequestBody::Full(Some(bytes)), meta))
+}
+
+fn peek_messages(bytes: &Bytes) -> Result<RequestMeta> {
+    // serde would accept a JSON array as a struct in sequence form; Anthropic would not.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(invalid_json)?;
+        return Err(Error::new(ErrorKind::InvalidRequest, "request body must be a JSON object"));
+    }
+    let peek: MessagesPeek = serde_json::from_slice(bytes).map_err(invalid_json)?;
+    Ok(RequestMeta {
+        model: peek.model.and_then(|v| match v {
+            serde_json::Value::String(s) => Some(s),
+            _ => None,
+        }),
+        stream: matches!(peek.stream, Some(serde_json::Value::Bool(true))),
+        max_tokens: peek.max_tokens.and_then(|v| v.as_u64()),
+    })
+}
+
+fn invalid_json(e: serde_json::Error) -> Error {
+    let what = if e.is_data() { "request body must be a JSON object" } else { "request body is not valid JSON" };
+    // Line and column help the caller; the error never quotes the body itself.
+    Error::new(ErrorKind::InvalidRequest, format!("{what} (line {}, column {})", e.line(), e.column()))
+}
+
+fn too_large(max: u64) -> Error {
+    Error::new(ErrorKind::RequestTooLarge, format!("request body exceeds the gateway limit of {max} bytes"))
+}
+
+fn content_length(parts: &Parts) -> Result<Option<u64>> {
+    match parts.headers.get(header::CONTENT_LENGTH) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(Some)
+            .ok_or_else(|| Error::new(ErrorKind::InvalidRequest, "invalid content-length header")),
+    }
+}
+
+async fn read_limited(body: Incoming, max: u64) -> Result<Bytes> {
+    match http_body_util::Limited::new(body, max as usize).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(max)),
+        Err(e) => Err(Error::new(ErrorKind::InvalidRequest, "could not read the request body").with_detail(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_anthropic_paths() {
+        assert_eq!(RouteKind::classify("/v1/messages"), Some(RouteKind::Messages));
+        assert_eq!(RouteKind::classify("/v1/messages/count_tokens"), Some(RouteKind::CountTokens));
+        assert_eq!(RouteKind::classify("/v1/messages/batches/abc/results"), Some(RouteKind::Batches));
+        assert_eq!(RouteKind::classify("/v1/models/claude-x"), Some(RouteKind::Models));
+        assert_eq!(RouteKind::classify("/v1/files/f1/content"), Some(RouteKind::Files));
+        assert_eq!(RouteKind::classify("/v1/complete"), Some(RouteKind::OtherV1));
+        assert_eq!(RouteKind::classify("/admin"), None);
+    }
+
+    #[test]
+    fn peeks_model_stream_and_max_tokens() {
+        let m = peek_messages(&Bytes::from_static(br#"{"model":"claude-x","stream":true,"max_tokens":5,"messages":[]}"#)).unwrap();
+        assert_eq!(m.model.as_deref(), Some("claude-x"));
+        assert!(m.stream);
+        assert_eq!(m.max_tokens, Some(5));
+        let e = peek_messages(&Bytes::from_static(b"{\"model\": ")).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidRequest);
+        let e = peek_messages(&Bytes::from_static(b"[1,2]")).unwrap_err();
+        assert!(e.message.contains("JSON object"), "{}", e.message);
+    }
+}

@@ -1,0 +1,150 @@
+//! Command-line flags and environment variables, overlaid on the config file.
+//! Flags win over the file; `STRAIT_UPSTREAM_KEYS` / `STRAIT_CLIENT_KEYS` add keys.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::config::{split_keys, Config, RawConfig, RawTls};
+use crate::error::Result;
+
+/// Strait gateway node: a multi-region gateway for the Anthropic Claude API.
+///
+/// Quick start (passthrough: clients use their own Anthropic keys):
+///   strait-node --listen 0.0.0.0:8080
+///
+/// Managed keys (clients use Strait keys; the node holds the Anthropic keys):
+///   STRAIT_UPSTREAM_KEYS=sk-ant-... STRAIT_CLIENT_KEYS=team-a-secret strait-node
+#[derive(Debug, Parser)]
+#[command(name = "strait-node", version, about, long_about)]
+pub struct Cli {
+    /// TOML config file (see deploy/node.example.toml). Optional.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Validate the configuration, print a summary, and exit (0 valid, 2 invalid).
+    #[arg(long)]
+    pub check_config: bool,
+
+    /// Public listener address [default: 0.0.0.0:8080].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+
+    /// Admin listener for /metrics, /livez, /readyz [default: 127.0.0.1:9090].
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<String>,
+
+    /// Upstream base URL [default: https://api.anthropic.com].
+    #[arg(long, value_name = "URL")]
+    pub upstream: Option<String>,
+
+    /// Runtime worker threads [default: one per core].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+
+    /// Serve with upstream keys but no client keys (anyone reaching the node may use it).
+    #[arg(long)]
+    pub allow_anonymous: bool,
+
+    /// PEM certificate chain: serve HTTPS (HTTP/2 and HTTP/1.1 by ALPN) on the public listener.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Accept TLS 1.3 only.
+    #[arg(long)]
+    pub tls13_only: bool,
+
+    /// Log format: text or json.
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+
+    /// Log filter, e.g. info or strait_node=debug.
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+
+    /// Do not write one access-log line per request.
+    #[arg(long)]
+    pub no_access_log: bool,
+
+    /// Upstream Anthropic keys, comma-separated. Prefer the environment variable.
+    #[arg(long, env = "STRAIT_UPSTREAM_KEYS", hide_env_values = true, value_name = "KEYS")]
+    pub upstream_keys: Option<String>,
+
+    /// Client (Strait) keys, comma-separated; stored only as hashes.
+    #[arg(long, env = "STRAIT_CLIENT_KEYS", hide_env_values = true, value_name = "KEYS")]
+    pub client_keys: Option<String>,
+}
+
+impl Cli {
+    /// Reads the file (if any), applies flags over it, and validates the result.
+    pub fn into_config(self) -> Result<Config> {
+        let mut raw = match &self.config {
+            Some(path) => RawConfig::from_file(path)?,
+            None => RawConfig::default(),
+        };
+        if let Some(v) = self.listen {
+            raw.listen.public = v;
+        }
+        if let Some(v) = self.admin_listen {
+            raw.listen.admin = v;
+        }
+        if let Some(v) = self.upstream {
+            raw.upstream.base_url = v;
+        }
+        if let Some(v) = self.workers {
+            raw.runtime.workers = Some(v);
+        }
+        if self.allow_anonymous {
+            raw.auth.allow_anonymous = true;
+        }
+        if let (Some(cert), Some(key)) = (self.tls_cert, self.tls_key) {
+            let tls13_only = raw.tls.as_ref().is_some_and(|t| t.tls13_only);
+            raw.tls = Some(RawTls { cert, key, tls13_only });
+        }
+        if self.tls13_only {
+            if let Some(t) = raw.tls.as_mut() {
+                t.tls13_only = true;
+            }
+        }
+        if let Some(v) = self.log_format {
+            raw.log.format = v;
+        }
+        if let Some(v) = self.log_level {
+            raw.log.level = v;
+        }
+        if self.no_access_log {
+            raw.log.access_log = false;
+        }
+        let upstream_keys = self.upstream_keys.as_deref().map(split_keys).unwrap_or_default();
+        let client_keys = self.client_keys.as_deref().map(split_keys).unwrap_or_default();
+        raw.validate(upstream_keys, client_keys)
+    }
+}
+
+/// A human summary for `--check-config` (no secrets).
+pub fn summary(c: &Config) -> String {
+    format!(
+        "config ok\n  public listener: {} ({})\n  admin listener:  {}\n  upstream:        {}://{}{}\n  key mode:        {:?} ({} upstream keys, {} client keys)\n  limits:          body {} bytes, headers {} bytes, {} connections\n  workers:         {}\n",
+        c.public_listen,
+        match &c.tls {
+            Some(t) if t.tls13_only => "TLS 1.3",
+            Some(_) => "TLS 1.2/1.3",
+            None => "plain HTTP",
+        },
+        c.admin_listen,
+        c.upstream.target.scheme,
+        c.upstream.target.authority,
+        c.upstream.target.path_prefix,
+        c.key_mode(),
+        c.upstream.keys.len(),
+        c.auth.client_keys.len(),
+        c.limits.max_body_bytes,
+        c.limits.max_header_bytes,
+        c.limits.max_connections,
+        c.workers.map_or_else(|| "one per core".to_string(), |n| n.to_string()),
+    )
+}

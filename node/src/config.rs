@@ -1,0 +1,612 @@
+//! Typed node configuration: the raw TOML shape with named defaults, and the
+//! validated runtime form every other module reads.
+//!
+//! The file is optional: every field has a default, and `cli` overlays flags and the
+//! `STRAIT_*` environment variables on top. `deploy/node.example.toml` documents every
+//! option and is parsed by a test so it cannot drift from this file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// Default public listener: all interfaces, port 8080.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+/// Default admin listener (metrics, health): loopback only, port 9090.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// Default upstream: the Anthropic API.
+pub const DEFAULT_UPSTREAM: &str = "https://api.anthropic.com";
+/// Default cap on all request headers together (bytes).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Default cap on a request body: 32 MiB, Anthropic's own limit for Messages requests.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
+/// Default time a client has to send its request headers (and finish TLS): slowloris guard.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default cap on concurrent client connections; further clients wait in the backlog.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
+/// Default time in-flight requests get to finish after SIGTERM.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default upstream connect timeout (nginx field setup: 5 s).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default upstream send timeout (request fully written).
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default upstream read timeout: time to response headers and between body chunks
+/// of non-streaming responses.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default idle timeout between events of a streaming (SSE) response.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default time an idle pooled upstream connection is kept.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Default idle upstream connections kept per host.
+pub const DEFAULT_POOL_MAX_IDLE: usize = 64;
+/// Default cap on how long a DNS answer is cached, whatever its TTL says.
+pub const DEFAULT_DNS_TTL_CAP: Duration = Duration::from_secs(60);
+/// Default number of upstream attempts per request (1 = no retry).
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// Default cooldown of an upstream key after a 429/529 without `retry-after`.
+pub const DEFAULT_KEY_COOLDOWN: Duration = Duration::from_secs(5);
+
+/// The file's shape. Unknown fields are errors so typos do not pass silently.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: RawListen,
+    pub tls: Option<RawTls>,
+    pub limits: RawLimits,
+    pub upstream: RawUpstream,
+    pub auth: RawAuth,
+    pub log: RawLog,
+    pub runtime: RawRuntime,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawListen {
+    /// Public listener address. Default [`DEFAULT_LISTEN`].
+    pub public: String,
+    /// Admin listener (metrics, health). Default [`DEFAULT_ADMIN_LISTEN`].
+    pub admin: String,
+}
+
+impl Default for RawListen {
+    fn default() -> Self {
+        RawListen { public: DEFAULT_LISTEN.into(), admin: DEFAULT_ADMIN_LISTEN.into() }
+    }
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificate chain for the public listener.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// Refuse TLS 1.2 clients. Default false.
+    pub tls13_only: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    #[serde(with = "humantime_serde_compat")]
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+    #[serde(with = "humantime_serde_compat")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawUpstream {
+    pub base_url: String,
+    #[serde(with = "humantime_serde_compat")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub send_timeout: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub read_timeout: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub stream_idle_timeout: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+    #[serde(with = "humantime_serde_compat")]
+    pub dns_ttl_cap: Duration,
+    pub max_attempts: u32,
+    #[serde(with = "humantime_serde_compat")]
+    pub key_cooldown: Duration,
+    /// File with one upstream key per line (never put keys in this file itself).
+    pub keys_file: Option<PathBuf>,
+    /// Extra PEM CA certificates to trust upstream (besides the public web roots).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        RawUpstream {
+            base_url: DEFAULT_UPSTREAM.into(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            send_timeout: DEFAULT_SEND_TIMEOUT,
+            read_timeout: DEFAULT_READ_TIMEOUT,
+            stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
+            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+            pool_max_idle_per_host: DEFAULT_POOL_MAX_IDLE,
+            dns_ttl_cap: DEFAULT_DNS_TTL_CAP,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            key_cooldown: DEFAULT_KEY_COOLDOWN,
+            keys_file: None,
+            ca_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawAuth {
+    /// Client keys, stored as SHA-256 hashes only.
+    pub client_keys: Vec<RawClientKey>,
+    /// File with one plain client key per line (hashed at load).
+    pub client_keys_file: Option<PathBuf>,
+    /// Serve without client keys even though upstream keys are configured.
+    pub allow_anonymous: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientKey {
+    /// A name for logs and metrics (never the key).
+    pub name: String,
+    /// Hex SHA-256 of the key (`printf %s "$KEY" | sha256sum`).
+    pub sha256: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawLog {
+    /// `text` or `json`. Default `text`.
+    pub format: String,
+    /// A tracing filter, e.g. `info` or `strait_node=debug`. Default `info`.
+    pub level: String,
+    /// One line per request under target `strait::access`. Default true.
+    pub access_log: bool,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog { format: "text".into(), level: "info".into(), access_log: true }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawRuntime {
+    /// Runtime worker threads; 0 or absent means one per core.
+    pub workers: Option<usize>,
+}
+
+/// Durations written as humantime strings ("5s", "300ms", "2m").
+mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Validated form.
+
+/// A secret that never prints itself.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub tls13_only: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+    pub drain_timeout: Duration,
+}
+
+/// Where the upstream is: scheme, authority and an optional path prefix.
+#[derive(Debug, Clone)]
+pub struct UpstreamTarget {
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    /// Prefix joined before the request path, without a trailing slash ("" usually).
+    pub path_prefix: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub target: UpstreamTarget,
+    pub connect_timeout: Duration,
+    pub send_timeout: Duration,
+    pub read_timeout: Duration,
+    pub stream_idle_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+    pub dns_ttl_cap: Duration,
+    pub max_attempts: u32,
+    pub key_cooldown: Duration,
+    /// Keys the node sends upstream. Empty means passthrough mode.
+    pub keys: Vec<Secret>,
+    pub ca_file: Option<PathBuf>,
+}
+
+/// A client key the node accepts, known only by its hash.
+#[derive(Debug, Clone)]
+pub struct ClientKey {
+    pub name: String,
+    pub sha256: [u8; 32],
+}
+
+#[derive(Debug, Clone)]
+pub struct Auth {
+    pub client_keys: Vec<ClientKey>,
+    pub allow_anonymous: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Log {
+    pub format: LogFormat,
+    pub level: String,
+    pub access_log: bool,
+}
+
+/// The validated configuration a node runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub public_listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub tls: Option<TlsConfig>,
+    pub limits: Limits,
+    pub upstream: Upstream,
+    pub auth: Auth,
+    pub log: Log,
+    pub workers: Option<usize>,
+}
+
+/// The key-handling mode a node runs in, derived from which keys are configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyMode {
+    /// Clients present Strait keys; the node sends keys from its pool.
+    Managed,
+    /// Upstream keys but no client keys, explicitly allowed by `--allow-anonymous`.
+    Anonymous,
+    /// No upstream keys: the client's own Anthropic key goes upstream.
+    Passthrough,
+}
+
+impl Config {
+    pub fn key_mode(&self) -> KeyMode {
+        match (self.upstream.keys.is_empty(), self.auth.client_keys.is_empty()) {
+            (true, _) => KeyMode::Passthrough,
+            (false, true) => KeyMode::Anonymous,
+            (false, false) => KeyMode::Managed,
+        }
+    }
+}
+
+/// Hex SHA-256 of a client key, as stored in config.
+pub fn hash_key(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+impl RawConfig {
+    /// Parses a TOML document; errors name the line and field.
+    pub fn from_toml(text: &str) -> Result<RawConfig> {
+        toml::from_str(text).map_err(|e| Error::config(format!("config: {e}")))
+    }
+
+    pub fn from_file(path: &Path) -> Result<RawConfig> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::config(format!("cannot read config {}: {e}", path.display())))?;
+        Self::from_toml(&text).map_err(|e| Error::config(format!("{}: {}", path.display(), e.message)))
+    }
+
+    /// Checks every field and builds the runtime form. `extra_upstream_keys` and
+    /// `extra_client_keys` come from flags or the environment (plain keys; client keys
+    /// are hashed here and the plain text dropped).
+    pub fn validate(
+        self,
+        extra_upstream_keys: Vec<Secret>,
+        extra_client_keys: Vec<Secret>,
+    ) -> Result<Config> {
+        let public_listen = parse_addr("listen.public", &self.listen.public)?;
+        let admin_listen = parse_addr("listen.admin", &self.listen.admin)?;
+        if public_listen == admin_listen && public_listen.port() != 0 {
+            return Err(Error::config("listen.admin must differ from listen.public"));
+        }
+
+        let tls = match self.tls {
+            None => None,
+            Some(t) => {
+                for (field, p) in [("tls.cert", &t.cert), ("tls.key", &t.key)] {
+                    if p.as_os_str().is_empty() {
+                        return Err(Error::config(format!("{field} is required when [tls] is set")));
+                    }
+                    if !p.exists() {
+                        return Err(Error::config(format!("{field}: no such file {}", p.display())));
+                    }
+                }
+                Some(TlsConfig { cert: t.cert, key: t.key, tls13_only: t.tls13_only })
+            }
+        };
+
+        let l = self.limits;
+        if l.max_header_bytes < 8 * 1024 {
+            return Err(Error::config("limits.max_header_bytes must be at least 8192"));
+        }
+        if l.max_body_bytes == 0 {
+            return Err(Error::config("limits.max_body_bytes must be positive"));
+        }
+        if l.max_connections == 0 {
+            return Err(Error::config("limits.max_connections must be positive"));
+        }
+        nonzero("limits.header_read_timeout", l.header_read_timeout)?;
+
+        let u = self.upstream;
+        let target = parse_upstream(&u.base_url)?;
+        for (field, d) in [
+            ("upstream.connect_timeout", u.connect_timeout),
+            ("upstream.send_timeout", u.send_timeout),
+            ("upstream.read_timeout", u.read_timeout),
+            ("upstream.stream_idle_timeout", u.stream_idle_timeout),
+        ] {
+            nonzero(field, d)?;
+        }
+        if u.max_attempts == 0 || u.max_attempts > 10 {
+            return Err(Error::config("upstream.max_attempts must be between 1 and 10"));
+        }
+        if let Some(ca) = &u.ca_file {
+            if !ca.exists() {
+                return Err(Error::config(format!("upstream.ca_file: no such file {}", ca.display())));
+            }
+        }
+        let mut keys = extra_upstream_keys;
+        if let Some(path) = &u.keys_file {
+            keys.extend(read_key_file("upstream.keys_file", path)?);
+        }
+        dedup_secrets(&mut keys);
+        for k in &keys {
+            if http::HeaderValue::from_str(k.expose()).is_err() {
+                return Err(Error::config("an upstream key contains characters not allowed in a header"));
+            }
+        }
+
+        let mut client_keys = Vec::new();
+        for (i, ck) in self.auth.client_keys.into_iter().enumerate() {
+            let bytes = hex::decode(ck.sha256.trim()).ok().filter(|b| b.len() == 32).ok_or_else(|| {
+                Error::config(format!("auth.client_keys[{i}].sha256 must be 64 hex characters"))
+            })?;
+            if ck.name.is_empty() {
+                return Err(Error::config(format!("auth.client_keys[{i}].name must not be empty")));
+            }
+            let mut sha256 = [0u8; 32];
+            sha256.copy_from_slice(&bytes);
+            client_keys.push(ClientKey { name: ck.name, sha256 });
+        }
+        let mut plain = extra_client_keys;
+        if let Some(path) = &self.auth.client_keys_file {
+            plain.extend(read_key_file("auth.client_keys_file", path)?);
+        }
+        dedup_secrets(&mut plain);
+        for (i, k) in plain.iter().enumerate() {
+            client_keys.push(ClientKey { name: format!("key-{}", i + 1), sha256: hash_key(k.expose()) });
+        }
+
+        if keys.is_empty() && !client_keys.is_empty() {
+            return Err(Error::config(
+                "client keys are configured but no upstream keys: a client's Strait key would be \
+                 forwarded to Anthropic. Configure upstream keys (STRAIT_UPSTREAM_KEYS or \
+                 upstream.keys_file), or remove the client keys for passthrough mode",
+            ));
+        }
+        if !keys.is_empty() && client_keys.is_empty() && !self.auth.allow_anonymous {
+            return Err(Error::config(
+                "upstream keys are configured but no client keys: anyone reaching this node \
+                 could spend them. Configure client keys (STRAIT_CLIENT_KEYS or \
+                 auth.client_keys), or pass --allow-anonymous if that is intended",
+            ));
+        }
+
+        let format = match self.log.format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => return Err(Error::config(format!("log.format must be text or json, not {other:?}"))),
+        };
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(Error::config(format!("log.level {:?} is not a valid filter", self.log.level)));
+        }
+
+        let workers = match self.runtime.workers {
+            Some(0) | None => None,
+            Some(n) if n > 1024 => return Err(Error::config("runtime.workers must be at most 1024")),
+            Some(n) => Some(n),
+        };
+
+        Ok(Config {
+            public_listen,
+            admin_listen,
+            tls,
+            limits: Limits {
+                max_header_bytes: l.max_header_bytes,
+                max_body_bytes: l.max_body_bytes,
+                header_read_timeout: l.header_read_timeout,
+                max_connections: l.max_connections,
+                drain_timeout: l.drain_timeout,
+            },
+            upstream: Upstream {
+                target,
+                connect_timeout: u.connect_timeout,
+                send_timeout: u.send_timeout,
+                read_timeout: u.read_timeout,
+                stream_idle_timeout: u.stream_idle_timeout,
+                pool_idle_timeout: u.pool_idle_timeout,
+                pool_max_idle_per_host: u.pool_max_idle_per_host,
+                dns_ttl_cap: u.dns_ttl_cap,
+                max_attempts: u.max_attempts,
+                key_cooldown: u.key_cooldown,
+                keys,
+                ca_file: u.ca_file,
+            },
+            auth: Auth { client_keys, allow_anonymous: self.auth.allow_anonymous },
+            log: Log { format, level: self.log.level, access_log: self.log.access_log },
+            workers,
+        })
+    }
+}
+
+fn parse_addr(field: &str, s: &str) -> Result<SocketAddr> {
+    s.parse().map_err(|_| Error::config(format!("{field}: {s:?} is not an address like 127.0.0.1:8080")))
+}
+
+fn nonzero(field: &str, d: Duration) -> Result<()> {
+    if d.is_zero() {
+        return Err(Error::config(format!("{field} must be greater than zero")));
+    }
+    Ok(())
+}
+
+fn parse_upstream(s: &str) -> Result<UpstreamTarget> {
+    let uri: http::Uri = s
+        .parse()
+        .map_err(|_| Error::config(format!("upstream.base_url: {s:?} is not a URL")))?;
+    let scheme = uri.scheme().cloned().ok_or_else(|| {
+        Error::config(format!("upstream.base_url: {s:?} needs a scheme (https:// or http://)"))
+    })?;
+    if scheme != http::uri::Scheme::HTTPS && scheme != http::uri::Scheme::HTTP {
+        return Err(Error::config("upstream.base_url: scheme must be http or https"));
+    }
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| Error::config(format!("upstream.base_url: {s:?} has no host")))?;
+    if uri.query().is_some() {
+        return Err(Error::config("upstream.base_url must not have a query"));
+    }
+    let path_prefix = uri.path().trim_end_matches('/').to_string();
+    Ok(UpstreamTarget { scheme, authority, path_prefix })
+}
+
+fn read_key_file(field: &str, path: &Path) -> Result<Vec<Secret>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::config(format!("{field}: cannot read {}: {e}", path.display())))?;
+    Ok(split_keys(&text))
+}
+
+/// Splits a comma- or newline-separated key list, ignoring blanks and `#` comments.
+pub fn split_keys(text: &str) -> Vec<Secret> {
+    text.split([',', '\n'])
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && !s.starts_with('#'))
+        .map(Secret::new)
+        .collect()
+}
+
+fn dedup_secrets(v: &mut Vec<Secret>) {
+    let mut seen = std::collections::HashSet::new();
+    v.retain(|s| seen.insert(s.expose().to_string()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(v: &[&str]) -> Vec<Secret> {
+        v.iter().map(|s| Secret::new(*s)).collect()
+    }
+
+    #[test]
+    fn defaults_validate_in_passthrough_mode() {
+        let c = RawConfig::default().validate(vec![], vec![]).unwrap();
+        assert_eq!(c.key_mode(), KeyMode::Passthrough);
+        assert_eq!(c.upstream.target.authority.as_str(), "api.anthropic.com");
+        assert_eq!(c.limits.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+    }
+
+    #[test]
+    fn upstream_keys_without_client_keys_is_refused() {
+        let e = RawConfig::default().validate(keys(&["sk-up"]), vec![]).unwrap_err();
+        assert!(e.message.contains("--allow-anonymous"), "{e}");
+        let mut raw = RawConfig::default();
+        raw.auth.allow_anonymous = true;
+        assert_eq!(raw.validate(keys(&["sk-up"]), vec![]).unwrap().key_mode(), KeyMode::Anonymous);
+    }
+
+    #[test]
+    fn client_keys_are_hashed_and_never_kept_plain() {
+        let c = RawConfig::default().validate(keys(&["sk-up"]), keys(&["client-secret"])).unwrap();
+        assert_eq!(c.key_mode(), KeyMode::Managed);
+        assert_eq!(c.auth.client_keys[0].sha256, hash_key("client-secret"));
+        assert!(!format!("{c:?}").contains("client-secret"));
+        assert!(!format!("{c:?}").contains("sk-up"));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let raw = RawConfig::from_toml("[upstream]\nbase_url = \"ftp://x\"\n").unwrap();
+        assert!(raw.validate(vec![], vec![]).unwrap_err().message.contains("upstream.base_url"));
+        let e = RawConfig::from_toml("[upstream]\nread_timout = \"5s\"\n").unwrap_err();
+        assert!(e.message.contains("read_timout"), "{e}");
+        let e = RawConfig::from_toml("[limits]\nheader_read_timeout = \"soon\"\n").unwrap_err();
+        assert!(e.message.contains("invalid duration"), "{e}");
+    }
+
+    #[test]
+    fn key_lists_split_on_commas_and_lines() {
+        let k = split_keys("a, b\n# comment\nc,,");
+        assert_eq!(k.iter().map(Secret::expose).collect::<Vec<_>>(), ["a", "b", "c"]);
+    }
+}

@@ -1,0 +1,204 @@
+//! The node's one error type: every failure is classified once here and mapped to an
+//! Anthropic-shaped HTTP response in exactly one place ([`Error::into_response`]).
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::ProxyBody;
+
+/// Response header set on every response the gateway itself made (as opposed to one
+/// passed through from the upstream), so clients and operators can tell them apart.
+pub const GATEWAY_ERROR_HEADER: &str = "x-strait-error-source";
+
+/// What went wrong, decided once where the failure is detected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The client's request is malformed (bad JSON, bad header).
+    InvalidRequest,
+    /// No client key, or one the node does not know.
+    Authentication,
+    /// The key is known but may not do this.
+    Permission,
+    /// No such route on the gateway.
+    NotFound,
+    /// Body or headers over the configured limits.
+    RequestTooLarge,
+    /// The gateway refused for rate or quota reasons (e.g. every upstream key cooling down).
+    RateLimited,
+    /// Could not connect to the upstream (DNS, TCP, TLS).
+    UpstreamConnect,
+    /// The upstream did not answer within the read timeout.
+    UpstreamTimeout,
+    /// The upstream broke the protocol or the connection mid-response.
+    UpstreamProtocol,
+    /// The node is draining or over a capacity limit.
+    Unavailable,
+    /// A bug or an unexpected local failure.
+    Internal,
+    /// Configuration is invalid (start-up and `--check-config` only).
+    Config,
+}
+
+/// The crate's error: a kind, a client-safe message and an optional retry hint.
+///
+/// The message is shown to clients, so it must never contain secrets or upstream
+/// payloads; `detail` is for logs only and is likewise free of secrets.
+#[derive(Debug, Clone)]
+pub struct Error {
+    pub kind: ErrorKind,
+    pub message: Cow<'static, str>,
+    /// Log-only context (e.g. the underlying I/O error text).
+    pub detail: Option<String>,
+    /// Seconds the client should wait, sent as `retry-after`.
+    pub retry_after: Option<Duration>,
+}
+
+impl Error {
+    pub fn new(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
+        Error { kind, message: message.into(), detail: None, retry_after: None }
+    }
+
+    pub fn with_detail(mut self, detail: impl std::fmt::Display) -> Self {
+        self.detail = Some(detail.to_string());
+        self
+    }
+
+    pub fn with_retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+
+    pub fn config(message: impl Into<Cow<'static, str>>) -> Self {
+        Error::new(ErrorKind::Config, message)
+    }
+
+    /// HTTP status, chosen to match what Anthropic's API returns for the same class
+    /// of failure. Exhaustive on purpose: a new kind must decide its status.
+    pub fn status(&self) -> StatusCode {
+        match self.kind {
+            ErrorKind::InvalidRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::Authentication => StatusCode::UNAUTHORIZED,
+            ErrorKind::Permission => StatusCode::FORBIDDEN,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::UpstreamConnect | ErrorKind::UpstreamProtocol => StatusCode::BAD_GATEWAY,
+            ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Internal | ErrorKind::Config => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The `error.type` string of Anthropic's error object.
+    pub fn anthropic_type(&self) -> &'static str {
+        match self.kind {
+            ErrorKind::InvalidRequest => "invalid_request_error",
+            ErrorKind::Authentication => "authentication_error",
+            ErrorKind::Permission => "permission_error",
+            ErrorKind::NotFound => "not_found_error",
+            ErrorKind::RequestTooLarge => "request_too_large",
+            ErrorKind::RateLimited => "rate_limit_error",
+            ErrorKind::Unavailable => "overloaded_error",
+            ErrorKind::UpstreamConnect
+            | ErrorKind::UpstreamTimeout
+            | ErrorKind::UpstreamProtocol
+            | ErrorKind::Internal
+            | ErrorKind::Config => "api_error",
+        }
+    }
+
+    /// Short stable label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self.kind {
+            ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::Authentication => "authentication",
+            ErrorKind::Permission => "permission",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::RequestTooLarge => "too_large",
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::UpstreamConnect => "upstream_connect",
+            ErrorKind::UpstreamTimeout => "upstream_timeout",
+            ErrorKind::UpstreamProtocol => "upstream_protocol",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Internal => "internal",
+            ErrorKind::Config => "config",
+        }
+    }
+
+    /// Whether trying again on another key or connection may succeed. Only consulted
+    /// while nothing has been sent to the client yet.
+    pub fn retryable(&self) -> bool {
+        matches!(self.kind, ErrorKind::UpstreamConnect)
+    }
+
+    /// Anthropic's error JSON: `{"type":"error","error":{"type":..,"message":..}}`.
+    pub fn body_json(&self) -> String {
+        serde_json::json!({
+            "type": "error",
+            "error": {"type": self.anthropic_type(), "message": self.message},
+        })
+        .to_string()
+    }
+
+    /// The SSE form, for a failure after a stream has started: the client sees an
+    /// `error` event instead of a clean end.
+    pub fn sse_event(&self) -> Bytes {
+        Bytes::from(format!("event: error\ndata: {}\n\n", self.body_json()))
+    }
+
+    /// The one place a gateway-made error becomes an HTTP response.
+    pub fn into_response(self, request_id: &HeaderValue) -> Response<ProxyBody> {
+        let mut resp = Response::new(ProxyBody::full(Bytes::from(self.body_json())));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(GATEWAY_ERROR_HEADER, HeaderValue::from_static("gateway"));
+        h.insert(crate::REQUEST_ID_HEADER, request_id.clone());
+        if let Some(after) = self.retry_after {
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        resp
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.label(), self.message)?;
+        if let Some(d) = &self.detail {
+            write!(f, " ({d})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_json_is_anthropic_shaped() {
+        let e = Error::new(ErrorKind::RequestTooLarge, "too big");
+        let v: serde_json::Value = serde_json::from_str(&e.body_json()).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "request_too_large");
+        assert_eq!(v["error"]["message"], "too big");
+        assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[test]
+    fn sse_error_event_is_one_complete_event() {
+        let ev = Error::new(ErrorKind::UpstreamProtocol, "upstream failed").sse_event();
+        let s = std::str::from_utf8(&ev).unwrap();
+        assert!(s.starts_with("event: error\ndata: {"));
+        assert!(s.ends_with("\n\n"));
+        assert_eq!(s.matches("\n\n").count(), 1);
+    }
+}

@@ -1,0 +1,394 @@
+//! Phase 5, forward: send the request upstream over a pooled connection, with a key
+//! from the pool, and retry on another key or connection while nothing has been sent
+//! to the client yet.
+//!
+//! Layout: `dns` (hickory resolver with a TTL cap), `connect` (connection counting);
+//! this file builds the client, rewrites headers and runs the attempt loop.
+
+mod connect;
+mod dns;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::account::{Metrics, RequestRecord};
+use crate::body::RequestBody;
+use crate::config::{KeyMode, Upstream as UpstreamConfig};
+use crate::error::{Error, ErrorKind, Result};
+use crate::health::UpstreamHealth;
+use crate::route::KeyPool;
+use crate::stream;
+
+type Connector = connect::CountingConnector<hyper_rustls::HttpsConnector<HttpConnector<dns::HickoryDns>>>;
+
+/// The pooled upstream client and what it needs to address the upstream.
+pub struct Upstream {
+    client: Client<Connector, RequestBody>,
+    config: UpstreamConfig,
+    authority_header: HeaderValue,
+}
+
+/// A response that has been committed to: headers arrived, and for streams the first
+/// event was looked at. `prefix` holds bytes already read from the body.
+pub struct Forwarded {
+    pub response: Response<Incoming>,
+    pub prefix: Option<Bytes>,
+}
+
+/// Per-request inputs to the attempt loop.
+pub struct ForwardCtx<'a> {
+    pub pool: &'a KeyPool,
+    pub mode: KeyMode,
+    pub metrics: &'a Metrics,
+    pub health: &'a UpstreamHealth,
+    /// The request streams its response (SSE): first-byte wait uses the stream idle timeout.
+    pub stream: bool,
+}
+
+impl Upstream {
+    /// Builds the client. Must run inside the Tokio runtime (the resolver needs it).
+    pub fn new(config: &UpstreamConfig, metrics: &Arc<Metrics>) -> Result<Self> {
+        let dns = dns::HickoryDns::new(config.dns_ttl_cap)
+            .map_err(|e| Error::config("cannot set up the DNS resolver").with_detail(e))?;
+        let mut http = HttpConnector::new_with_resolver(dns);
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(30)));
+
+        let tls = client_tls(config)?;
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(http);
+        let connector = connect::CountingConnector::new(https, metrics.upstream_connections.clone());
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .http2_keep_alive_interval(Some(Duration::from_secs(30)))
+            .http2_keep_alive_while_idle(true)
+            .build(connector);
+        let authority_header = HeaderValue::from_str(config.target.authority.as_str())
+            .map_err(|_| Error::config("upstream.base_url host is not a valid header value"))?;
+        Ok(Upstream { client, config: config.clone(), authority_header })
+    }
+
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.config
+    }
+
+    fn uri(&self, path_and_query: &str) -> Result<Uri> {
+        let t = &self.config.target;
+        Uri::builder()
+            .scheme(t.scheme.clone())
+            .authority(t.authority.clone())
+            .path_and_query(format!("{}{}", t.path_prefix, path_and_query))
+            .build()
+            .map_err(|_| Error::new(ErrorKind::InvalidRequest, "invalid request path"))
+    }
+
+    /// Runs the attempt loop. `headers` are the already-rewritten request headers
+    /// (see [`upstream_headers`]). Updates `record` with attempts, key and timings.
+    pub async fn forward(
+        &self,
+        ctx: &ForwardCtx<'_>,
+        method: http::Method,
+        path_and_query: &str,
+        mut headers: HeaderMap,
+        body: RequestBody,
+        record: &mut RequestRecord,
+    ) -> Result<Forwarded> {
+        let uri = self.uri(path_and_query)?;
+        let max_attempts = self.config.max_attempts;
+        let first_byte_timeout =
+            if ctx.stream { self.config.stream_idle_timeout } else { self.config.read_timeout };
+        let mut spare = body.try_clone();
+        let mut body = Some(body);
+        let mut avoid = None;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            record.attempts = attempt;
+            let can_retry = attempt < max_attempts && spare.is_some();
+
+            let key = match ctx.mode {
+                KeyMode::Passthrough => None,
+                _ => match ctx.pool.pick(avoid) {
+                    Ok(k) => Some(k),
+                    Err(wait) => {
+                        return Err(Error::new(
+                            ErrorKind::RateLimited,
+                            "every upstream key is cooling down after rate limiting; retry later",
+                        )
+                        .with_retry_after(wait));
+                    }
+                },
+            };
+            record.upstream_key = key.map(|k| ctx.pool.label(k).to_string());
+
+            let mut req = Request::new(body.take().expect("a body for each attempt"));
+            *req.method_mut() = method.clone();
+            *req.uri_mut() = uri.clone();
+            // The last possible attempt takes the headers; earlier ones copy them.
+            *req.headers_mut() = if can_retry { headers.clone() } else { std::mem::take(&mut headers) };
+            req.headers_mut().insert(header::HOST, self.authority_header.clone());
+            if let Some(k) = key {
+                req.headers_mut().insert(HeaderName::from_static("x-api-key"), ctx.pool.header(k).clone());
+            }
+
+            let sent = Instant::now();
+            let outcome = tokio::time::timeout(first_byte_timeout, self.client.request(req)).await;
+            let next_body = |spare: &mut Option<RequestBody>| spare.as_ref().and_then(RequestBody::try_clone);
+
+            let failure = match outcome {
+                Err(_) => {
+                    // The upstream may be working on it: not retried, to avoid doing it twice.
+                    ctx.metrics.upstream_errors.with_label_values(&["timeout"]).inc();
+                    ctx.health.record_failure();
+                    return Err(Error::new(ErrorKind::UpstreamTimeout, "upstream did not respond in time"));
+                }
+                Ok(Err(e)) => {
+                    let (kind, label) = if e.is_connect() {
+                        (ErrorKind::UpstreamConnect, "connect")
+                    } else if is_body_too_large(&e) {
+                        return Err(Error::new(ErrorKind::RequestTooLarge, "request body exceeds the gateway limit"));
+                    } else {
+                        (ErrorKind::UpstreamProtocol, "protocol")
+                    };
+                    ctx.metrics.upstream_errors.with_label_values(&[label]).inc();
+                    ctx.health.record_failure();
+                    let msg = if kind == ErrorKind::UpstreamConnect {
+                        "could not connect to the upstream API"
+                    } else {
+                        "the upstream connection failed before a response"
+                    };
+                    Error::new(kind, msg).with_detail(error_chain(&e))
+                }
+                Ok(Ok(mut resp)) => {
+                    let ttfb = sent.elapsed();
+                    record.upstream_ttfb = Some(ttfb);
+                    let status = resp.status();
+                    ctx.health.record_response(status);
+                    if let Some(k) = key {
+                        if let Some((reason, wait)) = ctx.pool.observe(k, status, resp.headers()) {
+                            ctx.metrics.key_cooldowns.with_label_values(&[reason.label()]).inc();
+                            tracing::info!(key = ctx.pool.label(k), reason = reason.label(), wait_s = wait.as_secs_f64(), "upstream key cooling down");
+                        }
+                    }
+                    if status.is_success() {
+                        if ctx.stream && can_retry && stream::is_event_stream(resp.headers()) {
+                            let idle = self.config.stream_idle_timeout;
+                            match stream::peek_first_event(resp.body_mut(), idle).await {
+                                Ok((first, _)) if stream::first_event_is_error(&first) => {
+                                    ctx.metrics.upstream_errors.with_label_values(&["stream_error_event"]).inc();
+                                    ctx.metrics.retries.with_label_values(&["stream_error_event"]).inc();
+                                    avoid = key;
+                                    body = next_body(&mut spare);
+                                    tokio::time::sleep(backoff(attempt)).await;
+                                    continue;
+                                }
+                                Ok((first, _)) => return Ok(Forwarded { response: resp, prefix: Some(first) }),
+                                Err(e) => {
+                                    ctx.metrics.upstream_errors.with_label_values(&["stream_start"]).inc();
+                                    ctx.health.record_failure();
+                                    e
+                                }
+                            }
+                        } else {
+                            return Ok(Forwarded { response: resp, prefix: None });
+                        }
+                    } else {
+                        let label = status_label(status);
+                        if let Some(label) = label {
+                            ctx.metrics.upstream_errors.with_label_values(&[label]).inc();
+                        }
+                        let retry_status = is_retryable_status(status);
+                        // A 429 is only worth retrying on a different key.
+                        let other_key = status != StatusCode::TOO_MANY_REQUESTS
+                            || key.is_some_and(|k| ctx.pool.pick(Some(k)).is_ok_and(|n| ctx.pool.label(n) != ctx.pool.label(k)));
+                        if !(can_retry && retry_status && other_key) {
+                            return Ok(Forwarded { response: resp, prefix: None });
+                        }
+                        ctx.metrics.retries.with_label_values(&[label.unwrap_or("status")]).inc();
+                        avoid = key;
+                        body = next_body(&mut spare);
+                        if status != StatusCode::TOO_MANY_REQUESTS {
+                            tokio::time::sleep(backoff(attempt)).await;
+                        }
+                        continue;
+                    }
+                }
+            };
+            // A transport failure: retry if the body can be sent again.
+            let transport_retryable = failure.retryable() || failure.kind == ErrorKind::UpstreamProtocol;
+            if !can_retry || !transport_retryable {
+                return Err(failure);
+            }
+            tracing::debug!(attempt, "retrying upstream after: {failure}");
+            ctx.metrics.retries.with_label_values(&[failure.label()]).inc();
+            avoid = key;
+            body = next_body(&mut spare);
+        }
+    }
+}
+
+/// Small growing pause before retrying a server-side failure.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(50 * u64::from(attempt.min(5)))
+}
+
+fn is_retryable_status(s: StatusCode) -> bool {
+    matches!(s.as_u16(), 408 | 409 | 429 | 500 | 502 | 503 | 504 | 529)
+}
+
+fn status_label(s: StatusCode) -> Option<&'static str> {
+    Some(match s.as_u16() {
+        429 => "status_429",
+        529 => "status_529",
+        500..=599 => "status_5xx",
+        _ => return None,
+    })
+}
+
+fn is_body_too_large(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if s.is::<crate::body::BodyTooLarge>() {
+            return true;
+        }
+        src = s.source();
+    }
+    false
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}
+
+fn client_tls(config: &UpstreamConfig) -> Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = &config.ca_file {
+        use rustls_pki_types::pem::PemObject;
+        let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| Error::config(format!("upstream.ca_file {}: {e}", path.display())))?;
+        for cert in certs {
+            let cert = cert.map_err(|e| Error::config(format!("upstream.ca_file {}: {e}", path.display())))?;
+            roots
+                .add(cert)
+                .map_err(|e| Error::config(format!("upstream.ca_file {}: {e}", path.display())))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::config(format!("TLS setup: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(cfg)
+}
+
+/// Headers that describe one connection, not the message, and are never forwarded.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named in `Connection` are hop-by-hop too (RFC 9110 7.6.1).
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        headers.remove(n);
+    }
+}
+
+/// The request headers sent upstream: the client's, minus hop-by-hop headers and
+/// (unless passing through) its credentials, plus `x-forwarded-for`.
+pub fn upstream_headers(mut headers: HeaderMap, peer: SocketAddr, mode: KeyMode) -> HeaderMap {
+    remove_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    if mode != KeyMode::Passthrough {
+        headers.remove("x-api-key");
+        headers.remove(header::AUTHORIZATION);
+    }
+    let ip = peer.ip().to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+    }
+    headers
+}
+
+/// The response headers relayed to the client: the upstream's minus hop-by-hop ones.
+pub fn downstream_headers(headers: &mut HeaderMap) {
+    remove_hop_by_hop(headers);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_credentials_and_appends_xff() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("x-api-key", HeaderValue::from_static("strait-client-key"));
+        h.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.insert("host", HeaderValue::from_static("gateway.example"));
+        let out = upstream_headers(h, "127.0.0.9:1234".parse().unwrap(), KeyMode::Managed);
+        assert!(out.get("x-secret-hop").is_none());
+        assert!(out.get("connection").is_none());
+        assert!(out.get("x-api-key").is_none());
+        assert!(out.get("host").is_none());
+        assert_eq!(out["anthropic-version"], "2023-06-01");
+        assert_eq!(out["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
+    }
+
+    #[test]
+    fn passthrough_keeps_the_client_key() {
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", HeaderValue::from_static("sk-ant-own"));
+        let out = upstream_headers(h, "127.0.0.1:1".parse().unwrap(), KeyMode::Passthrough);
+        assert_eq!(out["x-api-key"], "sk-ant-own");
+    }
+}

@@ -1,0 +1,225 @@
+//! Health for DNS failover: `/livez`, and `/readyz` as `application/health+json`
+//! (pass | warn | fail) built from the node's own view of its state and upstream path.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use http::StatusCode;
+use serde_json::json;
+
+/// Consecutive upstream transport failures after which the path counts as down.
+pub const UPSTREAM_FAIL_THRESHOLD: u32 = 5;
+
+/// What the node has seen of its upstream path recently, updated on every attempt
+/// with relaxed atomics (no locks on the hot path).
+#[derive(Default)]
+pub struct UpstreamHealth {
+    consecutive_failures: AtomicU32,
+    last_success_unix_ms: AtomicU64,
+    last_failure_unix_ms: AtomicU64,
+    responses: AtomicU64,
+    failures: AtomicU64,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl UpstreamHealth {
+    /// Any HTTP response proves the path works (even a 4xx): reset the failure run.
+    pub fn record_response(&self, status: StatusCode) {
+        self.responses.fetch_add(1, Ordering::Relaxed);
+        if status.is_server_error() {
+            return;
+        }
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+        self.last_success_unix_ms.store(unix_ms(), Ordering::Relaxed);
+    }
+
+    /// A connect error, reset or timeout.
+    pub fn record_failure(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+        self.last_failure_unix_ms.store(unix_ms(), Ordering::Relaxed);
+    }
+
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures.load(Ordering::Relaxed)
+    }
+}
+
+/// The node-wide health state read by `/readyz`.
+pub struct Health {
+    pub started: Instant,
+    pub draining: AtomicBool,
+    pub upstream: UpstreamHealth,
+    pub version: &'static str,
+}
+
+/// Inputs to readiness that live elsewhere (the key pool, the config mode).
+pub struct ReadyInputs {
+    pub keys_ready: usize,
+    /// Keys resting until their quota resets (not merely a short 429 pause).
+    pub keys_exhausted: usize,
+    pub keys_total: usize,
+    pub passthrough: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Status {
+    Pass,
+    Warn,
+    Fail,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Pass => "pass",
+            Status::Warn => "warn",
+            Status::Fail => "fail",
+        }
+    }
+}
+
+impl Health {
+    pub fn new() -> Self {
+        Health {
+            started: Instant::now(),
+            draining: AtomicBool::new(false),
+            upstream: UpstreamHealth::default(),
+            version: env!("CARGO_PKG_VERSION"),
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// The `/readyz` answer: status code and a health+json body (well under 5 KB).
+    pub fn readiness(&self, inputs: &ReadyInputs) -> (StatusCode, String) {
+        let now = SystemTime::now();
+        let time = humantime::format_rfc3339_seconds(now).to_string();
+        let draining = self.is_draining();
+        let drain_status = if draining { Status::Fail } else { Status::Pass };
+
+        let fails = self.upstream.consecutive_failures();
+        let path_status = if fails >= UPSTREAM_FAIL_THRESHOLD {
+            Status::Fail
+        } else if fails > 0 {
+            Status::Warn
+        } else {
+            Status::Pass
+        };
+
+        let keys_status = if inputs.passthrough {
+            Status::Pass
+        } else if inputs.keys_total > 0 && inputs.keys_exhausted == inputs.keys_total {
+            // Every quota is spent: only then is there no usable path. A short 429
+            // pause on all keys is a warning, not a reason to move clients away.
+            Status::Fail
+        } else if inputs.keys_ready < inputs.keys_total {
+            Status::Warn
+        } else {
+            Status::Pass
+        };
+
+        let overall = drain_status.max(path_status).max(keys_status);
+        let last_ok = self.upstream.last_success_unix_ms.load(Ordering::Relaxed);
+        let body = json!({
+            "status": overall.as_str(),
+            "version": self.version,
+            "serviceId": "strait-node",
+            "description": "Strait gateway node readiness",
+            "checks": {
+                "node:draining": [{
+                    "status": drain_status.as_str(),
+                    "observedValue": draining,
+                    "time": time,
+                }],
+                "upstream:path": [{
+                    "status": path_status.as_str(),
+                    "componentType": "system",
+                    "observedValue": fails,
+                    "observedUnit": "consecutive failures",
+                    "output": if path_status == Status::Pass { String::new() } else { format!("last success {}", fmt_ms(last_ok)) },
+                    "time": time,
+                }],
+                "upstream:keys": [{
+                    "status": keys_status.as_str(),
+                    "observedValue": if inputs.passthrough { -1 } else { inputs.keys_ready as i64 },
+                    "observedUnit": "keys ready",
+                    "time": time,
+                }],
+                "uptime": [{
+                    "status": "pass",
+                    "componentType": "system",
+                    "observedValue": self.started.elapsed().as_secs(),
+                    "observedUnit": "s",
+                    "time": time,
+                }],
+            },
+        });
+        let code = if overall == Status::Fail { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+        (code, body.to_string())
+    }
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn fmt_ms(ms: u64) -> String {
+    if ms == 0 {
+        return "never".into();
+    }
+    let t = UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs() -> ReadyInputs {
+        ReadyInputs { keys_ready: 2, keys_exhausted: 0, keys_total: 2, passthrough: false }
+    }
+
+    #[test]
+    fn pass_warn_fail() {
+        let h = Health::new();
+        let (code, body) = h.readiness(&inputs());
+        assert_eq!(code, StatusCode::OK);
+        assert!(body.contains("\"status\":\"pass\""));
+        assert!(body.len() < 5 * 1024);
+
+        h.upstream.record_failure();
+        let (code, body) = h.readiness(&inputs());
+        assert_eq!(code, StatusCode::OK);
+        assert!(body.contains("\"status\":\"warn\""));
+
+        for _ in 0..UPSTREAM_FAIL_THRESHOLD {
+            h.upstream.record_failure();
+        }
+        assert_eq!(h.readiness(&inputs()).0, StatusCode::SERVICE_UNAVAILABLE);
+        h.upstream.record_response(StatusCode::OK);
+        assert_eq!(h.readiness(&inputs()).0, StatusCode::OK);
+
+        h.draining.store(true, Ordering::Relaxed);
+        assert_eq!(h.readiness(&inputs()).0, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn spent_quotas_fail_but_short_pauses_warn() {
+        let h = Health::new();
+        let (code, _) = h.readiness(&ReadyInputs { keys_ready: 0, keys_exhausted: 2, keys_total: 2, passthrough: false });
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        let (code, body) = h.readiness(&ReadyInputs { keys_ready: 0, keys_exhausted: 1, keys_total: 2, passthrough: false });
+        assert_eq!(code, StatusCode::OK);
+        assert!(body.contains("\"status\":\"warn\""));
+    }
+}

@@ -1,0 +1,39 @@
+//! Strait node: the data plane of a multi-region gateway for the Anthropic API.
+//!
+//! # Layout
+//! A request goes through the modules in this order (see `proxy::handle`):
+//! - [`accept`]: listeners, TLS (ALPN h2/http1.1), connection limits, drain.
+//! - [`auth`]: client key lookup by SHA-256 hash.
+//! - [`admit`]: route classification, body limits, JSON checks.
+//! - [`route`]: the upstream key pool, cooldowns after 429/529.
+//! - [`forward`]: pooled upstream client, header rewriting, retries.
+//! - [`stream`]: relaying the body, usage read on the side, SSE error events.
+//! - [`account`]: metrics and the access log.
+//!
+//! Around them: [`proxy`] (the pipeline), [`error`] (the one error type and its HTTP
+//! mapping), [`config`] and [`cli`] (typed, validated configuration), [`health`] and
+//! [`admin`] (health and metrics endpoints), [`server`] (start, signals, drain),
+//! [`body`] (body types), [`telemetry`] (logging).
+
+pub mod accept;
+pub mod account;
+pub mod admin;
+pub mod admit;
+pub mod auth;
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod forward;
+pub mod health;
+pub mod proxy;
+pub mod route;
+pub mod server;
+pub mod stream;
+pub mod telemetry;
+
+pub use error::{Error, ErrorKind};
+pub use server::Node;
+
+/// Response header carrying the gateway's request id on every response.
+pub const REQUEST_ID_HEADER: &str = "x-strait-request-id";

@@ -1,0 +1,213 @@
+//! The request pipeline: one function that takes a client request through the
+//! phases in order (accept → authenticate → admit → route → forward → stream back →
+//! account). Read this file first; each phase lives in its own module.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::account::{Metrics, RequestRecord};
+use crate::admit::{self, RouteKind};
+use crate::auth::Authenticator;
+use crate::body::ProxyBody;
+use crate::config::{Config, KeyMode};
+use crate::error::{Error, ErrorKind};
+use crate::forward::{self, ForwardCtx, Forwarded, Upstream};
+use crate::health::{Health, ReadyInputs};
+use crate::route::KeyPool;
+use crate::stream::{self, BodyKind, Relay};
+
+/// The parts of configuration that can change while the node runs, swapped as one
+/// snapshot so a request sees a consistent view without taking a lock.
+pub struct Snapshot {
+    pub auth: Authenticator,
+    pub pool: KeyPool,
+}
+
+impl Snapshot {
+    pub fn new(config: &Config) -> Self {
+        Snapshot {
+            auth: Authenticator::new(config),
+            pool: KeyPool::new(&config.upstream.keys, config.upstream.key_cooldown),
+        }
+    }
+}
+
+/// Everything a request handler needs, shared by all connections.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub snapshot: ArcSwap<Snapshot>,
+    pub upstream: Upstream,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub request_ids: RequestIds,
+}
+
+/// Request ids: a per-process random prefix and a counter, cheap and unique enough to
+/// find one request across the client, the node's log and the upstream.
+pub struct RequestIds {
+    prefix: String,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    pub fn new() -> Self {
+        RequestIds { prefix: format!("strait_{:08x}", rand::random::<u32>()), next: AtomicU64::new(1) }
+    }
+
+    pub fn next(&self) -> String {
+        format!("{}_{:x}", self.prefix, self.next.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Shared {
+    /// The readiness answer, shared by the admin and public listeners.
+    pub fn readiness(&self) -> (StatusCode, String) {
+        let snap = self.snapshot.load();
+        let (ready, _transient, exhausted) = snap.pool.census();
+        let inputs = ReadyInputs {
+            keys_ready: ready,
+            keys_exhausted: exhausted,
+            keys_total: ready + _transient + exhausted,
+            passthrough: snap.auth.mode() == KeyMode::Passthrough,
+        };
+        self.health.readiness(&inputs)
+    }
+}
+
+/// Handles one request on the public listener. Never fails: every error becomes an
+/// Anthropic-shaped response here.
+pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let path = req.uri().path();
+    // DNS health checkers probe from outside, so health is on the public port too.
+    if path == "/livez" || path == "/readyz" {
+        return crate::admin::health(&shared, path);
+    }
+    let request_id = shared.request_ids.next();
+    let rid_header = HeaderValue::from_str(&request_id).expect("ids are ASCII");
+    let route = RouteKind::classify(path);
+    let mut record = RequestRecord {
+        metrics: shared.metrics.clone(),
+        access_log: shared.config.log.access_log,
+        request_id,
+        started,
+        method: req.method().clone(),
+        path: path.to_string(),
+        route: route.unwrap_or(RouteKind::OtherV1),
+        client: None,
+        model: None,
+        stream: false,
+        status: 0,
+        upstream_key: None,
+        attempts: 0,
+        upstream_ttfb: None,
+        ttft: None,
+        usage: Default::default(),
+        error: None,
+        outcome: "error",
+        bytes_out: 0,
+    };
+    let result = match route {
+        Some(route) => phases(&shared, req, peer, route, &mut record).await,
+        None => Err(Error::new(ErrorKind::NotFound, "not found: the gateway relays /v1/ paths of the Anthropic API")),
+    };
+    match result {
+        Ok((fwd, kind)) => respond(&shared, fwd, kind, rid_header, record),
+        Err(err) => {
+            record.status = err.status().as_u16();
+            record.error = Some(err.label());
+            shared.metrics.gateway_errors.with_label_values(&[err.anthropic_type()]).inc();
+            if err.kind == ErrorKind::Internal || err.kind == ErrorKind::UpstreamConnect {
+                tracing::warn!(request_id = %record.request_id, "{err}");
+            } else {
+                tracing::debug!(request_id = %record.request_id, "{err}");
+            }
+            record.finish();
+            err.into_response(&rid_header)
+        }
+    }
+}
+
+/// Phases 2 to 5. Returns the committed upstream response.
+async fn phases(
+    shared: &Shared,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    route: RouteKind,
+    record: &mut RequestRecord,
+) -> Result<(Forwarded, BodyKind), Error> {
+    let snap = shared.snapshot.load();
+
+    // 2. authenticate
+    let principal = snap.auth.authenticate(req.headers())?;
+    record.client = Some(principal.name.clone());
+
+    // 3. admit
+    let (parts, body) = req.into_parts();
+    let (body, meta) = admit::admit_body(route, &parts, body, shared.config.limits.max_body_bytes).await?;
+    record.model = meta.model.clone();
+    record.stream = meta.stream;
+
+    // 4. route: the direct path; the key is chosen per attempt inside forward.
+    let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let headers = forward::upstream_headers(parts.headers, peer, snap.auth.mode());
+
+    // 5. forward
+    let ctx = ForwardCtx {
+        pool: &snap.pool,
+        mode: snap.auth.mode(),
+        metrics: &shared.metrics,
+        health: &shared.health.upstream,
+        stream: meta.stream,
+    };
+    let fwd = shared.upstream.forward(&ctx, parts.method, path_and_query, headers, body, record).await?;
+
+    let h = fwd.response.headers();
+    let encoded = h.get(header::CONTENT_ENCODING).is_some_and(|v| v != "identity");
+    let kind = if encoded {
+        BodyKind::Plain
+    } else if stream::is_event_stream(h) {
+        BodyKind::Sse
+    } else if route == RouteKind::Messages && fwd.response.status().is_success() {
+        BodyKind::MessagesJson
+    } else {
+        BodyKind::Plain
+    };
+    Ok((fwd, kind))
+}
+
+/// Phase 6: the response goes back with the upstream's status and headers, and a body
+/// relayed by [`Relay`], which also finishes the record (phase 7) when it is done.
+fn respond(
+    shared: &Shared,
+    fwd: Forwarded,
+    kind: BodyKind,
+    request_id: HeaderValue,
+    mut record: RequestRecord,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = fwd.response.into_parts();
+    forward::downstream_headers(&mut parts.headers);
+    parts.headers.insert(crate::REQUEST_ID_HEADER, request_id);
+    let idle = if kind == BodyKind::Sse {
+        // Proxies in front (nginx and similar) must not buffer the stream either.
+        parts.headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        shared.upstream.config().stream_idle_timeout
+    } else {
+        shared.upstream.config().read_timeout
+    };
+    record.status = parts.status.as_u16();
+    let relay = Relay::new(body, kind, fwd.prefix, idle, record);
+    Response::from_parts(parts, ProxyBody::Relay(Box::new(relay)))
+}

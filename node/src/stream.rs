@@ -1,0 +1,526 @@
+//! Phase 6, stream back: relay the upstream body to the client chunk by chunk, read
+//! token usage on the side without changing a byte, and end a failed stream with an
+//! SSE `error` event rather than a clean end.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use tokio::time::Sleep;
+
+use crate::account::RequestRecord;
+use crate::body::BoxError;
+use crate::error::{Error, ErrorKind};
+
+/// Token usage as Anthropic reports it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_creation_input_tokens: u64,
+    pub cache_read_input_tokens: u64,
+}
+
+/// Above this, a non-streaming JSON response is relayed without reading its usage:
+/// Messages responses are far smaller, and the copy must stay bounded.
+const MAX_JSON_TAP: usize = 4 * 1024 * 1024;
+/// An SSE event longer than this is forwarded even though incomplete.
+const MAX_SSE_TAIL: usize = 1024 * 1024;
+
+/// How the relay looks at the bytes going by.
+enum Tap {
+    /// Not a Messages response (models, files, ...): bytes only.
+    None,
+    /// A non-streaming Messages JSON response: keep refcounted chunks, parse at the end.
+    Json { chunks: Vec<Bytes>, len: usize },
+    /// A streaming response: forward whole events, parse the few that carry usage.
+    Sse(SseTap),
+}
+
+#[derive(Default)]
+struct SseTap {
+    /// The incomplete event at the end of the last chunk, held back so that a failure
+    /// can always be signalled as a clean `error` event at an event boundary.
+    tail: BytesMut,
+    saw_stop: bool,
+    saw_error: bool,
+}
+
+enum State {
+    Streaming,
+    Done,
+}
+
+/// The relayed response body. Owns the request's record and finishes it on drop,
+/// so a request is accounted for however it ends (completed, failed, client gone).
+pub struct Relay {
+    inner: Incoming,
+    tap: Tap,
+    /// Bytes to emit before polling upstream again (a peeked first event, or the
+    /// final error event).
+    pending: Option<Bytes>,
+    idle: Duration,
+    timer: Pin<Box<Sleep>>,
+    state: State,
+    record: RequestRecord,
+    counted_stream: bool,
+}
+
+/// What kind of body a response carries, decided from the route and content type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    Plain,
+    MessagesJson,
+    Sse,
+}
+
+impl Relay {
+    pub fn new(
+        inner: Incoming,
+        kind: BodyKind,
+        prefix: Option<Bytes>,
+        idle: Duration,
+        record: RequestRecord,
+    ) -> Self {
+        let tap = match kind {
+            BodyKind::Plain => Tap::None,
+            BodyKind::MessagesJson => Tap::Json { chunks: Vec::new(), len: 0 },
+            BodyKind::Sse => Tap::Sse(SseTap::default()),
+        };
+        let counted_stream = kind == BodyKind::Sse;
+        if counted_stream {
+            record.metrics.active_streams.inc();
+        }
+        let mut relay = Relay {
+            inner,
+            tap,
+            pending: None,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            state: State::Streaming,
+            record,
+            counted_stream,
+        };
+        if let Some(p) = prefix {
+            relay.pending = relay.on_data(p);
+        }
+        relay
+    }
+
+    /// Runs the tap over a chunk and returns what to forward now.
+    fn on_data(&mut self, chunk: Bytes) -> Option<Bytes> {
+        let out = match &mut self.tap {
+            Tap::None => Some(chunk),
+            Tap::Json { chunks, len } => {
+                if *len + chunk.len() <= MAX_JSON_TAP {
+                    *len += chunk.len();
+                    chunks.push(chunk.clone());
+                } else {
+                    *len = usize::MAX / 2;
+                    chunks.clear();
+                }
+                Some(chunk)
+            }
+            Tap::Sse(sse) => {
+                let out = sse.split_complete(chunk);
+                if let Some(events) = &out {
+                    let rec = &mut self.record;
+                    sse.scan(events, |ev| on_event(rec, ev));
+                }
+                out
+            }
+        };
+        if let Some(b) = &out {
+            self.record.bytes_out += b.len() as u64;
+        }
+        out
+    }
+
+    /// The upstream finished cleanly. Returns any final bytes to send.
+    fn on_end(&mut self) -> Option<Bytes> {
+        self.state = State::Done;
+        match std::mem::replace(&mut self.tap, Tap::None) {
+            Tap::None => None,
+            Tap::Json { chunks, len } => {
+                if len <= MAX_JSON_TAP {
+                    self.record.usage = parse_json_usage(&chunks).unwrap_or_default();
+                }
+                self.record.outcome = "complete";
+                None
+            }
+            Tap::Sse(sse) => {
+                let tail = (!sse.tail.is_empty()).then(|| sse.tail.freeze());
+                if sse.saw_stop || sse.saw_error || self.record.route != crate::admit::RouteKind::Messages {
+                    self.record.outcome = if sse.saw_error { "upstream_error_event" } else { "complete" };
+                    return tail;
+                }
+                // The upstream closed without message_stop: to the client this must not
+                // look like a finished message.
+                self.fail_stream("truncated", Error::new(ErrorKind::UpstreamProtocol, "upstream stream ended before message_stop"))
+            }
+        }
+    }
+
+    /// The upstream failed or went idle mid-body.
+    fn on_failure(&mut self, cause: &'static str, err: Error) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if matches!(self.tap, Tap::Sse(_)) {
+            self.state = State::Done;
+            let ev = self.fail_stream(cause, err);
+            return Poll::Ready(ev.map(|b| Ok(Frame::data(b))));
+        }
+        self.state = State::Done;
+        self.record.outcome = "upstream_failed";
+        self.record.error = Some(err.label());
+        self.record.metrics.stream_failures.with_label_values(&[cause]).inc();
+        tracing::warn!(request_id = %self.record.request_id, cause, "upstream body failed: {err}");
+        // An error here makes hyper abort the response, which is the only honest
+        // signal left once the status line has gone out.
+        Poll::Ready(Some(Err(Box::new(err))))
+    }
+
+    fn fail_stream(&mut self, cause: &'static str, err: Error) -> Option<Bytes> {
+        self.state = State::Done;
+        self.record.outcome = "upstream_failed";
+        self.record.error = Some(err.label());
+        self.record.metrics.stream_failures.with_label_values(&[cause]).inc();
+        tracing::warn!(request_id = %self.record.request_id, cause, "stream failed after start: {err}");
+        let ev = err.sse_event();
+        self.record.bytes_out += ev.len() as u64;
+        Some(ev)
+    }
+}
+
+fn on_event(rec: &mut RequestRecord, ev: SseEvent<'_>) {
+    match ev.name {
+        "content_block_delta" if rec.ttft.is_none() => {
+            rec.ttft = Some(rec.started.elapsed());
+        }
+        "message_start" => {
+            #[derive(Deserialize)]
+            struct Start {
+                message: StartMessage,
+            }
+            #[derive(Deserialize)]
+            struct StartMessage {
+                #[serde(default)]
+                usage: Usage,
+            }
+            if let Ok(s) = serde_json::from_slice::<Start>(ev.data) {
+                rec.usage = s.message.usage;
+            }
+        }
+        "message_delta" => {
+            #[derive(Deserialize)]
+            struct Delta {
+                usage: Option<DeltaUsage>,
+            }
+            #[derive(Deserialize)]
+            struct DeltaUsage {
+                output_tokens: Option<u64>,
+                input_tokens: Option<u64>,
+            }
+            if let Ok(Delta { usage: Some(u) }) = serde_json::from_slice::<Delta>(ev.data) {
+                // message_delta counts are cumulative, so they replace, not add.
+                if let Some(o) = u.output_tokens {
+                    rec.usage.output_tokens = o;
+                }
+                if let Some(i) = u.input_tokens {
+                    rec.usage.input_tokens = i;
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn parse_json_usage(chunks: &[Bytes]) -> Option<Usage> {
+    #[derive(Deserialize)]
+    struct WithUsage {
+        usage: Option<Usage>,
+    }
+    let parsed = if chunks.len() == 1 {
+        serde_json::from_slice::<WithUsage>(&chunks[0])
+    } else {
+        serde_json::from_slice::<WithUsage>(&chunks.concat())
+    };
+    parsed.ok()?.usage
+}
+
+/// One SSE event: its name and its (first) data line.
+pub struct SseEvent<'a> {
+    pub name: &'a str,
+    pub data: &'a [u8],
+}
+
+impl SseTap {
+    /// Splits off everything up to the last complete event; keeps the rest.
+    fn split_complete(&mut self, chunk: Bytes) -> Option<Bytes> {
+        if self.tail.is_empty() {
+            match last_boundary(&chunk) {
+                Some(end) if end == chunk.len() => return Some(chunk),
+                Some(end) => {
+                    self.tail.extend_from_slice(&chunk[end..]);
+                    return Some(chunk.slice(..end));
+                }
+                None if chunk.len() > MAX_SSE_TAIL => return Some(chunk),
+                None => {
+                    self.tail.extend_from_slice(&chunk);
+                    return None;
+                }
+            }
+        }
+        self.tail.extend_from_slice(&chunk);
+        match last_boundary(&self.tail) {
+            Some(end) => Some(self.tail.split_to(end).freeze()),
+            None if self.tail.len() > MAX_SSE_TAIL => Some(self.tail.split().freeze()),
+            None => None,
+        }
+    }
+
+    fn scan(&mut self, events: &[u8], mut f: impl FnMut(SseEvent<'_>)) {
+        for raw in split_events(events) {
+            let mut name = "message";
+            let mut data: &[u8] = b"";
+            for line in raw.split(|&b| b == b'\n') {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                if let Some(v) = line.strip_prefix(b"event:") {
+                    name = std::str::from_utf8(v).unwrap_or("").trim();
+                } else if let Some(v) = line.strip_prefix(b"data:") {
+                    if data.is_empty() {
+                        data = v.strip_prefix(b" ").unwrap_or(v);
+                    }
+                }
+            }
+            match name {
+                "message_stop" => self.saw_stop = true,
+                "error" => self.saw_error = true,
+                _ => {}
+            }
+            f(SseEvent { name, data });
+        }
+    }
+}
+
+/// Index just past the last blank line ("\n\n" or "\r\n\r\n") in `buf`.
+pub fn last_boundary(buf: &[u8]) -> Option<usize> {
+    let mut i = buf.len();
+    while i >= 2 {
+        if buf[i - 1] == b'\n' {
+            if buf[i - 2] == b'\n' {
+                return Some(i);
+            }
+            if i >= 4 && &buf[i - 4..i] == b"\r\n\r\n" {
+                return Some(i);
+            }
+        }
+        i -= 1;
+    }
+    None
+}
+
+fn split_events(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        while !rest.is_empty() {
+            let (ev, next) = match find_blank(rest) {
+                Some((start, end)) => (&rest[..start], &rest[end..]),
+                None => (rest, &rest[rest.len()..]),
+            };
+            rest = next;
+            if !ev.is_empty() {
+                return Some(ev);
+            }
+        }
+        None
+    })
+}
+
+fn find_blank(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut i = 0;
+    while i + 1 < buf.len() {
+        if buf[i] == b'\n' {
+            if buf[i + 1] == b'\n' {
+                return Some((i, i + 2));
+            }
+            if buf[i + 1] == b'\r' && buf.get(i + 2) == Some(&b'\n') {
+                return Some((i, i + 3));
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Reads an SSE response until its first complete event, so the proxy can look at it
+/// before committing to this attempt. Returns the bytes read and whether the body ended.
+pub async fn peek_first_event(body: &mut Incoming, timeout: Duration) -> Result<(Bytes, bool), Error> {
+    use http_body_util::BodyExt;
+    let mut buf = BytesMut::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(Error::new(ErrorKind::UpstreamTimeout, "upstream sent no event in time")),
+            Ok(None) => return Ok((buf.freeze(), true)),
+            Ok(Some(Err(e))) => {
+                return Err(Error::new(ErrorKind::UpstreamProtocol, "upstream failed before the first event").with_detail(e))
+            }
+            Ok(Some(Ok(f))) => f,
+        };
+        if let Ok(data) = frame.into_data() {
+            buf.extend_from_slice(&data);
+            if find_blank(&buf).is_some() || buf.len() > MAX_SSE_TAIL {
+                return Ok((buf.freeze(), false));
+            }
+        }
+    }
+}
+
+/// Whether the first bytes of a stream are an `error` event (e.g. overloaded_error
+/// sent with a 200 status), which is still safe to retry since nothing reached the client.
+pub fn first_event_is_error(bytes: &[u8]) -> bool {
+    let mut tap = SseTap::default();
+    let mut first = None;
+    tap.scan(bytes, |ev| {
+        if first.is_none() && ev.name != "ping" {
+            first = Some(ev.name == "error");
+        }
+    });
+    first.unwrap_or(false)
+}
+
+impl Body for Relay {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(b) = this.pending.take() {
+                return Poll::Ready(Some(Ok(Frame::data(b))));
+            }
+            if matches!(this.state, State::Done) {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let deadline = tokio::time::Instant::now() + this.idle;
+                    this.timer.as_mut().reset(deadline);
+                    match frame.into_data() {
+                        Ok(data) => {
+                            if let Some(out) = this.on_data(data) {
+                                return Poll::Ready(Some(Ok(Frame::data(out))));
+                            }
+                        }
+                        Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    let err = Error::new(ErrorKind::UpstreamProtocol, "upstream connection failed mid-response")
+                        .with_detail(e);
+                    return this.on_failure("upstream_reset", err);
+                }
+                Poll::Ready(None) => {
+                    this.pending = this.on_end();
+                    continue;
+                }
+                Poll::Pending => {
+                    if this.timer.as_mut().poll(cx).is_ready() {
+                        let err = Error::new(ErrorKind::UpstreamTimeout, "upstream stalled: no data within the idle timeout");
+                        return this.on_failure("idle_timeout", err);
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done) && self.pending.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match (&self.tap, &self.pending) {
+            (Tap::Sse(_), _) | (_, Some(_)) => SizeHint::default(),
+            _ => self.inner.size_hint(),
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if self.counted_stream {
+            self.record.metrics.active_streams.dec();
+        }
+        if matches!(self.state, State::Streaming) {
+            self.record.outcome = "client_gone";
+        }
+        if let Tap::Json { chunks, len } = &self.tap {
+            if matches!(self.state, State::Streaming) && *len <= MAX_JSON_TAP {
+                self.record.usage = parse_json_usage(chunks).unwrap_or_default();
+            }
+        }
+        self.record.finish();
+    }
+}
+
+/// Whether a response is an event stream, by content type.
+pub fn is_event_stream(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.trim_start().starts_with("text/event-stream"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boundary_finds_last_blank_line() {
+        assert_eq!(last_boundary(b"event: a\ndata: 1\n\nevent: b\nda"), Some(18));
+        assert_eq!(last_boundary(b"event: a\r\ndata: 1\r\n\r\n"), Some(21));
+        assert_eq!(last_boundary(b"event: a\ndata: 1\n"), None);
+    }
+
+    #[test]
+    fn complete_events_pass_zero_copy_and_tails_are_held() {
+        let mut t = SseTap::default();
+        let whole = Bytes::from_static(b"event: ping\ndata: {}\n\n");
+        let out = t.split_complete(whole.clone()).unwrap();
+        assert_eq!(out.as_ptr(), whole.as_ptr());
+        assert!(t.split_complete(Bytes::from_static(b"event: message_stop\nda")).is_none());
+        let out = t.split_complete(Bytes::from_static(b"ta: {}\n\nevent: x")).unwrap();
+        assert_eq!(&out[..], b"event: message_stop\ndata: {}\n\n");
+        assert_eq!(&t.tail[..], b"event: x");
+    }
+
+    #[test]
+    fn scan_reads_names_and_data() {
+        let mut t = SseTap::default();
+        let mut seen = Vec::new();
+        t.scan(b"event: message_start\ndata: {\"a\":1}\n\nevent: message_stop\ndata: {}\n\n", |e| {
+            seen.push((e.name.to_string(), String::from_utf8_lossy(e.data).to_string()))
+        });
+        assert_eq!(seen[0], ("message_start".into(), "{\"a\":1}".into()));
+        assert!(t.saw_stop);
+    }
+
+    #[test]
+    fn first_error_event_is_detected() {
+        assert!(first_event_is_error(b"event: error\ndata: {\"type\":\"error\"}\n\n"));
+        assert!(!first_event_is_error(b"event: message_start\ndata: {}\n\n"));
+    }
+
+    #[test]
+    fn json_usage_is_read_across_chunks() {
+        let chunks = [Bytes::from_static(b"{\"id\":\"m\",\"usage\":{\"input_"), Bytes::from_static(b"tokens\":5,\"output_tokens\":7}}")];
+        let u = parse_json_usage(&chunks).unwrap();
+        assert_eq!((u.input_tokens, u.output_tokens), (5, 7));
+    }
+}
