@@ -113,7 +113,11 @@ impl FaultProxyHandle {
     /// Closes the listener and all connections, and waits until they are gone.
     pub async fn shutdown(&self) {
         self.abort.abort();
-        let task = self.task.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let Some(task) = task {
             let _ = task.await;
         }

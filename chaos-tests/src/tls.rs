@@ -114,7 +114,10 @@ pub fn client_config(ca_pem: &str, alpn: &[&[u8]]) -> io::Result<ClientConfig> {
         roots.add(cert.map_err(other)?).map_err(other)?;
     }
     if roots.is_empty() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "no certificate in PEM"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "no certificate in PEM",
+        ));
     }
     let mut config = ClientConfig::builder_with_provider(Arc::new(default_provider()))
         .with_safe_default_protocol_versions()

@@ -36,15 +36,28 @@ fn ok_json(state: &State, ctl: &Arc<ConnCtl>, fault: &Fault, value: &impl Serial
 /// `POST /v1/messages/count_tokens`.
 pub(crate) fn count_tokens(state: &State, ctl: &Arc<ConnCtl>, fault: &Fault, body: &Bytes) -> Resp {
     match messages::parse(body, false) {
-        Ok(req) => ok_json(state, ctl, fault, &json!({ "input_tokens": req.input_tokens })),
+        Ok(req) => ok_json(
+            state,
+            ctl,
+            fault,
+            &json!({ "input_tokens": req.input_tokens }),
+        ),
         Err(msg) => response::error(400, &msg),
     }
 }
 
 /// (id, display name, created_at), newest first like the real list.
 const MODELS: &[(&str, &str, &str)] = &[
-    ("claude-haiku-4-5", "Claude Haiku 4.5", "2025-10-15T00:00:00Z"),
-    ("claude-sonnet-4-5", "Claude Sonnet 4.5", "2025-09-29T00:00:00Z"),
+    (
+        "claude-haiku-4-5",
+        "Claude Haiku 4.5",
+        "2025-10-15T00:00:00Z",
+    ),
+    (
+        "claude-sonnet-4-5",
+        "Claude Sonnet 4.5",
+        "2025-09-29T00:00:00Z",
+    ),
     ("claude-opus-4-1", "Claude Opus 4.1", "2025-08-05T00:00:00Z"),
 ];
 

@@ -61,7 +61,11 @@ impl AsyncRead for AbortableIo {
 }
 
 impl AsyncWrite for AbortableIo {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
 
@@ -95,7 +99,11 @@ fn builder() -> Builder<TokioExecutor> {
 
 /// Serves connections until the task is aborted; connection tasks live in a `JoinSet`, so
 /// aborting this task also tears down every open connection.
-pub(crate) async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, state: Arc<State>) {
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    state: Arc<State>,
+) {
     let builder = Arc::new(builder());
     let mut conns = JoinSet::new();
     loop {
@@ -124,7 +132,10 @@ async fn serve(
     state: Arc<State>,
 ) {
     let ctl = Arc::new(ConnCtl::default());
-    let io = AbortableIo { inner: stream, ctl: ctl.clone() };
+    let io = AbortableIo {
+        inner: stream,
+        ctl: ctl.clone(),
+    };
     let svc_ctl = ctl.clone();
     let svc = service_fn(move |req| service::handle(state.clone(), svc_ctl.clone(), req));
     let conn = async {

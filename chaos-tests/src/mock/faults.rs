@@ -59,7 +59,10 @@ pub enum Cut {
 impl Fault {
     /// An Anthropic error response with this status.
     pub fn status(status: u16) -> Fault {
-        Fault { status: Some(status), ..Fault::default() }
+        Fault {
+            status: Some(status),
+            ..Fault::default()
+        }
     }
 
     /// A transient 429 with `retry-after`.
@@ -69,7 +72,10 @@ impl Fault {
 
     /// A 429 whose headers say the quota is gone for a long while.
     pub fn quota_exhausted(retry_after_secs: u64) -> Fault {
-        Fault { exhausted: true, ..Fault::rate_limited(retry_after_secs) }
+        Fault {
+            exhausted: true,
+            ..Fault::rate_limited(retry_after_secs)
+        }
     }
 
     /// A 529 `overloaded_error`.
@@ -79,32 +85,50 @@ impl Fault {
 
     /// Delay before the response headers.
     pub fn latency(delay: Duration) -> Fault {
-        Fault { latency: Some(delay), ..Fault::default() }
+        Fault {
+            latency: Some(delay),
+            ..Fault::default()
+        }
     }
 
     /// Abort the connection without any response.
     pub fn reset() -> Fault {
-        Fault { reset: true, ..Fault::default() }
+        Fault {
+            reset: true,
+            ..Fault::default()
+        }
     }
 
     /// See [`Cut::StallAfter`].
     pub fn stall_after(n: usize) -> Fault {
-        Fault { cut: Some(Cut::StallAfter(n)), ..Fault::default() }
+        Fault {
+            cut: Some(Cut::StallAfter(n)),
+            ..Fault::default()
+        }
     }
 
     /// See [`Cut::ResetAfter`].
     pub fn reset_after(n: usize) -> Fault {
-        Fault { cut: Some(Cut::ResetAfter(n)), ..Fault::default() }
+        Fault {
+            cut: Some(Cut::ResetAfter(n)),
+            ..Fault::default()
+        }
     }
 
     /// See [`Cut::ErrorAfter`].
     pub fn error_after(n: usize) -> Fault {
-        Fault { cut: Some(Cut::ErrorAfter(n)), ..Fault::default() }
+        Fault {
+            cut: Some(Cut::ErrorAfter(n)),
+            ..Fault::default()
+        }
     }
 
     /// Send the body in [`DEFAULT_DRIP_BYTES`]-byte pieces, `delay` apart.
     pub fn drip(delay: Duration) -> Fault {
-        Fault { drip: Some(delay), ..Fault::default() }
+        Fault {
+            drip: Some(delay),
+            ..Fault::default()
+        }
     }
 
     /// Adds a `retry-after` header to a status fault.
@@ -277,7 +301,11 @@ pub struct Pacing {
 
 impl Default for Pacing {
     fn default() -> Self {
-        Pacing { ttft: Duration::ZERO, interval: Duration::ZERO, tokens: 12 }
+        Pacing {
+            ttft: Duration::ZERO,
+            interval: Duration::ZERO,
+            tokens: 12,
+        }
     }
 }
 
@@ -286,7 +314,11 @@ impl Pacing {
     /// separated, any subset) on top of `self`.
     pub fn with_overrides(self, header: &str) -> Result<Pacing, FaultParseError> {
         let mut pacing = self;
-        for item in header.split([',', ';']).map(str::trim).filter(|i| !i.is_empty()) {
+        for item in header
+            .split([',', ';'])
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+        {
             let (key, value) = match item.split_once('=') {
                 Some((k, v)) => (k.trim(), Some(v.trim())),
                 None => (item, None),
@@ -356,7 +388,9 @@ mod tests {
 
     #[test]
     fn pacing_overrides_only_given_keys() {
-        let p = Pacing::default().with_overrides("interval-ms=20, tokens=5").unwrap();
+        let p = Pacing::default()
+            .with_overrides("interval-ms=20, tokens=5")
+            .unwrap();
         assert_eq!(p.interval, Duration::from_millis(20));
         assert_eq!(p.tokens, 5);
         assert_eq!(p.ttft, Duration::ZERO);

@@ -128,17 +128,27 @@ pub(crate) fn estimate_tokens(chars: u64) -> u64 {
 
 impl<'a> RawRequest<'a> {
     /// Checks required fields; `Err` is the message for a 400 (`prefix` locates it in a batch).
-    pub(crate) fn validate(self, need_max_tokens: bool, prefix: &str) -> Result<Request<'a>, String> {
-        let model = self.model.ok_or_else(|| format!("{prefix}model: Field required"))?;
+    pub(crate) fn validate(
+        self,
+        need_max_tokens: bool,
+        prefix: &str,
+    ) -> Result<Request<'a>, String> {
+        let model = self
+            .model
+            .ok_or_else(|| format!("{prefix}model: Field required"))?;
         let messages = self
             .messages
             .ok_or_else(|| format!("{prefix}messages: Field required"))?;
         if messages.count == 0 {
-            return Err(format!("{prefix}messages: at least one message is required"));
+            return Err(format!(
+                "{prefix}messages: at least one message is required"
+            ));
         }
         let max_tokens = match self.max_tokens {
             Some(0) => {
-                return Err(format!("{prefix}max_tokens: Input should be greater than or equal to 1"))
+                return Err(format!(
+                    "{prefix}max_tokens: Input should be greater than or equal to 1"
+                ))
             }
             Some(n) => n,
             None if need_max_tokens => return Err(format!("{prefix}max_tokens: Field required")),
@@ -217,7 +227,11 @@ impl<'a> Reply<'a> {
                 input_tokens: self.input_tokens,
                 cache_creation_input_tokens: 0,
                 cache_read_input_tokens: 0,
-                output_tokens: if streaming_start { 1 } else { u64::from(self.output_tokens) },
+                output_tokens: if streaming_start {
+                    1
+                } else {
+                    u64::from(self.output_tokens)
+                },
             },
         }
     }
@@ -313,7 +327,10 @@ fn events(reply: &Reply<'_>) -> Vec<Bytes> {
         });
         out.push(event("content_block_delta", &delta.to_string()));
     }
-    out.push(event("content_block_stop", r#"{"type":"content_block_stop","index":0}"#));
+    out.push(event(
+        "content_block_stop",
+        r#"{"type":"content_block_stop","index":0}"#,
+    ));
     let delta = serde_json::json!({
         "type": "message_delta",
         "delta": {"stop_reason": reply.stop_reason, "stop_sequence": null},
@@ -381,7 +398,8 @@ async fn finish_cut(mut out: Sender, cut: Cut) {
         Cut::StallAfter(_) => out.stall().await,
         Cut::ResetAfter(_) => out.reset().await,
         Cut::ErrorAfter(_) => {
-            out.send(Bytes::from_static(OVERLOADED_EVENT.as_bytes())).await;
+            out.send(Bytes::from_static(OVERLOADED_EVENT.as_bytes()))
+                .await;
         }
     }
 }
@@ -404,10 +422,18 @@ mod tests {
     #[test]
     fn missing_fields_are_named() {
         assert_eq!(
-            parse(br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#, true).err(),
+            parse(
+                br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#,
+                true
+            )
+            .err(),
             Some("max_tokens: Field required".to_owned())
         );
-        assert!(parse(br#"{"model":"m","max_tokens":1,"messages":[{"role":"robot","content":"x"}]}"#, true).is_err());
+        assert!(parse(
+            br#"{"model":"m","max_tokens":1,"messages":[{"role":"robot","content":"x"}]}"#,
+            true
+        )
+        .is_err());
         assert!(parse(b"{not json", true).is_err());
     }
 

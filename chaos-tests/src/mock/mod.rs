@@ -152,7 +152,12 @@ impl State {
             headers: parts
                 .headers
                 .iter()
-                .map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .map(|(n, v)| {
+                    (
+                        n.as_str().to_owned(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
                 .collect(),
             body,
             body_len,
@@ -166,7 +171,10 @@ impl State {
     }
 
     fn key_allowed(&self, key: &str) -> bool {
-        let keys = self.valid_keys.read().unwrap_or_else(PoisonError::into_inner);
+        let keys = self
+            .valid_keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         keys.as_ref().is_none_or(|k| k.contains(key))
     }
 
@@ -184,7 +192,10 @@ impl State {
         if !self.has_key_faults.load(Relaxed) {
             return None;
         }
-        let faults = self.key_faults.read().unwrap_or_else(PoisonError::into_inner);
+        let faults = self
+            .key_faults
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         faults.get(key).cloned()
     }
 
@@ -212,7 +223,10 @@ impl MockUpstream {
         let (tls, cert_pem) = if config.tls {
             let cert = SelfSignedCert::localhost()?;
             let server = cert.server_config(&[b"h2", b"http/1.1"])?;
-            (Some(TlsAcceptor::from(server)), Some(cert.ca_pem().to_owned()))
+            (
+                Some(TlsAcceptor::from(server)),
+                Some(cert.ca_pem().to_owned()),
+            )
         } else {
             (None, None)
         };
@@ -274,21 +288,33 @@ impl MockHandle {
 
     /// Every request authenticated with `key` gets `fault` until cleared.
     pub fn set_key_fault(&self, key: &str, fault: Fault) {
-        let mut faults = self.state.key_faults.write().unwrap_or_else(PoisonError::into_inner);
+        let mut faults = self
+            .state
+            .key_faults
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         faults.insert(key.to_owned(), fault);
         self.state.has_key_faults.store(true, Relaxed);
     }
 
     /// Removes the fault for one key.
     pub fn clear_key_fault(&self, key: &str) {
-        let mut faults = self.state.key_faults.write().unwrap_or_else(PoisonError::into_inner);
+        let mut faults = self
+            .state
+            .key_faults
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         faults.remove(key);
         self.state.has_key_faults.store(!faults.is_empty(), Relaxed);
     }
 
     /// Removes all key faults.
     pub fn clear_key_faults(&self) {
-        let mut faults = self.state.key_faults.write().unwrap_or_else(PoisonError::into_inner);
+        let mut faults = self
+            .state
+            .key_faults
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         faults.clear();
         self.state.has_key_faults.store(false, Relaxed);
     }
@@ -310,13 +336,21 @@ impl MockHandle {
 
     /// Replaces the accepted keys; `None` accepts any non-empty key.
     pub fn set_valid_keys(&self, keys: Option<Vec<String>>) {
-        let mut valid = self.state.valid_keys.write().unwrap_or_else(PoisonError::into_inner);
+        let mut valid = self
+            .state
+            .valid_keys
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         *valid = keys.map(|k| k.into_iter().collect());
     }
 
     /// Changes the default pacing for requests that arrive from now on.
     pub fn set_pacing(&self, pacing: Pacing) {
-        *self.state.pacing.write().unwrap_or_else(PoisonError::into_inner) = pacing;
+        *self
+            .state
+            .pacing
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = pacing;
     }
 
     /// Stops accepting, closes every connection, and waits until the port is released.

@@ -21,7 +21,11 @@ pub struct RateLimits {
 
 impl Default for RateLimits {
     fn default() -> Self {
-        RateLimits { requests: 4_000, input_tokens: 2_000_000, output_tokens: 400_000 }
+        RateLimits {
+            requests: 4_000,
+            input_tokens: 2_000_000,
+            output_tokens: 400_000,
+        }
     }
 }
 
@@ -133,13 +137,28 @@ impl RateWindow {
             headers.insert(HeaderName::from_static(name), value);
         };
         put("anthropic-ratelimit-requests-limit", l.requests.into());
-        put("anthropic-ratelimit-requests-remaining", req_remaining.into());
+        put(
+            "anthropic-ratelimit-requests-remaining",
+            req_remaining.into(),
+        );
         put("anthropic-ratelimit-requests-reset", req_reset);
-        put("anthropic-ratelimit-input-tokens-limit", l.input_tokens.into());
-        put("anthropic-ratelimit-input-tokens-remaining", in_remaining.into());
+        put(
+            "anthropic-ratelimit-input-tokens-limit",
+            l.input_tokens.into(),
+        );
+        put(
+            "anthropic-ratelimit-input-tokens-remaining",
+            in_remaining.into(),
+        );
         put("anthropic-ratelimit-input-tokens-reset", reset.clone());
-        put("anthropic-ratelimit-output-tokens-limit", l.output_tokens.into());
-        put("anthropic-ratelimit-output-tokens-remaining", out_remaining.into());
+        put(
+            "anthropic-ratelimit-output-tokens-limit",
+            l.output_tokens.into(),
+        );
+        put(
+            "anthropic-ratelimit-output-tokens-remaining",
+            out_remaining.into(),
+        );
         put("anthropic-ratelimit-output-tokens-reset", reset.clone());
         put("anthropic-ratelimit-tokens-limit", tok_limit.into());
         put("anthropic-ratelimit-tokens-remaining", tok_remaining.into());

@@ -94,7 +94,10 @@ pub(crate) fn rfc3339(unix_secs: u64) -> String {
     i64::try_from(unix_secs)
         .ok()
         .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_owned())
 }
 
@@ -152,15 +155,20 @@ struct ErrorDetail<'a> {
 
 impl<'a> ErrorBody<'a> {
     pub(crate) fn new(kind: &'static str, message: &'a str) -> Self {
-        ErrorBody { kind: "error", error: ErrorDetail { kind, message } }
+        ErrorBody {
+            kind: "error",
+            error: ErrorDetail { kind, message },
+        }
     }
 }
 
 /// An Anthropic-shaped error response.
 pub(crate) fn error(status: u16, message: &str) -> Resp {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let body = serde_json::to_vec(&ErrorBody::new(error_type(status), message))
-        .unwrap_or_else(|_| br#"{"type":"error","error":{"type":"api_error","message":"mock"}}"#.to_vec());
+    let body =
+        serde_json::to_vec(&ErrorBody::new(error_type(status), message)).unwrap_or_else(|_| {
+            br#"{"type":"error","error":{"type":"api_error","message":"mock"}}"#.to_vec()
+        });
     with_body(code, JSON, MockBody::full(body))
 }
 
@@ -174,7 +182,9 @@ pub(crate) fn fault_error(state: &State, fault: &Fault, status: u16) -> Resp {
     let exhausted_until = fault
         .exhausted
         .then(|| now_secs() + fault.retry_after.unwrap_or(0).max(3600));
-    state.limits.write_headers(headers, state.limits.peek(), exhausted_until);
+    state
+        .limits
+        .write_headers(headers, state.limits.peek(), exhausted_until);
     resp
 }
 
@@ -190,7 +200,15 @@ pub(crate) struct Sender {
 impl Sender {
     pub(crate) fn new(fault: &Fault, ctl: Arc<ConnCtl>) -> (Sender, mpsc::Receiver<Bytes>) {
         let (tx, rx) = mpsc::channel(16);
-        (Sender { tx, drip: fault.drip_plan(), ctl, started: false }, rx)
+        (
+            Sender {
+                tx,
+                drip: fault.drip_plan(),
+                ctl,
+                started: false,
+            },
+            rx,
+        )
     }
 
     /// Waits `delay`; false if the client is gone.

@@ -57,9 +57,15 @@ impl<'a> Route<'a> {
                         Some((id, "results")) if get => Route::BatchResults(id),
                         _ => Route::NotFound,
                     }
-                } else if let Some(id) = path.strip_prefix("/v1/models/").filter(|id| get && !id.is_empty() && !id.contains('/')) {
+                } else if let Some(id) = path
+                    .strip_prefix("/v1/models/")
+                    .filter(|id| get && !id.is_empty() && !id.contains('/'))
+                {
                     Route::ModelGet(id)
-                } else if let Some(id) = path.strip_prefix("/v1/files/").filter(|id| get && !id.is_empty() && !id.contains('/')) {
+                } else if let Some(id) = path
+                    .strip_prefix("/v1/files/")
+                    .filter(|id| get && !id.is_empty() && !id.contains('/'))
+                {
                     Route::FileGet(id)
                 } else {
                     Route::NotFound
@@ -135,7 +141,9 @@ async fn serve(state: &Arc<State>, ctl: &Arc<ConnCtl>, req: Request<Incoming>) -
     let (parts, body) = req.into_parts();
     let route = Route::of(&parts.method, parts.uri.path());
     let read = match route {
-        Route::FileUpload => count_body(&parts.headers, body).await.map(|n| (Bytes::new(), n)),
+        Route::FileUpload => count_body(&parts.headers, body)
+            .await
+            .map(|n| (Bytes::new(), n)),
         _ => read_body(&parts.headers, body).await.map(|b| {
             let n = b.len() as u64;
             (b, n)
@@ -146,8 +154,12 @@ async fn serve(state: &Arc<State>, ctl: &Arc<ConnCtl>, req: Request<Incoming>) -
         Err(e) => {
             state.record(&parts, Bytes::new(), 0, received_at);
             return match e {
-                BodyError::TooLarge => response::error(413, "Request exceeds the maximum allowed number of bytes."),
-                BodyError::Read(msg) => response::error(400, &format!("could not read request body: {msg}")),
+                BodyError::TooLarge => {
+                    response::error(413, "Request exceeds the maximum allowed number of bytes.")
+                }
+                BodyError::Read(msg) => {
+                    response::error(400, &format!("could not read request body: {msg}"))
+                }
             };
         }
     };
@@ -168,9 +180,11 @@ async fn serve(state: &Arc<State>, ctl: &Arc<ConnCtl>, req: Request<Incoming>) -
     };
     let pacing = match parts.headers.get("x-mock-pacing") {
         None => state.pacing(),
-        Some(v) => match v.to_str().map_err(|e| e.to_string()).and_then(|s| {
-            state.pacing().with_overrides(s).map_err(|e| e.to_string())
-        }) {
+        Some(v) => match v
+            .to_str()
+            .map_err(|e| e.to_string())
+            .and_then(|s| state.pacing().with_overrides(s).map_err(|e| e.to_string()))
+        {
             Ok(p) => p,
             Err(e) => return response::error(400, &format!("invalid x-mock-pacing header: {e}")),
         },
@@ -193,7 +207,9 @@ async fn serve(state: &Arc<State>, ctl: &Arc<ConnCtl>, req: Request<Incoming>) -
 /// Header fault first (explicit in the request), then the FIFO queue, then the key's fault.
 fn fault_for(state: &State, parts: &Parts, key: &str) -> Result<Option<Fault>, String> {
     if let Some(v) = parts.headers.get("x-mock-fault") {
-        let text = v.to_str().map_err(|e| format!("invalid x-mock-fault header: {e}"))?;
+        let text = v
+            .to_str()
+            .map_err(|e| format!("invalid x-mock-fault header: {e}"))?;
         return text
             .parse()
             .map(Some)
@@ -224,11 +240,17 @@ fn dispatch(
         Route::ModelList => api::list_models(state, ctl, fault),
         Route::ModelGet(id) => api::get_model(state, ctl, fault, id),
         Route::FileUpload => {
-            let content_type = parts.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
+            let content_type = parts
+                .headers
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
             api::upload_file(state, ctl, fault, content_type, body_len)
         }
         Route::FileList => api::list_files(state, ctl, fault),
         Route::FileGet(id) => api::get_file(state, ctl, fault, id),
-        Route::NotFound => response::error(404, &format!("Not found: {} {}", parts.method, parts.uri.path())),
+        Route::NotFound => response::error(
+            404,
+            &format!("Not found: {} {}", parts.method, parts.uri.path()),
+        ),
     }
 }

@@ -1,0 +1,186 @@
+//! Shared harness for the node's integration tests: a node started in process on
+//! port 0 in front of the mock upstream, and a small HTTP client that records when
+//! each body chunk arrived.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use strait_chaos::mock::{MockConfig, MockHandle, MockUpstream};
+use strait_node::config::{RawConfig, Secret};
+use strait_node::Node;
+
+pub const UPSTREAM_KEYS: [&str; 2] = ["sk-ant-upstream-one-0001", "sk-ant-upstream-two-0002"];
+pub const CLIENT_KEY: &str = "strait-client-key-alpha";
+
+/// A node in managed mode (two upstream keys, one client key) and its mock upstream.
+pub struct Harness {
+    pub node: Option<Node>,
+    pub mock: MockHandle,
+    pub url: String,
+    pub admin: String,
+}
+
+impl Harness {
+    pub async fn managed() -> Harness {
+        Harness::build(MockConfig::default(), |_| {}, &UPSTREAM_KEYS, &[CLIENT_KEY]).await
+    }
+
+    pub async fn passthrough() -> Harness {
+        Harness::build(MockConfig::default(), |_| {}, &[], &[]).await
+    }
+
+    /// Starts the mock with `mock`, then a node whose raw config `tweak` may change.
+    pub async fn build(
+        mock: MockConfig,
+        tweak: impl FnOnce(&mut RawConfig),
+        upstream_keys: &[&str],
+        client_keys: &[&str],
+    ) -> Harness {
+        let mock = MockUpstream::start(mock).await.expect("mock upstream starts");
+        let mut raw = RawConfig::default();
+        raw.listen.public = "127.0.0.1:0".into();
+        raw.listen.admin = "127.0.0.1:0".into();
+        raw.upstream.base_url = mock.url().to_string();
+        raw.log.access_log = false;
+        tweak(&mut raw);
+        let config = raw
+            .validate(
+                upstream_keys.iter().map(|k| Secret::new(*k)).collect(),
+                client_keys.iter().map(|k| Secret::new(*k)).collect(),
+            )
+            .expect("test config is valid");
+        let node = Node::start(config).await.expect("node starts");
+        let url = format!("http://{}", node.public_addr());
+        let admin = format!("http://{}", node.admin_addr());
+        Harness { node: Some(node), mock, url, admin }
+    }
+
+    pub fn node(&self) -> &Node {
+        self.node.as_ref().expect("node running")
+    }
+
+    pub async fn metrics(&self) -> String {
+        let r = get(&format!("{}/metrics", self.admin), &[]).await;
+        assert_eq!(r.status, StatusCode::OK);
+        r.text()
+    }
+}
+
+/// A finished response, with the arrival time of each body chunk.
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub chunks: Vec<(Duration, Bytes)>,
+    pub version: http::Version,
+}
+
+impl Resp {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts an Anthropic-shaped error made by the gateway.
+    pub fn assert_gateway_error(&self, status: u16, kind: &str) {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.text());
+        let v = self.json();
+        assert_eq!(v["type"], "error", "{v}");
+        assert_eq!(v["error"]["type"], kind, "{v}");
+        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        assert_eq!(self.header("x-strait-error-source"), Some("gateway"));
+        assert!(self.header("x-strait-request-id").is_some());
+    }
+
+    /// SSE event names in order.
+    pub fn event_names(&self) -> Vec<String> {
+        self.text()
+            .lines()
+            .filter_map(|l| l.strip_prefix("event: ").map(str::to_string))
+            .collect()
+    }
+}
+
+fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Resp {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(body.into())).unwrap();
+    let started = Instant::now();
+    let resp = tokio::time::timeout(Duration::from_secs(30), client().request(req))
+        .await
+        .expect("response within 30 s")
+        .expect("request succeeds at the HTTP level");
+    collect(resp, started).await
+}
+
+pub async fn collect(resp: http::Response<hyper::body::Incoming>, started: Instant) -> Resp {
+    let (parts, mut body) = resp.into_parts();
+    let mut chunks = Vec::new();
+    let mut all = Vec::new();
+    while let Some(frame) = tokio::time::timeout(Duration::from_secs(30), body.frame()).await.expect("body frame within 30 s") {
+        match frame {
+            Ok(f) => {
+                if let Ok(d) = f.into_data() {
+                    all.extend_from_slice(&d);
+                    chunks.push((started.elapsed(), d));
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    Resp { status: parts.status, headers: parts.headers, body: all.into(), chunks, version: parts.version }
+}
+
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> Resp {
+    send(Method::GET, url, headers, Bytes::new()).await
+}
+
+pub async fn post_json(url: &str, headers: &[(&str, &str)], body: &serde_json::Value) -> Resp {
+    let mut h = vec![("content-type", "application/json")];
+    h.extend_from_slice(headers);
+    send(Method::POST, url, &h, body.to_string()).await
+}
+
+/// Headers an Anthropic SDK sends, with the given key.
+pub fn sdk_headers(key: &str) -> Vec<(&'static str, String)> {
+    vec![("x-api-key", key.to_string()), ("anthropic-version", "2023-06-01".to_string())]
+}
+
+pub fn auth(key: &str) -> [(&'static str, &str); 2] {
+    [("x-api-key", key), ("anthropic-version", "2023-06-01")]
+}
+
+pub fn message_body(stream: bool) -> serde_json::Value {
+    serde_json::json!({
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 64,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "Hello, Claude"}],
+    })
+}
+
+/// A free address on loopback, for tests that need a port nothing listens on.
+pub fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
