@@ -3,6 +3,8 @@
 //! each body chunk arrived.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
