@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Sets up everything the test suite needs on a Debian 12 machine with the Rust
+# toolchain, then runs the whole suite. Safe to run again: it installs only what is
+# missing. Services (Redis, etcd, RabbitMQ) are NOT started here: the tests start
+# their own instances on free ports.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+# Debian packages: service binaries the tests launch, protoc for etcd-client, python.
+PKGS=(redis-server rabbitmq-server etcd-server etcd-client protobuf-compiler libprotobuf-dev
+      python3 python3-venv ca-certificates)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# The official Anthropic Python SDK, in a virtualenv of its own (Debian's python
+# refuses system-wide pip installs).
+VENV=target/sdk-venv
+if ! "$VENV/bin/python" -c 'import anthropic' 2>/dev/null; then
+  echo "==> installing the anthropic Python SDK into $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check anthropic
+fi
+export STRAIT_PYTHON="$PWD/$VENV/bin/python"
+
+echo "==> building and running the test suite"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+else
+  cargo test --workspace --no-fail-fast "$@"
+fi
