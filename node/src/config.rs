@@ -32,7 +32,8 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default upstream connect timeout (nginx field setup: 5 s).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default upstream send timeout (request fully written).
+/// Default upstream send timeout: extra time a streamed upload gets, on top of the
+/// read timeout, before the response must start.
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default upstream read timeout: time to response headers and between body chunks
 /// of non-streaming responses.

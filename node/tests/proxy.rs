@@ -153,3 +153,22 @@ async fn health_is_served_on_both_listeners() {
         assert!(r.body.len() < 5 * 1024);
     }
 }
+
+#[tokio::test]
+async fn plain_listener_speaks_h2c_with_prior_knowledge() {
+    let h = Harness::managed().await;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let req = http::Request::post(format!("{}/v1/messages", h.url))
+        .header("x-api-key", CLIENT_KEY)
+        .header("anthropic-version", "2023-06-01")
+        .body(http_body_util::Full::new(bytes::Bytes::from(message_body(true).to_string())))
+        .unwrap();
+    let resp = client.request(req).await.expect("h2c request");
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let r = collect(resp, std::time::Instant::now()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.event_names().last().map(String::as_str), Some("message_stop"));
+}

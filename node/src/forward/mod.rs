@@ -112,9 +112,11 @@ impl Upstream {
     ) -> Result<Forwarded> {
         let uri = self.uri(path_and_query)?;
         let max_attempts = self.config.max_attempts;
-        let first_byte_timeout =
-            if ctx.stream { self.config.stream_idle_timeout } else { self.config.read_timeout };
         let mut spare = body.try_clone();
+        let wait = if ctx.stream { self.config.stream_idle_timeout } else { self.config.read_timeout };
+        // A streamed upload is still being sent while we wait for the response, so it
+        // gets the send timeout on top; a buffered body is written in one go.
+        let first_byte_timeout = if spare.is_some() { wait } else { wait + self.config.send_timeout };
         let mut body = Some(body);
         let mut avoid = None;
         let mut attempt = 0;
