@@ -44,37 +44,94 @@ impl Metrics {
         let registry = Registry::new_custom(Some("strait".into()), None).expect("valid prefix");
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
         let histogram = |name: &str, help: &str, labels: &[&str]| {
-            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(SECONDS_BUCKETS.to_vec()), labels)
-                .expect("valid metric");
-            registry.register(Box::new(h.clone())).expect("unique metric");
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(SECONDS_BUCKETS.to_vec()),
+                labels,
+            )
+            .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
             h
         };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
-            registry.register(Box::new(g.clone())).expect("unique metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
             g
         };
-        let keys = IntGaugeVec::new(Opts::new("upstream_keys", "Upstream keys by state"), &["state"])
-            .expect("valid metric");
-        registry.register(Box::new(keys.clone())).expect("unique metric");
+        let keys = IntGaugeVec::new(
+            Opts::new("upstream_keys", "Upstream keys by state"),
+            &["state"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(keys.clone()))
+            .expect("unique metric");
         Arc::new(Metrics {
-            requests: counter("requests_total", "Requests finished, by route, status and model", &["route", "status", "model"]),
-            duration: histogram("request_duration_seconds", "Time from request received to last byte sent", &["route"]),
-            upstream_ttfb: histogram("upstream_ttfb_seconds", "Time from upstream request sent to response headers", &["route"]),
-            ttft: histogram("time_to_first_token_seconds", "Time from request received to the first content delta of a stream", &["model"]),
-            tokens: counter("tokens_total", "Tokens reported by the upstream, by direction and model", &["direction", "model"]),
-            upstream_errors: counter("upstream_errors_total", "Upstream failures by kind", &["kind"]),
-            gateway_errors: counter("gateway_errors_total", "Errors the gateway itself answered, by type", &["type"]),
-            retries: counter("upstream_retries_total", "Upstream attempts repeated on another key or connection, by cause", &["cause"]),
+            requests: counter(
+                "requests_total",
+                "Requests finished, by route, status and model",
+                &["route", "status", "model"],
+            ),
+            duration: histogram(
+                "request_duration_seconds",
+                "Time from request received to last byte sent",
+                &["route"],
+            ),
+            upstream_ttfb: histogram(
+                "upstream_ttfb_seconds",
+                "Time from upstream request sent to response headers",
+                &["route"],
+            ),
+            ttft: histogram(
+                "time_to_first_token_seconds",
+                "Time from request received to the first content delta of a stream",
+                &["model"],
+            ),
+            tokens: counter(
+                "tokens_total",
+                "Tokens reported by the upstream, by direction and model",
+                &["direction", "model"],
+            ),
+            upstream_errors: counter(
+                "upstream_errors_total",
+                "Upstream failures by kind",
+                &["kind"],
+            ),
+            gateway_errors: counter(
+                "gateway_errors_total",
+                "Errors the gateway itself answered, by type",
+                &["type"],
+            ),
+            retries: counter(
+                "upstream_retries_total",
+                "Upstream attempts repeated on another key or connection, by cause",
+                &["cause"],
+            ),
             active_streams: gauge("active_streams", "Streaming responses in flight"),
-            stream_failures: counter("stream_failures_total", "Streams that failed after they started, by cause", &["cause"]),
-            upstream_connections: gauge("upstream_connections", "Open upstream connections (pooled or in use)"),
+            stream_failures: counter(
+                "stream_failures_total",
+                "Streams that failed after they started, by cause",
+                &["cause"],
+            ),
+            upstream_connections: gauge(
+                "upstream_connections",
+                "Open upstream connections (pooled or in use)",
+            ),
             downstream_connections: gauge("downstream_connections", "Open client connections"),
-            key_cooldowns: counter("upstream_key_cooldowns_total", "Upstream keys put to rest, by reason", &["reason"]),
+            key_cooldowns: counter(
+                "upstream_key_cooldowns_total",
+                "Upstream keys put to rest, by reason",
+                &["reason"],
+            ),
             keys,
             draining: gauge("draining", "1 while the node drains"),
             registry,
@@ -127,20 +184,32 @@ impl RequestRecord {
             (None, _) => "",
         };
         let mut status_buf = itoa_status(self.status);
-        m.requests.with_label_values(&[route, status_str(&mut status_buf), model]).inc();
+        m.requests
+            .with_label_values(&[route, status_str(&mut status_buf), model])
+            .inc();
         let elapsed = self.started.elapsed();
-        m.duration.with_label_values(&[route]).observe(elapsed.as_secs_f64());
+        m.duration
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64());
         if let Some(ttfb) = self.upstream_ttfb {
-            m.upstream_ttfb.with_label_values(&[route]).observe(ttfb.as_secs_f64());
+            m.upstream_ttfb
+                .with_label_values(&[route])
+                .observe(ttfb.as_secs_f64());
         }
         if let Some(ttft) = self.ttft {
-            m.ttft.with_label_values(&[model]).observe(ttft.as_secs_f64());
+            m.ttft
+                .with_label_values(&[model])
+                .observe(ttft.as_secs_f64());
         }
         if self.usage.input_tokens > 0 {
-            m.tokens.with_label_values(&["input", model]).inc_by(self.usage.input_tokens);
+            m.tokens
+                .with_label_values(&["input", model])
+                .inc_by(self.usage.input_tokens);
         }
         if self.usage.output_tokens > 0 {
-            m.tokens.with_label_values(&["output", model]).inc_by(self.usage.output_tokens);
+            m.tokens
+                .with_label_values(&["output", model])
+                .inc_by(self.usage.output_tokens);
         }
         if !self.access_log {
             return;
@@ -172,7 +241,11 @@ impl RequestRecord {
 
 fn itoa_status(status: u16) -> [u8; 3] {
     let s = status.min(999);
-    [b'0' + (s / 100) as u8, b'0' + (s / 10 % 10) as u8, b'0' + (s % 10) as u8]
+    [
+        b'0' + (s / 100) as u8,
+        b'0' + (s / 10 % 10) as u8,
+        b'0' + (s % 10) as u8,
+    ]
 }
 
 fn status_str(buf: &mut [u8; 3]) -> &str {

@@ -31,15 +31,21 @@ pub fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
 /// `/livez` (the process answers) or `/readyz` (health+json, 200 pass/warn, 503 fail).
 pub fn health(shared: &Shared, path: &str) -> Response<ProxyBody> {
     let (status, body, ctype) = if path == "/livez" {
-        (StatusCode::OK, String::from("{\"status\":\"pass\"}"), "application/health+json")
+        (
+            StatusCode::OK,
+            String::from("{\"status\":\"pass\"}"),
+            "application/health+json",
+        )
     } else {
         let (status, body) = shared.readiness();
         (status, body, "application/health+json")
     };
     let mut r = Response::new(ProxyBody::full(body));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
@@ -48,7 +54,12 @@ fn refresh_gauges(shared: &Shared) {
     let (ready, transient, exhausted) = shared.snapshot.load().pool.census();
     let keys = &shared.metrics.keys;
     keys.with_label_values(&["ready"]).set(ready as i64);
-    keys.with_label_values(&["cooling_transient"]).set(transient as i64);
-    keys.with_label_values(&["cooling_exhausted"]).set(exhausted as i64);
-    shared.metrics.draining.set(i64::from(shared.health.is_draining()));
+    keys.with_label_values(&["cooling_transient"])
+        .set(transient as i64);
+    keys.with_label_values(&["cooling_exhausted"])
+        .set(exhausted as i64);
+    shared
+        .metrics
+        .draining
+        .set(i64::from(shared.health.is_draining()));
 }

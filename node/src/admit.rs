@@ -51,7 +51,10 @@ impl RouteKind {
     /// Routes whose POST bodies are JSON documents the gateway reads in full (and can
     /// therefore replay on retry). File uploads are streamed instead.
     fn buffers_body(self) -> bool {
-        matches!(self, RouteKind::Messages | RouteKind::CountTokens | RouteKind::Batches)
+        matches!(
+            self,
+            RouteKind::Messages | RouteKind::CountTokens | RouteKind::Batches
+        )
     }
 }
 
@@ -87,12 +90,20 @@ pub async fn admit_body(
             return Err(too_large(max_body));
         }
     }
-    if parts.method == Method::GET || parts.method == Method::HEAD || parts.method == Method::DELETE {
+    if parts.method == Method::GET || parts.method == Method::HEAD || parts.method == Method::DELETE
+    {
         // Bodies on these methods are not part of Anthropic's API; drop them.
         return Ok((RequestBody::Full(None), RequestMeta::default()));
     }
     if !route.buffers_body() {
-        return Ok((RequestBody::Stream { inner: body, seen: 0, limit: max_body }, RequestMeta::default()));
+        return Ok((
+            RequestBody::Stream {
+                inner: body,
+                seen: 0,
+                limit: max_body,
+            },
+            RequestMeta::default(),
+        ));
     }
     let bytes = read_limited(body, max_body).await?;
     let meta = match route {
@@ -111,7 +122,10 @@ fn peek_messages(bytes: &Bytes) -> Result<RequestMeta> {
     // serde would accept a JSON array as a struct in sequence form; Anthropic would not.
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(invalid_json)?;
-        return Err(Error::new(ErrorKind::InvalidRequest, "request body must be a JSON object"));
+        return Err(Error::new(
+            ErrorKind::InvalidRequest,
+            "request body must be a JSON object",
+        ));
     }
     let peek: MessagesPeek = serde_json::from_slice(bytes).map_err(invalid_json)?;
     Ok(RequestMeta {
@@ -125,13 +139,23 @@ fn peek_messages(bytes: &Bytes) -> Result<RequestMeta> {
 }
 
 fn invalid_json(e: serde_json::Error) -> Error {
-    let what = if e.is_data() { "request body must be a JSON object" } else { "request body is not valid JSON" };
+    let what = if e.is_data() {
+        "request body must be a JSON object"
+    } else {
+        "request body is not valid JSON"
+    };
     // Line and column help the caller; the error never quotes the body itself.
-    Error::new(ErrorKind::InvalidRequest, format!("{what} (line {}, column {})", e.line(), e.column()))
+    Error::new(
+        ErrorKind::InvalidRequest,
+        format!("{what} (line {}, column {})", e.line(), e.column()),
+    )
 }
 
 fn too_large(max: u64) -> Error {
-    Error::new(ErrorKind::RequestTooLarge, format!("request body exceeds the gateway limit of {max} bytes"))
+    Error::new(
+        ErrorKind::RequestTooLarge,
+        format!("request body exceeds the gateway limit of {max} bytes"),
+    )
 }
 
 fn content_length(parts: &Parts) -> Result<Option<u64>> {
@@ -147,10 +171,15 @@ fn content_length(parts: &Parts) -> Result<Option<u64>> {
 }
 
 async fn read_limited(body: Incoming, max: u64) -> Result<Bytes> {
-    match http_body_util::Limited::new(body, max as usize).collect().await {
+    match http_body_util::Limited::new(body, max as usize)
+        .collect()
+        .await
+    {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(max)),
-        Err(e) => Err(Error::new(ErrorKind::InvalidRequest, "could not read the request body").with_detail(e)),
+        Err(e) => Err(
+            Error::new(ErrorKind::InvalidRequest, "could not read the request body").with_detail(e),
+        ),
     }
 }
 
@@ -160,18 +189,39 @@ mod tests {
 
     #[test]
     fn classifies_anthropic_paths() {
-        assert_eq!(RouteKind::classify("/v1/messages"), Some(RouteKind::Messages));
-        assert_eq!(RouteKind::classify("/v1/messages/count_tokens"), Some(RouteKind::CountTokens));
-        assert_eq!(RouteKind::classify("/v1/messages/batches/abc/results"), Some(RouteKind::Batches));
-        assert_eq!(RouteKind::classify("/v1/models/claude-x"), Some(RouteKind::Models));
-        assert_eq!(RouteKind::classify("/v1/files/f1/content"), Some(RouteKind::Files));
-        assert_eq!(RouteKind::classify("/v1/complete"), Some(RouteKind::OtherV1));
+        assert_eq!(
+            RouteKind::classify("/v1/messages"),
+            Some(RouteKind::Messages)
+        );
+        assert_eq!(
+            RouteKind::classify("/v1/messages/count_tokens"),
+            Some(RouteKind::CountTokens)
+        );
+        assert_eq!(
+            RouteKind::classify("/v1/messages/batches/abc/results"),
+            Some(RouteKind::Batches)
+        );
+        assert_eq!(
+            RouteKind::classify("/v1/models/claude-x"),
+            Some(RouteKind::Models)
+        );
+        assert_eq!(
+            RouteKind::classify("/v1/files/f1/content"),
+            Some(RouteKind::Files)
+        );
+        assert_eq!(
+            RouteKind::classify("/v1/complete"),
+            Some(RouteKind::OtherV1)
+        );
         assert_eq!(RouteKind::classify("/admin"), None);
     }
 
     #[test]
     fn peeks_model_stream_and_max_tokens() {
-        let m = peek_messages(&Bytes::from_static(br#"{"model":"claude-x","stream":true,"max_tokens":5,"messages":[]}"#)).unwrap();
+        let m = peek_messages(&Bytes::from_static(
+            br#"{"model":"claude-x","stream":true,"max_tokens":5,"messages":[]}"#,
+        ))
+        .unwrap();
         assert_eq!(m.model.as_deref(), Some("claude-x"));
         assert!(m.stream);
         assert_eq!(m.max_tokens, Some(5));

@@ -49,9 +49,13 @@ impl Authenticator {
     /// only for presence; Anthropic judges it.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal> {
         match self.mode {
-            KeyMode::Anonymous => Ok(Principal { name: self.anonymous.clone() }),
+            KeyMode::Anonymous => Ok(Principal {
+                name: self.anonymous.clone(),
+            }),
             KeyMode::Passthrough => match presented_key(headers) {
-                Some(_) => Ok(Principal { name: self.passthrough.clone() }),
+                Some(_) => Ok(Principal {
+                    name: self.passthrough.clone(),
+                }),
                 None => Err(missing_key()),
             },
             KeyMode::Managed => {
@@ -114,7 +118,12 @@ mod tests {
     #[test]
     fn accepts_x_api_key_and_bearer() {
         let a = managed();
-        assert_eq!(&*a.authenticate(&headers(&[("x-api-key", "strait-a")])).unwrap().name, "key-1");
+        assert_eq!(
+            &*a.authenticate(&headers(&[("x-api-key", "strait-a")]))
+                .unwrap()
+                .name,
+            "key-1"
+        );
         let bearer = headers(&[("authorization", "Bearer strait-a")]);
         assert_eq!(&*a.authenticate(&bearer).unwrap().name, "key-1");
     }
@@ -122,8 +131,13 @@ mod tests {
     #[test]
     fn rejects_missing_and_unknown_keys() {
         let a = managed();
-        assert_eq!(a.authenticate(&HeaderMap::new()).unwrap_err().kind, ErrorKind::Authentication);
-        let e = a.authenticate(&headers(&[("x-api-key", "nope")])).unwrap_err();
+        assert_eq!(
+            a.authenticate(&HeaderMap::new()).unwrap_err().kind,
+            ErrorKind::Authentication
+        );
+        let e = a
+            .authenticate(&headers(&[("x-api-key", "nope")]))
+            .unwrap_err();
         assert_eq!(e.kind, ErrorKind::Authentication);
         assert!(!e.message.contains("nope"));
         let basic = headers(&[("authorization", "Basic strait-a")]);

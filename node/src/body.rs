@@ -64,7 +64,11 @@ impl Body for ProxyBody {
 /// or streamed from the client with the size limit enforced as it goes.
 pub enum RequestBody {
     Full(Option<Bytes>),
-    Stream { inner: hyper::body::Incoming, seen: u64, limit: u64 },
+    Stream {
+        inner: hyper::body::Incoming,
+        seen: u64,
+        limit: u64,
+    },
 }
 
 /// The client sent more than `limits.max_body_bytes` on a streamed upload.

@@ -71,11 +71,21 @@ pub struct Cli {
     pub no_access_log: bool,
 
     /// Upstream Anthropic keys, comma-separated. Prefer the environment variable.
-    #[arg(long, env = "STRAIT_UPSTREAM_KEYS", hide_env_values = true, value_name = "KEYS")]
+    #[arg(
+        long,
+        env = "STRAIT_UPSTREAM_KEYS",
+        hide_env_values = true,
+        value_name = "KEYS"
+    )]
     pub upstream_keys: Option<String>,
 
     /// Client (Strait) keys, comma-separated; stored only as hashes.
-    #[arg(long, env = "STRAIT_CLIENT_KEYS", hide_env_values = true, value_name = "KEYS")]
+    #[arg(
+        long,
+        env = "STRAIT_CLIENT_KEYS",
+        hide_env_values = true,
+        value_name = "KEYS"
+    )]
     pub client_keys: Option<String>,
 }
 
@@ -103,7 +113,11 @@ impl Cli {
         }
         if let (Some(cert), Some(key)) = (self.tls_cert, self.tls_key) {
             let tls13_only = raw.tls.as_ref().is_some_and(|t| t.tls13_only);
-            raw.tls = Some(RawTls { cert, key, tls13_only });
+            raw.tls = Some(RawTls {
+                cert,
+                key,
+                tls13_only,
+            });
         }
         if self.tls13_only {
             if let Some(t) = raw.tls.as_mut() {
@@ -119,8 +133,16 @@ impl Cli {
         if self.no_access_log {
             raw.log.access_log = false;
         }
-        let upstream_keys = self.upstream_keys.as_deref().map(split_keys).unwrap_or_default();
-        let client_keys = self.client_keys.as_deref().map(split_keys).unwrap_or_default();
+        let upstream_keys = self
+            .upstream_keys
+            .as_deref()
+            .map(split_keys)
+            .unwrap_or_default();
+        let client_keys = self
+            .client_keys
+            .as_deref()
+            .map(split_keys)
+            .unwrap_or_default();
         raw.validate(upstream_keys, client_keys)
     }
 }

@@ -75,7 +75,10 @@ pub struct RawListen {
 
 impl Default for RawListen {
     fn default() -> Self {
-        RawListen { public: DEFAULT_LISTEN.into(), admin: DEFAULT_ADMIN_LISTEN.into() }
+        RawListen {
+            public: DEFAULT_LISTEN.into(),
+            admin: DEFAULT_ADMIN_LISTEN.into(),
+        }
     }
 }
 
@@ -192,7 +195,11 @@ pub struct RawLog {
 
 impl Default for RawLog {
     fn default() -> Self {
-        RawLog { format: "text".into(), level: "info".into(), access_log: true }
+        RawLog {
+            format: "text".into(),
+            level: "info".into(),
+            access_log: true,
+        }
     }
 }
 
@@ -331,7 +338,10 @@ pub enum KeyMode {
 
 impl Config {
     pub fn key_mode(&self) -> KeyMode {
-        match (self.upstream.keys.is_empty(), self.auth.client_keys.is_empty()) {
+        match (
+            self.upstream.keys.is_empty(),
+            self.auth.client_keys.is_empty(),
+        ) {
             (true, _) => KeyMode::Passthrough,
             (false, true) => KeyMode::Anonymous,
             (false, false) => KeyMode::Managed,
@@ -353,7 +363,8 @@ impl RawConfig {
     pub fn from_file(path: &Path) -> Result<RawConfig> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::config(format!("cannot read config {}: {e}", path.display())))?;
-        Self::from_toml(&text).map_err(|e| Error::config(format!("{}: {}", path.display(), e.message)))
+        Self::from_toml(&text)
+            .map_err(|e| Error::config(format!("{}: {}", path.display(), e.message)))
     }
 
     /// Checks every field and builds the runtime form. `extra_upstream_keys` and
@@ -375,19 +386,30 @@ impl RawConfig {
             Some(t) => {
                 for (field, p) in [("tls.cert", &t.cert), ("tls.key", &t.key)] {
                     if p.as_os_str().is_empty() {
-                        return Err(Error::config(format!("{field} is required when [tls] is set")));
+                        return Err(Error::config(format!(
+                            "{field} is required when [tls] is set"
+                        )));
                     }
                     if !p.exists() {
-                        return Err(Error::config(format!("{field}: no such file {}", p.display())));
+                        return Err(Error::config(format!(
+                            "{field}: no such file {}",
+                            p.display()
+                        )));
                     }
                 }
-                Some(TlsConfig { cert: t.cert, key: t.key, tls13_only: t.tls13_only })
+                Some(TlsConfig {
+                    cert: t.cert,
+                    key: t.key,
+                    tls13_only: t.tls13_only,
+                })
             }
         };
 
         let l = self.limits;
         if l.max_header_bytes < 8 * 1024 {
-            return Err(Error::config("limits.max_header_bytes must be at least 8192"));
+            return Err(Error::config(
+                "limits.max_header_bytes must be at least 8192",
+            ));
         }
         if l.max_body_bytes == 0 {
             return Err(Error::config("limits.max_body_bytes must be positive"));
@@ -408,11 +430,16 @@ impl RawConfig {
             nonzero(field, d)?;
         }
         if u.max_attempts == 0 || u.max_attempts > 10 {
-            return Err(Error::config("upstream.max_attempts must be between 1 and 10"));
+            return Err(Error::config(
+                "upstream.max_attempts must be between 1 and 10",
+            ));
         }
         if let Some(ca) = &u.ca_file {
             if !ca.exists() {
-                return Err(Error::config(format!("upstream.ca_file: no such file {}", ca.display())));
+                return Err(Error::config(format!(
+                    "upstream.ca_file: no such file {}",
+                    ca.display()
+                )));
             }
         }
         let mut keys = extra_upstream_keys;
@@ -422,21 +449,33 @@ impl RawConfig {
         dedup_secrets(&mut keys);
         for k in &keys {
             if http::HeaderValue::from_str(k.expose()).is_err() {
-                return Err(Error::config("an upstream key contains characters not allowed in a header"));
+                return Err(Error::config(
+                    "an upstream key contains characters not allowed in a header",
+                ));
             }
         }
 
         let mut client_keys = Vec::new();
         for (i, ck) in self.auth.client_keys.into_iter().enumerate() {
-            let bytes = hex::decode(ck.sha256.trim()).ok().filter(|b| b.len() == 32).ok_or_else(|| {
-                Error::config(format!("auth.client_keys[{i}].sha256 must be 64 hex characters"))
-            })?;
+            let bytes = hex::decode(ck.sha256.trim())
+                .ok()
+                .filter(|b| b.len() == 32)
+                .ok_or_else(|| {
+                    Error::config(format!(
+                        "auth.client_keys[{i}].sha256 must be 64 hex characters"
+                    ))
+                })?;
             if ck.name.is_empty() {
-                return Err(Error::config(format!("auth.client_keys[{i}].name must not be empty")));
+                return Err(Error::config(format!(
+                    "auth.client_keys[{i}].name must not be empty"
+                )));
             }
             let mut sha256 = [0u8; 32];
             sha256.copy_from_slice(&bytes);
-            client_keys.push(ClientKey { name: ck.name, sha256 });
+            client_keys.push(ClientKey {
+                name: ck.name,
+                sha256,
+            });
         }
         let mut plain = extra_client_keys;
         if let Some(path) = &self.auth.client_keys_file {
@@ -444,7 +483,10 @@ impl RawConfig {
         }
         dedup_secrets(&mut plain);
         for (i, k) in plain.iter().enumerate() {
-            client_keys.push(ClientKey { name: format!("key-{}", i + 1), sha256: hash_key(k.expose()) });
+            client_keys.push(ClientKey {
+                name: format!("key-{}", i + 1),
+                sha256: hash_key(k.expose()),
+            });
         }
 
         if keys.is_empty() && !client_keys.is_empty() {
@@ -465,15 +507,24 @@ impl RawConfig {
         let format = match self.log.format.as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
-            other => return Err(Error::config(format!("log.format must be text or json, not {other:?}"))),
+            other => {
+                return Err(Error::config(format!(
+                    "log.format must be text or json, not {other:?}"
+                )))
+            }
         };
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            return Err(Error::config(format!("log.level {:?} is not a valid filter", self.log.level)));
+            return Err(Error::config(format!(
+                "log.level {:?} is not a valid filter",
+                self.log.level
+            )));
         }
 
         let workers = match self.runtime.workers {
             Some(0) | None => None,
-            Some(n) if n > 1024 => return Err(Error::config("runtime.workers must be at most 1024")),
+            Some(n) if n > 1024 => {
+                return Err(Error::config("runtime.workers must be at most 1024"))
+            }
             Some(n) => Some(n),
         };
 
@@ -502,15 +553,26 @@ impl RawConfig {
                 keys,
                 ca_file: u.ca_file,
             },
-            auth: Auth { client_keys, allow_anonymous: self.auth.allow_anonymous },
-            log: Log { format, level: self.log.level, access_log: self.log.access_log },
+            auth: Auth {
+                client_keys,
+                allow_anonymous: self.auth.allow_anonymous,
+            },
+            log: Log {
+                format,
+                level: self.log.level,
+                access_log: self.log.access_log,
+            },
             workers,
         })
     }
 }
 
 fn parse_addr(field: &str, s: &str) -> Result<SocketAddr> {
-    s.parse().map_err(|_| Error::config(format!("{field}: {s:?} is not an address like 127.0.0.1:8080")))
+    s.parse().map_err(|_| {
+        Error::config(format!(
+            "{field}: {s:?} is not an address like 127.0.0.1:8080"
+        ))
+    })
 }
 
 fn nonzero(field: &str, d: Duration) -> Result<()> {
@@ -525,10 +587,14 @@ fn parse_upstream(s: &str) -> Result<UpstreamTarget> {
         .parse()
         .map_err(|_| Error::config(format!("upstream.base_url: {s:?} is not a URL")))?;
     let scheme = uri.scheme().cloned().ok_or_else(|| {
-        Error::config(format!("upstream.base_url: {s:?} needs a scheme (https:// or http://)"))
+        Error::config(format!(
+            "upstream.base_url: {s:?} needs a scheme (https:// or http://)"
+        ))
     })?;
     if scheme != http::uri::Scheme::HTTPS && scheme != http::uri::Scheme::HTTP {
-        return Err(Error::config("upstream.base_url: scheme must be http or https"));
+        return Err(Error::config(
+            "upstream.base_url: scheme must be http or https",
+        ));
     }
     let authority = uri
         .authority()
@@ -538,7 +604,11 @@ fn parse_upstream(s: &str) -> Result<UpstreamTarget> {
         return Err(Error::config("upstream.base_url must not have a query"));
     }
     let path_prefix = uri.path().trim_end_matches('/').to_string();
-    Ok(UpstreamTarget { scheme, authority, path_prefix })
+    Ok(UpstreamTarget {
+        scheme,
+        authority,
+        path_prefix,
+    })
 }
 
 fn read_key_file(field: &str, path: &Path) -> Result<Vec<Secret>> {
@@ -579,16 +649,23 @@ mod tests {
 
     #[test]
     fn upstream_keys_without_client_keys_is_refused() {
-        let e = RawConfig::default().validate(keys(&["sk-up"]), vec![]).unwrap_err();
+        let e = RawConfig::default()
+            .validate(keys(&["sk-up"]), vec![])
+            .unwrap_err();
         assert!(e.message.contains("--allow-anonymous"), "{e}");
         let mut raw = RawConfig::default();
         raw.auth.allow_anonymous = true;
-        assert_eq!(raw.validate(keys(&["sk-up"]), vec![]).unwrap().key_mode(), KeyMode::Anonymous);
+        assert_eq!(
+            raw.validate(keys(&["sk-up"]), vec![]).unwrap().key_mode(),
+            KeyMode::Anonymous
+        );
     }
 
     #[test]
     fn client_keys_are_hashed_and_never_kept_plain() {
-        let c = RawConfig::default().validate(keys(&["sk-up"]), keys(&["client-secret"])).unwrap();
+        let c = RawConfig::default()
+            .validate(keys(&["sk-up"]), keys(&["client-secret"]))
+            .unwrap();
         assert_eq!(c.key_mode(), KeyMode::Managed);
         assert_eq!(c.auth.client_keys[0].sha256, hash_key("client-secret"));
         assert!(!format!("{c:?}").contains("client-secret"));
@@ -598,7 +675,11 @@ mod tests {
     #[test]
     fn bad_values_are_named() {
         let raw = RawConfig::from_toml("[upstream]\nbase_url = \"ftp://x\"\n").unwrap();
-        assert!(raw.validate(vec![], vec![]).unwrap_err().message.contains("upstream.base_url"));
+        assert!(raw
+            .validate(vec![], vec![])
+            .unwrap_err()
+            .message
+            .contains("upstream.base_url"));
         let e = RawConfig::from_toml("[upstream]\nread_timout = \"5s\"\n").unwrap_err();
         assert!(e.message.contains("read_timout"), "{e}");
         let e = RawConfig::from_toml("[limits]\nheader_read_timeout = \"soon\"\n").unwrap_err();
@@ -608,6 +689,9 @@ mod tests {
     #[test]
     fn key_lists_split_on_commas_and_lines() {
         let k = split_keys("a, b\n# comment\nc,,");
-        assert_eq!(k.iter().map(Secret::expose).collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(
+            k.iter().map(Secret::expose).collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
     }
 }

@@ -58,7 +58,12 @@ pub struct Error {
 
 impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
-        Error { kind, message: message.into(), detail: None, retry_after: None }
+        Error {
+            kind,
+            message: message.into(),
+            detail: None,
+            retry_after: None,
+        }
     }
 
     pub fn with_detail(mut self, detail: impl std::fmt::Display) -> Self {
@@ -154,7 +159,10 @@ impl Error {
         let mut resp = Response::new(ProxyBody::full(Bytes::from(self.body_json())));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         h.insert(GATEWAY_ERROR_HEADER, HeaderValue::from_static("gateway"));
         h.insert(crate::REQUEST_ID_HEADER, request_id.clone());
         if let Some(after) = self.retry_after {

@@ -57,11 +57,18 @@ pub struct RequestIds {
 
 impl RequestIds {
     pub fn new() -> Self {
-        RequestIds { prefix: format!("strait_{:08x}", rand::random::<u32>()), next: AtomicU64::new(1) }
+        RequestIds {
+            prefix: format!("strait_{:08x}", rand::random::<u32>()),
+            next: AtomicU64::new(1),
+        }
     }
 
     pub fn next(&self) -> String {
-        format!("{}_{:x}", self.prefix, self.next.fetch_add(1, Ordering::Relaxed))
+        format!(
+            "{}_{:x}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
     }
 }
 
@@ -88,7 +95,11 @@ impl Shared {
 
 /// Handles one request on the public listener. Never fails: every error becomes an
 /// Anthropic-shaped response here.
-pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+pub async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<ProxyBody> {
     let started = Instant::now();
     let path = req.uri().path();
     // DNS health checkers probe from outside, so health is on the public port too.
@@ -121,14 +132,21 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAdd
     };
     let result = match route {
         Some(route) => phases(&shared, req, peer, route, &mut record).await,
-        None => Err(Error::new(ErrorKind::NotFound, "not found: the gateway relays /v1/ paths of the Anthropic API")),
+        None => Err(Error::new(
+            ErrorKind::NotFound,
+            "not found: the gateway relays /v1/ paths of the Anthropic API",
+        )),
     };
     match result {
         Ok((fwd, kind)) => respond(&shared, fwd, kind, rid_header, record),
         Err(err) => {
             record.status = err.status().as_u16();
             record.error = Some(err.label());
-            shared.metrics.gateway_errors.with_label_values(&[err.anthropic_type()]).inc();
+            shared
+                .metrics
+                .gateway_errors
+                .with_label_values(&[err.anthropic_type()])
+                .inc();
             if err.kind == ErrorKind::Internal || err.kind == ErrorKind::UpstreamConnect {
                 tracing::warn!(request_id = %record.request_id, "{err}");
             } else {
@@ -156,12 +174,17 @@ async fn phases(
 
     // 3. admit
     let (parts, body) = req.into_parts();
-    let (body, meta) = admit::admit_body(route, &parts, body, shared.config.limits.max_body_bytes).await?;
+    let (body, meta) =
+        admit::admit_body(route, &parts, body, shared.config.limits.max_body_bytes).await?;
     record.model = meta.model.clone();
     record.stream = meta.stream;
 
     // 4. route: the direct path; the key is chosen per attempt inside forward.
-    let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
     let headers = forward::upstream_headers(parts.headers, peer, snap.auth.mode());
 
     // 5. forward
@@ -172,10 +195,15 @@ async fn phases(
         health: &shared.health.upstream,
         stream: meta.stream,
     };
-    let fwd = shared.upstream.forward(&ctx, parts.method, path_and_query, headers, body, record).await?;
+    let fwd = shared
+        .upstream
+        .forward(&ctx, parts.method, path_and_query, headers, body, record)
+        .await?;
 
     let h = fwd.response.headers();
-    let encoded = h.get(header::CONTENT_ENCODING).is_some_and(|v| v != "identity");
+    let encoded = h
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v != "identity");
     let kind = if encoded {
         BodyKind::Plain
     } else if stream::is_event_stream(h) {
@@ -202,7 +230,9 @@ fn respond(
     parts.headers.insert(crate::REQUEST_ID_HEADER, request_id);
     let idle = if kind == BodyKind::Sse {
         // Proxies in front (nginx and similar) must not buffer the stream either.
-        parts.headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        parts
+            .headers
+            .insert("x-accel-buffering", HeaderValue::from_static("no"));
         shared.upstream.config().stream_idle_timeout
     } else {
         shared.upstream.config().read_timeout

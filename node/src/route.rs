@@ -55,7 +55,8 @@ impl KeyPool {
             .iter()
             .enumerate()
             .map(|(i, k)| {
-                let mut header = HeaderValue::from_str(k.expose()).expect("validated at config load");
+                let mut header =
+                    HeaderValue::from_str(k.expose()).expect("validated at config load");
                 header.set_sensitive(true);
                 PoolKey {
                     header,
@@ -65,7 +66,12 @@ impl KeyPool {
                 }
             })
             .collect();
-        KeyPool { keys, next: AtomicUsize::new(0), epoch: Instant::now(), default_cooldown }
+        KeyPool {
+            keys,
+            next: AtomicUsize::new(0),
+            epoch: Instant::now(),
+            default_cooldown,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -109,11 +115,17 @@ impl KeyPool {
 
     /// Looks at an upstream response and cools the key down if it says so. Returns
     /// the cooldown applied, if any.
-    pub fn observe(&self, key: KeyRef, status: StatusCode, headers: &HeaderMap) -> Option<(Cooldown, Duration)> {
+    pub fn observe(
+        &self,
+        key: KeyRef,
+        status: StatusCode,
+        headers: &HeaderMap,
+    ) -> Option<(Cooldown, Duration)> {
         if status != StatusCode::TOO_MANY_REQUESTS && status.as_u16() != 529 {
             return None;
         }
-        let (reason, wait) = classify_limit(status, headers, self.default_cooldown, SystemTime::now());
+        let (reason, wait) =
+            classify_limit(status, headers, self.default_cooldown, SystemTime::now());
         let k = &self.keys[key.0];
         let until = self.now_ms() + wait.as_millis() as u64;
         k.cool_until_ms.fetch_max(until, Ordering::Relaxed);
@@ -216,7 +228,10 @@ mod tests {
         h.insert("retry-after", HeaderValue::from_static("7"));
         p.observe(k, StatusCode::TOO_MANY_REQUESTS, &h);
         let wait = p.pick(None).unwrap_err();
-        assert!(wait > Duration::from_secs(6) && wait <= Duration::from_secs(7), "{wait:?}");
+        assert!(
+            wait > Duration::from_secs(6) && wait <= Duration::from_secs(7),
+            "{wait:?}"
+        );
     }
 
     #[test]
@@ -237,15 +252,37 @@ mod tests {
         let reset = humantime::format_rfc3339_seconds(now + Duration::from_secs(3600)).to_string();
         let mut h = HeaderMap::new();
         h.insert("retry-after", HeaderValue::from_static("2"));
-        h.insert("anthropic-ratelimit-tokens-remaining", HeaderValue::from_static("0"));
-        h.insert("anthropic-ratelimit-tokens-reset", HeaderValue::from_str(&reset).unwrap());
-        let (reason, wait) = classify_limit(StatusCode::TOO_MANY_REQUESTS, &h, Duration::from_secs(5), now);
+        h.insert(
+            "anthropic-ratelimit-tokens-remaining",
+            HeaderValue::from_static("0"),
+        );
+        h.insert(
+            "anthropic-ratelimit-tokens-reset",
+            HeaderValue::from_str(&reset).unwrap(),
+        );
+        let (reason, wait) = classify_limit(
+            StatusCode::TOO_MANY_REQUESTS,
+            &h,
+            Duration::from_secs(5),
+            now,
+        );
         assert_eq!(reason, Cooldown::Exhausted);
         assert!(wait > Duration::from_secs(3590), "{wait:?}");
 
-        h.insert("anthropic-ratelimit-tokens-remaining", HeaderValue::from_static("10"));
-        let (reason, wait) = classify_limit(StatusCode::TOO_MANY_REQUESTS, &h, Duration::from_secs(5), now);
-        assert_eq!((reason, wait), (Cooldown::Transient, Duration::from_secs(2)));
+        h.insert(
+            "anthropic-ratelimit-tokens-remaining",
+            HeaderValue::from_static("10"),
+        );
+        let (reason, wait) = classify_limit(
+            StatusCode::TOO_MANY_REQUESTS,
+            &h,
+            Duration::from_secs(5),
+            now,
+        );
+        assert_eq!(
+            (reason, wait),
+            (Cooldown::Transient, Duration::from_secs(2))
+        );
     }
 
     #[test]
@@ -256,6 +293,9 @@ mod tests {
             Duration::from_secs(5),
             SystemTime::now(),
         );
-        assert_eq!((reason, wait), (Cooldown::Transient, Duration::from_secs(5)));
+        assert_eq!(
+            (reason, wait),
+            (Cooldown::Transient, Duration::from_secs(5))
+        );
     }
 }

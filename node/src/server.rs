@@ -51,8 +51,12 @@ impl Node {
 
         let public = bind(config.public_listen, "listen.public").await?;
         let admin = bind(config.admin_listen, "listen.admin").await?;
-        let public_addr = public.local_addr().map_err(|e| Error::config("public listener").with_detail(e))?;
-        let admin_addr = admin.local_addr().map_err(|e| Error::config("admin listener").with_detail(e))?;
+        let public_addr = public
+            .local_addr()
+            .map_err(|e| Error::config("public listener").with_detail(e))?;
+        let admin_addr = admin
+            .local_addr()
+            .map_err(|e| Error::config("admin listener").with_detail(e))?;
 
         let (stop_public, stop_public_rx) = watch::channel(false);
         let (stop_admin, stop_admin_rx) = watch::channel(false);
@@ -100,7 +104,16 @@ impl Node {
             client_keys = config.auth.client_keys.len(),
             "strait-node listening"
         );
-        Ok(Node { shared, public_addr, admin_addr, tls, stop_public, stop_admin, public_task, admin_task })
+        Ok(Node {
+            shared,
+            public_addr,
+            admin_addr,
+            tls,
+            stop_public,
+            stop_admin,
+            public_task,
+            admin_task,
+        })
     }
 
     pub fn public_addr(&self) -> SocketAddr {
@@ -149,9 +162,12 @@ async fn bind(addr: SocketAddr, field: &str) -> Result<TcpListener> {
 /// Runs a node until SIGTERM or SIGINT, then drains. SIGHUP reloads TLS certificates.
 pub async fn run(config: Config) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(|e| Error::config("signals").with_detail(e))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::config("signals").with_detail(e))?;
-    let mut hup = signal(SignalKind::hangup()).map_err(|e| Error::config("signals").with_detail(e))?;
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| Error::config("signals").with_detail(e))?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|e| Error::config("signals").with_detail(e))?;
+    let mut hup =
+        signal(SignalKind::hangup()).map_err(|e| Error::config("signals").with_detail(e))?;
     let node = Node::start(config).await?;
     loop {
         tokio::select! {

@@ -90,7 +90,10 @@ impl Relay {
     ) -> Self {
         let tap = match kind {
             BodyKind::Plain => Tap::None,
-            BodyKind::MessagesJson => Tap::Json { chunks: Vec::new(), len: 0 },
+            BodyKind::MessagesJson => Tap::Json {
+                chunks: Vec::new(),
+                len: 0,
+            },
             BodyKind::Sse => Tap::Sse(SseTap::default()),
         };
         let counted_stream = kind == BodyKind::Sse;
@@ -156,19 +159,36 @@ impl Relay {
             }
             Tap::Sse(sse) => {
                 let tail = (!sse.tail.is_empty()).then(|| sse.tail.freeze());
-                if sse.saw_stop || sse.saw_error || self.record.route != crate::admit::RouteKind::Messages {
-                    self.record.outcome = if sse.saw_error { "upstream_error_event" } else { "complete" };
+                if sse.saw_stop
+                    || sse.saw_error
+                    || self.record.route != crate::admit::RouteKind::Messages
+                {
+                    self.record.outcome = if sse.saw_error {
+                        "upstream_error_event"
+                    } else {
+                        "complete"
+                    };
                     return tail;
                 }
                 // The upstream closed without message_stop: to the client this must not
                 // look like a finished message.
-                self.fail_stream("truncated", Error::new(ErrorKind::UpstreamProtocol, "upstream stream ended before message_stop"))
+                self.fail_stream(
+                    "truncated",
+                    Error::new(
+                        ErrorKind::UpstreamProtocol,
+                        "upstream stream ended before message_stop",
+                    ),
+                )
             }
         }
     }
 
     /// The upstream failed or went idle mid-body.
-    fn on_failure(&mut self, cause: &'static str, err: Error) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn on_failure(
+        &mut self,
+        cause: &'static str,
+        err: Error,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if matches!(self.tap, Tap::Sse(_)) {
             self.state = State::Done;
             let ev = self.fail_stream(cause, err);
@@ -177,7 +197,11 @@ impl Relay {
         self.state = State::Done;
         self.record.outcome = "upstream_failed";
         self.record.error = Some(err.label());
-        self.record.metrics.stream_failures.with_label_values(&[cause]).inc();
+        self.record
+            .metrics
+            .stream_failures
+            .with_label_values(&[cause])
+            .inc();
         tracing::warn!(request_id = %self.record.request_id, cause, "upstream body failed: {err}");
         // An error here makes hyper abort the response, which is the only honest
         // signal left once the status line has gone out.
@@ -188,7 +212,11 @@ impl Relay {
         self.state = State::Done;
         self.record.outcome = "upstream_failed";
         self.record.error = Some(err.label());
-        self.record.metrics.stream_failures.with_label_values(&[cause]).inc();
+        self.record
+            .metrics
+            .stream_failures
+            .with_label_values(&[cause])
+            .inc();
         tracing::warn!(request_id = %self.record.request_id, cause, "stream failed after start: {err}");
         let ev = err.sse_event();
         self.record.bytes_out += ev.len() as u64;
@@ -359,16 +387,28 @@ fn find_blank(buf: &[u8]) -> Option<(usize, usize)> {
 
 /// Reads an SSE response until its first complete event, so the proxy can look at it
 /// before committing to this attempt. Returns the bytes read and whether the body ended.
-pub async fn peek_first_event(body: &mut Incoming, timeout: Duration) -> Result<(Bytes, bool), Error> {
+pub async fn peek_first_event(
+    body: &mut Incoming,
+    timeout: Duration,
+) -> Result<(Bytes, bool), Error> {
     use http_body_util::BodyExt;
     let mut buf = BytesMut::new();
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
-            Err(_) => return Err(Error::new(ErrorKind::UpstreamTimeout, "upstream sent no event in time")),
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::UpstreamTimeout,
+                    "upstream sent no event in time",
+                ))
+            }
             Ok(None) => return Ok((buf.freeze(), true)),
             Ok(Some(Err(e))) => {
-                return Err(Error::new(ErrorKind::UpstreamProtocol, "upstream failed before the first event").with_detail(e))
+                return Err(Error::new(
+                    ErrorKind::UpstreamProtocol,
+                    "upstream failed before the first event",
+                )
+                .with_detail(e))
             }
             Ok(Some(Ok(f))) => f,
         };
@@ -398,7 +438,10 @@ impl Body for Relay {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         loop {
             if let Some(b) = this.pending.take() {
@@ -421,8 +464,11 @@ impl Body for Relay {
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    let err = Error::new(ErrorKind::UpstreamProtocol, "upstream connection failed mid-response")
-                        .with_detail(e);
+                    let err = Error::new(
+                        ErrorKind::UpstreamProtocol,
+                        "upstream connection failed mid-response",
+                    )
+                    .with_detail(e);
                     return this.on_failure("upstream_reset", err);
                 }
                 Poll::Ready(None) => {
@@ -431,7 +477,10 @@ impl Body for Relay {
                 }
                 Poll::Pending => {
                     if this.timer.as_mut().poll(cx).is_ready() {
-                        let err = Error::new(ErrorKind::UpstreamTimeout, "upstream stalled: no data within the idle timeout");
+                        let err = Error::new(
+                            ErrorKind::UpstreamTimeout,
+                            "upstream stalled: no data within the idle timeout",
+                        );
                         return this.on_failure("idle_timeout", err);
                     }
                     return Poll::Pending;
@@ -483,7 +532,10 @@ mod tests {
 
     #[test]
     fn boundary_finds_last_blank_line() {
-        assert_eq!(last_boundary(b"event: a\ndata: 1\n\nevent: b\nda"), Some(18));
+        assert_eq!(
+            last_boundary(b"event: a\ndata: 1\n\nevent: b\nda"),
+            Some(18)
+        );
         assert_eq!(last_boundary(b"event: a\r\ndata: 1\r\n\r\n"), Some(21));
         assert_eq!(last_boundary(b"event: a\ndata: 1\n"), None);
     }
@@ -494,8 +546,12 @@ mod tests {
         let whole = Bytes::from_static(b"event: ping\ndata: {}\n\n");
         let out = t.split_complete(whole.clone()).unwrap();
         assert_eq!(out.as_ptr(), whole.as_ptr());
-        assert!(t.split_complete(Bytes::from_static(b"event: message_stop\nda")).is_none());
-        let out = t.split_complete(Bytes::from_static(b"ta: {}\n\nevent: x")).unwrap();
+        assert!(t
+            .split_complete(Bytes::from_static(b"event: message_stop\nda"))
+            .is_none());
+        let out = t
+            .split_complete(Bytes::from_static(b"ta: {}\n\nevent: x"))
+            .unwrap();
         assert_eq!(&out[..], b"event: message_stop\ndata: {}\n\n");
         assert_eq!(&t.tail[..], b"event: x");
     }
@@ -504,22 +560,33 @@ mod tests {
     fn scan_reads_names_and_data() {
         let mut t = SseTap::default();
         let mut seen = Vec::new();
-        t.scan(b"event: message_start\ndata: {\"a\":1}\n\nevent: message_stop\ndata: {}\n\n", |e| {
-            seen.push((e.name.to_string(), String::from_utf8_lossy(e.data).to_string()))
-        });
+        t.scan(
+            b"event: message_start\ndata: {\"a\":1}\n\nevent: message_stop\ndata: {}\n\n",
+            |e| {
+                seen.push((
+                    e.name.to_string(),
+                    String::from_utf8_lossy(e.data).to_string(),
+                ))
+            },
+        );
         assert_eq!(seen[0], ("message_start".into(), "{\"a\":1}".into()));
         assert!(t.saw_stop);
     }
 
     #[test]
     fn first_error_event_is_detected() {
-        assert!(first_event_is_error(b"event: error\ndata: {\"type\":\"error\"}\n\n"));
+        assert!(first_event_is_error(
+            b"event: error\ndata: {\"type\":\"error\"}\n\n"
+        ));
         assert!(!first_event_is_error(b"event: message_start\ndata: {}\n\n"));
     }
 
     #[test]
     fn json_usage_is_read_across_chunks() {
-        let chunks = [Bytes::from_static(b"{\"id\":\"m\",\"usage\":{\"input_"), Bytes::from_static(b"tokens\":5,\"output_tokens\":7}}")];
+        let chunks = [
+            Bytes::from_static(b"{\"id\":\"m\",\"usage\":{\"input_"),
+            Bytes::from_static(b"tokens\":5,\"output_tokens\":7}}"),
+        ];
         let u = parse_json_usage(&chunks).unwrap();
         assert_eq!((u.input_tokens, u.output_tokens), (5, 7));
     }

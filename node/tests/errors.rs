@@ -14,11 +14,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 async fn missing_or_unknown_client_key_is_401() {
     let h = Harness::managed().await;
     let url = format!("{}/v1/messages", h.url);
-    let r = post_json(&url, &[("anthropic-version", "2023-06-01")], &message_body(false)).await;
+    let r = post_json(
+        &url,
+        &[("anthropic-version", "2023-06-01")],
+        &message_body(false),
+    )
+    .await;
     r.assert_gateway_error(401, "authentication_error");
     let r = post_json(&url, &auth("strait-guess-me"), &message_body(false)).await;
     r.assert_gateway_error(401, "authentication_error");
-    assert!(!r.text().contains("strait-guess-me"), "presented key not echoed");
+    assert!(
+        !r.text().contains("strait-guess-me"),
+        "presented key not echoed"
+    );
     // An upstream key is not a client key.
     let r = post_json(&url, &auth(UPSTREAM_KEYS[0]), &message_body(false)).await;
     r.assert_gateway_error(401, "authentication_error");
@@ -31,7 +39,13 @@ async fn unparseable_json_is_400_and_not_forwarded() {
     let mut headers = auth(CLIENT_KEY).to_vec();
     headers.push(("content-type", "application/json"));
     for body in ["{\"model\": \"claude\", ", "not json at all", "[1,2,3]", ""] {
-        let r = send(Method::POST, &format!("{}/v1/messages", h.url), &headers, body).await;
+        let r = send(
+            Method::POST,
+            &format!("{}/v1/messages", h.url),
+            &headers,
+            body,
+        )
+        .await;
         r.assert_gateway_error(400, "invalid_request_error");
         if !body.is_empty() {
             assert!(!r.text().contains(body), "body not echoed");
@@ -42,12 +56,27 @@ async fn unparseable_json_is_400_and_not_forwarded() {
 
 #[tokio::test]
 async fn oversized_bodies_are_413() {
-    let h = Harness::build(MockConfig::default(), |raw| raw.limits.max_body_bytes = 64 * 1024, &UPSTREAM_KEYS, &[CLIENT_KEY]).await;
-    let big = format!("{{\"model\":\"claude\",\"pad\":\"{}\"}}", "a".repeat(100 * 1024));
+    let h = Harness::build(
+        MockConfig::default(),
+        |raw| raw.limits.max_body_bytes = 64 * 1024,
+        &UPSTREAM_KEYS,
+        &[CLIENT_KEY],
+    )
+    .await;
+    let big = format!(
+        "{{\"model\":\"claude\",\"pad\":\"{}\"}}",
+        "a".repeat(100 * 1024)
+    );
     let mut headers = auth(CLIENT_KEY).to_vec();
     headers.push(("content-type", "application/json"));
     // Declared length over the limit.
-    let r = send(Method::POST, &format!("{}/v1/messages", h.url), &headers, big.clone()).await;
+    let r = send(
+        Method::POST,
+        &format!("{}/v1/messages", h.url),
+        &headers,
+        big.clone(),
+    )
+    .await;
     r.assert_gateway_error(413, "request_too_large");
     // No declared length (chunked): caught while reading.
     let r = chunked_post(&h.url, "/v1/messages", big.as_bytes()).await;
@@ -58,7 +87,12 @@ async fn oversized_bodies_are_413() {
     assert!(r.starts_with("HTTP/1.1 413"), "{}", &r[..r.len().min(300)]);
     assert!(h.mock.requests().iter().all(|r| r.path != "/v1/messages"));
     // Still serving.
-    let r = post_json(&format!("{}/v1/messages", h.url), &auth(CLIENT_KEY), &message_body(false)).await;
+    let r = post_json(
+        &format!("{}/v1/messages", h.url),
+        &auth(CLIENT_KEY),
+        &message_body(false),
+    )
+    .await;
     assert_eq!(r.status, 200);
 }
 
@@ -71,7 +105,10 @@ async fn chunked_post(base: &str, path: &str, body: &[u8]) -> String {
     );
     s.write_all(head.as_bytes()).await.unwrap();
     for piece in body.chunks(16 * 1024) {
-        if s.write_all(format!("{:x}\r\n", piece.len()).as_bytes()).await.is_err() {
+        if s.write_all(format!("{:x}\r\n", piece.len()).as_bytes())
+            .await
+            .is_err()
+        {
             break;
         }
         let _ = s.write_all(piece).await;
@@ -104,7 +141,12 @@ async fn upstream_unreachable_is_502_and_readiness_fails_after_repeated_failures
     )
     .await;
     for _ in 0..2 {
-        let r = post_json(&format!("{}/v1/messages", h.url), &auth(CLIENT_KEY), &message_body(false)).await;
+        let r = post_json(
+            &format!("{}/v1/messages", h.url),
+            &auth(CLIENT_KEY),
+            &message_body(false),
+        )
+        .await;
         r.assert_gateway_error(502, "api_error");
         assert!(!r.text().contains(UPSTREAM_KEYS[0]) && !r.text().contains(UPSTREAM_KEYS[1]));
     }
@@ -113,17 +155,35 @@ async fn upstream_unreachable_is_502_and_readiness_fails_after_repeated_failures
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.json()["status"], "fail");
     let m = h.metrics().await;
-    assert!(m.contains(r#"strait_upstream_errors_total{kind="connect"} 6"#), "{m}");
+    assert!(
+        m.contains(r#"strait_upstream_errors_total{kind="connect"} 6"#),
+        "{m}"
+    );
 }
 
 #[tokio::test]
 async fn upstream_too_slow_is_504() {
-    let h = Harness::build(MockConfig::default(), |raw| raw.upstream.read_timeout = Duration::from_millis(300), &UPSTREAM_KEYS, &[CLIENT_KEY]).await;
+    let h = Harness::build(
+        MockConfig::default(),
+        |raw| raw.upstream.read_timeout = Duration::from_millis(300),
+        &UPSTREAM_KEYS,
+        &[CLIENT_KEY],
+    )
+    .await;
     let mut headers = auth(CLIENT_KEY).to_vec();
     headers.push(("x-mock-fault", "latency-ms=2000"));
-    let r = post_json(&format!("{}/v1/messages", h.url), &headers, &message_body(false)).await;
+    let r = post_json(
+        &format!("{}/v1/messages", h.url),
+        &headers,
+        &message_body(false),
+    )
+    .await;
     r.assert_gateway_error(504, "api_error");
-    assert_eq!(h.mock.requests().len(), 1, "a timeout is not retried (the upstream may be working on it)");
+    assert_eq!(
+        h.mock.requests().len(),
+        1,
+        "a timeout is not retried (the upstream may be working on it)"
+    );
 }
 
 #[tokio::test]
@@ -132,23 +192,43 @@ async fn upstream_reset_before_response_is_retried_then_502() {
     for _ in 0..3 {
         h.mock.push_fault("reset".parse().unwrap());
     }
-    let r = post_json(&format!("{}/v1/messages", h.url), &auth(CLIENT_KEY), &message_body(false)).await;
+    let r = post_json(
+        &format!("{}/v1/messages", h.url),
+        &auth(CLIENT_KEY),
+        &message_body(false),
+    )
+    .await;
     r.assert_gateway_error(502, "api_error");
     assert_eq!(h.mock.requests().len(), 3, "max_attempts = 3");
     // One reset, then success.
     h.mock.push_fault("reset".parse().unwrap());
-    let r = post_json(&format!("{}/v1/messages", h.url), &auth(CLIENT_KEY), &message_body(false)).await;
+    let r = post_json(
+        &format!("{}/v1/messages", h.url),
+        &auth(CLIENT_KEY),
+        &message_body(false),
+    )
+    .await;
     assert_eq!(r.status, 200);
 }
 
 #[tokio::test]
 async fn oversized_headers_are_refused_and_slow_headers_cut() {
-    let h = Harness::build(MockConfig::default(), |raw| raw.limits.header_read_timeout = Duration::from_millis(500), &UPSTREAM_KEYS, &[CLIENT_KEY]).await;
+    let h = Harness::build(
+        MockConfig::default(),
+        |raw| raw.limits.header_read_timeout = Duration::from_millis(500),
+        &UPSTREAM_KEYS,
+        &[CLIENT_KEY],
+    )
+    .await;
     let addr = h.url.trim_start_matches("http://").to_string();
 
     let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let huge = "a".repeat(200 * 1024);
-    let _ = s.write_all(format!("GET /v1/models HTTP/1.1\r\nhost: x\r\nx-big: {huge}\r\n\r\n").as_bytes()).await;
+    let _ = s
+        .write_all(
+            format!("GET /v1/models HTTP/1.1\r\nhost: x\r\nx-big: {huge}\r\n\r\n").as_bytes(),
+        )
+        .await;
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
     let text = String::from_utf8_lossy(&out);
@@ -159,7 +239,9 @@ async fn oversized_headers_are_refused_and_slow_headers_cut() {
     s.write_all(b"GET /v1/mod").await.unwrap();
     let started = std::time::Instant::now();
     let mut buf = [0u8; 512];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("node closes the connection");
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("node closes the connection");
     assert!(started.elapsed() < Duration::from_secs(3));
     let _ = n;
     let r = get(&format!("{}/livez", h.url), &[]).await;
@@ -168,11 +250,26 @@ async fn oversized_headers_are_refused_and_slow_headers_cut() {
 
 #[tokio::test]
 async fn upstream_error_statuses_pass_through_unchanged() {
-    let h = Harness::build(MockConfig::default(), |raw| raw.upstream.max_attempts = 1, &UPSTREAM_KEYS, &[CLIENT_KEY]).await;
-    for (fault, status, kind) in [("status=400", 400, "invalid_request_error"), ("status=500", 500, "api_error"), ("status=529", 529, "overloaded_error")] {
+    let h = Harness::build(
+        MockConfig::default(),
+        |raw| raw.upstream.max_attempts = 1,
+        &UPSTREAM_KEYS,
+        &[CLIENT_KEY],
+    )
+    .await;
+    for (fault, status, kind) in [
+        ("status=400", 400, "invalid_request_error"),
+        ("status=500", 500, "api_error"),
+        ("status=529", 529, "overloaded_error"),
+    ] {
         let mut headers = auth(CLIENT_KEY).to_vec();
         headers.push(("x-mock-fault", fault));
-        let r = post_json(&format!("{}/v1/messages", h.url), &headers, &message_body(false)).await;
+        let r = post_json(
+            &format!("{}/v1/messages", h.url),
+            &headers,
+            &message_body(false),
+        )
+        .await;
         assert_eq!(r.status.as_u16(), status);
         assert_eq!(r.json()["error"]["type"], kind);
         assert!(r.header("x-strait-error-source").is_none(), "upstream-made");

@@ -7,24 +7,44 @@ use common::*;
 use strait_chaos::mock::Fault;
 
 async fn message(h: &Harness) -> Resp {
-    post_json(&format!("{}/v1/messages", h.url), &auth(CLIENT_KEY), &message_body(false)).await
+    post_json(
+        &format!("{}/v1/messages", h.url),
+        &auth(CLIENT_KEY),
+        &message_body(false),
+    )
+    .await
 }
 
 #[tokio::test]
 async fn a_429_cools_the_key_and_the_request_moves_to_the_next() {
     let h = Harness::managed().await;
-    h.mock.set_key_fault(UPSTREAM_KEYS[0], Fault::rate_limited(30));
+    h.mock
+        .set_key_fault(UPSTREAM_KEYS[0], Fault::rate_limited(30));
     for _ in 0..6 {
         let r = message(&h).await;
         assert_eq!(r.status, 200, "{}", r.text());
     }
-    let keys: Vec<String> = h.mock.requests().iter().map(|r| r.header("x-api-key").unwrap().to_string()).collect();
+    let keys: Vec<String> = h
+        .mock
+        .requests()
+        .iter()
+        .map(|r| r.header("x-api-key").unwrap().to_string())
+        .collect();
     // The first key is tried at most once: after its 429 it rests for 30 s.
-    assert!(keys.iter().filter(|k| *k == UPSTREAM_KEYS[0]).count() <= 1, "{keys:?}");
+    assert!(
+        keys.iter().filter(|k| *k == UPSTREAM_KEYS[0]).count() <= 1,
+        "{keys:?}"
+    );
     assert_eq!(keys.iter().filter(|k| *k == UPSTREAM_KEYS[1]).count(), 6);
     let m = h.metrics().await;
-    assert!(m.contains(r#"strait_upstream_key_cooldowns_total{reason="transient"}"#), "{m}");
-    assert!(m.contains(r#"strait_upstream_keys{state="cooling_transient"} 1"#), "{m}");
+    assert!(
+        m.contains(r#"strait_upstream_key_cooldowns_total{reason="transient"}"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"strait_upstream_keys{state="cooling_transient"} 1"#),
+        "{m}"
+    );
     // Some keys resting is a warning, not a failure.
     let r = get(&format!("{}/readyz", h.admin), &[]).await;
     assert_eq!(r.status, 200);
@@ -47,7 +67,11 @@ async fn every_key_resting_gives_a_gateway_429_with_retry_after() {
     r.assert_gateway_error(429, "rate_limit_error");
     let after: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((15..=20).contains(&after), "retry-after {after}");
-    assert_eq!(h.mock.requests().len(), 2, "no upstream call while every key rests");
+    assert_eq!(
+        h.mock.requests().len(),
+        2,
+        "no upstream call while every key rests"
+    );
 }
 
 #[tokio::test]
@@ -59,11 +83,17 @@ async fn an_exhausted_quota_rests_until_reset_and_fails_readiness_when_all_are_s
     let r = message(&h).await;
     assert_eq!(r.status, 429);
     let m = h.metrics().await;
-    assert!(m.contains(r#"strait_upstream_key_cooldowns_total{reason="exhausted"} 2"#), "{m}");
+    assert!(
+        m.contains(r#"strait_upstream_key_cooldowns_total{reason="exhausted"} 2"#),
+        "{m}"
+    );
     let r = message(&h).await;
     r.assert_gateway_error(429, "rate_limit_error");
     let after: u64 = r.header("retry-after").unwrap().parse().unwrap();
-    assert!(after > 600, "rests until the reset time, not the 2 s retry-after: {after}");
+    assert!(
+        after > 600,
+        "rests until the reset time, not the 2 s retry-after: {after}"
+    );
     let r = get(&format!("{}/readyz", h.admin), &[]).await;
     assert_eq!(r.status, 503, "no usable path: {}", r.text());
 }
@@ -78,7 +108,10 @@ async fn overloaded_529_is_retried_on_another_key() {
     assert_eq!(seen.len(), 2);
     assert_ne!(seen[0].header("x-api-key"), seen[1].header("x-api-key"));
     let m = h.metrics().await;
-    assert!(m.contains(r#"strait_upstream_retries_total{cause="status_529"} 1"#), "{m}");
+    assert!(
+        m.contains(r#"strait_upstream_retries_total{cause="status_529"} 1"#),
+        "{m}"
+    );
 }
 
 #[tokio::test]

@@ -11,7 +11,12 @@ async fn message_is_relayed_with_upstream_key_swapped_in() {
     let h = Harness::managed().await;
     let r = post_json(
         &format!("{}/v1/messages", h.url),
-        &[("x-api-key", CLIENT_KEY), ("anthropic-version", "2023-06-01"), ("anthropic-beta", "test-beta"), ("x-forwarded-for", "10.1.2.3")],
+        &[
+            ("x-api-key", CLIENT_KEY),
+            ("anthropic-version", "2023-06-01"),
+            ("anthropic-beta", "test-beta"),
+            ("x-forwarded-for", "10.1.2.3"),
+        ],
         &message_body(false),
     )
     .await;
@@ -19,8 +24,15 @@ async fn message_is_relayed_with_upstream_key_swapped_in() {
     let v = r.json();
     assert_eq!(v["type"], "message");
     assert!(v["usage"]["output_tokens"].as_u64().unwrap() > 0);
-    assert!(r.header("request-id").is_some_and(|id| id.starts_with("req_")), "upstream request-id kept");
-    assert!(r.header("anthropic-ratelimit-requests-limit").is_some(), "rate-limit headers kept");
+    assert!(
+        r.header("request-id")
+            .is_some_and(|id| id.starts_with("req_")),
+        "upstream request-id kept"
+    );
+    assert!(
+        r.header("anthropic-ratelimit-requests-limit").is_some(),
+        "rate-limit headers kept"
+    );
     let rid = r.header("x-strait-request-id").expect("gateway request id");
     assert!(rid.starts_with("strait_"));
 
@@ -28,11 +40,21 @@ async fn message_is_relayed_with_upstream_key_swapped_in() {
     assert_eq!(seen.len(), 1);
     let up = &seen[0];
     let key = up.header("x-api-key").unwrap();
-    assert!(UPSTREAM_KEYS.contains(&key), "an upstream key from the pool reached the upstream");
-    assert!(up.headers.iter().all(|(_, v)| !v.contains(CLIENT_KEY)), "client key never reaches upstream");
+    assert!(
+        UPSTREAM_KEYS.contains(&key),
+        "an upstream key from the pool reached the upstream"
+    );
+    assert!(
+        up.headers.iter().all(|(_, v)| !v.contains(CLIENT_KEY)),
+        "client key never reaches upstream"
+    );
     assert_eq!(up.header("anthropic-version"), Some("2023-06-01"));
     assert_eq!(up.header("anthropic-beta"), Some("test-beta"));
-    assert_eq!(up.header("host"), Some(h.mock.addr().to_string().as_str()), "host rewritten");
+    assert_eq!(
+        up.header("host"),
+        Some(h.mock.addr().to_string().as_str()),
+        "host rewritten"
+    );
     assert_eq!(up.header("x-forwarded-for"), Some("10.1.2.3, 127.0.0.1"));
     assert!(up.header("connection").is_none());
     assert_eq!(up.json().unwrap(), message_body(false), "body unchanged");
@@ -44,13 +66,19 @@ async fn bearer_auth_works_like_x_api_key() {
     let bearer = format!("Bearer {CLIENT_KEY}");
     let r = post_json(
         &format!("{}/v1/messages", h.url),
-        &[("authorization", &bearer), ("anthropic-version", "2023-06-01")],
+        &[
+            ("authorization", &bearer),
+            ("anthropic-version", "2023-06-01"),
+        ],
         &message_body(false),
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let up = &h.mock.requests()[0];
-    assert!(up.header("authorization").is_none(), "client bearer token not forwarded");
+    assert!(
+        up.header("authorization").is_none(),
+        "client bearer token not forwarded"
+    );
     assert!(UPSTREAM_KEYS.contains(&up.header("x-api-key").unwrap()));
 }
 
@@ -58,24 +86,46 @@ async fn bearer_auth_works_like_x_api_key() {
 async fn keys_rotate_across_requests() {
     let h = Harness::managed().await;
     for _ in 0..4 {
-        let r = post_json(&format!("{}/v1/messages", h.url), &auth(CLIENT_KEY), &message_body(false)).await;
+        let r = post_json(
+            &format!("{}/v1/messages", h.url),
+            &auth(CLIENT_KEY),
+            &message_body(false),
+        )
+        .await;
         assert_eq!(r.status, 200);
     }
-    let used: std::collections::HashSet<String> =
-        h.mock.requests().iter().map(|r| r.header("x-api-key").unwrap().to_string()).collect();
+    let used: std::collections::HashSet<String> = h
+        .mock
+        .requests()
+        .iter()
+        .map(|r| r.header("x-api-key").unwrap().to_string())
+        .collect();
     assert_eq!(used.len(), 2, "both pool keys used: {used:?}");
 }
 
 #[tokio::test]
 async fn passthrough_forwards_the_clients_own_key() {
     let h = Harness::passthrough().await;
-    let r = post_json(&format!("{}/v1/messages", h.url), &auth("sk-ant-client-own"), &message_body(false)).await;
+    let r = post_json(
+        &format!("{}/v1/messages", h.url),
+        &auth("sk-ant-client-own"),
+        &message_body(false),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(h.mock.requests()[0].header("x-api-key"), Some("sk-ant-client-own"));
+    assert_eq!(
+        h.mock.requests()[0].header("x-api-key"),
+        Some("sk-ant-client-own")
+    );
 
     // The upstream's own 401 passes through unchanged (not marked as gateway-made).
     h.mock.set_valid_keys(Some(vec!["sk-ant-valid".into()]));
-    let r = post_json(&format!("{}/v1/messages", h.url), &auth("sk-ant-wrong"), &message_body(false)).await;
+    let r = post_json(
+        &format!("{}/v1/messages", h.url),
+        &auth("sk-ant-wrong"),
+        &message_body(false),
+    )
+    .await;
     assert_eq!(r.status, 401);
     assert_eq!(r.json()["error"]["type"], "authentication_error");
     assert!(r.header("x-strait-error-source").is_none());
@@ -94,11 +144,18 @@ async fn other_api_paths_pass_through() {
     let r = get(&format!("{}/v1/models?limit=2", h.url), &a).await;
     assert_eq!(r.status, 200);
     assert!(!r.json()["data"].as_array().unwrap().is_empty());
-    assert_eq!(h.mock.requests().last().unwrap().path, "/v1/models?limit=2", "query kept");
+    assert_eq!(
+        h.mock.requests().last().unwrap().path,
+        "/v1/models?limit=2",
+        "query kept"
+    );
 
     let r = get(&format!("{}/v1/models/claude-nonexistent", h.url), &a).await;
     assert_eq!(r.status, 404);
-    assert!(r.header("x-strait-error-source").is_none(), "upstream 404 passes through");
+    assert!(
+        r.header("x-strait-error-source").is_none(),
+        "upstream 404 passes through"
+    );
 
     let batch = json!({"requests": [{"custom_id": "a", "params": message_body(false)}]});
     let r = post_json(&format!("{}/v1/messages/batches", h.url), &a, &batch).await;
@@ -115,7 +172,13 @@ async fn file_upload_streams_through_with_every_byte() {
     let payload = vec![b'x'; 3 * 1024 * 1024 + 17];
     let mut headers = auth(CLIENT_KEY).to_vec();
     headers.push(("content-type", "application/octet-stream"));
-    let r = send(Method::POST, &format!("{}/v1/files", h.url), &headers, payload.clone()).await;
+    let r = send(
+        Method::POST,
+        &format!("{}/v1/files", h.url),
+        &headers,
+        payload.clone(),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["size_bytes"].as_u64(), Some(payload.len() as u64));
 }
@@ -123,13 +186,28 @@ async fn file_upload_streams_through_with_every_byte() {
 #[tokio::test]
 async fn metrics_count_requests_tokens_and_are_admin_only() {
     let h = Harness::managed().await;
-    let r = post_json(&format!("{}/v1/messages", h.url), &auth(CLIENT_KEY), &message_body(false)).await;
+    let r = post_json(
+        &format!("{}/v1/messages", h.url),
+        &auth(CLIENT_KEY),
+        &message_body(false),
+    )
+    .await;
     assert_eq!(r.status, 200);
     let usage = r.json()["usage"].clone();
     let m = h.metrics().await;
-    assert!(m.contains(r#"strait_requests_total{model="claude-sonnet-4-5",route="messages",status="200"} 1"#), "{m}");
+    assert!(
+        m.contains(
+            r#"strait_requests_total{model="claude-sonnet-4-5",route="messages",status="200"} 1"#
+        ),
+        "{m}"
+    );
     let out = usage["output_tokens"].as_u64().unwrap();
-    assert!(m.contains(&format!(r#"strait_tokens_total{{direction="output",model="claude-sonnet-4-5"}} {out}"#)), "{m}");
+    assert!(
+        m.contains(&format!(
+            r#"strait_tokens_total{{direction="output",model="claude-sonnet-4-5"}} {out}"#
+        )),
+        "{m}"
+    );
     assert!(m.contains("strait_upstream_ttfb_seconds_bucket"));
     assert!(m.contains("strait_upstream_connections 1"), "{m}");
     for key in UPSTREAM_KEYS.iter().chain([&CLIENT_KEY]) {
@@ -164,11 +242,16 @@ async fn plain_listener_speaks_h2c_with_prior_knowledge() {
     let req = http::Request::post(format!("{}/v1/messages", h.url))
         .header("x-api-key", CLIENT_KEY)
         .header("anthropic-version", "2023-06-01")
-        .body(http_body_util::Full::new(bytes::Bytes::from(message_body(true).to_string())))
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            message_body(true).to_string(),
+        )))
         .unwrap();
     let resp = client.request(req).await.expect("h2c request");
     assert_eq!(resp.version(), http::Version::HTTP_2);
     let r = collect(resp, std::time::Instant::now()).await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.event_names().last().map(String::as_str), Some("message_stop"));
+    assert_eq!(
+        r.event_names().last().map(String::as_str),
+        Some("message_stop")
+    );
 }

@@ -31,16 +31,28 @@ async fn official_python_sdk_plain_and_streamed() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("script prints JSON");
     assert!(!v["plain_text"].as_str().unwrap().is_empty(), "{v}");
     assert!(v["plain_output_tokens"].as_u64().unwrap() > 0);
-    let events: Vec<&str> = v["stream_events"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
+    let events: Vec<&str> = v["stream_events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
     assert_eq!(events.first(), Some(&"message_start"), "{events:?}");
     assert_eq!(events.last(), Some(&"message_stop"), "{events:?}");
-    assert!(events.contains(&"content_block_delta") || events.contains(&"text"), "{events:?}");
+    assert!(
+        events.contains(&"content_block_delta") || events.contains(&"text"),
+        "{events:?}"
+    );
     assert!(!v["stream_text"].as_str().unwrap().is_empty());
     assert_eq!(v["auth_error"], "authentication_error");
 
     // The SDK's own auth style (Bearer or x-api-key) was swapped for a pool key.
     let seen = h.mock.requests();
-    assert_eq!(seen.len(), 2, "the wrong-key call never reached the upstream");
+    assert_eq!(
+        seen.len(),
+        2,
+        "the wrong-key call never reached the upstream"
+    );
     for r in seen {
         assert!(UPSTREAM_KEYS.contains(&r.header("x-api-key").unwrap()));
         assert!(r.header("authorization").is_none());

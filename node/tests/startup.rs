@@ -17,13 +17,18 @@ fn example_config_parses_and_validates() {
     let c = raw
         .validate(vec![Secret::new("sk-ant-example")], vec![])
         .expect("deploy/node.example.toml validates");
-    assert_eq!(c.key_mode(), KeyMode::Managed, "the example defines client key hashes");
+    assert_eq!(
+        c.key_mode(),
+        KeyMode::Managed,
+        "the example defines client key hashes"
+    );
     assert_eq!(c.upstream.target.authority.as_str(), "api.anthropic.com");
 }
 
 fn node() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_strait-node"));
-    c.env_remove("STRAIT_UPSTREAM_KEYS").env_remove("STRAIT_CLIENT_KEYS");
+    c.env_remove("STRAIT_UPSTREAM_KEYS")
+        .env_remove("STRAIT_CLIENT_KEYS");
     c
 }
 
@@ -36,17 +41,28 @@ fn check_config_accepts_the_example_and_names_bad_fields() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("config ok"));
     assert!(!stdout.contains("sk-ant-example"));
 
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[upstream]\nread_timeout = \"soon\"\n").unwrap();
-    let out = node().args(["--check-config", "--config"]).arg(&bad).output().unwrap();
+    let out = node()
+        .args(["--check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("read_timeout") || stderr.contains("invalid duration"), "{stderr}");
+    assert!(
+        stderr.contains("read_timeout") || stderr.contains("invalid duration"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -72,8 +88,20 @@ fn upstream_keys_without_client_keys_refuse_to_start_unless_allowed() {
 
 #[test]
 fn quick_start_needs_no_file() {
-    let out = node().args(["--check-config", "--listen", "127.0.0.1:8181", "--workers", "1"]).output().unwrap();
+    let out = node()
+        .args([
+            "--check-config",
+            "--listen",
+            "127.0.0.1:8181",
+            "--workers",
+            "1",
+        ])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("127.0.0.1:8181") && stdout.contains("Passthrough"), "{stdout}");
+    assert!(
+        stdout.contains("127.0.0.1:8181") && stdout.contains("Passthrough"),
+        "{stdout}"
+    );
 }

@@ -26,14 +26,24 @@ fn write_cert(cert: &SelfSignedCert) -> TlsFiles {
     let (c, k) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&c, cert.cert_pem()).unwrap();
     std::fs::write(&k, cert.key_pem()).unwrap();
-    TlsFiles { _dir: dir, cert: c, key: k }
+    TlsFiles {
+        _dir: dir,
+        cert: c,
+        key: k,
+    }
 }
 
 async fn tls_node(files: &TlsFiles, tls13_only: bool) -> Harness {
     let (cert, key) = (files.cert.clone(), files.key.clone());
     Harness::build(
         MockConfig::default(),
-        move |raw| raw.tls = Some(strait_node::config::RawTls { cert, key, tls13_only }),
+        move |raw| {
+            raw.tls = Some(strait_node::config::RawTls {
+                cert,
+                key,
+                tls13_only,
+            })
+        },
         &UPSTREAM_KEYS,
         &[CLIENT_KEY],
     )
@@ -41,18 +51,26 @@ async fn tls_node(files: &TlsFiles, tls13_only: bool) -> Harness {
 }
 
 /// An HTTPS request; the ALPN list offered is the one in `cfg` (h2 and/or http/1.1).
-async fn https_request(mut cfg: rustls::ClientConfig, port: u16, http2_only: bool) -> Result<Resp, String> {
+async fn https_request(
+    mut cfg: rustls::ClientConfig,
+    port: u16,
+    http2_only: bool,
+) -> Result<Resp, String> {
     let offers_h2 = cfg.alpn_protocols.iter().any(|p| p == b"h2");
     let offers_h1 = cfg.alpn_protocols.iter().any(|p| p == b"http/1.1");
     // hyper-rustls sets ALPN itself from the enabled versions.
     cfg.alpn_protocols.clear();
-    let b = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(cfg).https_only();
+    let b = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(cfg)
+        .https_only();
     let https = match (offers_h2, offers_h1) {
         (true, true) => b.enable_all_versions().build(),
         (true, false) => b.enable_http2().build(),
         _ => b.enable_http1().build(),
     };
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).http2_only(http2_only).build(https);
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(http2_only)
+        .build(https);
     let req = Request::post(format!("https://localhost:{port}/v1/messages"))
         .header("x-api-key", CLIENT_KEY)
         .header("anthropic-version", "2023-06-01")
@@ -70,11 +88,23 @@ async fn https_with_http2_by_alpn_and_http1_fallback() {
     let h = tls_node(&files, false).await;
     let port = h.node().public_addr().port();
 
-    let r = https_request(client_config(cert.ca_pem(), &[b"h2", b"http/1.1"]).unwrap(), port, false).await.unwrap();
+    let r = https_request(
+        client_config(cert.ca_pem(), &[b"h2", b"http/1.1"]).unwrap(),
+        port,
+        false,
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.version, http::Version::HTTP_2, "h2 chosen by ALPN");
 
-    let r = https_request(client_config(cert.ca_pem(), &[b"http/1.1"]).unwrap(), port, false).await.unwrap();
+    let r = https_request(
+        client_config(cert.ca_pem(), &[b"http/1.1"]).unwrap(),
+        port,
+        false,
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.version, http::Version::HTTP_11);
 }
@@ -85,11 +115,13 @@ fn tls12_client(ca_pem: &str) -> rustls::ClientConfig {
     for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS12])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     cfg
 }
@@ -100,13 +132,28 @@ async fn tls13_only_refuses_tls12_clients() {
     let files = write_cert(&cert);
 
     let both = tls_node(&files, false).await;
-    let r = https_request(tls12_client(cert.ca_pem()), both.node().public_addr().port(), true).await;
+    let r = https_request(
+        tls12_client(cert.ca_pem()),
+        both.node().public_addr().port(),
+        true,
+    )
+    .await;
     assert_eq!(r.expect("TLS 1.2 accepted by default").status, 200);
 
     let strict = tls_node(&files, true).await;
-    let r = https_request(tls12_client(cert.ca_pem()), strict.node().public_addr().port(), true).await;
+    let r = https_request(
+        tls12_client(cert.ca_pem()),
+        strict.node().public_addr().port(),
+        true,
+    )
+    .await;
     assert!(r.is_err(), "TLS 1.2 refused in 1.3-only mode");
-    let r = https_request(client_config(cert.ca_pem(), &[b"h2"]).unwrap(), strict.node().public_addr().port(), true).await;
+    let r = https_request(
+        client_config(cert.ca_pem(), &[b"h2"]).unwrap(),
+        strict.node().public_addr().port(),
+        true,
+    )
+    .await;
     assert_eq!(r.unwrap().status, 200);
 }
 
@@ -116,13 +163,21 @@ async fn certificate_reload_serves_the_new_certificate_to_new_connections() {
     let files = write_cert(&old);
     let h = tls_node(&files, false).await;
     let port = h.node().public_addr().port();
-    assert!(https_request(client_config(old.ca_pem(), &[b"h2"]).unwrap(), port, true).await.is_ok());
+    assert!(
+        https_request(client_config(old.ca_pem(), &[b"h2"]).unwrap(), port, true)
+            .await
+            .is_ok()
+    );
 
     let new = SelfSignedCert::localhost().unwrap();
     std::fs::write(&files.cert, new.cert_pem()).unwrap();
     std::fs::write(&files.key, new.key_pem()).unwrap();
     // Before the reload the old certificate is still served.
-    assert!(https_request(client_config(new.ca_pem(), &[b"h2"]).unwrap(), port, true).await.is_err());
+    assert!(
+        https_request(client_config(new.ca_pem(), &[b"h2"]).unwrap(), port, true)
+            .await
+            .is_err()
+    );
     h.node().reload_tls().expect("reload");
     let r = https_request(client_config(new.ca_pem(), &[b"h2"]).unwrap(), port, true).await;
     assert_eq!(r.expect("new certificate served").status, 200);
@@ -136,11 +191,16 @@ async fn certificate_reload_serves_the_new_certificate_to_new_connections() {
 
 #[tokio::test]
 async fn upstream_over_https_uses_http2_when_offered() {
-    let mock_cfg = MockConfig { tls: true, ..MockConfig::default() };
+    let mock_cfg = MockConfig {
+        tls: true,
+        ..MockConfig::default()
+    };
     let ca_dir = tempfile::tempdir().unwrap();
     let ca_path = ca_dir.path().join("ca.pem");
     // The mock's CA is known only after it starts, so the node is built by hand here.
-    let mock = strait_chaos::mock::MockUpstream::start(mock_cfg).await.unwrap();
+    let mock = strait_chaos::mock::MockUpstream::start(mock_cfg)
+        .await
+        .unwrap();
     std::fs::write(&ca_path, mock.cert_pem().unwrap()).unwrap();
     let mut raw = strait_node::config::RawConfig::default();
     raw.listen.public = "127.0.0.1:0".into();
@@ -148,15 +208,27 @@ async fn upstream_over_https_uses_http2_when_offered() {
     raw.upstream.base_url = format!("https://localhost:{}", mock.addr().port());
     raw.upstream.ca_file = Some(ca_path);
     let cfg = raw
-        .validate(vec![strait_node::config::Secret::new(UPSTREAM_KEYS[0])], vec![strait_node::config::Secret::new(CLIENT_KEY)])
+        .validate(
+            vec![strait_node::config::Secret::new(UPSTREAM_KEYS[0])],
+            vec![strait_node::config::Secret::new(CLIENT_KEY)],
+        )
         .unwrap();
     let node = strait_node::Node::start(cfg).await.unwrap();
     let url = format!("http://{}", node.public_addr());
     for stream in [false, true] {
-        let r = post_json(&format!("{url}/v1/messages"), &auth(CLIENT_KEY), &message_body(stream)).await;
+        let r = post_json(
+            &format!("{url}/v1/messages"),
+            &auth(CLIENT_KEY),
+            &message_body(stream),
+        )
+        .await;
         assert_eq!(r.status, 200, "{}", r.text());
     }
     let seen = mock.requests();
-    assert!(seen.iter().all(|r| r.version == http::Version::HTTP_2), "{:?}", seen.iter().map(|r| r.version).collect::<Vec<_>>());
+    assert!(
+        seen.iter().all(|r| r.version == http::Version::HTTP_2),
+        "{:?}",
+        seen.iter().map(|r| r.version).collect::<Vec<_>>()
+    );
     assert_eq!(seen[0].header("x-api-key"), Some(UPSTREAM_KEYS[0]));
 }

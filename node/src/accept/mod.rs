@@ -99,14 +99,17 @@ where
                     let conn = builder.serve_connection(TokioIo::new(tcp), svc);
                     let _ = watcher.watch(conn.into_owned()).await;
                 }
-                Some(tls) => match tokio::time::timeout(handshake_timeout, tls.acceptor().accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                        let _ = watcher.watch(conn.into_owned()).await;
+                Some(tls) => {
+                    match tokio::time::timeout(handshake_timeout, tls.acceptor().accept(tcp)).await
+                    {
+                        Ok(Ok(stream)) => {
+                            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                            let _ = watcher.watch(conn.into_owned()).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
-                    Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                },
+                }
             }
             metrics.downstream_connections.dec();
         });

@@ -21,7 +21,10 @@ pub struct TlsState {
 impl TlsState {
     pub fn load(config: &TlsConfig) -> Result<Self> {
         let server = build(config)?;
-        Ok(TlsState { config: config.clone(), current: ArcSwap::from_pointee(server) })
+        Ok(TlsState {
+            config: config.clone(),
+            current: ArcSwap::from_pointee(server),
+        })
     }
 
     /// Re-reads the certificate and key. On error the old ones stay in use.
@@ -41,7 +44,10 @@ fn build(config: &TlsConfig) -> Result<ServerConfig> {
         .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
         .map_err(|e| Error::config(format!("tls.cert {}: {e}", config.cert.display())))?;
     if certs.is_empty() {
-        return Err(Error::config(format!("tls.cert {}: no certificate found", config.cert.display())));
+        return Err(Error::config(format!(
+            "tls.cert {}: no certificate found",
+            config.cert.display()
+        )));
     }
     let key = PrivateKeyDer::from_pem_file(&config.key)
         .map_err(|e| Error::config(format!("tls.key {}: {e}", config.key.display())))?;
@@ -56,7 +62,11 @@ fn build(config: &TlsConfig) -> Result<ServerConfig> {
         .map_err(|e| Error::config(format!("TLS setup: {e}")))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| Error::config(format!("tls: certificate and key do not form a usable pair: {e}")))?;
+        .map_err(|e| {
+            Error::config(format!(
+                "tls: certificate and key do not form a usable pair: {e}"
+            ))
+        })?;
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(server)
 }

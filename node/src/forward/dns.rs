@@ -33,7 +33,9 @@ impl HickoryDns {
         opts.positive_max_ttl = Some(ttl_cap);
         opts.negative_max_ttl = Some(ttl_cap.min(Duration::from_secs(5)));
         let resolver = builder.build().map_err(std::io::Error::other)?;
-        Ok(HickoryDns { resolver: Arc::new(resolver) })
+        Ok(HickoryDns {
+            resolver: Arc::new(resolver),
+        })
     }
 }
 
@@ -56,7 +58,10 @@ impl tower_service::Service<Name> for HickoryDns {
             if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse() {
                 return Ok(vec![SocketAddr::new(ip, 0)].into_iter());
             }
-            let lookup = resolver.lookup_ip(host).await.map_err(std::io::Error::other)?;
+            let lookup = resolver
+                .lookup_ip(host)
+                .await
+                .map_err(std::io::Error::other)?;
             let addrs: Vec<SocketAddr> = lookup.iter().map(|ip| SocketAddr::new(ip, 0)).collect();
             if addrs.is_empty() {
                 return Err(std::io::Error::other(format!("no addresses for {host}")));

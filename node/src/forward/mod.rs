@@ -28,7 +28,8 @@ use crate::health::UpstreamHealth;
 use crate::route::KeyPool;
 use crate::stream;
 
-type Connector = connect::CountingConnector<hyper_rustls::HttpsConnector<HttpConnector<dns::HickoryDns>>>;
+type Connector =
+    connect::CountingConnector<hyper_rustls::HttpsConnector<HttpConnector<dns::HickoryDns>>>;
 
 /// The pooled upstream client and what it needs to address the upstream.
 pub struct Upstream {
@@ -71,7 +72,8 @@ impl Upstream {
             .https_or_http()
             .enable_all_versions()
             .wrap_connector(http);
-        let connector = connect::CountingConnector::new(https, metrics.upstream_connections.clone());
+        let connector =
+            connect::CountingConnector::new(https, metrics.upstream_connections.clone());
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
@@ -82,7 +84,11 @@ impl Upstream {
             .build(connector);
         let authority_header = HeaderValue::from_str(config.target.authority.as_str())
             .map_err(|_| Error::config("upstream.base_url host is not a valid header value"))?;
-        Ok(Upstream { client, config: config.clone(), authority_header })
+        Ok(Upstream {
+            client,
+            config: config.clone(),
+            authority_header,
+        })
     }
 
     pub fn config(&self) -> &UpstreamConfig {
@@ -113,10 +119,18 @@ impl Upstream {
         let uri = self.uri(path_and_query)?;
         let max_attempts = self.config.max_attempts;
         let mut spare = body.try_clone();
-        let wait = if ctx.stream { self.config.stream_idle_timeout } else { self.config.read_timeout };
+        let wait = if ctx.stream {
+            self.config.stream_idle_timeout
+        } else {
+            self.config.read_timeout
+        };
         // A streamed upload is still being sent while we wait for the response, so it
         // gets the send timeout on top; a buffered body is written in one go.
-        let first_byte_timeout = if spare.is_some() { wait } else { wait + self.config.send_timeout };
+        let first_byte_timeout = if spare.is_some() {
+            wait
+        } else {
+            wait + self.config.send_timeout
+        };
         let mut body = Some(body);
         let mut avoid = None;
         let mut attempt = 0;
@@ -144,32 +158,53 @@ impl Upstream {
             *req.method_mut() = method.clone();
             *req.uri_mut() = uri.clone();
             // The last possible attempt takes the headers; earlier ones copy them.
-            *req.headers_mut() = if can_retry { headers.clone() } else { std::mem::take(&mut headers) };
-            req.headers_mut().insert(header::HOST, self.authority_header.clone());
+            *req.headers_mut() = if can_retry {
+                headers.clone()
+            } else {
+                std::mem::take(&mut headers)
+            };
+            req.headers_mut()
+                .insert(header::HOST, self.authority_header.clone());
             if let Some(k) = key {
-                req.headers_mut().insert(HeaderName::from_static("x-api-key"), ctx.pool.header(k).clone());
+                req.headers_mut().insert(
+                    HeaderName::from_static("x-api-key"),
+                    ctx.pool.header(k).clone(),
+                );
             }
 
             let sent = Instant::now();
             let outcome = tokio::time::timeout(first_byte_timeout, self.client.request(req)).await;
-            let next_body = |spare: &mut Option<RequestBody>| spare.as_ref().and_then(RequestBody::try_clone);
+            let next_body =
+                |spare: &mut Option<RequestBody>| spare.as_ref().and_then(RequestBody::try_clone);
 
             let failure = match outcome {
                 Err(_) => {
                     // The upstream may be working on it: not retried, to avoid doing it twice.
-                    ctx.metrics.upstream_errors.with_label_values(&["timeout"]).inc();
+                    ctx.metrics
+                        .upstream_errors
+                        .with_label_values(&["timeout"])
+                        .inc();
                     ctx.health.record_failure();
-                    return Err(Error::new(ErrorKind::UpstreamTimeout, "upstream did not respond in time"));
+                    return Err(Error::new(
+                        ErrorKind::UpstreamTimeout,
+                        "upstream did not respond in time",
+                    ));
                 }
                 Ok(Err(e)) => {
                     let (kind, label) = if e.is_connect() {
                         (ErrorKind::UpstreamConnect, "connect")
                     } else if is_body_too_large(&e) {
-                        return Err(Error::new(ErrorKind::RequestTooLarge, "request body exceeds the gateway limit"));
+                        return Err(Error::new(
+                            ErrorKind::RequestTooLarge,
+                            "request body exceeds the gateway limit",
+                        ));
                     } else {
                         (ErrorKind::UpstreamProtocol, "protocol")
                     };
-                    ctx.metrics.upstream_errors.with_label_values(&[label]).inc();
+                    ctx.metrics
+                        .upstream_errors
+                        .with_label_values(&[label])
+                        .inc();
                     ctx.health.record_failure();
                     let msg = if kind == ErrorKind::UpstreamConnect {
                         "could not connect to the upstream API"
@@ -185,8 +220,16 @@ impl Upstream {
                     ctx.health.record_response(status);
                     if let Some(k) = key {
                         if let Some((reason, wait)) = ctx.pool.observe(k, status, resp.headers()) {
-                            ctx.metrics.key_cooldowns.with_label_values(&[reason.label()]).inc();
-                            tracing::info!(key = ctx.pool.label(k), reason = reason.label(), wait_s = wait.as_secs_f64(), "upstream key cooling down");
+                            ctx.metrics
+                                .key_cooldowns
+                                .with_label_values(&[reason.label()])
+                                .inc();
+                            tracing::info!(
+                                key = ctx.pool.label(k),
+                                reason = reason.label(),
+                                wait_s = wait.as_secs_f64(),
+                                "upstream key cooling down"
+                            );
                         }
                     }
                     if status.is_success() {
@@ -194,36 +237,66 @@ impl Upstream {
                             let idle = self.config.stream_idle_timeout;
                             match stream::peek_first_event(resp.body_mut(), idle).await {
                                 Ok((first, _)) if stream::first_event_is_error(&first) => {
-                                    ctx.metrics.upstream_errors.with_label_values(&["stream_error_event"]).inc();
-                                    ctx.metrics.retries.with_label_values(&["stream_error_event"]).inc();
+                                    ctx.metrics
+                                        .upstream_errors
+                                        .with_label_values(&["stream_error_event"])
+                                        .inc();
+                                    ctx.metrics
+                                        .retries
+                                        .with_label_values(&["stream_error_event"])
+                                        .inc();
                                     avoid = key;
                                     body = next_body(&mut spare);
                                     tokio::time::sleep(backoff(attempt)).await;
                                     continue;
                                 }
-                                Ok((first, _)) => return Ok(Forwarded { response: resp, prefix: Some(first) }),
+                                Ok((first, _)) => {
+                                    return Ok(Forwarded {
+                                        response: resp,
+                                        prefix: Some(first),
+                                    })
+                                }
                                 Err(e) => {
-                                    ctx.metrics.upstream_errors.with_label_values(&["stream_start"]).inc();
+                                    ctx.metrics
+                                        .upstream_errors
+                                        .with_label_values(&["stream_start"])
+                                        .inc();
                                     ctx.health.record_failure();
                                     e
                                 }
                             }
                         } else {
-                            return Ok(Forwarded { response: resp, prefix: None });
+                            return Ok(Forwarded {
+                                response: resp,
+                                prefix: None,
+                            });
                         }
                     } else {
                         let label = status_label(status);
                         if let Some(label) = label {
-                            ctx.metrics.upstream_errors.with_label_values(&[label]).inc();
+                            ctx.metrics
+                                .upstream_errors
+                                .with_label_values(&[label])
+                                .inc();
                         }
                         let retry_status = is_retryable_status(status);
                         // A 429 is only worth retrying on a different key.
                         let other_key = status != StatusCode::TOO_MANY_REQUESTS
-                            || key.is_some_and(|k| ctx.pool.pick(Some(k)).is_ok_and(|n| ctx.pool.label(n) != ctx.pool.label(k)));
+                            || key.is_some_and(|k| {
+                                ctx.pool
+                                    .pick(Some(k))
+                                    .is_ok_and(|n| ctx.pool.label(n) != ctx.pool.label(k))
+                            });
                         if !(can_retry && retry_status && other_key) {
-                            return Ok(Forwarded { response: resp, prefix: None });
+                            return Ok(Forwarded {
+                                response: resp,
+                                prefix: None,
+                            });
                         }
-                        ctx.metrics.retries.with_label_values(&[label.unwrap_or("status")]).inc();
+                        ctx.metrics
+                            .retries
+                            .with_label_values(&[label.unwrap_or("status")])
+                            .inc();
                         avoid = key;
                         body = next_body(&mut spare);
                         if status != StatusCode::TOO_MANY_REQUESTS {
@@ -234,12 +307,16 @@ impl Upstream {
                 }
             };
             // A transport failure: retry if the body can be sent again.
-            let transport_retryable = failure.retryable() || failure.kind == ErrorKind::UpstreamProtocol;
+            let transport_retryable =
+                failure.retryable() || failure.kind == ErrorKind::UpstreamProtocol;
             if !can_retry || !transport_retryable {
                 return Err(failure);
             }
             tracing::debug!(attempt, "retrying upstream after: {failure}");
-            ctx.metrics.retries.with_label_values(&[failure.label()]).inc();
+            ctx.metrics
+                .retries
+                .with_label_values(&[failure.label()])
+                .inc();
             avoid = key;
             body = next_body(&mut spare);
         }
@@ -294,7 +371,8 @@ fn client_tls(config: &UpstreamConfig) -> Result<rustls::ClientConfig> {
         let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
             .map_err(|e| Error::config(format!("upstream.ca_file {}: {e}", path.display())))?;
         for cert in certs {
-            let cert = cert.map_err(|e| Error::config(format!("upstream.ca_file {}: {e}", path.display())))?;
+            let cert = cert
+                .map_err(|e| Error::config(format!("upstream.ca_file {}: {e}", path.display())))?;
             roots
                 .add(cert)
                 .map_err(|e| Error::config(format!("upstream.ca_file {}: {e}", path.display())))?;
@@ -371,7 +449,10 @@ mod tests {
     #[test]
     fn strips_hop_by_hop_and_credentials_and_appends_xff() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert("x-api-key", HeaderValue::from_static("strait-client-key"));
         h.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));

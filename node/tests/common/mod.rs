@@ -45,7 +45,9 @@ impl Harness {
         upstream_keys: &[&str],
         client_keys: &[&str],
     ) -> Harness {
-        let mock = MockUpstream::start(mock).await.expect("mock upstream starts");
+        let mock = MockUpstream::start(mock)
+            .await
+            .expect("mock upstream starts");
         let mut raw = RawConfig::default();
         raw.listen.public = "127.0.0.1:0".into();
         raw.listen.admin = "127.0.0.1:0".into();
@@ -61,7 +63,12 @@ impl Harness {
         let node = Node::start(config).await.expect("node starts");
         let url = format!("http://{}", node.public_addr());
         let admin = format!("http://{}", node.admin_addr());
-        Harness { node: Some(node), mock, url, admin }
+        Harness {
+            node: Some(node),
+            mock,
+            url,
+            admin,
+        }
     }
 
     pub fn node(&self) -> &Node {
@@ -90,7 +97,8 @@ impl Resp {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -103,7 +111,12 @@ impl Resp {
         let v = self.json();
         assert_eq!(v["type"], "error", "{v}");
         assert_eq!(v["error"]["type"], kind, "{v}");
-        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{v}"
+        );
         assert_eq!(self.header("x-strait-error-source"), Some("gateway"));
         assert!(self.header("x-strait-request-id").is_some());
     }
@@ -121,7 +134,12 @@ fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build(HttpConnector::new())
 }
 
-pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Resp {
+pub async fn send(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Resp {
     let mut req = Request::builder().method(method).uri(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -139,7 +157,10 @@ pub async fn collect(resp: http::Response<hyper::body::Incoming>, started: Insta
     let (parts, mut body) = resp.into_parts();
     let mut chunks = Vec::new();
     let mut all = Vec::new();
-    while let Some(frame) = tokio::time::timeout(Duration::from_secs(30), body.frame()).await.expect("body frame within 30 s") {
+    while let Some(frame) = tokio::time::timeout(Duration::from_secs(30), body.frame())
+        .await
+        .expect("body frame within 30 s")
+    {
         match frame {
             Ok(f) => {
                 if let Ok(d) = f.into_data() {
@@ -150,7 +171,13 @@ pub async fn collect(resp: http::Response<hyper::body::Incoming>, started: Insta
             Err(_) => break,
         }
     }
-    Resp { status: parts.status, headers: parts.headers, body: all.into(), chunks, version: parts.version }
+    Resp {
+        status: parts.status,
+        headers: parts.headers,
+        body: all.into(),
+        chunks,
+        version: parts.version,
+    }
 }
 
 pub async fn get(url: &str, headers: &[(&str, &str)]) -> Resp {
@@ -165,7 +192,10 @@ pub async fn post_json(url: &str, headers: &[(&str, &str)], body: &serde_json::V
 
 /// Headers an Anthropic SDK sends, with the given key.
 pub fn sdk_headers(key: &str) -> Vec<(&'static str, String)> {
-    vec![("x-api-key", key.to_string()), ("anthropic-version", "2023-06-01".to_string())]
+    vec![
+        ("x-api-key", key.to_string()),
+        ("anthropic-version", "2023-06-01".to_string()),
+    ]
 }
 
 pub fn auth(key: &str) -> [(&'static str, &str); 2] {
