@@ -276,3 +276,30 @@ async fn upstream_error_statuses_pass_through_unchanged() {
         assert!(r.header("request-id").is_some());
     }
 }
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed() {
+    let h = Harness::build(
+        MockConfig::default(),
+        |raw| raw.limits.header_read_timeout = Duration::from_millis(400),
+        &UPSTREAM_KEYS,
+        &[CLIENT_KEY],
+    )
+    .await;
+    let addr = h.url.trim_start_matches("http://").to_string();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"GET /livez HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // An idle keep-alive connection holds a connection slot; it must not do so forever.
+    let started = std::time::Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("closed by the node")
+        .unwrap();
+    assert_eq!(n, 0, "EOF");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
