@@ -56,13 +56,7 @@ async fn unparseable_json_is_400_and_not_forwarded() {
 
 #[tokio::test]
 async fn oversized_bodies_are_413() {
-    let h = Harness::build(
-        MockConfig::default(),
-        |raw| raw.limits.max_body_bytes = 64 * 1024,
-        &UPSTREAM_KEYS,
-        &[CLIENT_KEY],
-    )
-    .await;
+    let h = Harness::managed_with(|raw| raw.limits.max_body_bytes = 64 * 1024).await;
     let big = format!(
         "{{\"model\":\"claude\",\"pad\":\"{}\"}}",
         "a".repeat(100 * 1024)
@@ -87,12 +81,7 @@ async fn oversized_bodies_are_413() {
     assert!(r.starts_with("HTTP/1.1 413"), "{}", &r[..r.len().min(300)]);
     assert!(h.mock.requests().iter().all(|r| r.path != "/v1/messages"));
     // Still serving.
-    let r = post_json(
-        &format!("{}/v1/messages", h.url),
-        &auth(CLIENT_KEY),
-        &message_body(false),
-    )
-    .await;
+    let r = h.message(false, &[]).await;
     assert_eq!(r.status, 200);
 }
 
@@ -141,12 +130,7 @@ async fn upstream_unreachable_is_502_and_readiness_fails_after_repeated_failures
     )
     .await;
     for _ in 0..2 {
-        let r = post_json(
-            &format!("{}/v1/messages", h.url),
-            &auth(CLIENT_KEY),
-            &message_body(false),
-        )
-        .await;
+        let r = h.message(false, &[]).await;
         r.assert_gateway_error(502, "api_error");
         assert!(!r.text().contains(UPSTREAM_KEYS[0]) && !r.text().contains(UPSTREAM_KEYS[1]));
     }
@@ -163,21 +147,11 @@ async fn upstream_unreachable_is_502_and_readiness_fails_after_repeated_failures
 
 #[tokio::test]
 async fn upstream_too_slow_is_504() {
-    let h = Harness::build(
-        MockConfig::default(),
-        |raw| raw.upstream.read_timeout = Duration::from_millis(300),
-        &UPSTREAM_KEYS,
-        &[CLIENT_KEY],
-    )
-    .await;
-    let mut headers = auth(CLIENT_KEY).to_vec();
-    headers.push(("x-mock-fault", "latency-ms=2000"));
-    let r = post_json(
-        &format!("{}/v1/messages", h.url),
-        &headers,
-        &message_body(false),
-    )
-    .await;
+    let h =
+        Harness::managed_with(|raw| raw.upstream.read_timeout = Duration::from_millis(300)).await;
+    let r = h
+        .message(false, &[("x-mock-fault", "latency-ms=2000")])
+        .await;
     r.assert_gateway_error(504, "api_error");
     assert_eq!(
         h.mock.requests().len(),
@@ -192,34 +166,20 @@ async fn upstream_reset_before_response_is_retried_then_502() {
     for _ in 0..3 {
         h.mock.push_fault("reset".parse().unwrap());
     }
-    let r = post_json(
-        &format!("{}/v1/messages", h.url),
-        &auth(CLIENT_KEY),
-        &message_body(false),
-    )
-    .await;
+    let r = h.message(false, &[]).await;
     r.assert_gateway_error(502, "api_error");
     assert_eq!(h.mock.requests().len(), 3, "max_attempts = 3");
     // One reset, then success.
     h.mock.push_fault("reset".parse().unwrap());
-    let r = post_json(
-        &format!("{}/v1/messages", h.url),
-        &auth(CLIENT_KEY),
-        &message_body(false),
-    )
-    .await;
+    let r = h.message(false, &[]).await;
     assert_eq!(r.status, 200);
 }
 
 #[tokio::test]
 async fn oversized_headers_are_refused_and_slow_headers_cut() {
-    let h = Harness::build(
-        MockConfig::default(),
-        |raw| raw.limits.header_read_timeout = Duration::from_millis(500),
-        &UPSTREAM_KEYS,
-        &[CLIENT_KEY],
-    )
-    .await;
+    let h =
+        Harness::managed_with(|raw| raw.limits.header_read_timeout = Duration::from_millis(500))
+            .await;
     let addr = h.url.trim_start_matches("http://").to_string();
 
     let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
@@ -250,26 +210,13 @@ async fn oversized_headers_are_refused_and_slow_headers_cut() {
 
 #[tokio::test]
 async fn upstream_error_statuses_pass_through_unchanged() {
-    let h = Harness::build(
-        MockConfig::default(),
-        |raw| raw.upstream.max_attempts = 1,
-        &UPSTREAM_KEYS,
-        &[CLIENT_KEY],
-    )
-    .await;
+    let h = Harness::managed_with(|raw| raw.upstream.max_attempts = 1).await;
     for (fault, status, kind) in [
         ("status=400", 400, "invalid_request_error"),
         ("status=500", 500, "api_error"),
         ("status=529", 529, "overloaded_error"),
     ] {
-        let mut headers = auth(CLIENT_KEY).to_vec();
-        headers.push(("x-mock-fault", fault));
-        let r = post_json(
-            &format!("{}/v1/messages", h.url),
-            &headers,
-            &message_body(false),
-        )
-        .await;
+        let r = h.message(false, &[("x-mock-fault", fault)]).await;
         assert_eq!(r.status.as_u16(), status);
         assert_eq!(r.json()["error"]["type"], kind);
         assert!(r.header("x-strait-error-source").is_none(), "upstream-made");
@@ -279,13 +226,9 @@ async fn upstream_error_statuses_pass_through_unchanged() {
 
 #[tokio::test]
 async fn idle_keep_alive_connections_are_closed() {
-    let h = Harness::build(
-        MockConfig::default(),
-        |raw| raw.limits.header_read_timeout = Duration::from_millis(400),
-        &UPSTREAM_KEYS,
-        &[CLIENT_KEY],
-    )
-    .await;
+    let h =
+        Harness::managed_with(|raw| raw.limits.header_read_timeout = Duration::from_millis(400))
+            .await;
     let addr = h.url.trim_start_matches("http://").to_string();
     let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
     s.write_all(b"GET /livez HTTP/1.1\r\nhost: x\r\n\r\n")

@@ -7,12 +7,7 @@ use common::*;
 use strait_chaos::mock::Fault;
 
 async fn message(h: &Harness) -> Resp {
-    post_json(
-        &format!("{}/v1/messages", h.url),
-        &auth(CLIENT_KEY),
-        &message_body(false),
-    )
-    .await
+    h.message(false, &[]).await
 }
 
 #[tokio::test]

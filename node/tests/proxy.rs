@@ -86,12 +86,7 @@ async fn bearer_auth_works_like_x_api_key() {
 async fn keys_rotate_across_requests() {
     let h = Harness::managed().await;
     for _ in 0..4 {
-        let r = post_json(
-            &format!("{}/v1/messages", h.url),
-            &auth(CLIENT_KEY),
-            &message_body(false),
-        )
-        .await;
+        let r = h.message(false, &[]).await;
         assert_eq!(r.status, 200);
     }
     let used: std::collections::HashSet<String> = h
@@ -186,12 +181,7 @@ async fn file_upload_streams_through_with_every_byte() {
 #[tokio::test]
 async fn metrics_count_requests_tokens_and_are_admin_only() {
     let h = Harness::managed().await;
-    let r = post_json(
-        &format!("{}/v1/messages", h.url),
-        &auth(CLIENT_KEY),
-        &message_body(false),
-    )
-    .await;
+    let r = h.message(false, &[]).await;
     assert_eq!(r.status, 200);
     let usage = r.json()["usage"].clone();
     let m = h.metrics().await;

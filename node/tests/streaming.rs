@@ -22,12 +22,7 @@ fn paced(interval_ms: u64, tokens: u32) -> MockConfig {
 #[tokio::test]
 async fn events_arrive_one_by_one_before_the_upstream_finishes() {
     let h = Harness::build(paced(150, 6), |_| {}, &UPSTREAM_KEYS, &[CLIENT_KEY]).await;
-    let r = post_json(
-        &format!("{}/v1/messages", h.url),
-        &auth(CLIENT_KEY),
-        &message_body(true),
-    )
-    .await;
+    let r = h.message(true, &[]).await;
     assert_eq!(r.status, 200);
     assert!(r
         .header("content-type")
@@ -77,12 +72,7 @@ async fn events_arrive_one_by_one_before_the_upstream_finishes() {
 #[tokio::test]
 async fn stream_usage_is_read_without_changing_bytes() {
     let h = Harness::build(paced(0, 5), |_| {}, &UPSTREAM_KEYS, &[CLIENT_KEY]).await;
-    let r = post_json(
-        &format!("{}/v1/messages", h.url),
-        &auth(CLIENT_KEY),
-        &message_body(true),
-    )
-    .await;
+    let r = h.message(true, &[]).await;
     assert_eq!(r.status, 200);
     // Same request straight to the mock: the relayed bytes match modulo the random ids.
     let direct = post_json(
@@ -120,14 +110,7 @@ async fn stream_with_fault(
     tweak: impl FnOnce(&mut strait_node::config::RawConfig),
 ) -> (Resp, String) {
     let h = Harness::build(paced(10, 8), tweak, &UPSTREAM_KEYS, &[CLIENT_KEY]).await;
-    let mut headers = auth(CLIENT_KEY).to_vec();
-    headers.push(("x-mock-fault", fault));
-    let r = post_json(
-        &format!("{}/v1/messages", h.url),
-        &headers,
-        &message_body(true),
-    )
-    .await;
+    let r = h.message(true, &[("x-mock-fault", fault)]).await;
     let m = h.metrics().await;
     (r, m)
 }
@@ -220,12 +203,7 @@ async fn slow_drip_is_relayed_and_reassembled_into_events() {
 async fn first_event_error_is_retried_on_another_key() {
     let h = Harness::build(paced(0, 3), |_| {}, &UPSTREAM_KEYS, &[CLIENT_KEY]).await;
     h.mock.push_fault("error-after=0".parse().unwrap());
-    let r = post_json(
-        &format!("{}/v1/messages", h.url),
-        &auth(CLIENT_KEY),
-        &message_body(true),
-    )
-    .await;
+    let r = h.message(true, &[]).await;
     assert_eq!(r.status, 200);
     assert_eq!(
         r.event_names().last().map(String::as_str),

@@ -71,6 +71,23 @@ impl Harness {
         }
     }
 
+    /// A managed node whose raw config `tweak` may change, in front of a default mock.
+    pub async fn managed_with(tweak: impl FnOnce(&mut RawConfig)) -> Harness {
+        Harness::build(MockConfig::default(), tweak, &UPSTREAM_KEYS, &[CLIENT_KEY]).await
+    }
+
+    /// A Messages request with the client key and any extra headers.
+    pub async fn message(&self, stream: bool, extra: &[(&str, &str)]) -> Resp {
+        let mut headers = auth(CLIENT_KEY).to_vec();
+        headers.extend_from_slice(extra);
+        post_json(
+            &format!("{}/v1/messages", self.url),
+            &headers,
+            &message_body(stream),
+        )
+        .await
+    }
+
     pub fn node(&self) -> &Node {
         self.node.as_ref().expect("node running")
     }
