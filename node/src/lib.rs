@@ -22,6 +22,7 @@ pub mod admit;
 pub mod auth;
 pub mod body;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod forward;
