@@ -255,7 +255,11 @@ where
             if reader.read_buf(&mut buf).await? == 0 {
                 return Ok::<_, io::Error>(());
             }
-            let due = Instant::now() + shared.latency();
+            let now = Instant::now();
+            // A silly latency (Duration::MAX) must not overflow the clock.
+            let due = now
+                .checked_add(shared.latency())
+                .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400));
             if tx.send((due, buf.split().freeze())).await.is_err() {
                 return Ok(());
             }

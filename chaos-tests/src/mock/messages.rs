@@ -256,6 +256,13 @@ fn as_list<S: serde::Serializer>(block: &Option<TextBlock<'_>>, s: S) -> Result<
 }
 
 #[derive(Serialize)]
+struct MessageStart<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    message: MessageObject<'a>,
+}
+
+#[derive(Serialize)]
 struct TextBlock<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
@@ -312,31 +319,35 @@ fn event(name: &str, data: &str) -> Bytes {
 fn events(reply: &Reply<'_>) -> Vec<Bytes> {
     let n = reply.output_tokens;
     let mut out = Vec::with_capacity(n as usize + 6);
-    let start = serde_json::json!({"type": "message_start", "message": reply.object(None)});
-    out.push(event("message_start", &start.to_string()));
+    // Written in Anthropic's key order ("type" first): gateways may scan events as text.
+    let start = MessageStart {
+        kind: "message_start",
+        message: reply.object(None),
+    };
+    let start = serde_json::to_string(&start).unwrap_or_default();
+    out.push(event("message_start", &start));
     out.push(event(
         "content_block_start",
         r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
     ));
     out.push(event("ping", r#"{"type": "ping"}"#));
     for i in 0..n {
-        let delta = serde_json::json!({
-            "type": "content_block_delta",
-            "index": 0,
-            "delta": {"type": "text_delta", "text": token(i)},
-        });
-        out.push(event("content_block_delta", &delta.to_string()));
+        // Token texts are plain ASCII words, so no JSON escaping is needed.
+        let delta = format!(
+            r#"{{"type":"content_block_delta","index":0,"delta":{{"type":"text_delta","text":"{}"}}}}"#,
+            token(i)
+        );
+        out.push(event("content_block_delta", &delta));
     }
     out.push(event(
         "content_block_stop",
         r#"{"type":"content_block_stop","index":0}"#,
     ));
-    let delta = serde_json::json!({
-        "type": "message_delta",
-        "delta": {"stop_reason": reply.stop_reason, "stop_sequence": null},
-        "usage": {"output_tokens": n},
-    });
-    out.push(event("message_delta", &delta.to_string()));
+    let delta = format!(
+        r#"{{"type":"message_delta","delta":{{"stop_reason":"{}","stop_sequence":null}},"usage":{{"output_tokens":{n}}}}}"#,
+        reply.stop_reason
+    );
+    out.push(event("message_delta", &delta));
     out.push(event("message_stop", r#"{"type":"message_stop"}"#));
     out
 }

@@ -181,7 +181,7 @@ pub(crate) fn fault_error(state: &State, fault: &Fault, status: u16) -> Resp {
     }
     let exhausted_until = fault
         .exhausted
-        .then(|| now_secs() + fault.retry_after.unwrap_or(0).max(3600));
+        .then(|| now_secs().saturating_add(fault.retry_after.unwrap_or(0).max(3600)));
     state
         .limits
         .write_headers(headers, state.limits.peek(), exhausted_until);
@@ -256,6 +256,9 @@ impl Sender {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
         self.ctl.abort();
+        // Dropping the sender now would end the body cleanly, and hyper could still write
+        // the final chunk before the connection task acts on the abort.
+        self.tx.closed().await;
     }
 }
 
