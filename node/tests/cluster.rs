@@ -457,6 +457,64 @@ async fn upstream_keys_never_appear_in_clear_in_etcd() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_etcd_is_detected_and_a_compacted_watch_reloads_everything() {
+    let cl = Cluster::start().await;
+    let mut c = cl.client().await;
+    seed(&mut c).await;
+    put(&mut c, &client_key_key("ck-beta"), &client_key("ck-beta", "strait-beta-key", None)).await;
+    // The node reaches etcd through a fault proxy; the test talks to etcd directly.
+    let etcd_addr = cl.etcd.url.trim_start_matches("http://").parse().unwrap();
+    let proxy = strait_chaos::faultproxy::FaultProxy::start(etcd_addr).await.unwrap();
+    let state = cl.dir.path().join("state-node-a");
+    let n = NodeProcess::spawn(
+        &[
+            "--config",
+            cl.dir.path().join("node.toml").to_str().unwrap(),
+            "--upstream",
+            cl.mock.url(),
+            "--etcd",
+            &format!("http://{}", proxy.addr()),
+            "--region",
+            "eu",
+            "--node-id",
+            "node-a",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        &[("STRAIT_KEK", KEK_HEX)],
+    );
+    assert_eq!(message(&n, "strait-beta-key").await.status, 200);
+
+    // A silent etcd (packets held, no reset) is found by HTTP/2 pings and the
+    // keep-alive timer, not only by a closed socket.
+    proxy.set_blackhole(true);
+    eventually("silent etcd noticed", Duration::from_secs(10), || async {
+        metric(n.admin, "strait_etcd_connected").await == 0.0
+    })
+    .await;
+    assert_eq!(message(&n, "strait-beta-key").await.status, 200, "serving meanwhile");
+
+    // Now cut it cleanly, change config behind the node's back, and compact the
+    // history so the node cannot resume its watch where it stopped.
+    proxy.set_refuse(true);
+    proxy.reset_all();
+    proxy.set_blackhole(false);
+    delete(&mut c, &client_key_key("ck-beta")).await;
+    let last = put(&mut c, &client_key_key("ck-gamma"), &client_key("ck-gamma", "strait-gamma-key", None)).await;
+    c.compact(last, None).await.unwrap();
+    proxy.set_refuse(false);
+
+    eventually("reconnected", Duration::from_secs(10), || async { metric(n.admin, "strait_etcd_connected").await == 1.0 })
+        .await;
+    eventually("caught up", Duration::from_secs(3), || async { metric(n.admin, "strait_config_revision").await >= last as f64 })
+        .await;
+    assert_eq!(message(&n, "strait-gamma-key").await.status, 200);
+    assert_eq!(message(&n, "strait-beta-key").await.status, 401, "a delete during the outage is not missed");
+    assert!(n.log().contains("reloading everything"), "{}", n.log());
+    assert!(record(&mut c, "eu", "node-a").await.is_some(), "re-registered");
+}
+
 #[test]
 fn state_dir_keeps_a_generated_node_id() {
     let dir = tempfile::tempdir().unwrap();
