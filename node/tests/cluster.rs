@@ -7,6 +7,7 @@
 mod common;
 
 use std::future::Future;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -513,6 +514,18 @@ async fn silent_etcd_is_detected_and_a_compacted_watch_reloads_everything() {
     assert_eq!(message(&n, "strait-beta-key").await.status, 401, "a delete during the outage is not missed");
     assert!(n.log().contains("reloading everything"), "{}", n.log());
     assert!(record(&mut c, "eu", "node-a").await.is_some(), "re-registered");
+}
+
+#[test]
+fn example_cluster_section_validates_when_etcd_is_set() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/node.example.toml");
+    let mut raw = strait_node::config::RawConfig::from_file(&path).unwrap();
+    assert!(raw.cluster.etcd.is_empty(), "the example runs alone unless etcd is set");
+    raw.cluster.etcd = vec!["http://10.0.0.5:2379".into()];
+    let c = raw.validate(vec![strait_node::config::Secret::new("sk-ant-example")], vec![]).unwrap().cluster.unwrap();
+    assert_eq!(c.region, "cn-east");
+    assert_eq!(c.lease_ttl, Duration::from_secs(10));
+    assert_eq!(c.state_dir, Path::new("/var/lib/strait"));
 }
 
 #[test]
