@@ -187,6 +187,12 @@ async fn register_and_expire_after_kill_9() {
     })
     .await;
     assert!(record(&mut c, "us", "node-b").await.is_some(), "the live node stays registered");
+    // The record carries the node's upstream path health, refreshed about every TTL.
+    assert_eq!(message(&b, CLIENT_KEY).await.status, 401, "passthrough (no keys in etcd): the mock refuses the client's own key");
+    eventually("path health in the record", LEASE_TTL * 3, || async {
+        record(&mut cl.client().await, "us", "node-b").await.is_some_and(|(r, _)| r.path.ttfb_ms.is_some())
+    })
+    .await;
     drop(a);
 }
 

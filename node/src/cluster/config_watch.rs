@@ -30,6 +30,15 @@ pub enum Source {
     Disk,
 }
 
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Source::Etcd => "etcd",
+            Source::Disk => "disk",
+        })
+    }
+}
+
 /// Applies cluster config to a running node.
 pub struct Applier {
     pub shared: Arc<Shared>,
@@ -54,7 +63,7 @@ impl Applier {
             Ok(v) => v,
             Err(reason) => {
                 self.metrics.config_rejected.inc();
-                tracing::error!(revision, source = ?source, %reason, "cluster config rejected; keeping the previous snapshot");
+                tracing::error!(revision, source = %source, %reason, "cluster config rejected; keeping the previous snapshot");
                 return false;
             }
         };
@@ -77,7 +86,7 @@ impl Applier {
             }
             status.record_changed.notify_one();
         }
-        tracing::info!(revision, source = ?source, client_keys, upstream_keys, draining, "cluster config applied");
+        tracing::info!(revision, source = %source, client_keys, upstream_keys, draining, "cluster config applied");
 
         if source == Source::Etcd {
             if let Err(e) = snapshot_file::write(&self.state_dir, revision, kvs) {
@@ -257,6 +266,35 @@ mod tests {
         };
         m.insert(client_key_key("ck1"), serde_json::to_vec(&key).unwrap());
         m
+    }
+
+    #[test]
+    fn a_key_on_a_named_pool_uses_it_and_cooldowns_carry_over() {
+        let kek = Kek::parse(&"ab".repeat(32)).unwrap();
+        let mut m = kvs(&kek);
+        let batch = UpstreamPoolDoc { name: "batch".into(), keys: vec![kek.seal("b1", "batch-1", "sk-ant-batch")] };
+        m.insert(pool_key("batch"), serde_json::to_vec(&batch).unwrap());
+        let mut key: ClientKeyDoc = serde_json::from_slice(&m[&client_key_key("ck1")]).unwrap();
+        key.pool = Some("batch".into());
+        m.insert(client_key_key("ck1"), serde_json::to_vec(&key).unwrap());
+        let cc = ClusterConfig::from_kvs(8, m.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).unwrap();
+        let base = RawConfig::default().validate(vec![Secret::new("sk-ant-env")], vec![Secret::new("local")]).unwrap();
+        let snap = build_snapshot(&base, &cc, Some(&kek), None).unwrap();
+        let mut h = http::HeaderMap::new();
+        h.insert("x-api-key", "client-secret".parse().unwrap());
+        let p = snap.auth.authenticate(&h).unwrap();
+        let pool = snap.pool_for(&p);
+        assert_eq!(pool.label(pool.pick(None).unwrap()), "batch-1");
+        assert_eq!(snap.pool.len(), 2, "env key and the sealed default key share the default pool");
+        h.insert("x-api-key", "local".parse().unwrap());
+        assert_eq!(snap.auth.authenticate(&h).unwrap().pool, 0, "file and env client keys still work");
+
+        let k = pool.pick(None).unwrap();
+        let mut rh = http::HeaderMap::new();
+        rh.insert("retry-after", "60".parse().unwrap());
+        pool.observe(k, http::StatusCode::TOO_MANY_REQUESTS, &rh);
+        let next = build_snapshot(&base, &cc, Some(&kek), Some(&snap)).unwrap();
+        assert_eq!(next.named_pools[0].1.census(), (0, 1, 0), "the resting key still rests after a swap");
     }
 
     #[test]
