@@ -62,6 +62,7 @@ impl Applier {
         let (cc, snap) = match built {
             Ok(v) => v,
             Err(reason) => {
+                let reason = redact_long_strings(&reason);
                 self.metrics.config_rejected.inc();
                 tracing::error!(revision, source = %source, %reason, "cluster config rejected; keeping the previous snapshot");
                 return false;
@@ -217,6 +218,27 @@ pub fn build_snapshot(
     })
 }
 
+/// Parse errors can quote a value ("invalid type: string ..."); an operator who
+/// pasted a key into the wrong field must not find it in the logs. Names and ids
+/// are short, keys are long: quoted strings over 32 characters are elided.
+fn redact_long_strings(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut parts = text.split('"');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    for (i, part) in parts.enumerate() {
+        out.push('"');
+        // Odd segments (i even here) are inside quotes.
+        if i % 2 == 0 && part.chars().count() > 32 {
+            out.push_str("<redacted>");
+        } else {
+            out.push_str(part);
+        }
+    }
+    out
+}
+
 fn open_pool(doc: &UpstreamPoolDoc, kek: Option<&Kek>) -> Result<Vec<(String, Secret)>, String> {
     if doc.keys.is_empty() {
         return Ok(Vec::new());
@@ -295,6 +317,13 @@ mod tests {
         pool.observe(k, http::StatusCode::TOO_MANY_REQUESTS, &rh);
         let next = build_snapshot(&base, &cc, Some(&kek), Some(&snap)).unwrap();
         assert_eq!(next.named_pools[0].1.census(), (0, 1, 0), "the resting key still rests after a swap");
+    }
+
+    #[test]
+    fn long_quoted_values_are_redacted_from_rejections() {
+        let r = redact_long_strings(r#"k: invalid type: string "sk-ant-api03-0123456789abcdefghijklmnop", expected u64 at "x""#);
+        assert!(!r.contains("sk-ant"), "{r}");
+        assert!(r.contains("<redacted>") && r.contains("\"x\""), "{r}");
     }
 
     #[test]
