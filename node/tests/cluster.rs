@@ -356,7 +356,14 @@ async fn invalid_config_is_rejected_and_the_previous_snapshot_kept() {
     let log = n.log();
     assert!(log.contains("cluster config rejected"), "{log}");
     assert!(log.contains("unknown tenant"), "the reason is logged: {log}");
-    assert_eq!(readyz(&n).await.status, 200);
+    let r = readyz(&n).await;
+    assert_eq!(r.status, 200, "a rejected change warns, it does not fail");
+    let v = r.json();
+    assert_eq!(v["checks"]["etcd:cluster"][0]["status"], "warn", "{v}");
+    assert!(v["checks"]["etcd:cluster"][0]["output"].as_str().unwrap().contains("rejected"), "{v}");
+    // Fixing it clears the warning.
+    delete(&mut c, &client_key_key("ck-dangling")).await;
+    eventually("fixed", Duration::from_secs(2), || async { readyz(&n).await.json()["status"] == "pass" }).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -64,6 +64,7 @@ impl Applier {
             Err(reason) => {
                 let reason = redact_long_strings(&reason);
                 self.metrics.config_rejected.inc();
+                self.shared.health.cluster.rejected_revision.store(revision, Ordering::Relaxed);
                 tracing::error!(revision, source = %source, %reason, "cluster config rejected; keeping the previous snapshot");
                 return false;
             }
@@ -74,6 +75,7 @@ impl Applier {
         let status = &self.shared.health.cluster;
         status.revision.store(revision, Ordering::Relaxed);
         status.from_disk.store(source == Source::Disk, Ordering::Relaxed);
+        status.rejected_revision.store(0, Ordering::Relaxed);
         self.metrics.config_revision.set(revision);
         self.metrics.config_reloads.inc();
 
