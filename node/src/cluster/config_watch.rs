@@ -323,7 +323,9 @@ mod tests {
 
     #[test]
     fn long_quoted_values_are_redacted_from_rejections() {
-        let r = redact_long_strings(r#"k: invalid type: string "sk-ant-api03-0123456789abcdefghijklmnop", expected u64 at "x""#);
+        let r = redact_long_strings(
+            r#"k: invalid type: string "sk-ant-api03-0123456789abcdefghijklmnop", expected u64 at "x""#,
+        );
         assert!(!r.contains("sk-ant"), "{r}");
         assert!(r.contains("<redacted>") && r.contains("\"x\""), "{r}");
     }
