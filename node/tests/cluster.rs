@@ -436,6 +436,32 @@ async fn etcd_restart_nodes_keep_serving_reregister_and_miss_no_change() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_rebuilt_from_scratch_is_reloaded_not_waited_for() {
+    let mut cl = Cluster::start().await;
+    let mut c = cl.client().await;
+    seed(&mut c).await;
+    let n = cl.node("eu", "node-a");
+    put(&mut c, &client_key_key("ck-beta"), &client_key("ck-beta", "strait-beta-key", None)).await;
+    eventually("beta", Duration::from_secs(2), || async { message(&n, "strait-beta-key").await.status == 200 }).await;
+    drop(c);
+
+    // A new, empty etcd on the same address: its revisions are behind the node's.
+    cl.etcd.stop();
+    cl.etcd.wipe();
+    cl.etcd.restart();
+    let mut c = cl.client().await;
+    seed(&mut c).await;
+    eventually("reloaded from the new etcd", Duration::from_secs(10), || async {
+        metric(n.admin, "strait_etcd_connected").await == 1.0
+            && message(&n, "strait-beta-key").await.status == 401
+            && message(&n, CLIENT_KEY).await.status == 200
+    })
+    .await;
+    assert!(n.log().contains("revision went backwards"), "{}", n.log());
+    assert!(record(&mut c, "eu", "node-a").await.is_some(), "registered in the new etcd");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_restarted_with_etcd_down_serves_from_disk() {
     let mut cl = Cluster::start().await;
     let mut c = cl.client().await;

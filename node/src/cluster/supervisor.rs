@@ -111,12 +111,19 @@ impl Supervisor {
     async fn session_inner(&mut self, connected: &mut bool) -> Result<(), String> {
         let mut client = etcd::connect(&self.endpoints).await?;
 
+        let ttl_s = self.ttl.as_secs().max(1) as i64;
+        let granted = client.lease_grant(ttl_s, None).await.map_err(|e| format!("lease grant: {e}"))?;
+        let lease = granted.id();
+        let now_rev = granted.header().map_or(0, |h| h.revision());
+        if self.last_rev != 0 && now_rev < self.last_rev {
+            // etcd went back in time (rebuilt or restored from an old backup): a watch
+            // from our revision would wait for changes that already happened.
+            tracing::warn!(seen = self.last_rev, now = now_rev, "etcd revision went backwards; reloading everything");
+            self.last_rev = 0;
+        }
         if self.last_rev == 0 {
             self.full_load(&mut client).await?;
         }
-
-        let ttl_s = self.ttl.as_secs().max(1) as i64;
-        let lease = client.lease_grant(ttl_s, None).await.map_err(|e| format!("lease grant: {e}"))?.id();
         let key = self.record.key();
         let mut written = self.put_record(&mut client, lease).await?;
         let (mut keeper, mut keepalives) =
