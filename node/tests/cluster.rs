@@ -181,6 +181,17 @@ async fn register_and_expire_after_kill_9() {
             .await;
     }
 
+    // A second node with a taken id is told so in its log.
+    let twin = cl.node("eu", "node-a");
+    assert!(twin.log().contains("another node may be registered with this node id"), "{}", twin.log());
+    drop(twin);
+    // It took the record over; node-a writes it back at its next refresh. Wait for
+    // that so the expiry below measures node-a's lease.
+    eventually("node-a's record again", LEASE_TTL * 3, || async {
+        record(&mut cl.client().await, "eu", "node-a").await.is_some_and(|(r, _)| r.public_addr == a.public.to_string())
+    })
+    .await;
+
     // kill -9: no goodbye; the record goes when the lease expires.
     a.signal("KILL");
     let killed = Instant::now();
