@@ -22,10 +22,7 @@ pub struct UpstreamHealth {
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl UpstreamHealth {
@@ -38,20 +35,24 @@ impl UpstreamHealth {
         if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
             self.consecutive_failures.store(0, Ordering::Relaxed);
         }
-        self.last_success_unix_ms
-            .store(unix_ms(), Ordering::Relaxed);
+        self.last_success_unix_ms.store(unix_ms(), Ordering::Relaxed);
     }
 
     /// A connect error, reset or timeout.
     pub fn record_failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
         self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
-        self.last_failure_unix_ms
-            .store(unix_ms(), Ordering::Relaxed);
+        self.last_failure_unix_ms.store(unix_ms(), Ordering::Relaxed);
     }
 
     pub fn consecutive_failures(&self) -> u32 {
         self.consecutive_failures.load(Ordering::Relaxed)
+    }
+
+    /// Responses and transport failures seen since start (for the node record's
+    /// error rate, computed over the interval between two records).
+    pub fn counts(&self) -> (u64, u64) {
+        (self.responses.load(Ordering::Relaxed), self.failures.load(Ordering::Relaxed))
     }
 }
 
@@ -61,6 +62,8 @@ pub struct Health {
     pub draining: AtomicBool,
     pub upstream: UpstreamHealth,
     pub version: &'static str,
+    /// etcd connection, config revision and cluster-driven drain (see `cluster`).
+    pub cluster: crate::cluster::ClusterStatus,
 }
 
 /// Inputs to readiness that live elsewhere (the key pool, the config mode).
@@ -96,11 +99,13 @@ impl Health {
             draining: AtomicBool::new(false),
             upstream: UpstreamHealth::default(),
             version: env!("CARGO_PKG_VERSION"),
+            cluster: Default::default(),
         }
     }
 
+    /// Draining for any reason: SIGTERM, or a region or node drain in the cluster config.
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+        self.draining.load(Ordering::Relaxed) || self.cluster.draining.load(Ordering::Relaxed)
     }
 
     /// The `/readyz` answer: status code and a health+json body (well under 5 KB).
@@ -131,9 +136,31 @@ impl Health {
             Status::Pass
         };
 
-        let overall = drain_status.max(path_status).max(keys_status);
+        let cluster = &self.cluster;
+        let cluster_check = cluster.enabled.load(Ordering::Relaxed).then(|| {
+            let connected = cluster.connected.load(Ordering::Relaxed);
+            let revision = cluster.revision.load(Ordering::Relaxed);
+            let from_disk = cluster.from_disk.load(Ordering::Relaxed);
+            let rejected = cluster.rejected_revision.load(Ordering::Relaxed);
+            // etcd down or a rejected change is a warning, not a failure: the node
+            // serves its last good config, and moving clients away would not help them.
+            let status = if connected && rejected == 0 { Status::Pass } else { Status::Warn };
+            let output = match (connected, revision, from_disk) {
+                (true, r, _) if rejected != 0 => {
+                    format!("cluster config at revision {rejected} rejected (see logs); serving revision {r}")
+                }
+                (true, _, _) => String::new(),
+                (false, 0, _) => "etcd unreachable; no cluster config yet, serving the file config".to_string(),
+                (false, r, true) => format!("etcd unreachable; serving the config snapshot from disk (revision {r})"),
+                (false, r, false) => format!("etcd unreachable; serving the last config from etcd (revision {r})"),
+            };
+            (status, revision, output)
+        });
+        let cluster_status = cluster_check.as_ref().map_or(Status::Pass, |c| c.0);
+
+        let overall = drain_status.max(path_status).max(keys_status).max(cluster_status);
         let last_ok = self.upstream.last_success_unix_ms.load(Ordering::Relaxed);
-        let body = json!({
+        let mut body = json!({
             "status": overall.as_str(),
             "version": self.version,
             "serviceId": "strait-node",
@@ -167,11 +194,17 @@ impl Health {
                 }],
             },
         });
-        let code = if overall == Status::Fail {
-            StatusCode::SERVICE_UNAVAILABLE
-        } else {
-            StatusCode::OK
-        };
+        if let Some((status, revision, output)) = cluster_check {
+            body["checks"]["etcd:cluster"] = json!([{
+                "status": status.as_str(),
+                "componentType": "datastore",
+                "observedValue": revision,
+                "observedUnit": "config revision",
+                "output": output,
+                "time": time,
+            }]);
+        }
+        let code = if overall == Status::Fail { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
         (code, body.to_string())
     }
 }
@@ -195,12 +228,7 @@ mod tests {
     use super::*;
 
     fn inputs() -> ReadyInputs {
-        ReadyInputs {
-            keys_ready: 2,
-            keys_exhausted: 0,
-            keys_total: 2,
-            passthrough: false,
-        }
+        ReadyInputs { keys_ready: 2, keys_exhausted: 0, keys_total: 2, passthrough: false }
     }
 
     #[test]
@@ -230,19 +258,9 @@ mod tests {
     #[test]
     fn spent_quotas_fail_but_short_pauses_warn() {
         let h = Health::new();
-        let (code, _) = h.readiness(&ReadyInputs {
-            keys_ready: 0,
-            keys_exhausted: 2,
-            keys_total: 2,
-            passthrough: false,
-        });
+        let (code, _) = h.readiness(&ReadyInputs { keys_ready: 0, keys_exhausted: 2, keys_total: 2, passthrough: false });
         assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
-        let (code, body) = h.readiness(&ReadyInputs {
-            keys_ready: 0,
-            keys_exhausted: 1,
-            keys_total: 2,
-            passthrough: false,
-        });
+        let (code, body) = h.readiness(&ReadyInputs { keys_ready: 0, keys_exhausted: 1, keys_total: 2, passthrough: false });
         assert_eq!(code, StatusCode::OK);
         assert!(body.contains("\"status\":\"warn\""));
     }

@@ -1,0 +1,251 @@
+//! The cluster's shared vocabulary: etcd key layout, the JSON documents stored under
+//! it, and the envelope encryption of upstream keys. Used by nodes and the coordinator.
+//!
+//! Key layout (all JSON values):
+//! - `/strait/nodes/<region>/<node-id>`: [`NodeRecord`], under the node's lease.
+//! - `/strait/config/tenants/<tenant>`: [`TenantDoc`].
+//! - `/strait/config/client_keys/<key-id>`: [`ClientKeyDoc`] (hash only, never the key).
+//! - `/strait/config/upstream_pools/<pool>`: [`UpstreamPoolDoc`] (keys sealed with the KEK).
+//! - `/strait/config/regions/<region>`: [`RegionDoc`] (region-wide drain).
+//! - `/strait/config/drain/<region>/<node-id>`: [`DrainDoc`] (drain one node).
+//! - `/strait/election/coordinator`: etcd election for the writing coordinator.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub const ROOT: &str = "/strait/";
+pub const NODES_PREFIX: &str = "/strait/nodes/";
+pub const CONFIG_PREFIX: &str = "/strait/config/";
+pub const ELECTION_NAME: &str = "/strait/election/coordinator";
+/// The pool a node uses when a client key names none.
+pub const DEFAULT_POOL: &str = "default";
+
+pub fn node_key(region: &str, node_id: &str) -> String {
+    format!("{NODES_PREFIX}{region}/{node_id}")
+}
+pub fn tenant_key(name: &str) -> String {
+    format!("{CONFIG_PREFIX}tenants/{name}")
+}
+pub fn client_key_key(id: &str) -> String {
+    format!("{CONFIG_PREFIX}client_keys/{id}")
+}
+pub fn pool_key(name: &str) -> String {
+    format!("{CONFIG_PREFIX}upstream_pools/{name}")
+}
+pub fn region_key(region: &str) -> String {
+    format!("{CONFIG_PREFIX}regions/{region}")
+}
+pub fn drain_key(region: &str, node_id: &str) -> String {
+    format!("{CONFIG_PREFIX}drain/{region}/{node_id}")
+}
+
+/// Names used in keys: lowercase letters, digits, `-` and `_`, 1 to 64 characters.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// A node's registration, refreshed while it lives and gone when its lease expires.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: String,
+    pub region: String,
+    pub public_addr: String,
+    pub admin_addr: String,
+    pub version: String,
+    /// RFC 3339.
+    pub started_at: String,
+    pub state: NodeState,
+    pub path: PathHealth,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    Serving,
+    Draining,
+}
+
+/// The node's recent view of its upstream path.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PathHealth {
+    /// Recent upstream time to first byte (milliseconds), if any request was made.
+    pub ttfb_ms: Option<f64>,
+    /// Share of recent upstream attempts that failed (0.0 to 1.0).
+    pub error_rate: f64,
+    pub consecutive_failures: u32,
+    /// pass | warn | fail, as in `/readyz`.
+    pub status: String,
+}
+
+/// Limits for a key or tenant; absent fields are unlimited. Same shape as the
+/// `limits = { ... }` tables of the node's config file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsDoc {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub itpm: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otpm: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_tokens: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantDoc {
+    pub name: String,
+    #[serde(default)]
+    pub limits: LimitsDoc,
+    /// Regions whose nodes may serve this tenant; `None` = every region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_regions: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientKeyDoc {
+    /// Stable id (also the etcd key suffix), e.g. `ck_3f9a...`; shown to operators.
+    pub id: String,
+    /// Human name for logs and metrics.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Hex SHA-256 of the key. The key itself is shown once at creation and never stored.
+    pub sha256: String,
+    pub created_at: String,
+    #[serde(default)]
+    pub revoked: bool,
+    #[serde(default)]
+    pub limits: LimitsDoc,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_regions: Option<Vec<String>>,
+    /// Upstream pool to use; default [`DEFAULT_POOL`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+}
+
+/// An upstream key sealed with the key-encryption key (XChaCha20-Poly1305; the
+/// key id is the associated data, so a ciphertext cannot be moved to another id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealedKey {
+    pub id: String,
+    /// Operator-facing label ("prod-1"); never the key.
+    pub label: String,
+    /// Base64 (standard) nonce, 24 bytes.
+    pub nonce: String,
+    /// Base64 (standard) ciphertext with tag.
+    pub ciphertext: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamPoolDoc {
+    pub name: String,
+    pub keys: Vec<SealedKey>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionDoc {
+    #[serde(default)]
+    pub draining: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainDoc {
+    #[serde(default)]
+    pub draining: bool,
+}
+
+/// Everything under `/strait/config/`, parsed and checked as one unit at one revision.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterConfig {
+    pub revision: i64,
+    pub tenants: BTreeMap<String, TenantDoc>,
+    pub client_keys: BTreeMap<String, ClientKeyDoc>,
+    pub pools: BTreeMap<String, UpstreamPoolDoc>,
+    pub regions: BTreeMap<String, RegionDoc>,
+    /// (region, node id) → drain flag.
+    pub drains: BTreeMap<(String, String), DrainDoc>,
+}
+
+impl ClusterConfig {
+    /// Builds a snapshot from every key/value under [`CONFIG_PREFIX`]. Any unparseable
+    /// document or broken reference rejects the whole snapshot (the caller keeps the
+    /// previous one), with a message naming the key.
+    pub fn from_kvs<'a>(revision: i64, kvs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Result<Self, String> {
+        let mut c = ClusterConfig { revision, ..Default::default() };
+        for (key, value) in kvs {
+            let rest = key.strip_prefix(CONFIG_PREFIX).ok_or_else(|| format!("{key}: outside {CONFIG_PREFIX}"))?;
+            let parse_err = |e: serde_json::Error| format!("{key}: {e}");
+            match rest.split_once('/') {
+                Some(("tenants", name)) => {
+                    let d: TenantDoc = serde_json::from_slice(value).map_err(parse_err)?;
+                    if d.name != name {
+                        return Err(format!("{key}: name {:?} does not match the key", d.name));
+                    }
+                    c.tenants.insert(name.to_string(), d);
+                }
+                Some(("client_keys", id)) => {
+                    let d: ClientKeyDoc = serde_json::from_slice(value).map_err(parse_err)?;
+                    if d.id != id {
+                        return Err(format!("{key}: id {:?} does not match the key", d.id));
+                    }
+                    c.client_keys.insert(id.to_string(), d);
+                }
+                Some(("upstream_pools", name)) => {
+                    let d: UpstreamPoolDoc = serde_json::from_slice(value).map_err(parse_err)?;
+                    if d.name != name {
+                        return Err(format!("{key}: name {:?} does not match the key", d.name));
+                    }
+                    c.pools.insert(name.to_string(), d);
+                }
+                Some(("regions", region)) => {
+                    c.regions.insert(region.to_string(), serde_json::from_slice(value).map_err(parse_err)?);
+                }
+                Some(("drain", rest)) => {
+                    let (region, node) = rest.split_once('/').ok_or_else(|| format!("{key}: expected drain/<region>/<node-id>"))?;
+                    c.drains.insert((region.to_string(), node.to_string()), serde_json::from_slice(value).map_err(parse_err)?);
+                }
+                _ => return Err(format!("{key}: unknown config key")),
+            }
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Cross-document checks: references resolve, hashes are well-formed.
+    pub fn validate(&self) -> Result<(), String> {
+        for (id, k) in &self.client_keys {
+            if hex::decode(&k.sha256).map(|b| b.len()) != Ok(32) {
+                return Err(format!("client key {id}: sha256 must be 64 hex characters"));
+            }
+            if let Some(t) = &k.tenant {
+                if !self.tenants.contains_key(t) {
+                    return Err(format!("client key {id}: unknown tenant {t:?}"));
+                }
+            }
+            if let Some(p) = &k.pool {
+                if !self.pools.contains_key(p) {
+                    return Err(format!("client key {id}: unknown upstream pool {p:?}"));
+                }
+            }
+        }
+        for (name, p) in &self.pools {
+            let mut ids = std::collections::HashSet::new();
+            for k in &p.keys {
+                if !ids.insert(&k.id) {
+                    return Err(format!("upstream pool {name}: duplicate key id {}", k.id));
+                }
+            }
+        }
+        Ok(())
+    }
+}
