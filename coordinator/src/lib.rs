@@ -1,0 +1,1 @@
+//! Strait coordinator: the control plane.

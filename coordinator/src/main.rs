@@ -1,0 +1,2 @@
+//! The `strait-coordinator` binary.
+fn main() {}
