@@ -124,7 +124,8 @@ struct ErrorDetail<'a> {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.kind.status();
-        if status.is_server_error() {
+        // A standby refusing a write is routine, not worth a warning.
+        if status.is_server_error() && self.kind != ErrorKind::NotLeader {
             tracing::warn!(kind = self.kind.as_str(), message = %self.message, "request failed");
         }
         let body = ErrorBody { error: ErrorDetail { kind: self.kind.as_str(), message: &self.message, leader: self.leader.as_ref() } };
