@@ -7,6 +7,7 @@ use std::sync::Arc;
 use http::HeaderMap;
 use subtle::ConstantTimeEq;
 
+use crate::cluster::schema::LimitsDoc;
 use crate::config::{hash_key, Config, KeyMode};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -15,30 +16,73 @@ use crate::error::{Error, ErrorKind, Result};
 pub struct Principal {
     /// The client key's configured name (never the key), or a mode label.
     pub name: Arc<str>,
+    /// The tenant the key belongs to (cluster config only).
+    pub tenant: Option<Arc<str>>,
+    /// Limits and region policy from the cluster config; `None` for keys from the
+    /// file or the environment, which have neither.
+    pub policy: Option<Arc<KeyPolicy>>,
+    /// Which upstream pool of the snapshot serves this key (0 = the default pool).
+    pub pool: usize,
+}
+
+/// What the cluster config says about one client key, kept on the principal for the
+/// limiter and the region policy.
+#[derive(Debug, Clone, Default)]
+pub struct KeyPolicy {
+    pub limits: LimitsDoc,
+    pub tenant_limits: LimitsDoc,
+    /// Regions whose nodes may serve the key: the key's list and its tenant's list
+    /// together (both must allow a region). `None`: every region.
+    pub allowed_regions: Option<Vec<String>>,
+}
+
+impl Principal {
+    /// A principal with no tenant, no policy, on the default pool.
+    pub fn plain(name: Arc<str>) -> Self {
+        Principal { name, tenant: None, policy: None, pool: 0 }
+    }
+
+    /// Whether a node of `region` may serve this principal.
+    pub fn region_allowed(&self, region: &str) -> bool {
+        match self.policy.as_ref().and_then(|p| p.allowed_regions.as_ref()) {
+            Some(list) => list.iter().any(|r| r == region),
+            None => true,
+        }
+    }
 }
 
 /// Looks client keys up by hash. Built once per config snapshot.
 pub struct Authenticator {
     mode: KeyMode,
-    by_hash: HashMap<[u8; 32], Arc<str>>,
-    passthrough: Arc<str>,
-    anonymous: Arc<str>,
+    by_hash: HashMap<[u8; 32], Principal>,
+    passthrough: Principal,
+    anonymous: Principal,
 }
 
 impl Authenticator {
     pub fn new(config: &Config) -> Self {
-        let by_hash = config
+        let keys = config
             .auth
             .client_keys
             .iter()
-            .map(|k| (k.sha256, Arc::<str>::from(k.name.as_str())))
+            .map(|k| (k.sha256, Principal::plain(Arc::from(k.name.as_str()))))
             .collect();
+        Self::from_keys(config.key_mode(), keys)
+    }
+
+    /// An authenticator over keys already resolved to principals (cluster snapshots).
+    pub fn from_keys(mode: KeyMode, by_hash: HashMap<[u8; 32], Principal>) -> Self {
         Authenticator {
-            mode: config.key_mode(),
+            mode,
             by_hash,
-            passthrough: Arc::from("passthrough"),
-            anonymous: Arc::from("anonymous"),
+            passthrough: Principal::plain(Arc::from("passthrough")),
+            anonymous: Principal::plain(Arc::from("anonymous")),
         }
+    }
+
+    /// Number of client keys known.
+    pub fn key_count(&self) -> usize {
+        self.by_hash.len()
     }
 
     pub fn mode(&self) -> KeyMode {
@@ -49,9 +93,9 @@ impl Authenticator {
     /// only for presence; Anthropic judges it.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal> {
         match self.mode {
-            KeyMode::Anonymous => Ok(Principal { name: self.anonymous.clone() }),
+            KeyMode::Anonymous => Ok(self.anonymous.clone()),
             KeyMode::Passthrough => match presented_key(headers) {
-                Some(_) => Ok(Principal { name: self.passthrough.clone() }),
+                Some(_) => Ok(self.passthrough.clone()),
                 None => Err(missing_key()),
             },
             KeyMode::Managed => {
@@ -60,9 +104,7 @@ impl Authenticator {
                 // The map lookup branches on the hash, which reveals nothing usable about
                 // the key; the final comparison is constant-time all the same.
                 match self.by_hash.get_key_value(&hash) {
-                    Some((stored, name)) if bool::from(stored.ct_eq(&hash)) => {
-                        Ok(Principal { name: name.clone() })
-                    }
+                    Some((stored, principal)) if bool::from(stored.ct_eq(&hash)) => Ok(principal.clone()),
                     _ => Err(Error::new(ErrorKind::Authentication, "invalid x-api-key")),
                 }
             }

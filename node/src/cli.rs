@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::config::{split_keys, Config, RawConfig, RawTls};
+use crate::config::{split_keys, Config, RawConfig, RawTls, Secret};
 use crate::error::Result;
 
 /// Strait gateway node: a multi-region gateway for the Anthropic Claude API.
@@ -77,6 +77,27 @@ pub struct Cli {
     /// Client (Strait) keys, comma-separated; stored only as hashes.
     #[arg(long, env = "STRAIT_CLIENT_KEYS", hide_env_values = true, value_name = "KEYS")]
     pub client_keys: Option<String>,
+
+    /// etcd endpoints, comma-separated: join the cluster (membership, live config).
+    #[arg(long, value_name = "URL[,URL...]")]
+    pub etcd: Option<String>,
+
+    /// This node's region (required with --etcd).
+    #[arg(long, value_name = "NAME")]
+    pub region: Option<String>,
+
+    /// Node id [default: kept in the state directory, made from the host name].
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
+
+    /// Directory for the node id and the last good cluster config [default: ./strait-state].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// File with the key-encryption key for upstream keys stored in etcd.
+    /// Or the STRAIT_KEK environment variable.
+    #[arg(long, value_name = "FILE")]
+    pub kek_file: Option<PathBuf>,
 }
 
 impl Cli {
@@ -119,6 +140,28 @@ impl Cli {
         if self.no_access_log {
             raw.log.access_log = false;
         }
+        if let Some(v) = self.etcd {
+            raw.cluster.etcd = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+        }
+        if let Some(v) = self.region {
+            raw.cluster.region = v;
+        }
+        if let Some(v) = self.node_id {
+            raw.cluster.node_id = Some(v);
+        }
+        if let Some(v) = self.state_dir {
+            raw.cluster.state_dir = v;
+        }
+        if let Some(v) = self.kek_file {
+            raw.cluster.kek_file = Some(v);
+        }
+        // The KEK is read from the environment here and nowhere else; never a flag,
+        // so it cannot show in `ps`.
+        if let Ok(v) = std::env::var("STRAIT_KEK") {
+            if !v.trim().is_empty() {
+                raw.cluster.kek = Some(Secret::new(v));
+            }
+        }
         let upstream_keys = self.upstream_keys.as_deref().map(split_keys).unwrap_or_default();
         let client_keys = self.client_keys.as_deref().map(split_keys).unwrap_or_default();
         raw.validate(upstream_keys, client_keys)
@@ -128,7 +171,7 @@ impl Cli {
 /// A human summary for `--check-config` (no secrets).
 pub fn summary(c: &Config) -> String {
     format!(
-        "config ok\n  public listener: {} ({})\n  admin listener:  {}\n  upstream:        {}://{}{}\n  key mode:        {:?} ({} upstream keys, {} client keys)\n  limits:          body {} bytes, headers {} bytes, {} connections\n  workers:         {}\n",
+        "config ok\n  public listener: {} ({})\n  admin listener:  {}\n  upstream:        {}://{}{}\n  key mode:        {:?} ({} upstream keys, {} client keys)\n  limits:          body {} bytes, headers {} bytes, {} connections\n  workers:         {}\n  cluster:         {}\n",
         c.public_listen,
         match &c.tls {
             Some(t) if t.tls13_only => "TLS 1.3",
@@ -146,5 +189,16 @@ pub fn summary(c: &Config) -> String {
         c.limits.max_header_bytes,
         c.limits.max_connections,
         c.workers.map_or_else(|| "one per core".to_string(), |n| n.to_string()),
+        match &c.cluster {
+            Some(cl) => format!(
+                "etcd {} (region {}, lease {:?}, state {}, KEK {})",
+                cl.etcd.join(","),
+                cl.region,
+                cl.lease_ttl,
+                cl.state_dir.display(),
+                if cl.kek.is_some() { "set" } else { "not set" }
+            ),
+            None => "none (file config only)".to_string(),
+        },
     )
 }

@@ -61,6 +61,7 @@ pub struct RawConfig {
     pub auth: RawAuth,
     pub log: RawLog,
     pub runtime: RawRuntime,
+    pub cluster: RawCluster,
 }
 
 #[derive(Debug, Deserialize)]
@@ -202,6 +203,57 @@ pub struct RawRuntime {
     pub workers: Option<usize>,
 }
 
+/// Default lease TTL of a node's registration in etcd; kept alive every TTL/3.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+/// Default directory for the node id and the last good cluster config.
+pub const DEFAULT_STATE_DIR: &str = "strait-state";
+
+/// `[cluster]`: membership and live config in etcd. Without `etcd` endpoints the
+/// node runs alone on its file config (the embedded default) and the rest is ignored.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawCluster {
+    /// etcd client URLs, e.g. `["http://10.0.0.5:2379"]`. Default empty (no cluster).
+    pub etcd: Vec<String>,
+    /// This node's region (lowercase letters, digits, `-`, `_`). Required with `etcd`.
+    pub region: String,
+    /// Node id; default: read from `<state_dir>/node-id`, or made from the host
+    /// name and a random suffix and written there.
+    pub node_id: Option<String>,
+    /// Registration lease TTL. Default [`DEFAULT_LEASE_TTL`] (10 s).
+    #[serde(with = "humantime_serde_compat")]
+    pub lease_ttl: Duration,
+    /// Directory for the node id and the last good config snapshot. Default
+    /// [`DEFAULT_STATE_DIR`] (relative to the working directory).
+    pub state_dir: PathBuf,
+    /// File holding the key-encryption key (64 hex characters) that opens the
+    /// upstream keys stored in etcd. Or the `STRAIT_KEK` environment variable.
+    pub kek_file: Option<PathBuf>,
+    /// Public address written into the node record; default the bound address.
+    pub advertise_public: Option<String>,
+    /// Admin address written into the node record; default the bound address.
+    pub advertise_admin: Option<String>,
+    /// The KEK from the environment (`STRAIT_KEK`), set by `cli`; never in the file.
+    #[serde(skip)]
+    pub kek: Option<Secret>,
+}
+
+impl Default for RawCluster {
+    fn default() -> Self {
+        RawCluster {
+            etcd: Vec::new(),
+            region: String::new(),
+            node_id: None,
+            lease_ttl: DEFAULT_LEASE_TTL,
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            kek_file: None,
+            advertise_public: None,
+            advertise_admin: None,
+            kek: None,
+        }
+    }
+}
+
 /// Durations written as humantime strings ("5s", "300ms", "2m").
 mod humantime_serde_compat {
     use serde::{Deserialize, Deserializer};
@@ -304,6 +356,20 @@ pub struct Log {
     pub access_log: bool,
 }
 
+/// Validated `[cluster]` settings; present only when etcd endpoints are configured.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub etcd: Vec<String>,
+    pub region: String,
+    /// `None`: resolved at start from the state directory (see `cluster::membership`).
+    pub node_id: Option<String>,
+    pub lease_ttl: Duration,
+    pub state_dir: PathBuf,
+    pub kek: Option<crate::cluster::crypto::Kek>,
+    pub advertise_public: Option<String>,
+    pub advertise_admin: Option<String>,
+}
+
 /// The validated configuration a node runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -315,6 +381,8 @@ pub struct Config {
     pub auth: Auth,
     pub log: Log,
     pub workers: Option<usize>,
+    /// Membership and live config in etcd; `None` runs on the file config alone.
+    pub cluster: Option<Cluster>,
 }
 
 /// The key-handling mode a node runs in, derived from which keys are configured.
@@ -476,6 +544,8 @@ impl RawConfig {
             Some(n) => Some(n),
         };
 
+        let cluster = validate_cluster(self.cluster)?;
+
         Ok(Config {
             public_listen,
             admin_listen,
@@ -504,8 +574,66 @@ impl RawConfig {
             auth: Auth { client_keys, allow_anonymous: self.auth.allow_anonymous },
             log: Log { format, level: self.log.level, access_log: self.log.access_log },
             workers,
+            cluster,
         })
     }
+}
+
+fn validate_cluster(c: RawCluster) -> Result<Option<Cluster>> {
+    use crate::cluster::crypto::Kek;
+    use crate::cluster::schema::valid_name;
+    if c.etcd.is_empty() {
+        return Ok(None);
+    }
+    for e in &c.etcd {
+        let uri: http::Uri = e
+            .parse()
+            .map_err(|_| Error::config(format!("cluster.etcd: {e:?} is not a URL like http://127.0.0.1:2379")))?;
+        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+            return Err(Error::config(format!("cluster.etcd: {e:?} must be an http:// URL with a host and port")));
+        }
+    }
+    if !valid_name(&c.region) {
+        return Err(Error::config(
+            "cluster.region is required with cluster.etcd: 1 to 64 lowercase letters, digits, '-' or '_'",
+        ));
+    }
+    if let Some(id) = &c.node_id {
+        if !valid_name(id) {
+            return Err(Error::config("cluster.node_id: 1 to 64 lowercase letters, digits, '-' or '_'"));
+        }
+    }
+    if c.lease_ttl < Duration::from_secs(2) || c.lease_ttl > Duration::from_secs(300) {
+        return Err(Error::config("cluster.lease_ttl must be between 2s and 300s"));
+    }
+    if c.state_dir.as_os_str().is_empty() {
+        return Err(Error::config("cluster.state_dir must not be empty"));
+    }
+    let kek = match (&c.kek, &c.kek_file) {
+        (Some(_), Some(_)) => {
+            return Err(Error::config("the KEK is given twice: set either STRAIT_KEK or cluster.kek_file"))
+        }
+        (Some(k), None) => Some(Kek::parse(k.expose()).map_err(|e| Error::config(format!("STRAIT_KEK: {e}")))?),
+        (None, Some(path)) => {
+            Some(Kek::from_file(path).map_err(|e| Error::config(format!("cluster.kek_file: {e}")))?)
+        }
+        (None, None) => None,
+    };
+    for (field, v) in [("cluster.advertise_public", &c.advertise_public), ("cluster.advertise_admin", &c.advertise_admin)] {
+        if v.as_deref().is_some_and(|s| s.trim().is_empty() || s.contains(char::is_whitespace)) {
+            return Err(Error::config(format!("{field} must be host:port")));
+        }
+    }
+    Ok(Some(Cluster {
+        etcd: c.etcd,
+        region: c.region,
+        node_id: c.node_id,
+        lease_ttl: c.lease_ttl,
+        state_dir: c.state_dir,
+        kek,
+        advertise_public: c.advertise_public,
+        advertise_admin: c.advertise_admin,
+    }))
 }
 
 fn parse_addr(field: &str, s: &str) -> Result<SocketAddr> {
@@ -602,6 +730,23 @@ mod tests {
         assert!(e.message.contains("read_timout"), "{e}");
         let e = RawConfig::from_toml("[limits]\nheader_read_timeout = \"soon\"\n").unwrap_err();
         assert!(e.message.contains("invalid duration"), "{e}");
+    }
+
+    #[test]
+    fn cluster_section_is_checked() {
+        let c = RawConfig::from_toml("[cluster]\nregion = \"eu\"\n").unwrap().validate(vec![], vec![]).unwrap();
+        assert!(c.cluster.is_none(), "no etcd: no cluster");
+        let raw = RawConfig::from_toml("[cluster]\netcd = [\"http://127.0.0.1:2379\"]\n").unwrap();
+        assert!(raw.validate(vec![], vec![]).unwrap_err().message.contains("cluster.region"));
+        let toml = "[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nregion = \"eu-1\"\n";
+        let raw = RawConfig::from_toml(&format!("{toml}lease_ttl = \"1s\"\n")).unwrap();
+        assert!(raw.validate(vec![], vec![]).unwrap_err().message.contains("lease_ttl"));
+        let mut raw = RawConfig::from_toml(toml).unwrap();
+        raw.cluster.kek = Some(Secret::new("ab".repeat(32)));
+        let c = raw.validate(vec![], vec![]).unwrap().cluster.unwrap();
+        assert_eq!(c.lease_ttl, DEFAULT_LEASE_TTL);
+        assert!(c.kek.is_some());
+        assert!(!format!("{c:?}").contains("abab"), "the KEK never prints");
     }
 
     #[test]

@@ -48,6 +48,12 @@ impl UpstreamHealth {
     pub fn consecutive_failures(&self) -> u32 {
         self.consecutive_failures.load(Ordering::Relaxed)
     }
+
+    /// Responses and transport failures seen since start (for the node record's
+    /// error rate, computed over the interval between two records).
+    pub fn counts(&self) -> (u64, u64) {
+        (self.responses.load(Ordering::Relaxed), self.failures.load(Ordering::Relaxed))
+    }
 }
 
 /// The node-wide health state read by `/readyz`.
@@ -56,6 +62,8 @@ pub struct Health {
     pub draining: AtomicBool,
     pub upstream: UpstreamHealth,
     pub version: &'static str,
+    /// etcd connection, config revision and cluster-driven drain (see `cluster`).
+    pub cluster: crate::cluster::ClusterStatus,
 }
 
 /// Inputs to readiness that live elsewhere (the key pool, the config mode).
@@ -91,11 +99,13 @@ impl Health {
             draining: AtomicBool::new(false),
             upstream: UpstreamHealth::default(),
             version: env!("CARGO_PKG_VERSION"),
+            cluster: Default::default(),
         }
     }
 
+    /// Draining for any reason: SIGTERM, or a region or node drain in the cluster config.
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+        self.draining.load(Ordering::Relaxed) || self.cluster.draining.load(Ordering::Relaxed)
     }
 
     /// The `/readyz` answer: status code and a health+json body (well under 5 KB).
@@ -126,9 +136,27 @@ impl Health {
             Status::Pass
         };
 
-        let overall = drain_status.max(path_status).max(keys_status);
+        let cluster = &self.cluster;
+        let cluster_check = cluster.enabled.load(Ordering::Relaxed).then(|| {
+            let connected = cluster.connected.load(Ordering::Relaxed);
+            let revision = cluster.revision.load(Ordering::Relaxed);
+            let from_disk = cluster.from_disk.load(Ordering::Relaxed);
+            // etcd down is a warning, not a failure: the node serves its last good
+            // config, and moving clients away would not help them.
+            let status = if connected { Status::Pass } else { Status::Warn };
+            let output = match (connected, revision, from_disk) {
+                (true, _, _) => String::new(),
+                (false, 0, _) => "etcd unreachable; no cluster config yet, serving the file config".to_string(),
+                (false, r, true) => format!("etcd unreachable; serving the config snapshot from disk (revision {r})"),
+                (false, r, false) => format!("etcd unreachable; serving the last config from etcd (revision {r})"),
+            };
+            (status, revision, output)
+        });
+        let cluster_status = cluster_check.as_ref().map_or(Status::Pass, |c| c.0);
+
+        let overall = drain_status.max(path_status).max(keys_status).max(cluster_status);
         let last_ok = self.upstream.last_success_unix_ms.load(Ordering::Relaxed);
-        let body = json!({
+        let mut body = json!({
             "status": overall.as_str(),
             "version": self.version,
             "serviceId": "strait-node",
@@ -162,6 +190,16 @@ impl Health {
                 }],
             },
         });
+        if let Some((status, revision, output)) = cluster_check {
+            body["checks"]["etcd:cluster"] = json!([{
+                "status": status.as_str(),
+                "componentType": "datastore",
+                "observedValue": revision,
+                "observedUnit": "config revision",
+                "output": output,
+                "time": time,
+            }]);
+        }
         let code = if overall == Status::Fail { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
         (code, body.to_string())
     }

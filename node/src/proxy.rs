@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 
 use crate::account::{Metrics, RequestRecord};
 use crate::admit::{self, RouteKind};
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, Principal};
 use crate::body::ProxyBody;
 use crate::config::{Config, KeyMode};
 use crate::error::{Error, ErrorKind};
@@ -26,7 +26,14 @@ use crate::stream::{self, BodyKind, Relay};
 /// snapshot so a request sees a consistent view without taking a lock.
 pub struct Snapshot {
     pub auth: Authenticator,
+    /// The default upstream pool: file and environment keys, plus the cluster's
+    /// `default` pool.
     pub pool: KeyPool,
+    /// Named upstream pools from the cluster config; `Principal::pool` N > 0 is
+    /// `named_pools[N - 1]`.
+    pub named_pools: Vec<(String, KeyPool)>,
+    /// etcd revision of the cluster config in this snapshot; 0 for the file config.
+    pub revision: i64,
 }
 
 impl Snapshot {
@@ -34,7 +41,32 @@ impl Snapshot {
         Snapshot {
             auth: Authenticator::new(config),
             pool: KeyPool::new(&config.upstream.keys, config.upstream.key_cooldown),
+            named_pools: Vec::new(),
+            revision: 0,
         }
+    }
+
+    /// The pool that serves `principal`.
+    pub fn pool_for(&self, principal: &Principal) -> &KeyPool {
+        match principal.pool {
+            0 => &self.pool,
+            n => self.named_pools.get(n - 1).map_or(&self.pool, |(_, p)| p),
+        }
+    }
+
+    /// Upstream keys in every pool.
+    pub fn upstream_key_count(&self) -> usize {
+        self.pool.len() + self.named_pools.iter().map(|(_, p)| p.len()).sum::<usize>()
+    }
+
+    /// Keys ready, cooling (transient) and exhausted, over every pool.
+    pub fn census(&self) -> (usize, usize, usize) {
+        let mut total = self.pool.census();
+        for (_, p) in &self.named_pools {
+            let (r, t, e) = p.census();
+            total = (total.0 + r, total.1 + t, total.2 + e);
+        }
+        total
     }
 }
 
@@ -75,7 +107,7 @@ impl Shared {
     /// The readiness answer, shared by the admin and public listeners.
     pub fn readiness(&self) -> (StatusCode, String) {
         let snap = self.snapshot.load();
-        let (ready, _transient, exhausted) = snap.pool.census();
+        let (ready, _transient, exhausted) = snap.census();
         let inputs = ReadyInputs {
             keys_ready: ready,
             keys_exhausted: exhausted,
@@ -153,6 +185,16 @@ async fn phases(
     // 2. authenticate
     let principal = snap.auth.authenticate(req.headers())?;
     record.client = Some(principal.name.clone());
+    // Region policy: a key pinned to other regions is never served here, whatever
+    // DNS did with the client.
+    if let Some(cluster) = &shared.config.cluster {
+        if !principal.region_allowed(&cluster.region) {
+            return Err(Error::new(
+                ErrorKind::Permission,
+                format!("this API key may not be served in region {}", cluster.region),
+            ));
+        }
+    }
 
     // 3. admit
     let (parts, body) = req.into_parts();
@@ -166,7 +208,7 @@ async fn phases(
 
     // 5. forward
     let ctx = ForwardCtx {
-        pool: &snap.pool,
+        pool: snap.pool_for(&principal),
         mode: snap.auth.mode(),
         metrics: &shared.metrics,
         health: &shared.health.upstream,

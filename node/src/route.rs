@@ -51,21 +51,44 @@ pub struct KeyRef(usize);
 
 impl KeyPool {
     pub fn new(keys: &[Secret], default_cooldown: Duration) -> Self {
+        let labeled: Vec<(String, Secret)> =
+            keys.iter().enumerate().map(|(i, k)| (format!("k{}", i + 1), k.clone())).collect();
+        Self::labeled(&labeled, default_cooldown, None)
+    }
+
+    /// A pool of keys with operator-facing labels (never the keys). A key that is
+    /// also in `previous` keeps its cooldown, so swapping in a new config snapshot
+    /// does not send traffic to a key that is resting until its quota resets.
+    pub fn labeled(keys: &[(String, Secret)], default_cooldown: Duration, previous: Option<&KeyPool>) -> Self {
+        let epoch = Instant::now();
         let keys = keys
             .iter()
-            .enumerate()
-            .map(|(i, k)| {
+            .map(|(label, k)| {
                 let mut header = HeaderValue::from_str(k.expose()).expect("validated at config load");
                 header.set_sensitive(true);
+                let (mut cool_until_ms, mut reason) = (0, 0);
+                if let Some(prev) = previous {
+                    if let Some(old) = prev.keys.iter().find(|o| o.header.as_bytes() == header.as_bytes()) {
+                        let left = old.cool_until_ms.load(Ordering::Relaxed).saturating_sub(prev.now_ms());
+                        if left > 0 {
+                            cool_until_ms = epoch.elapsed().as_millis() as u64 + left;
+                            reason = old.reason.load(Ordering::Relaxed);
+                        }
+                    }
+                }
                 PoolKey {
                     header,
-                    label: format!("k{}", i + 1),
-                    cool_until_ms: AtomicU64::new(0),
-                    reason: AtomicU8::new(0),
+                    label: label.clone(),
+                    cool_until_ms: AtomicU64::new(cool_until_ms),
+                    reason: AtomicU8::new(reason),
                 }
             })
             .collect();
-        KeyPool { keys, next: AtomicUsize::new(0), epoch: Instant::now(), default_cooldown }
+        KeyPool { keys, next: AtomicUsize::new(0), epoch, default_cooldown }
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -206,6 +229,22 @@ mod tests {
             assert_ne!(p.pick(None).unwrap().0, a.0);
         }
         assert_eq!(p.census(), (2, 1, 0));
+    }
+
+    #[test]
+    fn cooldowns_survive_a_rebuild() {
+        let p = pool(2);
+        let a = p.pick(None).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("30"));
+        p.observe(a, StatusCode::TOO_MANY_REQUESTS, &h).unwrap();
+        let cooled = p.label(a).to_string();
+        let keys: Vec<_> = (0..3).map(|i| (format!("k{}", i + 1), Secret::new(format!("sk-{i}")))).collect();
+        let q = KeyPool::labeled(&keys, Duration::from_secs(5), Some(&p));
+        assert_eq!(q.census(), (2, 1, 0));
+        for _ in 0..10 {
+            assert_ne!(q.label(q.pick(None).unwrap()), cooled);
+        }
     }
 
     #[test]

@@ -12,6 +12,11 @@ use tokio::task::JoinHandle;
 
 use crate::accept::{self, TlsState};
 use crate::account::Metrics;
+use crate::cluster::config_watch::Applier;
+use crate::cluster::etcd::EtcdStore;
+use crate::cluster::membership;
+use crate::cluster::store::{ClusterHandle, ClusterStore, Embedded, NodeCtx};
+use crate::cluster::ClusterMetrics;
 use crate::config::{Config, KeyMode};
 use crate::error::{Error, Result};
 use crate::forward::Upstream;
@@ -28,7 +33,13 @@ pub struct Node {
     stop_admin: watch::Sender<bool>,
     public_task: JoinHandle<usize>,
     admin_task: JoinHandle<usize>,
+    cluster: ClusterHandle,
 }
+
+/// How long a starting node waits for its first etcd sync before it serves anyway
+/// (from the disk snapshot or the file config), so a healthy cluster's config is in
+/// force from the first request.
+pub const INITIAL_SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl Node {
     /// Binds both listeners and starts serving. Must run inside a Tokio runtime.
@@ -49,10 +60,41 @@ impl Node {
             request_ids: RequestIds::new(),
         });
 
+        // Cluster mode: serve the last good config from disk until etcd answers.
+        let applier = match &config.cluster {
+            Some(c) => {
+                let node_id = membership::resolve_node_id(c.node_id.as_deref(), &c.state_dir)?;
+                shared.health.cluster.enabled.store(true, Ordering::Relaxed);
+                let applier = Applier {
+                    shared: shared.clone(),
+                    metrics: ClusterMetrics::register(&metrics.registry),
+                    kek: c.kek.clone(),
+                    region: c.region.clone(),
+                    node_id,
+                    state_dir: c.state_dir.clone(),
+                };
+                applier.load_from_disk();
+                Some(applier)
+            }
+            None => None,
+        };
+
         let public = bind(config.public_listen, "listen.public").await?;
         let admin = bind(config.admin_listen, "listen.admin").await?;
         let public_addr = public.local_addr().map_err(|e| Error::config("public listener").with_detail(e))?;
         let admin_addr = admin.local_addr().map_err(|e| Error::config("admin listener").with_detail(e))?;
+
+        let (store, node_id): (Box<dyn ClusterStore>, Option<String>) = match (applier, &config.cluster) {
+            (Some(applier), Some(c)) => {
+                let id = applier.node_id.clone();
+                (Box::new(EtcdStore { endpoints: c.etcd.clone(), lease_ttl: c.lease_ttl, applier }), Some(id))
+            }
+            _ => (Box::new(Embedded), None),
+        };
+        let mut cluster = store.start(NodeCtx { shared: shared.clone(), public_addr, admin_addr });
+        if !cluster.wait_first_sync(INITIAL_SYNC_WAIT).await {
+            tracing::warn!("etcd did not answer within {INITIAL_SYNC_WAIT:?}; serving without it for now");
+        }
 
         let (stop_public, stop_public_rx) = watch::channel(false);
         let (stop_admin, stop_admin_rx) = watch::channel(false);
@@ -85,7 +127,8 @@ impl Node {
             },
         ));
 
-        let mode = match config.key_mode() {
+        let snap = shared.snapshot.load();
+        let mode = match snap.auth.mode() {
             KeyMode::Managed => "managed",
             KeyMode::Anonymous => "anonymous",
             KeyMode::Passthrough => "passthrough",
@@ -96,11 +139,15 @@ impl Node {
             tls = tls.is_some(),
             upstream = %config.upstream.target.authority,
             mode,
-            upstream_keys = config.upstream.keys.len(),
-            client_keys = config.auth.client_keys.len(),
+            upstream_keys = snap.upstream_key_count(),
+            client_keys = snap.auth.key_count(),
+            region = config.cluster.as_ref().map(|c| c.region.as_str()),
+            node_id = node_id.as_deref(),
+            config_revision = snap.revision,
             "strait-node listening"
         );
-        Ok(Node { shared, public_addr, admin_addr, tls, stop_public, stop_admin, public_task, admin_task })
+        drop(snap);
+        Ok(Node { shared, public_addr, admin_addr, tls, stop_public, stop_admin, public_task, admin_task, cluster })
     }
 
     pub fn public_addr(&self) -> SocketAddr {
@@ -129,9 +176,13 @@ impl Node {
     pub async fn drain(self) -> usize {
         self.shared.health.draining.store(true, Ordering::Relaxed);
         self.shared.metrics.draining.set(1);
+        // The node record says `draining` while in-flight requests finish.
+        self.shared.health.cluster.record_changed.notify_one();
         tracing::info!("draining: no new connections; waiting for in-flight requests");
         let _ = self.stop_public.send(true);
         let cut = self.public_task.await.unwrap_or(0);
+        // A clean stop deletes the record rather than letting the lease expire.
+        self.cluster.stop(std::time::Duration::from_secs(3)).await;
         let _ = self.stop_admin.send(true);
         let _ = self.admin_task.await;
         tracing::info!(cut, "drained");

@@ -1,7 +1,98 @@
 //! Cluster membership and live configuration through etcd.
 //!
-//! Layout: `schema` (key layout and documents, shared with the coordinator),
-//! `crypto` (sealing upstream keys with the KEK).
+//! Layout:
+//! - [`schema`]: key layout and documents, shared with the coordinator.
+//! - [`crypto`]: sealing upstream keys with the key-encryption key (KEK).
+//! - [`store`]: the [`store::ClusterStore`] trait; its embedded default is the node
+//!   alone on its file config.
+//! - [`etcd`]: the etcd implementation (connection options, reads, record writes).
+//! - [`supervisor`]: the one task that keeps the etcd session alive: lease, record,
+//!   keep-alive, watch; reconnects and resumes after any error.
+//! - [`membership`]: the node's record, its id, and the live node count.
+//! - [`config_watch`]: cluster config → validated [`crate::proxy::Snapshot`] → swap.
+//! - [`snapshot_file`]: the last good config on local disk, for starts with etcd down.
 
+pub mod config_watch;
 pub mod crypto;
+pub mod etcd;
+pub mod membership;
 pub mod schema;
+pub mod snapshot_file;
+pub mod store;
+pub mod supervisor;
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+
+use prometheus::{IntCounter, IntGauge, Registry};
+use tokio::sync::Notify;
+
+/// The node's cluster state, read by `/readyz`, metrics and the limiter. Lives in
+/// [`crate::health::Health`]; all fields are atomics so readers never wait.
+#[derive(Default)]
+pub struct ClusterStatus {
+    /// The node runs with etcd (false: embedded default, file config only).
+    pub enabled: AtomicBool,
+    /// The etcd session is up: lease held, record written, watch open.
+    pub connected: AtomicBool,
+    /// etcd revision of the cluster config being served (0: none yet).
+    pub revision: AtomicI64,
+    /// The config being served came from the on-disk snapshot, not from etcd.
+    pub from_disk: AtomicBool,
+    /// A region or node drain in the cluster config (SIGTERM drain is separate).
+    pub draining: AtomicBool,
+    /// Node records seen under `/strait/nodes/` (all regions), this node included.
+    pub live_nodes: AtomicUsize,
+    /// Wakes the supervisor to rewrite the node record (state changed).
+    pub record_changed: Notify,
+}
+
+impl ClusterStatus {
+    /// Nodes in the cluster as last seen in etcd, at least 1 (this node). The limiter
+    /// divides a global limit by this for its safe local share.
+    pub fn live_nodes(&self) -> usize {
+        self.live_nodes.load(Ordering::Relaxed).max(1)
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+}
+
+/// The cluster's Prometheus metrics, registered in the node's registry.
+#[derive(Clone)]
+pub struct ClusterMetrics {
+    pub etcd_connected: IntGauge,
+    pub config_revision: IntGauge,
+    pub config_reloads: IntCounter,
+    pub config_rejected: IntCounter,
+    pub live_nodes: IntGauge,
+    pub etcd_errors: IntCounter,
+    pub registrations: IntCounter,
+}
+
+impl ClusterMetrics {
+    pub fn register(registry: &Registry) -> Self {
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        ClusterMetrics {
+            etcd_connected: gauge("etcd_connected", "1 while the etcd session (lease, record, watch) is up"),
+            config_revision: gauge("config_revision", "etcd revision of the cluster config being served"),
+            config_reloads: counter("config_reloads_total", "Cluster config snapshots applied"),
+            config_rejected: counter(
+                "config_rejected_total",
+                "Cluster config changes rejected as invalid (previous snapshot kept)",
+            ),
+            live_nodes: gauge("cluster_nodes", "Node records registered in etcd, all regions"),
+            etcd_errors: counter("etcd_errors_total", "etcd session failures (each followed by a reconnect)"),
+            registrations: counter("etcd_registrations_total", "Times this node granted a lease and wrote its record"),
+        }
+    }
+}

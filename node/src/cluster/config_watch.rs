@@ -1,0 +1,285 @@
+//! Live config: every document under `/strait/config/` is parsed and checked as one
+//! unit, turned into a new [`Snapshot`] (client keys, upstream pools, drain flags),
+//! and swapped in with one atomic store. A change that does not validate is
+//! rejected: the previous snapshot stays, and the rejection is logged and counted.
+//!
+//! Merging with the node's own config: client keys and upstream keys from the file
+//! and the environment stay in force; the cluster's keys are added to them (a client
+//! key hash present in both takes the cluster's document). Upstream keys of the
+//! cluster's `default` pool join the node's own keys in the default pool.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use http::HeaderValue;
+
+use super::crypto::Kek;
+use super::schema::{ClusterConfig, UpstreamPoolDoc, DEFAULT_POOL};
+use super::{snapshot_file, ClusterMetrics};
+use crate::auth::{Authenticator, KeyPolicy, Principal};
+use crate::config::{Config, KeyMode, Secret};
+use crate::proxy::{Shared, Snapshot};
+use crate::route::KeyPool;
+
+/// Where a config came from, for logs and readiness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Etcd,
+    Disk,
+}
+
+/// Applies cluster config to a running node.
+pub struct Applier {
+    pub shared: Arc<Shared>,
+    pub metrics: ClusterMetrics,
+    pub kek: Option<Kek>,
+    pub region: String,
+    pub node_id: String,
+    pub state_dir: PathBuf,
+}
+
+impl Applier {
+    /// Validates `kvs` (everything under the config prefix at `revision`) and swaps
+    /// it in. Returns false, keeping the previous snapshot, when it does not validate.
+    pub fn apply(&self, kvs: &BTreeMap<String, Vec<u8>>, revision: i64, source: Source) -> bool {
+        let built =
+            ClusterConfig::from_kvs(revision, kvs.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).and_then(|cc| {
+                let prev = self.shared.snapshot.load();
+                let snap = build_snapshot(&self.shared.config, &cc, self.kek.as_ref(), Some(&prev))?;
+                Ok((cc, snap))
+            });
+        let (cc, snap) = match built {
+            Ok(v) => v,
+            Err(reason) => {
+                self.metrics.config_rejected.inc();
+                tracing::error!(revision, source = ?source, %reason, "cluster config rejected; keeping the previous snapshot");
+                return false;
+            }
+        };
+        let (client_keys, upstream_keys) = (snap.auth.key_count(), snap.upstream_key_count());
+        self.shared.snapshot.store(Arc::new(snap));
+
+        let status = &self.shared.health.cluster;
+        status.revision.store(revision, Ordering::Relaxed);
+        status.from_disk.store(source == Source::Disk, Ordering::Relaxed);
+        self.metrics.config_revision.set(revision);
+        self.metrics.config_reloads.inc();
+
+        let draining = cc.regions.get(&self.region).is_some_and(|r| r.draining)
+            || cc.drains.get(&(self.region.clone(), self.node_id.clone())).is_some_and(|d| d.draining);
+        if status.draining.swap(draining, Ordering::Relaxed) != draining {
+            if draining {
+                tracing::warn!(region = %self.region, "drained by the cluster config: /readyz fails, requests are still served");
+            } else {
+                tracing::info!(region = %self.region, "drain lifted by the cluster config");
+            }
+            status.record_changed.notify_one();
+        }
+        tracing::info!(revision, source = ?source, client_keys, upstream_keys, draining, "cluster config applied");
+
+        if source == Source::Etcd {
+            if let Err(e) = snapshot_file::write(&self.state_dir, revision, kvs) {
+                tracing::warn!(dir = %self.state_dir.display(), "cannot write the config snapshot to disk: {e}");
+            }
+        }
+        true
+    }
+
+    /// Serves the on-disk snapshot, if there is a valid one. Called once at start.
+    pub fn load_from_disk(&self) {
+        match snapshot_file::read(&self.state_dir) {
+            Ok(Some(doc)) => {
+                let revision = doc.revision;
+                let written = doc.written_at.clone();
+                if self.apply(&doc.into_kvs(), revision, Source::Disk) {
+                    tracing::info!(revision, written_at = %written, "serving the config snapshot from disk until etcd answers");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("ignoring the on-disk config snapshot: {e}"),
+        }
+    }
+}
+
+/// Builds the serving snapshot from the node's own config and the cluster config.
+/// `prev` carries cooldowns of unchanged upstream keys over. Errors name the
+/// document and never contain a key.
+pub fn build_snapshot(
+    base: &Config,
+    cc: &ClusterConfig,
+    kek: Option<&Kek>,
+    prev: Option<&Snapshot>,
+) -> Result<Snapshot, String> {
+    let cooldown = base.upstream.key_cooldown;
+
+    let mut default: Vec<(String, Secret)> =
+        base.upstream.keys.iter().enumerate().map(|(i, k)| (format!("k{}", i + 1), k.clone())).collect();
+    if let Some(p) = cc.pools.get(DEFAULT_POOL) {
+        for (label, secret) in open_pool(p, kek)? {
+            if !default.iter().any(|(_, d)| *d == secret) {
+                default.push((label, secret));
+            }
+        }
+    }
+    let default_pool = KeyPool::labeled(&default, cooldown, prev.map(|s| &s.pool));
+
+    let mut named_pools = Vec::new();
+    let mut pool_index: HashMap<&str, usize> = HashMap::new();
+    for (name, doc) in &cc.pools {
+        if name == DEFAULT_POOL {
+            continue;
+        }
+        let keys = open_pool(doc, kek)?;
+        let prev_pool = prev.and_then(|s| s.named_pools.iter().find(|(n, _)| n == name).map(|(_, p)| p));
+        named_pools.push((name.clone(), KeyPool::labeled(&keys, cooldown, prev_pool)));
+        pool_index.insert(name.as_str(), named_pools.len());
+    }
+
+    let mut by_hash = HashMap::new();
+    for k in &base.auth.client_keys {
+        by_hash.insert(k.sha256, Principal::plain(Arc::from(k.name.as_str())));
+    }
+    for (id, k) in &cc.client_keys {
+        if k.revoked {
+            continue;
+        }
+        let mut hash = [0u8; 32];
+        hex::decode_to_slice(k.sha256.trim(), &mut hash).map_err(|_| format!("client key {id}: bad sha256"))?;
+        let tenant = k.tenant.as_ref().and_then(|t| cc.tenants.get(t));
+        let allowed_regions = match (&k.allowed_regions, tenant.and_then(|t| t.allowed_regions.as_ref())) {
+            (Some(a), Some(b)) => Some(a.iter().filter(|r| b.contains(r)).cloned().collect()),
+            (Some(a), None) => Some(a.clone()),
+            (None, Some(b)) => Some(b.clone()),
+            (None, None) => None,
+        };
+        let pool = match k.pool.as_deref() {
+            None | Some(DEFAULT_POOL) => 0,
+            Some(p) => *pool_index.get(p).ok_or_else(|| format!("client key {id}: unknown upstream pool {p:?}"))?,
+        };
+        let pool_empty = if pool == 0 { default_pool.is_empty() } else { named_pools[pool - 1].1.is_empty() };
+        if pool_empty {
+            return Err(format!(
+                "client key {id}: its upstream pool {:?} has no keys, so its requests could not be served",
+                k.pool.as_deref().unwrap_or(DEFAULT_POOL)
+            ));
+        }
+        let policy = KeyPolicy {
+            limits: k.limits.clone(),
+            tenant_limits: tenant.map(|t| t.limits.clone()).unwrap_or_default(),
+            allowed_regions,
+        };
+        by_hash.insert(
+            hash,
+            Principal {
+                name: Arc::from(k.name.as_str()),
+                tenant: k.tenant.as_deref().map(Arc::from),
+                policy: Some(Arc::new(policy)),
+                pool,
+            },
+        );
+    }
+
+    let any_upstream = !default_pool.is_empty() || named_pools.iter().any(|(_, p)| !p.is_empty());
+    let mode = if !any_upstream {
+        if !by_hash.is_empty() {
+            return Err("client keys are configured but no upstream keys: a client's Strait key would be \
+                        forwarded to Anthropic"
+                .into());
+        }
+        KeyMode::Passthrough
+    } else if by_hash.is_empty() && base.auth.allow_anonymous {
+        if default_pool.is_empty() {
+            return Err("anonymous mode needs keys in the default upstream pool".into());
+        }
+        KeyMode::Anonymous
+    } else {
+        // Upstream keys and no client keys without --allow-anonymous: every request
+        // gets 401 until client keys arrive, rather than an open relay.
+        KeyMode::Managed
+    };
+
+    Ok(Snapshot {
+        auth: Authenticator::from_keys(mode, by_hash),
+        pool: default_pool,
+        named_pools,
+        revision: cc.revision,
+    })
+}
+
+fn open_pool(doc: &UpstreamPoolDoc, kek: Option<&Kek>) -> Result<Vec<(String, Secret)>, String> {
+    if doc.keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let kek = kek.ok_or_else(|| {
+        format!("upstream pool {}: keys are sealed but this node has no KEK (STRAIT_KEK or cluster.kek_file)", doc.name)
+    })?;
+    doc.keys
+        .iter()
+        .map(|k| {
+            let secret = kek.open(k).map_err(|e| format!("upstream pool {}: {e}", doc.name))?;
+            if HeaderValue::from_str(secret.expose()).is_err() {
+                return Err(format!("upstream pool {}: key {} has characters not allowed in a header", doc.name, k.id));
+            }
+            let label = if k.label.is_empty() { k.id.clone() } else { k.label.clone() };
+            Ok((label, secret))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::schema::{client_key_key, pool_key, tenant_key, ClientKeyDoc, TenantDoc};
+    use crate::config::{hash_key, RawConfig};
+
+    fn kvs(kek: &Kek) -> BTreeMap<String, Vec<u8>> {
+        let mut m = BTreeMap::new();
+        let pool = UpstreamPoolDoc { name: "default".into(), keys: vec![kek.seal("u1", "prod-1", "sk-ant-sealed")] };
+        m.insert(pool_key("default"), serde_json::to_vec(&pool).unwrap());
+        let tenant = TenantDoc {
+            name: "acme".into(),
+            limits: Default::default(),
+            allowed_regions: Some(vec!["eu".into(), "us".into()]),
+        };
+        m.insert(tenant_key("acme"), serde_json::to_vec(&tenant).unwrap());
+        let key = ClientKeyDoc {
+            id: "ck1".into(),
+            name: "acme-prod".into(),
+            tenant: Some("acme".into()),
+            sha256: hex::encode(hash_key("client-secret")),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            revoked: false,
+            limits: Default::default(),
+            allowed_regions: Some(vec!["eu".into(), "cn".into()]),
+            pool: None,
+        };
+        m.insert(client_key_key("ck1"), serde_json::to_vec(&key).unwrap());
+        m
+    }
+
+    #[test]
+    fn builds_principals_with_tenant_and_regions() {
+        let kek = Kek::parse(&"ab".repeat(32)).unwrap();
+        let m = kvs(&kek);
+        let cc = ClusterConfig::from_kvs(7, m.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).unwrap();
+        let base = RawConfig::default().validate(vec![], vec![]).unwrap();
+        let snap = build_snapshot(&base, &cc, Some(&kek), None).unwrap();
+        assert_eq!(snap.auth.mode(), KeyMode::Managed);
+        let mut h = http::HeaderMap::new();
+        h.insert("x-api-key", "client-secret".parse().unwrap());
+        let p = snap.auth.authenticate(&h).unwrap();
+        assert_eq!(p.tenant.as_deref(), Some("acme"));
+        assert!(p.region_allowed("eu"));
+        assert!(!p.region_allowed("us"), "the key allows eu and cn, the tenant eu and us");
+        assert!(!p.region_allowed("cn"));
+        assert_eq!(snap.pool.len(), 1);
+        assert_eq!(snap.revision, 7);
+
+        assert!(build_snapshot(&base, &cc, None, None).unwrap_err().contains("no KEK"));
+        let other = Kek::parse(&"cd".repeat(32)).unwrap();
+        let e = build_snapshot(&base, &cc, Some(&other), None).unwrap_err();
+        assert!(!e.contains("sk-ant"), "{e}");
+    }
+}

@@ -1,0 +1,165 @@
+//! Membership: this node's id and record, and the count of live nodes seen under
+//! `/strait/nodes/` (the limiter's safe share divides by it).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use prometheus::core::Collector;
+
+use super::schema::{valid_name, NodeRecord, NodeState, PathHealth};
+use crate::error::{Error, Result};
+use crate::health::UPSTREAM_FAIL_THRESHOLD;
+use crate::proxy::Shared;
+
+/// File inside the state directory that keeps a generated node id across restarts.
+pub const NODE_ID_FILE: &str = "node-id";
+
+/// Creates the state directory and returns the node id: the configured one, else the
+/// one kept in the state directory, else a new one from the host name (kept there).
+pub fn resolve_node_id(configured: Option<&str>, state_dir: &Path) -> Result<String> {
+    std::fs::create_dir_all(state_dir)
+        .map_err(|e| Error::config(format!("cluster.state_dir: cannot create {}: {e}", state_dir.display())))?;
+    if let Some(id) = configured {
+        return Ok(id.to_string());
+    }
+    let file = state_dir.join(NODE_ID_FILE);
+    if let Ok(text) = std::fs::read_to_string(&file) {
+        let id = text.trim();
+        if valid_name(id) {
+            return Ok(id.to_string());
+        }
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default();
+    let mut host: String = host
+        .trim()
+        .chars()
+        .map(|c| c.to_ascii_lowercase())
+        .map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' { c } else { '-' })
+        .take(40)
+        .collect();
+    if host.is_empty() {
+        host = "node".into();
+    }
+    // The suffix keeps two nodes on one host (or cloned images) apart.
+    let id = format!("{host}-{:04x}", rand::random::<u16>());
+    std::fs::write(&file, format!("{id}\n"))
+        .map_err(|e| Error::config(format!("cannot write {}: {e}", file.display())))?;
+    Ok(id)
+}
+
+/// Builds this node's record from its live state. Keeps the previous counters so
+/// TTFB and error rate describe the interval since the last record, not all time.
+pub struct RecordBuilder {
+    pub id: String,
+    pub region: String,
+    pub public_addr: String,
+    pub admin_addr: String,
+    pub started_at: String,
+    last_counts: (u64, u64),
+    last_ttfb: (f64, u64),
+    last_ttfb_ms: Option<f64>,
+}
+
+impl RecordBuilder {
+    pub fn new(id: String, region: String, public_addr: String, admin_addr: String) -> Self {
+        RecordBuilder {
+            id,
+            region,
+            public_addr,
+            admin_addr,
+            started_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            last_counts: (0, 0),
+            last_ttfb: (0.0, 0),
+            last_ttfb_ms: None,
+        }
+    }
+
+    pub fn key(&self) -> String {
+        super::schema::node_key(&self.region, &self.id)
+    }
+
+    pub fn build(&mut self, shared: &Shared) -> NodeRecord {
+        let health = &shared.health;
+        let (responses, failures) = health.upstream.counts();
+        let (dr, df) = (responses - self.last_counts.0, failures - self.last_counts.1);
+        self.last_counts = (responses, failures);
+        let error_rate = if dr + df == 0 { 0.0 } else { df as f64 / (dr + df) as f64 };
+
+        let (mut sum, mut count) = (0.0, 0u64);
+        for mf in shared.metrics.upstream_ttfb.collect() {
+            for m in mf.get_metric() {
+                sum += m.get_histogram().get_sample_sum();
+                count += m.get_histogram().get_sample_count();
+            }
+        }
+        let (ds, dc) = (sum - self.last_ttfb.0, count - self.last_ttfb.1);
+        self.last_ttfb = (sum, count);
+        if dc > 0 {
+            self.last_ttfb_ms = Some((ds / dc as f64 * 1000.0 * 100.0).round() / 100.0);
+        }
+
+        let fails = health.upstream.consecutive_failures();
+        let status = if fails >= UPSTREAM_FAIL_THRESHOLD {
+            "fail"
+        } else if fails > 0 {
+            "warn"
+        } else {
+            "pass"
+        };
+        NodeRecord {
+            id: self.id.clone(),
+            region: self.region.clone(),
+            public_addr: self.public_addr.clone(),
+            admin_addr: self.admin_addr.clone(),
+            version: health.version.to_string(),
+            started_at: self.started_at.clone(),
+            state: if health.is_draining() { NodeState::Draining } else { NodeState::Serving },
+            path: PathHealth {
+                ttfb_ms: self.last_ttfb_ms,
+                error_rate: (error_rate * 1000.0).round() / 1000.0,
+                consecutive_failures: fails,
+                status: status.to_string(),
+            },
+        }
+    }
+}
+
+/// The node records seen in etcd (key → raw document), kept in step with the watch.
+#[derive(Default)]
+pub struct Members {
+    nodes: BTreeMap<String, Vec<u8>>,
+}
+
+impl Members {
+    pub fn clear(&mut self) {
+        self.nodes.clear();
+    }
+
+    pub fn put(&mut self, key: &str, value: &[u8]) {
+        self.nodes.insert(key.to_string(), value.to_vec());
+    }
+
+    pub fn delete(&mut self, key: &str) {
+        self.nodes.remove(key);
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Publishes the count to the node's status and metrics.
+    pub fn publish(&self, shared: &Shared, metrics: &super::ClusterMetrics) {
+        let n = self.nodes.len();
+        if shared.health.cluster.live_nodes.swap(n, Ordering::Relaxed) != n {
+            tracing::info!(live_nodes = n, "cluster membership changed");
+        }
+        metrics.live_nodes.set(n as i64);
+    }
+}
