@@ -1,12 +1,14 @@
 //! The coordinator's state shared by every request, and the one way to change the
 //! cluster config: [`App::mutate`] loads the snapshot, applies a change, checks the
-//! would-be snapshot with the node's own parser (`ClusterConfig::from_kvs`), and
-//! commits only the documents that changed, guarded by leader key and revision.
+//! would-be snapshot exactly as a node will (`ClusterConfig::from_kvs`, then the
+//! node's own `build_snapshot`), and commits only the documents that changed,
+//! guarded by leader key and revision.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
+use strait_node::cluster::config_watch::build_snapshot;
 use strait_node::cluster::crypto::Kek;
 use strait_node::cluster::schema::{self, ClusterConfig};
 use subtle::ConstantTimeEq;
@@ -25,11 +27,24 @@ pub struct App {
     token_digest: [u8; 32],
     /// Serialises this coordinator's own writes so they do not conflict with each other.
     write_lock: tokio::sync::Mutex<()>,
+    /// A node with no keys of its own (the strictest case): a snapshot it would
+    /// reject is never written, since a node that rejects one keeps serving the
+    /// previous config and misses every later change, revocations included.
+    node_base: strait_node::config::Config,
 }
 
 impl App {
     pub fn new(store: Arc<dyn Store>, kek: Kek, admin_token: &str) -> App {
-        App { store, kek, token_digest: Sha256::digest(admin_token.as_bytes()).into(), write_lock: tokio::sync::Mutex::new(()) }
+        let node_base = strait_node::config::RawConfig::default()
+            .validate(Vec::new(), Vec::new())
+            .expect("the node's default config is valid");
+        App {
+            store,
+            kek,
+            token_digest: Sha256::digest(admin_token.as_bytes()).into(),
+            write_lock: tokio::sync::Mutex::new(()),
+            node_base,
+        }
     }
 
     /// Whether `presented` is the admin token (constant time).
@@ -53,7 +68,8 @@ impl App {
             let old = to_kvs(&before)?;
             let new = to_kvs(&after)?;
             ClusterConfig::from_kvs(before.revision, new.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
-                .map_err(|e| Error::bad_request(format!("rejected, the cluster config would be invalid: {e}")))?;
+                .and_then(|cc| build_snapshot(&self.node_base, &cc, Some(&self.kek), None).map(|_| ()))
+                .map_err(|e| Error::bad_request(format!("rejected, nodes would refuse this cluster config: {e}")))?;
             let puts: Vec<(String, Vec<u8>)> =
                 new.iter().filter(|(k, v)| old.get(*k) != Some(*v)).map(|(k, v)| (k.clone(), v.clone())).collect();
             let deletes: Vec<String> = old.keys().filter(|k| !new.contains_key(*k)).cloned().collect();

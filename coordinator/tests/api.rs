@@ -67,6 +67,11 @@ async fn client_key_secret_is_shown_once_and_etcd_holds_only_its_hash() {
     let (running, url) = leader(&etcd).await;
     let r = admin(Method::PUT, &format!("{url}/v1/tenants/team-a"), Some(json!({"limits": {"rpm": 600}, "allowed_regions": ["r1"]}))).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    // Nodes refuse client keys that have no upstream key to use.
+    let r = admin(Method::POST, &format!("{url}/v1/keys"), Some(json!({"name": "early"}))).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    assert!(r.text.contains("no keys"), "{}", r.text);
+    add_pool_key(&url, "default", "prod-1", "sk-ant-upstream-1").await;
 
     let r = admin(Method::POST, &format!("{url}/v1/keys"), Some(json!({"name": "alice", "tenant": "team-a", "limits": {"otpm": 5000}}))).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
@@ -148,6 +153,7 @@ async fn invalid_writes_are_rejected_before_they_reach_etcd() {
     let (running, url) = leader(&etcd).await;
     let r = admin(Method::PUT, &format!("{url}/v1/tenants/t1"), Some(json!({}))).await;
     assert_eq!(r.status, StatusCode::OK);
+    let only_key = add_pool_key(&url, "default", "prod-1", "sk-ant-upstream-1").await;
     let r = admin(Method::POST, &format!("{url}/v1/keys"), Some(json!({"name": "k", "tenant": "t1"}))).await;
     assert_eq!(r.status, StatusCode::CREATED);
     let before = etcd.dump().await;
@@ -165,8 +171,11 @@ async fn invalid_writes_are_rejected_before_they_reach_etcd() {
         (Method::POST, "/v1/pools/default/keys", Some(json!({"label": "a", "key": "has space"})), "key"),
         (Method::PUT, "/v1/regions/r1", Some(json!({"draining": "yes"})), ""),
         (Method::POST, "/v1/nodes/R1/n1/drain", None, "region"),
+        // The key "k" would be left without an upstream key.
+        (Method::DELETE, "/v1/pools/default/keys/ONLY", None, "has no keys"),
     ];
     for (method, path, body, needle) in cases {
+        let path = path.replace("ONLY", &only_key);
         let r = admin(method.clone(), &format!("{url}{path}"), body.clone()).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{method} {path} {body:?}: {}", r.text);
         assert_eq!(r.json["error"]["type"], "invalid_request", "{}", r.text);
@@ -275,6 +284,7 @@ async fn openapi_lists_every_route_and_nothing_else() {
 async fn a_standby_serves_reads_and_refuses_writes_naming_the_leader() {
     let etcd = Etcd::start().await;
     let (first, url1) = leader(&etcd).await;
+    add_pool_key(&url1, "default", "prod-1", "sk-ant-upstream-1").await;
     let second = strait_coordinator::server::start(config(&etcd, "c2", "r2")).await.unwrap();
     let url2 = second.url.clone();
     tokio::time::sleep(Duration::from_millis(300)).await;

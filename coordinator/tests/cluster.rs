@@ -88,6 +88,9 @@ async fn cli_drives_the_admin_api_and_follows_the_leader() {
 
     let (ok, out, err) = run(s(&["tenants", "set", "team-a", "--rpm", "600", "--allow-region", "r1,r2"]), None).await.unwrap();
     assert!(ok, "{out}{err}");
+    let (ok, out, err) = run(s(&["pools", "add-key", "default", "--label", "prod-1"]), Some("sk-ant-from-stdin-123\n".into())).await.unwrap();
+    assert!(ok, "{err}");
+    assert!(!out.contains("sk-ant-from-stdin"));
     let (ok, out, err) = run(s(&["keys", "create", "alice", "--tenant", "team-a", "--otpm", "5000"]), None).await.unwrap();
     assert!(ok, "{out}{err}");
     let created: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -100,9 +103,9 @@ async fn cli_drives_the_admin_api_and_follows_the_leader() {
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["limits"], json!({"rpm": 7, "otpm": 5000}), "update merges limits");
-    let (ok, out, err) = run(s(&["pools", "add-key", "default", "--label", "prod-1"]), Some("sk-ant-from-stdin-123\n".into())).await.unwrap();
+    let (ok, out, err) = run(s(&["pools", "add-key", "other", "--label", "prod-2"]), Some("sk-ant-second-456\n".into())).await.unwrap();
     assert!(ok, "{err}");
-    assert!(!out.contains("sk-ant-from-stdin"));
+    assert!(out.contains("uk_"));
     let (ok, _, err) = run(s(&["regions", "policy", "--key", &id, "--allow", "r1"]), None).await.unwrap();
     assert!(ok, "{err}");
     let (ok, _, _) = run(s(&["drain", "node", "r1", "node-a"]), None).await.unwrap();
@@ -159,4 +162,153 @@ fn check_config_validates_and_exits() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("admin token"));
+}
+
+/// A canned Anthropic API that answers 200 only to the upstream keys it knows,
+/// so a 200 through the node proves the node opened the sealed pool key.
+async fn upstream_mock(keys: &'static [&'static str]) -> String {
+    use axum::http::HeaderMap;
+    let app = axum::Router::new().route(
+        "/v1/messages",
+        axum::routing::post(move |headers: HeaderMap| async move {
+            let key = headers.get("x-api-key").and_then(|v| v.to_str().ok()).unwrap_or("");
+            if keys.contains(&key) {
+                (
+                    StatusCode::OK,
+                    axum::Json(json!({
+                        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-test",
+                        "content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn", "stop_sequence": null,
+                        "usage": {"input_tokens": 3, "output_tokens": 1}
+                    })),
+                )
+            } else {
+                (
+                    StatusCode::UNAUTHORIZED,
+                    axum::Json(json!({"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}})),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+/// One request through the node with a client key; the status.
+async fn through_node(node: &str, client_key: &str) -> StatusCode {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let body = json!({"model": "claude-test", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]});
+    let req = http::Request::post(format!("{node}/v1/messages"))
+        .header("x-api-key", client_key)
+        .header("anthropic-version", "2023-06-01")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(serde_json::to_vec(&body).unwrap())))
+        .unwrap();
+    let resp = client.request(req).await.expect("node answers");
+    let status = resp.status();
+    let _ = resp.into_body().collect().await;
+    status
+}
+
+/// Polls until the node answers `want` for `key`; the time it took.
+async fn until_node(node: &str, key: &str, want: StatusCode, limit: Duration) -> Duration {
+    let t = Instant::now();
+    loop {
+        let got = through_node(node, key).await;
+        if got == want {
+            return t.elapsed();
+        }
+        assert!(t.elapsed() < limit, "node still answers {got} (want {want}) after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_changes_through_the_coordinator_take_effect_on_nodes() {
+    const UPSTREAM: &str = "sk-ant-api03-e2e-upstream-key-0001";
+    let bin = tokio::task::spawn_blocking(node_binary).await.unwrap();
+    let etcd = Etcd::start().await;
+    let (running, url) = leader(&etcd).await;
+    let upstream = upstream_mock(&[UPSTREAM]).await;
+    let node = tokio::task::block_in_place(|| NodeProc::spawn(&bin, &etcd, "r1", "node-e2e", &upstream));
+
+    // The node registers: the coordinator's discovery and cluster view list it.
+    let t = Instant::now();
+    loop {
+        let sd = call(Method::GET, &format!("{url}/v1/sd/prometheus"), None, None).await;
+        if sd.json.as_array().is_some_and(|a| a.len() == 1) {
+            assert_eq!(sd.json[0]["labels"]["node"], "node-e2e");
+            assert_eq!(sd.json[0]["targets"][0].as_str().map(|t| format!("http://{t}")), Some(node.admin.clone()));
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "node never registered: {}", node.log.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Upstream key, then a client key: the node serves the new key within 1 s.
+    add_pool_key(&url, "default", "prod-1", UPSTREAM).await;
+    let r = admin(Method::POST, &format!("{url}/v1/keys"), Some(json!({"name": "first"}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let first = r.json["key"].as_str().unwrap().to_string();
+    let took = until_node(&node.public, &first, StatusCode::OK, Duration::from_secs(1)).await;
+    eprintln!("first key accepted by the node {took:?} after the coordinator answered");
+
+    // Propagation over 30 more changes: coordinator's 201 → node accepts the key.
+    let mut after_ack = Vec::new();
+    let mut end_to_end = Vec::new();
+    for i in 0..30 {
+        let sent = Instant::now();
+        let r = admin(Method::POST, &format!("{url}/v1/keys"), Some(json!({"name": format!("k{i}")}))).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        let acked = Instant::now();
+        let key = r.json["key"].as_str().unwrap().to_string();
+        until_node(&node.public, &key, StatusCode::OK, Duration::from_secs(1)).await;
+        after_ack.push(acked.elapsed());
+        end_to_end.push(sent.elapsed());
+    }
+    after_ack.sort();
+    end_to_end.sort();
+    eprintln!(
+        "PROPAGATION n=30 ack->accept p50={:?} p99={:?} max={:?}; request->accept p50={:?} p99={:?}",
+        percentile(&after_ack, 50.0),
+        percentile(&after_ack, 99.0),
+        after_ack.last().unwrap(),
+        percentile(&end_to_end, 50.0),
+        percentile(&end_to_end, 99.0)
+    );
+
+    // Revocation and a region drain take effect too.
+    let id = r_id(&url, "first").await;
+    let r = admin(Method::DELETE, &format!("{url}/v1/keys/{id}"), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let took = until_node(&node.public, &first, StatusCode::UNAUTHORIZED, Duration::from_secs(1)).await;
+    eprintln!("revocation effective on the node after {took:?}");
+    let r = admin(Method::POST, &format!("{url}/v1/regions/r1/drain"), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let t = Instant::now();
+    loop {
+        let ready = call(Method::GET, &format!("{}/readyz", node.admin), None, None).await;
+        let view = admin(Method::GET, &format!("{url}/v1/cluster"), None).await;
+        if ready.status == StatusCode::SERVICE_UNAVAILABLE && view.json["regions"][0]["nodes"][0]["state"] == "draining" {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(3), "drain not applied: readyz {} view {}", ready.status, view.text);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(node);
+    running.shutdown().await;
+}
+
+async fn r_id(url: &str, name: &str) -> String {
+    let keys = admin(Method::GET, &format!("{url}/v1/keys"), None).await;
+    keys.json["keys"].as_array().unwrap().iter().find(|k| k["name"] == name).unwrap()["id"].as_str().unwrap().to_string()
 }

@@ -191,3 +191,92 @@ pub async fn call(method: Method, url: &str, token: Option<&str>, body: Option<V
 pub async fn admin(method: Method, url: &str, body: Option<Value>) -> Resp {
     call(method, url, Some(TOKEN), body).await
 }
+
+/// Adds an upstream key to `pool` through the API (client keys need one to be servable).
+pub async fn add_pool_key(url: &str, pool: &str, label: &str, key: &str) -> String {
+    let r = admin(Method::POST, &format!("{url}/v1/pools/{pool}/keys"), Some(serde_json::json!({"label": label, "key": key}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    r.json["id"].as_str().unwrap().to_string()
+}
+
+/// The `strait-node` binary of this workspace, built if needed (a test of another
+/// package cannot name it with `CARGO_BIN_EXE_*`).
+pub fn node_binary() -> PathBuf {
+    let dir = Path::new(env!("CARGO_BIN_EXE_strait-coordinator")).parent().expect("target dir").to_path_buf();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-q", "-p", "strait-node", "--bin", "strait-node"]).current_dir(env!("CARGO_MANIFEST_DIR"));
+    if dir.ends_with("release") {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("run cargo build for strait-node");
+    assert!(status.success(), "cargo build -p strait-node failed");
+    let bin = dir.join("strait-node");
+    assert!(bin.is_file(), "{} missing after the build", bin.display());
+    bin
+}
+
+/// A `strait-node` process joined to the cluster through etcd.
+pub struct NodeProc {
+    pub child: Child,
+    pub public: String,
+    pub admin: String,
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+    _state: tempfile::TempDir,
+}
+
+impl NodeProc {
+    pub fn spawn(bin: &Path, etcd: &Etcd, region: &str, node_id: &str, upstream: &str) -> NodeProc {
+        let state = tempfile::tempdir().unwrap();
+        let mut child = Command::new(bin)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json", "--no-access-log"])
+            .args(["--etcd", &etcd.endpoint, "--region", region, "--node-id", node_id, "--upstream", upstream])
+            .arg("--state-dir")
+            .arg(state.path())
+            .env("STRAIT_KEK", KEK_HEX)
+            .env_remove("STRAIT_UPSTREAM_KEYS")
+            .env_remove("STRAIT_CLIENT_KEYS")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("strait-node runs");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        for stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
+            let log = log.clone();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if line.contains("strait-node listening") {
+                        let _ = tx.send(line.clone());
+                    }
+                    let mut l = log.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let line = loop {
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+                break line;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("strait-node exited early ({status}): {}", log.lock().unwrap());
+            }
+            assert!(Instant::now() < deadline, "strait-node did not start: {}", log.lock().unwrap());
+        };
+        let v: Value = serde_json::from_str(&line).expect("JSON log line");
+        let public = format!("http://{}", v["public"].as_str().unwrap());
+        let admin = format!("http://{}", v["admin"].as_str().unwrap());
+        NodeProc { child, public, admin, log, _state: state }
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
