@@ -13,8 +13,8 @@ use axum::routing::{self, MethodRouter};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use strait_node::cluster::schema::{
-    valid_name, ClientKeyDoc, DrainDoc, LimitsDoc, NodeRecord, NodeState, PathHealth, RegionDoc, SealedKey, TenantDoc,
-    UpstreamPoolDoc,
+    valid_name, ClientKeyDoc, DrainDoc, LimitsDoc, NodeRecord, NodeState, PathHealth, RegionDoc,
+    SealedKey, TenantDoc, UpstreamPoolDoc,
 };
 use strait_node::config::hash_key;
 
@@ -35,7 +35,10 @@ pub struct RouteTable {
 
 impl RouteTable {
     fn new() -> Self {
-        RouteTable { router: Router::new(), routes: Vec::new() }
+        RouteTable {
+            router: Router::new(),
+            routes: Vec::new(),
+        }
     }
 
     fn add(mut self, method: Method, path: &'static str, handler: MethodRouter<AppState>) -> Self {
@@ -66,12 +69,32 @@ fn admin_routes() -> RouteTable {
         .add(Method::DELETE, "/v1/tenants/{name}", delete(delete_tenant))
         .add(Method::GET, "/v1/pools", get(list_pools))
         .add(Method::POST, "/v1/pools/{name}/keys", post(add_pool_key))
-        .add(Method::DELETE, "/v1/pools/{name}/keys/{id}", delete(remove_pool_key))
+        .add(
+            Method::DELETE,
+            "/v1/pools/{name}/keys/{id}",
+            delete(remove_pool_key),
+        )
         .add(Method::PUT, "/v1/regions/{region}", put(put_region))
-        .add(Method::POST, "/v1/regions/{region}/drain", post(drain_region))
-        .add(Method::POST, "/v1/regions/{region}/undrain", post(undrain_region))
-        .add(Method::POST, "/v1/nodes/{region}/{id}/drain", post(drain_node))
-        .add(Method::POST, "/v1/nodes/{region}/{id}/undrain", post(undrain_node))
+        .add(
+            Method::POST,
+            "/v1/regions/{region}/drain",
+            post(drain_region),
+        )
+        .add(
+            Method::POST,
+            "/v1/regions/{region}/undrain",
+            post(undrain_region),
+        )
+        .add(
+            Method::POST,
+            "/v1/nodes/{region}/{id}/drain",
+            post(drain_node),
+        )
+        .add(
+            Method::POST,
+            "/v1/nodes/{region}/{id}/undrain",
+            post(undrain_node),
+        )
         .add(Method::GET, "/v1/cluster", get(cluster_view))
         .add(Method::GET, "/v1/leader", get(leader))
 }
@@ -98,7 +121,9 @@ pub fn route_list() -> Vec<(Method, &'static str)> {
 pub fn router(app: AppState) -> Router {
     let admin = admin_routes();
     let admin = RouteTable {
-        router: admin.router.route_layer(middleware::from_fn_with_state(app.clone(), require_token)),
+        router: admin
+            .router
+            .route_layer(middleware::from_fn_with_state(app.clone(), require_token)),
         routes: admin.routes,
     };
     let table = admin.merge(open_routes());
@@ -106,7 +131,10 @@ pub fn router(app: AppState) -> Router {
 }
 
 async fn no_route(method: Method, uri: axum::http::Uri) -> Error {
-    Error::new(ErrorKind::NoRoute, format!("no route for {method} {}", uri.path()))
+    Error::new(
+        ErrorKind::NoRoute,
+        format!("no route for {method} {}", uri.path()),
+    )
 }
 
 /// Rejects a request without `Authorization: Bearer <admin token>`.
@@ -115,12 +143,19 @@ async fn require_token(State(app): State<AppState>, req: Request, next: Next) ->
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim);
     match presented {
         Some(t) if app.token_matches(t) => next.run(req).await,
         Some(_) => Error::new(ErrorKind::Unauthorized, "wrong admin token").into_response(),
-        None => Error::new(ErrorKind::Unauthorized, "send the admin token as Authorization: Bearer <token>").into_response(),
+        None => Error::new(
+            ErrorKind::Unauthorized,
+            "send the admin token as Authorization: Bearer <token>",
+        )
+        .into_response(),
     }
 }
 
@@ -145,7 +180,9 @@ fn check_name(what: &str, s: &str) -> Result<()> {
     if valid_name(s) {
         Ok(())
     } else {
-        Err(Error::bad_request(format!("{what} {s:?}: use 1 to 64 lowercase letters, digits, '-' or '_'")))
+        Err(Error::bad_request(format!(
+            "{what} {s:?}: use 1 to 64 lowercase letters, digits, '-' or '_'"
+        )))
     }
 }
 
@@ -180,7 +217,9 @@ fn optional_ref(what: &str, v: Option<String>) -> Result<Option<String>> {
 }
 
 fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 fn random_hex<const N: usize>() -> String {
@@ -260,7 +299,10 @@ struct CreatedKey {
     revision: i64,
 }
 
-async fn create_key(State(app): State<AppState>, Body(req): Body<CreateKey>) -> Result<(StatusCode, Json<CreatedKey>)> {
+async fn create_key(
+    State(app): State<AppState>,
+    Body(req): Body<CreateKey>,
+) -> Result<(StatusCode, Json<CreatedKey>)> {
     check_name("name", &req.name)?;
     let tenant = optional_ref("tenant", req.tenant)?;
     let pool = optional_ref("pool", req.pool)?;
@@ -289,7 +331,14 @@ async fn create_key(State(app): State<AppState>, Body(req): Body<CreateKey>) -> 
         })
         .await?;
     tracing::info!(key_id = %view.id, name = %view.name, "client key created");
-    Ok((StatusCode::CREATED, Json(CreatedKey { view, key: secret, revision })))
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedKey {
+            view,
+            key: secret,
+            revision,
+        }),
+    ))
 }
 
 #[derive(Serialize)]
@@ -300,24 +349,46 @@ struct KeyList {
 
 async fn list_keys(State(app): State<AppState>) -> Result<Json<KeyList>> {
     let c = app.store.load().await?;
-    Ok(Json(KeyList { revision: c.revision, keys: c.client_keys.values().map(KeyView::from).collect() }))
+    Ok(Json(KeyList {
+        revision: c.revision,
+        keys: c.client_keys.values().map(KeyView::from).collect(),
+    }))
 }
 
 async fn get_key(State(app): State<AppState>, Path(id): Path<String>) -> Result<Json<KeyView>> {
     let c = app.store.load().await?;
-    c.client_keys.get(&id).map(|d| Json(KeyView::from(d))).ok_or_else(|| Error::not_found(format!("no client key {id:?}")))
+    c.client_keys
+        .get(&id)
+        .map(|d| Json(KeyView::from(d)))
+        .ok_or_else(|| Error::not_found(format!("no client key {id:?}")))
 }
 
-async fn update_key(State(app): State<AppState>, Path(id): Path<String>, Body(req): Body<UpdateKey>) -> Result<Json<KeyView>> {
+async fn update_key(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    Body(req): Body<UpdateKey>,
+) -> Result<Json<KeyView>> {
     if let Some(n) = &req.name {
         check_name("name", n)?;
     }
-    let tenant = req.tenant.map(|t| optional_ref("tenant", Some(t))).transpose()?;
-    let pool = req.pool.map(|p| optional_ref("pool", Some(p))).transpose()?;
-    let regions = req.allowed_regions.map(|r| normalize_regions(Some(r))).transpose()?;
+    let tenant = req
+        .tenant
+        .map(|t| optional_ref("tenant", Some(t)))
+        .transpose()?;
+    let pool = req
+        .pool
+        .map(|p| optional_ref("pool", Some(p)))
+        .transpose()?;
+    let regions = req
+        .allowed_regions
+        .map(|r| normalize_regions(Some(r)))
+        .transpose()?;
     let (view, _) = app
         .mutate(|c| {
-            let d = c.client_keys.get_mut(&id).ok_or_else(|| Error::not_found(format!("no client key {id:?}")))?;
+            let d = c
+                .client_keys
+                .get_mut(&id)
+                .ok_or_else(|| Error::not_found(format!("no client key {id:?}")))?;
             if let Some(n) = &req.name {
                 d.name = n.clone();
             }
@@ -342,7 +413,10 @@ async fn update_key(State(app): State<AppState>, Path(id): Path<String>, Body(re
 async fn revoke_key(State(app): State<AppState>, Path(id): Path<String>) -> Result<Json<KeyView>> {
     let (view, _) = app
         .mutate(|c| {
-            let d = c.client_keys.get_mut(&id).ok_or_else(|| Error::not_found(format!("no client key {id:?}")))?;
+            let d = c
+                .client_keys
+                .get_mut(&id)
+                .ok_or_else(|| Error::not_found(format!("no client key {id:?}")))?;
             d.revoked = true;
             Ok(KeyView::from(&*d))
         })
@@ -371,17 +445,34 @@ struct TenantList {
 
 async fn list_tenants(State(app): State<AppState>) -> Result<Json<TenantList>> {
     let c = app.store.load().await?;
-    Ok(Json(TenantList { revision: c.revision, tenants: c.tenants.into_values().collect() }))
+    Ok(Json(TenantList {
+        revision: c.revision,
+        tenants: c.tenants.into_values().collect(),
+    }))
 }
 
-async fn get_tenant(State(app): State<AppState>, Path(name): Path<String>) -> Result<Json<TenantDoc>> {
+async fn get_tenant(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<TenantDoc>> {
     let mut c = app.store.load().await?;
-    c.tenants.remove(&name).map(Json).ok_or_else(|| Error::not_found(format!("no tenant {name:?}")))
+    c.tenants
+        .remove(&name)
+        .map(Json)
+        .ok_or_else(|| Error::not_found(format!("no tenant {name:?}")))
 }
 
-async fn put_tenant(State(app): State<AppState>, Path(name): Path<String>, Body(req): Body<TenantBody>) -> Result<Json<TenantDoc>> {
+async fn put_tenant(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    Body(req): Body<TenantBody>,
+) -> Result<Json<TenantDoc>> {
     check_name("tenant", &name)?;
-    let doc = TenantDoc { name: name.clone(), limits: req.limits.unwrap_or_default(), allowed_regions: normalize_regions(req.allowed_regions)? };
+    let doc = TenantDoc {
+        name: name.clone(),
+        limits: req.limits.unwrap_or_default(),
+        allowed_regions: normalize_regions(req.allowed_regions)?,
+    };
     app.mutate(|c| {
         c.tenants.insert(name.clone(), doc.clone());
         Ok(())
@@ -390,9 +481,16 @@ async fn put_tenant(State(app): State<AppState>, Path(name): Path<String>, Body(
     Ok(Json(doc))
 }
 
-async fn delete_tenant(State(app): State<AppState>, Path(name): Path<String>) -> Result<Json<TenantDoc>> {
+async fn delete_tenant(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<TenantDoc>> {
     let (doc, _) = app
-        .mutate(|c| c.tenants.remove(&name).ok_or_else(|| Error::not_found(format!("no tenant {name:?}"))))
+        .mutate(|c| {
+            c.tenants
+                .remove(&name)
+                .ok_or_else(|| Error::not_found(format!("no tenant {name:?}")))
+        })
         .await?;
     Ok(Json(doc))
 }
@@ -410,7 +508,10 @@ struct AddPoolKey {
 // Never print the key, even in debug logs of the request.
 impl std::fmt::Debug for AddPoolKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AddPoolKey").field("label", &self.label).field("key", &"***").finish()
+        f.debug_struct("AddPoolKey")
+            .field("label", &self.label)
+            .field("key", &"***")
+            .finish()
     }
 }
 
@@ -439,12 +540,21 @@ struct PoolList {
     pools: Vec<PoolView>,
 }
 
-async fn add_pool_key(State(app): State<AppState>, Path(name): Path<String>, Body(req): Body<AddPoolKey>) -> Result<(StatusCode, Json<PoolKeyView>)> {
+async fn add_pool_key(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    Body(req): Body<AddPoolKey>,
+) -> Result<(StatusCode, Json<PoolKeyView>)> {
     check_name("pool", &name)?;
     check_name("label", &req.label)?;
     let key = req.key.trim();
-    if key.is_empty() || key.len() > 1024 || key.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
-        return Err(Error::bad_request("key: give the upstream API key (1 to 1024 characters, no spaces)"));
+    if key.is_empty()
+        || key.len() > 1024
+        || key.chars().any(|ch| ch.is_whitespace() || ch.is_control())
+    {
+        return Err(Error::bad_request(
+            "key: give the upstream API key (1 to 1024 characters, no spaces)",
+        ));
     }
     let id = format!("uk_{}", random_hex::<8>());
     // Sealed here, before anything reaches etcd; the plaintext is dropped with `req`.
@@ -460,7 +570,14 @@ async fn add_pool_key(State(app): State<AppState>, Path(name): Path<String>, Bod
     })
     .await?;
     tracing::info!(pool = %name, key_id = %id, label = %label, "upstream key added");
-    Ok((StatusCode::CREATED, Json(PoolKeyView { pool: name, id, label })))
+    Ok((
+        StatusCode::CREATED,
+        Json(PoolKeyView {
+            pool: name,
+            id,
+            label,
+        }),
+    ))
 }
 
 async fn list_pools(State(app): State<AppState>) -> Result<Json<PoolList>> {
@@ -468,21 +585,48 @@ async fn list_pools(State(app): State<AppState>) -> Result<Json<PoolList>> {
     let pools = c
         .pools
         .into_values()
-        .map(|p| PoolView { name: p.name, keys: p.keys.into_iter().map(|k| KeyLabel { id: k.id, label: k.label }).collect() })
+        .map(|p| PoolView {
+            name: p.name,
+            keys: p
+                .keys
+                .into_iter()
+                .map(|k| KeyLabel {
+                    id: k.id,
+                    label: k.label,
+                })
+                .collect(),
+        })
         .collect();
-    Ok(Json(PoolList { revision: c.revision, pools }))
+    Ok(Json(PoolList {
+        revision: c.revision,
+        pools,
+    }))
 }
 
-async fn remove_pool_key(State(app): State<AppState>, Path((name, id)): Path<(String, String)>) -> Result<Json<PoolKeyView>> {
+async fn remove_pool_key(
+    State(app): State<AppState>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<Json<PoolKeyView>> {
     let (label, _) = app
         .mutate(|c| {
-            let pool = c.pools.get_mut(&name).ok_or_else(|| Error::not_found(format!("no upstream pool {name:?}")))?;
-            let at = pool.keys.iter().position(|k| k.id == id).ok_or_else(|| Error::not_found(format!("pool {name}: no key {id:?}")))?;
+            let pool = c
+                .pools
+                .get_mut(&name)
+                .ok_or_else(|| Error::not_found(format!("no upstream pool {name:?}")))?;
+            let at = pool
+                .keys
+                .iter()
+                .position(|k| k.id == id)
+                .ok_or_else(|| Error::not_found(format!("pool {name}: no key {id:?}")))?;
             Ok(pool.keys.remove(at).label)
         })
         .await?;
     tracing::info!(pool = %name, key_id = %id, "upstream key removed");
-    Ok(Json(PoolKeyView { pool: name, id, label }))
+    Ok(Json(PoolKeyView {
+        pool: name,
+        id,
+        label,
+    }))
 }
 
 // ---------------------------------------------------------------------------------
@@ -503,7 +647,10 @@ struct RegionView {
 async fn set_region(app: &App, region: String, draining: bool) -> Result<Json<RegionView>> {
     check_name("region", &region)?;
     app.mutate(|c| {
-        c.regions.entry(region.clone()).or_insert_with(RegionDoc::default).draining = draining;
+        c.regions
+            .entry(region.clone())
+            .or_insert_with(RegionDoc::default)
+            .draining = draining;
         Ok(())
     })
     .await?;
@@ -511,15 +658,25 @@ async fn set_region(app: &App, region: String, draining: bool) -> Result<Json<Re
     Ok(Json(RegionView { region, draining }))
 }
 
-async fn put_region(State(app): State<AppState>, Path(region): Path<String>, Body(req): Body<RegionBody>) -> Result<Json<RegionView>> {
+async fn put_region(
+    State(app): State<AppState>,
+    Path(region): Path<String>,
+    Body(req): Body<RegionBody>,
+) -> Result<Json<RegionView>> {
     set_region(&app, region, req.draining).await
 }
 
-async fn drain_region(State(app): State<AppState>, Path(region): Path<String>) -> Result<Json<RegionView>> {
+async fn drain_region(
+    State(app): State<AppState>,
+    Path(region): Path<String>,
+) -> Result<Json<RegionView>> {
     set_region(&app, region, true).await
 }
 
-async fn undrain_region(State(app): State<AppState>, Path(region): Path<String>) -> Result<Json<RegionView>> {
+async fn undrain_region(
+    State(app): State<AppState>,
+    Path(region): Path<String>,
+) -> Result<Json<RegionView>> {
     set_region(&app, region, false).await
 }
 
@@ -532,7 +689,12 @@ struct NodeDrainView {
     registered: bool,
 }
 
-async fn set_node_drain(app: &App, region: String, node: String, draining: bool) -> Result<Json<NodeDrainView>> {
+async fn set_node_drain(
+    app: &App,
+    region: String,
+    node: String,
+    draining: bool,
+) -> Result<Json<NodeDrainView>> {
     check_name("region", &region)?;
     check_name("node id", &node)?;
     app.mutate(|c| {
@@ -545,16 +707,32 @@ async fn set_node_drain(app: &App, region: String, node: String, draining: bool)
         Ok(())
     })
     .await?;
-    let registered = app.store.nodes().await.map(|ns| ns.iter().any(|n| n.region == region && n.id == node)).unwrap_or(false);
+    let registered = app
+        .store
+        .nodes()
+        .await
+        .map(|ns| ns.iter().any(|n| n.region == region && n.id == node))
+        .unwrap_or(false);
     tracing::info!(region = %region, node = %node, draining, "node drain set");
-    Ok(Json(NodeDrainView { region, node, draining, registered }))
+    Ok(Json(NodeDrainView {
+        region,
+        node,
+        draining,
+        registered,
+    }))
 }
 
-async fn drain_node(State(app): State<AppState>, Path((region, id)): Path<(String, String)>) -> Result<Json<NodeDrainView>> {
+async fn drain_node(
+    State(app): State<AppState>,
+    Path((region, id)): Path<(String, String)>,
+) -> Result<Json<NodeDrainView>> {
     set_node_drain(&app, region, id, true).await
 }
 
-async fn undrain_node(State(app): State<AppState>, Path((region, id)): Path<(String, String)>) -> Result<Json<NodeDrainView>> {
+async fn undrain_node(
+    State(app): State<AppState>,
+    Path((region, id)): Path<(String, String)>,
+) -> Result<Json<NodeDrainView>> {
     set_node_drain(&app, region, id, false).await
 }
 
@@ -596,15 +774,35 @@ async fn cluster_view(State(app): State<AppState>) -> Result<Json<ClusterView>> 
     let leader = app.store.leader().await.ok().flatten();
     let mut regions: BTreeMap<String, RegionStatus> = BTreeMap::new();
     for (name, d) in &c.regions {
-        regions.insert(name.clone(), RegionStatus { name: name.clone(), draining: d.draining, nodes: Vec::new() });
+        regions.insert(
+            name.clone(),
+            RegionStatus {
+                name: name.clone(),
+                draining: d.draining,
+                nodes: Vec::new(),
+            },
+        );
     }
     for n in nodes {
         let region_draining = c.regions.get(&n.region).is_some_and(|r| r.draining);
-        let node_draining = c.drains.get(&(n.region.clone(), n.id.clone())).is_some_and(|d| d.draining);
-        let r = regions.entry(n.region.clone()).or_insert_with(|| RegionStatus { name: n.region.clone(), draining: false, nodes: Vec::new() });
+        let node_draining = c
+            .drains
+            .get(&(n.region.clone(), n.id.clone()))
+            .is_some_and(|d| d.draining);
+        let r = regions
+            .entry(n.region.clone())
+            .or_insert_with(|| RegionStatus {
+                name: n.region.clone(),
+                draining: false,
+                nodes: Vec::new(),
+            });
         r.nodes.push(node_view(n, region_draining || node_draining));
     }
-    Ok(Json(ClusterView { revision: c.revision, leader, regions: regions.into_values().collect() }))
+    Ok(Json(ClusterView {
+        revision: c.revision,
+        leader,
+        regions: regions.into_values().collect(),
+    }))
 }
 
 fn node_view(n: NodeRecord, drain_requested: bool) -> NodeView {
@@ -631,7 +829,11 @@ struct LeaderView {
 
 async fn leader(State(app): State<AppState>) -> Result<Json<LeaderView>> {
     let leader = app.store.leader().await?;
-    Ok(Json(LeaderView { leader, me: app.store.me().clone(), is_leader: app.store.is_leader() }))
+    Ok(Json(LeaderView {
+        leader,
+        me: app.store.me().clone(),
+        is_leader: app.store.is_leader(),
+    }))
 }
 
 #[derive(Debug, Serialize)]
@@ -657,14 +859,19 @@ async fn prometheus_sd(State(app): State<AppState>) -> Result<Json<Vec<SdTarget>
             };
             labels.insert("__meta_strait_state".to_string(), state.to_string());
             labels.insert("__meta_strait_version".to_string(), n.version);
-            SdTarget { targets: vec![n.admin_addr], labels }
+            SdTarget {
+                targets: vec![n.admin_addr],
+                labels,
+            }
         })
         .collect();
     Ok(Json(groups))
 }
 
 async fn healthz(State(app): State<AppState>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "pass", "id": app.store.me().id, "is_leader": app.store.is_leader() }))
+    Json(
+        serde_json::json!({ "status": "pass", "id": app.store.me().id, "is_leader": app.store.is_leader() }),
+    )
 }
 
 async fn openapi() -> Json<serde_json::Value> {

@@ -56,7 +56,10 @@ impl App {
     /// Applies `change` to the current config and commits the result if it is a valid
     /// snapshot. `change` may run more than once (after a conflicting write), so it
     /// must not draw fresh random values itself. Returns its output and the revision.
-    pub async fn mutate<T>(&self, mut change: impl FnMut(&mut ClusterConfig) -> Result<T>) -> Result<(T, i64)> {
+    pub async fn mutate<T>(
+        &self,
+        mut change: impl FnMut(&mut ClusterConfig) -> Result<T>,
+    ) -> Result<(T, i64)> {
         if !self.store.is_leader() {
             return Err(Error::not_leader(self.store.leader().await.ok().flatten()));
         }
@@ -67,12 +70,26 @@ impl App {
             let out = change(&mut after)?;
             let old = to_kvs(&before)?;
             let new = to_kvs(&after)?;
-            ClusterConfig::from_kvs(before.revision, new.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
-                .and_then(|cc| build_snapshot(&self.node_base, &cc, Some(&self.kek), None).map(|_| ()))
-                .map_err(|e| Error::bad_request(format!("rejected, nodes would refuse this cluster config: {e}")))?;
-            let puts: Vec<(String, Vec<u8>)> =
-                new.iter().filter(|(k, v)| old.get(*k) != Some(*v)).map(|(k, v)| (k.clone(), v.clone())).collect();
-            let deletes: Vec<String> = old.keys().filter(|k| !new.contains_key(*k)).cloned().collect();
+            ClusterConfig::from_kvs(
+                before.revision,
+                new.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+            )
+            .and_then(|cc| build_snapshot(&self.node_base, &cc, Some(&self.kek), None).map(|_| ()))
+            .map_err(|e| {
+                Error::bad_request(format!(
+                    "rejected, nodes would refuse this cluster config: {e}"
+                ))
+            })?;
+            let puts: Vec<(String, Vec<u8>)> = new
+                .iter()
+                .filter(|(k, v)| old.get(*k) != Some(*v))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let deletes: Vec<String> = old
+                .keys()
+                .filter(|k| !new.contains_key(*k))
+                .cloned()
+                .collect();
             if puts.is_empty() && deletes.is_empty() {
                 return Ok((out, before.revision));
             }
@@ -82,14 +99,18 @@ impl App {
                 Err(e) => return Err(e),
             }
         }
-        Err(Error::new(ErrorKind::Conflict, "the config kept changing during this write; retry"))
+        Err(Error::new(
+            ErrorKind::Conflict,
+            "the config kept changing during this write; retry",
+        ))
     }
 }
 
 /// The etcd keys and JSON values a snapshot is stored as (the inverse of `from_kvs`).
 pub fn to_kvs(c: &ClusterConfig) -> Result<BTreeMap<String, Vec<u8>>> {
     fn json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
-        serde_json::to_vec(v).map_err(|e| Error::internal(format!("serialising a config document: {e}")))
+        serde_json::to_vec(v)
+            .map_err(|e| Error::internal(format!("serialising a config document: {e}")))
     }
     let mut m = BTreeMap::new();
     for (name, d) in &c.tenants {

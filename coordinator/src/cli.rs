@@ -44,12 +44,24 @@ See docs/coordinator.md for the API and every route.";
 #[command(name = "strait-coordinator", version, about, long_about, after_help = EXAMPLES)]
 pub struct Cli {
     /// Coordinator admin API URL (client commands).
-    #[arg(long, global = true, env = "STRAIT_COORDINATOR_URL", default_value = "http://127.0.0.1:7070", value_name = "URL")]
+    #[arg(
+        long,
+        global = true,
+        env = "STRAIT_COORDINATOR_URL",
+        default_value = "http://127.0.0.1:7070",
+        value_name = "URL"
+    )]
     pub url: String,
 
     /// Admin token. For `serve`, the token clients must present; for the client
     /// commands, the one to send. Prefer the environment variable over the flag.
-    #[arg(long, global = true, env = "STRAIT_ADMIN_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        global = true,
+        env = "STRAIT_ADMIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     pub token: Option<String>,
 
     #[command(subcommand)]
@@ -103,7 +115,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "URL")]
     pub advertise_url: Option<String>,
     /// etcd endpoints, comma-separated [default: http://127.0.0.1:2379].
-    #[arg(long, env = "STRAIT_ETCD_ENDPOINTS", value_delimiter = ',', value_name = "URLS")]
+    #[arg(
+        long,
+        env = "STRAIT_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        value_name = "URLS"
+    )]
     pub etcd: Vec<String>,
     /// This coordinator's id [default: coordinator-<region>].
     #[arg(long, value_name = "ID")]
@@ -150,13 +167,23 @@ pub struct LimitArgs {
 
 impl LimitArgs {
     fn any(&self) -> bool {
-        self.rpm.is_some() || self.itpm.is_some() || self.otpm.is_some() || self.concurrency.is_some() || self.daily_tokens.is_some()
+        self.rpm.is_some()
+            || self.itpm.is_some()
+            || self.otpm.is_some()
+            || self.concurrency.is_some()
+            || self.daily_tokens.is_some()
     }
 
     /// `base` with the given flags overlaid.
     fn overlay(&self, base: &Value) -> Value {
         let mut m = base.as_object().cloned().unwrap_or_default();
-        for (k, v) in [("rpm", self.rpm), ("itpm", self.itpm), ("otpm", self.otpm), ("concurrency", self.concurrency), ("daily_tokens", self.daily_tokens)] {
+        for (k, v) in [
+            ("rpm", self.rpm),
+            ("itpm", self.itpm),
+            ("otpm", self.otpm),
+            ("concurrency", self.concurrency),
+            ("daily_tokens", self.daily_tokens),
+        ] {
             if let Some(v) = v {
                 m.insert(k.to_string(), json!(v));
             }
@@ -253,7 +280,13 @@ pub enum RegionsCmd {
         #[arg(long)]
         tenant: Option<String>,
         /// Allowed regions, comma-separated.
-        #[arg(long, value_delimiter = ',', value_name = "REGIONS", required_unless_present = "all", conflicts_with = "all")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            value_name = "REGIONS",
+            required_unless_present = "all",
+            conflicts_with = "all"
+        )]
         allow: Vec<String>,
         /// Allow every region.
         #[arg(long)]
@@ -281,7 +314,11 @@ pub enum DrainTarget {
 
 /// Runs the parsed command line; the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -328,8 +365,16 @@ pub fn serve_config(args: &ServeArgs, token: Option<String>) -> Result<Config> {
         raw.etcd_endpoints = Some(args.etcd.clone());
     }
     // A file named on the command line wins over the environment.
-    let admin_token = if args.admin_token_file.is_some() { None } else { token.map(Secret::new) };
-    let kek = if args.kek_file.is_some() { None } else { args.kek.clone().map(Secret::new) };
+    let admin_token = if args.admin_token_file.is_some() {
+        None
+    } else {
+        token.map(Secret::new)
+    };
+    let kek = if args.kek_file.is_some() {
+        None
+    } else {
+        args.kek.clone().map(Secret::new)
+    };
     Config::build(raw, SecretSources { admin_token, kek })
 }
 
@@ -345,8 +390,12 @@ fn serve(rt: &tokio::runtime::Runtime, args: ServeArgs, token: Option<String>) -
         println!("configuration OK\n{}", config.summary());
         return ExitCode::SUCCESS;
     }
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
     rt.block_on(async move {
         let running = match crate::server::start(config).await {
             Ok(r) => r,
@@ -403,25 +452,49 @@ impl AdminClient {
             .expect("ring supports the default protocol versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
-        AdminClient { base: base.trim_end_matches('/').to_string(), token, http: Client::builder(TokioExecutor::new()).build(https) }
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        AdminClient {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http: Client::builder(TokioExecutor::new()).build(https),
+        }
     }
 
     /// Sends one request; a JSON answer on 2xx, else an error with the API's message.
     /// A `not_leader` answer naming another coordinator is retried there once.
     pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value> {
-        match self.call_at(&self.base, method.clone(), path, body.clone()).await {
+        match self
+            .call_at(&self.base, method.clone(), path, body.clone())
+            .await
+        {
             Err((Some(leader_url), _)) if leader_url.trim_end_matches('/') != self.base => {
-                eprintln!("note: {} is not the leader; sending to {leader_url}", self.base);
-                self.call_at(leader_url.trim_end_matches('/'), method, path, body).await.map_err(|(_, e)| e)
+                eprintln!(
+                    "note: {} is not the leader; sending to {leader_url}",
+                    self.base
+                );
+                self.call_at(leader_url.trim_end_matches('/'), method, path, body)
+                    .await
+                    .map_err(|(_, e)| e)
             }
             r => r.map_err(|(_, e)| e),
         }
     }
 
-    async fn call_at(&self, base: &str, method: Method, path: &str, body: Option<Value>) -> std::result::Result<Value, (Option<String>, Error)> {
+    async fn call_at(
+        &self,
+        base: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> std::result::Result<Value, (Option<String>, Error)> {
         let plain = |e: Error| (None, e);
-        let mut req = Request::builder().method(method).uri(format!("{base}{path}"));
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{base}{path}"));
         if let Some(t) = &self.token {
             req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
         }
@@ -432,25 +505,42 @@ impl AdminClient {
             }
             None => Bytes::new(),
         };
-        let req = req.body(Full::new(bytes)).map_err(|e| plain(Error::client(format!("bad URL {base}{path}: {e}"))))?;
+        let req = req
+            .body(Full::new(bytes))
+            .map_err(|e| plain(Error::client(format!("bad URL {base}{path}: {e}"))))?;
         let resp = tokio::time::timeout(Duration::from_secs(15), self.http.request(req))
             .await
             .map_err(|_| plain(Error::client(format!("{base}: no answer within 15 s"))))?
             .map_err(|e| plain(Error::client(format!("cannot reach {base}: {e}"))))?;
         let status = resp.status();
-        let data = resp.into_body().collect().await.map_err(|e| plain(Error::client(e.to_string())))?.to_bytes();
-        let value: Value = serde_json::from_slice(&data).unwrap_or_else(|_| json!({ "raw": String::from_utf8_lossy(&data) }));
+        let data = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| plain(Error::client(e.to_string())))?
+            .to_bytes();
+        let value: Value = serde_json::from_slice(&data)
+            .unwrap_or_else(|_| json!({ "raw": String::from_utf8_lossy(&data) }));
         if status.is_success() {
             return Ok(value);
         }
-        let kind = value["error"]["type"].as_str().unwrap_or("error").to_string();
-        let msg = value["error"]["message"].as_str().map(str::to_string).unwrap_or_else(|| value.to_string());
+        let kind = value["error"]["type"]
+            .as_str()
+            .unwrap_or("error")
+            .to_string();
+        let msg = value["error"]["message"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| value.to_string());
         let leader = if status == StatusCode::SERVICE_UNAVAILABLE && kind == "not_leader" {
             value["error"]["leader"]["url"].as_str().map(str::to_string)
         } else {
             None
         };
-        Err((leader, Error::client(format!("HTTP {}: {kind}: {msg}", status.as_u16()))))
+        Err((
+            leader,
+            Error::client(format!("HTTP {}: {kind}: {msg}", status.as_u16())),
+        ))
     }
 }
 
@@ -467,7 +557,13 @@ pub async fn run_client(c: &AdminClient, cmd: Command) -> Result<()> {
     match cmd {
         Command::Serve(_) => unreachable!("handled by run"),
         Command::Keys(k) => match k {
-            KeysCmd::Create { name, tenant, pool, limits, allow } => {
+            KeysCmd::Create {
+                name,
+                tenant,
+                pool,
+                limits,
+                allow,
+            } => {
                 let mut body = json!({ "name": name, "limits": limits.overlay(&json!({})) });
                 if let Some(t) = tenant {
                     body["tenant"] = json!(t);
@@ -480,11 +576,21 @@ pub async fn run_client(c: &AdminClient, cmd: Command) -> Result<()> {
                 }
                 let v = c.call(Method::POST, "/v1/keys", Some(body)).await?;
                 print(&v);
-                eprintln!("Store the key now: it is not shown again (etcd keeps only its SHA-256).");
+                eprintln!(
+                    "Store the key now: it is not shown again (etcd keeps only its SHA-256)."
+                );
             }
             KeysCmd::List => print(&c.call(Method::GET, "/v1/keys", None).await?),
-            KeysCmd::Get { id } => print(&c.call(Method::GET, &format!("/v1/keys/{id}"), None).await?),
-            KeysCmd::Update { id, name, tenant, pool, limits } => {
+            KeysCmd::Get { id } => {
+                print(&c.call(Method::GET, &format!("/v1/keys/{id}"), None).await?)
+            }
+            KeysCmd::Update {
+                id,
+                name,
+                tenant,
+                pool,
+                limits,
+            } => {
                 let mut body = json!({});
                 if let Some(n) = name {
                     body["name"] = json!(n);
@@ -499,14 +605,27 @@ pub async fn run_client(c: &AdminClient, cmd: Command) -> Result<()> {
                     let current = c.call(Method::GET, &format!("/v1/keys/{id}"), None).await?;
                     body["limits"] = limits.overlay(&current["limits"]);
                 }
-                print(&c.call(Method::PATCH, &format!("/v1/keys/{id}"), Some(body)).await?);
+                print(
+                    &c.call(Method::PATCH, &format!("/v1/keys/{id}"), Some(body))
+                        .await?,
+                );
             }
-            KeysCmd::Revoke { id } => print(&c.call(Method::DELETE, &format!("/v1/keys/{id}"), None).await?),
+            KeysCmd::Revoke { id } => print(
+                &c.call(Method::DELETE, &format!("/v1/keys/{id}"), None)
+                    .await?,
+            ),
         },
         Command::Tenants(t) => match t {
-            TenantsCmd::Set { name, limits, allow } => {
+            TenantsCmd::Set {
+                name,
+                limits,
+                allow,
+            } => {
                 // Read-modify-write so that unspecified flags keep their values.
-                let current = match c.call(Method::GET, &format!("/v1/tenants/{name}"), None).await {
+                let current = match c
+                    .call(Method::GET, &format!("/v1/tenants/{name}"), None)
+                    .await
+                {
                     Ok(v) => v,
                     Err(e) if e.message.contains("not_found") => json!({}),
                     Err(e) => return Err(e),
@@ -517,11 +636,20 @@ pub async fn run_client(c: &AdminClient, cmd: Command) -> Result<()> {
                 } else if !current["allowed_regions"].is_null() {
                     body["allowed_regions"] = current["allowed_regions"].clone();
                 }
-                print(&c.call(Method::PUT, &format!("/v1/tenants/{name}"), Some(body)).await?);
+                print(
+                    &c.call(Method::PUT, &format!("/v1/tenants/{name}"), Some(body))
+                        .await?,
+                );
             }
             TenantsCmd::List => print(&c.call(Method::GET, "/v1/tenants", None).await?),
-            TenantsCmd::Get { name } => print(&c.call(Method::GET, &format!("/v1/tenants/{name}"), None).await?),
-            TenantsCmd::Delete { name } => print(&c.call(Method::DELETE, &format!("/v1/tenants/{name}"), None).await?),
+            TenantsCmd::Get { name } => print(
+                &c.call(Method::GET, &format!("/v1/tenants/{name}"), None)
+                    .await?,
+            ),
+            TenantsCmd::Delete { name } => print(
+                &c.call(Method::DELETE, &format!("/v1/tenants/{name}"), None)
+                    .await?,
+            ),
         },
         Command::Pools(p) => match p {
             PoolsCmd::AddKey { pool, label, key } => {
@@ -530,40 +658,80 @@ pub async fn run_client(c: &AdminClient, cmd: Command) -> Result<()> {
                     None => {
                         eprintln!("reading the upstream key from standard input...");
                         let mut s = String::new();
-                        std::io::stdin().read_to_string(&mut s).map_err(|e| Error::client(format!("reading standard input: {e}")))?;
+                        std::io::stdin()
+                            .read_to_string(&mut s)
+                            .map_err(|e| Error::client(format!("reading standard input: {e}")))?;
                         s
                     }
                 };
                 let key = key.trim().to_string();
                 if key.is_empty() {
-                    return Err(Error::client("no upstream key: set STRAIT_UPSTREAM_KEY or pipe the key in"));
+                    return Err(Error::client(
+                        "no upstream key: set STRAIT_UPSTREAM_KEY or pipe the key in",
+                    ));
                 }
-                let v = c.call(Method::POST, &format!("/v1/pools/{pool}/keys"), Some(json!({ "label": label, "key": key }))).await?;
+                let v = c
+                    .call(
+                        Method::POST,
+                        &format!("/v1/pools/{pool}/keys"),
+                        Some(json!({ "label": label, "key": key })),
+                    )
+                    .await?;
                 print(&v);
             }
             PoolsCmd::List => print(&c.call(Method::GET, "/v1/pools", None).await?),
-            PoolsCmd::RemoveKey { pool, id } => print(&c.call(Method::DELETE, &format!("/v1/pools/{pool}/keys/{id}"), None).await?),
+            PoolsCmd::RemoveKey { pool, id } => print(
+                &c.call(Method::DELETE, &format!("/v1/pools/{pool}/keys/{id}"), None)
+                    .await?,
+            ),
         },
         Command::Regions(r) => match r {
-            RegionsCmd::Policy { key, tenant, allow, all } => {
+            RegionsCmd::Policy {
+                key,
+                tenant,
+                allow,
+                all,
+            } => {
                 let regions = if all { json!([]) } else { json!(allow) };
                 if let Some(id) = key {
-                    print(&c.call(Method::PATCH, &format!("/v1/keys/{id}"), Some(json!({ "allowed_regions": regions }))).await?);
+                    print(
+                        &c.call(
+                            Method::PATCH,
+                            &format!("/v1/keys/{id}"),
+                            Some(json!({ "allowed_regions": regions })),
+                        )
+                        .await?,
+                    );
                 } else if let Some(name) = tenant {
-                    let current = c.call(Method::GET, &format!("/v1/tenants/{name}"), None).await?;
-                    let body = json!({ "limits": current["limits"].clone(), "allowed_regions": regions });
-                    print(&c.call(Method::PUT, &format!("/v1/tenants/{name}"), Some(body)).await?);
+                    let current = c
+                        .call(Method::GET, &format!("/v1/tenants/{name}"), None)
+                        .await?;
+                    let body =
+                        json!({ "limits": current["limits"].clone(), "allowed_regions": regions });
+                    print(
+                        &c.call(Method::PUT, &format!("/v1/tenants/{name}"), Some(body))
+                            .await?,
+                    );
                 }
             }
-            RegionsCmd::Drain { region } => print(&c.call(Method::POST, &format!("/v1/regions/{region}/drain"), None).await?),
-            RegionsCmd::Undrain { region } => print(&c.call(Method::POST, &format!("/v1/regions/{region}/undrain"), None).await?),
+            RegionsCmd::Drain { region } => print(
+                &c.call(Method::POST, &format!("/v1/regions/{region}/drain"), None)
+                    .await?,
+            ),
+            RegionsCmd::Undrain { region } => print(
+                &c.call(Method::POST, &format!("/v1/regions/{region}/undrain"), None)
+                    .await?,
+            ),
         },
         Command::Nodes(NodesCmd::List) => {
             let v = c.call(Method::GET, "/v1/cluster", None).await?;
             print_nodes(&v);
         }
         Command::Drain(t) => print(&c.call(Method::POST, &drain_path(&t, "drain"), None).await?),
-        Command::Undrain(t) => print(&c.call(Method::POST, &drain_path(&t, "undrain"), None).await?),
+        Command::Undrain(t) => print(
+            &c.call(Method::POST, &drain_path(&t, "undrain"), None)
+                .await?,
+        ),
         Command::Cluster => print(&c.call(Method::GET, "/v1/cluster", None).await?),
         Command::Leader => print(&c.call(Method::GET, "/v1/leader", None).await?),
     }
@@ -578,20 +746,38 @@ fn drain_path(t: &DrainTarget, verb: &str) -> String {
 }
 
 fn print_nodes(cluster: &Value) {
-    println!("{:<12} {:<20} {:<9} {:<6} {:<5} {:>9} {:<22} VERSION", "REGION", "NODE", "STATE", "DRAIN", "PATH", "TTFB_MS", "ADMIN");
+    println!(
+        "{:<12} {:<20} {:<9} {:<6} {:<5} {:>9} {:<22} VERSION",
+        "REGION", "NODE", "STATE", "DRAIN", "PATH", "TTFB_MS", "ADMIN"
+    );
     for r in cluster["regions"].as_array().into_iter().flatten() {
         let nodes = r["nodes"].as_array().cloned().unwrap_or_default();
         if nodes.is_empty() {
-            println!("{:<12} (no live nodes){}", r["name"].as_str().unwrap_or(""), if r["draining"] == json!(true) { " draining" } else { "" });
+            println!(
+                "{:<12} (no live nodes){}",
+                r["name"].as_str().unwrap_or(""),
+                if r["draining"] == json!(true) {
+                    " draining"
+                } else {
+                    ""
+                }
+            );
         }
         for n in nodes {
-            let ttfb = n["path"]["ttfb_ms"].as_f64().map(|t| format!("{t:.1}")).unwrap_or_else(|| "-".into());
+            let ttfb = n["path"]["ttfb_ms"]
+                .as_f64()
+                .map(|t| format!("{t:.1}"))
+                .unwrap_or_else(|| "-".into());
             println!(
                 "{:<12} {:<20} {:<9} {:<6} {:<5} {:>9} {:<22} {}",
                 n["region"].as_str().unwrap_or(""),
                 n["id"].as_str().unwrap_or(""),
                 n["state"].as_str().unwrap_or(""),
-                if n["drain_requested"] == json!(true) { "yes" } else { "no" },
+                if n["drain_requested"] == json!(true) {
+                    "yes"
+                } else {
+                    "no"
+                },
                 n["path"]["status"].as_str().unwrap_or(""),
                 ttfb,
                 n["admin_addr"].as_str().unwrap_or(""),

@@ -47,8 +47,10 @@ impl RawConfig {
     }
 
     pub fn from_file(path: &Path) -> Result<RawConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::config(format!("cannot read {}: {e}", path.display())))?;
-        RawConfig::from_toml(&text).map_err(|e| Error::config(format!("{}: {}", path.display(), e.message)))
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::config(format!("cannot read {}: {e}", path.display())))?;
+        RawConfig::from_toml(&text)
+            .map_err(|e| Error::config(format!("{}: {}", path.display(), e.message)))
     }
 }
 
@@ -77,12 +79,14 @@ pub struct Config {
 fn duration(field: &str, text: Option<&str>, default: Duration) -> Result<Duration> {
     match text {
         None => Ok(default),
-        Some(t) => humantime::parse_duration(t).map_err(|e| Error::config(format!("{field}: {e} (e.g. \"5s\")"))),
+        Some(t) => humantime::parse_duration(t)
+            .map_err(|e| Error::config(format!("{field}: {e} (e.g. \"5s\")"))),
     }
 }
 
 fn read_secret_file(field: &str, path: &Path) -> Result<Secret> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::config(format!("{field} {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::config(format!("{field} {}: {e}", path.display())))?;
     Ok(Secret::new(text.trim().to_string()))
 }
 
@@ -91,20 +95,30 @@ impl Config {
     pub fn build(raw: RawConfig, secrets: SecretSources) -> Result<Config> {
         let region = raw.region.unwrap_or_else(|| "default".to_string());
         if !valid_name(&region) {
-            return Err(Error::config(format!("region {region:?}: use lowercase letters, digits, '-' or '_'")));
+            return Err(Error::config(format!(
+                "region {region:?}: use lowercase letters, digits, '-' or '_'"
+            )));
         }
         let id = raw.id.unwrap_or_else(|| format!("coordinator-{region}"));
         if !valid_name(&id) {
-            return Err(Error::config(format!("id {id:?}: use lowercase letters, digits, '-' or '_'")));
+            return Err(Error::config(format!(
+                "id {id:?}: use lowercase letters, digits, '-' or '_'"
+            )));
         }
         let listen_text = raw.listen.unwrap_or_else(|| "127.0.0.1:7070".to_string());
-        let listen: SocketAddr = listen_text.parse().map_err(|e| Error::config(format!("listen {listen_text:?}: {e}")))?;
+        let listen: SocketAddr = listen_text
+            .parse()
+            .map_err(|e| Error::config(format!("listen {listen_text:?}: {e}")))?;
         if let Some(u) = &raw.advertise_url {
             if !(u.starts_with("http://") || u.starts_with("https://")) {
-                return Err(Error::config(format!("advertise_url {u:?}: must start with http:// or https://")));
+                return Err(Error::config(format!(
+                    "advertise_url {u:?}: must start with http:// or https://"
+                )));
             }
         }
-        let etcd_endpoints = raw.etcd_endpoints.unwrap_or_else(|| vec!["http://127.0.0.1:2379".to_string()]);
+        let etcd_endpoints = raw
+            .etcd_endpoints
+            .unwrap_or_else(|| vec!["http://127.0.0.1:2379".to_string()]);
         if etcd_endpoints.is_empty() || etcd_endpoints.iter().any(|e| e.trim().is_empty()) {
             return Err(Error::config("etcd_endpoints: give at least one endpoint"));
         }
@@ -112,22 +126,42 @@ impl Config {
             (Some(t), _) => t,
             (None, Some(path)) => read_secret_file("admin_token_file", path)?,
             (None, None) => {
-                return Err(Error::config("no admin token: set STRAIT_ADMIN_TOKEN or admin_token_file"));
+                return Err(Error::config(
+                    "no admin token: set STRAIT_ADMIN_TOKEN or admin_token_file",
+                ));
             }
         };
         if admin_token.expose().len() < 16 {
-            return Err(Error::config("admin token: at least 16 characters (e.g. `openssl rand -hex 32`)"));
+            return Err(Error::config(
+                "admin token: at least 16 characters (e.g. `openssl rand -hex 32`)",
+            ));
         }
         let kek = match (secrets.kek, &raw.kek_file) {
-            (Some(k), _) => Kek::parse(k.expose()).map_err(|e| Error::config(format!("STRAIT_KEK: {e}")))?,
-            (None, Some(path)) => Kek::from_file(path).map_err(|e| Error::config(format!("kek_file: {e}")))?,
-            (None, None) => return Err(Error::config("no KEK: set STRAIT_KEK or kek_file (`openssl rand -hex 32`)")),
+            (Some(k), _) => {
+                Kek::parse(k.expose()).map_err(|e| Error::config(format!("STRAIT_KEK: {e}")))?
+            }
+            (None, Some(path)) => {
+                Kek::from_file(path).map_err(|e| Error::config(format!("kek_file: {e}")))?
+            }
+            (None, None) => {
+                return Err(Error::config(
+                    "no KEK: set STRAIT_KEK or kek_file (`openssl rand -hex 32`)",
+                ))
+            }
         };
-        let lease_ttl = duration("lease_ttl", raw.lease_ttl.as_deref(), Duration::from_secs(5))?;
+        let lease_ttl = duration(
+            "lease_ttl",
+            raw.lease_ttl.as_deref(),
+            Duration::from_secs(5),
+        )?;
         if lease_ttl < Duration::from_secs(2) || lease_ttl > Duration::from_secs(60) {
             return Err(Error::config("lease_ttl: between 2s and 60s"));
         }
-        let etcd_timeout = duration("etcd_timeout", raw.etcd_timeout.as_deref(), Duration::from_secs(3))?;
+        let etcd_timeout = duration(
+            "etcd_timeout",
+            raw.etcd_timeout.as_deref(),
+            Duration::from_secs(3),
+        )?;
         if etcd_timeout.is_zero() {
             return Err(Error::config("etcd_timeout: must be positive"));
         }

@@ -47,7 +47,12 @@ pub struct Election {
 impl Election {
     pub fn new(me: LeaderInfo, ttl: Duration, timeout: Duration) -> Election {
         let (tx, _) = watch::channel(None);
-        Election { me: Arc::new(me), ttl, timeout, state: Arc::new(tx) }
+        Election {
+            me: Arc::new(me),
+            ttl,
+            timeout,
+            state: Arc::new(tx),
+        }
     }
 
     pub fn me(&self) -> &LeaderInfo {
@@ -72,11 +77,16 @@ impl Election {
     pub async fn current_leader(&self, client: &Client) -> Result<Option<LeaderInfo>> {
         let mut c = client.clone();
         match tokio::time::timeout(self.timeout, c.leader(ELECTION_NAME)).await {
-            Err(_) => Err(Error::new(ErrorKind::Unavailable, "etcd: timed out asking for the leader")),
+            Err(_) => Err(Error::new(
+                ErrorKind::Unavailable,
+                "etcd: timed out asking for the leader",
+            )),
             // etcd answers "election: no leader" as a gRPC error.
             Ok(Err(e)) if e.to_string().contains("no leader") => Ok(None),
             Ok(Err(e)) => Err(e.into()),
-            Ok(Ok(resp)) => Ok(resp.kv().and_then(|kv| serde_json::from_slice(kv.value()).ok())),
+            Ok(Ok(resp)) => Ok(resp
+                .kv()
+                .and_then(|kv| serde_json::from_slice(kv.value()).ok())),
         }
     }
 
@@ -134,7 +144,11 @@ impl Election {
 
     /// One term: grant a lease, keep it alive, campaign, lead until something fails.
     /// Returns only with an error (or never while all is well).
-    async fn term(&self, client: &Client, lease_holder: &std::sync::Mutex<Option<i64>>) -> Result<()> {
+    async fn term(
+        &self,
+        client: &Client,
+        lease_holder: &std::sync::Mutex<Option<i64>>,
+    ) -> Result<()> {
         let mut c = client.clone();
         let ttl_secs = self.ttl.as_secs().max(1) as i64;
         let grant = tokio::time::timeout(self.timeout, c.lease_grant(ttl_secs, None))
@@ -155,7 +169,11 @@ impl Election {
                 resp.leader().cloned().ok_or_else(|| Error::internal("campaign answered without a leader key"))?
             }
         };
-        let leadership = Leadership { key: leader_key.key().to_vec(), create_revision: leader_key.rev(), lease };
+        let leadership = Leadership {
+            key: leader_key.key().to_vec(),
+            create_revision: leader_key.rev(),
+            lease,
+        };
         tracing::info!(id = %self.me.id, region = %self.me.region, "elected leader");
         self.state.send_replace(Some(leadership.clone()));
 
@@ -172,9 +190,12 @@ impl Election {
         let mut c = client;
         let interval = self.ttl / 3;
         let deadline = self.ttl * 2 / 3;
-        let (mut keeper, mut stream) = tokio::time::timeout(self.timeout, c.lease_keep_alive(lease))
-            .await
-            .map_err(|_| Error::new(ErrorKind::Unavailable, "etcd: keep-alive stream timed out"))??;
+        let (mut keeper, mut stream) =
+            tokio::time::timeout(self.timeout, c.lease_keep_alive(lease))
+                .await
+                .map_err(|_| {
+                    Error::new(ErrorKind::Unavailable, "etcd: keep-alive stream timed out")
+                })??;
         let mut last_ok = Instant::now();
         loop {
             let attempt = async {
@@ -183,13 +204,23 @@ impl Election {
             };
             match tokio::time::timeout(interval, attempt).await {
                 Ok(Ok(Some(resp))) if resp.ttl() > 0 => last_ok = Instant::now(),
-                Ok(Ok(Some(_))) => return Err(Error::new(ErrorKind::Unavailable, "election lease expired")),
-                Ok(Ok(None)) => return Err(Error::new(ErrorKind::Unavailable, "keep-alive stream closed")),
+                Ok(Ok(Some(_))) => {
+                    return Err(Error::new(ErrorKind::Unavailable, "election lease expired"))
+                }
+                Ok(Ok(None)) => {
+                    return Err(Error::new(
+                        ErrorKind::Unavailable,
+                        "keep-alive stream closed",
+                    ))
+                }
                 Ok(Err(e)) => return Err(e.into()),
                 Err(_) => {}
             }
             if last_ok.elapsed() >= deadline {
-                return Err(Error::new(ErrorKind::Unavailable, "cannot renew the election lease"));
+                return Err(Error::new(
+                    ErrorKind::Unavailable,
+                    "cannot renew the election lease",
+                ));
             }
             let wait = interval.saturating_sub(last_ok.elapsed().min(interval));
             tokio::time::sleep(wait.max(Duration::from_millis(50))).await;
@@ -206,11 +237,19 @@ impl Election {
                 Some(resp) => {
                     if let Some(kv) = resp.kv() {
                         if kv.key() != mine.key.as_slice() {
-                            return Err(Error::new(ErrorKind::Unavailable, "another coordinator leads now"));
+                            return Err(Error::new(
+                                ErrorKind::Unavailable,
+                                "another coordinator leads now",
+                            ));
                         }
                     }
                 }
-                None => return Err(Error::new(ErrorKind::Unavailable, "election observe stream closed")),
+                None => {
+                    return Err(Error::new(
+                        ErrorKind::Unavailable,
+                        "election observe stream closed",
+                    ))
+                }
             }
         }
     }

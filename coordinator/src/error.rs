@@ -41,7 +41,9 @@ impl ErrorKind {
             ErrorKind::NotFound | ErrorKind::NoRoute => StatusCode::NOT_FOUND,
             ErrorKind::Conflict => StatusCode::CONFLICT,
             ErrorKind::NotLeader | ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorKind::Config | ErrorKind::Client | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Config | ErrorKind::Client | ErrorKind::Internal => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -73,7 +75,11 @@ pub struct Error {
 
 impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, message: message.into(), leader: None }
+        Error {
+            kind,
+            message: message.into(),
+            leader: None,
+        }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Error::new(ErrorKind::BadRequest, message)
@@ -92,10 +98,20 @@ impl Error {
     }
     pub fn not_leader(leader: Option<LeaderInfo>) -> Self {
         let message = match &leader {
-            Some(l) => format!("this coordinator is not the leader; send writes to {} ({})", l.id, l.url),
-            None => "this coordinator is not the leader and no leader is elected yet; retry shortly".to_string(),
+            Some(l) => format!(
+                "this coordinator is not the leader; send writes to {} ({})",
+                l.id, l.url
+            ),
+            None => {
+                "this coordinator is not the leader and no leader is elected yet; retry shortly"
+                    .to_string()
+            }
         };
-        Error { kind: ErrorKind::NotLeader, message, leader }
+        Error {
+            kind: ErrorKind::NotLeader,
+            message,
+            leader,
+        }
     }
 }
 
@@ -128,13 +144,25 @@ impl IntoResponse for Error {
         if status.is_server_error() && self.kind != ErrorKind::NotLeader {
             tracing::warn!(kind = self.kind.as_str(), message = %self.message, "request failed");
         }
-        let body = ErrorBody { error: ErrorDetail { kind: self.kind.as_str(), message: &self.message, leader: self.leader.as_ref() } };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                kind: self.kind.as_str(),
+                message: &self.message,
+                leader: self.leader.as_ref(),
+            },
+        };
         let mut resp = (status, axum::Json(body)).into_response();
         if self.kind == ErrorKind::Unauthorized {
-            resp.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
         }
         if self.kind == ErrorKind::NotLeader {
-            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
         }
         resp
     }

@@ -24,15 +24,30 @@ fn path_param(name: &str, description: &str) -> Value {
 }
 
 /// An operation behind the admin token; adds the common error answers.
-fn op(summary: &str, params: Vec<Value>, request: Option<Value>, success: (&str, Value), write: bool) -> Value {
+fn op(
+    summary: &str,
+    params: Vec<Value>,
+    request: Option<Value>,
+    success: (&str, Value),
+    write: bool,
+) -> Value {
     let mut responses = serde_json::Map::new();
     responses.insert(success.0.to_string(), success.1);
     responses.insert("401".into(), err("Missing or wrong admin token"));
-    responses.insert("400".into(), err("Invalid request, or the change would make the cluster config invalid"));
+    responses.insert(
+        "400".into(),
+        err("Invalid request, or the change would make the cluster config invalid"),
+    );
     responses.insert("404".into(), err("No such object"));
     if write {
-        responses.insert("409".into(), err("The config kept changing during the write; retry"));
-        responses.insert("503".into(), err("Not the leader (error.leader names it) or etcd unreachable"));
+        responses.insert(
+            "409".into(),
+            err("The config kept changing during the write; retry"),
+        );
+        responses.insert(
+            "503".into(),
+            err("Not the leader (error.leader names it) or etcd unreachable"),
+        );
     } else {
         responses.insert("503".into(), err("etcd unreachable"));
     }

@@ -33,7 +33,9 @@ pub async fn connect_etcd(endpoints: &[String], timeout: Duration) -> Result<Cli
     // No HTTP/2 keep-alive pings: etcd refuses pings more often than every 5 s,
     // and the election's own lease renewal notices a dead etcd sooner.
     let opts = ConnectOptions::new().with_connect_timeout(timeout);
-    Client::connect(endpoints, Some(opts)).await.map_err(Error::from)
+    Client::connect(endpoints, Some(opts))
+        .await
+        .map_err(Error::from)
 }
 
 /// Binds, connects, starts campaigning and serving. Returns once the listener is bound.
@@ -41,13 +43,30 @@ pub async fn start(config: Config) -> Result<Running> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| Error::config(format!("cannot listen on {}: {e}", config.listen)))?;
-    let addr = listener.local_addr().map_err(|e| Error::internal(e.to_string()))?;
-    let url = config.advertise_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::internal(e.to_string()))?;
+    let url = config
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
     let client = connect_etcd(&config.etcd_endpoints, config.etcd_timeout).await?;
-    let me = LeaderInfo { id: config.id.clone(), region: config.region.clone(), url: url.clone() };
+    let me = LeaderInfo {
+        id: config.id.clone(),
+        region: config.region.clone(),
+        url: url.clone(),
+    };
     let election = Election::new(me, config.lease_ttl, config.etcd_timeout);
-    let store = Arc::new(EtcdStore::new(client.clone(), election.clone(), config.etcd_timeout));
-    let app = Arc::new(App::new(store, config.kek.clone(), config.admin_token.expose()));
+    let store = Arc::new(EtcdStore::new(
+        client.clone(),
+        election.clone(),
+        config.etcd_timeout,
+    ));
+    let app = Arc::new(App::new(
+        store,
+        config.kek.clone(),
+        config.admin_token.expose(),
+    ));
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let election_task = tokio::spawn(election.clone().run(client, shutdown_rx.clone()));
@@ -62,7 +81,14 @@ pub async fn start(config: Config) -> Result<Running> {
         }
     });
     tracing::info!(id = %config.id, region = %config.region, %addr, %url, "coordinator started");
-    Ok(Running { addr, url, election, shutdown, election_task, http_task })
+    Ok(Running {
+        addr,
+        url,
+        election,
+        shutdown,
+        election_task,
+        http_task,
+    })
 }
 
 impl Running {

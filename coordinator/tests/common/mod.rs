@@ -25,7 +25,11 @@ pub const TOKEN: &str = "test-admin-token-0123456789abcdef";
 pub const KEK_HEX: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind port 0")
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A real etcd server for one test.
@@ -49,35 +53,76 @@ impl Etcd {
         let child = Command::new(bin)
             .args(["--name", "t", "--data-dir"])
             .arg(dir.path().join("data"))
-            .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
-            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("t={peer_url}"), "--logger=zap", "--log-outputs=stderr"])
+            .args([
+                "--listen-client-urls",
+                &endpoint,
+                "--advertise-client-urls",
+                &endpoint,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args([
+                "--initial-cluster",
+                &format!("t={peer_url}"),
+                "--logger=zap",
+                "--log-outputs=stderr",
+            ])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawn etcd");
-        let etcd = Etcd { endpoint, child, dir };
+        let etcd = Etcd {
+            endpoint,
+            child,
+            dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if let Ok(Ok(mut c)) = tokio::time::timeout(Duration::from_secs(1), Client::connect([&etcd.endpoint], None)).await {
+            if let Ok(Ok(mut c)) = tokio::time::timeout(
+                Duration::from_secs(1),
+                Client::connect([&etcd.endpoint], None),
+            )
+            .await
+            {
                 if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), c.status()).await {
                     return etcd;
                 }
             }
-            assert!(Instant::now() < deadline, "etcd did not become healthy; see {}", etcd.dir.path().join("etcd.log").display());
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not become healthy; see {}",
+                etcd.dir.path().join("etcd.log").display()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     pub async fn client(&self) -> Client {
-        Client::connect([&self.endpoint], None).await.expect("etcd client")
+        Client::connect([&self.endpoint], None)
+            .await
+            .expect("etcd client")
     }
 
     /// Every key and value under `/strait/`, as text.
     pub async fn dump(&self) -> Vec<(String, String)> {
         let mut c = self.client().await;
-        let resp = c.get("/strait/", Some(GetOptions::new().with_prefix())).await.expect("get /strait/");
-        resp.kvs().iter().map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), String::from_utf8_lossy(kv.value()).into_owned())).collect()
+        let resp = c
+            .get("/strait/", Some(GetOptions::new().with_prefix()))
+            .await
+            .expect("get /strait/");
+        resp.kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    String::from_utf8_lossy(kv.value()).into_owned(),
+                )
+            })
+            .collect()
     }
 }
 
@@ -89,7 +134,11 @@ impl Drop for Etcd {
 }
 
 fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
 }
 
 pub fn config(etcd: &Etcd, id: &str, region: &str) -> Config {
@@ -101,12 +150,21 @@ pub fn config(etcd: &Etcd, id: &str, region: &str) -> Config {
         lease_ttl: Some("2s".into()),
         ..Default::default()
     };
-    Config::build(raw, SecretSources { admin_token: Some(Secret::new(TOKEN)), kek: Some(Secret::new(KEK_HEX)) }).expect("valid test config")
+    Config::build(
+        raw,
+        SecretSources {
+            admin_token: Some(Secret::new(TOKEN)),
+            kek: Some(Secret::new(KEK_HEX)),
+        },
+    )
+    .expect("valid test config")
 }
 
 /// A coordinator in this process, already the leader.
 pub async fn leader(etcd: &Etcd) -> (Running, String) {
-    let running = strait_coordinator::server::start(config(etcd, "c1", "r1")).await.expect("coordinator starts");
+    let running = strait_coordinator::server::start(config(etcd, "c1", "r1"))
+        .await
+        .expect("coordinator starts");
     let url = running.url.clone();
     wait_until(Duration::from_secs(10), || running.election.is_leader()).await;
     (running, url)
@@ -115,7 +173,10 @@ pub async fn leader(etcd: &Etcd) -> (Running, String) {
 pub async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !f() {
-        assert!(Instant::now() < deadline, "condition not met within {limit:?}");
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -129,7 +190,19 @@ pub struct Proc {
 impl Proc {
     pub fn spawn(etcd: &Etcd, id: &str, region: &str) -> Proc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_strait-coordinator"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--etcd", &etcd.endpoint, "--id", id, "--region", region, "--lease-ttl", "2s"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--etcd",
+                &etcd.endpoint,
+                "--id",
+                id,
+                "--region",
+                region,
+                "--lease-ttl",
+                "2s",
+            ])
             .args(["--log-level", "warn"])
             .env("STRAIT_ADMIN_TOKEN", TOKEN)
             .env("STRAIT_KEK", KEK_HEX)
@@ -139,7 +212,9 @@ impl Proc {
             .expect("spawn strait-coordinator");
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
         let url = line.trim().rsplit(' ').next().expect("url").to_string();
         assert!(url.starts_with("http://"), "unexpected first line {line:?}");
         Proc { child, url }
@@ -166,7 +241,8 @@ pub struct Resp {
 
 /// Sends `method url` with an optional bearer token and JSON body.
 pub async fn call(method: Method, url: &str, token: Option<&str>, body: Option<Value>) -> Resp {
-    let client: HttpClient<HttpConnector, Full<Bytes>> = HttpClient::builder(TokioExecutor::new()).build_http();
+    let client: HttpClient<HttpConnector, Full<Bytes>> =
+        HttpClient::builder(TokioExecutor::new()).build_http();
     let mut req = Request::builder().method(method).uri(url);
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
@@ -178,14 +254,21 @@ pub async fn call(method: Method, url: &str, token: Option<&str>, body: Option<V
         }
         None => Bytes::new(),
     };
-    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req.body(Full::new(bytes)).unwrap()))
-        .await
-        .expect("answer within 10 s")
-        .expect("request");
+    let resp = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.request(req.body(Full::new(bytes)).unwrap()),
+    )
+    .await
+    .expect("answer within 10 s")
+    .expect("request");
     let status = resp.status();
     let data = resp.into_body().collect().await.unwrap().to_bytes();
     let text = String::from_utf8_lossy(&data).into_owned();
-    Resp { status, json: serde_json::from_str(&text).unwrap_or(Value::Null), text }
+    Resp {
+        status,
+        json: serde_json::from_str(&text).unwrap_or(Value::Null),
+        text,
+    }
 }
 
 pub async fn admin(method: Method, url: &str, body: Option<Value>) -> Resp {
@@ -194,7 +277,12 @@ pub async fn admin(method: Method, url: &str, body: Option<Value>) -> Resp {
 
 /// Adds an upstream key to `pool` through the API (client keys need one to be servable).
 pub async fn add_pool_key(url: &str, pool: &str, label: &str, key: &str) -> String {
-    let r = admin(Method::POST, &format!("{url}/v1/pools/{pool}/keys"), Some(serde_json::json!({"label": label, "key": key}))).await;
+    let r = admin(
+        Method::POST,
+        &format!("{url}/v1/pools/{pool}/keys"),
+        Some(serde_json::json!({"label": label, "key": key})),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     r.json["id"].as_str().unwrap().to_string()
 }
@@ -202,10 +290,14 @@ pub async fn add_pool_key(url: &str, pool: &str, label: &str, key: &str) -> Stri
 /// The `strait-node` binary of this workspace, built if needed (a test of another
 /// package cannot name it with `CARGO_BIN_EXE_*`).
 pub fn node_binary() -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_strait-coordinator")).parent().expect("target dir").to_path_buf();
+    let dir = Path::new(env!("CARGO_BIN_EXE_strait-coordinator"))
+        .parent()
+        .expect("target dir")
+        .to_path_buf();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-q", "-p", "strait-node", "--bin", "strait-node"]).current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd.args(["build", "-q", "-p", "strait-node", "--bin", "strait-node"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
     if dir.ends_with("release") {
         cmd.arg("--release");
     }
@@ -229,8 +321,25 @@ impl NodeProc {
     pub fn spawn(bin: &Path, etcd: &Etcd, region: &str, node_id: &str, upstream: &str) -> NodeProc {
         let state = tempfile::tempdir().unwrap();
         let mut child = Command::new(bin)
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json", "--no-access-log"])
-            .args(["--etcd", &etcd.endpoint, "--region", region, "--node-id", node_id, "--upstream", upstream])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--no-access-log",
+            ])
+            .args([
+                "--etcd",
+                &etcd.endpoint,
+                "--region",
+                region,
+                "--node-id",
+                node_id,
+                "--upstream",
+                upstream,
+            ])
             .arg("--state-dir")
             .arg(state.path())
             .env("STRAIT_KEK", KEK_HEX)
@@ -243,7 +352,10 @@ impl NodeProc {
             .expect("strait-node runs");
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
-        for stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
             let log = log.clone();
             let tx = tx.clone();
             std::thread::spawn(move || {
@@ -263,14 +375,27 @@ impl NodeProc {
                 break line;
             }
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("strait-node exited early ({status}): {}", log.lock().unwrap());
+                panic!(
+                    "strait-node exited early ({status}): {}",
+                    log.lock().unwrap()
+                );
             }
-            assert!(Instant::now() < deadline, "strait-node did not start: {}", log.lock().unwrap());
+            assert!(
+                Instant::now() < deadline,
+                "strait-node did not start: {}",
+                log.lock().unwrap()
+            );
         };
         let v: Value = serde_json::from_str(&line).expect("JSON log line");
         let public = format!("http://{}", v["public"].as_str().unwrap());
         let admin = format!("http://{}", v["admin"].as_str().unwrap());
-        NodeProc { child, public, admin, log, _state: state }
+        NodeProc {
+            child,
+            public,
+            admin,
+            log,
+            _state: state,
+        }
     }
 }
 
