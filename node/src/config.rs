@@ -400,8 +400,10 @@ impl Config {
     pub fn key_mode(&self) -> KeyMode {
         match (self.upstream.keys.is_empty(), self.auth.client_keys.is_empty()) {
             (true, _) => KeyMode::Passthrough,
-            (false, true) => KeyMode::Anonymous,
-            (false, false) => KeyMode::Managed,
+            (false, true) if self.auth.allow_anonymous => KeyMode::Anonymous,
+            // Upstream keys, no client keys and no --allow-anonymous: only in a
+            // cluster, whose client keys have not arrived yet. Nobody gets in.
+            (false, _) => KeyMode::Managed,
         }
     }
 }
@@ -521,7 +523,10 @@ impl RawConfig {
                  upstream.keys_file), or remove the client keys for passthrough mode",
             ));
         }
-        if !keys.is_empty() && client_keys.is_empty() && !self.auth.allow_anonymous {
+        // In a cluster, client keys may come from etcd: until they do, a node with
+        // upstream keys answers 401 to everyone (see `Config::key_mode`).
+        let cluster = validate_cluster(self.cluster)?;
+        if !keys.is_empty() && client_keys.is_empty() && !self.auth.allow_anonymous && cluster.is_none() {
             return Err(Error::config(
                 "upstream keys are configured but no client keys: anyone reaching this node \
                  could spend them. Configure client keys (STRAIT_CLIENT_KEYS or \
@@ -543,8 +548,6 @@ impl RawConfig {
             Some(n) if n > 1024 => return Err(Error::config("runtime.workers must be at most 1024")),
             Some(n) => Some(n),
         };
-
-        let cluster = validate_cluster(self.cluster)?;
 
         Ok(Config {
             public_listen,
@@ -747,6 +750,15 @@ mod tests {
         assert_eq!(c.lease_ttl, DEFAULT_LEASE_TTL);
         assert!(c.kek.is_some());
         assert!(!format!("{c:?}").contains("abab"), "the KEK never prints");
+    }
+
+    #[test]
+    fn a_cluster_node_with_upstream_keys_waits_for_client_keys_without_opening_up() {
+        let toml = "[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nregion = \"eu\"\n";
+        let c = RawConfig::from_toml(toml).unwrap().validate(keys(&["sk-up"]), vec![]).unwrap();
+        assert_eq!(c.key_mode(), KeyMode::Managed, "401 for everyone until client keys arrive from etcd");
+        let e = RawConfig::from_toml(toml).unwrap().validate(vec![], keys(&["client"])).unwrap_err();
+        assert!(e.message.contains("no upstream keys"), "{e}");
     }
 
     #[test]

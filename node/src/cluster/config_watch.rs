@@ -277,9 +277,10 @@ mod tests {
         assert_eq!(snap.pool.len(), 1);
         assert_eq!(snap.revision, 7);
 
-        assert!(build_snapshot(&base, &cc, None, None).unwrap_err().contains("no KEK"));
+        let Err(e) = build_snapshot(&base, &cc, None, None) else { panic!("no KEK must fail") };
+        assert!(e.contains("no KEK"), "{e}");
         let other = Kek::parse(&"cd".repeat(32)).unwrap();
-        let e = build_snapshot(&base, &cc, Some(&other), None).unwrap_err();
+        let Err(e) = build_snapshot(&base, &cc, Some(&other), None) else { panic!("wrong KEK must fail") };
         assert!(!e.contains("sk-ant"), "{e}");
     }
 }

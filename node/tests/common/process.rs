@@ -22,6 +22,7 @@ impl NodeProcess {
             .env_remove("STRAIT_UPSTREAM_KEYS")
             .env_remove("STRAIT_CLIENT_KEYS")
             .env_remove("RUST_LOG")
+            .env_remove("STRAIT_KEK")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in env {
