@@ -95,7 +95,19 @@ impl Election {
     /// without waiting for the TTL.
     pub async fn run(self, client: Client, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(200);
+        // Leases of earlier terms whose revocation failed (etcd was down). Until they
+        // are gone our own old key may still lead, and a new campaign would queue
+        // behind it for a whole TTL, so they are revoked first once etcd answers.
+        let mut stale: Vec<i64> = Vec::new();
         loop {
+            let mut kept = Vec::new();
+            for lease in stale.drain(..) {
+                if !self.revoke(&client, lease).await {
+                    kept.push(lease);
+                }
+            }
+            stale = kept;
+            let started = Instant::now();
             let lease_holder = std::sync::Mutex::new(None);
             let term = self.term(&client, &lease_holder);
             let stop = tokio::select! {
@@ -107,20 +119,22 @@ impl Election {
                 }
                 _ = async { let _ = shutdown.wait_for(|s| *s).await; } => true,
             };
-            if stop {
-                self.step_down("shutting down");
-                let lease = *lease_holder.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(lease) = lease {
-                    self.revoke(&client, lease).await;
-                }
-                return;
-            }
-            self.step_down("term ended");
+            self.step_down(if stop { "shutting down" } else { "term ended" });
             let lease = *lease_holder.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(lease) = lease {
-                // Without this, our own stale key would lead until its TTL runs out
-                // and the next campaign would queue behind it.
-                self.revoke(&client, lease).await;
+                if !self.revoke(&client, lease).await && !stop {
+                    stale.push(lease);
+                    // Bounded: leases expire by themselves after one TTL anyway.
+                    if stale.len() > 8 {
+                        stale.remove(0);
+                    }
+                }
+            }
+            if stop {
+                return;
+            }
+            if started.elapsed() > self.ttl {
+                backoff = Duration::from_millis(200);
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -137,9 +151,14 @@ impl Election {
         self.state.send_replace(None);
     }
 
-    async fn revoke(&self, client: &Client, lease: i64) {
+    /// Revokes `lease`; true once it is gone (revoked now or already unknown to etcd).
+    async fn revoke(&self, client: &Client, lease: i64) -> bool {
         let mut c = client.clone();
-        let _ = tokio::time::timeout(self.timeout, c.lease_revoke(lease)).await;
+        match tokio::time::timeout(self.timeout, c.lease_revoke(lease)).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => e.to_string().contains("not found"),
+            Err(_) => false,
+        }
     }
 
     /// One term: grant a lease, keep it alive, campaign, lead until something fails.

@@ -561,3 +561,27 @@ fn example_config_parses() {
     assert_eq!(c.lease_ttl, Duration::from_secs(5));
     assert!(!c.summary().contains(TOKEN));
 }
+
+#[tokio::test]
+async fn a_leader_that_loses_etcd_steps_down_and_leads_again_when_it_returns() {
+    let mut etcd = Etcd::start().await;
+    let (running, url) = leader(&etcd).await;
+    etcd.stop();
+    // Lease TTL 2 s: no renewal for 2/3 of it means stepping down.
+    let t = std::time::Instant::now();
+    wait_until(Duration::from_secs(4), || !running.election.is_leader()).await;
+    eprintln!("stepped down {:?} after etcd died", t.elapsed());
+    let r = admin(Method::PUT, &format!("{url}/v1/tenants/t1"), Some(json!({}))).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+    let r = admin(Method::GET, &format!("{url}/v1/keys"), None).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.json["error"]["type"], "unavailable");
+
+    etcd.restart().await;
+    let t = std::time::Instant::now();
+    wait_until(Duration::from_secs(10), || running.election.is_leader()).await;
+    eprintln!("leader again {:?} after etcd came back", t.elapsed());
+    let r = admin(Method::PUT, &format!("{url}/v1/tenants/t1"), Some(json!({}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    running.shutdown().await;
+}

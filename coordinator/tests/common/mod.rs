@@ -37,66 +37,60 @@ pub struct Etcd {
     pub endpoint: String,
     child: Child,
     pub dir: tempfile::TempDir,
+    ports: (u16, u16),
 }
 
 impl Etcd {
     /// Starts etcd on free ports and waits until it answers (at most 15 s).
     pub async fn start() -> Etcd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (client, peer) = (free_port(), free_port());
+        let child = Etcd::spawn(dir.path(), client, peer);
+        let etcd = Etcd { endpoint: format!("http://127.0.0.1:{client}"), child, dir, ports: (client, peer) };
+        etcd.wait_healthy().await;
+        etcd
+    }
+
+    /// Kills etcd (SIGKILL), keeping its data directory.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts etcd again on the same ports and data.
+    pub async fn restart(&mut self) {
+        self.child = Etcd::spawn(self.dir.path(), self.ports.0, self.ports.1);
+        self.wait_healthy().await;
+    }
+
+    fn spawn(dir: &Path, client: u16, peer: u16) -> Child {
         let bin = which("etcd").unwrap_or_else(|| {
             panic!("etcd is not installed: these tests need a real etcd (Debian: apt-get install etcd-server etcd-client)")
         });
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (client, peer) = (free_port(), free_port());
         let endpoint = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd log file");
-        let child = Command::new(bin)
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("etcd.log")).expect("etcd log file");
+        Command::new(bin)
             .args(["--name", "t", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args([
-                "--listen-client-urls",
-                &endpoint,
-                "--advertise-client-urls",
-                &endpoint,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-            ])
-            .args([
-                "--initial-cluster",
-                &format!("t={peer_url}"),
-                "--logger=zap",
-                "--log-outputs=stderr",
-            ])
+            .arg(dir.join("data"))
+            .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
+            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("t={peer_url}"), "--logger=zap", "--log-outputs=stderr"])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("spawn etcd");
-        let etcd = Etcd {
-            endpoint,
-            child,
-            dir,
-        };
+            .expect("spawn etcd")
+    }
+
+    async fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if let Ok(Ok(mut c)) = tokio::time::timeout(
-                Duration::from_secs(1),
-                Client::connect([&etcd.endpoint], None),
-            )
-            .await
-            {
+            if let Ok(Ok(mut c)) = tokio::time::timeout(Duration::from_secs(1), Client::connect([&self.endpoint], None)).await {
                 if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), c.status()).await {
-                    return etcd;
+                    return;
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "etcd did not become healthy; see {}",
-                etcd.dir.path().join("etcd.log").display()
-            );
+            assert!(Instant::now() < deadline, "etcd did not become healthy; see {}", self.dir.path().join("etcd.log").display());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
