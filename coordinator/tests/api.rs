@@ -571,7 +571,12 @@ async fn a_leader_that_loses_etcd_steps_down_and_leads_again_when_it_returns() {
     let t = std::time::Instant::now();
     wait_until(Duration::from_secs(4), || !running.election.is_leader()).await;
     eprintln!("stepped down {:?} after etcd died", t.elapsed());
-    let r = admin(Method::PUT, &format!("{url}/v1/tenants/t1"), Some(json!({}))).await;
+    let r = admin(
+        Method::PUT,
+        &format!("{url}/v1/tenants/t1"),
+        Some(json!({})),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
     let r = admin(Method::GET, &format!("{url}/v1/keys"), None).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -581,7 +586,77 @@ async fn a_leader_that_loses_etcd_steps_down_and_leads_again_when_it_returns() {
     let t = std::time::Instant::now();
     wait_until(Duration::from_secs(10), || running.election.is_leader()).await;
     eprintln!("leader again {:?} after etcd came back", t.elapsed());
-    let r = admin(Method::PUT, &format!("{url}/v1/tenants/t1"), Some(json!({}))).await;
+    let r = admin(
+        Method::PUT,
+        &format!("{url}/v1/tenants/t1"),
+        Some(json!({})),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_silently_steps_down_before_the_standby_takes_over() {
+    let etcd = Etcd::start().await;
+    // Coordinator A reaches etcd through a proxy that can hold packets (no reset).
+    let proxy = strait_chaos::faultproxy::FaultProxy::start(
+        etcd.endpoint.trim_start_matches("http://").parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut cfg = config(&etcd, "c-a", "r1");
+    cfg.etcd_endpoints = vec![format!("http://{}", proxy.addr())];
+    let a = strait_coordinator::server::start(cfg).await.unwrap();
+    wait_until(Duration::from_secs(10), || a.election.is_leader()).await;
+    let b = strait_coordinator::server::start(config(&etcd, "c-b", "r2"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!b.election.is_leader());
+
+    proxy.set_blackhole(true);
+    let cut = std::time::Instant::now();
+    let (mut a_down, mut b_up) = (None, None);
+    while b_up.is_none() {
+        let (la, lb) = (a.election.is_leader(), b.election.is_leader());
+        assert!(!(la && lb), "two coordinators believe they lead");
+        if !la && a_down.is_none() {
+            a_down = Some(cut.elapsed());
+        }
+        if lb {
+            b_up = Some(cut.elapsed());
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(6),
+            "no takeover: a leads {la}, b leads {lb}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!("silent etcd (TTL 2 s): old leader stepped down after {a_down:?}, standby led after {b_up:?}");
+    let r = admin(
+        Method::PUT,
+        &format!("{}/v1/tenants/t1", b.url),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+
+    // Back on the network, A stays a standby and names B.
+    proxy.set_blackhole(false);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!a.election.is_leader() && b.election.is_leader());
+    let r = admin(
+        Method::PUT,
+        &format!("{}/v1/tenants/t2", a.url),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+    assert_eq!(r.json["error"]["leader"]["id"], "c-b", "{}", r.text);
+    b.shutdown().await;
+    proxy.set_blackhole(false);
+    tokio::time::timeout(Duration::from_secs(10), a.shutdown())
+        .await
+        .ok();
 }

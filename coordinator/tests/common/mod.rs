@@ -46,7 +46,12 @@ impl Etcd {
         let dir = tempfile::tempdir().expect("tempdir");
         let (client, peer) = (free_port(), free_port());
         let child = Etcd::spawn(dir.path(), client, peer);
-        let etcd = Etcd { endpoint: format!("http://127.0.0.1:{client}"), child, dir, ports: (client, peer) };
+        let etcd = Etcd {
+            endpoint: format!("http://127.0.0.1:{client}"),
+            child,
+            dir,
+            ports: (client, peer),
+        };
         etcd.wait_healthy().await;
         etcd
     }
@@ -69,13 +74,32 @@ impl Etcd {
         });
         let endpoint = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("etcd.log")).expect("etcd log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("etcd.log"))
+            .expect("etcd log file");
         Command::new(bin)
             .args(["--name", "t", "--data-dir"])
             .arg(dir.join("data"))
-            .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
-            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("t={peer_url}"), "--logger=zap", "--log-outputs=stderr"])
+            .args([
+                "--listen-client-urls",
+                &endpoint,
+                "--advertise-client-urls",
+                &endpoint,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args([
+                "--initial-cluster",
+                &format!("t={peer_url}"),
+                "--logger=zap",
+                "--log-outputs=stderr",
+            ])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -85,12 +109,21 @@ impl Etcd {
     async fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if let Ok(Ok(mut c)) = tokio::time::timeout(Duration::from_secs(1), Client::connect([&self.endpoint], None)).await {
+            if let Ok(Ok(mut c)) = tokio::time::timeout(
+                Duration::from_secs(1),
+                Client::connect([&self.endpoint], None),
+            )
+            .await
+            {
                 if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), c.status()).await {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "etcd did not become healthy; see {}", self.dir.path().join("etcd.log").display());
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not become healthy; see {}",
+                self.dir.path().join("etcd.log").display()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
