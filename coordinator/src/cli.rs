@@ -198,6 +198,7 @@ pub enum KeysCmd {
     Create {
         /// Name for logs and metrics (lowercase, digits, - or _).
         name: String,
+        /// Tenant whose limits and region policy also apply (must exist: `tenants set`).
         #[arg(long)]
         tenant: Option<String>,
         /// Upstream pool [default: default].
