@@ -617,12 +617,12 @@ fn validate_cluster(c: RawCluster) -> Result<Option<Cluster>> {
             return Err(Error::config("the KEK is given twice: set either STRAIT_KEK or cluster.kek_file"))
         }
         (Some(k), None) => Some(Kek::parse(k.expose()).map_err(|e| Error::config(format!("STRAIT_KEK: {e}")))?),
-        (None, Some(path)) => {
-            Some(Kek::from_file(path).map_err(|e| Error::config(format!("cluster.kek_file: {e}")))?)
-        }
+        (None, Some(path)) => Some(Kek::from_file(path).map_err(|e| Error::config(format!("cluster.kek_file: {e}")))?),
         (None, None) => None,
     };
-    for (field, v) in [("cluster.advertise_public", &c.advertise_public), ("cluster.advertise_admin", &c.advertise_admin)] {
+    for (field, v) in
+        [("cluster.advertise_public", &c.advertise_public), ("cluster.advertise_admin", &c.advertise_admin)]
+    {
         if v.as_deref().is_some_and(|s| s.trim().is_empty() || s.contains(char::is_whitespace)) {
             return Err(Error::config(format!("{field} must be host:port")));
         }

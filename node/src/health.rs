@@ -141,10 +141,14 @@ impl Health {
             let connected = cluster.connected.load(Ordering::Relaxed);
             let revision = cluster.revision.load(Ordering::Relaxed);
             let from_disk = cluster.from_disk.load(Ordering::Relaxed);
-            // etcd down is a warning, not a failure: the node serves its last good
-            // config, and moving clients away would not help them.
-            let status = if connected { Status::Pass } else { Status::Warn };
+            let rejected = cluster.rejected_revision.load(Ordering::Relaxed);
+            // etcd down or a rejected change is a warning, not a failure: the node
+            // serves its last good config, and moving clients away would not help them.
+            let status = if connected && rejected == 0 { Status::Pass } else { Status::Warn };
             let output = match (connected, revision, from_disk) {
+                (true, r, _) if rejected != 0 => {
+                    format!("cluster config at revision {rejected} rejected (see logs); serving revision {r}")
+                }
                 (true, _, _) => String::new(),
                 (false, 0, _) => "etcd unreachable; no cluster config yet, serving the file config".to_string(),
                 (false, r, true) => format!("etcd unreachable; serving the config snapshot from disk (revision {r})"),

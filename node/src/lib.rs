@@ -13,7 +13,8 @@
 //! Around them: [`proxy`] (the pipeline), [`error`] (the one error type and its HTTP
 //! mapping), [`config`] and [`cli`] (typed, validated configuration), [`health`] and
 //! [`admin`] (health and metrics endpoints), [`server`] (start, signals, drain),
-//! [`body`] (body types), [`telemetry`] (logging).
+//! [`body`] (body types), [`telemetry`] (logging), [`cluster`] (membership and live
+//! config in etcd; the node alone on its file config when no etcd is configured).
 
 pub mod accept;
 pub mod account;

@@ -15,7 +15,7 @@ use common::etcd::Etcd;
 use common::process::NodeProcess;
 use common::*;
 use etcd_client::Client;
-use strait_chaos::mock::{MockConfig, MockHandle, MockUpstream};
+use strait_chaos::mock::{MockConfig, MockHandle, MockUpstream, Pacing};
 use strait_node::cluster::crypto::Kek;
 use strait_node::cluster::schema::*;
 use strait_node::config::hash_key;
@@ -38,10 +38,18 @@ struct Cluster {
 
 impl Cluster {
     async fn start() -> Cluster {
+        Cluster::start_with(Pacing::default()).await
+    }
+
+    async fn start_with(pacing: Pacing) -> Cluster {
         let etcd = Etcd::start();
-        let mock = MockUpstream::start(MockConfig { valid_keys: Some(vec![SEALED_UPSTREAM.into()]), ..MockConfig::default() })
-            .await
-            .unwrap();
+        let mock = MockUpstream::start(MockConfig {
+            valid_keys: Some(vec![SEALED_UPSTREAM.into()]),
+            pacing,
+            ..MockConfig::default()
+        })
+        .await
+        .unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("node.toml"), format!("[cluster]\nlease_ttl = \"{}s\"\n", LEASE_TTL.as_secs())).unwrap();
         Cluster { etcd, mock, dir }
@@ -187,6 +195,12 @@ async fn register_and_expire_after_kill_9() {
     })
     .await;
     assert!(record(&mut c, "us", "node-b").await.is_some(), "the live node stays registered");
+    // The record carries the node's upstream path health, refreshed about every TTL.
+    assert_eq!(message(&b, CLIENT_KEY).await.status, 401, "passthrough (no keys in etcd): the mock refuses the client's own key");
+    eventually("path health in the record", LEASE_TTL * 3, || async {
+        record(&mut cl.client().await, "us", "node-b").await.is_some_and(|(r, _)| r.path.ttfb_ms.is_some())
+    })
+    .await;
     drop(a);
 }
 
@@ -227,6 +241,28 @@ async fn drain_from_etcd_flips_readiness_and_record_and_sigterm_deregisters() {
     assert_eq!(code.0, Some(0), "{}", code.1.log());
     assert!(record(&mut c, "eu", "node-a").await.is_none(), "record deleted on clean stop");
     assert!(code.1.log().contains("deregistered from etcd"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_marks_the_record_draining_until_streams_finish_then_deletes_it() {
+    let pacing = Pacing { ttft: Duration::ZERO, interval: Duration::from_millis(100), tokens: 15 };
+    let cl = Cluster::start_with(pacing).await;
+    let mut c = cl.client().await;
+    seed(&mut c).await;
+    let mut n = cl.node("eu", "node-a");
+    let url = format!("{}/v1/messages", n.url());
+    let stream = tokio::spawn(async move { post_json(&url, &auth(CLIENT_KEY), &message_body(true)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    n.signal("TERM");
+    eventually("record says draining while the stream runs", Duration::from_secs(1), || async {
+        record(&mut cl.client().await, "eu", "node-a").await.is_some_and(|(r, _)| r.state == NodeState::Draining)
+    })
+    .await;
+    let r = stream.await.unwrap();
+    assert_eq!(r.event_names().last().map(String::as_str), Some("message_stop"), "the stream finished: {}", r.text());
+    let (code, n) = tokio::task::spawn_blocking(move || (n.wait(Duration::from_secs(15)), n)).await.unwrap();
+    assert_eq!(code, Some(0), "{}", n.log());
+    assert!(record(&mut c, "eu", "node-a").await.is_none(), "deleted on exit, not left to expire");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -350,7 +386,14 @@ async fn invalid_config_is_rejected_and_the_previous_snapshot_kept() {
     let log = n.log();
     assert!(log.contains("cluster config rejected"), "{log}");
     assert!(log.contains("unknown tenant"), "the reason is logged: {log}");
-    assert_eq!(readyz(&n).await.status, 200);
+    let r = readyz(&n).await;
+    assert_eq!(r.status, 200, "a rejected change warns, it does not fail");
+    let v = r.json();
+    assert_eq!(v["checks"]["etcd:cluster"][0]["status"], "warn", "{v}");
+    assert!(v["checks"]["etcd:cluster"][0]["output"].as_str().unwrap().contains("rejected"), "{v}");
+    // Fixing it clears the warning.
+    delete(&mut c, &client_key_key("ck-dangling")).await;
+    eventually("fixed", Duration::from_secs(2), || async { readyz(&n).await.json()["status"] == "pass" }).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,6 +30,15 @@ pub enum Source {
     Disk,
 }
 
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Source::Etcd => "etcd",
+            Source::Disk => "disk",
+        })
+    }
+}
+
 /// Applies cluster config to a running node.
 pub struct Applier {
     pub shared: Arc<Shared>,
@@ -53,8 +62,10 @@ impl Applier {
         let (cc, snap) = match built {
             Ok(v) => v,
             Err(reason) => {
+                let reason = redact_long_strings(&reason);
                 self.metrics.config_rejected.inc();
-                tracing::error!(revision, source = ?source, %reason, "cluster config rejected; keeping the previous snapshot");
+                self.shared.health.cluster.rejected_revision.store(revision, Ordering::Relaxed);
+                tracing::error!(revision, source = %source, %reason, "cluster config rejected; keeping the previous snapshot");
                 return false;
             }
         };
@@ -64,6 +75,7 @@ impl Applier {
         let status = &self.shared.health.cluster;
         status.revision.store(revision, Ordering::Relaxed);
         status.from_disk.store(source == Source::Disk, Ordering::Relaxed);
+        status.rejected_revision.store(0, Ordering::Relaxed);
         self.metrics.config_revision.set(revision);
         self.metrics.config_reloads.inc();
 
@@ -77,7 +89,7 @@ impl Applier {
             }
             status.record_changed.notify_one();
         }
-        tracing::info!(revision, source = ?source, client_keys, upstream_keys, draining, "cluster config applied");
+        tracing::info!(revision, source = %source, client_keys, upstream_keys, draining, "cluster config applied");
 
         if source == Source::Etcd {
             if let Err(e) = snapshot_file::write(&self.state_dir, revision, kvs) {
@@ -208,6 +220,27 @@ pub fn build_snapshot(
     })
 }
 
+/// Parse errors can quote a value ("invalid type: string ..."); an operator who
+/// pasted a key into the wrong field must not find it in the logs. Names and ids
+/// are short, keys are long: quoted strings over 32 characters are elided.
+fn redact_long_strings(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut parts = text.split('"');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    for (i, part) in parts.enumerate() {
+        out.push('"');
+        // Odd segments (i even here) are inside quotes.
+        if i % 2 == 0 && part.chars().count() > 32 {
+            out.push_str("<redacted>");
+        } else {
+            out.push_str(part);
+        }
+    }
+    out
+}
+
 fn open_pool(doc: &UpstreamPoolDoc, kek: Option<&Kek>) -> Result<Vec<(String, Secret)>, String> {
     if doc.keys.is_empty() {
         return Ok(Vec::new());
@@ -257,6 +290,44 @@ mod tests {
         };
         m.insert(client_key_key("ck1"), serde_json::to_vec(&key).unwrap());
         m
+    }
+
+    #[test]
+    fn a_key_on_a_named_pool_uses_it_and_cooldowns_carry_over() {
+        let kek = Kek::parse(&"ab".repeat(32)).unwrap();
+        let mut m = kvs(&kek);
+        let batch = UpstreamPoolDoc { name: "batch".into(), keys: vec![kek.seal("b1", "batch-1", "sk-ant-batch")] };
+        m.insert(pool_key("batch"), serde_json::to_vec(&batch).unwrap());
+        let mut key: ClientKeyDoc = serde_json::from_slice(&m[&client_key_key("ck1")]).unwrap();
+        key.pool = Some("batch".into());
+        m.insert(client_key_key("ck1"), serde_json::to_vec(&key).unwrap());
+        let cc = ClusterConfig::from_kvs(8, m.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).unwrap();
+        let base = RawConfig::default().validate(vec![Secret::new("sk-ant-env")], vec![Secret::new("local")]).unwrap();
+        let snap = build_snapshot(&base, &cc, Some(&kek), None).unwrap();
+        let mut h = http::HeaderMap::new();
+        h.insert("x-api-key", "client-secret".parse().unwrap());
+        let p = snap.auth.authenticate(&h).unwrap();
+        let pool = snap.pool_for(&p);
+        assert_eq!(pool.label(pool.pick(None).unwrap()), "batch-1");
+        assert_eq!(snap.pool.len(), 2, "env key and the sealed default key share the default pool");
+        h.insert("x-api-key", "local".parse().unwrap());
+        assert_eq!(snap.auth.authenticate(&h).unwrap().pool, 0, "file and env client keys still work");
+
+        let k = pool.pick(None).unwrap();
+        let mut rh = http::HeaderMap::new();
+        rh.insert("retry-after", "60".parse().unwrap());
+        pool.observe(k, http::StatusCode::TOO_MANY_REQUESTS, &rh);
+        let next = build_snapshot(&base, &cc, Some(&kek), Some(&snap)).unwrap();
+        assert_eq!(next.named_pools[0].1.census(), (0, 1, 0), "the resting key still rests after a swap");
+    }
+
+    #[test]
+    fn long_quoted_values_are_redacted_from_rejections() {
+        let r = redact_long_strings(
+            r#"k: invalid type: string "sk-ant-api03-0123456789abcdefghijklmnop", expected u64 at "x""#,
+        );
+        assert!(!r.contains("sk-ant"), "{r}");
+        assert!(r.contains("<redacted>") && r.contains("\"x\""), "{r}");
     }
 
     #[test]

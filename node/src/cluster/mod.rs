@@ -38,6 +38,9 @@ pub struct ClusterStatus {
     pub revision: AtomicI64,
     /// The config being served came from the on-disk snapshot, not from etcd.
     pub from_disk: AtomicBool,
+    /// Revision of the latest config that was rejected as invalid, 0 once a later
+    /// one was applied: `/readyz` warns while the cluster's config is not in force.
+    pub rejected_revision: AtomicI64,
     /// A region or node drain in the cluster config (SIGTERM drain is separate).
     pub draining: AtomicBool,
     /// Node records seen under `/strait/nodes/` (all regions), this node included.

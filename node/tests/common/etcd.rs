@@ -47,11 +47,8 @@ impl Etcd {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self._dir.path().join("etcd.log"))
-            .unwrap();
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self._dir.path().join("etcd.log")).unwrap();
         let child = Command::new(ETCD_BIN)
             .args(["--name", &self.name, "--data-dir"])
             .arg(&self.data)
