@@ -181,6 +181,17 @@ async fn register_and_expire_after_kill_9() {
             .await;
     }
 
+    // A second node with a taken id is told so in its log.
+    let twin = cl.node("eu", "node-a");
+    assert!(twin.log().contains("another node may be registered with this node id"), "{}", twin.log());
+    drop(twin);
+    // It took the record over; node-a writes it back at its next refresh. Wait for
+    // that so the expiry below measures node-a's lease.
+    eventually("node-a's record again", LEASE_TTL * 3, || async {
+        record(&mut cl.client().await, "eu", "node-a").await.is_some_and(|(r, _)| r.public_addr == a.public.to_string())
+    })
+    .await;
+
     // kill -9: no goodbye; the record goes when the lease expires.
     a.signal("KILL");
     let killed = Instant::now();
@@ -433,6 +444,32 @@ async fn etcd_restart_nodes_keep_serving_reregister_and_miss_no_change() {
     assert_ne!(lease_after, lease_before, "a fresh lease after the reconnect");
     assert_eq!(rec.state, NodeState::Serving);
     assert_eq!(readyz(&n).await.json()["status"], "pass");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_rebuilt_from_scratch_is_reloaded_not_waited_for() {
+    let mut cl = Cluster::start().await;
+    let mut c = cl.client().await;
+    seed(&mut c).await;
+    let n = cl.node("eu", "node-a");
+    put(&mut c, &client_key_key("ck-beta"), &client_key("ck-beta", "strait-beta-key", None)).await;
+    eventually("beta", Duration::from_secs(2), || async { message(&n, "strait-beta-key").await.status == 200 }).await;
+    drop(c);
+
+    // A new, empty etcd on the same address: its revisions are behind the node's.
+    cl.etcd.stop();
+    cl.etcd.wipe();
+    cl.etcd.restart();
+    let mut c = cl.client().await;
+    seed(&mut c).await;
+    eventually("reloaded from the new etcd", Duration::from_secs(10), || async {
+        metric(n.admin, "strait_etcd_connected").await == 1.0
+            && message(&n, "strait-beta-key").await.status == 401
+            && message(&n, CLIENT_KEY).await.status == 200
+    })
+    .await;
+    assert!(n.log().contains("revision went backwards"), "{}", n.log());
+    assert!(record(&mut c, "eu", "node-a").await.is_some(), "registered in the new etcd");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,6 +40,8 @@ pub struct Supervisor {
     /// Documents under `/strait/config/`, kept in step with the watch.
     config: BTreeMap<String, Vec<u8>>,
     members: Members,
+    /// The lease of our previous session, if any.
+    last_lease: Option<i64>,
 }
 
 /// Why a session ended.
@@ -65,6 +67,7 @@ impl Supervisor {
             last_rev: 0,
             config: BTreeMap::new(),
             members: Members::default(),
+            last_lease: None,
         }
     }
 
@@ -111,19 +114,28 @@ impl Supervisor {
     async fn session_inner(&mut self, connected: &mut bool) -> Result<(), String> {
         let mut client = etcd::connect(&self.endpoints).await?;
 
+        let ttl_s = self.ttl.as_secs().max(1) as i64;
+        let granted = client.lease_grant(ttl_s, None).await.map_err(|e| format!("lease grant: {e}"))?;
+        let lease = granted.id();
+        let now_rev = granted.header().map_or(0, |h| h.revision());
+        if self.last_rev != 0 && now_rev < self.last_rev {
+            // etcd went back in time (rebuilt or restored from an old backup): a watch
+            // from our revision would wait for changes that already happened.
+            tracing::warn!(seen = self.last_rev, now = now_rev, "etcd revision went backwards; reloading everything");
+            self.last_rev = 0;
+        }
         if self.last_rev == 0 {
             self.full_load(&mut client).await?;
         }
-
-        let ttl_s = self.ttl.as_secs().max(1) as i64;
-        let lease = client.lease_grant(ttl_s, None).await.map_err(|e| format!("lease grant: {e}"))?.id();
         let key = self.record.key();
+        self.check_duplicate_id(&mut client).await?;
         let mut written = self.put_record(&mut client, lease).await?;
         let (mut keeper, mut keepalives) =
             client.lease_keep_alive(lease).await.map_err(|e| format!("lease keep-alive: {e}"))?;
         let opts = WatchOptions::new().with_prefix().with_start_revision(self.last_rev + 1);
         let mut watch = client.watch(ROOT, Some(opts)).await.map_err(|e| format!("watch: {e}"))?;
 
+        self.last_lease = Some(lease);
         *connected = true;
         self.set_connected(true);
         self.applier.metrics.registrations.inc();
@@ -240,6 +252,26 @@ impl Supervisor {
             self.applier.apply(&self.config, rev, Source::Etcd);
         }
         own_deleted
+    }
+
+    /// Two nodes with one id would overwrite each other's record and be counted as
+    /// one. A record under our key with another address and a lease we never held
+    /// is most likely such a twin (or our own previous life on another address).
+    async fn check_duplicate_id(&mut self, client: &mut Client) -> Result<(), String> {
+        let resp = client.get(self.record.key(), None).await.map_err(|e| format!("get record: {e}"))?;
+        if let Some(kv) = resp.kvs().first() {
+            let theirs: Option<NodeRecord> = serde_json::from_slice(kv.value()).ok();
+            if let Some(theirs) = theirs {
+                if kv.lease() != 0 && Some(kv.lease()) != self.last_lease && theirs.public_addr != self.record.public_addr {
+                    tracing::warn!(
+                        key = %self.record.key(),
+                        other_public_addr = %theirs.public_addr,
+                        "another node may be registered with this node id; ids must be unique in the cluster"
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn put_record(&mut self, client: &mut Client, lease: i64) -> Result<NodeRecord, String> {

@@ -83,6 +83,15 @@ impl Etcd {
         }
     }
 
+    /// Deletes the data directory of a stopped etcd: the next start is a new,
+    /// empty cluster (revisions start over).
+    pub fn wipe(&mut self) {
+        assert!(self.child.is_none(), "stop before wipe");
+        std::fs::remove_dir_all(&self.data).unwrap();
+        // A fresh cluster needs a fresh member name as well as empty data.
+        self.name.push('w');
+    }
+
     /// Starts etcd again on the same ports and data directory.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop before restart");
