@@ -194,3 +194,88 @@ impl Config {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secrets(token: &str) -> SecretSources {
+        SecretSources {
+            admin_token: Some(Secret::new(token)),
+            kek: Some(Secret::new("ab".repeat(32))),
+        }
+    }
+
+    #[test]
+    fn defaults_and_bad_values_are_named() {
+        let c = Config::build(RawConfig::default(), secrets("0123456789abcdef")).unwrap();
+        assert_eq!(
+            (c.id.as_str(), c.region.as_str()),
+            ("coordinator-default", "default")
+        );
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7070");
+        assert_eq!(c.lease_ttl, Duration::from_secs(5));
+        assert!(
+            !format!("{c:?}").contains("0123456789abcdef"),
+            "the token never prints"
+        );
+
+        let err =
+            |raw: RawConfig, token: &str| Config::build(raw, secrets(token)).unwrap_err().message;
+        assert!(err(RawConfig::default(), "short").contains("at least 16"));
+        assert!(err(
+            RawConfig {
+                region: Some("EU West".into()),
+                ..Default::default()
+            },
+            "0123456789abcdef"
+        )
+        .contains("region"));
+        assert!(err(
+            RawConfig {
+                lease_ttl: Some("1s".into()),
+                ..Default::default()
+            },
+            "0123456789abcdef"
+        )
+        .contains("lease_ttl"));
+        assert!(err(
+            RawConfig {
+                lease_ttl: Some("soon".into()),
+                ..Default::default()
+            },
+            "0123456789abcdef"
+        )
+        .contains("lease_ttl"));
+        assert!(err(
+            RawConfig {
+                advertise_url: Some("coord:7070".into()),
+                ..Default::default()
+            },
+            "0123456789abcdef"
+        )
+        .contains("advertise_url"));
+        assert!(err(
+            RawConfig {
+                etcd_endpoints: Some(vec![]),
+                ..Default::default()
+            },
+            "0123456789abcdef"
+        )
+        .contains("etcd"));
+        assert!(RawConfig::from_toml("listen = 1").is_err());
+        assert!(RawConfig::from_toml("surprise = true")
+            .unwrap_err()
+            .message
+            .contains("surprise"));
+
+        let no_kek = Config::build(
+            RawConfig::default(),
+            SecretSources {
+                admin_token: Some(Secret::new("0123456789abcdef")),
+                kek: None,
+            },
+        );
+        assert!(no_kek.unwrap_err().message.contains("KEK"));
+    }
+}
