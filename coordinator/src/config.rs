@@ -1,0 +1,281 @@
+//! Typed coordinator configuration: an optional TOML file overlaid by flags and
+//! environment variables (see `cli::ServeArgs`), validated once into [`Config`].
+//! Secrets (admin token, KEK) come from files or the environment, never the file body.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use strait_node::cluster::crypto::Kek;
+use strait_node::cluster::schema::valid_name;
+use strait_node::config::Secret;
+
+use crate::error::{Error, Result};
+
+/// The file as written (`deploy/coordinator.example.toml`). Every field is optional;
+/// the default is stated on each.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawConfig {
+    /// This coordinator's id in the election and in `/v1/leader`. Default: `coordinator-<region>`.
+    pub id: Option<String>,
+    /// The region this coordinator runs in. Default: `default`.
+    pub region: Option<String>,
+    /// Admin API listener. Default: `127.0.0.1:7070`.
+    pub listen: Option<String>,
+    /// URL other coordinators and the CLI use to reach this one (named in `not_leader`
+    /// errors). Default: `http://<listen address>`.
+    pub advertise_url: Option<String>,
+    /// etcd client URLs. Default: `["http://127.0.0.1:2379"]`.
+    pub etcd_endpoints: Option<Vec<String>>,
+    /// File holding the admin token (one line, at least 16 characters). Or `STRAIT_ADMIN_TOKEN`.
+    pub admin_token_file: Option<PathBuf>,
+    /// File holding the KEK (64 hex characters or base64 of 32 bytes). Or `STRAIT_KEK`.
+    pub kek_file: Option<PathBuf>,
+    /// Election lease time-to-live; a dead leader is replaced within about this long. Default: `5s`.
+    pub lease_ttl: Option<String>,
+    /// Deadline for one etcd request. Default: `3s`.
+    pub etcd_timeout: Option<String>,
+    /// Log filter. Default: `info`.
+    pub log_level: Option<String>,
+}
+
+impl RawConfig {
+    pub fn from_toml(text: &str) -> Result<RawConfig> {
+        toml::from_str(text).map_err(|e| Error::config(format!("config file: {e}")))
+    }
+
+    pub fn from_file(path: &Path) -> Result<RawConfig> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::config(format!("cannot read {}: {e}", path.display())))?;
+        RawConfig::from_toml(&text)
+            .map_err(|e| Error::config(format!("{}: {}", path.display(), e.message)))
+    }
+}
+
+/// Secrets given directly (from the environment) rather than by file.
+#[derive(Default)]
+pub struct SecretSources {
+    pub admin_token: Option<Secret>,
+    pub kek: Option<Secret>,
+}
+
+/// The validated configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub id: String,
+    pub region: String,
+    pub listen: SocketAddr,
+    pub advertise_url: Option<String>,
+    pub etcd_endpoints: Vec<String>,
+    pub admin_token: Secret,
+    pub kek: Kek,
+    pub lease_ttl: Duration,
+    pub etcd_timeout: Duration,
+    pub log_level: String,
+}
+
+fn duration(field: &str, text: Option<&str>, default: Duration) -> Result<Duration> {
+    match text {
+        None => Ok(default),
+        Some(t) => humantime::parse_duration(t)
+            .map_err(|e| Error::config(format!("{field}: {e} (e.g. \"5s\")"))),
+    }
+}
+
+fn read_secret_file(field: &str, path: &Path) -> Result<Secret> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::config(format!("{field} {}: {e}", path.display())))?;
+    Ok(Secret::new(text.trim().to_string()))
+}
+
+impl Config {
+    /// Validates `raw` with secrets from `secrets` (which win over the files).
+    pub fn build(raw: RawConfig, secrets: SecretSources) -> Result<Config> {
+        let region = raw.region.unwrap_or_else(|| "default".to_string());
+        if !valid_name(&region) {
+            return Err(Error::config(format!(
+                "region {region:?}: use lowercase letters, digits, '-' or '_'"
+            )));
+        }
+        let id = raw.id.unwrap_or_else(|| format!("coordinator-{region}"));
+        if !valid_name(&id) {
+            return Err(Error::config(format!(
+                "id {id:?}: use lowercase letters, digits, '-' or '_'"
+            )));
+        }
+        let listen_text = raw.listen.unwrap_or_else(|| "127.0.0.1:7070".to_string());
+        let listen: SocketAddr = listen_text
+            .parse()
+            .map_err(|e| Error::config(format!("listen {listen_text:?}: {e}")))?;
+        if let Some(u) = &raw.advertise_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err(Error::config(format!(
+                    "advertise_url {u:?}: must start with http:// or https://"
+                )));
+            }
+        }
+        let etcd_endpoints = raw
+            .etcd_endpoints
+            .unwrap_or_else(|| vec!["http://127.0.0.1:2379".to_string()]);
+        if etcd_endpoints.is_empty() || etcd_endpoints.iter().any(|e| e.trim().is_empty()) {
+            return Err(Error::config("etcd_endpoints: give at least one endpoint"));
+        }
+        let admin_token = match (secrets.admin_token, &raw.admin_token_file) {
+            (Some(t), _) => t,
+            (None, Some(path)) => read_secret_file("admin_token_file", path)?,
+            (None, None) => {
+                return Err(Error::config(
+                    "no admin token: set STRAIT_ADMIN_TOKEN or admin_token_file",
+                ));
+            }
+        };
+        if admin_token.expose().len() < 16 {
+            return Err(Error::config(
+                "admin token: at least 16 characters (e.g. `openssl rand -hex 32`)",
+            ));
+        }
+        let kek = match (secrets.kek, &raw.kek_file) {
+            (Some(k), _) => {
+                Kek::parse(k.expose()).map_err(|e| Error::config(format!("STRAIT_KEK: {e}")))?
+            }
+            (None, Some(path)) => {
+                Kek::from_file(path).map_err(|e| Error::config(format!("kek_file: {e}")))?
+            }
+            (None, None) => {
+                return Err(Error::config(
+                    "no KEK: set STRAIT_KEK or kek_file (`openssl rand -hex 32`)",
+                ))
+            }
+        };
+        let lease_ttl = duration(
+            "lease_ttl",
+            raw.lease_ttl.as_deref(),
+            Duration::from_secs(5),
+        )?;
+        if lease_ttl < Duration::from_secs(2) || lease_ttl > Duration::from_secs(60) {
+            return Err(Error::config("lease_ttl: between 2s and 60s"));
+        }
+        let etcd_timeout = duration(
+            "etcd_timeout",
+            raw.etcd_timeout.as_deref(),
+            Duration::from_secs(3),
+        )?;
+        if etcd_timeout.is_zero() {
+            return Err(Error::config("etcd_timeout: must be positive"));
+        }
+        Ok(Config {
+            id,
+            region,
+            listen,
+            advertise_url: raw.advertise_url,
+            etcd_endpoints,
+            admin_token,
+            kek,
+            lease_ttl,
+            etcd_timeout,
+            log_level: raw.log_level.unwrap_or_else(|| "info".to_string()),
+        })
+    }
+
+    /// One-paragraph summary for `--check-config` (no secrets).
+    pub fn summary(&self) -> String {
+        format!(
+            "coordinator {} in region {}\nlisten: {}\nadvertise_url: {}\netcd: {}\nlease_ttl: {:?}, etcd_timeout: {:?}\nadmin token: set ({} characters), KEK: set",
+            self.id,
+            self.region,
+            self.listen,
+            self.advertise_url.as_deref().unwrap_or("(http://<listen address>)"),
+            self.etcd_endpoints.join(", "),
+            self.lease_ttl,
+            self.etcd_timeout,
+            self.admin_token.expose().len()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secrets(token: &str) -> SecretSources {
+        SecretSources {
+            admin_token: Some(Secret::new(token)),
+            kek: Some(Secret::new("ab".repeat(32))),
+        }
+    }
+
+    #[test]
+    fn defaults_and_bad_values_are_named() {
+        let c = Config::build(RawConfig::default(), secrets("0123456789abcdef")).unwrap();
+        assert_eq!(
+            (c.id.as_str(), c.region.as_str()),
+            ("coordinator-default", "default")
+        );
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7070");
+        assert_eq!(c.lease_ttl, Duration::from_secs(5));
+        assert!(
+            !format!("{c:?}").contains("0123456789abcdef"),
+            "the token never prints"
+        );
+
+        let err =
+            |raw: RawConfig, token: &str| Config::build(raw, secrets(token)).unwrap_err().message;
+        assert!(err(RawConfig::default(), "short").contains("at least 16"));
+        assert!(err(
+            RawConfig {
+                region: Some("EU West".into()),
+                ..Default::default()
+            },
+            "0123456789abcdef"
+        )
+        .contains("region"));
+        assert!(err(
+            RawConfig {
+                lease_ttl: Some("1s".into()),
+                ..Default::default()
+            },
+            "0123456789abcdef"
+        )
+        .contains("lease_ttl"));
+        assert!(err(
+            RawConfig {
+                lease_ttl: Some("soon".into()),
+                ..Default::default()
+            },
+            "0123456789abcdef"
+        )
+        .contains("lease_ttl"));
+        assert!(err(
+            RawConfig {
+                advertise_url: Some("coord:7070".into()),
+                ..Default::default()
+            },
+            "0123456789abcdef"
+        )
+        .contains("advertise_url"));
+        assert!(err(
+            RawConfig {
+                etcd_endpoints: Some(vec![]),
+                ..Default::default()
+            },
+            "0123456789abcdef"
+        )
+        .contains("etcd"));
+        assert!(RawConfig::from_toml("listen = 1").is_err());
+        assert!(RawConfig::from_toml("surprise = true")
+            .unwrap_err()
+            .message
+            .contains("surprise"));
+
+        let no_kek = Config::build(
+            RawConfig::default(),
+            SecretSources {
+                admin_token: Some(Secret::new("0123456789abcdef")),
+                kek: None,
+            },
+        );
+        assert!(no_kek.unwrap_err().message.contains("KEK"));
+    }
+}

@@ -1,0 +1,102 @@
+//! Starting and stopping a coordinator: bind the admin listener, connect to etcd,
+//! run the election, serve the API until shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::app::App;
+use crate::config::Config;
+use crate::election::{Election, LeaderInfo};
+use crate::error::{Error, Result};
+use crate::store::EtcdStore;
+
+/// A started coordinator. Dropping it does not stop it; call [`Running::shutdown`].
+pub struct Running {
+    /// The bound admin listener (useful with port 0).
+    pub addr: SocketAddr,
+    /// The URL this coordinator advertises.
+    pub url: String,
+    pub election: Election,
+    shutdown: watch::Sender<bool>,
+    election_task: JoinHandle<()>,
+    http_task: JoinHandle<()>,
+}
+
+/// Connects an etcd client. The channel connects lazily, so this succeeds while
+/// etcd is down; requests then fail until it is back.
+pub async fn connect_etcd(endpoints: &[String], timeout: Duration) -> Result<Client> {
+    // No HTTP/2 keep-alive pings: etcd refuses pings more often than every 5 s,
+    // and the election's own lease renewal notices a dead etcd sooner.
+    let opts = ConnectOptions::new().with_connect_timeout(timeout);
+    Client::connect(endpoints, Some(opts))
+        .await
+        .map_err(Error::from)
+}
+
+/// Binds, connects, starts campaigning and serving. Returns once the listener is bound.
+pub async fn start(config: Config) -> Result<Running> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| Error::config(format!("cannot listen on {}: {e}", config.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::internal(e.to_string()))?;
+    let url = config
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let client = connect_etcd(&config.etcd_endpoints, config.etcd_timeout).await?;
+    let me = LeaderInfo {
+        id: config.id.clone(),
+        region: config.region.clone(),
+        url: url.clone(),
+    };
+    let election = Election::new(me, config.lease_ttl, config.etcd_timeout);
+    let store = Arc::new(EtcdStore::new(
+        client.clone(),
+        election.clone(),
+        config.etcd_timeout,
+    ));
+    let app = Arc::new(App::new(
+        store,
+        config.kek.clone(),
+        config.admin_token.expose(),
+    ));
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let election_task = tokio::spawn(election.clone().run(client, shutdown_rx.clone()));
+    let router = crate::api::router(app);
+    let mut http_shutdown = shutdown_rx;
+    let http_task = tokio::spawn(async move {
+        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+            let _ = http_shutdown.wait_for(|s| *s).await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "admin listener failed");
+        }
+    });
+    tracing::info!(id = %config.id, region = %config.region, %addr, %url, "coordinator started");
+    Ok(Running {
+        addr,
+        url,
+        election,
+        shutdown,
+        election_task,
+        http_task,
+    })
+}
+
+impl Running {
+    /// Gives up leadership (revoking the lease so a standby takes over at once),
+    /// then stops serving after in-flight requests finish.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.election_task.await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.http_task).await;
+    }
+}
