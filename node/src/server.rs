@@ -40,6 +40,8 @@ impl Node {
             None => None,
         };
         let upstream = Upstream::new(&config.upstream, &metrics)?;
+        let limiter = Arc::new(crate::limits::Limiter::new(&config, &metrics.registry)?);
+        limiter.connect().await;
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::new(&config)),
             config: config.clone(),
@@ -47,6 +49,7 @@ impl Node {
             metrics: metrics.clone(),
             health: Arc::new(Health::new()),
             request_ids: RequestIds::new(),
+            limiter: limiter.clone(),
         });
 
         let public = bind(config.public_listen, "listen.public").await?;
@@ -98,6 +101,11 @@ impl Node {
             mode,
             upstream_keys = config.upstream.keys.len(),
             client_keys = config.auth.client_keys.len(),
+            limiter = match limiter.mode() {
+                None => "in process",
+                Some(crate::config::LimitMode::Exact) => "redis exact",
+                Some(crate::config::LimitMode::Leased) => "redis leased",
+            },
             "strait-node listening"
         );
         Ok(Node { shared, public_addr, admin_addr, tls, stop_public, stop_admin, public_task, admin_task })

@@ -1,0 +1,2 @@
+//! Limiter benchmark (placeholder until written).
+fn main() {}
