@@ -104,7 +104,7 @@ for p = 1, np do
     if redis.call('HINCRBY', c, node, -1) <= 0 then redis.call('HDEL', c, node) end
   end
 end
-return 1
+return {1}
 "#;
 
 /// Leased mode refill: grant every short dimension of up to two scopes at once, or
@@ -225,6 +225,9 @@ end
 return {now, ws or -1, ds or -1, u[1], u[2], u[3], u[4]}
 "#;
 
+/// How often a healthy node checks that Redis still answers (one PING).
+const HEALTH_PING: Duration = Duration::from_secs(1);
+
 /// Either a single Redis (auto-reconnecting manager) or a Redis Cluster connection.
 #[derive(Clone)]
 enum Conn {
@@ -283,6 +286,12 @@ struct Lease {
     conc_synced: u64,
     admitted_since_sync: u64,
     last_heartbeat: Option<Instant>,
+    /// After Redis refused a refill: refuse locally until then (at most one sync
+    /// interval), so an exhausted limit costs no round trip per refused request.
+    refused_until: Option<Instant>,
+    refused_dim: Dim,
+    /// When the refused dimension frees up (for `retry-after`).
+    refused_reset: Option<Instant>,
 }
 
 impl Default for Lease {
@@ -301,6 +310,9 @@ impl Default for Lease {
             conc_synced: 0,
             admitted_since_sync: 0,
             last_heartbeat: None,
+            refused_until: None,
+            refused_dim: Dim::Requests,
+            refused_reset: None,
         }
     }
 }
@@ -425,7 +437,6 @@ impl RedisLimiter {
             scopes,
             node_id: format!("{:016x}", rand::random::<u64>()),
             conn: ArcSwapOption::new(single),
-            // Until the first successful round trip, decisions use the safe share.
             degraded,
             metrics,
             ops,
@@ -439,7 +450,9 @@ impl RedisLimiter {
             round_trips: AtomicU64::new(0),
             settings,
         });
-        limiter.set_degraded(true, "not connected yet");
+        // Until the first successful round trip, decisions use the safe share.
+        limiter.degraded.store(true, Ordering::Relaxed);
+        limiter.metrics.degraded.set(1);
         tokio::spawn(settle_loop(Arc::downgrade(&limiter), settle_rx));
         tokio::spawn(sync_loop(Arc::downgrade(&limiter)));
         Ok(limiter)
@@ -561,6 +574,9 @@ impl RedisLimiter {
             LimitMode::Leased => {
                 if let Some(ok) = self.try_lease(subject, res) {
                     return Ok(self.leased_permit(ok));
+                }
+                if let Some(denial) = self.recently_refused(subject) {
+                    return Err(denial);
                 }
                 self.refill_and_admit(subject, res).await
             }
@@ -773,12 +789,34 @@ impl RedisLimiter {
             }
             if let Some((p, d, retry_ms)) = parsed.deny {
                 let scope = scopes.get(p.saturating_sub(1)).copied().unwrap_or(scopes[0]);
-                return Err(Denial { scope, dim: dim_of(d), retry_after: Duration::from_millis(retry_ms.max(0) as u64), never: false, view });
+                let retry_after = Duration::from_millis(retry_ms.max(0) as u64);
+                {
+                    let mut l = lock(&self.leases[scope].state);
+                    l.refused_until = Some(now + retry_after.min(self.settings.sync_interval));
+                    l.refused_dim = dim_of(d);
+                    l.refused_reset = Some(now + retry_after);
+                }
+                return Err(Denial { scope, dim: dim_of(d), retry_after, never: false, view });
             }
         }
         // Local requests kept taking the refills: a burst far beyond the lease size.
         let view = self.try_view(subject);
         Err(Denial { scope: scopes[0], dim: Dim::Requests, retry_after: Duration::from_secs(1), never: false, view })
+    }
+
+    /// A refusal remembered from the last refill of one of the subject's scopes.
+    fn recently_refused(&self, subject: Subject) -> Option<Denial> {
+        let now = Instant::now();
+        for i in subject.iter() {
+            let l = lock(&self.leases[i].state);
+            if l.refused_until.is_some_and(|t| now < t) {
+                let retry_after = l.refused_reset.map_or(Duration::from_secs(1), |r| r.saturating_duration_since(now));
+                let dim = l.refused_dim;
+                drop(l);
+                return Some(Denial { scope: i, dim, retry_after, never: false, view: self.try_view(subject) });
+            }
+        }
+        None
     }
 
     fn try_view(&self, subject: Subject) -> RateView {
@@ -1039,6 +1077,7 @@ async fn sync_loop(limiter: Weak<RedisLimiter>) {
     let mut interval = tokio::time::interval(tick.min(probe_every));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_sync = Instant::now();
+    let mut last_ping = Instant::now();
     loop {
         interval.tick().await;
         let Some(l) = limiter.upgrade() else { return };
@@ -1049,6 +1088,11 @@ async fn sync_loop(limiter: Weak<RedisLimiter>) {
         if last_sync.elapsed() >= tick {
             last_sync = Instant::now();
             l.sync_once().await;
+        }
+        // An idle node notices an outage too (readiness, metrics) within about a second.
+        if last_ping.elapsed() >= HEALTH_PING {
+            last_ping = Instant::now();
+            l.probe().await;
         }
     }
 }
