@@ -840,6 +840,34 @@ mod tests {
     }
 
     #[test]
+    fn rate_limit_settings_are_validated() {
+        let raw = RawConfig::from_toml("[redis]\nurl = \"redis://127.0.0.1:6379\"\nmode = \"exact\"\n").unwrap();
+        let c = raw.validate(vec![], vec![]).unwrap();
+        let r = c.rate_limits.redis.unwrap();
+        assert_eq!((r.mode, r.expected_nodes, r.slot_ttl), (LimitMode::Exact, DEFAULT_EXPECTED_NODES, DEFAULT_SLOT_TTL));
+        for (toml, field) in [
+            ("[redis]\nurl = \"http://x\"\n", "redis.url"),
+            ("[redis]\nurl = \"redis://a\"\nmode = \"fast\"\n", "redis.mode"),
+            ("[redis]\nurl = \"redis://a\"\nexpected_nodes = 0\n", "redis.expected_nodes"),
+            ("[redis]\nurl = \"redis://a\"\nlease_fraction = 1.5\n", "redis.lease_fraction"),
+            ("[redis]\nurl = \"redis://a,redis://b\"\n", "redis.cluster"),
+            ("[[tenants]]\nname = \"a{b}\"\n", "braces"),
+        ] {
+            let e = RawConfig::from_toml(toml).unwrap().validate(vec![], vec![]).unwrap_err();
+            assert!(e.message.contains(field), "{toml}: {e}");
+        }
+        let e = RawConfig::from_toml("[limits.default]\nrps = 1\n").unwrap_err();
+        assert!(e.message.contains("rps"), "{e}");
+    }
+
+    #[test]
+    fn a_key_tenant_must_exist() {
+        let toml = "[[auth.client_keys]]\nname = \"a\"\nsha256 = \"5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8\"\ntenant = \"nope\"\n";
+        let e = RawConfig::from_toml(toml).unwrap().validate(vec![Secret::new("sk")], vec![]).unwrap_err();
+        assert!(e.message.contains("tenant"), "{e}");
+    }
+
+    #[test]
     fn key_lists_split_on_commas_and_lines() {
         let k = split_keys("a, b\n# comment\nc,,");
         assert_eq!(k.iter().map(Secret::expose).collect::<Vec<_>>(), ["a", "b", "c"]);

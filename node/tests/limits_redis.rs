@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::process::NodeProcess;
-use common::redis::RedisServer;
+use common::redis::{RedisCluster, RedisServer};
 use common::{get, post_json, Resp};
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
@@ -285,4 +285,56 @@ async fn redis_outage_degrades_to_safe_shares_and_recovers_by_itself() {
     let bg = bg.await.unwrap();
     assert!(bg.other.is_empty(), "no request failed because Redis was down: {:?}", bg.other);
     assert!(bg.ok > 0);
+}
+
+fn hex(bytes: [u8; 32]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_cluster_keeps_a_key_and_its_tenant_on_one_slot() {
+    let cluster = RedisCluster::start(3);
+    let mock = mock().await;
+    let dir = tempfile::tempdir().unwrap();
+    for mode in ["exact", "leased"] {
+        let path = dir.path().join(format!("{mode}.toml"));
+        let key = |name: &str, secret: &str| {
+            format!("[[auth.client_keys]]\nname = \"{name}\"\nsha256 = \"{}\"\ntenant = \"acme\"\n", hex(strait_node::config::hash_key(secret)))
+        };
+        std::fs::write(
+            &path,
+            format!(
+                "[redis]\nurl = \"{}\"\ncluster = true\nmode = \"{mode}\"\nkey_prefix = \"{mode}\"\n{SLOW_MACHINE}\n\n[[tenants]]\nname = \"acme\"\nlimits = {{ rpm = 20 }}\n\n{}\n{}",
+                cluster.urls(),
+                key("alice", "cluster-key-a"),
+                key("bob", "cluster-key-b"),
+            ),
+        )
+        .unwrap();
+        let path = path.to_str().unwrap().to_string();
+        let nodes: Vec<NodeProcess> = (0..2)
+            .map(|_| {
+                NodeProcess::spawn(
+                    &["--config", &path, "--upstream", mock.url(), "--no-access-log", "--workers", "1"],
+                    &[("STRAIT_UPSTREAM_KEYS", UPSTREAM_KEY)],
+                )
+            })
+            .collect();
+        assert_eq!(readiness(&nodes[0]).await["checks"]["redis:limiter"][0]["status"], "pass", "{mode}: {}", nodes[0].log());
+        let a = burst(&urls(&nodes), "cluster-key-a", 15, 8, 16, false, None).await;
+        let b = burst(&urls(&nodes), "cluster-key-b", 15, 8, 16, false, None).await;
+        assert!(a.other.is_empty() && b.other.is_empty(), "{mode}: {:?} {:?}", a.other, b.other);
+        // The tenant's 20 per minute, shared by both keys, across both nodes.
+        assert_eq!(a.ok + b.ok, 20, "{mode}: {a:?} {b:?}");
+        let r = post_json(&format!("{}/v1/messages", nodes[1].url()), &[("x-api-key", "cluster-key-a"), ("anthropic-version", "2023-06-01")], &msg(16, false)).await;
+        assert_eq!(r.header("x-strait-ratelimit-scope"), Some("tenant"));
+        // All of the tenant's state sits on one slot.
+        let mut slots = std::collections::HashSet::new();
+        for s in &cluster.servers {
+            for k in s.cmd(&["KEYS", &format!("{mode}:*")]).lines().filter(|k| !k.is_empty()) {
+                slots.insert(s.cmd(&["CLUSTER", "KEYSLOT", k]));
+            }
+        }
+        assert_eq!(slots.len(), 1, "{mode}: one hash slot for a tenant and its keys: {slots:?}");
+    }
 }

@@ -363,6 +363,8 @@ pub struct LimiterMetrics {
     pub redis_errors: IntCounterVec,
     /// `strait_limiter_lease_refills_total`: leased-mode refills (slow path).
     pub lease_refills: prometheus::IntCounter,
+    /// The `result="admitted"` series, resolved once: it is bumped on every request.
+    admitted: prometheus::IntCounter,
 }
 
 impl LimiterMetrics {
@@ -378,8 +380,10 @@ impl LimiterMetrics {
         let lease_refills = prometheus::IntCounter::new("limiter_lease_refills_total", "Leased mode: quota chunks taken from Redis")
             .expect("valid metric");
         registry.register(Box::new(lease_refills.clone())).expect("unique metric");
+        let decisions = counter("limiter_decisions_total", "Limiter decisions by result, limiting dimension and scope", &["result", "dimension", "scope"]);
         LimiterMetrics {
-            decisions: counter("limiter_decisions_total", "Limiter decisions by result, limiting dimension and scope", &["result", "dimension", "scope"]),
+            admitted: decisions.with_label_values(&["admitted", "", ""]),
+            decisions,
             degraded,
             redis_ops: counter("limiter_redis_ops_total", "Limiter round trips to Redis, by operation", &["op"]),
             redis_errors: counter("limiter_redis_errors_total", "Limiter Redis operations that failed or timed out", &["op"]),
@@ -524,7 +528,7 @@ impl Limiter {
         };
         match result {
             Ok((permit, view)) => {
-                self.metrics.decisions.with_label_values(&["admitted", "", ""]).inc();
+                self.metrics.admitted.inc();
                 Ok(Some(Admission { permit, view }))
             }
             Err(denial) => Err(self.reject(denial, res)),

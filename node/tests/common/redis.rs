@@ -135,3 +135,34 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// A Redis Cluster of `n` primaries (no replicas) on free ports, slots split evenly.
+pub struct RedisCluster {
+    pub servers: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start(n: usize) -> RedisCluster {
+        let args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"];
+        let servers: Vec<RedisServer> = (0..n).map(|_| RedisServer::start_with(&args)).collect();
+        for (i, s) in servers.iter().enumerate() {
+            let (lo, hi) = (16384 * i / n, 16384 * (i + 1) / n - 1);
+            let r = s.cmd(&["CLUSTER", "ADDSLOTSRANGE", &lo.to_string(), &hi.to_string()]);
+            assert_eq!(r, "OK", "ADDSLOTSRANGE on port {}", s.port);
+        }
+        for s in &servers[1..] {
+            assert_eq!(servers[0].cmd(&["CLUSTER", "MEET", "127.0.0.1", &s.port.to_string()]), "OK");
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !servers.iter().all(|s| s.cmd(&["CLUSTER", "INFO"]).contains("cluster_state:ok")) {
+            assert!(Instant::now() < deadline, "the Redis Cluster did not converge");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        RedisCluster { servers }
+    }
+
+    /// Seed URLs, comma-separated (the form `--redis` and `redis.url` take).
+    pub fn urls(&self) -> String {
+        self.servers.iter().map(RedisServer::url).collect::<Vec<_>>().join(",")
+    }
+}
