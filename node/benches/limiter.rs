@@ -28,7 +28,12 @@ async fn node(redis: &RedisServer, mode: &str, limits: &str, sync: &str, nodes: 
     raw.limits.default.rpm = spec.rpm;
     raw.limits.default.otpm = spec.otpm;
     raw.limits.default.concurrency = spec.concurrency;
-    let config = raw.validate(vec![Secret::new("sk-bench")], vec![Secret::new("client-bench")]).unwrap();
+    let config = raw
+        .validate(
+            vec![Secret::new("sk-bench")],
+            vec![Secret::new("client-bench")],
+        )
+        .unwrap();
     let limiter = Limiter::new(&config, &prometheus::Registry::new()).unwrap();
     limiter.connect().await;
     limiter
@@ -46,8 +51,13 @@ fn local_ns(iters: u32) -> f64 {
         concurrency: Some(1 << 40),
         daily_tokens: None,
     }]));
-    let s = Subject { scopes: [Some(0), None] };
-    let res = Reservation { input: 100, output: 400 };
+    let s = Subject {
+        scopes: [Some(0), None],
+    };
+    let res = Reservation {
+        input: 100,
+        output: 400,
+    };
     let t = Instant::now();
     for _ in 0..iters {
         let (data, _) = l.admit(s, res).unwrap();
@@ -58,8 +68,18 @@ fn local_ns(iters: u32) -> f64 {
 
 async fn redis_ns(redis: &RedisServer, mode: &str, iters: u32) -> (f64, f64) {
     // Limits far above the load: every decision after the first lease is a hot-path one.
-    let l = node(redis, mode, "rpm=1000000000,otpm=1000000000000,concurrency=1000000", "100ms", 1).await;
-    let res = Reservation { input: 100, output: 400 };
+    let l = node(
+        redis,
+        mode,
+        "rpm=1000000000,otpm=1000000000000,concurrency=1000000",
+        "100ms",
+        1,
+    )
+    .await;
+    let res = Reservation {
+        input: 100,
+        output: 400,
+    };
     for _ in 0..100 {
         drop(decide(&l, res).await);
     }
@@ -77,11 +97,20 @@ async fn redis_ns(redis: &RedisServer, mode: &str, iters: u32) -> (f64, f64) {
 /// `total` requests (about 1000 per second) from 64 clients spread over `nodes` limiters sharing a
 /// limit of `limit` per minute. `skew`: node 0 gets half of all traffic, and the last
 /// node stops getting any after the first quarter (its lease sits idle).
-async fn overshoot(redis: &RedisServer, nodes: u32, sync: &str, limit: u64, total: usize, skew: bool) -> (usize, f64) {
+async fn overshoot(
+    redis: &RedisServer,
+    nodes: u32,
+    sync: &str,
+    limit: u64,
+    total: usize,
+    skew: bool,
+) -> (usize, f64) {
     redis.cmd(&["FLUSHALL"]);
     let mut ls = Vec::new();
     for _ in 0..nodes {
-        ls.push(Arc::new(node(redis, "leased", &format!("rpm={limit}"), sync, nodes).await));
+        ls.push(Arc::new(
+            node(redis, "leased", &format!("rpm={limit}"), sync, nodes).await,
+        ));
     }
     let rt0: u64 = ls.iter().map(|l| l.redis_round_trips().unwrap()).sum();
     let next = Arc::new(AtomicUsize::new(0));
@@ -117,7 +146,11 @@ async fn overshoot(redis: &RedisServer, nodes: u32, sync: &str, limit: u64, tota
     for t in tasks {
         t.await.unwrap();
     }
-    let rts: u64 = ls.iter().map(|l| l.redis_round_trips().unwrap()).sum::<u64>() - rt0;
+    let rts: u64 = ls
+        .iter()
+        .map(|l| l.redis_round_trips().unwrap())
+        .sum::<u64>()
+        - rt0;
     (admitted.load(Ordering::Relaxed), rts as f64 / total as f64)
 }
 
@@ -133,12 +166,26 @@ async fn blog_limiter(redis: &RedisServer, clients: usize, total: usize, limit: 
         let (next, admitted) = (next.clone(), admitted.clone());
         tasks.push(tokio::spawn(async move {
             while next.fetch_add(1, Ordering::Relaxed) < total {
-                let len: i64 = redis::cmd("LLEN").arg("blog").query_async(&mut conn).await.unwrap();
+                let len: i64 = redis::cmd("LLEN")
+                    .arg("blog")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
                 if len < limit {
                     let _: () = redis::pipe()
-                        .cmd("LPUSH").arg("blog").arg(1).ignore()
-                        .cmd("LTRIM").arg("blog").arg(0).arg(limit - 1).ignore()
-                        .cmd("EXPIRE").arg("blog").arg(60).ignore()
+                        .cmd("LPUSH")
+                        .arg("blog")
+                        .arg(1)
+                        .ignore()
+                        .cmd("LTRIM")
+                        .arg("blog")
+                        .arg(0)
+                        .arg(limit - 1)
+                        .ignore()
+                        .cmd("EXPIRE")
+                        .arg("blog")
+                        .arg(60)
+                        .ignore()
                         .query_async(&mut conn)
                         .await
                         .unwrap();
@@ -154,7 +201,11 @@ async fn blog_limiter(redis: &RedisServer, clients: usize, total: usize, limit: 
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let redis = RedisServer::start();
         println!("## Decision cost (one client, sequential; admit + settle)");

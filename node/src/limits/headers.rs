@@ -17,7 +17,11 @@ const PREFIX: &str = "anthropic-ratelimit-";
 /// Replaces the upstream's `anthropic-ratelimit-*` headers (which describe the shared
 /// organisation key, not this client) with the client's own limits.
 pub fn apply(headers: &mut HeaderMap, view: &RateView) {
-    let upstream: Vec<HeaderName> = headers.keys().filter(|k| k.as_str().starts_with(PREFIX)).cloned().collect();
+    let upstream: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with(PREFIX))
+        .cloned()
+        .collect();
     for k in upstream {
         headers.remove(k);
     }
@@ -35,7 +39,10 @@ pub fn mark_limited(headers: &mut HeaderMap, dim: Dim, scope: ScopeKind) {
 
 fn put(headers: &mut HeaderMap, what: &str, q: Option<Quota>) {
     let Some(q) = q else { return };
-    let name = |suffix: &str| HeaderName::from_bytes(format!("{PREFIX}{what}-{suffix}").as_bytes()).expect("valid header name");
+    let name = |suffix: &str| {
+        HeaderName::from_bytes(format!("{PREFIX}{what}-{suffix}").as_bytes())
+            .expect("valid header name")
+    };
     headers.insert(name("limit"), HeaderValue::from(q.limit));
     headers.insert(name("remaining"), HeaderValue::from(q.remaining));
     // RFC 3339, as Anthropic sends it.
@@ -53,15 +60,28 @@ mod tests {
     #[test]
     fn replaces_upstream_headers_with_the_clients_own() {
         let mut h = HeaderMap::new();
-        h.insert("anthropic-ratelimit-requests-limit", HeaderValue::from(4000));
+        h.insert(
+            "anthropic-ratelimit-requests-limit",
+            HeaderValue::from(4000),
+        );
         h.insert("anthropic-ratelimit-tokens-limit", HeaderValue::from(9));
         h.insert("request-id", HeaderValue::from_static("x"));
         let reset = SystemTime::UNIX_EPOCH + Duration::from_secs(60);
-        let view = RateView { requests: Some(Quota { limit: 60, remaining: 59, reset }), ..Default::default() };
+        let view = RateView {
+            requests: Some(Quota {
+                limit: 60,
+                remaining: 59,
+                reset,
+            }),
+            ..Default::default()
+        };
         apply(&mut h, &view);
         assert_eq!(h["anthropic-ratelimit-requests-limit"], "60");
         assert_eq!(h["anthropic-ratelimit-requests-remaining"], "59");
-        assert_eq!(h["anthropic-ratelimit-requests-reset"], "1970-01-01T00:01:00Z");
+        assert_eq!(
+            h["anthropic-ratelimit-requests-reset"],
+            "1970-01-01T00:01:00Z"
+        );
         assert!(h.get("anthropic-ratelimit-tokens-limit").is_none());
         assert!(h.get("anthropic-ratelimit-output-tokens-limit").is_none());
         assert_eq!(h["request-id"], "x");

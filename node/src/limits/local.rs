@@ -7,7 +7,10 @@ use std::time::SystemTime;
 
 use tokio::time::Instant;
 
-use super::{Actual, Denial, Dim, LimitSpec, PermitData, Quota, RateView, Reservation, Settle, Stamp, Subject, CONCURRENCY_RETRY, DAY, MINUTE};
+use super::{
+    Actual, Denial, Dim, LimitSpec, PermitData, Quota, RateView, Reservation, Settle, Stamp,
+    Subject, CONCURRENCY_RETRY, DAY, MINUTE,
+};
 
 /// Counters of one scope. Window ids count up so a refund can tell whether the window
 /// it belongs to is still the current one.
@@ -56,7 +59,12 @@ impl Counters {
     }
 
     /// The first dimension this reservation would overrun, and when it frees up.
-    fn check(&self, spec: &LimitSpec, res: &Reservation, now: Instant) -> Option<(Dim, std::time::Duration)> {
+    fn check(
+        &self,
+        spec: &LimitSpec,
+        res: &Reservation,
+        now: Instant,
+    ) -> Option<(Dim, std::time::Duration)> {
         for d in Dim::ALL {
             let Some(limit) = spec.get(d) else { continue };
             if self.used(d).saturating_add(res.amount(d)) > limit {
@@ -85,7 +93,14 @@ impl Counters {
         let reset = sys_now + (self.window_end(now) - now);
         for d in [Dim::Requests, Dim::InputTokens, Dim::OutputTokens] {
             if let Some(limit) = spec.get(d) {
-                view.merge(d, Quota { limit, remaining: limit.saturating_sub(self.used(d)), reset });
+                view.merge(
+                    d,
+                    Quota {
+                        limit,
+                        remaining: limit.saturating_sub(self.used(d)),
+                        reset,
+                    },
+                );
             }
         }
     }
@@ -107,12 +122,19 @@ fn lock(m: &Mutex<Counters>) -> MutexGuard<'_, Counters> {
 impl LocalLimiter {
     /// One entry per scope, indexed like [`super::Limiter::scopes`].
     pub fn new(specs: Vec<LimitSpec>) -> LocalLimiter {
-        let state = specs.iter().map(|_| Mutex::new(Counters::default())).collect();
+        let state = specs
+            .iter()
+            .map(|_| Mutex::new(Counters::default()))
+            .collect();
         LocalLimiter { specs, state }
     }
 
     /// Decides and, if admitted, reserves in every scope of the subject at once.
-    pub fn admit(&self, subject: Subject, res: Reservation) -> Result<(PermitData, RateView), Denial> {
+    pub fn admit(
+        &self,
+        subject: Subject,
+        res: Reservation,
+    ) -> Result<(PermitData, RateView), Denial> {
         let now = Instant::now();
         let sys_now = SystemTime::now();
         let mut guards: [Option<(usize, MutexGuard<'_, Counters>)>; 2] =
@@ -128,16 +150,36 @@ impl LocalLimiter {
         }
         let mut view = RateView::default();
         let mut stamps = [Stamp::default(); 2];
-        for (slot, (i, c)) in guards.iter_mut().enumerate().filter_map(|(n, g)| g.as_mut().map(|g| (n, g))) {
+        for (slot, (i, c)) in guards
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(n, g)| g.as_mut().map(|g| (n, g)))
+        {
             if denial.is_none() {
                 c.commit(&self.specs[*i], &res);
             }
-            stamps[slot] = Stamp { window: c.window_id, day: c.day_id };
+            stamps[slot] = Stamp {
+                window: c.window_id,
+                day: c.day_id,
+            };
             c.view_into(&self.specs[*i], &mut view, now, sys_now);
         }
         match denial {
-            Some((scope, dim, retry_after)) => Err(Denial { scope, dim, retry_after, never: false, view }),
-            None => Ok((PermitData { subject, reservation: res, stamps }, view)),
+            Some((scope, dim, retry_after)) => Err(Denial {
+                scope,
+                dim,
+                retry_after,
+                never: false,
+                view: Box::new(view),
+            }),
+            None => Ok((
+                PermitData {
+                    subject,
+                    reservation: res,
+                    stamps,
+                },
+                view,
+            )),
         }
     }
 
@@ -168,7 +210,11 @@ impl Settle for LocalLimiter {
                 c.used[2] = adjust(c.used[2], r.output, actual.output);
             }
             if c.day_id == stamp.day {
-                c.daily = adjust(c.daily, r.amount(Dim::DailyTokens), actual.input.saturating_add(actual.output));
+                c.daily = adjust(
+                    c.daily,
+                    r.amount(Dim::DailyTokens),
+                    actual.input.saturating_add(actual.output),
+                );
             }
             if self.specs[i].concurrency.is_some() {
                 c.in_flight = c.in_flight.saturating_sub(1);
@@ -183,12 +229,20 @@ mod tests {
     use std::time::Duration;
 
     fn one(spec: LimitSpec) -> (LocalLimiter, Subject) {
-        (LocalLimiter::new(vec![spec]), Subject { scopes: [Some(0), None] })
+        (
+            LocalLimiter::new(vec![spec]),
+            Subject {
+                scopes: [Some(0), None],
+            },
+        )
     }
 
     #[tokio::test(start_paused = true)]
     async fn requests_per_minute_reset_after_the_window() {
-        let (l, s) = one(LimitSpec { rpm: Some(3), ..Default::default() });
+        let (l, s) = one(LimitSpec {
+            rpm: Some(3),
+            ..Default::default()
+        });
         let r = Reservation::default();
         for n in (0..3).rev() {
             let (_, view) = l.admit(s, r).unwrap();
@@ -198,7 +252,10 @@ mod tests {
         assert_eq!(d.dim, Dim::Requests);
         assert_eq!(d.retry_after, MINUTE);
         tokio::time::advance(Duration::from_secs(59)).await;
-        assert_eq!(l.admit(s, r).unwrap_err().retry_after, Duration::from_secs(1));
+        assert_eq!(
+            l.admit(s, r).unwrap_err().retry_after,
+            Duration::from_secs(1)
+        );
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(l.admit(s, r).unwrap().1.requests.unwrap().remaining, 2);
     }

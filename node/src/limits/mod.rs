@@ -46,7 +46,13 @@ pub enum Dim {
 }
 
 impl Dim {
-    pub const ALL: [Dim; 5] = [Dim::Requests, Dim::InputTokens, Dim::OutputTokens, Dim::DailyTokens, Dim::Concurrency];
+    pub const ALL: [Dim; 5] = [
+        Dim::Requests,
+        Dim::InputTokens,
+        Dim::OutputTokens,
+        Dim::DailyTokens,
+        Dim::Concurrency,
+    ];
 
     /// Metric label and `x-strait-ratelimit-dimension` value.
     pub fn label(self) -> &'static str {
@@ -124,8 +130,13 @@ impl LimitSpec {
     pub fn parse(s: &str) -> std::result::Result<LimitSpec, String> {
         let mut spec = LimitSpec::default();
         for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-            let (k, v) = item.split_once('=').ok_or_else(|| format!("{item:?} is not name=value"))?;
-            let v: u64 = v.trim().parse().map_err(|_| format!("{item:?}: the value must be a whole number"))?;
+            let (k, v) = item
+                .split_once('=')
+                .ok_or_else(|| format!("{item:?} is not name=value"))?;
+            let v: u64 = v
+                .trim()
+                .parse()
+                .map_err(|_| format!("{item:?}: the value must be a whole number"))?;
             let slot = match k.trim() {
                 "rpm" => &mut spec.rpm,
                 "itpm" => &mut spec.itpm,
@@ -134,8 +145,8 @@ impl LimitSpec {
                 "daily_tokens" | "daily" => &mut spec.daily_tokens,
                 other => {
                     return Err(format!(
-                        "unknown limit {other:?} (known: rpm, itpm, otpm, concurrency, daily_tokens)"
-                    ))
+                    "unknown limit {other:?} (known: rpm, itpm, otpm, concurrency, daily_tokens)"
+                ))
                 }
             };
             *slot = Some(v);
@@ -161,7 +172,10 @@ impl Reservation {
         if route != RouteKind::Messages {
             return Reservation::default();
         }
-        Reservation { input: (body_len as u64 / 4).max(1), output: meta.max_tokens.unwrap_or(0) }
+        Reservation {
+            input: (body_len as u64 / 4).max(1),
+            output: meta.max_tokens.unwrap_or(0),
+        }
     }
 
     pub fn amount(&self, d: Dim) -> u64 {
@@ -255,7 +269,8 @@ pub struct Denial {
     pub retry_after: Duration,
     /// The request alone exceeds the limit; waiting will not help.
     pub never: bool,
-    pub view: RateView,
+    /// Boxed: refusals are the rare path, and this keeps `Result`s small.
+    pub view: Box<RateView>,
 }
 
 /// A refused request, ready for the client: the error (429 `rate_limit_error` with
@@ -307,7 +322,11 @@ pub struct Permit {
 
 impl Permit {
     pub fn new(data: PermitData, backend: Arc<dyn Settle>) -> Permit {
-        Permit { data, backend, settled: false }
+        Permit {
+            data,
+            backend,
+            settled: false,
+        }
     }
 
     pub fn reservation(&self) -> Reservation {
@@ -320,7 +339,9 @@ impl Permit {
     /// the upstream reported (zero for error responses, which carry no usage).
     pub fn settle(mut self, usage: &Usage, outcome: &str) {
         let reported = Actual {
-            input: usage.input_tokens.saturating_add(usage.cache_creation_input_tokens),
+            input: usage
+                .input_tokens
+                .saturating_add(usage.cache_creation_input_tokens),
             output: usage.output_tokens,
         };
         let actual = match outcome {
@@ -339,7 +360,13 @@ impl Drop for Permit {
     fn drop(&mut self) {
         if !self.settled {
             let r = self.data.reservation;
-            self.backend.settle(&self.data, Actual { input: r.input, output: r.output });
+            self.backend.settle(
+                &self.data,
+                Actual {
+                    input: r.input,
+                    output: r.output,
+                },
+            );
         }
     }
 }
@@ -371,22 +398,46 @@ impl LimiterMetrics {
     pub fn new(registry: &Registry) -> LimiterMetrics {
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
-        let degraded = IntGauge::new("limiter_degraded", "1 while Redis is unreachable and each limit falls back to this node's safe share")
-            .expect("valid metric");
-        registry.register(Box::new(degraded.clone())).expect("unique metric");
-        let lease_refills = prometheus::IntCounter::new("limiter_lease_refills_total", "Leased mode: quota chunks taken from Redis")
-            .expect("valid metric");
-        registry.register(Box::new(lease_refills.clone())).expect("unique metric");
-        let decisions = counter("limiter_decisions_total", "Limiter decisions by result, limiting dimension and scope", &["result", "dimension", "scope"]);
+        let degraded = IntGauge::new(
+            "limiter_degraded",
+            "1 while Redis is unreachable and each limit falls back to this node's safe share",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(degraded.clone()))
+            .expect("unique metric");
+        let lease_refills = prometheus::IntCounter::new(
+            "limiter_lease_refills_total",
+            "Leased mode: quota chunks taken from Redis",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(lease_refills.clone()))
+            .expect("unique metric");
+        let decisions = counter(
+            "limiter_decisions_total",
+            "Limiter decisions by result, limiting dimension and scope",
+            &["result", "dimension", "scope"],
+        );
         LimiterMetrics {
             admitted: decisions.with_label_values(&["admitted", "", ""]),
             decisions,
             degraded,
-            redis_ops: counter("limiter_redis_ops_total", "Limiter round trips to Redis, by operation", &["op"]),
-            redis_errors: counter("limiter_redis_errors_total", "Limiter Redis operations that failed or timed out", &["op"]),
+            redis_ops: counter(
+                "limiter_redis_ops_total",
+                "Limiter round trips to Redis, by operation",
+                &["op"],
+            ),
+            redis_errors: counter(
+                "limiter_redis_errors_total",
+                "Limiter Redis operations that failed or timed out",
+                &["op"],
+            ),
             lease_refills,
         }
     }
@@ -430,26 +481,37 @@ impl Limiter {
             });
         }
         let mut subjects = HashMap::new();
-        let mut add_key = |name: &str, tenant: Option<&String>, spec: LimitSpec, scopes: &mut Vec<Scope>| {
-            let tenant_idx = tenant.and_then(|t| tenant_index.get(t).copied());
-            let key_idx = (!spec.is_empty()).then(|| {
-                scopes.push(Scope {
-                    kind: ScopeKind::Key,
-                    name: Arc::from(name),
-                    spec,
-                    tag: match tenant {
-                        Some(t) => format!("t:{t}"),
-                        None => format!("k:{name}"),
-                    },
+        let mut add_key =
+            |name: &str, tenant: Option<&String>, spec: LimitSpec, scopes: &mut Vec<Scope>| {
+                let tenant_idx = tenant.and_then(|t| tenant_index.get(t).copied());
+                let key_idx = (!spec.is_empty()).then(|| {
+                    scopes.push(Scope {
+                        kind: ScopeKind::Key,
+                        name: Arc::from(name),
+                        spec,
+                        tag: match tenant {
+                            Some(t) => format!("t:{t}"),
+                            None => format!("k:{name}"),
+                        },
+                    });
+                    scopes.len() - 1
                 });
-                scopes.len() - 1
-            });
-            if key_idx.is_some() || tenant_idx.is_some() {
-                subjects.insert(Arc::from(name), Subject { scopes: [key_idx, tenant_idx] });
-            }
-        };
+                if key_idx.is_some() || tenant_idx.is_some() {
+                    subjects.insert(
+                        Arc::from(name),
+                        Subject {
+                            scopes: [key_idx, tenant_idx],
+                        },
+                    );
+                }
+            };
         for k in &config.auth.client_keys {
-            add_key(&k.name, k.tenant.as_ref(), k.limits.or(rl.default), &mut scopes);
+            add_key(
+                &k.name,
+                k.tenant.as_ref(),
+                k.limits.or(rl.default),
+                &mut scopes,
+            );
         }
         if config.key_mode() == crate::config::KeyMode::Anonymous {
             // Without client keys every caller is the one "anonymous" principal.
@@ -458,13 +520,30 @@ impl Limiter {
         let scopes = Arc::new(scopes);
         let degraded_flag = Arc::new(AtomicBool::new(false));
         let (backend, has_redis) = match &rl.redis {
-            None => (Backend::Local(Arc::new(local::LocalLimiter::new(scopes.iter().map(|s| s.spec).collect()))), false),
+            None => (
+                Backend::Local(Arc::new(local::LocalLimiter::new(
+                    scopes.iter().map(|s| s.spec).collect(),
+                ))),
+                false,
+            ),
             Some(settings) => {
-                let r = redis::RedisLimiter::start(settings.clone(), scopes.clone(), metrics.clone(), degraded_flag.clone())?;
+                let r = redis::RedisLimiter::start(
+                    settings.clone(),
+                    scopes.clone(),
+                    metrics.clone(),
+                    degraded_flag.clone(),
+                )?;
                 (Backend::Redis(r), true)
             }
         };
-        Ok(Limiter { scopes, subjects, backend, metrics, has_redis, degraded_flag })
+        Ok(Limiter {
+            scopes,
+            subjects,
+            backend,
+            metrics,
+            has_redis,
+            degraded_flag,
+        })
     }
 
     /// With Redis: waits (at most one op timeout) for the first connection, so a node
@@ -494,7 +573,8 @@ impl Limiter {
 
     /// Whether Redis is configured, and if so whether it is currently unreachable.
     pub fn redis_state(&self) -> Option<bool> {
-        self.has_redis.then(|| self.degraded_flag.load(Ordering::Relaxed))
+        self.has_redis
+            .then(|| self.degraded_flag.load(Ordering::Relaxed))
     }
 
     pub fn mode(&self) -> Option<LimitMode> {
@@ -506,7 +586,11 @@ impl Limiter {
 
     /// Phase 3: reserves the request's quota for its key and tenant. `Ok(None)` when
     /// the principal has no limits.
-    pub async fn admit(&self, principal: &str, res: Reservation) -> std::result::Result<Option<Admission>, Rejection> {
+    pub async fn admit(
+        &self,
+        principal: &str,
+        res: Reservation,
+    ) -> std::result::Result<Option<Admission>, Rejection> {
         let Some(subject) = self.subject(principal) else {
             return Ok(None);
         };
@@ -516,14 +600,22 @@ impl Limiter {
             for d in [Dim::InputTokens, Dim::OutputTokens, Dim::DailyTokens] {
                 if let Some(limit) = spec.get(d) {
                     if res.amount(d) > limit {
-                        let denial = Denial { scope: i, dim: d, retry_after: MINUTE, never: true, view: RateView::default() };
+                        let denial = Denial {
+                            scope: i,
+                            dim: d,
+                            retry_after: MINUTE,
+                            never: true,
+                            view: Box::default(),
+                        };
                         return Err(self.reject(denial, res));
                     }
                 }
             }
         }
         let result = match &self.backend {
-            Backend::Local(l) => l.admit(subject, res).map(|(data, view)| (Permit::new(data, l.clone()), view)),
+            Backend::Local(l) => l
+                .admit(subject, res)
+                .map(|(data, view)| (Permit::new(data, l.clone()), view)),
             Backend::Redis(r) => r.admit(subject, res).await,
         };
         match result {
@@ -537,7 +629,10 @@ impl Limiter {
 
     fn reject(&self, d: Denial, res: Reservation) -> Rejection {
         let scope = &self.scopes[d.scope];
-        self.metrics.decisions.with_label_values(&["limited", d.dim.label(), scope.kind.label()]).inc();
+        self.metrics
+            .decisions
+            .with_label_values(&["limited", d.dim.label(), scope.kind.label()])
+            .inc();
         let limit = scope.spec.get(d.dim).unwrap_or(0);
         let message = if d.never {
             format!(
@@ -557,8 +652,14 @@ impl Limiter {
                 d.dim.describe()
             )
         };
-        let error = Error::new(ErrorKind::RateLimited, message).with_retry_after(d.retry_after.max(Duration::from_secs(1)));
-        Rejection { error, dim: d.dim, scope: scope.kind, view: d.view }
+        let error = Error::new(ErrorKind::RateLimited, message)
+            .with_retry_after(d.retry_after.max(Duration::from_secs(1)));
+        Rejection {
+            error,
+            dim: d.dim,
+            scope: scope.kind,
+            view: *d.view,
+        }
     }
 }
 
@@ -578,31 +679,74 @@ mod tests {
         assert_eq!(s.concurrency, Some(4));
         assert_eq!(s.daily_tokens, None);
         assert!(LimitSpec::parse("rpm=x").is_err());
-        assert!(LimitSpec::parse("rps=1").unwrap_err().contains("unknown limit"));
+        assert!(LimitSpec::parse("rps=1")
+            .unwrap_err()
+            .contains("unknown limit"));
         assert!(LimitSpec::parse("").unwrap().is_empty());
     }
 
     #[test]
     fn safe_share_rounds_down_but_never_to_zero() {
-        let s = LimitSpec { rpm: Some(100), concurrency: Some(2), otpm: Some(0), ..Default::default() }.safe_share(3);
+        let s = LimitSpec {
+            rpm: Some(100),
+            concurrency: Some(2),
+            otpm: Some(0),
+            ..Default::default()
+        }
+        .safe_share(3);
         assert_eq!((s.rpm, s.concurrency, s.otpm), (Some(33), Some(1), Some(0)));
     }
 
     #[test]
     fn key_limits_override_defaults_field_by_field() {
-        let d = LimitSpec { rpm: Some(60), otpm: Some(8000), ..Default::default() };
-        let k = LimitSpec { rpm: Some(5), ..Default::default() };
-        assert_eq!(k.or(d), LimitSpec { rpm: Some(5), otpm: Some(8000), ..Default::default() });
+        let d = LimitSpec {
+            rpm: Some(60),
+            otpm: Some(8000),
+            ..Default::default()
+        };
+        let k = LimitSpec {
+            rpm: Some(5),
+            ..Default::default()
+        };
+        assert_eq!(
+            k.or(d),
+            LimitSpec {
+                rpm: Some(5),
+                otpm: Some(8000),
+                ..Default::default()
+            }
+        );
     }
 
     #[test]
     fn view_keeps_the_tightest_quota() {
         let mut v = RateView::default();
         let t = SystemTime::UNIX_EPOCH;
-        v.merge(Dim::Requests, Quota { limit: 10, remaining: 5, reset: t });
-        v.merge(Dim::Requests, Quota { limit: 100, remaining: 50, reset: t });
+        v.merge(
+            Dim::Requests,
+            Quota {
+                limit: 10,
+                remaining: 5,
+                reset: t,
+            },
+        );
+        v.merge(
+            Dim::Requests,
+            Quota {
+                limit: 100,
+                remaining: 50,
+                reset: t,
+            },
+        );
         assert_eq!(v.requests.unwrap().limit, 10);
-        v.merge(Dim::Requests, Quota { limit: 100, remaining: 1, reset: t });
+        v.merge(
+            Dim::Requests,
+            Quota {
+                limit: 100,
+                remaining: 1,
+                reset: t,
+            },
+        );
         assert_eq!(v.requests.unwrap().remaining, 1);
     }
 }

@@ -21,7 +21,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::local::LocalLimiter;
-use super::{ms, Actual, Denial, Dim, LimiterMetrics, PermitData, Quota, RateView, Reservation, Scope, Settle, Stamp, Subject, Permit, DAY, MINUTE};
+use super::{
+    ms, Actual, Denial, Dim, LimiterMetrics, Permit, PermitData, Quota, RateView, Reservation,
+    Scope, Settle, Stamp, Subject, DAY, MINUTE,
+};
 use crate::config::{LimitMode, RedisSettings};
 use crate::error::{Error, Result};
 
@@ -243,7 +246,12 @@ impl ConnectionLike for Conn {
         }
     }
 
-    fn req_packed_commands<'a>(&'a mut self, cmd: &'a Pipeline, offset: usize, count: usize) -> RedisFuture<'a, Vec<Value>> {
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
@@ -334,7 +342,9 @@ impl Lease {
 
     fn remaining(&self, limit: u64, k: usize) -> u64 {
         let unleased = limit.saturating_sub(self.used_global[k]);
-        unleased.saturating_add(self.avail[k].max(0) as u64).min(limit)
+        unleased
+            .saturating_add(self.avail[k].max(0) as u64)
+            .min(limit)
     }
 }
 
@@ -405,12 +415,27 @@ impl RedisLimiter {
                     super::ScopeKind::Tenant => "t",
                 };
                 let hash = format!("{prefix}:{{{}}}:{kind}:{}", s.tag, s.name);
-                ScopeKeys { conc: format!("{hash}:conc"), conc_exp: format!("{hash}:conc:exp"), hash }
+                ScopeKeys {
+                    conc: format!("{hash}:conc"),
+                    conc_exp: format!("{hash}:conc:exp"),
+                    hash,
+                }
             })
             .collect();
-        let fallback = Arc::new(LocalLimiter::new(scopes.iter().map(|s| s.spec.safe_share(settings.expected_nodes)).collect()));
+        let fallback = Arc::new(LocalLimiter::new(
+            scopes
+                .iter()
+                .map(|s| s.spec.safe_share(settings.expected_nodes))
+                .collect(),
+        ));
         let op = |name: &str| metrics.redis_ops.with_label_values(&[name]);
-        let ops = Ops { admit: op("admit"), settle: op("settle"), lease: op("lease"), sync: op("sync"), ping: op("ping") };
+        let ops = Ops {
+            admit: op("admit"),
+            settle: op("settle"),
+            lease: op("lease"),
+            sync: op("sync"),
+            ping: op("ping"),
+        };
         let (settle_tx, settle_rx) = mpsc::unbounded_channel();
         let single = if settings.cluster {
             None
@@ -431,7 +456,10 @@ impl RedisLimiter {
             held: scopes.iter().map(|_| AtomicU64::new(0)).collect(),
             leases: scopes
                 .iter()
-                .map(|_| LeaseSlot { state: Mutex::new(Lease::default()), refill: tokio::sync::Mutex::new(()) })
+                .map(|_| LeaseSlot {
+                    state: Mutex::new(Lease::default()),
+                    refill: tokio::sync::Mutex::new(()),
+                })
                 .collect(),
             keys,
             scopes,
@@ -475,7 +503,10 @@ impl RedisLimiter {
         let was = self.degraded.swap(down, Ordering::Relaxed);
         self.metrics.degraded.set(i64::from(down));
         if down && !was {
-            tracing::warn!(reason = why, "limiter: Redis unreachable; every limit falls back to this node's safe share");
+            tracing::warn!(
+                reason = why,
+                "limiter: Redis unreachable; every limit falls back to this node's safe share"
+            );
         } else if !down && was {
             tracing::info!("limiter: Redis reachable; shared limits resume");
         }
@@ -496,14 +527,23 @@ impl RedisLimiter {
             .retries(1)
             .build()
             .ok()?;
-        let conn = tokio::time::timeout(self.settings.op_timeout * 4, client.get_async_connection()).await.ok()?.ok()?;
+        let conn =
+            tokio::time::timeout(self.settings.op_timeout * 4, client.get_async_connection())
+                .await
+                .ok()?
+                .ok()?;
         let conn = Conn::Cluster(conn);
         self.conn.store(Some(Arc::new(conn.clone())));
         Some(conn)
     }
 
     /// Runs a script with the op timeout. `None` on any failure (and the node degrades).
-    async fn run(&self, inv: &redis::ScriptInvocation<'_>, counter: &IntCounter, op: &str) -> Option<Vec<i64>> {
+    async fn run(
+        &self,
+        inv: &redis::ScriptInvocation<'_>,
+        counter: &IntCounter,
+        op: &str,
+    ) -> Option<Vec<i64>> {
         let mut conn = match self.conn().await {
             Some(c) => c,
             None => {
@@ -513,7 +553,12 @@ impl RedisLimiter {
         };
         counter.inc();
         self.round_trips.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(self.settings.op_timeout, inv.invoke_async::<Vec<i64>>(&mut conn)).await {
+        match tokio::time::timeout(
+            self.settings.op_timeout,
+            inv.invoke_async::<Vec<i64>>(&mut conn),
+        )
+        .await
+        {
             Ok(Ok(v)) => Some(v),
             Ok(Err(e)) => {
                 self.fail(op, &e.to_string());
@@ -541,7 +586,11 @@ impl RedisLimiter {
         self.ops.ping.inc();
         self.round_trips.fetch_add(1, Ordering::Relaxed);
         let ok = matches!(
-            tokio::time::timeout(self.settings.op_timeout, redis::cmd("PING").query_async::<String>(&mut conn)).await,
+            tokio::time::timeout(
+                self.settings.op_timeout,
+                redis::cmd("PING").query_async::<String>(&mut conn)
+            )
+            .await,
             Ok(Ok(_))
         );
         if ok && self.is_degraded() {
@@ -565,7 +614,11 @@ impl RedisLimiter {
 
     /// Decides for a subject: in exact mode one script; in leased mode locally, with a
     /// refill round trip only when this node's lease is short.
-    pub async fn admit(self: &Arc<Self>, subject: Subject, res: Reservation) -> std::result::Result<(Permit, RateView), Denial> {
+    pub async fn admit(
+        self: &Arc<Self>,
+        subject: Subject,
+        res: Reservation,
+    ) -> std::result::Result<(Permit, RateView), Denial> {
         if self.is_degraded() {
             return self.admit_fallback(subject, res);
         }
@@ -583,18 +636,32 @@ impl RedisLimiter {
         }
     }
 
-    fn admit_fallback(&self, subject: Subject, res: Reservation) -> std::result::Result<(Permit, RateView), Denial> {
+    fn admit_fallback(
+        &self,
+        subject: Subject,
+        res: Reservation,
+    ) -> std::result::Result<(Permit, RateView), Denial> {
         let (data, view) = self.fallback.admit(subject, res)?;
         Ok((Permit::new(data, self.fallback.clone()), view))
     }
 
     fn leased_permit(self: &Arc<Self>, (data, view): (PermitData, RateView)) -> (Permit, RateView) {
-        (Permit::new(data, Arc::new(LeasedSettle(self.clone())) as Arc<dyn Settle>), view)
+        (
+            Permit::new(
+                data,
+                Arc::new(LeasedSettle(self.clone())) as Arc<dyn Settle>,
+            ),
+            view,
+        )
     }
 
     // ----- exact mode -----------------------------------------------------------
 
-    async fn admit_exact(self: &Arc<Self>, subject: Subject, res: Reservation) -> std::result::Result<(Permit, RateView), Denial> {
+    async fn admit_exact(
+        self: &Arc<Self>,
+        subject: Subject,
+        res: Reservation,
+    ) -> std::result::Result<(Permit, RateView), Denial> {
         let scopes: Vec<usize> = subject.iter().collect();
         let mut inv = self.admit_script.prepare_invoke();
         for &i in &scopes {
@@ -610,7 +677,13 @@ impl RedisLimiter {
             .arg(res.output);
         for &i in &scopes {
             let spec = &self.scopes[i].spec;
-            for d in [Dim::Requests, Dim::InputTokens, Dim::OutputTokens, Dim::DailyTokens, Dim::Concurrency] {
+            for d in [
+                Dim::Requests,
+                Dim::InputTokens,
+                Dim::OutputTokens,
+                Dim::DailyTokens,
+                Dim::Concurrency,
+            ] {
                 inv.arg(spec.get(d).map_or(-1, |v| v.min(i64::MAX as u64) as i64));
             }
             if spec.concurrency.is_some() {
@@ -639,27 +712,51 @@ impl RedisLimiter {
         let mut stamps = [Stamp::default(); 2];
         for (n, (&i, st)) in scopes.iter().zip(&parsed.scopes).enumerate() {
             let spec = &self.scopes[i].spec;
-            let reset = sys_now + Duration::from_millis((st[0] + ms(MINUTE) - parsed.now).max(0) as u64);
-            for (k, d) in [Dim::Requests, Dim::InputTokens, Dim::OutputTokens].into_iter().enumerate() {
+            let reset =
+                sys_now + Duration::from_millis((st[0] + ms(MINUTE) - parsed.now).max(0) as u64);
+            for (k, d) in [Dim::Requests, Dim::InputTokens, Dim::OutputTokens]
+                .into_iter()
+                .enumerate()
+            {
                 if let Some(limit) = spec.get(d) {
-                    view.merge(d, Quota { limit, remaining: limit.saturating_sub(st[1 + k].max(0) as u64), reset });
+                    view.merge(
+                        d,
+                        Quota {
+                            limit,
+                            remaining: limit.saturating_sub(st[1 + k].max(0) as u64),
+                            reset,
+                        },
+                    );
                 }
             }
-            stamps[slot_of(subject, n)] = Stamp { window: st[0], day: st[4] };
+            stamps[slot_of(subject, n)] = Stamp {
+                window: st[0],
+                day: st[4],
+            };
         }
         if let Some((p, d, retry_ms)) = parsed.deny {
             undo(self);
-            let scope = scopes.get(p.saturating_sub(1)).copied().unwrap_or(scopes[0]);
+            let scope = scopes
+                .get(p.saturating_sub(1))
+                .copied()
+                .unwrap_or(scopes[0]);
             return Err(Denial {
                 scope,
                 dim: dim_of(d),
                 retry_after: Duration::from_millis(retry_ms.max(0) as u64),
                 never: false,
-                view,
+                view: Box::new(view),
             });
         }
-        let data = PermitData { subject, reservation: res, stamps };
-        Ok((Permit::new(data, Arc::new(ExactSettle(self.clone())) as Arc<dyn Settle>), view))
+        let data = PermitData {
+            subject,
+            reservation: res,
+            stamps,
+        };
+        Ok((
+            Permit::new(data, Arc::new(ExactSettle(self.clone())) as Arc<dyn Settle>),
+            view,
+        ))
     }
 
     async fn settle_exact(&self, msg: SettleMsg) {
@@ -667,7 +764,9 @@ impl RedisLimiter {
         let scopes: Vec<usize> = data.subject.iter().collect();
         let di = actual.input as i64 - data.reservation.input as i64;
         let dout = actual.output as i64 - data.reservation.output as i64;
-        let releases = scopes.iter().any(|&i| self.scopes[i].spec.concurrency.is_some());
+        let releases = scopes
+            .iter()
+            .any(|&i| self.scopes[i].spec.concurrency.is_some());
         if di == 0 && dout == 0 && !releases {
             return;
         }
@@ -679,7 +778,9 @@ impl RedisLimiter {
         inv.arg(&self.node_id).arg(scopes.len()).arg(di).arg(dout);
         for (n, &i) in scopes.iter().enumerate() {
             let st = data.stamps[slot_of(data.subject, n)];
-            inv.arg(st.window).arg(st.day).arg(u8::from(self.scopes[i].spec.concurrency.is_some()));
+            inv.arg(st.window)
+                .arg(st.day)
+                .arg(u8::from(self.scopes[i].spec.concurrency.is_some()));
         }
         // A failure leaves the slot counted in Redis; `resync` (set by `fail`) corrects
         // it at the next heartbeat.
@@ -691,12 +792,21 @@ impl RedisLimiter {
     /// The hot path: admits from this node's leases if every dimension has enough.
     fn try_lease(&self, subject: Subject, res: Reservation) -> Option<(PermitData, RateView)> {
         let now = Instant::now();
-        let mut guards: [Option<(usize, MutexGuard<'_, Lease>)>; 2] =
-            subject.scopes.map(|i| i.map(|i| (i, lock(&self.leases[i].state))));
+        let mut guards: [Option<(usize, MutexGuard<'_, Lease>)>; 2] = subject
+            .scopes
+            .map(|i| i.map(|i| (i, lock(&self.leases[i].state))));
         for (i, l) in guards.iter_mut().flatten() {
             l.expire(now);
             let spec = &self.scopes[*i].spec;
-            for (k, d) in [Dim::Requests, Dim::InputTokens, Dim::OutputTokens, Dim::DailyTokens].into_iter().enumerate() {
+            for (k, d) in [
+                Dim::Requests,
+                Dim::InputTokens,
+                Dim::OutputTokens,
+                Dim::DailyTokens,
+            ]
+            .into_iter()
+            .enumerate()
+            {
                 if spec.get(d).is_some() && l.avail[k] < res.amount(d) as i64 {
                     return None;
                 }
@@ -710,7 +820,15 @@ impl RedisLimiter {
         for (slot, g) in guards.iter_mut().enumerate() {
             let Some((i, l)) = g else { continue };
             let spec = &self.scopes[*i].spec;
-            for (k, d) in [Dim::Requests, Dim::InputTokens, Dim::OutputTokens, Dim::DailyTokens].into_iter().enumerate() {
+            for (k, d) in [
+                Dim::Requests,
+                Dim::InputTokens,
+                Dim::OutputTokens,
+                Dim::DailyTokens,
+            ]
+            .into_iter()
+            .enumerate()
+            {
                 if spec.get(d).is_some() {
                     l.avail[k] -= res.amount(d) as i64;
                 }
@@ -719,18 +837,42 @@ impl RedisLimiter {
                 l.conc_in_use += 1;
             }
             l.admitted_since_sync += 1;
-            for (k, d) in [Dim::Requests, Dim::InputTokens, Dim::OutputTokens].into_iter().enumerate() {
+            for (k, d) in [Dim::Requests, Dim::InputTokens, Dim::OutputTokens]
+                .into_iter()
+                .enumerate()
+            {
                 if let Some(limit) = spec.get(d) {
-                    view.merge(d, Quota { limit, remaining: l.remaining(limit, k), reset: l.w_reset });
+                    view.merge(
+                        d,
+                        Quota {
+                            limit,
+                            remaining: l.remaining(limit, k),
+                            reset: l.w_reset,
+                        },
+                    );
                 }
             }
-            stamps[slot] = Stamp { window: l.ws, day: l.ds };
+            stamps[slot] = Stamp {
+                window: l.ws,
+                day: l.ds,
+            };
         }
-        Some((PermitData { subject, reservation: res, stamps }, view))
+        Some((
+            PermitData {
+                subject,
+                reservation: res,
+                stamps,
+            },
+            view,
+        ))
     }
 
     /// The slow path: one refill round trip for everything short, then admit locally.
-    async fn refill_and_admit(self: &Arc<Self>, subject: Subject, res: Reservation) -> std::result::Result<(Permit, RateView), Denial> {
+    async fn refill_and_admit(
+        self: &Arc<Self>,
+        subject: Subject,
+        res: Reservation,
+    ) -> std::result::Result<(Permit, RateView), Denial> {
         let scopes: Vec<usize> = subject.iter().collect();
         let mut _guards = Vec::with_capacity(2);
         for &i in &scopes {
@@ -746,23 +888,42 @@ impl RedisLimiter {
                 let k = &self.keys[i];
                 inv.key(&k.hash).key(&k.conc).key(&k.conc_exp);
             }
-            let fdiv = (f64::from(self.settings.expected_nodes) / self.settings.lease_fraction).max(1.0);
-            inv.arg(&self.node_id).arg(ms(MINUTE)).arg(ms(DAY)).arg(ms(self.settings.slot_ttl)).arg(scopes.len()).arg(fdiv);
+            let fdiv =
+                (f64::from(self.settings.expected_nodes) / self.settings.lease_fraction).max(1.0);
+            inv.arg(&self.node_id)
+                .arg(ms(MINUTE))
+                .arg(ms(DAY))
+                .arg(ms(self.settings.slot_ttl))
+                .arg(scopes.len())
+                .arg(fdiv);
             let now = Instant::now();
             for &i in &scopes {
                 let spec = &self.scopes[i].spec;
                 let mut l = lock(&self.leases[i].state);
                 l.expire(now);
                 inv.arg(l.ws).arg(l.ds);
-                for (k, d) in [Dim::Requests, Dim::InputTokens, Dim::OutputTokens, Dim::DailyTokens].into_iter().enumerate() {
+                for (k, d) in [
+                    Dim::Requests,
+                    Dim::InputTokens,
+                    Dim::OutputTokens,
+                    Dim::DailyTokens,
+                ]
+                .into_iter()
+                .enumerate()
+                {
                     let amt = res.amount(d) as i64;
                     match spec.get(d) {
-                        Some(limit) => inv.arg(limit.min(i64::MAX as u64) as i64).arg((amt - l.avail[k]).max(0)).arg(amt),
+                        Some(limit) => inv
+                            .arg(limit.min(i64::MAX as u64) as i64)
+                            .arg((amt - l.avail[k]).max(0))
+                            .arg(amt),
                         None => inv.arg(-1).arg(0).arg(0),
                     };
                 }
                 match spec.concurrency {
-                    Some(limit) => inv.arg(limit as i64).arg((l.conc_in_use + 1).saturating_sub(l.conc_leased)),
+                    Some(limit) => inv
+                        .arg(limit as i64)
+                        .arg((l.conc_in_use + 1).saturating_sub(l.conc_leased)),
                     None => inv.arg(-1).arg(0),
                 };
             }
@@ -781,14 +942,27 @@ impl RedisLimiter {
                 let spec = &self.scopes[i].spec;
                 let mut l = lock(&self.leases[i].state);
                 apply_grant(&mut l, st, parsed.now, now, sys_now);
-                for (k, d) in [Dim::Requests, Dim::InputTokens, Dim::OutputTokens].into_iter().enumerate() {
+                for (k, d) in [Dim::Requests, Dim::InputTokens, Dim::OutputTokens]
+                    .into_iter()
+                    .enumerate()
+                {
                     if let Some(limit) = spec.get(d) {
-                        view.merge(d, Quota { limit, remaining: l.remaining(limit, k), reset: l.w_reset });
+                        view.merge(
+                            d,
+                            Quota {
+                                limit,
+                                remaining: l.remaining(limit, k),
+                                reset: l.w_reset,
+                            },
+                        );
                     }
                 }
             }
             if let Some((p, d, retry_ms)) = parsed.deny {
-                let scope = scopes.get(p.saturating_sub(1)).copied().unwrap_or(scopes[0]);
+                let scope = scopes
+                    .get(p.saturating_sub(1))
+                    .copied()
+                    .unwrap_or(scopes[0]);
                 let retry_after = Duration::from_millis(retry_ms.max(0) as u64);
                 {
                     let mut l = lock(&self.leases[scope].state);
@@ -796,12 +970,24 @@ impl RedisLimiter {
                     l.refused_dim = dim_of(d);
                     l.refused_reset = Some(now + retry_after);
                 }
-                return Err(Denial { scope, dim: dim_of(d), retry_after, never: false, view });
+                return Err(Denial {
+                    scope,
+                    dim: dim_of(d),
+                    retry_after,
+                    never: false,
+                    view: Box::new(view),
+                });
             }
         }
         // Local requests kept taking the refills: a burst far beyond the lease size.
         let view = self.try_view(subject);
-        Err(Denial { scope: scopes[0], dim: Dim::Requests, retry_after: Duration::from_secs(1), never: false, view })
+        Err(Denial {
+            scope: scopes[0],
+            dim: Dim::Requests,
+            retry_after: Duration::from_secs(1),
+            never: false,
+            view: Box::new(view),
+        })
     }
 
     /// A refusal remembered from the last refill of one of the subject's scopes.
@@ -810,10 +996,18 @@ impl RedisLimiter {
         for i in subject.iter() {
             let l = lock(&self.leases[i].state);
             if l.refused_until.is_some_and(|t| now < t) {
-                let retry_after = l.refused_reset.map_or(Duration::from_secs(1), |r| r.saturating_duration_since(now));
+                let retry_after = l
+                    .refused_reset
+                    .map_or(Duration::from_secs(1), |r| r.saturating_duration_since(now));
                 let dim = l.refused_dim;
                 drop(l);
-                return Some(Denial { scope: i, dim, retry_after, never: false, view: self.try_view(subject) });
+                return Some(Denial {
+                    scope: i,
+                    dim,
+                    retry_after,
+                    never: false,
+                    view: Box::new(self.try_view(subject)),
+                });
             }
         }
         None
@@ -824,9 +1018,19 @@ impl RedisLimiter {
         for i in subject.iter() {
             let l = lock(&self.leases[i].state);
             let spec = &self.scopes[i].spec;
-            for (k, d) in [Dim::Requests, Dim::InputTokens, Dim::OutputTokens].into_iter().enumerate() {
+            for (k, d) in [Dim::Requests, Dim::InputTokens, Dim::OutputTokens]
+                .into_iter()
+                .enumerate()
+            {
                 if let Some(limit) = spec.get(d) {
-                    view.merge(d, Quota { limit, remaining: l.remaining(limit, k), reset: l.w_reset });
+                    view.merge(
+                        d,
+                        Quota {
+                            limit,
+                            remaining: l.remaining(limit, k),
+                            reset: l.w_reset,
+                        },
+                    );
                 }
             }
         }
@@ -850,7 +1054,8 @@ impl RedisLimiter {
                 }
             }
             if l.ds == stamp.day && l.ds >= 0 && spec.daily_tokens.is_some() {
-                l.avail[3] += r.amount(Dim::DailyTokens) as i64 - actual.input.saturating_add(actual.output) as i64;
+                l.avail[3] += r.amount(Dim::DailyTokens) as i64
+                    - actual.input.saturating_add(actual.output) as i64;
             }
             if spec.concurrency.is_some() {
                 l.conc_in_use = l.conc_in_use.saturating_sub(1);
@@ -892,7 +1097,7 @@ impl RedisLimiter {
                     l.expire(now);
                     let idle = l.admitted_since_sync == 0;
                     l.admitted_since_sync = 0;
-                    for k in 0..4 {
+                    for (k, ret_k) in ret.iter_mut().enumerate() {
                         let valid = if k < 3 { l.ws >= 0 } else { l.ds >= 0 };
                         if !valid {
                             continue;
@@ -900,9 +1105,15 @@ impl RedisLimiter {
                         // Keep about one chunk while busy; give everything back when idle
                         // so other nodes can use it. Debt is always pushed.
                         let keep = if idle { 0 } else { l.last_grant[k].max(0) };
-                        if l.avail[k] < 0 || l.avail[k] > keep.saturating_mul(2).max(if idle { 0 } else { 1 }) {
-                            ret[k] = if l.avail[k] < 0 { l.avail[k] } else { l.avail[k] - keep };
-                            l.avail[k] -= ret[k];
+                        if l.avail[k] < 0
+                            || l.avail[k] > keep.saturating_mul(2).max(if idle { 0 } else { 1 })
+                        {
+                            *ret_k = if l.avail[k] < 0 {
+                                l.avail[k]
+                            } else {
+                                l.avail[k] - keep
+                            };
+                            l.avail[k] -= *ret_k;
                         }
                     }
                     if spec.concurrency.is_some() {
@@ -911,7 +1122,13 @@ impl RedisLimiter {
                     }
                     let due = l.last_heartbeat.is_none_or(|t| now >= t + heartbeat);
                     let conc_changed = l.conc_leased != l.conc_synced;
-                    let conc_mode = if spec.concurrency.is_some() && (conc_changed || (due && l.conc_leased > 0) || resync) { 2 } else { 0 };
+                    let conc_mode = if spec.concurrency.is_some()
+                        && (conc_changed || (due && l.conc_leased > 0) || resync)
+                    {
+                        2
+                    } else {
+                        0
+                    };
                     if ret.iter().all(|r| *r == 0) && conc_mode == 0 {
                         continue;
                     }
@@ -925,7 +1142,10 @@ impl RedisLimiter {
             let k = &self.keys[i];
             let mut inv = self.sync_script.prepare_invoke();
             inv.key(&k.hash).key(&k.conc).key(&k.conc_exp);
-            inv.arg(&self.node_id).arg(ms(self.settings.slot_ttl)).arg(ws).arg(ds);
+            inv.arg(&self.node_id)
+                .arg(ms(self.settings.slot_ttl))
+                .arg(ws)
+                .arg(ds);
             for r in ret {
                 inv.arg(r);
             }
@@ -955,7 +1175,13 @@ impl RedisLimiter {
 
 /// Which `stamps` slot the n-th present scope of a subject uses.
 fn slot_of(subject: Subject, n: usize) -> usize {
-    subject.scopes.iter().enumerate().filter(|(_, s)| s.is_some()).nth(n).map_or(0, |(slot, _)| slot)
+    subject
+        .scopes
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.is_some())
+        .nth(n)
+        .map_or(0, |(slot, _)| slot)
 }
 
 fn dim_of(k: i64) -> Dim {
@@ -984,7 +1210,11 @@ fn parse<const N: usize>(v: &[i64], np: usize) -> Option<Parsed<N>> {
         a.copy_from_slice(&v[5 + p * N..5 + (p + 1) * N]);
         a
     });
-    Some(Parsed { now: v[1], deny, scopes: scopes.collect() })
+    Some(Parsed {
+        now: v[1],
+        deny,
+        scopes: scopes.collect(),
+    })
 }
 
 fn parse_admit(v: &[i64], np: usize) -> Option<Parsed<7>> {
@@ -997,7 +1227,9 @@ fn parse_lease(v: &[i64], np: usize) -> Option<Parsed<12>> {
 
 /// Applies a refill reply `{ws, ds, g_r, g_i, g_o, g_d, g_c, r, i, o, d, held}` to a lease.
 fn apply_grant(l: &mut Lease, st: &[i64; 12], redis_now: i64, now: Instant, sys_now: SystemTime) {
-    let until = |start: i64, len: Duration| Duration::from_millis((start + ms(len) - redis_now).max(0) as u64);
+    let until = |start: i64, len: Duration| {
+        Duration::from_millis((start + ms(len) - redis_now).max(0) as u64)
+    };
     if st[0] != l.ws {
         // A new window: whatever was left of the old lease is void.
         l.ws = st[0];
@@ -1035,7 +1267,15 @@ impl Settle for ExactSettle {
                 self.0.held[i].fetch_sub(1, Ordering::Relaxed);
             }
         }
-        if self.0.settle_tx.send(SettleMsg { data: p.clone(), actual }).is_err() {
+        if self
+            .0
+            .settle_tx
+            .send(SettleMsg {
+                data: p.clone(),
+                actual,
+            })
+            .is_err()
+        {
             self.0.resync.store(true, Ordering::Relaxed);
         }
     }
@@ -1070,7 +1310,10 @@ async fn sync_loop(limiter: Weak<RedisLimiter>) {
                 LimitMode::Leased => l.settings.sync_interval,
                 LimitMode::Exact => (l.settings.slot_ttl / 6).min(Duration::from_millis(500)),
             };
-            (tick.max(Duration::from_millis(5)), Duration::from_millis(250))
+            (
+                tick.max(Duration::from_millis(5)),
+                Duration::from_millis(250),
+            )
         }
         None => return,
     };

@@ -15,7 +15,11 @@ pub struct RedisServer {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl RedisServer {
@@ -56,9 +60,16 @@ impl RedisServer {
                 return;
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("redis-server exited at start-up ({status}) on port {}", self.port);
+                panic!(
+                    "redis-server exited at start-up ({status}) on port {}",
+                    self.port
+                );
             }
-            assert!(Instant::now() < deadline, "redis-server did not answer PING on port {}", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer PING on port {}",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -84,7 +95,8 @@ impl RedisServer {
     /// Runs one command and returns its reply flattened to text (arrays joined by
     /// newlines). Panics if the server does not answer.
     pub fn cmd(&self, args: &[&str]) -> String {
-        self.try_cmd(args).unwrap_or_else(|| panic!("redis on port {} did not answer {args:?}", self.port))
+        self.try_cmd(args)
+            .unwrap_or_else(|| panic!("redis on port {} did not answer {args:?}", self.port))
     }
 
     fn try_cmd(&self, args: &[&str]) -> Option<String> {
@@ -143,7 +155,14 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start(n: usize) -> RedisCluster {
-        let args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"];
+        let args = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "2000",
+        ];
         let servers: Vec<RedisServer> = (0..n).map(|_| RedisServer::start_with(&args)).collect();
         for (i, s) in servers.iter().enumerate() {
             let (lo, hi) = (16384 * i / n, 16384 * (i + 1) / n - 1);
@@ -151,11 +170,20 @@ impl RedisCluster {
             assert_eq!(r, "OK", "ADDSLOTSRANGE on port {}", s.port);
         }
         for s in &servers[1..] {
-            assert_eq!(servers[0].cmd(&["CLUSTER", "MEET", "127.0.0.1", &s.port.to_string()]), "OK");
+            assert_eq!(
+                servers[0].cmd(&["CLUSTER", "MEET", "127.0.0.1", &s.port.to_string()]),
+                "OK"
+            );
         }
         let deadline = Instant::now() + Duration::from_secs(15);
-        while !servers.iter().all(|s| s.cmd(&["CLUSTER", "INFO"]).contains("cluster_state:ok")) {
-            assert!(Instant::now() < deadline, "the Redis Cluster did not converge");
+        while !servers
+            .iter()
+            .all(|s| s.cmd(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the Redis Cluster did not converge"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         RedisCluster { servers }
@@ -163,6 +191,10 @@ impl RedisCluster {
 
     /// Seed URLs, comma-separated (the form `--redis` and `redis.url` take).
     pub fn urls(&self) -> String {
-        self.servers.iter().map(RedisServer::url).collect::<Vec<_>>().join(",")
+        self.servers
+            .iter()
+            .map(RedisServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
