@@ -1250,9 +1250,12 @@ fn apply_grant(l: &mut Lease, st: &[i64; 12], redis_now: i64, now: Instant, sys_
         }
         l.used_global[k] = st[7 + k].max(0) as u64;
     }
-    l.conc_leased += st[6].max(0) as u64;
-    if st[6] > 0 {
-        l.conc_synced = l.conc_leased;
+    let granted = st[6].max(0) as u64;
+    l.conc_leased += granted;
+    // Redis added the grant to what it had. If that is unknown (after an outage), the
+    // next sync sets the count absolutely instead.
+    if l.conc_synced != u64::MAX {
+        l.conc_synced += granted;
     }
 }
 
