@@ -562,3 +562,36 @@ async fn redis_cluster_keeps_a_key_and_its_tenant_on_one_slot() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn remaining_moves_with_every_request_in_both_modes() {
+    let redis = RedisServer::start();
+    let mock = mock().await;
+    for (mode, key) in [("exact", "rem-exact"), ("leased", "rem-leased")] {
+        // Both runs name their key key-1: a prefix per mode keeps their state apart.
+        let extra = format!("{SLOW_MACHINE}\nkey_prefix = \"{mode}\"");
+        let (nodes, _dir) = nodes(2, &mock, &redis, mode, "rpm=10", &extra, key);
+        for (i, expect) in (5..10).rev().enumerate() {
+            // Exact mode answers from Redis, so any node will do; a leased node counts
+            // its own admissions against what it last saw of the rest of the cluster.
+            let node = if mode == "exact" {
+                &nodes[i % 2]
+            } else {
+                &nodes[0]
+            };
+            let r = post_json(
+                &format!("{}/v1/messages", node.url()),
+                &[("x-api-key", key), ("anthropic-version", "2023-06-01")],
+                &msg(16, false),
+            )
+            .await;
+            assert_eq!(r.status, 200, "{mode}: {}", r.text());
+            assert_eq!(r.header("anthropic-ratelimit-requests-limit"), Some("10"));
+            assert_eq!(
+                r.header("anthropic-ratelimit-requests-remaining"),
+                Some(expect.to_string().as_str()),
+                "{mode}: request {i}"
+            );
+        }
+    }
+}
