@@ -168,12 +168,18 @@ pub struct RequestRecord {
     pub error: Option<&'static str>,
     pub outcome: &'static str,
     pub bytes_out: u64,
+    /// The limiter's reservation, settled with `usage` in [`RequestRecord::finish`].
+    pub permit: Option<crate::limits::Permit>,
 }
 
 impl RequestRecord {
     /// Writes the metrics and the access line. Called exactly once, when the response
     /// is done or abandoned.
     pub fn finish(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            // Refunds the unused reservation and frees the concurrency slot.
+            permit.settle(&self.usage, self.outcome);
+        }
         let m = &self.metrics;
         let route = self.route.label();
         // Only models the upstream accepted become label values: a client cannot

@@ -74,6 +74,26 @@ pub struct Cli {
     #[arg(long, env = "STRAIT_UPSTREAM_KEYS", hide_env_values = true, value_name = "KEYS")]
     pub upstream_keys: Option<String>,
 
+    /// Rate limits for every client key, e.g. 'rpm=60,itpm=40000,otpm=8000,concurrency=4'
+    /// (also daily_tokens=N). Overrides the same fields of [limits.default].
+    #[arg(long, value_name = "LIMITS")]
+    pub default_limits: Option<String>,
+
+    /// Redis URL for limits shared by every node (redis://host:port); a comma-separated
+    /// list of seeds means Redis Cluster. Without it, limits are per node, in process.
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+
+    /// How nodes share limits through Redis: leased (default; no round trip per request)
+    /// or exact (one atomic Redis script per request).
+    #[arg(long, value_name = "MODE")]
+    pub limit_mode: Option<String>,
+
+    /// Nodes sharing the limits (the divisor of each node's safe share while Redis is
+    /// down) [default: 3].
+    #[arg(long, value_name = "N")]
+    pub expected_nodes: Option<u32>,
+
     /// Client (Strait) keys, comma-separated; stored only as hashes.
     #[arg(long, env = "STRAIT_CLIENT_KEYS", hide_env_values = true, value_name = "KEYS")]
     pub client_keys: Option<String>,
@@ -162,6 +182,26 @@ impl Cli {
                 raw.cluster.kek = Some(Secret::new(v));
             }
         }
+        if let Some(v) = &self.default_limits {
+            let spec = crate::limits::LimitSpec::parse(v)
+                .map_err(|e| crate::error::Error::config(format!("--default-limits: {e}")))?;
+            let d = &mut raw.limits.default;
+            d.rpm = spec.rpm.or(d.rpm);
+            d.itpm = spec.itpm.or(d.itpm);
+            d.otpm = spec.otpm.or(d.otpm);
+            d.concurrency = spec.concurrency.or(d.concurrency);
+            d.daily_tokens = spec.daily_tokens.or(d.daily_tokens);
+        }
+        if let Some(v) = self.redis {
+            raw.redis.cluster |= v.contains(',');
+            raw.redis.url = v;
+        }
+        if let Some(v) = self.limit_mode {
+            raw.redis.mode = v;
+        }
+        if let Some(v) = self.expected_nodes {
+            raw.redis.expected_nodes = v;
+        }
         let upstream_keys = self.upstream_keys.as_deref().map(split_keys).unwrap_or_default();
         let client_keys = self.client_keys.as_deref().map(split_keys).unwrap_or_default();
         raw.validate(upstream_keys, client_keys)
@@ -171,7 +211,7 @@ impl Cli {
 /// A human summary for `--check-config` (no secrets).
 pub fn summary(c: &Config) -> String {
     format!(
-        "config ok\n  public listener: {} ({})\n  admin listener:  {}\n  upstream:        {}://{}{}\n  key mode:        {:?} ({} upstream keys, {} client keys)\n  limits:          body {} bytes, headers {} bytes, {} connections\n  workers:         {}\n  cluster:         {}\n",
+        "config ok\n  public listener: {} ({})\n  admin listener:  {}\n  upstream:        {}://{}{}\n  key mode:        {:?} ({} upstream keys, {} client keys)\n  limits:          body {} bytes, headers {} bytes, {} connections\n  workers:         {}\n  cluster:         {}\n  rate limits:     {}\n",
         c.public_listen,
         match &c.tls {
             Some(t) if t.tls13_only => "TLS 1.3",
@@ -199,6 +239,10 @@ pub fn summary(c: &Config) -> String {
                 if cl.kek.is_some() { "set" } else { "not set" }
             ),
             None => "none (file config only)".to_string(),
+        },
+        match &c.rate_limits.redis {
+            None => "in process".to_string(),
+            Some(r) => format!("redis ({:?} mode, {} expected nodes)", r.mode, r.expected_nodes),
         },
     )
 }

@@ -50,6 +50,22 @@ pub const DEFAULT_DNS_TTL_CAP: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// Default cooldown of an upstream key after a 429/529 without `retry-after`.
 pub const DEFAULT_KEY_COOLDOWN: Duration = Duration::from_secs(5);
+/// Default limiter mode with Redis: nodes lease quota in chunks (no round trip per request).
+pub const DEFAULT_LIMIT_MODE: &str = "leased";
+/// Default number of nodes sharing each limit: the divisor of the safe share a node
+/// falls back to while Redis is unreachable. Errs towards admitting too little.
+pub const DEFAULT_EXPECTED_NODES: u32 = 3;
+/// Default interval of the leased-mode background sync (returns surplus and refunds).
+pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(100);
+/// Default fraction of its fair share (remaining / expected_nodes) a node leases at once.
+pub const DEFAULT_LEASE_FRACTION: f64 = 0.5;
+/// Default lifetime of a node's concurrency slots in Redis without a heartbeat: the
+/// bound on how long a killed node's slots stay taken.
+pub const DEFAULT_SLOT_TTL: Duration = Duration::from_secs(10);
+/// Default timeout of one limiter round trip to Redis before the node degrades.
+pub const DEFAULT_REDIS_OP_TIMEOUT: Duration = Duration::from_millis(250);
+/// Default prefix of every limiter key in Redis.
+pub const DEFAULT_REDIS_PREFIX: &str = "strait";
 
 /// The file's shape. Unknown fields are errors so typos do not pass silently.
 #[derive(Debug, Default, Deserialize)]
@@ -63,6 +79,10 @@ pub struct RawConfig {
     pub log: RawLog,
     pub runtime: RawRuntime,
     pub cluster: RawCluster,
+    /// Tenants: groups of client keys sharing one set of limits.
+    pub tenants: Vec<RawTenant>,
+    /// Shared limiter state. Without a URL the limiter runs in process.
+    pub redis: RawRedis,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,6 +124,91 @@ pub struct RawLimits {
     pub max_connections: usize,
     #[serde(with = "humantime_serde_compat")]
     pub drain_timeout: Duration,
+    /// Rate limits for every client key (fields a key sets override these). Default: none.
+    pub default: RawLimitSpec,
+}
+
+/// Rate limits of a key or tenant; an absent field is unlimited.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawLimitSpec {
+    /// Requests per minute.
+    pub rpm: Option<u64>,
+    /// Input tokens per minute (reserved from an estimate, settled with real usage).
+    pub itpm: Option<u64>,
+    /// Output tokens per minute (`max_tokens` reserved, settled with real usage).
+    pub otpm: Option<u64>,
+    /// Requests in flight at once; a stream counts until it ends.
+    pub concurrency: Option<u64>,
+    /// Input plus output tokens per 24 hours.
+    pub daily_tokens: Option<u64>,
+}
+
+impl RawLimitSpec {
+    fn to_spec(&self) -> crate::limits::LimitSpec {
+        crate::limits::LimitSpec {
+            rpm: self.rpm,
+            itpm: self.itpm,
+            otpm: self.otpm,
+            concurrency: self.concurrency,
+            daily_tokens: self.daily_tokens,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenant {
+    /// Tenant name, referenced by `auth.client_keys[].tenant`; used in metrics and logs.
+    pub name: String,
+    /// Limits shared by all the tenant's keys together. Default: none.
+    #[serde(default)]
+    pub limits: RawLimitSpec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawRedis {
+    /// `redis://host:port[/db]` (or `rediss://`). Empty (the default): in-process limiter.
+    /// For Redis Cluster, a comma-separated list of seed nodes with `cluster = true`.
+    pub url: String,
+    /// Connect with the Redis Cluster protocol. Default false.
+    pub cluster: bool,
+    /// `leased` (default: nodes lease quota in chunks, no round trip per request) or
+    /// `exact` (one atomic script per request).
+    pub mode: String,
+    /// Nodes sharing the limits: the safe-share divisor while Redis is down, and the
+    /// lease sizing divisor. Default [`DEFAULT_EXPECTED_NODES`].
+    pub expected_nodes: u32,
+    /// Leased mode: how often a node returns surplus quota and refunds. Default 100ms.
+    #[serde(with = "humantime_serde_compat")]
+    pub sync_interval: Duration,
+    /// Leased mode: fraction of its fair share a node leases at once, in (0, 1]. Default 0.5.
+    pub lease_fraction: f64,
+    /// Concurrency slots of a node that stops heartbeating are freed after this. Default 10s.
+    #[serde(with = "humantime_serde_compat")]
+    pub slot_ttl: Duration,
+    /// A Redis round trip slower than this counts as Redis being down. Default 250ms.
+    #[serde(with = "humantime_serde_compat")]
+    pub op_timeout: Duration,
+    /// Prefix of every key the limiter writes. Default `strait`.
+    pub key_prefix: String,
+}
+
+impl Default for RawRedis {
+    fn default() -> Self {
+        RawRedis {
+            url: String::new(),
+            cluster: false,
+            mode: DEFAULT_LIMIT_MODE.into(),
+            expected_nodes: DEFAULT_EXPECTED_NODES,
+            sync_interval: DEFAULT_SYNC_INTERVAL,
+            lease_fraction: DEFAULT_LEASE_FRACTION,
+            slot_ttl: DEFAULT_SLOT_TTL,
+            op_timeout: DEFAULT_REDIS_OP_TIMEOUT,
+            key_prefix: DEFAULT_REDIS_PREFIX.into(),
+        }
+    }
 }
 
 impl Default for RawLimits {
@@ -114,6 +219,7 @@ impl Default for RawLimits {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            default: RawLimitSpec::default(),
         }
     }
 }
@@ -181,6 +287,12 @@ pub struct RawClientKey {
     pub name: String,
     /// Hex SHA-256 of the key (`printf %s "$KEY" | sha256sum`).
     pub sha256: String,
+    /// The tenant (a `[[tenants]]` name) whose shared limits also apply. Default: none.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// This key's limits; fields left out fall back to `[limits.default]`.
+    #[serde(default)]
+    pub limits: RawLimitSpec,
 }
 
 #[derive(Debug, Deserialize)]
@@ -349,6 +461,47 @@ pub struct Upstream {
 pub struct ClientKey {
     pub name: String,
     pub sha256: [u8; 32],
+    pub tenant: Option<String>,
+    /// The key's own limits (not yet merged with the defaults).
+    pub limits: crate::limits::LimitSpec,
+}
+
+/// How the limiter uses Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitMode {
+    /// One atomic script per decision: never over a limit, one round trip per request.
+    Exact,
+    /// Quota leased in chunks and decided locally: no round trip on the hot path.
+    Leased,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// One URL, or the seed nodes of a cluster.
+    pub urls: Vec<String>,
+    pub cluster: bool,
+    pub mode: LimitMode,
+    pub expected_nodes: u32,
+    pub sync_interval: Duration,
+    pub lease_fraction: f64,
+    pub slot_ttl: Duration,
+    pub op_timeout: Duration,
+    pub key_prefix: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub name: String,
+    pub limits: crate::limits::LimitSpec,
+}
+
+/// Rate limits and where their state lives.
+#[derive(Debug, Clone, Default)]
+pub struct RateLimits {
+    pub default: crate::limits::LimitSpec,
+    pub tenants: Vec<Tenant>,
+    /// `None`: the in-process limiter.
+    pub redis: Option<RedisSettings>,
 }
 
 #[derive(Debug, Clone)]
@@ -391,6 +544,7 @@ pub struct Config {
     pub workers: Option<usize>,
     /// Membership and live config in etcd; `None` runs on the file config alone.
     pub cluster: Option<Cluster>,
+    pub rate_limits: RateLimits,
 }
 
 /// The key-handling mode a node runs in, derived from which keys are configured.
@@ -542,10 +696,13 @@ impl RawConfig {
             }
             let mut sha256 = [0u8; 32];
             sha256.copy_from_slice(&bytes);
-            client_keys.push(ClientKey {
-                name: ck.name,
-                sha256,
-            });
+            check_name(&format!("auth.client_keys[{i}].name"), &ck.name)?;
+            if let Some(t) = &ck.tenant {
+                if !self.tenants.iter().any(|x| &x.name == t) {
+                    return Err(Error::config(format!("auth.client_keys[{i}].tenant: no [[tenants]] entry named {t:?}")));
+                }
+            }
+            client_keys.push(ClientKey { name: ck.name, sha256, tenant: ck.tenant, limits: ck.limits.to_spec() });
         }
         let mut plain = extra_client_keys;
         if let Some(path) = &self.auth.client_keys_file {
@@ -556,6 +713,8 @@ impl RawConfig {
             client_keys.push(ClientKey {
                 name: format!("key-{}", i + 1),
                 sha256: hash_key(k.expose()),
+                tenant: None,
+                limits: Default::default(),
             });
         }
 
@@ -592,6 +751,8 @@ impl RawConfig {
                 self.log.level
             )));
         }
+
+        let rate_limits = validate_rate_limits(&l.default, &self.tenants, &self.redis)?;
 
         let workers = match self.runtime.workers {
             Some(0) | None => None,
@@ -637,6 +798,7 @@ impl RawConfig {
             },
             workers,
             cluster,
+            rate_limits,
         })
     }
 }
@@ -696,6 +858,73 @@ fn validate_cluster(c: RawCluster) -> Result<Option<Cluster>> {
         advertise_public: c.advertise_public,
         advertise_admin: c.advertise_admin,
     }))
+}
+
+/// Names become Redis hash tags and metric labels: braces would break the tags.
+fn check_name(field: &str, name: &str) -> Result<()> {
+    if name.contains(['{', '}']) || name.chars().any(char::is_control) {
+        return Err(Error::config(format!("{field}: {name:?} must not contain braces or control characters")));
+    }
+    Ok(())
+}
+
+fn validate_rate_limits(default: &RawLimitSpec, tenants: &[RawTenant], redis: &RawRedis) -> Result<RateLimits> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for (i, t) in tenants.iter().enumerate() {
+        if t.name.is_empty() {
+            return Err(Error::config(format!("tenants[{i}].name must not be empty")));
+        }
+        check_name(&format!("tenants[{i}].name"), &t.name)?;
+        if !seen.insert(t.name.as_str()) {
+            return Err(Error::config(format!("tenants[{i}].name {:?} appears twice", t.name)));
+        }
+        out.push(Tenant { name: t.name.clone(), limits: t.limits.to_spec() });
+    }
+    let redis = if redis.url.trim().is_empty() {
+        None
+    } else {
+        let urls: Vec<String> = redis.url.split(',').map(|u| u.trim().to_string()).filter(|u| !u.is_empty()).collect();
+        for u in &urls {
+            if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                return Err(Error::config("redis.url must start with redis:// or rediss://"));
+            }
+        }
+        if urls.len() > 1 && !redis.cluster {
+            return Err(Error::config("redis.url lists several servers: set redis.cluster = true for Redis Cluster"));
+        }
+        let mode = match redis.mode.as_str() {
+            "leased" => LimitMode::Leased,
+            "exact" => LimitMode::Exact,
+            other => return Err(Error::config(format!("redis.mode must be leased or exact, not {other:?}"))),
+        };
+        if redis.expected_nodes == 0 || redis.expected_nodes > 10_000 {
+            return Err(Error::config("redis.expected_nodes must be between 1 and 10000"));
+        }
+        if !(redis.lease_fraction > 0.0 && redis.lease_fraction <= 1.0) {
+            return Err(Error::config("redis.lease_fraction must be in (0, 1]"));
+        }
+        nonzero("redis.sync_interval", redis.sync_interval)?;
+        nonzero("redis.op_timeout", redis.op_timeout)?;
+        if redis.slot_ttl < Duration::from_secs(1) {
+            return Err(Error::config("redis.slot_ttl must be at least 1s"));
+        }
+        if redis.key_prefix.is_empty() || redis.key_prefix.contains(['{', '}']) {
+            return Err(Error::config("redis.key_prefix must be non-empty and without braces"));
+        }
+        Some(RedisSettings {
+            urls,
+            cluster: redis.cluster,
+            mode,
+            expected_nodes: redis.expected_nodes,
+            sync_interval: redis.sync_interval,
+            lease_fraction: redis.lease_fraction,
+            slot_ttl: redis.slot_ttl,
+            op_timeout: redis.op_timeout,
+            key_prefix: redis.key_prefix.clone(),
+        })
+    };
+    Ok(RateLimits { default: default.to_spec(), tenants: out, redis })
 }
 
 fn parse_addr(field: &str, s: &str) -> Result<SocketAddr> {
@@ -841,6 +1070,34 @@ mod tests {
         assert_eq!(c.key_mode(), KeyMode::Managed, "401 for everyone until client keys arrive from etcd");
         let e = RawConfig::from_toml(toml).unwrap().validate(vec![], keys(&["client"])).unwrap_err();
         assert!(e.message.contains("no upstream keys"), "{e}");
+    }
+
+    #[test]
+    fn rate_limit_settings_are_validated() {
+        let raw = RawConfig::from_toml("[redis]\nurl = \"redis://127.0.0.1:6379\"\nmode = \"exact\"\n").unwrap();
+        let c = raw.validate(vec![], vec![]).unwrap();
+        let r = c.rate_limits.redis.unwrap();
+        assert_eq!((r.mode, r.expected_nodes, r.slot_ttl), (LimitMode::Exact, DEFAULT_EXPECTED_NODES, DEFAULT_SLOT_TTL));
+        for (toml, field) in [
+            ("[redis]\nurl = \"http://x\"\n", "redis.url"),
+            ("[redis]\nurl = \"redis://a\"\nmode = \"fast\"\n", "redis.mode"),
+            ("[redis]\nurl = \"redis://a\"\nexpected_nodes = 0\n", "redis.expected_nodes"),
+            ("[redis]\nurl = \"redis://a\"\nlease_fraction = 1.5\n", "redis.lease_fraction"),
+            ("[redis]\nurl = \"redis://a,redis://b\"\n", "redis.cluster"),
+            ("[[tenants]]\nname = \"a{b}\"\n", "braces"),
+        ] {
+            let e = RawConfig::from_toml(toml).unwrap().validate(vec![], vec![]).unwrap_err();
+            assert!(e.message.contains(field), "{toml}: {e}");
+        }
+        let e = RawConfig::from_toml("[limits.default]\nrps = 1\n").unwrap_err();
+        assert!(e.message.contains("rps"), "{e}");
+    }
+
+    #[test]
+    fn a_key_tenant_must_exist() {
+        let toml = "[[auth.client_keys]]\nname = \"a\"\nsha256 = \"5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8\"\ntenant = \"nope\"\n";
+        let e = RawConfig::from_toml(toml).unwrap().validate(vec![Secret::new("sk")], vec![]).unwrap_err();
+        assert!(e.message.contains("tenant"), "{e}");
     }
 
     #[test]

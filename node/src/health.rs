@@ -73,6 +73,8 @@ pub struct ReadyInputs {
     pub keys_exhausted: usize,
     pub keys_total: usize,
     pub passthrough: bool,
+    /// `None` without Redis; `Some(true)` while the limiter cannot reach Redis.
+    pub limiter_redis: Option<bool>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -158,7 +160,12 @@ impl Health {
         });
         let cluster_status = cluster_check.as_ref().map_or(Status::Pass, |c| c.0);
 
-        let overall = drain_status.max(path_status).max(keys_status).max(cluster_status);
+        // Redis down is a warning: every node keeps serving under its safe share.
+        let redis_status = match inputs.limiter_redis {
+            Some(true) => Status::Warn,
+            _ => Status::Pass,
+        };
+        let overall = drain_status.max(path_status).max(keys_status).max(cluster_status).max(redis_status);
         let last_ok = self.upstream.last_success_unix_ms.load(Ordering::Relaxed);
         let mut body = json!({
             "status": overall.as_str(),
@@ -183,6 +190,12 @@ impl Health {
                     "status": keys_status.as_str(),
                     "observedValue": if inputs.passthrough { -1 } else { inputs.keys_ready as i64 },
                     "observedUnit": "keys ready",
+                    "time": time,
+                }],
+                "redis:limiter": [{
+                    "status": redis_status.as_str(),
+                    "componentType": "datastore",
+                    "observedValue": match inputs.limiter_redis { None => "not configured", Some(true) => "unreachable: safe share", Some(false) => "connected" },
                     "time": time,
                 }],
                 "uptime": [{
@@ -228,7 +241,7 @@ mod tests {
     use super::*;
 
     fn inputs() -> ReadyInputs {
-        ReadyInputs { keys_ready: 2, keys_exhausted: 0, keys_total: 2, passthrough: false }
+        ReadyInputs { keys_ready: 2, keys_exhausted: 0, keys_total: 2, passthrough: false, limiter_redis: None }
     }
 
     #[test]
@@ -258,9 +271,9 @@ mod tests {
     #[test]
     fn spent_quotas_fail_but_short_pauses_warn() {
         let h = Health::new();
-        let (code, _) = h.readiness(&ReadyInputs { keys_ready: 0, keys_exhausted: 2, keys_total: 2, passthrough: false });
+        let (code, _) = h.readiness(&ReadyInputs { keys_ready: 0, keys_exhausted: 2, keys_total: 2, passthrough: false, limiter_redis: None });
         assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
-        let (code, body) = h.readiness(&ReadyInputs { keys_ready: 0, keys_exhausted: 1, keys_total: 2, passthrough: false });
+        let (code, body) = h.readiness(&ReadyInputs { keys_ready: 0, keys_exhausted: 1, keys_total: 2, passthrough: false, limiter_redis: None });
         assert_eq!(code, StatusCode::OK);
         assert!(body.contains("\"status\":\"warn\""));
     }

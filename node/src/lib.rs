@@ -5,6 +5,8 @@
 //! - [`accept`]: listeners, TLS (ALPN h2/http1.1), connection limits, drain.
 //! - [`auth`]: client key lookup by SHA-256 hash.
 //! - [`admit`]: route classification, body limits, JSON checks.
+//! - [`limits`]: rate limits, token budgets and concurrency per key and tenant
+//!   (in process, or shared through Redis).
 //! - [`route`]: the upstream key pool, cooldowns after 429/529.
 //! - [`forward`]: pooled upstream client, header rewriting, retries.
 //! - [`stream`]: relaying the body, usage read on the side, SSE error events.
@@ -28,6 +30,7 @@ pub mod config;
 pub mod error;
 pub mod forward;
 pub mod health;
+pub mod limits;
 pub mod proxy;
 pub mod route;
 pub mod server;

@@ -14,11 +14,12 @@ use hyper::body::Incoming;
 use crate::account::{Metrics, RequestRecord};
 use crate::admit::{self, RouteKind};
 use crate::auth::{Authenticator, Principal};
-use crate::body::ProxyBody;
+use crate::body::{ProxyBody, RequestBody};
 use crate::config::{Config, KeyMode};
 use crate::error::{Error, ErrorKind};
 use crate::forward::{self, ForwardCtx, Forwarded, Upstream};
 use crate::health::{Health, ReadyInputs};
+use crate::limits::{headers as limit_headers, Dim, Limiter, RateView, Reservation, ScopeKind};
 use crate::route::KeyPool;
 use crate::stream::{self, BodyKind, Relay};
 
@@ -78,6 +79,18 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub request_ids: RequestIds,
+    /// Rate limits, concurrency and token budgets (phase 3).
+    pub limiter: Arc<Limiter>,
+}
+
+/// What the limiter said about a request, for its response headers.
+#[derive(Default)]
+enum LimitHeaders {
+    /// No limits apply to this client: upstream headers pass unchanged.
+    #[default]
+    None,
+    Admitted(RateView),
+    Limited(RateView, Dim, ScopeKind),
 }
 
 /// Request ids: a per-process random prefix and a counter, cheap and unique enough to
@@ -120,6 +133,7 @@ impl Shared {
             keys_exhausted: exhausted,
             keys_total: ready + _transient + exhausted,
             passthrough: snap.auth.mode() == KeyMode::Passthrough,
+            limiter_redis: self.limiter.redis_state(),
         };
         self.health.readiness(&inputs)
     }
@@ -161,16 +175,15 @@ pub async fn handle(
         error: None,
         outcome: "error",
         bytes_out: 0,
+        permit: None,
     };
+    let mut limits = LimitHeaders::None;
     let result = match route {
-        Some(route) => phases(&shared, req, peer, route, &mut record).await,
-        None => Err(Error::new(
-            ErrorKind::NotFound,
-            "not found: the gateway relays /v1/ paths of the Anthropic API",
-        )),
+        Some(route) => phases(&shared, req, peer, route, &mut record, &mut limits).await,
+        None => Err(Error::new(ErrorKind::NotFound, "not found: the gateway relays /v1/ paths of the Anthropic API")),
     };
     match result {
-        Ok((fwd, kind)) => respond(&shared, fwd, kind, rid_header, record),
+        Ok((fwd, kind)) => respond(&shared, fwd, kind, rid_header, record, limits),
         Err(err) => {
             record.status = err.status().as_u16();
             record.error = Some(err.label());
@@ -185,7 +198,16 @@ pub async fn handle(
                 tracing::debug!(request_id = %record.request_id, "{err}");
             }
             record.finish();
-            err.into_response(&rid_header)
+            let mut resp = err.into_response(&rid_header);
+            match &limits {
+                LimitHeaders::None => {}
+                LimitHeaders::Admitted(view) => limit_headers::apply(resp.headers_mut(), view),
+                LimitHeaders::Limited(view, dim, scope) => {
+                    limit_headers::apply(resp.headers_mut(), view);
+                    limit_headers::mark_limited(resp.headers_mut(), *dim, *scope);
+                }
+            }
+            resp
         }
     }
 }
@@ -197,6 +219,7 @@ async fn phases(
     peer: SocketAddr,
     route: RouteKind,
     record: &mut RequestRecord,
+    limits: &mut LimitHeaders,
 ) -> Result<(Forwarded, BodyKind), Error> {
     let snap = shared.snapshot.load();
 
@@ -220,6 +243,24 @@ async fn phases(
         admit::admit_body(route, &parts, body, shared.config.limits.max_body_bytes).await?;
     record.model = meta.model.clone();
     record.stream = meta.stream;
+
+    // 3b. limits: reserve the request, its tokens and a concurrency slot for the key
+    // and its tenant. The permit settles when the record finishes.
+    let body_len = match &body {
+        RequestBody::Full(Some(b)) => b.len(),
+        _ => 0,
+    };
+    match shared.limiter.admit(&principal.name, Reservation::for_request(route, &meta, body_len)).await {
+        Ok(None) => {}
+        Ok(Some(admission)) => {
+            record.permit = Some(admission.permit);
+            *limits = LimitHeaders::Admitted(admission.view);
+        }
+        Err(rejection) => {
+            *limits = LimitHeaders::Limited(rejection.view, rejection.dim, rejection.scope);
+            return Err(rejection.error);
+        }
+    }
 
     // 4. route: the direct path; the key is chosen per attempt inside forward.
     let path_and_query = parts
@@ -266,9 +307,15 @@ fn respond(
     kind: BodyKind,
     request_id: HeaderValue,
     mut record: RequestRecord,
+    limits: LimitHeaders,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = fwd.response.into_parts();
     forward::downstream_headers(&mut parts.headers);
+    if let LimitHeaders::Admitted(view) = &limits {
+        // The upstream's headers describe the shared organisation key; a client with
+        // its own limits gets those instead.
+        limit_headers::apply(&mut parts.headers, view);
+    }
     parts.headers.insert(crate::REQUEST_ID_HEADER, request_id);
     let idle = if kind == BodyKind::Sse {
         // Proxies in front (nginx and similar) must not buffer the stream either.

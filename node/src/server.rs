@@ -51,6 +51,8 @@ impl Node {
             None => None,
         };
         let upstream = Upstream::new(&config.upstream, &metrics)?;
+        let limiter = Arc::new(crate::limits::Limiter::new(&config, &metrics.registry)?);
+        limiter.connect().await;
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::new(&config)),
             config: config.clone(),
@@ -58,6 +60,7 @@ impl Node {
             metrics: metrics.clone(),
             health: Arc::new(Health::new()),
             request_ids: RequestIds::new(),
+            limiter: limiter.clone(),
         });
 
         // Cluster mode: serve the last good config from disk until etcd answers.
@@ -144,6 +147,11 @@ impl Node {
             region = config.cluster.as_ref().map(|c| c.region.as_str()),
             node_id = node_id.as_deref(),
             config_revision = snap.revision,
+            limiter = match limiter.mode() {
+                None => "in process",
+                Some(crate::config::LimitMode::Exact) => "redis exact",
+                Some(crate::config::LimitMode::Leased) => "redis leased",
+            },
             "strait-node listening"
         );
         drop(snap);

@@ -511,7 +511,13 @@ impl Drop for Relay {
         }
         if let Tap::Json { chunks, len } = &self.tap {
             if matches!(self.state, State::Streaming) && *len <= MAX_JSON_TAP {
-                self.record.usage = parse_json_usage(chunks).unwrap_or_default();
+                // hyper stops polling once content-length bytes are out, so a complete
+                // JSON body often ends here rather than in `on_end`. A body that parses
+                // was delivered whole; the limiter settles it with its real usage.
+                if let Some(usage) = parse_json_usage(chunks) {
+                    self.record.usage = usage;
+                    self.record.outcome = "complete";
+                }
             }
         }
         self.record.finish();

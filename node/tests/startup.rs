@@ -23,6 +23,9 @@ fn example_config_parses_and_validates() {
         "the example defines client key hashes"
     );
     assert_eq!(c.upstream.target.authority.as_str(), "api.anthropic.com");
+    assert_eq!(c.rate_limits.default.rpm, Some(60));
+    assert_eq!(c.rate_limits.tenants[0].name, "research");
+    assert!(c.rate_limits.redis.is_none(), "the example runs the in-process limiter");
 }
 
 fn node() -> Command {

@@ -5,6 +5,7 @@
 
 pub mod etcd;
 pub mod process;
+pub mod redis;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -1,0 +1,262 @@
+//! The in-process limiter: the embedded default without Redis, and every node's
+//! safe-share fallback while Redis is unreachable. Windows run on `tokio::time`, so
+//! tests can pause and advance time.
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use tokio::time::Instant;
+
+use super::{
+    Actual, Denial, Dim, LimitSpec, PermitData, Quota, RateView, Reservation, Settle, Stamp,
+    Subject, CONCURRENCY_RETRY, DAY, MINUTE,
+};
+
+/// Counters of one scope. Window ids count up so a refund can tell whether the window
+/// it belongs to is still the current one.
+#[derive(Debug, Default)]
+struct Counters {
+    window_start: Option<Instant>,
+    window_id: i64,
+    /// Requests, input tokens, output tokens used in the current minute window.
+    used: [u64; 3],
+    day_start: Option<Instant>,
+    day_id: i64,
+    daily: u64,
+    in_flight: u64,
+}
+
+impl Counters {
+    fn roll(&mut self, now: Instant) {
+        if self.window_start.is_none_or(|s| now >= s + MINUTE) {
+            self.window_start = Some(now);
+            self.window_id += 1;
+            self.used = [0; 3];
+        }
+        if self.day_start.is_none_or(|s| now >= s + DAY) {
+            self.day_start = Some(now);
+            self.day_id += 1;
+            self.daily = 0;
+        }
+    }
+
+    fn window_end(&self, now: Instant) -> Instant {
+        self.window_start.unwrap_or(now) + MINUTE
+    }
+
+    fn day_end(&self, now: Instant) -> Instant {
+        self.day_start.unwrap_or(now) + DAY
+    }
+
+    fn used(&self, d: Dim) -> u64 {
+        match d {
+            Dim::Requests => self.used[0],
+            Dim::InputTokens => self.used[1],
+            Dim::OutputTokens => self.used[2],
+            Dim::DailyTokens => self.daily,
+            Dim::Concurrency => self.in_flight,
+        }
+    }
+
+    /// The first dimension this reservation would overrun, and when it frees up.
+    fn check(
+        &self,
+        spec: &LimitSpec,
+        res: &Reservation,
+        now: Instant,
+    ) -> Option<(Dim, std::time::Duration)> {
+        for d in Dim::ALL {
+            let Some(limit) = spec.get(d) else { continue };
+            if self.used(d).saturating_add(res.amount(d)) > limit {
+                let retry = match d {
+                    Dim::DailyTokens => self.day_end(now) - now,
+                    Dim::Concurrency => CONCURRENCY_RETRY,
+                    _ => self.window_end(now) - now,
+                };
+                return Some((d, retry));
+            }
+        }
+        None
+    }
+
+    fn commit(&mut self, spec: &LimitSpec, res: &Reservation) {
+        self.used[0] += 1;
+        self.used[1] = self.used[1].saturating_add(res.input);
+        self.used[2] = self.used[2].saturating_add(res.output);
+        self.daily = self.daily.saturating_add(res.amount(Dim::DailyTokens));
+        if spec.concurrency.is_some() {
+            self.in_flight += 1;
+        }
+    }
+
+    fn view_into(&self, spec: &LimitSpec, view: &mut RateView, now: Instant, sys_now: SystemTime) {
+        let reset = sys_now + (self.window_end(now) - now);
+        for d in [Dim::Requests, Dim::InputTokens, Dim::OutputTokens] {
+            if let Some(limit) = spec.get(d) {
+                view.merge(
+                    d,
+                    Quota {
+                        limit,
+                        remaining: limit.saturating_sub(self.used(d)),
+                        reset,
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// Per-scope counters behind short std mutexes: a decision locks at most two (key,
+/// then tenant, always in that order), does a few comparisons and unlocks.
+pub struct LocalLimiter {
+    specs: Vec<LimitSpec>,
+    state: Vec<Mutex<Counters>>,
+}
+
+fn lock(m: &Mutex<Counters>) -> MutexGuard<'_, Counters> {
+    // A panic while holding the lock cannot leave the counters inconsistent in a way
+    // that matters more than refusing service would.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl LocalLimiter {
+    /// One entry per scope, indexed like [`super::Limiter::scopes`].
+    pub fn new(specs: Vec<LimitSpec>) -> LocalLimiter {
+        let state = specs
+            .iter()
+            .map(|_| Mutex::new(Counters::default()))
+            .collect();
+        LocalLimiter { specs, state }
+    }
+
+    /// Decides and, if admitted, reserves in every scope of the subject at once.
+    pub fn admit(
+        &self,
+        subject: Subject,
+        res: Reservation,
+    ) -> Result<(PermitData, RateView), Denial> {
+        let now = Instant::now();
+        let sys_now = SystemTime::now();
+        let mut guards: [Option<(usize, MutexGuard<'_, Counters>)>; 2] =
+            subject.scopes.map(|i| i.map(|i| (i, lock(&self.state[i]))));
+        let mut denial = None;
+        for (i, c) in guards.iter_mut().flatten() {
+            c.roll(now);
+            if denial.is_none() {
+                if let Some((dim, retry_after)) = c.check(&self.specs[*i], &res, now) {
+                    denial = Some((*i, dim, retry_after));
+                }
+            }
+        }
+        let mut view = RateView::default();
+        let mut stamps = [Stamp::default(); 2];
+        for (slot, (i, c)) in guards
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(n, g)| g.as_mut().map(|g| (n, g)))
+        {
+            if denial.is_none() {
+                c.commit(&self.specs[*i], &res);
+            }
+            stamps[slot] = Stamp {
+                window: c.window_id,
+                day: c.day_id,
+            };
+            c.view_into(&self.specs[*i], &mut view, now, sys_now);
+        }
+        match denial {
+            Some((scope, dim, retry_after)) => Err(Denial {
+                scope,
+                dim,
+                retry_after,
+                never: false,
+                view: Box::new(view),
+            }),
+            None => Ok((
+                PermitData {
+                    subject,
+                    reservation: res,
+                    stamps,
+                },
+                view,
+            )),
+        }
+    }
+
+    /// Current in-flight count of a scope (tests and the benchmark).
+    pub fn in_flight(&self, scope: usize) -> u64 {
+        lock(&self.state[scope]).in_flight
+    }
+}
+
+fn adjust(v: u64, reserved: u64, actual: u64) -> u64 {
+    if actual >= reserved {
+        v.saturating_add(actual - reserved)
+    } else {
+        v.saturating_sub(reserved - actual)
+    }
+}
+
+impl Settle for LocalLimiter {
+    fn settle(&self, p: &PermitData, actual: Actual) {
+        let r = p.reservation;
+        for (slot, i) in p.subject.scopes.iter().enumerate() {
+            let Some(i) = *i else { continue };
+            let mut c = lock(&self.state[i]);
+            let stamp = p.stamps[slot];
+            // A refund for a window that has ended has nothing left to restore.
+            if c.window_id == stamp.window {
+                c.used[1] = adjust(c.used[1], r.input, actual.input);
+                c.used[2] = adjust(c.used[2], r.output, actual.output);
+            }
+            if c.day_id == stamp.day {
+                c.daily = adjust(
+                    c.daily,
+                    r.amount(Dim::DailyTokens),
+                    actual.input.saturating_add(actual.output),
+                );
+            }
+            if self.specs[i].concurrency.is_some() {
+                c.in_flight = c.in_flight.saturating_sub(1);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn one(spec: LimitSpec) -> (LocalLimiter, Subject) {
+        (
+            LocalLimiter::new(vec![spec]),
+            Subject {
+                scopes: [Some(0), None],
+            },
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_per_minute_reset_after_the_window() {
+        let (l, s) = one(LimitSpec {
+            rpm: Some(3),
+            ..Default::default()
+        });
+        let r = Reservation::default();
+        for n in (0..3).rev() {
+            let (_, view) = l.admit(s, r).unwrap();
+            assert_eq!(view.requests.unwrap().remaining, n);
+        }
+        let d = l.admit(s, r).unwrap_err();
+        assert_eq!(d.dim, Dim::Requests);
+        assert_eq!(d.retry_after, MINUTE);
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(
+            l.admit(s, r).unwrap_err().retry_after,
+            Duration::from_secs(1)
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(l.admit(s, r).unwrap().1.requests.unwrap().remaining, 2);
+    }
+}
