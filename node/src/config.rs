@@ -178,7 +178,8 @@ pub struct RawRedis {
     /// `exact` (one atomic script per request).
     pub mode: String,
     /// Nodes sharing the limits: the safe-share divisor while Redis is down, and the
-    /// lease sizing divisor. Default [`DEFAULT_EXPECTED_NODES`].
+    /// lease sizing divisor. Default [`DEFAULT_EXPECTED_NODES`]. In a cluster the live
+    /// node count from etcd replaces it once known.
     pub expected_nodes: u32,
     /// Leased mode: how often a node returns surplus quota and refunds. Default 100ms.
     #[serde(with = "humantime_serde_compat")]

@@ -57,6 +57,10 @@ impl Cluster {
 
     /// Starts a node process in `region` with id `id` and its own state directory.
     fn node(&self, region: &str, id: &str) -> NodeProcess {
+        self.node_with(region, id, &[])
+    }
+
+    fn node_with(&self, region: &str, id: &str, extra: &[&str]) -> NodeProcess {
         let state = self.dir.path().join(format!("state-{id}"));
         let config = self.dir.path().join("node.toml");
         NodeProcess::spawn(
@@ -74,7 +78,11 @@ impl Cluster {
                 "--state-dir",
                 state.to_str().unwrap(),
                 "--no-access-log",
-            ],
+            ]
+            .iter()
+            .chain(extra)
+            .copied()
+            .collect::<Vec<_>>(),
             &[("STRAIT_KEK", KEK_HEX)],
         )
     }
@@ -615,4 +623,27 @@ fn state_dir_keeps_a_generated_node_id() {
     let b = strait_node::cluster::membership::resolve_node_id(None, &dir.path().join("s")).unwrap();
     assert_eq!(a, b);
     assert!(valid_name(&a), "{a}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limiter_safe_share_follows_live_membership() {
+    let cl = Cluster::start().await;
+    let redis = common::redis::RedisServer::start();
+    let url = redis.url();
+    // expected_nodes says 5; membership says otherwise and wins.
+    let args = ["--redis", url.as_str(), "--expected-nodes", "5", "--default-limits", "rpm=100"];
+    let a = cl.node_with("eu", "node-a", &args);
+    let b = cl.node_with("us", "node-b", &args);
+    for n in [&a, &b] {
+        eventually("the limiter counts two nodes", Duration::from_secs(5), || async {
+            metric(n.admin, "strait_limiter_nodes").await == 2.0
+        })
+        .await;
+    }
+    b.signal("KILL");
+    eventually("the limiter counts one node after the lease expires", LEASE_TTL + Duration::from_secs(5), || async {
+        metric(a.admin, "strait_limiter_nodes").await == 1.0
+    })
+    .await;
+    drop(b);
 }

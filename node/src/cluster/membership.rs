@@ -161,5 +161,9 @@ impl Members {
             tracing::info!(live_nodes = n, "cluster membership changed");
         }
         metrics.live_nodes.set(n as i64);
+        // The limiter's safe share and lease size follow the live count, not a guess.
+        if n > 0 {
+            shared.limiter.set_node_count(n);
+        }
     }
 }

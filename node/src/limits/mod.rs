@@ -390,6 +390,8 @@ pub struct LimiterMetrics {
     pub redis_errors: IntCounterVec,
     /// `strait_limiter_lease_refills_total`: leased-mode refills (slow path).
     pub lease_refills: prometheus::IntCounter,
+    /// `strait_limiter_nodes`: nodes each shared limit is divided among (safe share).
+    pub nodes: IntGauge,
     /// The `result="admitted"` series, resolved once: it is bumped on every request.
     admitted: prometheus::IntCounter,
 }
@@ -419,6 +421,12 @@ impl LimiterMetrics {
         registry
             .register(Box::new(lease_refills.clone()))
             .expect("unique metric");
+        let nodes = IntGauge::new(
+            "limiter_nodes",
+            "Nodes sharing each limit, for safe shares and lease sizes (live count with etcd)",
+        )
+        .expect("valid metric");
+        registry.register(Box::new(nodes.clone())).expect("unique metric");
         let decisions = counter(
             "limiter_decisions_total",
             "Limiter decisions by result, limiting dimension and scope",
@@ -428,6 +436,7 @@ impl LimiterMetrics {
             admitted: decisions.with_label_values(&["admitted", "", ""]),
             decisions,
             degraded,
+            nodes,
             redis_ops: counter(
                 "limiter_redis_ops_total",
                 "Limiter round trips to Redis, by operation",
@@ -533,6 +542,7 @@ impl Limiter {
                     metrics.clone(),
                     degraded_flag.clone(),
                 )?;
+                metrics.nodes.set(i64::from(settings.expected_nodes));
                 (Backend::Redis(r), true)
             }
         };
@@ -569,6 +579,23 @@ impl Limiter {
     /// The scopes a principal is limited by; `None` when no limits apply to it.
     pub fn subject(&self, principal: &str) -> Option<Subject> {
         self.subjects.get(principal).copied()
+    }
+
+    /// Tells the limiter how many nodes share each limit (the live count from etcd
+    /// membership). Without Redis every node is alone and this changes nothing.
+    pub fn set_node_count(&self, nodes: usize) {
+        if let Backend::Redis(r) = &self.backend {
+            r.set_node_count(u32::try_from(nodes).unwrap_or(u32::MAX));
+            self.metrics.nodes.set(i64::from(r.node_count()));
+        }
+    }
+
+    /// Nodes sharing each limit as the limiter currently assumes; `None` without Redis.
+    pub fn node_count(&self) -> Option<u32> {
+        match &self.backend {
+            Backend::Local(_) => None,
+            Backend::Redis(r) => Some(r.node_count()),
+        }
     }
 
     /// Whether Redis is configured, and if so whether it is currently unreachable.

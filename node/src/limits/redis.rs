@@ -9,11 +9,11 @@
 //! when the key has one, so a key and its tenant share a Redis Cluster slot and one
 //! script sees both.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use prometheus::IntCounter;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
@@ -382,7 +382,11 @@ pub struct RedisLimiter {
     degraded: Arc<AtomicBool>,
     metrics: LimiterMetrics,
     ops: Ops,
-    fallback: Arc<LocalLimiter>,
+    /// Safe-share limiter used while Redis is unreachable; rebuilt when the node
+    /// count changes (membership in etcd), so each node's share follows the cluster.
+    fallback: ArcSwap<LocalLimiter>,
+    /// Nodes sharing each limit: `expected_nodes` until membership says otherwise.
+    nodes: AtomicU32,
     leases: Vec<LeaseSlot>,
     /// Exact mode: slots this node holds (or is acquiring) per scope.
     held: Vec<AtomicU64>,
@@ -397,7 +401,25 @@ pub struct RedisLimiter {
     pub round_trips: AtomicU64,
 }
 
+fn safe_share_limiter(scopes: &[Scope], nodes: u32) -> Arc<LocalLimiter> {
+    Arc::new(LocalLimiter::new(scopes.iter().map(|s| s.spec.safe_share(nodes)).collect()))
+}
+
 impl RedisLimiter {
+    /// Sets how many nodes share each limit (from cluster membership). Changes the
+    /// degraded-mode safe share and the lease chunk size; the safe-share counters start
+    /// afresh, which only matters while Redis is down and membership changes together.
+    pub fn set_node_count(&self, nodes: u32) {
+        let nodes = nodes.max(1);
+        if self.nodes.swap(nodes, Ordering::Relaxed) != nodes {
+            self.fallback.store(safe_share_limiter(&self.scopes, nodes));
+        }
+    }
+
+    pub fn node_count(&self) -> u32 {
+        self.nodes.load(Ordering::Relaxed)
+    }
+
     /// Creates the limiter and spawns its background tasks. Does not connect: call
     /// [`RedisLimiter::connect`] to wait (bounded) for the first connection.
     pub fn start(
@@ -422,12 +444,8 @@ impl RedisLimiter {
                 }
             })
             .collect();
-        let fallback = Arc::new(LocalLimiter::new(
-            scopes
-                .iter()
-                .map(|s| s.spec.safe_share(settings.expected_nodes))
-                .collect(),
-        ));
+        let fallback = ArcSwap::from(safe_share_limiter(&scopes, settings.expected_nodes));
+        let nodes = AtomicU32::new(settings.expected_nodes);
         let op = |name: &str| metrics.redis_ops.with_label_values(&[name]);
         let ops = Ops {
             admit: op("admit"),
@@ -469,6 +487,7 @@ impl RedisLimiter {
             metrics,
             ops,
             fallback,
+            nodes,
             resync: AtomicBool::new(true),
             settle_tx,
             admit_script: Script::new(ADMIT_LUA),
@@ -641,8 +660,9 @@ impl RedisLimiter {
         subject: Subject,
         res: Reservation,
     ) -> std::result::Result<(Permit, RateView), Denial> {
-        let (data, view) = self.fallback.admit(subject, res)?;
-        Ok((Permit::new(data, self.fallback.clone()), view))
+        let fallback = self.fallback.load_full();
+        let (data, view) = fallback.admit(subject, res)?;
+        Ok((Permit::new(data, fallback), view))
     }
 
     fn leased_permit(self: &Arc<Self>, (data, view): (PermitData, RateView)) -> (Permit, RateView) {
@@ -888,8 +908,8 @@ impl RedisLimiter {
                 let k = &self.keys[i];
                 inv.key(&k.hash).key(&k.conc).key(&k.conc_exp);
             }
-            let fdiv =
-                (f64::from(self.settings.expected_nodes) / self.settings.lease_fraction).max(1.0);
+            let nodes = self.nodes.load(Ordering::Relaxed);
+            let fdiv = (f64::from(nodes) / self.settings.lease_fraction).max(1.0);
             inv.arg(&self.node_id)
                 .arg(ms(MINUTE))
                 .arg(ms(DAY))
