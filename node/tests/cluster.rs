@@ -647,3 +647,41 @@ async fn limiter_safe_share_follows_live_membership() {
     .await;
     drop(b);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_set_in_etcd_are_enforced_and_follow_changes() {
+    let cl = Cluster::start().await;
+    let mut c = cl.client().await;
+    seed(&mut c).await;
+    let mut doc = client_key("ck-limited", "strait-limited-key", None);
+    doc.limits = LimitsDoc { rpm: Some(2), ..Default::default() };
+    put(&mut c, &client_key_key("ck-limited"), &doc).await;
+    let n = cl.node("eu", "node-a");
+    eventually("limited key served", Duration::from_secs(3), || async { message(&n, "strait-limited-key").await.status == 200 }).await;
+    let r = message(&n, "strait-limited-key").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("anthropic-ratelimit-requests-limit"), Some("2"), "the gateway's own limit headers");
+    let r = message(&n, "strait-limited-key").await;
+    r.assert_gateway_error(429, "rate_limit_error");
+    assert_eq!(r.header("x-strait-ratelimited"), Some("gateway"));
+
+    // A tenant limit from etcd binds its keys too: acme gets rpm=1, a fresh key of acme
+    // is refused after one request.
+    let tenant = TenantDoc { name: "acme".into(), limits: LimitsDoc { rpm: Some(1), ..Default::default() }, allowed_regions: None };
+    put(&mut c, &tenant_key("acme"), &tenant).await;
+    let mut fresh = client_key("ck-fresh", "strait-fresh-key", None);
+    fresh.limits = LimitsDoc::default();
+    put(&mut c, &client_key_key("ck-fresh"), &fresh).await;
+    eventually("fresh key served once", Duration::from_secs(3), || async { message(&n, "strait-fresh-key").await.status == 200 }).await;
+    message(&n, "strait-fresh-key").await.assert_gateway_error(429, "rate_limit_error");
+
+    // Raising the key's limit (and lifting the tenant's) takes effect without a restart.
+    put(&mut c, &tenant_key("acme"), &TenantDoc { limits: LimitsDoc::default(), ..tenant }).await;
+    doc.limits = LimitsDoc { rpm: Some(100), ..Default::default() };
+    put(&mut c, &client_key_key("ck-limited"), &doc).await;
+    eventually("raised limit in force", Duration::from_secs(3), || async {
+        message(&n, "strait-limited-key").await.header("anthropic-ratelimit-requests-limit") == Some("100")
+    })
+    .await;
+    assert_eq!(message(&n, "strait-fresh-key").await.status, 200, "tenant limit lifted");
+}

@@ -39,6 +39,26 @@ impl std::fmt::Display for Source {
     }
 }
 
+/// The limits the cluster config gives each live client key and its tenant.
+pub fn cluster_limits(cc: &ClusterConfig) -> Vec<crate::limits::ClusterKeyLimits> {
+    let spec = |l: &crate::cluster::schema::LimitsDoc| crate::limits::LimitSpec {
+        rpm: l.rpm,
+        itpm: l.itpm,
+        otpm: l.otpm,
+        concurrency: l.concurrency,
+        daily_tokens: l.daily_tokens,
+    };
+    cc.client_keys
+        .values()
+        .filter(|k| !k.revoked)
+        .map(|k| crate::limits::ClusterKeyLimits {
+            name: k.name.clone(),
+            limits: spec(&k.limits),
+            tenant: k.tenant.as_ref().and_then(|t| cc.tenants.get(t)).map(|t| (t.name.clone(), spec(&t.limits))),
+        })
+        .collect()
+}
+
 /// Applies cluster config to a running node.
 pub struct Applier {
     pub shared: Arc<Shared>,
@@ -70,6 +90,10 @@ impl Applier {
             }
         };
         let (client_keys, upstream_keys) = (snap.auth.key_count(), snap.upstream_key_count());
+        // Limits first: a key must not be usable before its limits are in force.
+        if let Err(e) = self.shared.limiter.apply_cluster_limits(cluster_limits(&cc)) {
+            tracing::error!(revision, "cluster limits could not be applied; keeping the previous limits: {e}");
+        }
         self.shared.snapshot.store(Arc::new(snap));
 
         let status = &self.shared.health.cluster;

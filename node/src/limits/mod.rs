@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime};
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::admit::{RequestMeta, RouteKind};
-use crate::config::{Config, LimitMode};
+use crate::config::{Config, LimitMode, RedisSettings};
 use crate::error::{Error, ErrorKind, Result};
 use crate::stream::Usage;
 
@@ -466,6 +466,23 @@ pub struct Limiter {
     metrics: LimiterMetrics,
     has_redis: bool,
     degraded_flag: Arc<AtomicBool>,
+    /// Limits for keys that come from the cluster config (etcd), rebuilt as a whole
+    /// when those limits change; keys of the node's own config are checked first.
+    cluster: arc_swap::ArcSwapOption<Limiter>,
+    /// What `cluster` was built from, so an unrelated config change rebuilds nothing.
+    cluster_source: std::sync::Mutex<Vec<ClusterKeyLimits>>,
+    /// Built from the node config: the defaults and Redis settings the cluster tier reuses.
+    defaults: (LimitSpec, Option<RedisSettings>),
+}
+
+/// One client key's limits as the cluster config states them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterKeyLimits {
+    /// The principal name requests are admitted under.
+    pub name: String,
+    pub limits: LimitSpec,
+    /// The key's tenant and the tenant's limits.
+    pub tenant: Option<(String, LimitSpec)>,
 }
 
 impl Limiter {
@@ -475,18 +492,45 @@ impl Limiter {
     pub fn new(config: &Config, registry: &Registry) -> Result<Limiter> {
         let metrics = LimiterMetrics::new(registry);
         let rl = &config.rate_limits;
+        let tenants: Vec<(String, LimitSpec)> = rl.tenants.iter().map(|t| (t.name.clone(), t.limits)).collect();
+        let mut keys: Vec<(String, Option<String>, LimitSpec)> = config
+            .auth
+            .client_keys
+            .iter()
+            .map(|k| (k.name.clone(), k.tenant.clone(), k.limits.or(rl.default)))
+            .collect();
+        if config.key_mode() == crate::config::KeyMode::Anonymous {
+            // Without client keys every caller is the one "anonymous" principal.
+            keys.push(("anonymous".to_string(), None, rl.default));
+        }
+        let degraded_flag = Arc::new(AtomicBool::new(false));
+        let limiter = Self::build(&tenants, &keys, rl.redis.as_ref(), metrics.clone(), degraded_flag)?;
+        if let Some(settings) = &rl.redis {
+            metrics.nodes.set(i64::from(settings.expected_nodes));
+        }
+        Ok(Limiter { defaults: (rl.default, rl.redis.clone()), ..limiter })
+    }
+
+    /// Scopes and backend for a set of tenants and keys (name, tenant, limits).
+    fn build(
+        tenants: &[(String, LimitSpec)],
+        keys: &[(String, Option<String>, LimitSpec)],
+        redis: Option<&RedisSettings>,
+        metrics: LimiterMetrics,
+        degraded_flag: Arc<AtomicBool>,
+    ) -> Result<Limiter> {
         let mut scopes = Vec::new();
         let mut tenant_index = HashMap::new();
-        for t in &rl.tenants {
-            if t.limits.is_empty() {
+        for (name, limits) in tenants {
+            if limits.is_empty() || tenant_index.contains_key(name) {
                 continue;
             }
-            tenant_index.insert(t.name.clone(), scopes.len());
+            tenant_index.insert(name.clone(), scopes.len());
             scopes.push(Scope {
                 kind: ScopeKind::Tenant,
-                name: Arc::from(t.name.as_str()),
-                spec: t.limits,
-                tag: format!("t:{}", t.name),
+                name: Arc::from(name.as_str()),
+                spec: *limits,
+                tag: format!("t:{name}"),
             });
         }
         let mut subjects = HashMap::new();
@@ -514,21 +558,11 @@ impl Limiter {
                     );
                 }
             };
-        for k in &config.auth.client_keys {
-            add_key(
-                &k.name,
-                k.tenant.as_ref(),
-                k.limits.or(rl.default),
-                &mut scopes,
-            );
-        }
-        if config.key_mode() == crate::config::KeyMode::Anonymous {
-            // Without client keys every caller is the one "anonymous" principal.
-            add_key("anonymous", None, rl.default, &mut scopes);
+        for (name, tenant, limits) in keys {
+            add_key(name, tenant.as_ref(), *limits, &mut scopes);
         }
         let scopes = Arc::new(scopes);
-        let degraded_flag = Arc::new(AtomicBool::new(false));
-        let (backend, has_redis) = match &rl.redis {
+        let (backend, has_redis) = match redis {
             None => (
                 Backend::Local(Arc::new(local::LocalLimiter::new(
                     scopes.iter().map(|s| s.spec).collect(),
@@ -542,7 +576,6 @@ impl Limiter {
                     metrics.clone(),
                     degraded_flag.clone(),
                 )?;
-                metrics.nodes.set(i64::from(settings.expected_nodes));
                 (Backend::Redis(r), true)
             }
         };
@@ -553,7 +586,35 @@ impl Limiter {
             metrics,
             has_redis,
             degraded_flag,
+            cluster: arc_swap::ArcSwapOption::empty(),
+            cluster_source: std::sync::Mutex::new(Vec::new()),
+            defaults: (LimitSpec::default(), None),
         })
+    }
+
+    /// Applies the limits the cluster config gives its client keys (and their
+    /// tenants). Keys without limits of their own get `[limits.default]`, as file keys
+    /// do. Rebuilds the cluster tier only when these limits changed; its in-process
+    /// counters then start afresh (with Redis the state lives in Redis and carries over).
+    pub fn apply_cluster_limits(&self, mut keys: Vec<ClusterKeyLimits>) -> Result<()> {
+        keys.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut source = self.cluster_source.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *source == keys {
+            return Ok(());
+        }
+        let (default, redis) = &self.defaults;
+        let tenants: Vec<(String, LimitSpec)> = keys.iter().filter_map(|k| k.tenant.clone()).collect();
+        let entries: Vec<(String, Option<String>, LimitSpec)> = keys
+            .iter()
+            .map(|k| (k.name.clone(), k.tenant.as_ref().map(|t| t.0.clone()), k.limits.or(*default)))
+            .collect();
+        let tier = Self::build(&tenants, &entries, redis.as_ref(), self.metrics.clone(), self.degraded_flag.clone())?;
+        if let (Backend::Redis(r), Some(n)) = (&tier.backend, self.node_count()) {
+            r.set_node_count(n);
+        }
+        self.cluster.store((!tier.subjects.is_empty()).then(|| Arc::new(tier)));
+        *source = keys;
+        Ok(())
     }
 
     /// With Redis: waits (at most one op timeout) for the first connection, so a node
@@ -588,6 +649,9 @@ impl Limiter {
             r.set_node_count(u32::try_from(nodes).unwrap_or(u32::MAX));
             self.metrics.nodes.set(i64::from(r.node_count()));
         }
+        if let Some(tier) = self.cluster.load_full() {
+            tier.set_node_count(nodes);
+        }
     }
 
     /// Nodes sharing each limit as the limiter currently assumes; `None` without Redis.
@@ -618,9 +682,21 @@ impl Limiter {
         principal: &str,
         res: Reservation,
     ) -> std::result::Result<Option<Admission>, Rejection> {
-        let Some(subject) = self.subject(principal) else {
-            return Ok(None);
-        };
+        if let Some(subject) = self.subject(principal) {
+            return self.admit_subject(subject, res).await;
+        }
+        let tier = self.cluster.load_full();
+        match tier.as_ref().and_then(|t| t.subject(principal).map(|s| (t, s))) {
+            Some((tier, subject)) => tier.admit_subject(subject, res).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn admit_subject(
+        &self,
+        subject: Subject,
+        res: Reservation,
+    ) -> std::result::Result<Option<Admission>, Rejection> {
         // A request that can never fit is refused without touching shared state.
         for i in subject.iter() {
             let spec = &self.scopes[i].spec;
