@@ -100,7 +100,7 @@ def ttft_table(section):
         if not s:
             continue
         added = section.get("added", {}).get(c, {})
-        rows.append([c, str(s.get("samples", "")), fmt(s.get("p50_ms"), 3), fmt(s.get("p90_ms"), 3),
+        rows.append([c, str(int(s.get("samples") or 0)), fmt(s.get("p50_ms"), 3), fmt(s.get("p90_ms"), 3),
                      fmt(s.get("p99_ms"), 3), fmt(added.get("p50_ms"), 3) if c != "direct" else "-",
                      fmt(added.get("p99_ms"), 3) if c != "direct" else "-", str(s.get("errors", 0))])
     return table(["contender", "streams", "TTFT p50 ms", "TTFT p90 ms", "TTFT p99 ms", "added p50 ms",

@@ -27,10 +27,13 @@ from procs import ROOT  # noqa: E402
 
 MODES = {
     # Sized so that the whole quick run, builds aside, stays under 3 minutes.
-    "quick": dict(rounds=2, wrk_s=4, rates=[5000, 20000], rate_rounds=2, oha_s=4, h2_s=3, h2_rounds=1,
-                  ttft_n=150, ttft_rounds=2, streams=10000),
-    "full": dict(rounds=5, wrk_s=10, rates=[1000, 5000, 20000, 40000], rate_rounds=3, oha_s=10, h2_s=8,
-                 h2_rounds=3, ttft_n=400, ttft_rounds=3, streams=10000),
+    # Fixed rates are fractions of nginx's closed-loop throughput measured earlier in the
+    # same run: on a shared machine an absolute rate can be idle one hour and overload
+    # the next. --rates gives absolute rates instead.
+    "quick": dict(rounds=2, wrk_s=4, rate_fractions=[0.25, 0.5], rate_rounds=2, oha_s=4, h2_s=3, h2_rounds=1,
+                  ttft_n=300, ttft_rounds=2, streams=10000),
+    "full": dict(rounds=5, wrk_s=10, rate_fractions=[0.1, 0.25, 0.5, 0.75], rate_rounds=3, oha_s=10, h2_s=8,
+                 h2_rounds=3, ttft_n=1000, ttft_rounds=3, streams=10000),
 }
 SECTIONS = ("wrk", "oha", "h2", "ttft", "streams")
 T0 = time.monotonic()
@@ -57,7 +60,9 @@ def parse_args():
     p.add_argument("--upstream-cpus", default="1", help="CPUs for the canned upstream and the mock")
     p.add_argument("--connections", type=int, default=32, help="connections for wrk and oha")
     p.add_argument("--no-build", action="store_true", help="use the existing release binaries")
+    p.add_argument("--strait-bin", help="strait-node binary to test instead of target/release (before/after runs)")
     p.add_argument("--out", default=os.path.join(ROOT, "bench-results"), help="results directory")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (configs, process logs)")
     p.add_argument("--label", default="", help="a note stored with the results (e.g. 'before fix')")
     return p.parse_args()
 
@@ -144,12 +149,16 @@ def run_wrk_section(args, cfg, contenders):
             c = contenders[name]
             cpu0 = cpu_seconds(c.pids)
             r = loadgen.run_wrk(c.port, cfg["wrk_s"], args.connections, args.load_cpus)
-            r["cpu_pct"] = 100 * (cpu_seconds(c.pids) - cpu0) / cfg["wrk_s"]
+            cpu = cpu_seconds(c.pids) - cpu0
+            r["cpu_pct"] = 100 * cpu / cfg["wrk_s"]
+            # CPU time per request of the process under test: steadier than req/s when
+            # other work on the machine steals time from the load generator.
+            r["cpu_us_per_req"] = 1e6 * cpu / r["requests"] if r["requests"] else None
             r.update(round=rnd, contender=name)
             runs.append(r)
             say(f"wrk    round {rnd + 1}/{cfg['rounds']} {name:7s} {r['rps']:>9,.0f} req/s  p50 {r['p50_ms']:.3f}"
-                f"  p99 {r['p99_ms']:.3f} ms  cpu {r['cpu_pct']:.0f}%  errors {r['errors']}")
-    sec = report.summarize(runs, ["rps", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "cpu_pct"])
+                f"  p99 {r['p99_ms']:.3f} ms  cpu {r['cpu_pct']:.0f}% ({r['cpu_us_per_req']:.1f} us/req)  errors {r['errors']}")
+    sec = report.summarize(runs, ["rps", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "cpu_pct", "cpu_us_per_req"])
     sec["runs"] = runs
     sec["command"] = f"wrk -t1 -c{args.connections} -d{cfg['wrk_s']}s -s bench/wrk_post.lua"
     print("\nClosed loop (wrk): throughput, median of rounds; ratios are medians of per-round ratios\n"
@@ -254,7 +263,7 @@ def run_streams_section(args, cfg, node_bin, mock_bin, workdir):
     the streams share pooled upstream connections."""
     n = args.streams or cfg["streams"]
     mock, mock_url, ca = procs.start_mock(mock_bin, workdir, "mock-slow", args.upstream_cpus, ttft_ms=0,
-                                          interval_ms=1000, tokens=100000, tls=True)
+                                          interval_ms=1000, tokens=300, tls=True)
     conf = os.path.join(workdir, "strait-streams.toml")
     with open(conf, "w") as f:
         f.write(f'[upstream]\nca_file = "{ca}"\n')
@@ -305,6 +314,16 @@ def run_streams_section(args, cfg, node_bin, mock_bin, workdir):
     print(f"\n{n:,} concurrent slow streams through strait-node (RSS from /proc VmRSS)\n"
           + report.memory_table(sec) + "\n", flush=True)
     return sec
+
+
+def fixed_rates(cfg, throughput):
+    """Rates as fractions of nginx's closed-loop req/s in this run (rounded to 100)."""
+    base = None
+    if throughput:
+        base = throughput["summary"].get("nginx", {}).get("rps")
+    if not base:
+        base = 10000  # no closed-loop run to go by
+    return [max(100, int(round(base * f / 100.0)) * 100) for f in cfg["rate_fractions"]]
 
 
 def _cpus(spec):
@@ -365,6 +384,8 @@ def main():
     if not args.no_build:
         build()
     node_bin, mock_bin = binaries()
+    if args.strait_bin:
+        node_bin = os.path.abspath(args.strait_bin)
     os.makedirs(args.out, exist_ok=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H%M%SZ")
     workdir = tempfile.mkdtemp(prefix="strait-bench-")
@@ -375,6 +396,7 @@ def main():
             "git_commit": procs.git_commit(), "machine": procs.machine_info(), "nofile_limit": nofile,
             "pinning": {"proxy": args.proxy_cpus, "load": args.load_cpus, "upstream": args.upstream_cpus},
             "strait_args": ["--workers", "1", "--no-access-log"] + args.strait_arg,
+            "strait_bin": node_bin,
             "versions": {"nginx": procs.tool_version(["nginx", "-v"]), "wrk": procs.tool_version(["wrk", "-v"]),
                          "h2load": procs.tool_version(["h2load", "--version"]),
                          "oha": procs.tool_version([oha, "--version"]) if oha else None},
@@ -388,6 +410,9 @@ def main():
             if "wrk" in sections:
                 results["throughput"] = run_wrk_section(args, cfg, contenders)
             if "oha" in sections:
+                if not cfg.get("rates"):
+                    cfg["rates"] = fixed_rates(cfg, results.get("throughput"))
+                say(f"fixed rates: {', '.join(f'{r:,}' for r in cfg['rates'])} req/s")
                 results["fixed_rate"] = run_oha_section(args, cfg, contenders, oha)
             if "h2" in sections:
                 results["h2"] = run_h2_section(args, cfg, contenders, loadgen.write_body(workdir))
@@ -402,7 +427,10 @@ def main():
         results["meta"]["elapsed_s"] = round(time.monotonic() - T0, 1)
         results["meta"]["loadavg_at_end"] = open("/proc/loadavg").read().split()[:3]
         write_outputs(args.out, stamp, results)
-        shutil.rmtree(workdir, ignore_errors=True)
+        if args.keep:
+            say(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def write_outputs(out, stamp, results):
@@ -431,11 +459,15 @@ def markdown(results):
         t = results["throughput"]
         out += [f"Closed loop ({t['command']}), median of {m['config']['rounds']} alternating rounds:", "",
                 report.latency_table(t), ""]
-        cpu = {c: s.get("cpu_pct") for c, s in t["summary"].items()}
-        out += ["CPU of the process under test during those runs: "
-                + ", ".join(f"{c} {report.fmt(v, 0)}%" for c, v in cpu.items()) + ".", ""]
+        out += ["CPU of the process under test during those runs (user + system, from /proc): "
+                + ", ".join(f"{c} {report.fmt(s.get('cpu_pct'), 0)}% of a core, "
+                            f"{report.fmt(s.get('cpu_us_per_req'), 1)} us per request"
+                            for c, s in t["summary"].items())
+                + f" (CPU per request vs nginx: strait {report.ratio(t, 'strait', 'nginx', 'cpu_us_per_req')}).", ""]
     for rate, sec in sorted(results.get("fixed_rate", {}).items(), key=lambda kv: int(kv[0])):
-        out += [f"Fixed rate {int(rate):,} req/s (oha -c32 --latency-correction), median of "
+        out += [f"Fixed rate {int(rate):,} req/s (oha -c32 --latency-correction; "
+                f"{int(rate) / (results.get('throughput', {}).get('summary', {}).get('nginx', {}).get('rps') or 1):.0%}"
+                " of nginx's closed-loop req/s), median of "
                 f"{m['config']['rate_rounds']} alternating rounds:", "", report.latency_table(sec), ""]
     if "h2" in results:
         out += [f"HTTP/2 ({results['h2']['command']}):", "", report.h2_table(results["h2"]), ""]

@@ -4,7 +4,9 @@ holder that keeps thousands of slow streams open at once."""
 import asyncio
 import time
 
-STREAM_BODY = (b'{"model":"claude-sonnet-4-5","max_tokens":1000000,"stream":true,'
+# max_tokens stays modest: the mock prepares a reply's text up front, and a huge one
+# would make the mock, not the proxy, slow to start each stream.
+STREAM_BODY = (b'{"model":"claude-sonnet-4-5","max_tokens":300,"stream":true,'
                b'"messages":[{"role":"user","content":"Hello, Claude"}]}')
 
 
