@@ -38,7 +38,7 @@ pub struct Cli {
     #[arg(long, value_name = "URL")]
     pub upstream: Option<String>,
 
-    /// Runtime worker threads [default: one per core].
+    /// Runtime worker threads [default: one per core]. 1 runs everything on one thread.
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
 

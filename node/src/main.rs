@@ -18,10 +18,18 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::SUCCESS;
     }
     let _log = strait_node::telemetry::init(&config.log);
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = config.workers {
-        rt.worker_threads(n);
-    }
+    let mut rt = match config.workers {
+        // One worker: a current-thread runtime does the same work without the
+        // multi-thread scheduler's cross-thread wake-ups and bookkeeping on every task
+        // switch, which a proxy makes several of per request (docs/benchmarks.md).
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let rt = match rt.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -92,8 +92,10 @@ impl AsyncWrite for AbortableIo {
 
 fn builder() -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new());
-    // hyper's default of 200 would make the mock, not the gateway, the limit in h2 benchmarks.
-    builder.http2().max_concurrent_streams(1000);
+    // hyper's default of 200 would make the mock, not the gateway, the limit in h2
+    // benchmarks; the 10,000-stream memory benchmark multiplexes every stream over one
+    // upstream HTTP/2 connection, so the cap sits above that.
+    builder.http2().max_concurrent_streams(20_000);
     builder
 }
 
