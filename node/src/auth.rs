@@ -39,12 +39,21 @@ pub struct KeyPolicy {
 impl Principal {
     /// A principal with no tenant, no policy, on the default pool.
     pub fn plain(name: Arc<str>) -> Self {
-        Principal { name, tenant: None, policy: None, pool: 0 }
+        Principal {
+            name,
+            tenant: None,
+            policy: None,
+            pool: 0,
+        }
     }
 
     /// Whether a node of `region` may serve this principal.
     pub fn region_allowed(&self, region: &str) -> bool {
-        match self.policy.as_ref().and_then(|p| p.allowed_regions.as_ref()) {
+        match self
+            .policy
+            .as_ref()
+            .and_then(|p| p.allowed_regions.as_ref())
+        {
             Some(list) => list.iter().any(|r| r == region),
             None => true,
         }
@@ -104,7 +113,9 @@ impl Authenticator {
                 // The map lookup branches on the hash, which reveals nothing usable about
                 // the key; the final comparison is constant-time all the same.
                 match self.by_hash.get_key_value(&hash) {
-                    Some((stored, principal)) if bool::from(stored.ct_eq(&hash)) => Ok(principal.clone()),
+                    Some((stored, principal)) if bool::from(stored.ct_eq(&hash)) => {
+                        Ok(principal.clone())
+                    }
                     _ => Err(Error::new(ErrorKind::Authentication, "invalid x-api-key")),
                 }
             }
@@ -156,7 +167,12 @@ mod tests {
     #[test]
     fn accepts_x_api_key_and_bearer() {
         let a = managed();
-        assert_eq!(&*a.authenticate(&headers(&[("x-api-key", "strait-a")])).unwrap().name, "key-1");
+        assert_eq!(
+            &*a.authenticate(&headers(&[("x-api-key", "strait-a")]))
+                .unwrap()
+                .name,
+            "key-1"
+        );
         let bearer = headers(&[("authorization", "Bearer strait-a")]);
         assert_eq!(&*a.authenticate(&bearer).unwrap().name, "key-1");
     }
@@ -164,8 +180,13 @@ mod tests {
     #[test]
     fn rejects_missing_and_unknown_keys() {
         let a = managed();
-        assert_eq!(a.authenticate(&HeaderMap::new()).unwrap_err().kind, ErrorKind::Authentication);
-        let e = a.authenticate(&headers(&[("x-api-key", "nope")])).unwrap_err();
+        assert_eq!(
+            a.authenticate(&HeaderMap::new()).unwrap_err().kind,
+            ErrorKind::Authentication
+        );
+        let e = a
+            .authenticate(&headers(&[("x-api-key", "nope")]))
+            .unwrap_err();
         assert_eq!(e.kind, ErrorKind::Authentication);
         assert!(!e.message.contains("nope"));
         let basic = headers(&[("authorization", "Basic strait-a")]);

@@ -71,7 +71,12 @@ pub struct Cli {
     pub no_access_log: bool,
 
     /// Upstream Anthropic keys, comma-separated. Prefer the environment variable.
-    #[arg(long, env = "STRAIT_UPSTREAM_KEYS", hide_env_values = true, value_name = "KEYS")]
+    #[arg(
+        long,
+        env = "STRAIT_UPSTREAM_KEYS",
+        hide_env_values = true,
+        value_name = "KEYS"
+    )]
     pub upstream_keys: Option<String>,
 
     /// Rate limits for every client key, e.g. 'rpm=60,itpm=40000,otpm=8000,concurrency=4'
@@ -95,7 +100,12 @@ pub struct Cli {
     pub expected_nodes: Option<u32>,
 
     /// Client (Strait) keys, comma-separated; stored only as hashes.
-    #[arg(long, env = "STRAIT_CLIENT_KEYS", hide_env_values = true, value_name = "KEYS")]
+    #[arg(
+        long,
+        env = "STRAIT_CLIENT_KEYS",
+        hide_env_values = true,
+        value_name = "KEYS"
+    )]
     pub client_keys: Option<String>,
 
     /// etcd endpoints, comma-separated: join the cluster (membership, live config).
@@ -144,7 +154,11 @@ impl Cli {
         }
         if let (Some(cert), Some(key)) = (self.tls_cert, self.tls_key) {
             let tls13_only = raw.tls.as_ref().is_some_and(|t| t.tls13_only);
-            raw.tls = Some(RawTls { cert, key, tls13_only });
+            raw.tls = Some(RawTls {
+                cert,
+                key,
+                tls13_only,
+            });
         }
         if self.tls13_only {
             if let Some(t) = raw.tls.as_mut() {
@@ -161,7 +175,12 @@ impl Cli {
             raw.log.access_log = false;
         }
         if let Some(v) = self.etcd {
-            raw.cluster.etcd = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+            raw.cluster.etcd = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
         }
         if let Some(v) = self.region {
             raw.cluster.region = v;
@@ -202,8 +221,16 @@ impl Cli {
         if let Some(v) = self.expected_nodes {
             raw.redis.expected_nodes = v;
         }
-        let upstream_keys = self.upstream_keys.as_deref().map(split_keys).unwrap_or_default();
-        let client_keys = self.client_keys.as_deref().map(split_keys).unwrap_or_default();
+        let upstream_keys = self
+            .upstream_keys
+            .as_deref()
+            .map(split_keys)
+            .unwrap_or_default();
+        let client_keys = self
+            .client_keys
+            .as_deref()
+            .map(split_keys)
+            .unwrap_or_default();
         raw.validate(upstream_keys, client_keys)
     }
 }

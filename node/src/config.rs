@@ -700,10 +700,17 @@ impl RawConfig {
             check_name(&format!("auth.client_keys[{i}].name"), &ck.name)?;
             if let Some(t) = &ck.tenant {
                 if !self.tenants.iter().any(|x| &x.name == t) {
-                    return Err(Error::config(format!("auth.client_keys[{i}].tenant: no [[tenants]] entry named {t:?}")));
+                    return Err(Error::config(format!(
+                        "auth.client_keys[{i}].tenant: no [[tenants]] entry named {t:?}"
+                    )));
                 }
             }
-            client_keys.push(ClientKey { name: ck.name, sha256, tenant: ck.tenant, limits: ck.limits.to_spec() });
+            client_keys.push(ClientKey {
+                name: ck.name,
+                sha256,
+                tenant: ck.tenant,
+                limits: ck.limits.to_spec(),
+            });
         }
         let mut plain = extra_client_keys;
         if let Some(path) = &self.auth.client_keys_file {
@@ -729,7 +736,11 @@ impl RawConfig {
         // In a cluster, client keys may come from etcd: until they do, a node with
         // upstream keys answers 401 to everyone (see `Config::key_mode`).
         let cluster = validate_cluster(self.cluster)?;
-        if !keys.is_empty() && client_keys.is_empty() && !self.auth.allow_anonymous && cluster.is_none() {
+        if !keys.is_empty()
+            && client_keys.is_empty()
+            && !self.auth.allow_anonymous
+            && cluster.is_none()
+        {
             return Err(Error::config(
                 "upstream keys are configured but no client keys: anyone reaching this node \
                  could spend them. Configure client keys (STRAIT_CLIENT_KEYS or \
@@ -811,11 +822,15 @@ fn validate_cluster(c: RawCluster) -> Result<Option<Cluster>> {
         return Ok(None);
     }
     for e in &c.etcd {
-        let uri: http::Uri = e
-            .parse()
-            .map_err(|_| Error::config(format!("cluster.etcd: {e:?} is not a URL like http://127.0.0.1:2379")))?;
+        let uri: http::Uri = e.parse().map_err(|_| {
+            Error::config(format!(
+                "cluster.etcd: {e:?} is not a URL like http://127.0.0.1:2379"
+            ))
+        })?;
         if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-            return Err(Error::config(format!("cluster.etcd: {e:?} must be an http:// URL with a host and port")));
+            return Err(Error::config(format!(
+                "cluster.etcd: {e:?} must be an http:// URL with a host and port"
+            )));
         }
     }
     if !valid_name(&c.region) {
@@ -825,27 +840,40 @@ fn validate_cluster(c: RawCluster) -> Result<Option<Cluster>> {
     }
     if let Some(id) = &c.node_id {
         if !valid_name(id) {
-            return Err(Error::config("cluster.node_id: 1 to 64 lowercase letters, digits, '-' or '_'"));
+            return Err(Error::config(
+                "cluster.node_id: 1 to 64 lowercase letters, digits, '-' or '_'",
+            ));
         }
     }
     if c.lease_ttl < Duration::from_secs(2) || c.lease_ttl > Duration::from_secs(300) {
-        return Err(Error::config("cluster.lease_ttl must be between 2s and 300s"));
+        return Err(Error::config(
+            "cluster.lease_ttl must be between 2s and 300s",
+        ));
     }
     if c.state_dir.as_os_str().is_empty() {
         return Err(Error::config("cluster.state_dir must not be empty"));
     }
     let kek = match (&c.kek, &c.kek_file) {
         (Some(_), Some(_)) => {
-            return Err(Error::config("the KEK is given twice: set either STRAIT_KEK or cluster.kek_file"))
+            return Err(Error::config(
+                "the KEK is given twice: set either STRAIT_KEK or cluster.kek_file",
+            ))
         }
-        (Some(k), None) => Some(Kek::parse(k.expose()).map_err(|e| Error::config(format!("STRAIT_KEK: {e}")))?),
-        (None, Some(path)) => Some(Kek::from_file(path).map_err(|e| Error::config(format!("cluster.kek_file: {e}")))?),
+        (Some(k), None) => {
+            Some(Kek::parse(k.expose()).map_err(|e| Error::config(format!("STRAIT_KEK: {e}")))?)
+        }
+        (None, Some(path)) => Some(
+            Kek::from_file(path).map_err(|e| Error::config(format!("cluster.kek_file: {e}")))?,
+        ),
         (None, None) => None,
     };
-    for (field, v) in
-        [("cluster.advertise_public", &c.advertise_public), ("cluster.advertise_admin", &c.advertise_admin)]
-    {
-        if v.as_deref().is_some_and(|s| s.trim().is_empty() || s.contains(char::is_whitespace)) {
+    for (field, v) in [
+        ("cluster.advertise_public", &c.advertise_public),
+        ("cluster.advertise_admin", &c.advertise_admin),
+    ] {
+        if v.as_deref()
+            .is_some_and(|s| s.trim().is_empty() || s.contains(char::is_whitespace))
+        {
             return Err(Error::config(format!("{field} must be host:port")));
         }
     }
@@ -864,43 +892,72 @@ fn validate_cluster(c: RawCluster) -> Result<Option<Cluster>> {
 /// Names become Redis hash tags and metric labels: braces would break the tags.
 fn check_name(field: &str, name: &str) -> Result<()> {
     if name.contains(['{', '}']) || name.chars().any(char::is_control) {
-        return Err(Error::config(format!("{field}: {name:?} must not contain braces or control characters")));
+        return Err(Error::config(format!(
+            "{field}: {name:?} must not contain braces or control characters"
+        )));
     }
     Ok(())
 }
 
-fn validate_rate_limits(default: &RawLimitSpec, tenants: &[RawTenant], redis: &RawRedis) -> Result<RateLimits> {
+fn validate_rate_limits(
+    default: &RawLimitSpec,
+    tenants: &[RawTenant],
+    redis: &RawRedis,
+) -> Result<RateLimits> {
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
     for (i, t) in tenants.iter().enumerate() {
         if t.name.is_empty() {
-            return Err(Error::config(format!("tenants[{i}].name must not be empty")));
+            return Err(Error::config(format!(
+                "tenants[{i}].name must not be empty"
+            )));
         }
         check_name(&format!("tenants[{i}].name"), &t.name)?;
         if !seen.insert(t.name.as_str()) {
-            return Err(Error::config(format!("tenants[{i}].name {:?} appears twice", t.name)));
+            return Err(Error::config(format!(
+                "tenants[{i}].name {:?} appears twice",
+                t.name
+            )));
         }
-        out.push(Tenant { name: t.name.clone(), limits: t.limits.to_spec() });
+        out.push(Tenant {
+            name: t.name.clone(),
+            limits: t.limits.to_spec(),
+        });
     }
     let redis = if redis.url.trim().is_empty() {
         None
     } else {
-        let urls: Vec<String> = redis.url.split(',').map(|u| u.trim().to_string()).filter(|u| !u.is_empty()).collect();
+        let urls: Vec<String> = redis
+            .url
+            .split(',')
+            .map(|u| u.trim().to_string())
+            .filter(|u| !u.is_empty())
+            .collect();
         for u in &urls {
             if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
-                return Err(Error::config("redis.url must start with redis:// or rediss://"));
+                return Err(Error::config(
+                    "redis.url must start with redis:// or rediss://",
+                ));
             }
         }
         if urls.len() > 1 && !redis.cluster {
-            return Err(Error::config("redis.url lists several servers: set redis.cluster = true for Redis Cluster"));
+            return Err(Error::config(
+                "redis.url lists several servers: set redis.cluster = true for Redis Cluster",
+            ));
         }
         let mode = match redis.mode.as_str() {
             "leased" => LimitMode::Leased,
             "exact" => LimitMode::Exact,
-            other => return Err(Error::config(format!("redis.mode must be leased or exact, not {other:?}"))),
+            other => {
+                return Err(Error::config(format!(
+                    "redis.mode must be leased or exact, not {other:?}"
+                )))
+            }
         };
         if redis.expected_nodes == 0 || redis.expected_nodes > 10_000 {
-            return Err(Error::config("redis.expected_nodes must be between 1 and 10000"));
+            return Err(Error::config(
+                "redis.expected_nodes must be between 1 and 10000",
+            ));
         }
         if !(redis.lease_fraction > 0.0 && redis.lease_fraction <= 1.0) {
             return Err(Error::config("redis.lease_fraction must be in (0, 1]"));
@@ -911,7 +968,9 @@ fn validate_rate_limits(default: &RawLimitSpec, tenants: &[RawTenant], redis: &R
             return Err(Error::config("redis.slot_ttl must be at least 1s"));
         }
         if redis.key_prefix.is_empty() || redis.key_prefix.contains(['{', '}']) {
-            return Err(Error::config("redis.key_prefix must be non-empty and without braces"));
+            return Err(Error::config(
+                "redis.key_prefix must be non-empty and without braces",
+            ));
         }
         Some(RedisSettings {
             urls,
@@ -925,7 +984,11 @@ fn validate_rate_limits(default: &RawLimitSpec, tenants: &[RawTenant], redis: &R
             key_prefix: redis.key_prefix.clone(),
         })
     };
-    Ok(RateLimits { default: default.to_spec(), tenants: out, redis })
+    Ok(RateLimits {
+        default: default.to_spec(),
+        tenants: out,
+        redis,
+    })
 }
 
 fn parse_addr(field: &str, s: &str) -> Result<SocketAddr> {
@@ -1049,13 +1112,24 @@ mod tests {
 
     #[test]
     fn cluster_section_is_checked() {
-        let c = RawConfig::from_toml("[cluster]\nregion = \"eu\"\n").unwrap().validate(vec![], vec![]).unwrap();
+        let c = RawConfig::from_toml("[cluster]\nregion = \"eu\"\n")
+            .unwrap()
+            .validate(vec![], vec![])
+            .unwrap();
         assert!(c.cluster.is_none(), "no etcd: no cluster");
         let raw = RawConfig::from_toml("[cluster]\netcd = [\"http://127.0.0.1:2379\"]\n").unwrap();
-        assert!(raw.validate(vec![], vec![]).unwrap_err().message.contains("cluster.region"));
+        assert!(raw
+            .validate(vec![], vec![])
+            .unwrap_err()
+            .message
+            .contains("cluster.region"));
         let toml = "[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nregion = \"eu-1\"\n";
         let raw = RawConfig::from_toml(&format!("{toml}lease_ttl = \"1s\"\n")).unwrap();
-        assert!(raw.validate(vec![], vec![]).unwrap_err().message.contains("lease_ttl"));
+        assert!(raw
+            .validate(vec![], vec![])
+            .unwrap_err()
+            .message
+            .contains("lease_ttl"));
         let mut raw = RawConfig::from_toml(toml).unwrap();
         raw.cluster.kek = Some(Secret::new("ab".repeat(32)));
         let c = raw.validate(vec![], vec![]).unwrap().cluster.unwrap();
@@ -1067,27 +1141,54 @@ mod tests {
     #[test]
     fn a_cluster_node_with_upstream_keys_waits_for_client_keys_without_opening_up() {
         let toml = "[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nregion = \"eu\"\n";
-        let c = RawConfig::from_toml(toml).unwrap().validate(keys(&["sk-up"]), vec![]).unwrap();
-        assert_eq!(c.key_mode(), KeyMode::Managed, "401 for everyone until client keys arrive from etcd");
-        let e = RawConfig::from_toml(toml).unwrap().validate(vec![], keys(&["client"])).unwrap_err();
+        let c = RawConfig::from_toml(toml)
+            .unwrap()
+            .validate(keys(&["sk-up"]), vec![])
+            .unwrap();
+        assert_eq!(
+            c.key_mode(),
+            KeyMode::Managed,
+            "401 for everyone until client keys arrive from etcd"
+        );
+        let e = RawConfig::from_toml(toml)
+            .unwrap()
+            .validate(vec![], keys(&["client"]))
+            .unwrap_err();
         assert!(e.message.contains("no upstream keys"), "{e}");
     }
 
     #[test]
     fn rate_limit_settings_are_validated() {
-        let raw = RawConfig::from_toml("[redis]\nurl = \"redis://127.0.0.1:6379\"\nmode = \"exact\"\n").unwrap();
+        let raw =
+            RawConfig::from_toml("[redis]\nurl = \"redis://127.0.0.1:6379\"\nmode = \"exact\"\n")
+                .unwrap();
         let c = raw.validate(vec![], vec![]).unwrap();
         let r = c.rate_limits.redis.unwrap();
-        assert_eq!((r.mode, r.expected_nodes, r.slot_ttl), (LimitMode::Exact, DEFAULT_EXPECTED_NODES, DEFAULT_SLOT_TTL));
+        assert_eq!(
+            (r.mode, r.expected_nodes, r.slot_ttl),
+            (LimitMode::Exact, DEFAULT_EXPECTED_NODES, DEFAULT_SLOT_TTL)
+        );
         for (toml, field) in [
             ("[redis]\nurl = \"http://x\"\n", "redis.url"),
-            ("[redis]\nurl = \"redis://a\"\nmode = \"fast\"\n", "redis.mode"),
-            ("[redis]\nurl = \"redis://a\"\nexpected_nodes = 0\n", "redis.expected_nodes"),
-            ("[redis]\nurl = \"redis://a\"\nlease_fraction = 1.5\n", "redis.lease_fraction"),
+            (
+                "[redis]\nurl = \"redis://a\"\nmode = \"fast\"\n",
+                "redis.mode",
+            ),
+            (
+                "[redis]\nurl = \"redis://a\"\nexpected_nodes = 0\n",
+                "redis.expected_nodes",
+            ),
+            (
+                "[redis]\nurl = \"redis://a\"\nlease_fraction = 1.5\n",
+                "redis.lease_fraction",
+            ),
             ("[redis]\nurl = \"redis://a,redis://b\"\n", "redis.cluster"),
             ("[[tenants]]\nname = \"a{b}\"\n", "braces"),
         ] {
-            let e = RawConfig::from_toml(toml).unwrap().validate(vec![], vec![]).unwrap_err();
+            let e = RawConfig::from_toml(toml)
+                .unwrap()
+                .validate(vec![], vec![])
+                .unwrap_err();
             assert!(e.message.contains(field), "{toml}: {e}");
         }
         let e = RawConfig::from_toml("[limits.default]\nrps = 1\n").unwrap_err();
@@ -1097,7 +1198,10 @@ mod tests {
     #[test]
     fn a_key_tenant_must_exist() {
         let toml = "[[auth.client_keys]]\nname = \"a\"\nsha256 = \"5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8\"\ntenant = \"nope\"\n";
-        let e = RawConfig::from_toml(toml).unwrap().validate(vec![Secret::new("sk")], vec![]).unwrap_err();
+        let e = RawConfig::from_toml(toml)
+            .unwrap()
+            .validate(vec![Secret::new("sk")], vec![])
+            .unwrap_err();
         assert!(e.message.contains("tenant"), "{e}");
     }
 

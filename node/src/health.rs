@@ -22,7 +22,10 @@ pub struct UpstreamHealth {
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl UpstreamHealth {
@@ -35,14 +38,16 @@ impl UpstreamHealth {
         if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
             self.consecutive_failures.store(0, Ordering::Relaxed);
         }
-        self.last_success_unix_ms.store(unix_ms(), Ordering::Relaxed);
+        self.last_success_unix_ms
+            .store(unix_ms(), Ordering::Relaxed);
     }
 
     /// A connect error, reset or timeout.
     pub fn record_failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
         self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
-        self.last_failure_unix_ms.store(unix_ms(), Ordering::Relaxed);
+        self.last_failure_unix_ms
+            .store(unix_ms(), Ordering::Relaxed);
     }
 
     pub fn consecutive_failures(&self) -> u32 {
@@ -52,7 +57,10 @@ impl UpstreamHealth {
     /// Responses and transport failures seen since start (for the node record's
     /// error rate, computed over the interval between two records).
     pub fn counts(&self) -> (u64, u64) {
-        (self.responses.load(Ordering::Relaxed), self.failures.load(Ordering::Relaxed))
+        (
+            self.responses.load(Ordering::Relaxed),
+            self.failures.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -165,7 +173,11 @@ impl Health {
             Some(true) => Status::Warn,
             _ => Status::Pass,
         };
-        let overall = drain_status.max(path_status).max(keys_status).max(cluster_status).max(redis_status);
+        let overall = drain_status
+            .max(path_status)
+            .max(keys_status)
+            .max(cluster_status)
+            .max(redis_status);
         let last_ok = self.upstream.last_success_unix_ms.load(Ordering::Relaxed);
         let mut body = json!({
             "status": overall.as_str(),
@@ -217,7 +229,11 @@ impl Health {
                 "time": time,
             }]);
         }
-        let code = if overall == Status::Fail { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+        let code = if overall == Status::Fail {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        };
         (code, body.to_string())
     }
 }
@@ -241,7 +257,13 @@ mod tests {
     use super::*;
 
     fn inputs() -> ReadyInputs {
-        ReadyInputs { keys_ready: 2, keys_exhausted: 0, keys_total: 2, passthrough: false, limiter_redis: None }
+        ReadyInputs {
+            keys_ready: 2,
+            keys_exhausted: 0,
+            keys_total: 2,
+            passthrough: false,
+            limiter_redis: None,
+        }
     }
 
     #[test]
@@ -271,9 +293,21 @@ mod tests {
     #[test]
     fn spent_quotas_fail_but_short_pauses_warn() {
         let h = Health::new();
-        let (code, _) = h.readiness(&ReadyInputs { keys_ready: 0, keys_exhausted: 2, keys_total: 2, passthrough: false, limiter_redis: None });
+        let (code, _) = h.readiness(&ReadyInputs {
+            keys_ready: 0,
+            keys_exhausted: 2,
+            keys_total: 2,
+            passthrough: false,
+            limiter_redis: None,
+        });
         assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
-        let (code, body) = h.readiness(&ReadyInputs { keys_ready: 0, keys_exhausted: 1, keys_total: 2, passthrough: false, limiter_redis: None });
+        let (code, body) = h.readiness(&ReadyInputs {
+            keys_ready: 0,
+            keys_exhausted: 1,
+            keys_total: 2,
+            passthrough: false,
+            limiter_redis: None,
+        });
         assert_eq!(code, StatusCode::OK);
         assert!(body.contains("\"status\":\"warn\""));
     }

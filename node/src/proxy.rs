@@ -180,7 +180,10 @@ pub async fn handle(
     let mut limits = LimitHeaders::None;
     let result = match route {
         Some(route) => phases(&shared, req, peer, route, &mut record, &mut limits).await,
-        None => Err(Error::new(ErrorKind::NotFound, "not found: the gateway relays /v1/ paths of the Anthropic API")),
+        None => Err(Error::new(
+            ErrorKind::NotFound,
+            "not found: the gateway relays /v1/ paths of the Anthropic API",
+        )),
     };
     match result {
         Ok((fwd, kind)) => respond(&shared, fwd, kind, rid_header, record, limits),
@@ -232,7 +235,10 @@ async fn phases(
         if !principal.region_allowed(&cluster.region) {
             return Err(Error::new(
                 ErrorKind::Permission,
-                format!("this API key may not be served in region {}", cluster.region),
+                format!(
+                    "this API key may not be served in region {}",
+                    cluster.region
+                ),
             ));
         }
     }
@@ -250,7 +256,14 @@ async fn phases(
         RequestBody::Full(Some(b)) => b.len(),
         _ => 0,
     };
-    match shared.limiter.admit(&principal.name, Reservation::for_request(route, &meta, body_len)).await {
+    match shared
+        .limiter
+        .admit(
+            &principal.name,
+            Reservation::for_request(route, &meta, body_len),
+        )
+        .await
+    {
         Ok(None) => {}
         Ok(Some(admission)) => {
             record.permit = Some(admission.permit);

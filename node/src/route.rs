@@ -51,25 +51,40 @@ pub struct KeyRef(usize);
 
 impl KeyPool {
     pub fn new(keys: &[Secret], default_cooldown: Duration) -> Self {
-        let labeled: Vec<(String, Secret)> =
-            keys.iter().enumerate().map(|(i, k)| (format!("k{}", i + 1), k.clone())).collect();
+        let labeled: Vec<(String, Secret)> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (format!("k{}", i + 1), k.clone()))
+            .collect();
         Self::labeled(&labeled, default_cooldown, None)
     }
 
     /// A pool of keys with operator-facing labels (never the keys). A key that is
     /// also in `previous` keeps its cooldown, so swapping in a new config snapshot
     /// does not send traffic to a key that is resting until its quota resets.
-    pub fn labeled(keys: &[(String, Secret)], default_cooldown: Duration, previous: Option<&KeyPool>) -> Self {
+    pub fn labeled(
+        keys: &[(String, Secret)],
+        default_cooldown: Duration,
+        previous: Option<&KeyPool>,
+    ) -> Self {
         let epoch = Instant::now();
         let keys = keys
             .iter()
             .map(|(label, k)| {
-                let mut header = HeaderValue::from_str(k.expose()).expect("validated at config load");
+                let mut header =
+                    HeaderValue::from_str(k.expose()).expect("validated at config load");
                 header.set_sensitive(true);
                 let (mut cool_until_ms, mut reason) = (0, 0);
                 if let Some(prev) = previous {
-                    if let Some(old) = prev.keys.iter().find(|o| o.header.as_bytes() == header.as_bytes()) {
-                        let left = old.cool_until_ms.load(Ordering::Relaxed).saturating_sub(prev.now_ms());
+                    if let Some(old) = prev
+                        .keys
+                        .iter()
+                        .find(|o| o.header.as_bytes() == header.as_bytes())
+                    {
+                        let left = old
+                            .cool_until_ms
+                            .load(Ordering::Relaxed)
+                            .saturating_sub(prev.now_ms());
                         if left > 0 {
                             cool_until_ms = epoch.elapsed().as_millis() as u64 + left;
                             reason = old.reason.load(Ordering::Relaxed);
@@ -84,7 +99,12 @@ impl KeyPool {
                 }
             })
             .collect();
-        KeyPool { keys, next: AtomicUsize::new(0), epoch, default_cooldown }
+        KeyPool {
+            keys,
+            next: AtomicUsize::new(0),
+            epoch,
+            default_cooldown,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -132,11 +152,17 @@ impl KeyPool {
 
     /// Looks at an upstream response and cools the key down if it says so. Returns
     /// the cooldown applied, if any.
-    pub fn observe(&self, key: KeyRef, status: StatusCode, headers: &HeaderMap) -> Option<(Cooldown, Duration)> {
+    pub fn observe(
+        &self,
+        key: KeyRef,
+        status: StatusCode,
+        headers: &HeaderMap,
+    ) -> Option<(Cooldown, Duration)> {
         if status != StatusCode::TOO_MANY_REQUESTS && status.as_u16() != 529 {
             return None;
         }
-        let (reason, wait) = classify_limit(status, headers, self.default_cooldown, SystemTime::now());
+        let (reason, wait) =
+            classify_limit(status, headers, self.default_cooldown, SystemTime::now());
         let k = &self.keys[key.0];
         let until = self.now_ms() + wait.as_millis() as u64;
         k.cool_until_ms.fetch_max(until, Ordering::Relaxed);
@@ -239,7 +265,9 @@ mod tests {
         h.insert("retry-after", HeaderValue::from_static("30"));
         p.observe(a, StatusCode::TOO_MANY_REQUESTS, &h).unwrap();
         let cooled = p.label(a).to_string();
-        let keys: Vec<_> = (0..3).map(|i| (format!("k{}", i + 1), Secret::new(format!("sk-{i}")))).collect();
+        let keys: Vec<_> = (0..3)
+            .map(|i| (format!("k{}", i + 1), Secret::new(format!("sk-{i}"))))
+            .collect();
         let q = KeyPool::labeled(&keys, Duration::from_secs(5), Some(&p));
         assert_eq!(q.census(), (2, 1, 0));
         for _ in 0..10 {
@@ -255,7 +283,10 @@ mod tests {
         h.insert("retry-after", HeaderValue::from_static("7"));
         p.observe(k, StatusCode::TOO_MANY_REQUESTS, &h);
         let wait = p.pick(None).unwrap_err();
-        assert!(wait > Duration::from_secs(6) && wait <= Duration::from_secs(7), "{wait:?}");
+        assert!(
+            wait > Duration::from_secs(6) && wait <= Duration::from_secs(7),
+            "{wait:?}"
+        );
     }
 
     #[test]
@@ -276,15 +307,37 @@ mod tests {
         let reset = humantime::format_rfc3339_seconds(now + Duration::from_secs(3600)).to_string();
         let mut h = HeaderMap::new();
         h.insert("retry-after", HeaderValue::from_static("2"));
-        h.insert("anthropic-ratelimit-tokens-remaining", HeaderValue::from_static("0"));
-        h.insert("anthropic-ratelimit-tokens-reset", HeaderValue::from_str(&reset).unwrap());
-        let (reason, wait) = classify_limit(StatusCode::TOO_MANY_REQUESTS, &h, Duration::from_secs(5), now);
+        h.insert(
+            "anthropic-ratelimit-tokens-remaining",
+            HeaderValue::from_static("0"),
+        );
+        h.insert(
+            "anthropic-ratelimit-tokens-reset",
+            HeaderValue::from_str(&reset).unwrap(),
+        );
+        let (reason, wait) = classify_limit(
+            StatusCode::TOO_MANY_REQUESTS,
+            &h,
+            Duration::from_secs(5),
+            now,
+        );
         assert_eq!(reason, Cooldown::Exhausted);
         assert!(wait > Duration::from_secs(3590), "{wait:?}");
 
-        h.insert("anthropic-ratelimit-tokens-remaining", HeaderValue::from_static("10"));
-        let (reason, wait) = classify_limit(StatusCode::TOO_MANY_REQUESTS, &h, Duration::from_secs(5), now);
-        assert_eq!((reason, wait), (Cooldown::Transient, Duration::from_secs(2)));
+        h.insert(
+            "anthropic-ratelimit-tokens-remaining",
+            HeaderValue::from_static("10"),
+        );
+        let (reason, wait) = classify_limit(
+            StatusCode::TOO_MANY_REQUESTS,
+            &h,
+            Duration::from_secs(5),
+            now,
+        );
+        assert_eq!(
+            (reason, wait),
+            (Cooldown::Transient, Duration::from_secs(2))
+        );
     }
 
     #[test]
@@ -295,6 +348,9 @@ mod tests {
             Duration::from_secs(5),
             SystemTime::now(),
         );
-        assert_eq!((reason, wait), (Cooldown::Transient, Duration::from_secs(5)));
+        assert_eq!(
+            (reason, wait),
+            (Cooldown::Transient, Duration::from_secs(5))
+        );
     }
 }

@@ -84,19 +84,37 @@ impl Node {
 
         let public = bind(config.public_listen, "listen.public").await?;
         let admin = bind(config.admin_listen, "listen.admin").await?;
-        let public_addr = public.local_addr().map_err(|e| Error::config("public listener").with_detail(e))?;
-        let admin_addr = admin.local_addr().map_err(|e| Error::config("admin listener").with_detail(e))?;
+        let public_addr = public
+            .local_addr()
+            .map_err(|e| Error::config("public listener").with_detail(e))?;
+        let admin_addr = admin
+            .local_addr()
+            .map_err(|e| Error::config("admin listener").with_detail(e))?;
 
-        let (store, node_id): (Box<dyn ClusterStore>, Option<String>) = match (applier, &config.cluster) {
-            (Some(applier), Some(c)) => {
-                let id = applier.node_id.clone();
-                (Box::new(EtcdStore { endpoints: c.etcd.clone(), lease_ttl: c.lease_ttl, applier }), Some(id))
-            }
-            _ => (Box::new(Embedded), None),
-        };
-        let mut cluster = store.start(NodeCtx { shared: shared.clone(), public_addr, admin_addr });
+        let (store, node_id): (Box<dyn ClusterStore>, Option<String>) =
+            match (applier, &config.cluster) {
+                (Some(applier), Some(c)) => {
+                    let id = applier.node_id.clone();
+                    (
+                        Box::new(EtcdStore {
+                            endpoints: c.etcd.clone(),
+                            lease_ttl: c.lease_ttl,
+                            applier,
+                        }),
+                        Some(id),
+                    )
+                }
+                _ => (Box::new(Embedded), None),
+            };
+        let mut cluster = store.start(NodeCtx {
+            shared: shared.clone(),
+            public_addr,
+            admin_addr,
+        });
         if !cluster.wait_first_sync(INITIAL_SYNC_WAIT).await {
-            tracing::warn!("etcd did not answer within {INITIAL_SYNC_WAIT:?}; serving without it for now");
+            tracing::warn!(
+                "etcd did not answer within {INITIAL_SYNC_WAIT:?}; serving without it for now"
+            );
         }
 
         let (stop_public, stop_public_rx) = watch::channel(false);
@@ -155,7 +173,17 @@ impl Node {
             "strait-node listening"
         );
         drop(snap);
-        Ok(Node { shared, public_addr, admin_addr, tls, stop_public, stop_admin, public_task, admin_task, cluster })
+        Ok(Node {
+            shared,
+            public_addr,
+            admin_addr,
+            tls,
+            stop_public,
+            stop_admin,
+            public_task,
+            admin_task,
+            cluster,
+        })
     }
 
     pub fn public_addr(&self) -> SocketAddr {
@@ -208,9 +236,12 @@ async fn bind(addr: SocketAddr, field: &str) -> Result<TcpListener> {
 /// Runs a node until SIGTERM or SIGINT, then drains. SIGHUP reloads TLS certificates.
 pub async fn run(config: Config) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(|e| Error::config("signals").with_detail(e))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::config("signals").with_detail(e))?;
-    let mut hup = signal(SignalKind::hangup()).map_err(|e| Error::config("signals").with_detail(e))?;
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| Error::config("signals").with_detail(e))?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|e| Error::config("signals").with_detail(e))?;
+    let mut hup =
+        signal(SignalKind::hangup()).map_err(|e| Error::config("signals").with_detail(e))?;
     let node = Node::start(config).await?;
     loop {
         tokio::select! {

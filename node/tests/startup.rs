@@ -25,7 +25,10 @@ fn example_config_parses_and_validates() {
     assert_eq!(c.upstream.target.authority.as_str(), "api.anthropic.com");
     assert_eq!(c.rate_limits.default.rpm, Some(60));
     assert_eq!(c.rate_limits.tenants[0].name, "research");
-    assert!(c.rate_limits.redis.is_none(), "the example runs the in-process limiter");
+    assert!(
+        c.rate_limits.redis.is_none(),
+        "the example runs the in-process limiter"
+    );
 }
 
 fn node() -> Command {

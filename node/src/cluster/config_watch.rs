@@ -54,7 +54,11 @@ pub fn cluster_limits(cc: &ClusterConfig) -> Vec<crate::limits::ClusterKeyLimits
         .map(|k| crate::limits::ClusterKeyLimits {
             name: k.name.clone(),
             limits: spec(&k.limits),
-            tenant: k.tenant.as_ref().and_then(|t| cc.tenants.get(t)).map(|t| (t.name.clone(), spec(&t.limits))),
+            tenant: k
+                .tenant
+                .as_ref()
+                .and_then(|t| cc.tenants.get(t))
+                .map(|t| (t.name.clone(), spec(&t.limits))),
         })
         .collect()
 }
@@ -73,38 +77,57 @@ impl Applier {
     /// Validates `kvs` (everything under the config prefix at `revision`) and swaps
     /// it in. Returns false, keeping the previous snapshot, when it does not validate.
     pub fn apply(&self, kvs: &BTreeMap<String, Vec<u8>>, revision: i64, source: Source) -> bool {
-        let built =
-            ClusterConfig::from_kvs(revision, kvs.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).and_then(|cc| {
-                let prev = self.shared.snapshot.load();
-                let snap = build_snapshot(&self.shared.config, &cc, self.kek.as_ref(), Some(&prev))?;
-                Ok((cc, snap))
-            });
+        let built = ClusterConfig::from_kvs(
+            revision,
+            kvs.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+        )
+        .and_then(|cc| {
+            let prev = self.shared.snapshot.load();
+            let snap = build_snapshot(&self.shared.config, &cc, self.kek.as_ref(), Some(&prev))?;
+            Ok((cc, snap))
+        });
         let (cc, snap) = match built {
             Ok(v) => v,
             Err(reason) => {
                 let reason = redact_long_strings(&reason);
                 self.metrics.config_rejected.inc();
-                self.shared.health.cluster.rejected_revision.store(revision, Ordering::Relaxed);
+                self.shared
+                    .health
+                    .cluster
+                    .rejected_revision
+                    .store(revision, Ordering::Relaxed);
                 tracing::error!(revision, source = %source, %reason, "cluster config rejected; keeping the previous snapshot");
                 return false;
             }
         };
         let (client_keys, upstream_keys) = (snap.auth.key_count(), snap.upstream_key_count());
         // Limits first: a key must not be usable before its limits are in force.
-        if let Err(e) = self.shared.limiter.apply_cluster_limits(cluster_limits(&cc)) {
-            tracing::error!(revision, "cluster limits could not be applied; keeping the previous limits: {e}");
+        if let Err(e) = self
+            .shared
+            .limiter
+            .apply_cluster_limits(cluster_limits(&cc))
+        {
+            tracing::error!(
+                revision,
+                "cluster limits could not be applied; keeping the previous limits: {e}"
+            );
         }
         self.shared.snapshot.store(Arc::new(snap));
 
         let status = &self.shared.health.cluster;
         status.revision.store(revision, Ordering::Relaxed);
-        status.from_disk.store(source == Source::Disk, Ordering::Relaxed);
+        status
+            .from_disk
+            .store(source == Source::Disk, Ordering::Relaxed);
         status.rejected_revision.store(0, Ordering::Relaxed);
         self.metrics.config_revision.set(revision);
         self.metrics.config_reloads.inc();
 
         let draining = cc.regions.get(&self.region).is_some_and(|r| r.draining)
-            || cc.drains.get(&(self.region.clone(), self.node_id.clone())).is_some_and(|d| d.draining);
+            || cc
+                .drains
+                .get(&(self.region.clone(), self.node_id.clone()))
+                .is_some_and(|d| d.draining);
         if status.draining.swap(draining, Ordering::Relaxed) != draining {
             if draining {
                 tracing::warn!(region = %self.region, "drained by the cluster config: /readyz fails, requests are still served");
@@ -150,8 +173,13 @@ pub fn build_snapshot(
 ) -> Result<Snapshot, String> {
     let cooldown = base.upstream.key_cooldown;
 
-    let mut default: Vec<(String, Secret)> =
-        base.upstream.keys.iter().enumerate().map(|(i, k)| (format!("k{}", i + 1), k.clone())).collect();
+    let mut default: Vec<(String, Secret)> = base
+        .upstream
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (format!("k{}", i + 1), k.clone()))
+        .collect();
     if let Some(p) = cc.pools.get(DEFAULT_POOL) {
         for (label, secret) in open_pool(p, kek)? {
             if !default.iter().any(|(_, d)| *d == secret) {
@@ -168,7 +196,12 @@ pub fn build_snapshot(
             continue;
         }
         let keys = open_pool(doc, kek)?;
-        let prev_pool = prev.and_then(|s| s.named_pools.iter().find(|(n, _)| n == name).map(|(_, p)| p));
+        let prev_pool = prev.and_then(|s| {
+            s.named_pools
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, p)| p)
+        });
         named_pools.push((name.clone(), KeyPool::labeled(&keys, cooldown, prev_pool)));
         pool_index.insert(name.as_str(), named_pools.len());
     }
@@ -182,9 +215,13 @@ pub fn build_snapshot(
             continue;
         }
         let mut hash = [0u8; 32];
-        hex::decode_to_slice(k.sha256.trim(), &mut hash).map_err(|_| format!("client key {id}: bad sha256"))?;
+        hex::decode_to_slice(k.sha256.trim(), &mut hash)
+            .map_err(|_| format!("client key {id}: bad sha256"))?;
         let tenant = k.tenant.as_ref().and_then(|t| cc.tenants.get(t));
-        let allowed_regions = match (&k.allowed_regions, tenant.and_then(|t| t.allowed_regions.as_ref())) {
+        let allowed_regions = match (
+            &k.allowed_regions,
+            tenant.and_then(|t| t.allowed_regions.as_ref()),
+        ) {
             (Some(a), Some(b)) => Some(a.iter().filter(|r| b.contains(r)).cloned().collect()),
             (Some(a), None) => Some(a.clone()),
             (None, Some(b)) => Some(b.clone()),
@@ -192,9 +229,15 @@ pub fn build_snapshot(
         };
         let pool = match k.pool.as_deref() {
             None | Some(DEFAULT_POOL) => 0,
-            Some(p) => *pool_index.get(p).ok_or_else(|| format!("client key {id}: unknown upstream pool {p:?}"))?,
+            Some(p) => *pool_index
+                .get(p)
+                .ok_or_else(|| format!("client key {id}: unknown upstream pool {p:?}"))?,
         };
-        let pool_empty = if pool == 0 { default_pool.is_empty() } else { named_pools[pool - 1].1.is_empty() };
+        let pool_empty = if pool == 0 {
+            default_pool.is_empty()
+        } else {
+            named_pools[pool - 1].1.is_empty()
+        };
         if pool_empty {
             return Err(format!(
                 "client key {id}: its upstream pool {:?} has no keys, so its requests could not be served",
@@ -220,9 +263,11 @@ pub fn build_snapshot(
     let any_upstream = !default_pool.is_empty() || named_pools.iter().any(|(_, p)| !p.is_empty());
     let mode = if !any_upstream {
         if !by_hash.is_empty() {
-            return Err("client keys are configured but no upstream keys: a client's Strait key would be \
+            return Err(
+                "client keys are configured but no upstream keys: a client's Strait key would be \
                         forwarded to Anthropic"
-                .into());
+                    .into(),
+            );
         }
         KeyMode::Passthrough
     } else if by_hash.is_empty() && base.auth.allow_anonymous {
@@ -275,11 +320,20 @@ fn open_pool(doc: &UpstreamPoolDoc, kek: Option<&Kek>) -> Result<Vec<(String, Se
     doc.keys
         .iter()
         .map(|k| {
-            let secret = kek.open(k).map_err(|e| format!("upstream pool {}: {e}", doc.name))?;
+            let secret = kek
+                .open(k)
+                .map_err(|e| format!("upstream pool {}: {e}", doc.name))?;
             if HeaderValue::from_str(secret.expose()).is_err() {
-                return Err(format!("upstream pool {}: key {} has characters not allowed in a header", doc.name, k.id));
+                return Err(format!(
+                    "upstream pool {}: key {} has characters not allowed in a header",
+                    doc.name, k.id
+                ));
             }
-            let label = if k.label.is_empty() { k.id.clone() } else { k.label.clone() };
+            let label = if k.label.is_empty() {
+                k.id.clone()
+            } else {
+                k.label.clone()
+            };
             Ok((label, secret))
         })
         .collect()
@@ -293,7 +347,10 @@ mod tests {
 
     fn kvs(kek: &Kek) -> BTreeMap<String, Vec<u8>> {
         let mut m = BTreeMap::new();
-        let pool = UpstreamPoolDoc { name: "default".into(), keys: vec![kek.seal("u1", "prod-1", "sk-ant-sealed")] };
+        let pool = UpstreamPoolDoc {
+            name: "default".into(),
+            keys: vec![kek.seal("u1", "prod-1", "sk-ant-sealed")],
+        };
         m.insert(pool_key("default"), serde_json::to_vec(&pool).unwrap());
         let tenant = TenantDoc {
             name: "acme".into(),
@@ -320,29 +377,47 @@ mod tests {
     fn a_key_on_a_named_pool_uses_it_and_cooldowns_carry_over() {
         let kek = Kek::parse(&"ab".repeat(32)).unwrap();
         let mut m = kvs(&kek);
-        let batch = UpstreamPoolDoc { name: "batch".into(), keys: vec![kek.seal("b1", "batch-1", "sk-ant-batch")] };
+        let batch = UpstreamPoolDoc {
+            name: "batch".into(),
+            keys: vec![kek.seal("b1", "batch-1", "sk-ant-batch")],
+        };
         m.insert(pool_key("batch"), serde_json::to_vec(&batch).unwrap());
         let mut key: ClientKeyDoc = serde_json::from_slice(&m[&client_key_key("ck1")]).unwrap();
         key.pool = Some("batch".into());
         m.insert(client_key_key("ck1"), serde_json::to_vec(&key).unwrap());
-        let cc = ClusterConfig::from_kvs(8, m.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).unwrap();
-        let base = RawConfig::default().validate(vec![Secret::new("sk-ant-env")], vec![Secret::new("local")]).unwrap();
+        let cc =
+            ClusterConfig::from_kvs(8, m.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).unwrap();
+        let base = RawConfig::default()
+            .validate(vec![Secret::new("sk-ant-env")], vec![Secret::new("local")])
+            .unwrap();
         let snap = build_snapshot(&base, &cc, Some(&kek), None).unwrap();
         let mut h = http::HeaderMap::new();
         h.insert("x-api-key", "client-secret".parse().unwrap());
         let p = snap.auth.authenticate(&h).unwrap();
         let pool = snap.pool_for(&p);
         assert_eq!(pool.label(pool.pick(None).unwrap()), "batch-1");
-        assert_eq!(snap.pool.len(), 2, "env key and the sealed default key share the default pool");
+        assert_eq!(
+            snap.pool.len(),
+            2,
+            "env key and the sealed default key share the default pool"
+        );
         h.insert("x-api-key", "local".parse().unwrap());
-        assert_eq!(snap.auth.authenticate(&h).unwrap().pool, 0, "file and env client keys still work");
+        assert_eq!(
+            snap.auth.authenticate(&h).unwrap().pool,
+            0,
+            "file and env client keys still work"
+        );
 
         let k = pool.pick(None).unwrap();
         let mut rh = http::HeaderMap::new();
         rh.insert("retry-after", "60".parse().unwrap());
         pool.observe(k, http::StatusCode::TOO_MANY_REQUESTS, &rh);
         let next = build_snapshot(&base, &cc, Some(&kek), Some(&snap)).unwrap();
-        assert_eq!(next.named_pools[0].1.census(), (0, 1, 0), "the resting key still rests after a swap");
+        assert_eq!(
+            next.named_pools[0].1.census(),
+            (0, 1, 0),
+            "the resting key still rests after a swap"
+        );
     }
 
     #[test]
@@ -358,7 +433,8 @@ mod tests {
     fn builds_principals_with_tenant_and_regions() {
         let kek = Kek::parse(&"ab".repeat(32)).unwrap();
         let m = kvs(&kek);
-        let cc = ClusterConfig::from_kvs(7, m.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).unwrap();
+        let cc =
+            ClusterConfig::from_kvs(7, m.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).unwrap();
         let base = RawConfig::default().validate(vec![], vec![]).unwrap();
         let snap = build_snapshot(&base, &cc, Some(&kek), None).unwrap();
         assert_eq!(snap.auth.mode(), KeyMode::Managed);
@@ -367,15 +443,22 @@ mod tests {
         let p = snap.auth.authenticate(&h).unwrap();
         assert_eq!(p.tenant.as_deref(), Some("acme"));
         assert!(p.region_allowed("eu"));
-        assert!(!p.region_allowed("us"), "the key allows eu and cn, the tenant eu and us");
+        assert!(
+            !p.region_allowed("us"),
+            "the key allows eu and cn, the tenant eu and us"
+        );
         assert!(!p.region_allowed("cn"));
         assert_eq!(snap.pool.len(), 1);
         assert_eq!(snap.revision, 7);
 
-        let Err(e) = build_snapshot(&base, &cc, None, None) else { panic!("no KEK must fail") };
+        let Err(e) = build_snapshot(&base, &cc, None, None) else {
+            panic!("no KEK must fail")
+        };
         assert!(e.contains("no KEK"), "{e}");
         let other = Kek::parse(&"cd".repeat(32)).unwrap();
-        let Err(e) = build_snapshot(&base, &cc, Some(&other), None) else { panic!("wrong KEK must fail") };
+        let Err(e) = build_snapshot(&base, &cc, Some(&other), None) else {
+            panic!("wrong KEK must fail")
+        };
         assert!(!e.contains("sk-ant"), "{e}");
     }
 }

@@ -28,17 +28,21 @@ impl Kek {
         let bytes = if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
             hex::decode(t).map_err(|e| e.to_string())?
         } else {
-            B64.decode(t).map_err(|_| "KEK must be 32 bytes as 64 hex characters or base64".to_string())?
+            B64.decode(t)
+                .map_err(|_| "KEK must be 32 bytes as 64 hex characters or base64".to_string())?
         };
         if bytes.len() != 32 {
             return Err(format!("KEK must be 32 bytes, got {}", bytes.len()));
         }
-        Ok(Kek(XChaCha20Poly1305::new_from_slice(&bytes).map_err(|e| e.to_string())?))
+        Ok(Kek(
+            XChaCha20Poly1305::new_from_slice(&bytes).map_err(|e| e.to_string())?
+        ))
     }
 
     /// Reads a KEK from a file (one line).
     pub fn from_file(path: &std::path::Path) -> Result<Kek, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read KEK file {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read KEK file {}: {e}", path.display()))?;
         Kek::parse(&text)
     }
 
@@ -48,23 +52,51 @@ impl Kek {
         let nonce = XNonce::from_slice(&nonce_bytes);
         let ct = self
             .0
-            .encrypt(nonce, Payload { msg: plaintext.as_bytes(), aad: id.as_bytes() })
+            .encrypt(
+                nonce,
+                Payload {
+                    msg: plaintext.as_bytes(),
+                    aad: id.as_bytes(),
+                },
+            )
             .expect("encryption with a valid key cannot fail");
-        SealedKey { id: id.to_string(), label: label.to_string(), nonce: B64.encode(nonce_bytes), ciphertext: B64.encode(ct) }
+        SealedKey {
+            id: id.to_string(),
+            label: label.to_string(),
+            nonce: B64.encode(nonce_bytes),
+            ciphertext: B64.encode(ct),
+        }
     }
 
     /// Opens a sealed key. Fails if the KEK is wrong or the document was altered.
     pub fn open(&self, sealed: &SealedKey) -> Result<Secret, String> {
-        let nonce = B64.decode(&sealed.nonce).map_err(|_| format!("key {}: bad nonce", sealed.id))?;
+        let nonce = B64
+            .decode(&sealed.nonce)
+            .map_err(|_| format!("key {}: bad nonce", sealed.id))?;
         if nonce.len() != 24 {
             return Err(format!("key {}: bad nonce length", sealed.id));
         }
-        let ct = B64.decode(&sealed.ciphertext).map_err(|_| format!("key {}: bad ciphertext", sealed.id))?;
+        let ct = B64
+            .decode(&sealed.ciphertext)
+            .map_err(|_| format!("key {}: bad ciphertext", sealed.id))?;
         let pt = self
             .0
-            .decrypt(XNonce::from_slice(&nonce), Payload { msg: &ct, aad: sealed.id.as_bytes() })
-            .map_err(|_| format!("key {}: cannot decrypt (wrong KEK or altered document)", sealed.id))?;
-        String::from_utf8(pt).map(Secret::new).map_err(|_| format!("key {}: not UTF-8", sealed.id))
+            .decrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: &ct,
+                    aad: sealed.id.as_bytes(),
+                },
+            )
+            .map_err(|_| {
+                format!(
+                    "key {}: cannot decrypt (wrong KEK or altered document)",
+                    sealed.id
+                )
+            })?;
+        String::from_utf8(pt)
+            .map(Secret::new)
+            .map_err(|_| format!("key {}: not UTF-8", sealed.id))
     }
 }
 

@@ -45,14 +45,25 @@ pub async fn connect(endpoints: &[String]) -> Result<Client, String> {
         .with_timeout(CALL_TIMEOUT)
         .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
         .with_keep_alive_while_idle(true);
-    Client::connect(endpoints, Some(opts)).await.map_err(|e| format!("connect: {e}"))
+    Client::connect(endpoints, Some(opts))
+        .await
+        .map_err(|e| format!("connect: {e}"))
 }
 
 /// Everything under `prefix` and the revision it was read at.
-pub async fn load_prefix(client: &mut Client, prefix: &str) -> Result<(i64, Vec<(String, Vec<u8>)>), String> {
-    let resp =
-        client.get(prefix, Some(GetOptions::new().with_prefix())).await.map_err(|e| format!("get {prefix}: {e}"))?;
+pub async fn load_prefix(
+    client: &mut Client,
+    prefix: &str,
+) -> Result<(i64, Vec<(String, Vec<u8>)>), String> {
+    let resp = client
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await
+        .map_err(|e| format!("get {prefix}: {e}"))?;
     let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-    let kvs = resp.kvs().iter().filter_map(|kv| Some((kv.key_str().ok()?.to_string(), kv.value().to_vec()))).collect();
+    let kvs = resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| Some((kv.key_str().ok()?.to_string(), kv.value().to_vec())))
+        .collect();
     Ok((revision, kvs))
 }

@@ -18,8 +18,12 @@ pub const NODE_ID_FILE: &str = "node-id";
 /// Creates the state directory and returns the node id: the configured one, else the
 /// one kept in the state directory, else a new one from the host name (kept there).
 pub fn resolve_node_id(configured: Option<&str>, state_dir: &Path) -> Result<String> {
-    std::fs::create_dir_all(state_dir)
-        .map_err(|e| Error::config(format!("cluster.state_dir: cannot create {}: {e}", state_dir.display())))?;
+    std::fs::create_dir_all(state_dir).map_err(|e| {
+        Error::config(format!(
+            "cluster.state_dir: cannot create {}: {e}",
+            state_dir.display()
+        ))
+    })?;
     if let Some(id) = configured {
         return Ok(id.to_string());
     }
@@ -37,7 +41,13 @@ pub fn resolve_node_id(configured: Option<&str>, state_dir: &Path) -> Result<Str
         .trim()
         .chars()
         .map(|c| c.to_ascii_lowercase())
-        .map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
         .take(40)
         .collect();
     if host.is_empty() {
@@ -84,9 +94,16 @@ impl RecordBuilder {
     pub fn build(&mut self, shared: &Shared) -> NodeRecord {
         let health = &shared.health;
         let (responses, failures) = health.upstream.counts();
-        let (dr, df) = (responses - self.last_counts.0, failures - self.last_counts.1);
+        let (dr, df) = (
+            responses - self.last_counts.0,
+            failures - self.last_counts.1,
+        );
         self.last_counts = (responses, failures);
-        let error_rate = if dr + df == 0 { 0.0 } else { df as f64 / (dr + df) as f64 };
+        let error_rate = if dr + df == 0 {
+            0.0
+        } else {
+            df as f64 / (dr + df) as f64
+        };
 
         let (mut sum, mut count) = (0.0, 0u64);
         for mf in shared.metrics.upstream_ttfb.collect() {
@@ -116,7 +133,11 @@ impl RecordBuilder {
             admin_addr: self.admin_addr.clone(),
             version: health.version.to_string(),
             started_at: self.started_at.clone(),
-            state: if health.is_draining() { NodeState::Draining } else { NodeState::Serving },
+            state: if health.is_draining() {
+                NodeState::Draining
+            } else {
+                NodeState::Serving
+            },
             path: PathHealth {
                 ttfb_ms: self.last_ttfb_ms,
                 error_rate: (error_rate * 1000.0).round() / 1000.0,

@@ -77,25 +77,44 @@ impl ClusterMetrics {
     pub fn register(registry: &Registry) -> Self {
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
-            registry.register(Box::new(g.clone())).expect("unique metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
             g
         };
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
         ClusterMetrics {
-            etcd_connected: gauge("etcd_connected", "1 while the etcd session (lease, record, watch) is up"),
-            config_revision: gauge("config_revision", "etcd revision of the cluster config being served"),
+            etcd_connected: gauge(
+                "etcd_connected",
+                "1 while the etcd session (lease, record, watch) is up",
+            ),
+            config_revision: gauge(
+                "config_revision",
+                "etcd revision of the cluster config being served",
+            ),
             config_reloads: counter("config_reloads_total", "Cluster config snapshots applied"),
             config_rejected: counter(
                 "config_rejected_total",
                 "Cluster config changes rejected as invalid (previous snapshot kept)",
             ),
-            live_nodes: gauge("cluster_nodes", "Node records registered in etcd, all regions"),
-            etcd_errors: counter("etcd_errors_total", "etcd session failures (each followed by a reconnect)"),
-            registrations: counter("etcd_registrations_total", "Times this node granted a lease and wrote its record"),
+            live_nodes: gauge(
+                "cluster_nodes",
+                "Node records registered in etcd, all regions",
+            ),
+            etcd_errors: counter(
+                "etcd_errors_total",
+                "etcd session failures (each followed by a reconnect)",
+            ),
+            registrations: counter(
+                "etcd_registrations_total",
+                "Times this node granted a lease and wrote its record",
+            ),
         }
     }
 }

@@ -42,7 +42,10 @@ pub fn drain_key(region: &str, node_id: &str) -> String {
 
 /// Names used in keys: lowercase letters, digits, `-` and `_`, 1 to 64 characters.
 pub fn valid_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 /// A node's registration, refreshed while it lives and gone when its lease expires.
@@ -180,10 +183,18 @@ impl ClusterConfig {
     /// Builds a snapshot from every key/value under [`CONFIG_PREFIX`]. Any unparseable
     /// document or broken reference rejects the whole snapshot (the caller keeps the
     /// previous one), with a message naming the key.
-    pub fn from_kvs<'a>(revision: i64, kvs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Result<Self, String> {
-        let mut c = ClusterConfig { revision, ..Default::default() };
+    pub fn from_kvs<'a>(
+        revision: i64,
+        kvs: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Result<Self, String> {
+        let mut c = ClusterConfig {
+            revision,
+            ..Default::default()
+        };
         for (key, value) in kvs {
-            let rest = key.strip_prefix(CONFIG_PREFIX).ok_or_else(|| format!("{key}: outside {CONFIG_PREFIX}"))?;
+            let rest = key
+                .strip_prefix(CONFIG_PREFIX)
+                .ok_or_else(|| format!("{key}: outside {CONFIG_PREFIX}"))?;
             let parse_err = |e: serde_json::Error| format!("{key}: {e}");
             match rest.split_once('/') {
                 Some(("tenants", name)) => {
@@ -208,11 +219,19 @@ impl ClusterConfig {
                     c.pools.insert(name.to_string(), d);
                 }
                 Some(("regions", region)) => {
-                    c.regions.insert(region.to_string(), serde_json::from_slice(value).map_err(parse_err)?);
+                    c.regions.insert(
+                        region.to_string(),
+                        serde_json::from_slice(value).map_err(parse_err)?,
+                    );
                 }
                 Some(("drain", rest)) => {
-                    let (region, node) = rest.split_once('/').ok_or_else(|| format!("{key}: expected drain/<region>/<node-id>"))?;
-                    c.drains.insert((region.to_string(), node.to_string()), serde_json::from_slice(value).map_err(parse_err)?);
+                    let (region, node) = rest
+                        .split_once('/')
+                        .ok_or_else(|| format!("{key}: expected drain/<region>/<node-id>"))?;
+                    c.drains.insert(
+                        (region.to_string(), node.to_string()),
+                        serde_json::from_slice(value).map_err(parse_err)?,
+                    );
                 }
                 _ => return Err(format!("{key}: unknown config key")),
             }

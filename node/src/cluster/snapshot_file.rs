@@ -28,12 +28,19 @@ pub fn path(state_dir: &Path) -> PathBuf {
 
 /// Writes the snapshot atomically: readers see the old file or the new one, never a
 /// torn one, even after a crash.
-pub fn write(state_dir: &Path, revision: i64, kvs: &BTreeMap<String, Vec<u8>>) -> std::io::Result<()> {
+pub fn write(
+    state_dir: &Path,
+    revision: i64,
+    kvs: &BTreeMap<String, Vec<u8>>,
+) -> std::io::Result<()> {
     let doc = SnapshotFile {
         format: 1,
         revision,
         written_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        kvs: kvs.iter().map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned())).collect(),
+        kvs: kvs
+            .iter()
+            .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+            .collect(),
     };
     let bytes = serde_json::to_vec_pretty(&doc).map_err(std::io::Error::other)?;
     let final_path = path(state_dir);
@@ -67,7 +74,8 @@ pub fn read(state_dir: &Path) -> Result<Option<SnapshotFile>, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot read {}: {e}", p.display())),
     };
-    let doc: SnapshotFile = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?;
+    let doc: SnapshotFile =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?;
     if doc.format != 1 {
         return Err(format!("{}: unknown format {}", p.display(), doc.format));
     }
@@ -76,7 +84,10 @@ pub fn read(state_dir: &Path) -> Result<Option<SnapshotFile>, String> {
 
 impl SnapshotFile {
     pub fn into_kvs(self) -> BTreeMap<String, Vec<u8>> {
-        self.kvs.into_iter().map(|(k, v)| (k, v.into_bytes())).collect()
+        self.kvs
+            .into_iter()
+            .map(|(k, v)| (k, v.into_bytes()))
+            .collect()
     }
 }
 
@@ -90,7 +101,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         assert_eq!(read(&dir).unwrap(), None);
         let mut kvs = BTreeMap::new();
-        kvs.insert("/strait/config/regions/eu".to_string(), b"{\"draining\":false}".to_vec());
+        kvs.insert(
+            "/strait/config/regions/eu".to_string(),
+            b"{\"draining\":false}".to_vec(),
+        );
         write(&dir, 42, &kvs).unwrap();
         let back = read(&dir).unwrap().unwrap();
         assert_eq!(back.revision, 42);

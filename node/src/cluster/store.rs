@@ -46,19 +46,33 @@ impl ClusterHandle {
     pub fn idle() -> Self {
         let (stop, _) = watch::channel(false);
         let (_tx, first_sync) = watch::channel(true);
-        ClusterHandle { stop, first_sync, task: None }
+        ClusterHandle {
+            stop,
+            first_sync,
+            task: None,
+        }
     }
 
     /// A handle over a task that watches `stop` and reports its first sync (or first
     /// failed attempt) on `first_sync`.
-    pub fn new(stop: watch::Sender<bool>, first_sync: watch::Receiver<bool>, task: JoinHandle<()>) -> Self {
-        ClusterHandle { stop, first_sync, task: Some(task) }
+    pub fn new(
+        stop: watch::Sender<bool>,
+        first_sync: watch::Receiver<bool>,
+        task: JoinHandle<()>,
+    ) -> Self {
+        ClusterHandle {
+            stop,
+            first_sync,
+            task: Some(task),
+        }
     }
 
     /// Waits until the first attempt to sync ended (either way), at most `limit`.
     /// Returns whether it ended in time.
     pub async fn wait_first_sync(&mut self, limit: Duration) -> bool {
-        tokio::time::timeout(limit, self.first_sync.wait_for(|done| *done)).await.is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(limit, self.first_sync.wait_for(|done| *done))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Stops the work; a connected store deletes its record and revokes its lease.
@@ -69,7 +83,9 @@ impl ClusterHandle {
             let abort = task.abort_handle();
             if tokio::time::timeout(limit, task).await.is_err() {
                 abort.abort();
-                tracing::warn!("cluster store did not stop in time; its record expires with its lease");
+                tracing::warn!(
+                    "cluster store did not stop in time; its record expires with its lease"
+                );
             }
         }
     }

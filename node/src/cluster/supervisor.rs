@@ -51,11 +51,32 @@ enum End {
 }
 
 impl Supervisor {
-    pub fn new(store: EtcdStore, node: NodeCtx, stop: watch::Receiver<bool>, first_sync: watch::Sender<bool>) -> Self {
-        let c = node.shared.config.cluster.as_ref().expect("etcd store runs only with [cluster]");
-        let public = c.advertise_public.clone().unwrap_or_else(|| node.public_addr.to_string());
-        let admin = c.advertise_admin.clone().unwrap_or_else(|| node.admin_addr.to_string());
-        let record = RecordBuilder::new(store.applier.node_id.clone(), c.region.clone(), public, admin);
+    pub fn new(
+        store: EtcdStore,
+        node: NodeCtx,
+        stop: watch::Receiver<bool>,
+        first_sync: watch::Sender<bool>,
+    ) -> Self {
+        let c = node
+            .shared
+            .config
+            .cluster
+            .as_ref()
+            .expect("etcd store runs only with [cluster]");
+        let public = c
+            .advertise_public
+            .clone()
+            .unwrap_or_else(|| node.public_addr.to_string());
+        let admin = c
+            .advertise_admin
+            .clone()
+            .unwrap_or_else(|| node.admin_addr.to_string());
+        let record = RecordBuilder::new(
+            store.applier.node_id.clone(),
+            c.region.clone(),
+            public,
+            admin,
+        );
         Supervisor {
             endpoints: store.endpoints,
             ttl: store.lease_ttl,
@@ -79,7 +100,10 @@ impl Supervisor {
             let _ = self.first_sync.send(true);
             match end {
                 End::Stopped => return,
-                End::Failed { error, was_connected } => {
+                End::Failed {
+                    error,
+                    was_connected,
+                } => {
                     self.applier.metrics.etcd_errors.inc();
                     if was_connected {
                         backoff = MIN_BACKOFF;
@@ -98,7 +122,11 @@ impl Supervisor {
     }
 
     fn set_connected(&self, up: bool) {
-        self.shared.health.cluster.connected.store(up, Ordering::Relaxed);
+        self.shared
+            .health
+            .cluster
+            .connected
+            .store(up, Ordering::Relaxed);
         self.applier.metrics.etcd_connected.set(i64::from(up));
     }
 
@@ -107,7 +135,10 @@ impl Supervisor {
         let mut connected = false;
         match self.session_inner(&mut connected).await {
             Ok(()) => End::Stopped,
-            Err(error) => End::Failed { error, was_connected: connected },
+            Err(error) => End::Failed {
+                error,
+                was_connected: connected,
+            },
         }
     }
 
@@ -115,13 +146,20 @@ impl Supervisor {
         let mut client = etcd::connect(&self.endpoints).await?;
 
         let ttl_s = self.ttl.as_secs().max(1) as i64;
-        let granted = client.lease_grant(ttl_s, None).await.map_err(|e| format!("lease grant: {e}"))?;
+        let granted = client
+            .lease_grant(ttl_s, None)
+            .await
+            .map_err(|e| format!("lease grant: {e}"))?;
         let lease = granted.id();
         let now_rev = granted.header().map_or(0, |h| h.revision());
         if self.last_rev != 0 && now_rev < self.last_rev {
             // etcd went back in time (rebuilt or restored from an old backup): a watch
             // from our revision would wait for changes that already happened.
-            tracing::warn!(seen = self.last_rev, now = now_rev, "etcd revision went backwards; reloading everything");
+            tracing::warn!(
+                seen = self.last_rev,
+                now = now_rev,
+                "etcd revision went backwards; reloading everything"
+            );
             self.last_rev = 0;
         }
         if self.last_rev == 0 {
@@ -130,10 +168,17 @@ impl Supervisor {
         let key = self.record.key();
         self.check_duplicate_id(&mut client).await?;
         let mut written = self.put_record(&mut client, lease).await?;
-        let (mut keeper, mut keepalives) =
-            client.lease_keep_alive(lease).await.map_err(|e| format!("lease keep-alive: {e}"))?;
-        let opts = WatchOptions::new().with_prefix().with_start_revision(self.last_rev + 1);
-        let mut watch = client.watch(ROOT, Some(opts)).await.map_err(|e| format!("watch: {e}"))?;
+        let (mut keeper, mut keepalives) = client
+            .lease_keep_alive(lease)
+            .await
+            .map_err(|e| format!("lease keep-alive: {e}"))?;
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(self.last_rev + 1);
+        let mut watch = client
+            .watch(ROOT, Some(opts))
+            .await
+            .map_err(|e| format!("watch: {e}"))?;
 
         self.last_lease = Some(lease);
         *connected = true;
@@ -143,7 +188,8 @@ impl Supervisor {
         tracing::info!(key = %key, lease, ttl_s, revision = self.last_rev, "registered in etcd");
 
         let tick_every = self.ttl / 3;
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + tick_every, tick_every);
+        let mut ticker =
+            tokio::time::interval_at(tokio::time::Instant::now() + tick_every, tick_every);
         let mut last_answer = Instant::now();
         let mut ticks = 0u32;
         loop {
@@ -258,11 +304,17 @@ impl Supervisor {
     /// one. A record under our key with another address and a lease we never held
     /// is most likely such a twin (or our own previous life on another address).
     async fn check_duplicate_id(&mut self, client: &mut Client) -> Result<(), String> {
-        let resp = client.get(self.record.key(), None).await.map_err(|e| format!("get record: {e}"))?;
+        let resp = client
+            .get(self.record.key(), None)
+            .await
+            .map_err(|e| format!("get record: {e}"))?;
         if let Some(kv) = resp.kvs().first() {
             let theirs: Option<NodeRecord> = serde_json::from_slice(kv.value()).ok();
             if let Some(theirs) = theirs {
-                if kv.lease() != 0 && Some(kv.lease()) != self.last_lease && theirs.public_addr != self.record.public_addr {
+                if kv.lease() != 0
+                    && Some(kv.lease()) != self.last_lease
+                    && theirs.public_addr != self.record.public_addr
+                {
                     tracing::warn!(
                         key = %self.record.key(),
                         other_public_addr = %theirs.public_addr,
@@ -279,10 +331,19 @@ impl Supervisor {
         self.put_built(client, lease, rec).await
     }
 
-    async fn put_built(&mut self, client: &mut Client, lease: i64, rec: NodeRecord) -> Result<NodeRecord, String> {
+    async fn put_built(
+        &mut self,
+        client: &mut Client,
+        lease: i64,
+        rec: NodeRecord,
+    ) -> Result<NodeRecord, String> {
         let value = serde_json::to_vec(&rec).map_err(|e| format!("record: {e}"))?;
         client
-            .put(self.record.key(), value, Some(PutOptions::new().with_lease(lease)))
+            .put(
+                self.record.key(),
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            )
             .await
             .map_err(|e| format!("put record: {e}"))?;
         Ok(rec)
@@ -292,8 +353,14 @@ impl Supervisor {
     async fn goodbye(&mut self, client: &mut Client, lease: i64) {
         let key = self.record.key();
         let bye = async {
-            client.delete(key.as_str(), None).await.map_err(|e| e.to_string())?;
-            client.lease_revoke(lease).await.map_err(|e| e.to_string())?;
+            client
+                .delete(key.as_str(), None)
+                .await
+                .map_err(|e| e.to_string())?;
+            client
+                .lease_revoke(lease)
+                .await
+                .map_err(|e| e.to_string())?;
             Ok::<_, String>(())
         };
         match tokio::time::timeout(GOODBYE_TIMEOUT, bye).await {

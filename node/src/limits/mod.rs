@@ -426,7 +426,9 @@ impl LimiterMetrics {
             "Nodes sharing each limit, for safe shares and lease sizes (live count with etcd)",
         )
         .expect("valid metric");
-        registry.register(Box::new(nodes.clone())).expect("unique metric");
+        registry
+            .register(Box::new(nodes.clone()))
+            .expect("unique metric");
         let decisions = counter(
             "limiter_decisions_total",
             "Limiter decisions by result, limiting dimension and scope",
@@ -492,7 +494,11 @@ impl Limiter {
     pub fn new(config: &Config, registry: &Registry) -> Result<Limiter> {
         let metrics = LimiterMetrics::new(registry);
         let rl = &config.rate_limits;
-        let tenants: Vec<(String, LimitSpec)> = rl.tenants.iter().map(|t| (t.name.clone(), t.limits)).collect();
+        let tenants: Vec<(String, LimitSpec)> = rl
+            .tenants
+            .iter()
+            .map(|t| (t.name.clone(), t.limits))
+            .collect();
         let mut keys: Vec<(String, Option<String>, LimitSpec)> = config
             .auth
             .client_keys
@@ -504,11 +510,20 @@ impl Limiter {
             keys.push(("anonymous".to_string(), None, rl.default));
         }
         let degraded_flag = Arc::new(AtomicBool::new(false));
-        let limiter = Self::build(&tenants, &keys, rl.redis.as_ref(), metrics.clone(), degraded_flag)?;
+        let limiter = Self::build(
+            &tenants,
+            &keys,
+            rl.redis.as_ref(),
+            metrics.clone(),
+            degraded_flag,
+        )?;
         if let Some(settings) = &rl.redis {
             metrics.nodes.set(i64::from(settings.expected_nodes));
         }
-        Ok(Limiter { defaults: (rl.default, rl.redis.clone()), ..limiter })
+        Ok(Limiter {
+            defaults: (rl.default, rl.redis.clone()),
+            ..limiter
+        })
     }
 
     /// Scopes and backend for a set of tenants and keys (name, tenant, limits).
@@ -598,21 +613,38 @@ impl Limiter {
     /// counters then start afresh (with Redis the state lives in Redis and carries over).
     pub fn apply_cluster_limits(&self, mut keys: Vec<ClusterKeyLimits>) -> Result<()> {
         keys.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut source = self.cluster_source.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut source = self
+            .cluster_source
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if *source == keys {
             return Ok(());
         }
         let (default, redis) = &self.defaults;
-        let tenants: Vec<(String, LimitSpec)> = keys.iter().filter_map(|k| k.tenant.clone()).collect();
+        let tenants: Vec<(String, LimitSpec)> =
+            keys.iter().filter_map(|k| k.tenant.clone()).collect();
         let entries: Vec<(String, Option<String>, LimitSpec)> = keys
             .iter()
-            .map(|k| (k.name.clone(), k.tenant.as_ref().map(|t| t.0.clone()), k.limits.or(*default)))
+            .map(|k| {
+                (
+                    k.name.clone(),
+                    k.tenant.as_ref().map(|t| t.0.clone()),
+                    k.limits.or(*default),
+                )
+            })
             .collect();
-        let tier = Self::build(&tenants, &entries, redis.as_ref(), self.metrics.clone(), self.degraded_flag.clone())?;
+        let tier = Self::build(
+            &tenants,
+            &entries,
+            redis.as_ref(),
+            self.metrics.clone(),
+            self.degraded_flag.clone(),
+        )?;
         if let (Backend::Redis(r), Some(n)) = (&tier.backend, self.node_count()) {
             r.set_node_count(n);
         }
-        self.cluster.store((!tier.subjects.is_empty()).then(|| Arc::new(tier)));
+        self.cluster
+            .store((!tier.subjects.is_empty()).then(|| Arc::new(tier)));
         *source = keys;
         Ok(())
     }
@@ -686,7 +718,10 @@ impl Limiter {
             return self.admit_subject(subject, res).await;
         }
         let tier = self.cluster.load_full();
-        match tier.as_ref().and_then(|t| t.subject(principal).map(|s| (t, s))) {
+        match tier
+            .as_ref()
+            .and_then(|t| t.subject(principal).map(|s| (t, s)))
+        {
             Some((tier, subject)) => tier.admit_subject(subject, res).await,
             None => Ok(None),
         }

@@ -402,7 +402,9 @@ pub struct RedisLimiter {
 }
 
 fn safe_share_limiter(scopes: &[Scope], nodes: u32) -> Arc<LocalLimiter> {
-    Arc::new(LocalLimiter::new(scopes.iter().map(|s| s.spec.safe_share(nodes)).collect()))
+    Arc::new(LocalLimiter::new(
+        scopes.iter().map(|s| s.spec.safe_share(nodes)).collect(),
+    ))
 }
 
 impl RedisLimiter {

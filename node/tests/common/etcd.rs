@@ -19,7 +19,11 @@ pub struct Etcd {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Etcd {
@@ -47,14 +51,30 @@ impl Etcd {
     }
 
     fn spawn(&mut self) {
-        let log =
-            std::fs::OpenOptions::new().create(true).append(true).open(self._dir.path().join("etcd.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self._dir.path().join("etcd.log"))
+            .unwrap();
         let child = Command::new(ETCD_BIN)
             .args(["--name", &self.name, "--data-dir"])
             .arg(&self.data)
-            .args(["--listen-client-urls", &self.url, "--advertise-client-urls", &self.url])
-            .args(["--listen-peer-urls", &self.peer_url, "--initial-advertise-peer-urls", &self.peer_url])
-            .args(["--initial-cluster", &format!("{}={}", self.name, self.peer_url)])
+            .args([
+                "--listen-client-urls",
+                &self.url,
+                "--advertise-client-urls",
+                &self.url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &self.peer_url,
+                "--initial-advertise-peer-urls",
+                &self.peer_url,
+            ])
+            .args([
+                "--initial-cluster",
+                &format!("{}={}", self.name, self.peer_url),
+            ])
             .args(["--logger=zap", "--log-level=warn"])
             .env_remove("ETCD_NAME")
             .stdout(Stdio::from(log.try_clone().unwrap()))
@@ -70,7 +90,11 @@ impl Etcd {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("etcd exited ({status}): {}", self.log());
             }
-            assert!(Instant::now() < deadline, "etcd not healthy in 20 s: {}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "etcd not healthy in 20 s: {}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -102,7 +126,12 @@ impl Etcd {
     pub fn etcdctl(&self, args: &[&str]) -> Output {
         Command::new(ETCDCTL_BIN)
             .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &self.url, "--command-timeout=2s", "--dial-timeout=1s"])
+            .args([
+                "--endpoints",
+                &self.url,
+                "--command-timeout=2s",
+                "--dial-timeout=1s",
+            ])
             .args(args)
             .output()
             .expect("etcdctl runs")
@@ -113,7 +142,9 @@ impl Etcd {
     }
 
     pub async fn client(&self) -> etcd_client::Client {
-        etcd_client::Client::connect([self.url.as_str()], None).await.expect("etcd client connects")
+        etcd_client::Client::connect([self.url.as_str()], None)
+            .await
+            .expect("etcd client connects")
     }
 }
 

@@ -17,21 +17,31 @@ impl NodeProcess {
     /// Starts the binary with JSON logs on port 0 and waits for its "listening" line.
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> NodeProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_strait-node"));
-        cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json"])
-            .args(args)
-            .env_remove("STRAIT_UPSTREAM_KEYS")
-            .env_remove("STRAIT_CLIENT_KEYS")
-            .env_remove("RUST_LOG")
-            .env_remove("STRAIT_KEK")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .args(args)
+        .env_remove("STRAIT_UPSTREAM_KEYS")
+        .env_remove("STRAIT_CLIENT_KEYS")
+        .env_remove("RUST_LOG")
+        .env_remove("STRAIT_KEK")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("strait-node binary runs");
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
-        for stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
             let log = log.clone();
             let tx = tx.clone();
             std::thread::spawn(move || {
@@ -51,14 +61,26 @@ impl NodeProcess {
                 break line;
             }
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("strait-node exited early ({status}): {}", log.lock().unwrap());
+                panic!(
+                    "strait-node exited early ({status}): {}",
+                    log.lock().unwrap()
+                );
             }
-            assert!(Instant::now() < deadline, "strait-node did not start: {}", log.lock().unwrap());
+            assert!(
+                Instant::now() < deadline,
+                "strait-node did not start: {}",
+                log.lock().unwrap()
+            );
         };
         let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
         let public = v["public"].as_str().unwrap().parse().unwrap();
         let admin = v["admin"].as_str().unwrap().parse().unwrap();
-        NodeProcess { child, public, admin, log }
+        NodeProcess {
+            child,
+            public,
+            admin,
+            log,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -66,7 +88,11 @@ impl NodeProcess {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status().unwrap().success();
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
         assert!(ok, "kill -{sig}");
     }
 
