@@ -24,8 +24,10 @@ pub enum ErrorKind {
     Permission,
     /// No such route on the gateway.
     NotFound,
-    /// Body or headers over the configured limits.
+    /// Body over the configured limit.
     RequestTooLarge,
+    /// Request headers over the configured limit (431).
+    HeadersTooLarge,
     /// The gateway refused for rate or quota reasons (e.g. every upstream key cooling down).
     RateLimited,
     /// Could not connect to the upstream (DNS, TCP, TLS).
@@ -89,6 +91,7 @@ impl Error {
             ErrorKind::Permission => StatusCode::FORBIDDEN,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::UpstreamConnect | ErrorKind::UpstreamProtocol => StatusCode::BAD_GATEWAY,
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -105,6 +108,8 @@ impl Error {
             ErrorKind::Permission => "permission_error",
             ErrorKind::NotFound => "not_found_error",
             ErrorKind::RequestTooLarge => "request_too_large",
+            // Anthropic has no type of its own for this; it is a malformed request.
+            ErrorKind::HeadersTooLarge => "invalid_request_error",
             ErrorKind::RateLimited => "rate_limit_error",
             ErrorKind::Unavailable => "overloaded_error",
             ErrorKind::UpstreamConnect
@@ -123,6 +128,7 @@ impl Error {
             ErrorKind::Permission => "permission",
             ErrorKind::NotFound => "not_found",
             ErrorKind::RequestTooLarge => "too_large",
+            ErrorKind::HeadersTooLarge => "headers_too_large",
             ErrorKind::RateLimited => "rate_limited",
             ErrorKind::UpstreamConnect => "upstream_connect",
             ErrorKind::UpstreamTimeout => "upstream_timeout",

@@ -155,6 +155,11 @@ pub async fn handle(
     let request_id = shared.request_ids.next();
     let rid_header = HeaderValue::from_str(&request_id).expect("ids are ASCII");
     let route = RouteKind::classify(path);
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
     let mut record = RequestRecord {
         metrics: shared.metrics.clone(),
         access_log: shared.config.log.access_log,
@@ -178,7 +183,12 @@ pub async fn handle(
         permit: None,
     };
     let mut limits = LimitHeaders::None;
+    let max_headers = shared.config.limits.max_header_bytes;
     let result = match route {
+        _ if header_bytes > max_headers => Err(Error::new(
+            ErrorKind::HeadersTooLarge,
+            format!("request headers exceed the gateway limit of {max_headers} bytes"),
+        )),
         Some(route) => phases(&shared, req, peer, route, &mut record, &mut limits).await,
         None => Err(Error::new(
             ErrorKind::NotFound,

@@ -246,3 +246,21 @@ async fn idle_keep_alive_connections_are_closed() {
     assert_eq!(n, 0, "EOF");
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+#[tokio::test]
+async fn headers_over_the_limit_get_an_anthropic_shaped_431() {
+    let h = Harness::managed().await;
+    // Over the 64 KiB limit but under hyper's hard cap (twice the limit).
+    let big = "b".repeat(80 * 1024);
+    let mut headers = auth(CLIENT_KEY).to_vec();
+    headers.push(("x-big", &big));
+    let r = post_json(
+        &format!("{}/v1/messages", h.url),
+        &headers,
+        &message_body(false),
+    )
+    .await;
+    r.assert_gateway_error(431, "invalid_request_error");
+    assert!(r.text().contains("65536"), "{}", r.text());
+    assert!(h.mock.requests().is_empty());
+}

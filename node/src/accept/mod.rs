@@ -25,17 +25,25 @@ use crate::config::Limits;
 
 pub use tls::TlsState;
 
+/// The size at which hyper itself refuses request headers: twice the configured limit.
+fn hard_header_cap(limits: &Limits) -> usize {
+    limits.max_header_bytes.saturating_mul(2).max(16 * 1024)
+}
+
 /// Builds the HTTP server settings shared by every connection of a listener.
 pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
+        // The configured limit is enforced per request in `proxy::handle`, where the
+        // answer can be Anthropic-shaped; hyper's own (plain 431) stops only requests
+        // far over it, bounding the memory a connection can make us hold.
+        .max_buf_size(hard_header_cap(limits))
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes as u32)
+        .max_header_list_size(u32::try_from(hard_header_cap(limits)).unwrap_or(u32::MAX))
         .max_concurrent_streams(256)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     b
