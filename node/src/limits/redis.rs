@@ -657,6 +657,31 @@ impl RedisLimiter {
         }
     }
 
+    /// The three Redis keys of each scope, in the order every script expects them.
+    fn add_scope_keys(&self, inv: &mut redis::ScriptInvocation<'_>, scopes: &[usize]) {
+        for &i in scopes {
+            let k = &self.keys[i];
+            inv.key(&k.hash).key(&k.conc).key(&k.conc_exp);
+        }
+    }
+
+    /// An admit or lease call: scope keys, then the arguments both scripts start with
+    /// (node id, window and day lengths, slot TTL, scope count).
+    fn windowed_invocation<'a>(
+        &self,
+        script: &'a Script,
+        scopes: &[usize],
+    ) -> redis::ScriptInvocation<'a> {
+        let mut inv = script.prepare_invoke();
+        self.add_scope_keys(&mut inv, scopes);
+        inv.arg(&self.node_id)
+            .arg(ms(MINUTE))
+            .arg(ms(DAY))
+            .arg(ms(self.settings.slot_ttl))
+            .arg(scopes.len());
+        inv
+    }
+
     fn admit_fallback(
         &self,
         subject: Subject,
@@ -685,18 +710,8 @@ impl RedisLimiter {
         res: Reservation,
     ) -> std::result::Result<(Permit, RateView), Denial> {
         let scopes: Vec<usize> = subject.iter().collect();
-        let mut inv = self.admit_script.prepare_invoke();
-        for &i in &scopes {
-            let k = &self.keys[i];
-            inv.key(&k.hash).key(&k.conc).key(&k.conc_exp);
-        }
-        inv.arg(&self.node_id)
-            .arg(ms(MINUTE))
-            .arg(ms(DAY))
-            .arg(ms(self.settings.slot_ttl))
-            .arg(scopes.len())
-            .arg(res.input)
-            .arg(res.output);
+        let mut inv = self.windowed_invocation(&self.admit_script, &scopes);
+        inv.arg(res.input).arg(res.output);
         for &i in &scopes {
             let spec = &self.scopes[i].spec;
             for d in [
@@ -793,10 +808,7 @@ impl RedisLimiter {
             return;
         }
         let mut inv = self.settle_script.prepare_invoke();
-        for &i in &scopes {
-            let k = &self.keys[i];
-            inv.key(&k.hash).key(&k.conc).key(&k.conc_exp);
-        }
+        self.add_scope_keys(&mut inv, &scopes);
         inv.arg(&self.node_id).arg(scopes.len()).arg(di).arg(dout);
         for (n, &i) in scopes.iter().enumerate() {
             let st = data.stamps[slot_of(data.subject, n)];
@@ -905,19 +917,10 @@ impl RedisLimiter {
             if let Some(ok) = self.try_lease(subject, res) {
                 return Ok(self.leased_permit(ok));
             }
-            let mut inv = self.lease_script.prepare_invoke();
-            for &i in &scopes {
-                let k = &self.keys[i];
-                inv.key(&k.hash).key(&k.conc).key(&k.conc_exp);
-            }
             let nodes = self.nodes.load(Ordering::Relaxed);
             let fdiv = (f64::from(nodes) / self.settings.lease_fraction).max(1.0);
-            inv.arg(&self.node_id)
-                .arg(ms(MINUTE))
-                .arg(ms(DAY))
-                .arg(ms(self.settings.slot_ttl))
-                .arg(scopes.len())
-                .arg(fdiv);
+            let mut inv = self.windowed_invocation(&self.lease_script, &scopes);
+            inv.arg(fdiv);
             let now = Instant::now();
             for &i in &scopes {
                 let spec = &self.scopes[i].spec;
