@@ -11,6 +11,7 @@
 //!   - `mock/ratelimit.rs`: the usage window behind the `anthropic-ratelimit-*` headers.
 //!   - `mock/response.rs`: body type, ids, Anthropic error shape, paced sending.
 //! - [`faultproxy`]: a userspace TCP proxy injecting latency, blackholes, refusals and resets.
+//! - [`process`]: a binary under test as a child process, output captured, started when ready.
 //! - [`tls`]: a throwaway CA and server certificate, and rustls configs for both ends.
 //!
 //! The `strait-mock-upstream` binary (`src/bin/mock_upstream.rs`) runs the mock as its own
@@ -19,4 +20,5 @@
 
 pub mod faultproxy;
 pub mod mock;
+pub mod process;
 pub mod tls;

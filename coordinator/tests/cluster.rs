@@ -382,7 +382,7 @@ async fn config_changes_through_the_coordinator_take_effect_on_nodes() {
         assert!(
             t.elapsed() < Duration::from_secs(10),
             "node never registered: {}",
-            node.log.lock().unwrap()
+            node.proc.log()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -341,8 +341,8 @@ async fn slots_held_by_a_killed_node_come_back_within_the_slot_ttl() {
             Some("concurrency")
         );
 
-        nodes[0].child.kill().unwrap(); // SIGKILL: no chance to release anything
-        let _ = nodes[0].child.wait();
+        nodes[0].proc.child.kill().unwrap(); // SIGKILL: no chance to release anything
+        let _ = nodes[0].proc.child.wait();
         let killed = Instant::now();
         let took = wait_for(
             &format!("{mode}: node A's slots expire"),

@@ -17,6 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
+use strait_chaos::process::Captured;
 use strait_coordinator::config::{Config, RawConfig, SecretSources};
 use strait_coordinator::server::Running;
 use strait_node::config::Secret;
@@ -337,90 +338,50 @@ pub fn node_binary() -> PathBuf {
 
 /// A `strait-node` process joined to the cluster through etcd.
 pub struct NodeProc {
-    pub child: Child,
+    pub proc: Captured,
     pub public: String,
     pub admin: String,
-    pub log: std::sync::Arc<std::sync::Mutex<String>>,
     _state: tempfile::TempDir,
 }
 
 impl NodeProc {
     pub fn spawn(bin: &Path, etcd: &Etcd, region: &str, node_id: &str, upstream: &str) -> NodeProc {
         let state = tempfile::tempdir().unwrap();
-        let mut child = Command::new(bin)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--no-access-log",
-            ])
-            .args([
-                "--etcd",
-                &etcd.endpoint,
-                "--region",
-                region,
-                "--node-id",
-                node_id,
-                "--upstream",
-                upstream,
-            ])
-            .arg("--state-dir")
-            .arg(state.path())
-            .env("STRAIT_KEK", KEK_HEX)
-            .env_remove("STRAIT_UPSTREAM_KEYS")
-            .env_remove("STRAIT_CLIENT_KEYS")
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("strait-node runs");
-        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let log = log.clone();
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if line.contains("strait-node listening") {
-                        let _ = tx.send(line.clone());
-                    }
-                    let mut l = log.lock().unwrap();
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            });
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let line = loop {
-            if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
-                break line;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "strait-node exited early ({status}): {}",
-                    log.lock().unwrap()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "strait-node did not start: {}",
-                log.lock().unwrap()
-            );
-        };
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--no-access-log",
+        ])
+        .args([
+            "--etcd",
+            &etcd.endpoint,
+            "--region",
+            region,
+            "--node-id",
+            node_id,
+            "--upstream",
+            upstream,
+        ])
+        .arg("--state-dir")
+        .arg(state.path())
+        .env("STRAIT_KEK", KEK_HEX)
+        .env_remove("STRAIT_UPSTREAM_KEYS")
+        .env_remove("STRAIT_CLIENT_KEYS")
+        .env_remove("RUST_LOG");
+        let (proc, line) =
+            Captured::spawn_until(&mut cmd, "strait-node listening", Duration::from_secs(20));
         let v: Value = serde_json::from_str(&line).expect("JSON log line");
         let public = format!("http://{}", v["public"].as_str().unwrap());
         let admin = format!("http://{}", v["admin"].as_str().unwrap());
         NodeProc {
-            child,
+            proc,
             public,
             admin,
-            log,
             _state: state,
         }
     }
@@ -428,7 +389,7 @@ impl NodeProc {
 
 impl Drop for NodeProc {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.proc.child.kill();
+        let _ = self.proc.child.wait();
     }
 }

@@ -1,16 +1,15 @@
 //! Runs `strait-node` as a real process (for signals, exit codes and log capture).
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use strait_chaos::process::Captured;
+
 pub struct NodeProcess {
-    pub child: Child,
+    pub proc: Captured,
     pub public: SocketAddr,
     pub admin: SocketAddr,
-    pub log: Arc<Mutex<String>>,
 }
 
 impl NodeProcess {
@@ -29,57 +28,19 @@ impl NodeProcess {
         .env_remove("STRAIT_UPSTREAM_KEYS")
         .env_remove("STRAIT_CLIENT_KEYS")
         .env_remove("RUST_LOG")
-        .env_remove("STRAIT_KEK")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .env_remove("STRAIT_KEK");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("strait-node binary runs");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let log = log.clone();
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if line.contains("strait-node listening") {
-                        let _ = tx.send(line.clone());
-                    }
-                    let mut l = log.lock().unwrap();
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            });
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let line = loop {
-            if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
-                break line;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "strait-node exited early ({status}): {}",
-                    log.lock().unwrap()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "strait-node did not start: {}",
-                log.lock().unwrap()
-            );
-        };
+        let (proc, line) =
+            Captured::spawn_until(&mut cmd, "strait-node listening", Duration::from_secs(20));
         let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
         let public = v["public"].as_str().unwrap().parse().unwrap();
         let admin = v["admin"].as_str().unwrap().parse().unwrap();
         NodeProcess {
-            child,
+            proc,
             public,
             admin,
-            log,
         }
     }
 
@@ -89,7 +50,7 @@ impl NodeProcess {
 
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .args([&format!("-{sig}"), &self.proc.child.id().to_string()])
             .status()
             .unwrap()
             .success();
@@ -100,11 +61,11 @@ impl NodeProcess {
     pub fn wait(&mut self, limit: Duration) -> Option<i32> {
         let deadline = Instant::now() + limit;
         loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if let Some(status) = self.proc.child.try_wait().unwrap() {
                 return status.code();
             }
             if Instant::now() > deadline {
-                let _ = self.child.kill();
+                let _ = self.proc.child.kill();
                 panic!("strait-node did not exit within {limit:?}");
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -112,13 +73,13 @@ impl NodeProcess {
     }
 
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.proc.log()
     }
 }
 
 impl Drop for NodeProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.proc.child.kill();
+        let _ = self.proc.child.wait();
     }
 }
