@@ -232,9 +232,9 @@ impl RequestRecord {
             stream = self.stream,
             upstream_key = self.upstream_key.as_deref().unwrap_or("-"),
             attempts = self.attempts,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            ttfb_ms = self.upstream_ttfb.map(|d| d.as_secs_f64() * 1000.0),
-            ttft_ms = self.ttft.map(|d| d.as_secs_f64() * 1000.0),
+            duration_ms = ms(elapsed),
+            ttfb_ms = self.upstream_ttfb.map(ms),
+            ttft_ms = self.ttft.map(ms),
             input_tokens = self.usage.input_tokens,
             output_tokens = self.usage.output_tokens,
             bytes_out = self.bytes_out,
@@ -243,6 +243,11 @@ impl RequestRecord {
             "request"
         );
     }
+}
+
+/// Milliseconds with microsecond precision, so log lines stay short and readable.
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
 fn itoa_status(status: u16) -> [u8; 3] {
