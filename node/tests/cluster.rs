@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -186,22 +185,6 @@ async fn message(node: &NodeProcess, key: &str) -> Resp {
         &message_body(false),
     )
     .await
-}
-
-/// Polls `check` every 20 ms until it holds; panics after `limit`.
-async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !check().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn record(c: &mut Client, region: &str, id: &str) -> Option<(NodeRecord, i64)> {

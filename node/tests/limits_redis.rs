@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::process::NodeProcess;
 use common::redis::{RedisCluster, RedisServer};
-use common::{get, post_json, Resp};
+use common::{eventually, get, post_json, Resp};
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -164,17 +164,6 @@ async fn readiness(node: &NodeProcess) -> serde_json::Value {
     get(&format!("http://{}/readyz", node.admin), &[])
         .await
         .json()
-}
-
-async fn wait_for(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    loop {
-        if check().await {
-            return started.elapsed();
-        }
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -344,7 +333,7 @@ async fn slots_held_by_a_killed_node_come_back_within_the_slot_ttl() {
         nodes[0].proc.child.kill().unwrap(); // SIGKILL: no chance to release anything
         let _ = nodes[0].proc.child.wait();
         let killed = Instant::now();
-        let took = wait_for(
+        let took = eventually(
             &format!("{mode}: node A's slots expire"),
             Duration::from_secs(5),
             async || {
@@ -415,7 +404,7 @@ async fn redis_outage_degrades_to_safe_shares_and_recovers_by_itself() {
 
     redis.kill();
     for n in &nodes {
-        wait_for("readiness turns warn", Duration::from_secs(4), async || {
+        eventually("readiness turns warn", Duration::from_secs(4), async || {
             let r = readiness(n).await;
             r["status"] == "warn" && r["checks"]["redis:limiter"][0]["status"] == "warn"
         })
@@ -440,7 +429,7 @@ async fn redis_outage_degrades_to_safe_shares_and_recovers_by_itself() {
 
     redis.restart();
     for n in &nodes {
-        wait_for(
+        eventually(
             "readiness back to pass",
             Duration::from_secs(5),
             async || readiness(n).await["status"] == "pass",
