@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::admit::RouteKind;
@@ -25,6 +25,10 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     pub duration: HistogramVec,
     pub upstream_ttfb: HistogramVec,
+    /// `duration` and `upstream_ttfb` per route, resolved once: a label lookup hashes
+    /// the label values on every call, and these two are hit on every request.
+    duration_by_route: Vec<Histogram>,
+    ttfb_by_route: Vec<Histogram>,
     pub ttft: HistogramVec,
     pub tokens: IntCounterVec,
     pub upstream_errors: IntCounterVec,
@@ -75,22 +79,32 @@ impl Metrics {
         registry
             .register(Box::new(keys.clone()))
             .expect("unique metric");
+        let duration = histogram(
+            "request_duration_seconds",
+            "Time from request received to last byte sent",
+            &["route"],
+        );
+        let upstream_ttfb = histogram(
+            "upstream_ttfb_seconds",
+            "Time from upstream request sent to response headers",
+            &["route"],
+        );
+        let by_route = |h: &HistogramVec| {
+            RouteKind::ALL
+                .iter()
+                .map(|r| h.with_label_values(&[r.label()]))
+                .collect()
+        };
         Arc::new(Metrics {
             requests: counter(
                 "requests_total",
                 "Requests finished, by route, status and model",
                 &["route", "status", "model"],
             ),
-            duration: histogram(
-                "request_duration_seconds",
-                "Time from request received to last byte sent",
-                &["route"],
-            ),
-            upstream_ttfb: histogram(
-                "upstream_ttfb_seconds",
-                "Time from upstream request sent to response headers",
-                &["route"],
-            ),
+            duration_by_route: by_route(&duration),
+            ttfb_by_route: by_route(&upstream_ttfb),
+            duration,
+            upstream_ttfb,
             ttft: histogram(
                 "time_to_first_token_seconds",
                 "Time from request received to the first content delta of a stream",
@@ -194,13 +208,9 @@ impl RequestRecord {
             .with_label_values(&[route, status_str(&mut status_buf), model])
             .inc();
         let elapsed = self.started.elapsed();
-        m.duration
-            .with_label_values(&[route])
-            .observe(elapsed.as_secs_f64());
+        m.duration_by_route[self.route.index()].observe(elapsed.as_secs_f64());
         if let Some(ttfb) = self.upstream_ttfb {
-            m.upstream_ttfb
-                .with_label_values(&[route])
-                .observe(ttfb.as_secs_f64());
+            m.ttfb_by_route[self.route.index()].observe(ttfb.as_secs_f64());
         }
         if let Some(ttft) = self.ttft {
             m.ttft

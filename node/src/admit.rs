@@ -37,6 +37,21 @@ impl RouteKind {
         })
     }
 
+    /// Every route, in [`RouteKind::index`] order.
+    pub const ALL: [RouteKind; 6] = [
+        RouteKind::Messages,
+        RouteKind::CountTokens,
+        RouteKind::Batches,
+        RouteKind::Models,
+        RouteKind::Files,
+        RouteKind::OtherV1,
+    ];
+
+    /// Position in [`RouteKind::ALL`], for per-route tables.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             RouteKind::Messages => "messages",

@@ -109,11 +109,18 @@ impl RequestIds {
     }
 
     pub fn next(&self) -> String {
-        format!(
-            "{}_{:x}",
-            self.prefix,
-            self.next.fetch_add(1, Ordering::Relaxed)
-        )
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut id = String::with_capacity(self.prefix.len() + 17);
+        id.push_str(&self.prefix);
+        id.push('_');
+        // Lower-case hex without the formatting machinery: this runs on every request.
+        let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
+        for i in (0..digits).rev() {
+            id.push(char::from(
+                b"0123456789abcdef"[((n >> (4 * i)) & 0xf) as usize],
+            ));
+        }
+        id
     }
 }
 

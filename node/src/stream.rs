@@ -268,16 +268,58 @@ fn on_event(rec: &mut RequestRecord, ev: SseEvent<'_>) {
 }
 
 fn parse_json_usage(chunks: &[Bytes]) -> Option<Usage> {
-    #[derive(Deserialize)]
-    struct WithUsage {
-        usage: Option<Usage>,
-    }
-    let parsed = if chunks.len() == 1 {
-        serde_json::from_slice::<WithUsage>(&chunks[0])
+    let joined;
+    let json: &[u8] = if chunks.len() == 1 {
+        &chunks[0]
     } else {
-        serde_json::from_slice::<WithUsage>(&chunks.concat())
+        joined = chunks.concat();
+        &joined
     };
-    parsed.ok()?.usage
+    // Only the top-level `usage` object is parsed: running serde over the whole reply
+    // (content included) cost more than the rest of the response path.
+    let value = top_level_value(json, b"usage")?;
+    let mut de = serde_json::Deserializer::from_slice(value);
+    Option::<Usage>::deserialize(&mut de).ok()?
+}
+
+/// The bytes from the start of `key`'s value in the top-level JSON object `json` to
+/// the end of the document; `None` when `json` has no such top-level key. Keys nested
+/// deeper (a tool input's own `usage`, say) are skipped, as are strings.
+fn top_level_value<'a>(json: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let mut depth = 0u32;
+    let mut i = 0;
+    while i < json.len() {
+        match json[i] {
+            b'"' => {
+                let start = i + 1;
+                let mut j = start;
+                let end = loop {
+                    let k = j + memchr::memchr2(b'"', b'\\', json.get(j..)?)?;
+                    if json[k] == b'"' {
+                        break k;
+                    }
+                    j = k + 2;
+                };
+                i = end + 1;
+                if depth == 1 && &json[start..end] == key {
+                    let rest = json[i..].trim_ascii_start();
+                    if let Some(value) = rest.strip_prefix(b":") {
+                        return Some(value.trim_ascii_start());
+                    }
+                }
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                i += 1;
+            }
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 /// One SSE event: its name and its (first) data line.
@@ -535,6 +577,36 @@ pub fn is_event_stream(headers: &http::HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_is_read_from_the_top_level_only() {
+        let reply = br#"{"id":"m","content":[{"type":"tool_use","input":{"usage":{"input_tokens":999},"q":"a \"usage\": {\"input_tokens\": 7} ]}"}}],"usage":{"input_tokens":12,"output_tokens":10},"x":1}"#;
+        let usage = parse_json_usage(&[Bytes::from_static(reply)]).unwrap();
+        assert_eq!((usage.input_tokens, usage.output_tokens), (12, 10));
+        let (a, b) = reply.split_at(40);
+        let split = [Bytes::copy_from_slice(a), Bytes::copy_from_slice(b)];
+        assert_eq!(parse_json_usage(&split), Some(usage));
+        assert_eq!(
+            parse_json_usage(&[Bytes::from_static(b"{\"usage\":null}")]),
+            None
+        );
+        assert_eq!(
+            parse_json_usage(&[Bytes::from_static(b"{\"a\":{\"usage\":{}}}")]),
+            None
+        );
+        assert_eq!(
+            parse_json_usage(&[Bytes::from_static(b"{\"usage\":{\"inp")]),
+            None
+        );
+        assert_eq!(
+            parse_json_usage(&[Bytes::from_static(b"\"unterminated \\")]),
+            None
+        );
+        assert_eq!(
+            parse_json_usage(&[Bytes::from_static(b"}}{\"usage\":{}}")]),
+            None
+        );
+    }
 
     #[test]
     fn boundary_finds_last_blank_line() {
