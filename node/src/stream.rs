@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use serde::Deserialize;
 use tokio::time::Sleep;
 
 use crate::account::RequestRecord;
+use crate::forward::UpstreamBody;
 use crate::body::BoxError;
 use crate::error::{Error, ErrorKind};
 
@@ -60,7 +60,7 @@ enum State {
 /// The relayed response body. Owns the request's record and finishes it on drop,
 /// so a request is accounted for however it ends (completed, failed, client gone).
 pub struct Relay {
-    inner: Incoming,
+    inner: UpstreamBody,
     tap: Tap,
     /// Bytes to emit before polling upstream again (a peeked first event, or the
     /// final error event).
@@ -82,7 +82,7 @@ pub enum BodyKind {
 
 impl Relay {
     pub fn new(
-        inner: Incoming,
+        inner: UpstreamBody,
         kind: BodyKind,
         prefix: Option<Bytes>,
         idle: Duration,
@@ -430,7 +430,7 @@ fn find_blank(buf: &[u8]) -> Option<(usize, usize)> {
 /// Reads an SSE response until its first complete event, so the proxy can look at it
 /// before committing to this attempt. Returns the bytes read and whether the body ended.
 pub async fn peek_first_event(
-    body: &mut Incoming,
+    body: &mut UpstreamBody,
     timeout: Duration,
 ) -> Result<(Bytes, bool), Error> {
     use http_body_util::BodyExt;

@@ -1,106 +1,194 @@
-//! Counts open upstream connections for the `strait_upstream_connections` gauge by
-//! wrapping each connection the pool opens.
+//! Dialing the upstream: resolve, connect with a timeout (each address in turn), TCP
+//! options, TLS with ALPN (`h2`, then `http/1.1`), and a count of open connections for
+//! the `strait_upstream_connections` gauge.
 
-use std::future::Future;
+use std::io::IoSlice;
+use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use http::Uri;
-use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::client::legacy::connect::{Connected, Connection};
 use prometheus::IntGauge;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 
-/// A connector that hands out [`Counted`] connections.
-#[derive(Clone)]
-pub struct CountingConnector<C> {
-    inner: C,
-    gauge: IntGauge,
+use super::dns::HickoryDns;
+
+/// Keep-alive probes on idle upstream connections, so dead peers are noticed.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
+
+/// One upstream byte stream.
+pub enum Io {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
 }
 
-impl<C> CountingConnector<C> {
-    pub fn new(inner: C, gauge: IntGauge) -> Self {
-        CountingConnector { inner, gauge }
+impl Io {
+    /// Whether an idle connection still looks usable: nothing to read (a pooled HTTP/1.1
+    /// connection has no business receiving bytes) and not closed by the peer.
+    pub fn idle_and_open(&self) -> bool {
+        let tcp = match self {
+            Io::Plain(t) => t,
+            Io::Tls(t) => t.get_ref().0,
+        };
+        let mut probe = [0u8; 1];
+        matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    /// Whether TLS negotiated HTTP/2.
+    pub fn is_h2(&self) -> bool {
+        match self {
+            Io::Plain(_) => false,
+            Io::Tls(t) => t.get_ref().1.alpn_protocol() == Some(b"h2"),
+        }
     }
 }
 
-impl<C> tower_service::Service<Uri> for CountingConnector<C>
-where
-    C: tower_service::Service<Uri> + Send,
-    C::Future: Send + 'static,
-{
-    type Response = Counted<C::Response>;
-    type Error = C::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, C::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), C::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let fut = self.inner.call(uri);
-        let gauge = self.gauge.clone();
-        Box::pin(async move {
-            let io = fut.await?;
-            gauge.inc();
-            Ok(Counted { io, gauge })
-        })
-    }
-}
-
-/// A connection that decrements the gauge when it closes.
-pub struct Counted<T> {
-    io: T,
-    gauge: IntGauge,
-}
-
-impl<T> Drop for Counted<T> {
-    fn drop(&mut self) {
-        self.gauge.dec();
-    }
-}
-
-impl<T: Connection> Connection for Counted<T> {
-    fn connected(&self) -> Connected {
-        self.io.connected()
-    }
-}
-
-impl<T: Read + Unpin> Read for Counted<T> {
+impl AsyncRead for Io {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: ReadBufCursor<'_>,
+        buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        match self.get_mut() {
+            Io::Plain(t) => Pin::new(t).poll_read(cx, buf),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
+        }
     }
 }
 
-impl<T: Write + Unpin> Write for Counted<T> {
+impl AsyncWrite for Io {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        match self.get_mut() {
+            Io::Plain(t) => Pin::new(t).poll_write(cx, buf),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
+        }
     }
 
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
+        bufs: &[IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        match self.get_mut() {
+            Io::Plain(t) => Pin::new(t).poll_write_vectored(cx, bufs),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(t) => t.is_write_vectored(),
+            Io::Tls(t) => t.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(t) => Pin::new(t).poll_flush(cx),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(t) => Pin::new(t).poll_shutdown(cx),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Counts one open upstream connection while it lives.
+pub struct Counted(IntGauge);
+
+impl Counted {
+    pub fn new(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        Counted(gauge.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Opens connections to one upstream host.
+pub struct Dialer {
+    pub dns: HickoryDns,
+    pub host: String,
+    pub port: u16,
+    /// `None` for plain HTTP.
+    pub tls: Option<(TlsConnector, ServerName<'static>)>,
+    pub connect_timeout: Duration,
+}
+
+impl Dialer {
+    pub fn new(
+        dns: HickoryDns,
+        host: &str,
+        port: u16,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        connect_timeout: Duration,
+    ) -> std::io::Result<Self> {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let tls = match tls {
+            None => None,
+            Some(cfg) => {
+                let name = ServerName::try_from(bare.to_string())
+                    .map_err(|_| std::io::Error::other("upstream host is not a valid TLS name"))?;
+                Some((TlsConnector::from(cfg), name))
+            }
+        };
+        Ok(Dialer {
+            dns,
+            host: bare.to_string(),
+            port,
+            tls,
+            connect_timeout,
+        })
+    }
+
+    /// Resolves and connects (each address in turn, within the connect timeout as a
+    /// whole), then does TLS when the upstream is HTTPS.
+    pub async fn dial(&self) -> std::io::Result<Io> {
+        let attempt = async {
+            let addrs = self.dns.resolve(&self.host).await?;
+            let mut last = None;
+            for ip in addrs {
+                match TcpStream::connect(SocketAddr::new(ip, self.port)).await {
+                    Ok(tcp) => return Ok(tcp),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| std::io::Error::other("no upstream addresses")))
+        };
+        let tcp = tokio::time::timeout(self.connect_timeout, attempt)
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+        tcp.set_nodelay(true)?;
+        let _ = socket2::SockRef::from(&tcp)
+            .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE));
+        match &self.tls {
+            None => Ok(Io::Plain(tcp)),
+            Some((connector, name)) => {
+                let handshake = connector.connect(name.clone(), tcp);
+                let tls = tokio::time::timeout(self.connect_timeout, handshake)
+                    .await
+                    .map_err(|_| {
+                        std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+                    })??;
+                Ok(Io::Tls(Box::new(tls)))
+            }
+        }
     }
 }

@@ -2,11 +2,14 @@
 //! from the pool, and retry on another key or connection while nothing has been sent
 //! to the client yet.
 //!
-//! Layout: `dns` (hickory resolver with a TTL cap), `connect` (connection counting);
-//! this file builds the client, rewrites headers and runs the attempt loop.
+//! Layout: `dns` (hickory resolver with a TTL cap), `connect` (TCP, TLS and ALPN,
+//! connection counting), `client` (the pool; HTTP/2 through hyper), `h1` (HTTP/1.1
+//! by hand); this file rewrites headers and runs the attempt loop.
 
+mod client;
 mod connect;
 mod dns;
+mod h1;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,11 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderName};
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 use crate::account::{Metrics, RequestRecord};
 use crate::body::RequestBody;
@@ -28,20 +27,19 @@ use crate::health::UpstreamHealth;
 use crate::route::KeyPool;
 use crate::stream;
 
-type Connector =
-    connect::CountingConnector<hyper_rustls::HttpsConnector<HttpConnector<dns::HickoryDns>>>;
+pub use client::UpstreamBody;
+use client::{Client, SendError};
 
 /// The pooled upstream client and what it needs to address the upstream.
 pub struct Upstream {
-    client: Client<Connector, RequestBody>,
+    client: Client,
     config: UpstreamConfig,
-    authority_header: HeaderValue,
 }
 
 /// A response that has been committed to: headers arrived, and for streams the first
 /// event was looked at. `prefix` holds bytes already read from the body.
 pub struct Forwarded {
-    pub response: Response<Incoming>,
+    pub response: Response<UpstreamBody>,
     pub prefix: Option<Bytes>,
 }
 
@@ -60,49 +58,41 @@ impl Upstream {
     pub fn new(config: &UpstreamConfig, metrics: &Arc<Metrics>) -> Result<Self> {
         let dns = dns::HickoryDns::new(config.dns_ttl_cap)
             .map_err(|e| Error::config("cannot set up the DNS resolver").with_detail(e))?;
-        let mut http = HttpConnector::new_with_resolver(dns);
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.connect_timeout));
-        http.set_keepalive(Some(Duration::from_secs(30)));
-
-        let tls = client_tls(config)?;
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_all_versions()
-            .wrap_connector(http);
-        let connector =
-            connect::CountingConnector::new(https, metrics.upstream_connections.clone());
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            .http2_keep_alive_interval(Some(Duration::from_secs(30)))
-            .http2_keep_alive_while_idle(true)
-            .build(connector);
-        let authority_header = HeaderValue::from_str(config.target.authority.as_str())
+        let t = &config.target;
+        let tls = if t.scheme == http::uri::Scheme::HTTPS {
+            let mut tls = client_tls(config)?;
+            tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            Some(Arc::new(tls))
+        } else {
+            None
+        };
+        let default_port = if tls.is_some() { 443 } else { 80 };
+        let dialer = connect::Dialer::new(
+            dns,
+            t.authority.host(),
+            t.authority.port_u16().unwrap_or(default_port),
+            tls,
+            config.connect_timeout,
+        )
+        .map_err(|e| Error::config(format!("upstream.base_url: {e}")))?;
+        let authority = HeaderValue::from_str(t.authority.as_str())
             .map_err(|_| Error::config("upstream.base_url host is not a valid header value"))?;
+        let client = Client::new(
+            dialer,
+            format!("{}://{}", t.scheme, t.authority),
+            authority,
+            config.pool_max_idle_per_host,
+            config.pool_idle_timeout,
+            metrics.upstream_connections.clone(),
+        );
         Ok(Upstream {
             client,
             config: config.clone(),
-            authority_header,
         })
     }
 
     pub fn config(&self) -> &UpstreamConfig {
         &self.config
-    }
-
-    fn uri(&self, path_and_query: &str) -> Result<Uri> {
-        let t = &self.config.target;
-        Uri::builder()
-            .scheme(t.scheme.clone())
-            .authority(t.authority.clone())
-            .path_and_query(format!("{}{}", t.path_prefix, path_and_query))
-            .build()
-            .map_err(|_| Error::new(ErrorKind::InvalidRequest, "invalid request path"))
     }
 
     /// Runs the attempt loop. `headers` are the already-rewritten request headers
@@ -112,11 +102,17 @@ impl Upstream {
         ctx: &ForwardCtx<'_>,
         method: http::Method,
         path_and_query: &str,
-        mut headers: HeaderMap,
+        headers: HeaderMap,
         body: RequestBody,
         record: &mut RequestRecord,
     ) -> Result<Forwarded> {
-        let uri = self.uri(path_and_query)?;
+        let prefixed;
+        let target = if self.config.target.path_prefix.is_empty() {
+            path_and_query
+        } else {
+            prefixed = format!("{}{}", self.config.target.path_prefix, path_and_query);
+            &prefixed
+        };
         let max_attempts = self.config.max_attempts;
         let mut spare = body.try_clone();
         let wait = if ctx.stream {
@@ -154,24 +150,15 @@ impl Upstream {
             };
             record.upstream_key = key.map(|k| ctx.pool.label(k).to_string());
 
-            let mut req = Request::new(body.take().expect("a body for each attempt"));
-            *req.method_mut() = method.clone();
-            *req.uri_mut() = uri.clone();
-            // The last possible attempt takes the headers; earlier ones copy them.
-            *req.headers_mut() = if can_retry {
-                headers.clone()
-            } else {
-                std::mem::take(&mut headers)
-            };
-            req.headers_mut()
-                .insert(header::HOST, self.authority_header.clone());
-            if let Some(k) = key {
-                req.headers_mut()
-                    .insert(X_API_KEY, ctx.pool.header(k).clone());
-            }
-
+            let attempt_body = body.take().expect("a body for each attempt");
+            let api_key = key.map(|k| ctx.pool.header(k));
             let sent = Instant::now();
-            let outcome = tokio::time::timeout(first_byte_timeout, self.client.request(req)).await;
+            let outcome = tokio::time::timeout(
+                first_byte_timeout,
+                self.client
+                    .send(&method, target, &headers, api_key, attempt_body),
+            )
+            .await;
             let next_body =
                 |spare: &mut Option<RequestBody>| spare.as_ref().and_then(RequestBody::try_clone);
 
@@ -189,27 +176,32 @@ impl Upstream {
                     ));
                 }
                 Ok(Err(e)) => {
-                    let (kind, label) = if e.is_connect() {
-                        (ErrorKind::UpstreamConnect, "connect")
-                    } else if is_body_too_large(&e) {
-                        return Err(Error::new(
-                            ErrorKind::RequestTooLarge,
-                            "request body exceeds the gateway limit",
-                        ));
-                    } else {
-                        (ErrorKind::UpstreamProtocol, "protocol")
+                    let (kind, label, msg, detail) = match e {
+                        SendError::BodyTooLarge => {
+                            return Err(Error::new(
+                                ErrorKind::RequestTooLarge,
+                                "request body exceeds the gateway limit",
+                            ))
+                        }
+                        SendError::Connect(d) => (
+                            ErrorKind::UpstreamConnect,
+                            "connect",
+                            "could not connect to the upstream API",
+                            d,
+                        ),
+                        SendError::Io(d) => (
+                            ErrorKind::UpstreamProtocol,
+                            "protocol",
+                            "the upstream connection failed before a response",
+                            d,
+                        ),
                     };
                     ctx.metrics
                         .upstream_errors
                         .with_label_values(&[label])
                         .inc();
                     ctx.health.record_failure();
-                    let msg = if kind == ErrorKind::UpstreamConnect {
-                        "could not connect to the upstream API"
-                    } else {
-                        "the upstream connection failed before a response"
-                    };
-                    Error::new(kind, msg).with_detail(error_chain(&e))
+                    Error::new(kind, msg).with_detail(detail)
                 }
                 Ok(Ok(mut resp)) => {
                     let ttfb = sent.elapsed();
@@ -337,28 +329,6 @@ fn status_label(s: StatusCode) -> Option<&'static str> {
         500..=599 => "status_5xx",
         _ => return None,
     })
-}
-
-fn is_body_too_large(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = src {
-        if s.is::<crate::body::BodyTooLarge>() {
-            return true;
-        }
-        src = s.source();
-    }
-    false
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        src = s.source();
-    }
-    out
 }
 
 fn client_tls(config: &UpstreamConfig) -> Result<rustls::ClientConfig> {

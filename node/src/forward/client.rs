@@ -1,0 +1,317 @@
+//! The upstream client: a pool of idle HTTP/1.1 connections (most recently used
+//! first) and one shared HTTP/2 connection when the upstream negotiates `h2` by ALPN
+//! (as api.anthropic.com does). Requests go out on whichever the upstream speaks.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus::IntGauge;
+
+pub use super::connect::Io;
+use super::connect::{Counted, Dialer};
+use super::h1::{self, H1Body};
+use crate::body::{BoxError, RequestBody};
+
+/// HTTP/2 pings on the shared connection, so a dead one is noticed while idle.
+const H2_KEEPALIVE: Duration = Duration::from_secs(30);
+
+/// Why a request could not be sent or answered, for the attempt loop's decision.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection could be made.
+    Connect(String),
+    /// The client's streamed upload went over the limit.
+    BodyTooLarge,
+    /// Writing the request or reading the response head failed.
+    Io(String),
+}
+
+/// A pooled HTTP/1.1 connection with its read buffer.
+pub struct Conn {
+    pub io: Io,
+    pub buf: BytesMut,
+    _count: Counted,
+}
+
+/// Idle HTTP/1.1 connections.
+pub struct Pool {
+    idle: Mutex<VecDeque<(Conn, Instant)>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+impl Pool {
+    /// Returns a connection whose response was read completely.
+    pub fn put(&self, conn: Conn) {
+        if self.max_idle == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = self.idle.lock().expect("pool lock");
+        while idle
+            .front()
+            .is_some_and(|(_, since)| now.duration_since(*since) >= self.idle_timeout)
+        {
+            idle.pop_front();
+        }
+        if idle.len() >= self.max_idle {
+            idle.pop_front();
+        }
+        idle.push_back((conn, now));
+    }
+
+    /// The most recently used idle connection that is still open, if any.
+    fn take(&self) -> Option<Conn> {
+        let mut idle = self.idle.lock().expect("pool lock");
+        while let Some((conn, since)) = idle.pop_back() {
+            if since.elapsed() < self.idle_timeout && conn.io.idle_and_open() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+}
+
+/// The upstream client: dialer, HTTP/1.1 pool, shared HTTP/2 connection.
+pub struct Client {
+    dialer: Dialer,
+    pool: Arc<Pool>,
+    h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
+    /// One HTTP/2 dial at a time, so a burst of requests shares one connection.
+    h2_dial: tokio::sync::Mutex<()>,
+    /// Learnt from ALPN on the last dial.
+    speaks_h2: AtomicBool,
+    gauge: IntGauge,
+    /// `scheme://authority` for HTTP/2 request URIs.
+    origin: String,
+    authority: HeaderValue,
+}
+
+enum Dialed {
+    H1(Conn),
+    H2(http2::SendRequest<RequestBody>),
+}
+
+impl Client {
+    pub fn new(
+        dialer: Dialer,
+        origin: String,
+        authority: HeaderValue,
+        max_idle: usize,
+        idle_timeout: Duration,
+        gauge: IntGauge,
+    ) -> Self {
+        Client {
+            dialer,
+            pool: Arc::new(Pool {
+                idle: Mutex::new(VecDeque::new()),
+                max_idle,
+                idle_timeout,
+            }),
+            h2: Mutex::new(None),
+            h2_dial: tokio::sync::Mutex::new(()),
+            speaks_h2: AtomicBool::new(false),
+            gauge,
+            origin,
+            authority,
+        }
+    }
+
+    /// Sends one request. `target` is the path and query; `headers` are sent as they
+    /// are (already rewritten), plus `host` and the upstream key.
+    pub async fn send(
+        &self,
+        method: &Method,
+        target: &str,
+        headers: &HeaderMap,
+        api_key: Option<&HeaderValue>,
+        body: RequestBody,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        let conn = if self.speaks_h2.load(Ordering::Relaxed) {
+            match self.h2_sender().await? {
+                Dialed::H2(sender) => {
+                    return self
+                        .send_h2(sender, method, target, headers, api_key, body)
+                        .await
+                }
+                Dialed::H1(conn) => conn,
+            }
+        } else {
+            match self.pool.take() {
+                Some(conn) => conn,
+                None => match self.dial().await? {
+                    Dialed::H1(conn) => conn,
+                    Dialed::H2(sender) => {
+                        return self
+                            .send_h2(sender, method, target, headers, api_key, body)
+                            .await
+                    }
+                },
+            }
+        };
+        let resp = h1::send(
+            conn,
+            Arc::downgrade(&self.pool),
+            method,
+            target,
+            &self.authority,
+            headers,
+            api_key,
+            body,
+        )
+        .await?;
+        Ok(resp.map(UpstreamBody::H1))
+    }
+
+    /// The shared HTTP/2 connection, dialled if there is none (or it closed).
+    async fn h2_sender(&self) -> Result<Dialed, SendError> {
+        if let Some(s) = self.live_h2() {
+            return Ok(Dialed::H2(s));
+        }
+        let _one_dial = self.h2_dial.lock().await;
+        if let Some(s) = self.live_h2() {
+            return Ok(Dialed::H2(s));
+        }
+        self.dial().await
+    }
+
+    fn live_h2(&self) -> Option<http2::SendRequest<RequestBody>> {
+        let slot = self.h2.lock().expect("h2 lock");
+        slot.as_ref().filter(|s| !s.is_closed()).cloned()
+    }
+
+    async fn dial(&self) -> Result<Dialed, SendError> {
+        let io = self
+            .dialer
+            .dial()
+            .await
+            .map_err(|e| SendError::Connect(e.to_string()))?;
+        let count = Counted::new(&self.gauge);
+        if !io.is_h2() {
+            self.speaks_h2.store(false, Ordering::Relaxed);
+            return Ok(Dialed::H1(Conn {
+                io,
+                buf: BytesMut::new(),
+                _count: count,
+            }));
+        }
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(H2_KEEPALIVE))
+            .keep_alive_while_idle(true)
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| SendError::Connect(format!("HTTP/2 handshake: {e}")))?;
+        tokio::spawn(async move {
+            let _count = count;
+            if let Err(e) = conn.await {
+                tracing::debug!("upstream HTTP/2 connection ended: {e}");
+            }
+        });
+        *self.h2.lock().expect("h2 lock") = Some(sender.clone());
+        self.speaks_h2.store(true, Ordering::Relaxed);
+        Ok(Dialed::H2(sender))
+    }
+
+    async fn send_h2(
+        &self,
+        mut sender: http2::SendRequest<RequestBody>,
+        method: &Method,
+        target: &str,
+        headers: &HeaderMap,
+        api_key: Option<&HeaderValue>,
+        body: RequestBody,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        let uri: Uri = format!("{}{}", self.origin, target)
+            .parse()
+            .map_err(|_| SendError::Io("invalid request path".into()))?;
+        let mut req = Request::new(body);
+        *req.method_mut() = method.clone();
+        *req.uri_mut() = uri;
+        let h = req.headers_mut();
+        *h = headers.clone();
+        // hyper frames the body from its size; a client's own length may not match a
+        // body the gateway dropped (GET with a body).
+        h.remove(header::CONTENT_LENGTH);
+        if let Some(key) = api_key {
+            h.insert(HeaderName::from_static("x-api-key"), key.clone());
+        }
+        sender
+            .ready()
+            .await
+            .map_err(|e| SendError::Io(format!("upstream HTTP/2 connection: {e}")))?;
+        match sender.send_request(req).await {
+            Ok(resp) => Ok(resp.map(UpstreamBody::H2)),
+            Err(e) if caused_by_body_limit(&e) => Err(SendError::BodyTooLarge),
+            Err(e) => Err(SendError::Io(error_chain(&e))),
+        }
+    }
+}
+
+fn caused_by_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if s.is::<crate::body::BodyTooLarge>() {
+            return true;
+        }
+        src = s.source();
+    }
+    false
+}
+
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}
+
+/// An upstream response body, from either protocol.
+pub enum UpstreamBody {
+    H1(H1Body),
+    H2(Incoming),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::H1(b) => Pin::new(b).poll_frame(cx),
+            UpstreamBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::H1(b) => b.is_end_stream(),
+            UpstreamBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::H1(b) => b.size_hint(),
+            UpstreamBody::H2(b) => b.size_hint(),
+        }
+    }
+}
