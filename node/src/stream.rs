@@ -13,9 +13,9 @@ use serde::Deserialize;
 use tokio::time::Sleep;
 
 use crate::account::RequestRecord;
-use crate::forward::UpstreamBody;
 use crate::body::BoxError;
 use crate::error::{Error, ErrorKind};
+use crate::forward::UpstreamBody;
 
 /// Token usage as Anthropic reports it.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -215,6 +215,29 @@ async fn upstream_over_https_uses_http2_when_offered() {
         .unwrap();
     let node = strait_node::Node::start(cfg).await.unwrap();
     let url = format!("http://{}", node.public_addr());
+    // A burst before the node knows what the upstream speaks: the first dial answers
+    // for all of them, and they share its one HTTP/2 connection.
+    let mut burst = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let url = url.clone();
+        burst.spawn(async move {
+            post_json(
+                &format!("{url}/v1/messages"),
+                &auth(CLIENT_KEY),
+                &message_body(false),
+            )
+            .await
+            .status
+        });
+    }
+    while let Some(status) = burst.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    assert_eq!(
+        mock.connections_accepted(),
+        1,
+        "one HTTP/2 connection for the whole burst"
+    );
     for stream in [false, true] {
         let r = post_json(
             &format!("{url}/v1/messages"),

@@ -112,6 +112,7 @@ pub(crate) async fn accept_loop(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    state.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     // SSE frames are small; Nagle would hold them back and blur pacing.
                     let _ = stream.set_nodelay(true);
                     conns.spawn(serve(stream, tls.clone(), builder.clone(), state.clone()));

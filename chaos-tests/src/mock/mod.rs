@@ -112,6 +112,8 @@ pub(crate) struct State {
     queue: Mutex<VecDeque<Fault>>,
     recorded: Mutex<VecDeque<RecordedRequest>>,
     total: AtomicU64,
+    /// TCP connections accepted since start.
+    pub(crate) connections: AtomicU64,
     limits: ratelimit::RateWindow,
     batches: Mutex<api::Batches>,
     files: Mutex<Vec<api::FileObject>>,
@@ -131,6 +133,7 @@ impl State {
             queue: Mutex::new(VecDeque::new()),
             recorded: Mutex::new(VecDeque::new()),
             total: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
             limits: ratelimit::RateWindow::new(config.rate_limits),
             batches: Mutex::new(api::Batches::default()),
             files: Mutex::new(Vec::new()),
@@ -274,6 +277,11 @@ impl MockHandle {
     /// Recorded requests, oldest first.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.state.recorded).iter().cloned().collect()
+    }
+
+    /// TCP connections accepted since start (clients reusing connections open few).
+    pub fn connections_accepted(&self) -> u64 {
+        self.state.connections.load(Relaxed)
     }
 
     /// Requests received since start, counted even when recording is off.

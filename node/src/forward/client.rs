@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -90,13 +90,18 @@ pub struct Client {
     h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
     /// One HTTP/2 dial at a time, so a burst of requests shares one connection.
     h2_dial: tokio::sync::Mutex<()>,
-    /// Learnt from ALPN on the last dial.
-    speaks_h2: AtomicBool,
+    /// What the upstream speaks, learnt from ALPN on the last dial ([`PROTO_UNKNOWN`]
+    /// until the first one answers).
+    proto: AtomicU8,
     gauge: IntGauge,
     /// `scheme://authority` for HTTP/2 request URIs.
     origin: String,
     authority: HeaderValue,
 }
+
+const PROTO_UNKNOWN: u8 = 0;
+const PROTO_H1: u8 = 1;
+const PROTO_H2: u8 = 2;
 
 enum Dialed {
     H1(Conn),
@@ -121,7 +126,7 @@ impl Client {
             }),
             h2: Mutex::new(None),
             h2_dial: tokio::sync::Mutex::new(()),
-            speaks_h2: AtomicBool::new(false),
+            proto: AtomicU8::new(PROTO_UNKNOWN),
             gauge,
             origin,
             authority,
@@ -138,27 +143,35 @@ impl Client {
         api_key: Option<&HeaderValue>,
         body: RequestBody,
     ) -> Result<Response<UpstreamBody>, SendError> {
-        let conn = if self.speaks_h2.load(Ordering::Relaxed) {
-            match self.h2_sender().await? {
-                Dialed::H2(sender) => {
-                    return self
-                        .send_h2(sender, method, target, headers, api_key, body)
-                        .await
-                }
-                Dialed::H1(conn) => conn,
-            }
+        let proto = self.proto.load(Ordering::Relaxed);
+        let pooled = if proto == PROTO_H2 {
+            None
         } else {
-            match self.pool.take() {
-                Some(conn) => conn,
-                None => match self.dial().await? {
-                    Dialed::H1(conn) => conn,
+            self.pool.take()
+        };
+        let conn = match pooled {
+            Some(conn) => conn,
+            // Over TLS the protocol may be HTTP/2: until ALPN has told, dials take
+            // turns, so a burst of first requests shares one HTTP/2 connection rather
+            // than opening one each.
+            None if self.dialer.tls.is_some() && proto != PROTO_H1 => {
+                match self.h2_sender().await? {
                     Dialed::H2(sender) => {
                         return self
                             .send_h2(sender, method, target, headers, api_key, body)
                             .await
                     }
-                },
+                    Dialed::H1(conn) => conn,
+                }
             }
+            None => match self.dial().await? {
+                Dialed::H1(conn) => conn,
+                Dialed::H2(sender) => {
+                    return self
+                        .send_h2(sender, method, target, headers, api_key, body)
+                        .await
+                }
+            },
         };
         let resp = h1::send(
             conn,
@@ -174,7 +187,8 @@ impl Client {
         Ok(resp.map(UpstreamBody::H1))
     }
 
-    /// The shared HTTP/2 connection, dialled if there is none (or it closed).
+    /// The shared HTTP/2 connection, dialled if there is none (or it closed). The
+    /// dial may find that the upstream speaks HTTP/1.1 after all.
     async fn h2_sender(&self) -> Result<Dialed, SendError> {
         if let Some(s) = self.live_h2() {
             return Ok(Dialed::H2(s));
@@ -182,6 +196,11 @@ impl Client {
         let _one_dial = self.h2_dial.lock().await;
         if let Some(s) = self.live_h2() {
             return Ok(Dialed::H2(s));
+        }
+        if self.proto.load(Ordering::Relaxed) == PROTO_H1 {
+            if let Some(conn) = self.pool.take() {
+                return Ok(Dialed::H1(conn));
+            }
         }
         self.dial().await
     }
@@ -199,7 +218,7 @@ impl Client {
             .map_err(|e| SendError::Connect(e.to_string()))?;
         let count = Counted::new(&self.gauge);
         if !io.is_h2() {
-            self.speaks_h2.store(false, Ordering::Relaxed);
+            self.proto.store(PROTO_H1, Ordering::Relaxed);
             return Ok(Dialed::H1(Conn {
                 io,
                 buf: BytesMut::new(),
@@ -220,7 +239,7 @@ impl Client {
             }
         });
         *self.h2.lock().expect("h2 lock") = Some(sender.clone());
-        self.speaks_h2.store(true, Ordering::Relaxed);
+        self.proto.store(PROTO_H2, Ordering::Relaxed);
         Ok(Dialed::H2(sender))
     }
 

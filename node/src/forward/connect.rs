@@ -174,7 +174,9 @@ impl Dialer {
         };
         let tcp = tokio::time::timeout(self.connect_timeout, attempt)
             .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+            })??;
         tcp.set_nodelay(true)?;
         let _ = socket2::SockRef::from(&tcp)
             .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE));

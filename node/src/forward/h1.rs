@@ -51,8 +51,12 @@ pub async fn send(
     head.extend_from_slice(authority.as_bytes());
     head.extend_from_slice(b"\r\n");
     for (name, value) in headers {
-        // Framing is ours to decide, from the body we actually send.
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+        // Framing is ours to decide, from the body we actually send; and the body goes
+        // out right behind the head, so there is no 100-continue to wait for.
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::EXPECT
+        {
             continue;
         }
         put_header(&mut head, name, value);
@@ -521,7 +525,10 @@ mod tests {
         assert!(h.get("content-length").is_none());
         assert!(reuse);
 
-        let (_, _, reuse, f, _) = head(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n", Method::GET);
+        let (_, _, reuse, f, _) = head(
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+            Method::GET,
+        );
         assert!(!reuse);
         assert!(matches!(f, Framing::Length(0)));
 
@@ -529,18 +536,30 @@ mod tests {
         assert!(!reuse);
         assert!(matches!(f, Framing::UntilClose));
 
-        let (_, _, _, f, _) = head(b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\n", Method::HEAD);
+        let (_, _, _, f, _) = head(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\n",
+            Method::HEAD,
+        );
         assert!(matches!(f, Framing::Done));
 
-        let mut interim = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"[..]);
-        assert!(parse_head(&mut interim, &Method::POST).unwrap().unwrap().is_none());
-        assert!(parse_head(&mut interim, &Method::POST).unwrap().unwrap().is_some());
+        let mut interim =
+            BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"[..]);
+        assert!(parse_head(&mut interim, &Method::POST)
+            .unwrap()
+            .unwrap()
+            .is_none());
+        assert!(parse_head(&mut interim, &Method::POST)
+            .unwrap()
+            .unwrap()
+            .is_some());
 
         let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-le"[..]);
         assert!(parse_head(&mut partial, &Method::GET).unwrap().is_none());
         let mut bad = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n"[..]);
         assert!(parse_head(&mut bad, &Method::GET).is_err());
-        let mut two = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n"[..]);
+        let mut two = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n"[..],
+        );
         assert!(parse_head(&mut two, &Method::GET).is_err());
     }
 }
