@@ -55,6 +55,9 @@ def parse_args():
     p.add_argument("--streams", type=int, help="concurrent slow streams for the memory test")
     p.add_argument("--strait-arg", action="append", default=[],
                    help="extra strait-node flag, passed through (repeatable), e.g. --strait-arg=--config=x.toml")
+    p.add_argument("--no-limits", action="store_true",
+                   help="run strait without its rate limiter (by default every client key has "
+                        "limits far above the load, so each request pays for the limiter's decision)")
     p.add_argument("--proxy-cpus", default="0", help="CPUs for the proxy under test (taskset list)")
     p.add_argument("--load-cpus", default="1", help="CPUs for the load generators and clients")
     p.add_argument("--upstream-cpus", default="1", help="CPUs for the canned upstream and the mock")
@@ -111,6 +114,9 @@ def order(rnd):
     cs = list(report.CONTENDERS)
     k = rnd % len(cs)
     return cs[k:] + cs[:k]
+
+
+BENCH_LIMITS = "rpm=1000000000,itpm=1000000000000,otpm=1000000000000,concurrency=1000000"
 
 
 def start_canned(args, node_bin, workdir):
@@ -381,6 +387,10 @@ def main():
     if "oha" in sections and not oha:
         say("oha not found: skipping fixed-rate runs (cargo install oha --locked)")
         sections.remove("oha")
+    if not args.no_limits:
+        # Limits on, as the target says, and set far above the load so none rejects:
+        # every request still takes the limiter's full path (reserve, settle).
+        args.strait_arg = ["--default-limits", BENCH_LIMITS] + args.strait_arg
     if not args.no_build:
         build()
     node_bin, mock_bin = binaries()

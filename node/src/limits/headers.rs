@@ -1,6 +1,9 @@
 //! The `anthropic-ratelimit-*` response headers, written from the gateway's own limits
 //! for clients that have them, and the headers that mark a gateway-made 429.
 
+use std::cell::RefCell;
+use std::time::SystemTime;
+
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::{Dim, Quota, RateView, ScopeKind};
@@ -14,20 +17,42 @@ pub const SCOPE_HEADER: &str = "x-strait-ratelimit-scope";
 
 const PREFIX: &str = "anthropic-ratelimit-";
 
+const REQUESTS: [HeaderName; 3] = [
+    HeaderName::from_static("anthropic-ratelimit-requests-limit"),
+    HeaderName::from_static("anthropic-ratelimit-requests-remaining"),
+    HeaderName::from_static("anthropic-ratelimit-requests-reset"),
+];
+const INPUT: [HeaderName; 3] = [
+    HeaderName::from_static("anthropic-ratelimit-input-tokens-limit"),
+    HeaderName::from_static("anthropic-ratelimit-input-tokens-remaining"),
+    HeaderName::from_static("anthropic-ratelimit-input-tokens-reset"),
+];
+const OUTPUT: [HeaderName; 3] = [
+    HeaderName::from_static("anthropic-ratelimit-output-tokens-limit"),
+    HeaderName::from_static("anthropic-ratelimit-output-tokens-remaining"),
+    HeaderName::from_static("anthropic-ratelimit-output-tokens-reset"),
+];
+
 /// Replaces the upstream's `anthropic-ratelimit-*` headers (which describe the shared
 /// organisation key, not this client) with the client's own limits.
 pub fn apply(headers: &mut HeaderMap, view: &RateView) {
-    let upstream: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with(PREFIX))
-        .cloned()
-        .collect();
-    for k in upstream {
-        headers.remove(k);
+    // Runs on every limited request: names are constants, and the map is only
+    // rebuilt when the upstream actually sent such headers (docs/benchmarks.md).
+    if headers.keys().any(|k| k.as_str().starts_with(PREFIX)) {
+        let upstream: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| k.as_str().starts_with(PREFIX))
+            .cloned()
+            .collect();
+        for k in upstream {
+            headers.remove(k);
+        }
     }
-    put(headers, "requests", view.requests);
-    put(headers, "input-tokens", view.input);
-    put(headers, "output-tokens", view.output);
+    // Up to nine more entries: grow the map once rather than while inserting.
+    headers.reserve(9);
+    put(headers, REQUESTS, view.requests);
+    put(headers, INPUT, view.input);
+    put(headers, OUTPUT, view.output);
 }
 
 /// Marks a 429 as the gateway's own and names what ran out.
@@ -37,19 +62,28 @@ pub fn mark_limited(headers: &mut HeaderMap, dim: Dim, scope: ScopeKind) {
     headers.insert(SCOPE_HEADER, HeaderValue::from_static(scope.label()));
 }
 
-fn put(headers: &mut HeaderMap, what: &str, q: Option<Quota>) {
+fn put(headers: &mut HeaderMap, [limit, remaining, reset]: [HeaderName; 3], q: Option<Quota>) {
     let Some(q) = q else { return };
-    let name = |suffix: &str| {
-        HeaderName::from_bytes(format!("{PREFIX}{what}-{suffix}").as_bytes())
-            .expect("valid header name")
-    };
-    headers.insert(name("limit"), HeaderValue::from(q.limit));
-    headers.insert(name("remaining"), HeaderValue::from(q.remaining));
-    // RFC 3339, as Anthropic sends it.
-    let reset = humantime::format_rfc3339_seconds(q.reset).to_string();
-    if let Ok(v) = HeaderValue::from_str(&reset) {
-        headers.insert(name("reset"), v);
+    headers.insert(limit, HeaderValue::from(q.limit));
+    headers.insert(remaining, HeaderValue::from(q.remaining));
+    headers.insert(reset, reset_value(q.reset));
+}
+
+/// The reset time in RFC 3339, as Anthropic sends it. Windows reset on whole seconds
+/// shared by many requests, so the last value formatted is kept for the next.
+fn reset_value(at: SystemTime) -> HeaderValue {
+    thread_local! {
+        static LAST: RefCell<Option<(SystemTime, HeaderValue)>> = const { RefCell::new(None) };
     }
+    LAST.with_borrow_mut(|last| match last {
+        Some((t, v)) if *t == at => v.clone(),
+        _ => {
+            let text = humantime::format_rfc3339_seconds(at).to_string();
+            let v = HeaderValue::try_from(text).expect("RFC 3339 is a valid header value");
+            *last = Some((at, v.clone()));
+            v
+        }
+    })
 }
 
 #[cfg(test)]
