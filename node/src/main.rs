@@ -3,11 +3,6 @@
 use clap::Parser;
 use strait_node::cli::{summary, Cli};
 
-// A proxy allocates and frees many small buffers per request; mimalloc's per-thread
-// free lists cost a fraction of glibc malloc's on this path (docs/benchmarks.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let check_only = cli.check_config;

@@ -149,29 +149,21 @@ impl Client {
         } else {
             self.pool.take()
         };
-        let conn = match pooled {
-            Some(conn) => conn,
+        let dialed = match pooled {
+            Some(conn) => Dialed::H1(conn),
             // Over TLS the protocol may be HTTP/2: until ALPN has told, dials take
             // turns, so a burst of first requests shares one HTTP/2 connection rather
             // than opening one each.
-            None if self.dialer.tls.is_some() && proto != PROTO_H1 => {
-                match self.h2_sender().await? {
-                    Dialed::H2(sender) => {
-                        return self
-                            .send_h2(sender, method, target, headers, api_key, body)
-                            .await
-                    }
-                    Dialed::H1(conn) => conn,
-                }
+            None if self.dialer.tls.is_some() && proto != PROTO_H1 => self.h2_sender().await?,
+            None => self.dial().await?,
+        };
+        let conn = match dialed {
+            Dialed::H1(conn) => conn,
+            Dialed::H2(sender) => {
+                return self
+                    .send_h2(sender, method, target, headers, api_key, body)
+                    .await
             }
-            None => match self.dial().await? {
-                Dialed::H1(conn) => conn,
-                Dialed::H2(sender) => {
-                    return self
-                        .send_h2(sender, method, target, headers, api_key, body)
-                        .await
-                }
-            },
         };
         let resp = h1::send(
             conn,
