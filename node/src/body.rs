@@ -84,6 +84,14 @@ impl std::fmt::Display for BodyTooLarge {
 impl std::error::Error for BodyTooLarge {}
 
 impl RequestBody {
+    /// Bytes held in memory: the body's length when buffered, 0 when streamed.
+    pub fn buffered_len(&self) -> usize {
+        match self {
+            RequestBody::Full(Some(b)) => b.len(),
+            _ => 0,
+        }
+    }
+
     /// A copy for another attempt, if this body can be replayed.
     pub fn try_clone(&self) -> Option<RequestBody> {
         match self {

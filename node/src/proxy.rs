@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use crate::account::{Metrics, RequestRecord};
 use crate::admit::{self, RouteKind};
 use crate::auth::{Authenticator, Principal};
-use crate::body::{ProxyBody, RequestBody};
+use crate::body::ProxyBody;
 use crate::config::{Config, KeyMode};
 use crate::error::{Error, ErrorKind};
 use crate::forward::{self, ForwardCtx, Forwarded, Upstream};
@@ -269,10 +269,7 @@ async fn phases(
 
     // 3b. limits: reserve the request, its tokens and a concurrency slot for the key
     // and its tenant. The permit settles when the record finishes.
-    let body_len = match &body {
-        RequestBody::Full(Some(b)) => b.len(),
-        _ => 0,
-    };
+    let body_len = body.buffered_len();
     match shared
         .limiter
         .admit(

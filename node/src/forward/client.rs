@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderName};
+use http::header;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -18,8 +18,7 @@ use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus::IntGauge;
 
-pub use super::connect::Io;
-use super::connect::{Counted, Dialer};
+use super::connect::{Counted, Dialer, Io};
 use super::h1::{self, H1Body};
 use crate::body::{BoxError, RequestBody};
 
@@ -154,7 +153,7 @@ impl Client {
             // Over TLS the protocol may be HTTP/2: until ALPN has told, dials take
             // turns, so a burst of first requests shares one HTTP/2 connection rather
             // than opening one each.
-            None if self.dialer.tls.is_some() && proto != PROTO_H1 => self.h2_sender().await?,
+            None if self.dialer.is_tls() && proto != PROTO_H1 => self.h2_sender().await?,
             None => self.dial().await?,
         };
         let conn = match dialed {
@@ -256,7 +255,7 @@ impl Client {
         // body the gateway dropped (GET with a body).
         h.remove(header::CONTENT_LENGTH);
         if let Some(key) = api_key {
-            h.insert(HeaderName::from_static("x-api-key"), key.clone());
+            h.insert(super::X_API_KEY, key.clone());
         }
         sender
             .ready()
@@ -281,7 +280,7 @@ fn caused_by_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-pub fn error_chain(e: &dyn std::error::Error) -> String {
+fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut src = e.source();
     while let Some(s) = src {

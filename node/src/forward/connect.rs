@@ -124,12 +124,12 @@ impl Drop for Counted {
 
 /// Opens connections to one upstream host.
 pub struct Dialer {
-    pub dns: HickoryDns,
-    pub host: String,
-    pub port: u16,
+    dns: HickoryDns,
+    host: String,
+    port: u16,
     /// `None` for plain HTTP.
-    pub tls: Option<(TlsConnector, ServerName<'static>)>,
-    pub connect_timeout: Duration,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    connect_timeout: Duration,
 }
 
 impl Dialer {
@@ -156,6 +156,11 @@ impl Dialer {
             tls,
             connect_timeout,
         })
+    }
+
+    /// Whether connections are HTTPS (and may therefore turn out to be HTTP/2).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Resolves and connects (each address in turn, within the connect timeout as a

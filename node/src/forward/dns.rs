@@ -33,9 +33,7 @@ impl HickoryDns {
             resolver: Arc::new(resolver),
         })
     }
-}
 
-impl HickoryDns {
     /// The addresses of `host`; IP literals are returned as they are.
     pub async fn resolve(&self, host: &str) -> std::io::Result<Vec<IpAddr>> {
         // IP literals need no lookup (tests and private upstreams use them).

@@ -17,7 +17,7 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 
-use super::client::{Conn, Io, Pool, SendError};
+use super::client::{Conn, Pool, SendError};
 use crate::body::{BoxError, RequestBody};
 
 /// Response heads larger than this are refused (Anthropic's are about 2 KiB).
@@ -43,7 +43,7 @@ pub async fn send(
     body: RequestBody,
 ) -> Result<Response<H1Body>, SendError> {
     let io_err = |e: std::io::Error| SendError::Io(e.to_string());
-    let mut head = Vec::with_capacity(512 + body_len(&body).min(INLINE_BODY));
+    let mut head = Vec::with_capacity(512 + body.buffered_len().min(INLINE_BODY));
     head.extend_from_slice(method.as_str().as_bytes());
     head.push(b' ');
     head.extend_from_slice(target.as_bytes());
@@ -62,15 +62,13 @@ pub async fn send(
         put_header(&mut head, name, value);
     }
     if let Some(key) = api_key {
-        put_header(&mut head, &HeaderName::from_static("x-api-key"), key);
+        put_header(&mut head, &super::X_API_KEY, key);
     }
     match body {
         RequestBody::Full(data) => {
             let data = data.unwrap_or_default();
             if !data.is_empty() || method_has_body(method) {
-                head.extend_from_slice(b"content-length: ");
-                head.extend_from_slice(itoa(data.len() as u64).as_bytes());
-                head.extend_from_slice(b"\r\n");
+                put_length(&mut head, data.len() as u64);
             }
             head.extend_from_slice(b"\r\n");
             if data.len() <= INLINE_BODY {
@@ -84,39 +82,30 @@ pub async fn send(
         RequestBody::Stream { .. } => {
             let exact = body.size_hint().exact();
             match exact {
-                Some(n) => {
-                    head.extend_from_slice(b"content-length: ");
-                    head.extend_from_slice(itoa(n).as_bytes());
-                    head.extend_from_slice(b"\r\n\r\n");
-                }
-                None => head.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n"),
+                Some(n) => put_length(&mut head, n),
+                None => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
             }
+            head.extend_from_slice(b"\r\n");
             conn.io.write_all(&head).await.map_err(io_err)?;
             send_stream(&mut conn, body, exact.is_none()).await?;
         }
     }
     conn.io.flush().await.map_err(io_err)?;
 
-    let (parts, framing) = loop {
-        match read_head(&mut conn, method).await {
-            Ok(Some(head)) => break head,
-            // 1xx interim responses (100 Continue, 103 Early Hints) are skipped.
-            Ok(None) => continue,
-            Err(e) => return Err(SendError::Io(e.to_string())),
-        }
-    };
+    let head = read_head(&mut conn, method)
+        .await
+        .map_err(|e| SendError::Io(e.to_string()))?;
     let mut body = H1Body {
         conn: Some(conn),
         pool,
-        framing,
-        reusable: parts.1,
+        framing: head.framing,
+        reusable: head.reusable,
     };
     body.finish_if_done();
-    let (status, headers) = parts.0;
     let mut resp = Response::new(body);
-    *resp.status_mut() = status;
+    *resp.status_mut() = head.status;
     *resp.version_mut() = Version::HTTP_11;
-    *resp.headers_mut() = headers;
+    *resp.headers_mut() = head.headers;
     Ok(resp)
 }
 
@@ -131,15 +120,10 @@ fn method_has_body(m: &Method) -> bool {
     *m == Method::POST || *m == Method::PUT || *m == Method::PATCH
 }
 
-fn body_len(body: &RequestBody) -> usize {
-    match body {
-        RequestBody::Full(Some(b)) => b.len(),
-        _ => 0,
-    }
-}
-
-fn itoa(n: u64) -> String {
-    n.to_string()
+fn put_length(buf: &mut Vec<u8>, n: u64) {
+    buf.extend_from_slice(b"content-length: ");
+    buf.extend_from_slice(n.to_string().as_bytes());
+    buf.extend_from_slice(b"\r\n");
 }
 
 /// Relays a streamed upload, chunk-encoded when its length is unknown.
@@ -179,21 +163,41 @@ async fn send_stream(
     Ok(())
 }
 
-type Head = ((StatusCode, HeaderMap), bool);
+/// A final response head and how its body is framed.
+struct ResponseHead {
+    status: StatusCode,
+    headers: HeaderMap,
+    framing: Framing,
+    /// The connection may carry another request after this response.
+    reusable: bool,
+}
 
-/// Reads one response head. `None` for a 1xx interim response (already consumed).
-async fn read_head(conn: &mut Conn, method: &Method) -> std::io::Result<Option<(Head, Framing)>> {
+/// What [`parse_head`] found in the buffer.
+enum Parsed {
+    Partial,
+    /// A 1xx interim response (100 Continue, 103 Early Hints), consumed and skipped.
+    Interim,
+    Final(ResponseHead),
+}
+
+/// Reads the final response head, skipping interim ones.
+async fn read_head(conn: &mut Conn, method: &Method) -> std::io::Result<ResponseHead> {
     loop {
         if !conn.buf.is_empty() {
-            if let Some(parsed) = parse_head(&mut conn.buf, method)? {
-                return Ok(parsed);
+            match parse_head(&mut conn.buf, method)? {
+                Parsed::Final(head) => return Ok(head),
+                Parsed::Interim => continue,
+                Parsed::Partial => {}
             }
         }
         if conn.buf.len() >= MAX_HEAD {
             return Err(std::io::Error::other("upstream response head too large"));
         }
         conn.buf.reserve(READ_CHUNK);
-        let n = std::future::poll_fn(|cx| poll_read_buf(&mut conn.io, cx, &mut conn.buf)).await?;
+        let n = std::future::poll_fn(|cx| {
+            tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf)
+        })
+        .await?;
         if n == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
@@ -203,18 +207,13 @@ async fn read_head(conn: &mut Conn, method: &Method) -> std::io::Result<Option<(
     }
 }
 
-/// Parses a head from `buf` (consuming it) if complete. The outer `Option` is
-/// "complete?", the inner one "final (not 1xx)?".
-#[allow(clippy::type_complexity)]
-fn parse_head(
-    buf: &mut BytesMut,
-    method: &Method,
-) -> std::io::Result<Option<Option<(Head, Framing)>>> {
+/// Parses one head from the front of `buf`, consuming it when complete.
+fn parse_head(buf: &mut BytesMut, method: &Method) -> std::io::Result<Parsed> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut slots);
     let len = match resp.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
         Err(e) => {
             return Err(std::io::Error::other(format!(
                 "invalid upstream response head: {e}"
@@ -226,7 +225,7 @@ fn parse_head(
         .map_err(|_| std::io::Error::other("invalid upstream status code"))?;
     if (100..200).contains(&code) && code != 101 {
         buf.advance(len);
-        return Ok(Some(None));
+        return Ok(Parsed::Interim);
     }
     let mut headers = HeaderMap::with_capacity(resp.headers.len());
     let mut content_length: Option<u64> = None;
@@ -281,15 +280,12 @@ fn parse_head(
         close = true;
         Framing::UntilClose
     };
-    Ok(Some(Some((((status, headers), !close), framing))))
-}
-
-fn poll_read_buf(
-    io: &mut Io,
-    cx: &mut Context<'_>,
-    buf: &mut BytesMut,
-) -> Poll<std::io::Result<usize>> {
-    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+    Ok(Parsed::Final(ResponseHead {
+        status,
+        headers,
+        framing,
+        reusable: !close,
+    }))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -461,7 +457,8 @@ impl Body for H1Body {
             }
             let conn = this.conn.as_mut().expect("connection while reading");
             conn.buf.reserve(READ_CHUNK);
-            let n = match ready!(poll_read_buf(&mut conn.io, cx, &mut conn.buf)) {
+            let read = tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf);
+            let n = match ready!(read) {
                 Ok(n) => n,
                 Err(e) => {
                     this.conn = None;
@@ -501,8 +498,10 @@ mod tests {
 
     fn head(raw: &[u8], method: Method) -> (StatusCode, HeaderMap, bool, Framing, usize) {
         let mut buf = BytesMut::from(raw);
-        let (((s, h), reuse), f) = parse_head(&mut buf, &method).unwrap().unwrap().unwrap();
-        (s, h, reuse, f, buf.len())
+        let Parsed::Final(h) = parse_head(&mut buf, &method).unwrap() else {
+            panic!("a final head")
+        };
+        (h.status, h.headers, h.reusable, h.framing, buf.len())
     }
 
     #[test]
@@ -544,17 +543,20 @@ mod tests {
 
         let mut interim =
             BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"[..]);
-        assert!(parse_head(&mut interim, &Method::POST)
-            .unwrap()
-            .unwrap()
-            .is_none());
-        assert!(parse_head(&mut interim, &Method::POST)
-            .unwrap()
-            .unwrap()
-            .is_some());
+        assert!(matches!(
+            parse_head(&mut interim, &Method::POST).unwrap(),
+            Parsed::Interim
+        ));
+        assert!(matches!(
+            parse_head(&mut interim, &Method::POST).unwrap(),
+            Parsed::Final(_)
+        ));
 
         let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-le"[..]);
-        assert!(parse_head(&mut partial, &Method::GET).unwrap().is_none());
+        assert!(matches!(
+            parse_head(&mut partial, &Method::GET).unwrap(),
+            Parsed::Partial
+        ));
         let mut bad = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n"[..]);
         assert!(parse_head(&mut bad, &Method::GET).is_err());
         let mut two = BytesMut::from(
