@@ -552,14 +552,15 @@ impl Drop for Relay {
             self.record.outcome = "client_gone";
         }
         if let Tap::Json { chunks, len } = &self.tap {
-            if matches!(self.state, State::Streaming) && *len <= MAX_JSON_TAP {
-                // hyper stops polling once content-length bytes are out, so a complete
-                // JSON body often ends here rather than in `on_end`. A body that parses
-                // was delivered whole; the limiter settles it with its real usage.
-                if let Some(usage) = parse_json_usage(chunks) {
-                    self.record.usage = usage;
-                    self.record.outcome = "complete";
+            // hyper stops polling once content-length bytes are out, so a complete body
+            // often ends here rather than in `on_end`. Whether it was complete is the
+            // upstream body's to say (its length was reached), not whether the JSON read
+            // so far happens to contain a usage object.
+            if matches!(self.state, State::Streaming) && self.inner.is_end_stream() {
+                if *len <= MAX_JSON_TAP {
+                    self.record.usage = parse_json_usage(chunks).unwrap_or_default();
                 }
+                self.record.outcome = "complete";
             }
         }
         self.record.finish();
