@@ -25,6 +25,17 @@ use crate::body::{BoxError, RequestBody};
 /// HTTP/2 pings on the shared connection, so a dead one is noticed while idle.
 const H2_KEEPALIVE: Duration = Duration::from_secs(30);
 
+/// One request as the attempt loop hands it over; the body travels separately since
+/// each attempt takes its own.
+pub struct Outgoing<'a> {
+    pub method: &'a Method,
+    /// Path and query.
+    pub target: &'a str,
+    /// Already rewritten; `host` and the upstream key are added on the way out.
+    pub headers: &'a HeaderMap,
+    pub api_key: Option<&'a HeaderValue>,
+}
+
 /// Why a request could not be sent or answered, for the attempt loop's decision.
 #[derive(Debug)]
 pub enum SendError {
@@ -132,14 +143,10 @@ impl Client {
         }
     }
 
-    /// Sends one request. `target` is the path and query; `headers` are sent as they
-    /// are (already rewritten), plus `host` and the upstream key.
+    /// Sends one request on a pooled or new connection.
     pub async fn send(
         &self,
-        method: &Method,
-        target: &str,
-        headers: &HeaderMap,
-        api_key: Option<&HeaderValue>,
+        req: &Outgoing<'_>,
         body: RequestBody,
     ) -> Result<Response<UpstreamBody>, SendError> {
         let proto = self.proto.load(Ordering::Relaxed);
@@ -158,23 +165,9 @@ impl Client {
         };
         let conn = match dialed {
             Dialed::H1(conn) => conn,
-            Dialed::H2(sender) => {
-                return self
-                    .send_h2(sender, method, target, headers, api_key, body)
-                    .await
-            }
+            Dialed::H2(sender) => return self.send_h2(sender, req, body).await,
         };
-        let resp = h1::send(
-            conn,
-            Arc::downgrade(&self.pool),
-            method,
-            target,
-            &self.authority,
-            headers,
-            api_key,
-            body,
-        )
-        .await?;
+        let resp = h1::send(conn, Arc::downgrade(&self.pool), &self.authority, req, body).await?;
         Ok(resp.map(UpstreamBody::H1))
     }
 
@@ -237,24 +230,21 @@ impl Client {
     async fn send_h2(
         &self,
         mut sender: http2::SendRequest<RequestBody>,
-        method: &Method,
-        target: &str,
-        headers: &HeaderMap,
-        api_key: Option<&HeaderValue>,
+        out: &Outgoing<'_>,
         body: RequestBody,
     ) -> Result<Response<UpstreamBody>, SendError> {
-        let uri: Uri = format!("{}{}", self.origin, target)
+        let uri: Uri = format!("{}{}", self.origin, out.target)
             .parse()
             .map_err(|_| SendError::Io("invalid request path".into()))?;
         let mut req = Request::new(body);
-        *req.method_mut() = method.clone();
+        *req.method_mut() = out.method.clone();
         *req.uri_mut() = uri;
         let h = req.headers_mut();
-        *h = headers.clone();
+        *h = out.headers.clone();
         // hyper frames the body from its size; a client's own length may not match a
         // body the gateway dropped (GET with a body).
         h.remove(header::CONTENT_LENGTH);
-        if let Some(key) = api_key {
+        if let Some(key) = out.api_key {
             h.insert(super::X_API_KEY, key.clone());
         }
         sender

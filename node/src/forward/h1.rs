@@ -17,7 +17,7 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 
-use super::client::{Conn, Pool, SendError};
+use super::client::{Conn, Outgoing, Pool, SendError};
 use crate::body::{BoxError, RequestBody};
 
 /// Response heads larger than this are refused (Anthropic's are about 2 KiB).
@@ -31,17 +31,19 @@ const INLINE_BODY: usize = 16 * 1024;
 
 /// Writes one request and reads the response head. On success the connection travels
 /// inside the returned body and goes back to `pool` when the body has been read.
-#[allow(clippy::too_many_arguments)]
 pub async fn send(
     mut conn: Conn,
     pool: Weak<Pool>,
-    method: &Method,
-    target: &str,
     authority: &HeaderValue,
-    headers: &HeaderMap,
-    api_key: Option<&HeaderValue>,
+    req: &Outgoing<'_>,
     body: RequestBody,
 ) -> Result<Response<H1Body>, SendError> {
+    let Outgoing {
+        method,
+        target,
+        headers,
+        api_key,
+    } = *req;
     let io_err = |e: std::io::Error| SendError::Io(e.to_string());
     let mut head = Vec::with_capacity(512 + body.buffered_len().min(INLINE_BODY));
     head.extend_from_slice(method.as_str().as_bytes());

@@ -155,8 +155,15 @@ impl Upstream {
             let sent = Instant::now();
             let outcome = tokio::time::timeout(
                 first_byte_timeout,
-                self.client
-                    .send(&method, target, &headers, api_key, attempt_body),
+                self.client.send(
+                    &client::Outgoing {
+                        method: &method,
+                        target,
+                        headers: &headers,
+                        api_key,
+                    },
+                    attempt_body,
+                ),
             )
             .await;
             let next_body =
