@@ -2,13 +2,12 @@
 //! served on the public listener (see `proxy::handle`); metrics are admin-only.
 
 use http::{header, HeaderValue, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
-use crate::body::ProxyBody;
+use crate::body::{ClientBody, ProxyBody};
 use crate::proxy::Shared;
 
 /// Serves one admin request.
-pub fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
+pub fn handle(shared: &Shared, req: Request<ClientBody>) -> Response<ProxyBody> {
     match req.uri().path() {
         p @ ("/livez" | "/readyz") => health(shared, p),
         "/metrics" => {

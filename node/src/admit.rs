@@ -5,10 +5,9 @@
 use bytes::Bytes;
 use http::{header, request::Parts, Method};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use serde::Deserialize;
 
-use crate::body::RequestBody;
+use crate::body::{ClientBody, RequestBody};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Which Anthropic API a request is for; used for body handling and metric labels.
@@ -97,7 +96,7 @@ struct MessagesPeek {
 pub async fn admit_body(
     route: RouteKind,
     parts: &Parts,
-    body: Incoming,
+    body: ClientBody,
     max_body: u64,
 ) -> Result<(RequestBody, RequestMeta)> {
     if let Some(len) = content_length(parts)? {
@@ -185,7 +184,15 @@ fn content_length(parts: &Parts) -> Result<Option<u64>> {
     }
 }
 
-async fn read_limited(body: Incoming, max: u64) -> Result<Bytes> {
+async fn read_limited(body: ClientBody, max: u64) -> Result<Bytes> {
+    if let ClientBody::Full(data) = body {
+        // Read whole by the server already: no collecting.
+        let data = data.unwrap_or_default();
+        if data.len() as u64 > max {
+            return Err(too_large(max));
+        }
+        return Ok(data);
+    }
     match http_body_util::Limited::new(body, max as usize)
         .collect()
         .await

@@ -1,5 +1,6 @@
-//! The response body type the node hands to hyper: a small in-memory body for
-//! gateway-made responses, or the relayed upstream stream.
+//! Body types: the client's request body as the servers hand it over, the body sent
+//! upstream, and the response body (a small in-memory body for gateway-made responses,
+//! or the relayed upstream stream).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -60,12 +61,75 @@ impl Body for ProxyBody {
     }
 }
 
+/// A client's request body as the listener hands it over.
+pub enum ClientBody {
+    /// Read whole by the HTTP/1.1 server before the request was handed over (small
+    /// bodies with a declared length: no channel, no task hop).
+    Full(Option<Bytes>),
+    /// Streamed by the HTTP/1.1 server as it reads the connection; `left` is the
+    /// declared length still to come, if there was one.
+    Channel {
+        rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+        left: Option<u64>,
+    },
+    /// An HTTP/2 request body, from hyper.
+    Hyper(hyper::body::Incoming),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ClientBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ClientBody::Channel { rx, left } => match rx.poll_recv(cx) {
+                Poll::Ready(Some(Ok(d))) => {
+                    if let Some(l) = left {
+                        *l = l.saturating_sub(d.len() as u64);
+                    }
+                    Poll::Ready(Some(Ok(Frame::data(d))))
+                }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+            ClientBody::Hyper(inner) => Pin::new(inner)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Full(d) => d.is_none(),
+            ClientBody::Channel { .. } => false,
+            ClientBody::Hyper(inner) => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Full(Some(d)) => SizeHint::with_exact(d.len() as u64),
+            ClientBody::Full(None) => SizeHint::with_exact(0),
+            ClientBody::Channel { left, .. } => match left {
+                Some(n) => SizeHint::with_exact(*n),
+                None => SizeHint::default(),
+            },
+            ClientBody::Hyper(inner) => inner.size_hint(),
+        }
+    }
+}
+
 /// A request body on its way upstream: buffered (replayable, so retries are possible)
 /// or streamed from the client with the size limit enforced as it goes.
 pub enum RequestBody {
     Full(Option<Bytes>),
     Stream {
-        inner: hyper::body::Incoming,
+        inner: ClientBody,
         seen: u64,
         limit: u64,
     },
@@ -121,7 +185,7 @@ impl Body for RequestBody {
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },

@@ -162,6 +162,15 @@ impl Error {
 
     /// The one place a gateway-made error becomes an HTTP response.
     pub fn into_response(self, request_id: &HeaderValue) -> Response<ProxyBody> {
+        let mut resp = self.bare_response();
+        resp.headers_mut()
+            .insert(crate::REQUEST_ID_HEADER, request_id.clone());
+        resp
+    }
+
+    /// The response without a request id: for requests refused before they got one
+    /// (a malformed or oversized head, answered by the HTTP/1.1 server itself).
+    pub fn bare_response(self) -> Response<ProxyBody> {
         let mut resp = Response::new(ProxyBody::full(Bytes::from(self.body_json())));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
@@ -170,7 +179,6 @@ impl Error {
             HeaderValue::from_static("application/json"),
         );
         h.insert(GATEWAY_ERROR_HEADER, HeaderValue::from_static("gateway"));
-        h.insert(crate::REQUEST_ID_HEADER, request_id.clone());
         if let Some(after) = self.retry_after {
             let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));

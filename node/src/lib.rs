@@ -36,6 +36,7 @@ pub mod route;
 pub mod server;
 pub mod stream;
 pub mod telemetry;
+pub mod wire;
 
 pub use error::{Error, ErrorKind};
 pub use server::Node;

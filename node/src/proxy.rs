@@ -9,12 +9,11 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use http::{header, HeaderValue, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use crate::account::{Metrics, RequestRecord};
 use crate::admit::{self, RouteKind};
 use crate::auth::{Authenticator, Principal};
-use crate::body::ProxyBody;
+use crate::body::{ClientBody, ProxyBody};
 use crate::config::{Config, KeyMode};
 use crate::error::{Error, ErrorKind};
 use crate::forward::{self, ForwardCtx, Forwarded, Upstream};
@@ -150,7 +149,7 @@ impl Shared {
 /// Anthropic-shaped response here.
 pub async fn handle(
     shared: Arc<Shared>,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
@@ -235,7 +234,7 @@ pub async fn handle(
 /// Phases 2 to 5. Returns the committed upstream response.
 async fn phases(
     shared: &Shared,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     peer: SocketAddr,
     route: RouteKind,
     record: &mut RequestRecord,

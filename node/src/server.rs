@@ -119,13 +119,13 @@ impl Node {
 
         let (stop_public, stop_public_rx) = watch::channel(false);
         let (stop_admin, stop_admin_rx) = watch::channel(false);
-        let builder = Arc::new(accept::http_builder(&config.limits));
+        let http = Arc::new(accept::http_settings(&config.limits));
 
         let s = shared.clone();
         let public_task = tokio::spawn(accept::serve(
             public,
             tls.clone(),
-            builder.clone(),
+            http.clone(),
             config.limits.clone(),
             metrics.clone(),
             stop_public_rx,
@@ -138,7 +138,7 @@ impl Node {
         let admin_task = tokio::spawn(accept::serve(
             admin,
             None,
-            builder,
+            http,
             admin_limits,
             metrics,
             stop_admin_rx,

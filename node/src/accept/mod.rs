@@ -1,26 +1,33 @@
 //! Phase 1, accept: listeners, TLS, connection limits and HTTP/1.1 + HTTP/2 serving,
 //! with graceful drain. Every connection's requests go to the service it is given.
 //!
-//! Layout: `tls` (certificates, ALPN, reload); this file runs the accept loops.
+//! Layout: `tls` (certificates, ALPN, reload); `h1` (the HTTP/1.1 server); this file
+//! runs the accept loops and hands HTTP/2 connections (by ALPN, or by the prior-
+//! knowledge preface on plain TCP) to hyper.
 
+pub mod h1;
 pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes};
 use http::{Request, Response};
-use hyper::body::Incoming;
+use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::account::Metrics;
-use crate::body::ProxyBody;
+use crate::body::{ClientBody, ProxyBody};
 use crate::config::Limits;
 
 pub use tls::TlsState;
@@ -30,23 +37,30 @@ fn hard_header_cap(limits: &Limits) -> usize {
     limits.max_header_bytes.saturating_mul(2).max(16 * 1024)
 }
 
+/// The HTTP server settings shared by every connection of a listener.
+pub struct HttpSettings {
+    h1: h1::Settings,
+    h2: http2::Builder<TokioExecutor>,
+}
+
 /// Builds the HTTP server settings shared by every connection of a listener.
-pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        // The configured limit is enforced per request in `proxy::handle`, where the
-        // answer can be Anthropic-shaped; hyper's own (plain 431) stops only requests
-        // far over it, bounding the memory a connection can make us hold.
-        .max_buf_size(hard_header_cap(limits))
-        .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
+pub fn http_settings(limits: &Limits) -> HttpSettings {
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(hard_header_cap(limits)).unwrap_or(u32::MAX))
         .max_concurrent_streams(256)
         .keep_alive_interval(Some(Duration::from_secs(30)));
-    b
+    HttpSettings {
+        h1: h1::Settings {
+            // The configured limit is enforced per request in `proxy::handle`, where
+            // the answer carries a request id; the server's own cap stops only heads
+            // far over it, bounding the memory a connection can make us hold.
+            max_head: hard_header_cap(limits),
+            header_read_timeout: limits.header_read_timeout,
+            max_body: limits.max_body_bytes,
+        },
+        h2,
+    }
 }
 
 /// One accept loop: waits for a connection slot, accepts, optionally does TLS, and
@@ -57,14 +71,14 @@ pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 pub async fn serve<S, F>(
     listener: TcpListener,
     tls: Option<Arc<TlsState>>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    http: Arc<HttpSettings>,
     limits: Limits,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
     service: S,
 ) -> usize
 where
-    S: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    S: Fn(Request<ClientBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -89,30 +103,40 @@ where
             _ = stop.changed() => break,
         };
         let _ = tcp.set_nodelay(true);
-        let builder = builder.clone();
+        let http = http.clone();
         let tls = tls.clone();
         let service = service.clone();
         let metrics = metrics.clone();
         let handshake_timeout = limits.header_read_timeout;
         let watcher = graceful.watcher();
+        let stop = stop.clone();
         tokio::spawn(async move {
             let _permit = permit;
             metrics.downstream_connections.inc();
-            let svc = hyper::service::service_fn(move |req| {
-                let fut = service(req, peer);
-                async move { Ok::<_, Infallible>(fut.await) }
-            });
             match tls {
                 None => {
-                    let conn = builder.serve_connection(TokioIo::new(tcp), svc);
-                    let _ = watcher.watch(conn.into_owned()).await;
+                    if let h1::Ended::Http2(tcp, read) =
+                        h1::serve(tcp, &http.h1, peer, stop, &service).await
+                    {
+                        let io = Rewind { read, inner: tcp };
+                        serve_h2(&http.h2, io, peer, watcher, service).await;
+                    }
                 }
                 Some(tls) => {
                     match tokio::time::timeout(handshake_timeout, tls.acceptor().accept(tcp)).await
                     {
                         Ok(Ok(stream)) => {
-                            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                            let _ = watcher.watch(conn.into_owned()).await;
+                            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                                serve_h2(&http.h2, stream, peer, watcher, service).await;
+                            } else if let h1::Ended::Http2(stream, read) =
+                                h1::serve(stream, &http.h1, peer, stop, &service).await
+                            {
+                                let io = Rewind {
+                                    read,
+                                    inner: stream,
+                                };
+                                serve_h2(&http.h2, io, peer, watcher, service).await;
+                            }
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -127,13 +151,92 @@ where
     if open > 0 {
         tracing::info!(open, "draining connections");
     }
-    let watch_count = slots.clone();
-    match tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await {
+    // HTTP/2 connections are told to finish by `graceful`; HTTP/1.1 ones saw `stop`.
+    // Every connection holds a slot, so holding all slots means all have closed.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let drained = async {
+        graceful.shutdown().await;
+        let _ = slots.acquire_many(all).await;
+    };
+    match tokio::time::timeout(limits.drain_timeout, drained).await {
         Ok(()) => 0,
         Err(_) => {
-            let left = limits.max_connections - watch_count.available_permits();
+            let left = limits.max_connections - slots.available_permits();
             tracing::warn!(left, "drain deadline passed with connections still open");
             left
         }
+    }
+}
+
+/// Serves an HTTP/2 connection with hyper, watched for graceful shutdown.
+async fn serve_h2<IO, S, F>(
+    builder: &http2::Builder<TokioExecutor>,
+    io: IO,
+    peer: SocketAddr,
+    watcher: Watcher,
+    service: S,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Fn(Request<ClientBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let fut = service(req.map(ClientBody::Hyper), peer);
+        async move { Ok::<_, Infallible>(fut.await) }
+    });
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    let _ = watcher.watch(conn).await;
+}
+
+/// A connection whose first bytes were read already (to tell HTTP/2 from HTTP/1.1):
+/// they are read again before the rest.
+struct Rewind<T> {
+    read: Bytes,
+    inner: T,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(buf.remaining());
+            buf.put_slice(&self.read[..n]);
+            self.read.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

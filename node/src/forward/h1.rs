@@ -19,6 +19,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::client::{Conn, Outgoing, Pool, SendError};
 use crate::body::{BoxError, RequestBody};
+use crate::wire::{self, Framing};
 
 /// Response heads larger than this are refused (Anthropic's are about 2 KiB).
 const MAX_HEAD: usize = 64 * 1024;
@@ -61,16 +62,16 @@ pub async fn send(
         {
             continue;
         }
-        put_header(&mut head, name, value);
+        wire::put_header(&mut head, name, value);
     }
     if let Some(key) = api_key {
-        put_header(&mut head, &super::X_API_KEY, key);
+        wire::put_header(&mut head, &super::X_API_KEY, key);
     }
     match body {
         RequestBody::Full(data) => {
             let data = data.unwrap_or_default();
             if !data.is_empty() || method_has_body(method) {
-                put_length(&mut head, data.len() as u64);
+                wire::put_length(&mut head, data.len() as u64);
             }
             head.extend_from_slice(b"\r\n");
             if data.len() <= INLINE_BODY {
@@ -84,7 +85,7 @@ pub async fn send(
         RequestBody::Stream { .. } => {
             let exact = body.size_hint().exact();
             match exact {
-                Some(n) => put_length(&mut head, n),
+                Some(n) => wire::put_length(&mut head, n),
                 None => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
             }
             head.extend_from_slice(b"\r\n");
@@ -111,21 +112,8 @@ pub async fn send(
     Ok(resp)
 }
 
-fn put_header(buf: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
-    buf.extend_from_slice(name.as_str().as_bytes());
-    buf.extend_from_slice(b": ");
-    buf.extend_from_slice(value.as_bytes());
-    buf.extend_from_slice(b"\r\n");
-}
-
 fn method_has_body(m: &Method) -> bool {
     *m == Method::POST || *m == Method::PUT || *m == Method::PATCH
-}
-
-fn put_length(buf: &mut Vec<u8>, n: u64) {
-    buf.extend_from_slice(b"content-length: ");
-    buf.extend_from_slice(n.to_string().as_bytes());
-    buf.extend_from_slice(b"\r\n");
 }
 
 /// Relays a streamed upload, chunk-encoded when its length is unknown.
@@ -151,8 +139,9 @@ async fn send_stream(
             continue;
         }
         if chunked {
-            let size = format!("{:x}\r\n", data.len());
-            conn.io.write_all(size.as_bytes()).await.map_err(io_err)?;
+            let mut size = Vec::with_capacity(18);
+            wire::put_chunk_size(&mut size, data.len());
+            conn.io.write_all(&size).await.map_err(io_err)?;
             conn.io.write_all(&data).await.map_err(io_err)?;
             conn.io.write_all(b"\r\n").await.map_err(io_err)?;
         } else {
@@ -229,7 +218,13 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> std::io::Result<Parsed> {
         buf.advance(len);
         return Ok(Parsed::Interim);
     }
-    let mut headers = HeaderMap::with_capacity(resp.headers.len());
+    // Room for the headers the gateway adds (request id, rate limits) so the map is
+    // not grown while the response is prepared.
+    let mut headers = HeaderMap::with_capacity(resp.headers.len() + 16);
+    // One copy of the head that every value points into, rather than one allocation
+    // per header value.
+    let raw = Bytes::copy_from_slice(&buf[..len]);
+    let base = buf.as_ptr() as usize;
     let mut content_length: Option<u64> = None;
     let mut chunked = false;
     let mut close = resp.version == Some(0);
@@ -237,9 +232,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> std::io::Result<Parsed> {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| std::io::Error::other("invalid upstream header name"))?;
         if name == header::CONTENT_LENGTH {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
+            let n = wire::parse_length(h.value)
                 .ok_or_else(|| std::io::Error::other("invalid upstream content-length"))?;
             if content_length.is_some_and(|c| c != n) {
                 return Err(std::io::Error::other("conflicting upstream content-length"));
@@ -254,14 +247,11 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> std::io::Result<Parsed> {
             if !chunked {
                 close = true;
             }
-        } else if name == header::CONNECTION
-            && h.value
-                .split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-        {
+        } else if name == header::CONNECTION && wire::has_token(h.value, b"close") {
             close = true;
         }
-        let value = HeaderValue::from_bytes(h.value)
+        let at = h.value.as_ptr() as usize - base;
+        let value = HeaderValue::from_maybe_shared(raw.slice(at..at + h.value.len()))
             .map_err(|_| std::io::Error::other("invalid upstream header value"))?;
         headers.append(name, value);
     }
@@ -275,7 +265,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> std::io::Result<Parsed> {
         // Transfer-encoding wins over content-length (RFC 9112 6.3); the length is
         // dropped so it is not relayed with a body of another size.
         headers.remove(header::CONTENT_LENGTH);
-        Framing::Chunked(ChunkState::Size)
+        Framing::chunked()
     } else if let Some(n) = content_length {
         Framing::Length(n)
     } else {
@@ -288,26 +278,6 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> std::io::Result<Parsed> {
         framing,
         reusable: !close,
     }))
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Framing {
-    Length(u64),
-    Chunked(ChunkState),
-    UntilClose,
-    Done,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum ChunkState {
-    /// Expecting a size line.
-    Size,
-    /// Inside a chunk's data, this many bytes left.
-    Data(u64),
-    /// Expecting the CRLF after a chunk's data.
-    DataEnd,
-    /// After the last chunk: trailer lines until an empty one.
-    Trailers,
 }
 
 /// An upstream HTTP/1.1 response body. Owns the connection while it is read.
@@ -337,95 +307,7 @@ impl H1Body {
     /// Takes the next piece of body out of the buffer, if the buffer holds one.
     fn decode(&mut self) -> std::io::Result<Option<Bytes>> {
         let conn = self.conn.as_mut().expect("connection while reading");
-        let buf = &mut conn.buf;
-        loop {
-            match &mut self.framing {
-                Framing::Done => return Ok(None),
-                Framing::UntilClose => {
-                    if buf.is_empty() {
-                        return Ok(None);
-                    }
-                    return Ok(Some(buf.split().freeze()));
-                }
-                Framing::Length(left) => {
-                    if *left == 0 {
-                        self.framing = Framing::Done;
-                        return Ok(None);
-                    }
-                    if buf.is_empty() {
-                        return Ok(None);
-                    }
-                    let n = (*left).min(buf.len() as u64) as usize;
-                    *left -= n as u64;
-                    let out = buf.split_to(n).freeze();
-                    if *left == 0 {
-                        self.framing = Framing::Done;
-                    }
-                    return Ok(Some(out));
-                }
-                Framing::Chunked(state) => match state {
-                    ChunkState::Size => {
-                        let Some(line_end) = memchr::memchr(b'\n', buf) else {
-                            if buf.len() > 4096 {
-                                return Err(std::io::Error::other("invalid chunk size line"));
-                            }
-                            return Ok(None);
-                        };
-                        let line = &buf[..line_end];
-                        let digits = line
-                            .split(|b| *b == b';')
-                            .next()
-                            .unwrap_or_default()
-                            .trim_ascii();
-                        let size = std::str::from_utf8(digits)
-                            .ok()
-                            .and_then(|s| u64::from_str_radix(s, 16).ok())
-                            .ok_or_else(|| std::io::Error::other("invalid chunk size"))?;
-                        buf.advance(line_end + 1);
-                        *state = if size == 0 {
-                            ChunkState::Trailers
-                        } else {
-                            ChunkState::Data(size)
-                        };
-                    }
-                    ChunkState::Data(left) => {
-                        if buf.is_empty() {
-                            return Ok(None);
-                        }
-                        let n = (*left).min(buf.len() as u64) as usize;
-                        *left -= n as u64;
-                        if *left == 0 {
-                            *state = ChunkState::DataEnd;
-                        }
-                        return Ok(Some(buf.split_to(n).freeze()));
-                    }
-                    ChunkState::DataEnd => {
-                        match buf.first() {
-                            None => return Ok(None),
-                            Some(b'\n') => buf.advance(1),
-                            Some(b'\r') if buf.len() < 2 => return Ok(None),
-                            Some(b'\r') if buf[1] == b'\n' => buf.advance(2),
-                            _ => return Err(std::io::Error::other("invalid chunk end")),
-                        }
-                        *state = ChunkState::Size;
-                    }
-                    ChunkState::Trailers => {
-                        let Some(line_end) = memchr::memchr(b'\n', buf) else {
-                            if buf.len() > MAX_HEAD {
-                                return Err(std::io::Error::other("upstream trailers too large"));
-                            }
-                            return Ok(None);
-                        };
-                        let empty = buf[..line_end].trim_ascii().is_empty();
-                        buf.advance(line_end + 1);
-                        if empty {
-                            self.framing = Framing::Done;
-                            return Ok(None);
-                        }
-                    }
-                },
-            }
-        }
+        wire::decode(&mut self.framing, &mut conn.buf)
     }
 }
 
@@ -522,7 +404,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 9\r\n\r\n",
             Method::POST,
         );
-        assert!(matches!(f, Framing::Chunked(ChunkState::Size)));
+        assert_eq!(f, Framing::chunked());
         assert!(h.get("content-length").is_none());
         assert!(reuse);
 
