@@ -4,6 +4,7 @@
 use std::cell::RefCell;
 use std::time::SystemTime;
 
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::{Dim, Quota, RateView, ScopeKind};
@@ -48,9 +49,37 @@ pub fn apply(headers: &mut HeaderMap, view: &RateView) {
     }
     // Up to nine more entries: grow the map once rather than while inserting.
     headers.reserve(9);
-    put(headers, REQUESTS, view.requests);
-    put(headers, INPUT, view.input);
-    put(headers, OUTPUT, view.output);
+    // The six numbers are written into one buffer that their values share: one
+    // allocation instead of six.
+    let quotas = [view.requests, view.input, view.output];
+    let mut digits = BytesMut::with_capacity(6 * 20);
+    let mut ends = [0usize; 6];
+    for (i, q) in quotas.iter().enumerate() {
+        if let Some(q) = q {
+            digits.extend_from_slice(itoa::Buffer::new().format(q.limit).as_bytes());
+            ends[2 * i] = digits.len();
+            digits.extend_from_slice(itoa::Buffer::new().format(q.remaining).as_bytes());
+            ends[2 * i + 1] = digits.len();
+        }
+    }
+    let digits = digits.freeze();
+    let mut start = 0;
+    for (i, ([limit, remaining, reset], q)) in [REQUESTS, INPUT, OUTPUT]
+        .into_iter()
+        .zip(quotas)
+        .enumerate()
+    {
+        let Some(q) = q else { continue };
+        let (a, b) = (ends[2 * i], ends[2 * i + 1]);
+        headers.insert(limit, number(digits.slice(start..a)));
+        headers.insert(remaining, number(digits.slice(a..b)));
+        headers.insert(reset, reset_value(q.reset));
+        start = b;
+    }
+}
+
+fn number(digits: Bytes) -> HeaderValue {
+    HeaderValue::from_maybe_shared(digits).expect("digits are a valid header value")
 }
 
 /// Marks a 429 as the gateway's own and names what ran out.
@@ -58,13 +87,6 @@ pub fn mark_limited(headers: &mut HeaderMap, dim: Dim, scope: ScopeKind) {
     headers.insert(RATELIMITED_HEADER, HeaderValue::from_static("gateway"));
     headers.insert(DIMENSION_HEADER, HeaderValue::from_static(dim.label()));
     headers.insert(SCOPE_HEADER, HeaderValue::from_static(scope.label()));
-}
-
-fn put(headers: &mut HeaderMap, [limit, remaining, reset]: [HeaderName; 3], q: Option<Quota>) {
-    let Some(q) = q else { return };
-    headers.insert(limit, HeaderValue::from(q.limit));
-    headers.insert(remaining, HeaderValue::from(q.remaining));
-    headers.insert(reset, reset_value(q.reset));
 }
 
 /// The reset time in RFC 3339, as Anthropic sends it. Windows reset on whole seconds
