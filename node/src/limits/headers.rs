@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::{Dim, Quota, RateView, ScopeKind};
+use super::{Dim, RateView, ScopeKind};
 
 /// On a gateway 429: always `gateway`, so clients can tell it from an upstream 429.
 pub const RATELIMITED_HEADER: &str = "x-strait-ratelimited";
@@ -109,6 +109,7 @@ fn reset_value(at: SystemTime) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::Quota;
     use std::time::{Duration, SystemTime};
 
     #[test]
