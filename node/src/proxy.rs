@@ -339,8 +339,9 @@ fn respond(
     forward::downstream_headers(&mut parts.headers);
     if let LimitHeaders::Admitted(view) = &limits {
         // The upstream's headers describe the shared organisation key; a client with
-        // its own limits gets those instead.
-        limit_headers::apply(&mut parts.headers, view);
+        // its own limits gets those instead (written by the server, see RateHeaders).
+        limit_headers::strip_upstream(&mut parts.headers);
+        parts.extensions.insert(limit_headers::RateHeaders(*view));
     }
     parts.headers.insert(crate::REQUEST_ID_HEADER, request_id);
     let idle = if kind == BodyKind::Sse {

@@ -418,3 +418,37 @@ fn quick_start_flags_validate() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[tokio::test]
+async fn http2_clients_get_the_same_rate_limit_headers() {
+    // HTTP/1.1 responses have these written by the server from a response extension;
+    // over HTTP/2 they must arrive all the same.
+    let h = node_with(|raw| {
+        raw.auth.client_keys = vec![client_key("alpha", KEY_A, None, RawLimitSpec::default())];
+        raw.limits.default = RawLimitSpec {
+            rpm: Some(5),
+            ..Default::default()
+        };
+    })
+    .await;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    for expect in [4, 3] {
+        let req = http::Request::post(format!("{}/v1/messages", h.url))
+            .header("x-api-key", KEY_A)
+            .header("anthropic-version", "2023-06-01")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                body(16, false).to_string(),
+            )))
+            .unwrap();
+        let resp = client.request(req).await.expect("h2c request");
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        let r = common::collect(resp, std::time::Instant::now()).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(num(&r, "anthropic-ratelimit-requests-limit"), 5);
+        assert_eq!(num(&r, "anthropic-ratelimit-requests-remaining"), expect);
+        assert!(r.header("anthropic-ratelimit-tokens-limit").is_none());
+    }
+}

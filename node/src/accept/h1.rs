@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::body::{ClientBody, ProxyBody};
 use crate::error::{Error, ErrorKind};
+use crate::limits::headers::RateHeaders;
 use crate::wire::{self, Framing};
 
 /// The first bytes of every HTTP/2 connection with prior knowledge (RFC 9113 3.4).
@@ -477,6 +478,9 @@ async fn write_response<IO: AsyncWrite + Unpin>(
         Out::Length(n) => wire::put_length(out, n),
         Out::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Out::None | Out::Close => {}
+    }
+    if let Some(rate) = parts.extensions.get::<RateHeaders>() {
+        rate.write_head(out);
     }
     if !parts.headers.contains_key(header::DATE) {
         put_date(out);

@@ -29,6 +29,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::account::Metrics;
 use crate::body::{ClientBody, ProxyBody};
 use crate::config::Limits;
+use crate::limits::headers::RateHeaders;
 
 pub use tls::TlsState;
 
@@ -182,7 +183,14 @@ async fn serve_h2<IO, S, F>(
 {
     let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let fut = service(req.map(ClientBody::Hyper), peer);
-        async move { Ok::<_, Infallible>(fut.await) }
+        async move {
+            let mut resp = fut.await;
+            // Headers the HTTP/1.1 writer would have written from the extension.
+            if let Some(rate) = resp.extensions_mut().remove::<RateHeaders>() {
+                rate.insert_into(resp.headers_mut());
+            }
+            Ok::<_, Infallible>(resp)
+        }
     });
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     let _ = watcher.watch(conn).await;

@@ -4,10 +4,9 @@
 use std::cell::RefCell;
 use std::time::SystemTime;
 
-use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::{Dim, RateView, ScopeKind};
+use super::{Dim, Quota, RateView, ScopeKind};
 
 /// On a gateway 429: always `gateway`, so clients can tell it from an upstream 429.
 pub const RATELIMITED_HEADER: &str = "x-strait-ratelimited";
@@ -37,8 +36,13 @@ const OUTPUT: [HeaderName; 3] = [
 /// Replaces the upstream's `anthropic-ratelimit-*` headers (which describe the shared
 /// organisation key, not this client) with the client's own limits.
 pub fn apply(headers: &mut HeaderMap, view: &RateView) {
-    // Runs on every limited request: names are constants (docs/benchmarks.md). An
-    // empty collect does not allocate.
+    strip_upstream(headers);
+    RateHeaders(*view).insert_into(headers);
+}
+
+/// Removes the upstream's `anthropic-ratelimit-*` headers.
+pub fn strip_upstream(headers: &mut HeaderMap) {
+    // An empty collect does not allocate.
     let upstream: Vec<HeaderName> = headers
         .keys()
         .filter(|k| k.as_str().starts_with(PREFIX))
@@ -47,39 +51,52 @@ pub fn apply(headers: &mut HeaderMap, view: &RateView) {
     for k in upstream {
         headers.remove(k);
     }
-    // Up to nine more entries: grow the map once rather than while inserting.
-    headers.reserve(9);
-    // The six numbers are written into one buffer that their values share: one
-    // allocation instead of six.
-    let quotas = [view.requests, view.input, view.output];
-    let mut digits = BytesMut::with_capacity(6 * 20);
-    let mut ends = [0usize; 6];
-    for (i, q) in quotas.iter().enumerate() {
-        if let Some(q) = q {
-            digits.extend_from_slice(itoa::Buffer::new().format(q.limit).as_bytes());
-            ends[2 * i] = digits.len();
-            digits.extend_from_slice(itoa::Buffer::new().format(q.remaining).as_bytes());
-            ends[2 * i + 1] = digits.len();
-        }
-    }
-    let digits = digits.freeze();
-    let mut start = 0;
-    for (i, ([limit, remaining, reset], q)) in [REQUESTS, INPUT, OUTPUT]
-        .into_iter()
-        .zip(quotas)
-        .enumerate()
-    {
-        let Some(q) = q else { continue };
-        let (a, b) = (ends[2 * i], ends[2 * i + 1]);
-        headers.insert(limit, number(digits.slice(start..a)));
-        headers.insert(remaining, number(digits.slice(a..b)));
-        headers.insert(reset, reset_value(q.reset));
-        start = b;
-    }
 }
 
-fn number(digits: Bytes) -> HeaderValue {
-    HeaderValue::from_maybe_shared(digits).expect("digits are a valid header value")
+/// A client's own rate-limit headers, carried on a relayed response as an extension
+/// and written by the HTTP/1.1 server straight into the response head. Why not the
+/// header map: nine insertions of long custom names cost more per request than the
+/// limiter's decision itself (docs/benchmarks.md). The HTTP/2 path, which needs a
+/// map, calls [`RateHeaders::insert_into`].
+#[derive(Debug, Clone, Copy)]
+pub struct RateHeaders(pub RateView);
+
+impl RateHeaders {
+    fn quotas(&self) -> [([HeaderName; 3], Option<Quota>); 3] {
+        [
+            (REQUESTS, self.0.requests),
+            (INPUT, self.0.input),
+            (OUTPUT, self.0.output),
+        ]
+    }
+
+    /// Appends `name: value\r\n` lines to a response head being written.
+    pub fn write_head(&self, out: &mut Vec<u8>) {
+        for ([limit, remaining, reset], q) in self.quotas() {
+            let Some(q) = q else { continue };
+            for (name, n) in [(limit, q.limit), (remaining, q.remaining)] {
+                out.extend_from_slice(name.as_str().as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(reset.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(reset_value(q.reset).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+
+    /// Inserts the headers into a map (HTTP/2 responses, gateway-made errors).
+    pub fn insert_into(&self, headers: &mut HeaderMap) {
+        headers.reserve(9);
+        for ([limit, remaining, reset], q) in self.quotas() {
+            let Some(q) = q else { continue };
+            headers.insert(limit, HeaderValue::from(q.limit));
+            headers.insert(remaining, HeaderValue::from(q.remaining));
+            headers.insert(reset, reset_value(q.reset));
+        }
+    }
 }
 
 /// Marks a 429 as the gateway's own and names what ran out.
@@ -109,7 +126,6 @@ fn reset_value(at: SystemTime) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::Quota;
     use std::time::{Duration, SystemTime};
 
     #[test]
@@ -140,5 +156,15 @@ mod tests {
         assert!(h.get("anthropic-ratelimit-tokens-limit").is_none());
         assert!(h.get("anthropic-ratelimit-output-tokens-limit").is_none());
         assert_eq!(h["request-id"], "x");
+
+        // The same headers as head lines, for the HTTP/1.1 writer.
+        let mut out = Vec::new();
+        RateHeaders(view).write_head(&mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "anthropic-ratelimit-requests-limit: 60\r\n\
+             anthropic-ratelimit-requests-remaining: 59\r\n\
+             anthropic-ratelimit-requests-reset: 1970-01-01T00:01:00Z\r\n"
+        );
     }
 }
