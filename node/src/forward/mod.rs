@@ -422,20 +422,42 @@ pub fn upstream_headers(mut headers: HeaderMap, peer: SocketAddr, mode: KeyMode)
         headers.remove(X_API_KEY);
         headers.remove(header::AUTHORIZATION);
     }
-    let mut xff = String::with_capacity(48);
-    if let Some(prev) = headers
+    let prev = headers
         .get(X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.trim().is_empty())
-    {
-        xff.push_str(prev);
-        xff.push_str(", ");
-    }
-    let _ = write!(xff, "{}", peer.ip());
-    if let Ok(v) = HeaderValue::try_from(xff) {
+        .filter(|v| !v.trim().is_empty());
+    let value = match prev {
+        Some(prev) => {
+            let mut xff = String::with_capacity(prev.len() + 48);
+            xff.push_str(prev);
+            xff.push_str(", ");
+            let _ = write!(xff, "{}", peer.ip());
+            HeaderValue::try_from(xff).ok()
+        }
+        None => Some(peer_value(peer.ip())),
+    };
+    if let Some(v) = value {
         headers.insert(X_FORWARDED_FOR, v);
     }
     headers
+}
+
+/// The peer address as a header value. A connection's requests share it, and
+/// formatting an address costs more than the rest of this function: the last one
+/// is kept.
+fn peer_value(ip: std::net::IpAddr) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(std::net::IpAddr, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((at, v)) if *at == ip => v.clone(),
+        _ => {
+            let v = HeaderValue::try_from(ip.to_string()).expect("an address is a valid value");
+            *last = Some((ip, v.clone()));
+            v
+        }
+    })
 }
 
 /// The response headers relayed to the client: the upstream's minus hop-by-hop ones.

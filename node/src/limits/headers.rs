@@ -106,20 +106,27 @@ pub fn mark_limited(headers: &mut HeaderMap, dim: Dim, scope: ScopeKind) {
     headers.insert(SCOPE_HEADER, HeaderValue::from_static(scope.label()));
 }
 
-/// The reset time in RFC 3339, as Anthropic sends it. Windows reset on whole seconds
-/// shared by many requests, so the last value formatted is kept for the next.
+/// The reset time in RFC 3339 (whole seconds), as Anthropic sends it. Windows reset
+/// on whole seconds shared by many requests, so the last few values formatted are
+/// kept, per whole second (a response carries up to three different resets).
 fn reset_value(at: SystemTime) -> HeaderValue {
+    type ResetSlots = [Option<(u64, HeaderValue)>; 4];
     thread_local! {
-        static LAST: RefCell<Option<(SystemTime, HeaderValue)>> = const { RefCell::new(None) };
+        static RECENT: RefCell<(ResetSlots, usize)> =
+            const { RefCell::new(([None, None, None, None], 0)) };
     }
-    LAST.with_borrow_mut(|last| match last {
-        Some((t, v)) if *t == at => v.clone(),
-        _ => {
-            let text = humantime::format_rfc3339_seconds(at).to_string();
-            let v = HeaderValue::try_from(text).expect("RFC 3339 is a valid header value");
-            *last = Some((at, v.clone()));
-            v
+    let secs = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    RECENT.with_borrow_mut(|(slots, next)| {
+        if let Some((_, v)) = slots.iter().flatten().find(|(s, _)| *s == secs) {
+            return v.clone();
         }
+        let text = humantime::format_rfc3339_seconds(at).to_string();
+        let v = HeaderValue::try_from(text).expect("RFC 3339 is a valid header value");
+        slots[*next] = Some((secs, v.clone()));
+        *next = (*next + 1) % slots.len();
+        v
     })
 }
 
