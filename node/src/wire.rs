@@ -150,6 +150,66 @@ fn chunk_size(line: &[u8]) -> Option<u64> {
     })
 }
 
+/// Custom (non-standard) header names seen on most Anthropic API requests and
+/// responses. `HeaderName::from_bytes` copies a custom name into an allocation of its
+/// own; these are handed out as shared constants instead. Standard names never
+/// allocate and are not listed.
+const KNOWN_NAMES: &[&str] = &[
+    "x-api-key",
+    "anthropic-version",
+    "anthropic-beta",
+    "anthropic-dangerous-direct-browser-access",
+    "x-stainless-arch",
+    "x-stainless-lang",
+    "x-stainless-os",
+    "x-stainless-package-version",
+    "x-stainless-retry-count",
+    "x-stainless-runtime",
+    "x-stainless-runtime-version",
+    "x-stainless-timeout",
+    "x-stainless-helper-method",
+    "x-forwarded-for",
+    "request-id",
+    "anthropic-organization-id",
+    "anthropic-ratelimit-requests-limit",
+    "anthropic-ratelimit-requests-remaining",
+    "anthropic-ratelimit-requests-reset",
+    "anthropic-ratelimit-tokens-limit",
+    "anthropic-ratelimit-tokens-remaining",
+    "anthropic-ratelimit-tokens-reset",
+    "anthropic-ratelimit-input-tokens-limit",
+    "anthropic-ratelimit-input-tokens-remaining",
+    "anthropic-ratelimit-input-tokens-reset",
+    "anthropic-ratelimit-output-tokens-limit",
+    "anthropic-ratelimit-output-tokens-remaining",
+    "anthropic-ratelimit-output-tokens-reset",
+    "x-should-retry",
+    "cf-ray",
+    "cf-cache-status",
+    "x-robots-tag",
+    "via",
+    "x-envoy-upstream-service-time",
+];
+
+/// A header name from the wire: a shared constant for the common custom names,
+/// parsed (and, for other custom names, allocated) otherwise.
+pub fn header_name(raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+    // Names grouped by length: a lookup is an index and a compare or two.
+    static BY_LEN: std::sync::LazyLock<Vec<Vec<HeaderName>>> = std::sync::LazyLock::new(|| {
+        let mut by_len = vec![Vec::new(); 64];
+        for name in KNOWN_NAMES {
+            by_len[name.len()].push(HeaderName::from_static(name));
+        }
+        by_len
+    });
+    if let Some(group) = BY_LEN.get(raw.len()) {
+        if let Some(n) = group.iter().find(|n| n.as_str().as_bytes() == raw) {
+            return Ok(n.clone());
+        }
+    }
+    HeaderName::from_bytes(raw)
+}
+
 /// A decimal content-length value: digits only, as RFC 9110 8.6 has it.
 pub fn parse_length(value: &[u8]) -> Option<u64> {
     let v = value.trim_ascii();
@@ -253,6 +313,20 @@ mod tests {
             );
         }
         assert!(decode_all(Framing::chunked(), b"10000000000000000\r\n").is_err());
+    }
+
+    #[test]
+    fn known_names_are_shared_and_others_parsed() {
+        assert_eq!(header_name(b"x-api-key").unwrap(), "x-api-key");
+        assert_eq!(
+            header_name(b"content-type").unwrap(),
+            http::header::CONTENT_TYPE
+        );
+        assert_eq!(header_name(b"X-Custom").unwrap(), "x-custom");
+        assert!(header_name(b"bad name").is_err());
+        assert!(KNOWN_NAMES
+            .iter()
+            .all(|n| n.len() < 64 && *n == n.to_ascii_lowercase()));
     }
 
     #[test]

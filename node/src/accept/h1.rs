@@ -16,7 +16,7 @@ use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderName};
+use http::header;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -268,43 +268,72 @@ fn is_h2_preface(buf: &[u8]) -> bool {
     buf[..n] == H2_PREFACE[..n]
 }
 
+/// Offsets and lengths of a header's name and value within the head.
+#[derive(Clone, Copy, Default)]
+struct Span {
+    name: (usize, usize),
+    value: (usize, usize),
+}
+
+/// A header's name and value, as bytes of the head.
+struct Header<'a> {
+    name: &'a [u8],
+    value: &'a [u8],
+}
+
 /// Parses one request head from the front of `buf`, consuming it when complete.
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
-    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut []);
-    let len = match req.parse_with_uninit_headers(buf, &mut slots) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(Refused::TooLarge),
-        Err(_) => return Err(Refused::Malformed("malformed HTTP/1.1 request head")),
+    // Where the target and each header sit in the head: httparse's slices borrow the
+    // buffer, and the head is split off it (without a copy) only once they are gone.
+    let mut spans = [Span::default(); MAX_HEADERS];
+    let (len, method, version, target, count) = {
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        let len = match req.parse_with_uninit_headers(buf, &mut slots) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(Refused::TooLarge),
+            Err(_) => return Err(Refused::Malformed("malformed HTTP/1.1 request head")),
+        };
+        let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
+            .map_err(|_| Refused::Malformed("invalid request method"))?;
+        let version = match req.version {
+            Some(1) => Version::HTTP_11,
+            _ => Version::HTTP_10,
+        };
+        let base = buf.as_ptr() as usize;
+        let at = |part: &[u8]| (part.as_ptr() as usize - base, part.len());
+        let target = at(req.path.unwrap_or_default().as_bytes());
+        for (span, h) in spans.iter_mut().zip(req.headers.iter()) {
+            *span = Span {
+                name: at(h.name.as_bytes()),
+                value: at(h.value),
+            };
+        }
+        (len, method, version, target, req.headers.len())
     };
-    let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
-        .map_err(|_| Refused::Malformed("invalid request method"))?;
-    let version = match req.version {
-        Some(1) => Version::HTTP_11,
-        _ => Version::HTTP_10,
-    };
-    // One copy of the head that the target and every value point into.
-    let raw = Bytes::copy_from_slice(&buf[..len]);
-    let base = buf.as_ptr() as usize;
-    let share = |part: &[u8]| {
-        let at = part.as_ptr() as usize - base;
-        raw.slice(at..at + part.len())
-    };
-    let target = req.path.unwrap_or_default();
-    let uri = Uri::from_maybe_shared(share(target.as_bytes()))
+    // Nothing borrows the buffer now. The target and every value point into the
+    // head's bytes; they are dropped before the connection reads again (the request
+    // is done by then), so the buffer is reclaimed rather than regrown.
+    let raw = buf.split_to(len).freeze();
+    let share = |(at, len): (usize, usize)| raw.slice(at..at + len);
+    let uri = Uri::from_maybe_shared(share(target))
         .map_err(|_| Refused::Malformed("invalid request target"))?;
 
-    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    let mut headers = HeaderMap::with_capacity(count);
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut transfer_encoding = false;
     let mut close = false;
     let mut keep_alive_token = false;
     let mut expect_continue = false;
-    for h in req.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| Refused::Malformed("invalid header name"))?;
+    for span in &spans[..count] {
+        let h = Header {
+            name: &raw[span.name.0..span.name.0 + span.name.1],
+            value: &raw[span.value.0..span.value.0 + span.value.1],
+        };
+        let name =
+            wire::header_name(h.name).map_err(|_| Refused::Malformed("invalid header name"))?;
         if name == header::CONTENT_LENGTH {
             let n =
                 wire::parse_length(h.value).ok_or(Refused::Malformed("invalid content-length"))?;
@@ -327,7 +356,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
         } else if name == header::EXPECT {
             expect_continue = h.value.eq_ignore_ascii_case(b"100-continue");
         }
-        let value = HeaderValue::from_maybe_shared(share(h.value))
+        let value = HeaderValue::from_maybe_shared(share(span.value))
             .map_err(|_| Refused::Malformed("invalid header value"))?;
         headers.append(name, value);
     }
@@ -349,7 +378,6 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
         Version::HTTP_11 => !close,
         _ => keep_alive_token && !close,
     };
-    bytes::Buf::advance(buf, len);
     let mut request = Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;

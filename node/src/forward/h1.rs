@@ -12,7 +12,7 @@ use std::sync::Weak;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderName};
+use http::header;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
@@ -229,7 +229,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> std::io::Result<Parsed> {
     let mut chunked = false;
     let mut close = resp.version == Some(0);
     for h in resp.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
+        let name = wire::header_name(h.name.as_bytes())
             .map_err(|_| std::io::Error::other("invalid upstream header name"))?;
         if name == header::CONTENT_LENGTH {
             let n = wire::parse_length(h.value)
