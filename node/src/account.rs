@@ -168,7 +168,8 @@ pub struct RequestRecord {
     pub request_id: String,
     pub started: Instant,
     pub method: http::Method,
-    pub path: String,
+    /// The request target; its path goes in the access log.
+    pub uri: http::Uri,
     pub route: RouteKind,
     pub client: Option<Arc<str>>,
     pub model: Option<String>,
@@ -234,7 +235,7 @@ impl RequestRecord {
             target: "strait::access",
             request_id = %self.request_id,
             method = %self.method,
-            path = %self.path,
+            path = %self.uri.path(),
             route,
             status = self.status,
             client = self.client.as_deref().unwrap_or("-"),

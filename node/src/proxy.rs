@@ -172,7 +172,7 @@ pub async fn handle(
         request_id,
         started,
         method: req.method().clone(),
-        path: path.to_string(),
+        uri: req.uri().clone(),
         route: route.unwrap_or(RouteKind::OtherV1),
         client: None,
         model: None,

@@ -218,9 +218,10 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> std::io::Result<Parsed> {
         buf.advance(len);
         return Ok(Parsed::Interim);
     }
-    // Room for the headers the gateway adds (request id, rate limits) so the map is
-    // not grown while the response is prepared.
-    let mut headers = HeaderMap::with_capacity(resp.headers.len() + 16);
+    // Room for the headers the gateway adds (request id, x-accel-buffering) so the
+    // map is not grown while the response is prepared. Rate-limit headers go in an
+    // extension (see `limits::headers::RateHeaders`), not here.
+    let mut headers = HeaderMap::with_capacity(resp.headers.len() + 4);
     // One copy of the head that every value points into, rather than one allocation
     // per header value.
     let raw = Bytes::copy_from_slice(&buf[..len]);
