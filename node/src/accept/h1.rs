@@ -268,72 +268,57 @@ fn is_h2_preface(buf: &[u8]) -> bool {
     buf[..n] == H2_PREFACE[..n]
 }
 
-/// Offsets and lengths of a header's name and value within the head.
-#[derive(Clone, Copy, Default)]
-struct Span {
-    name: (usize, usize),
-    value: (usize, usize),
-}
-
-/// A header's name and value, as bytes of the head.
-struct Header<'a> {
-    name: &'a [u8],
-    value: &'a [u8],
+/// Where the head at the front of `buf` ends (after its empty line), if it is all
+/// there. Bare-LF line ends are accepted, as httparse accepts them.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    memchr::memchr_iter(b'\n', buf).find_map(|i| match &buf[i + 1..] {
+        [b'\n', ..] => Some(i + 2),
+        [b'\r', b'\n', ..] => Some(i + 3),
+        _ => None,
+    })
 }
 
 /// Parses one request head from the front of `buf`, consuming it when complete.
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
-    // Where the target and each header sit in the head: httparse's slices borrow the
-    // buffer, and the head is split off it (without a copy) only once they are gone.
-    let mut spans = [Span::default(); MAX_HEADERS];
-    let (len, method, version, target, count) = {
-        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut []);
-        let len = match req.parse_with_uninit_headers(buf, &mut slots) {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => return Err(Refused::TooLarge),
-            Err(_) => return Err(Refused::Malformed("malformed HTTP/1.1 request head")),
-        };
-        let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
-            .map_err(|_| Refused::Malformed("invalid request method"))?;
-        let version = match req.version {
-            Some(1) => Version::HTTP_11,
-            _ => Version::HTTP_10,
-        };
-        let base = buf.as_ptr() as usize;
-        let at = |part: &[u8]| (part.as_ptr() as usize - base, part.len());
-        let target = at(req.path.unwrap_or_default().as_bytes());
-        for (span, h) in spans.iter_mut().zip(req.headers.iter()) {
-            *span = Span {
-                name: at(h.name.as_bytes()),
-                value: at(h.value),
-            };
-        }
-        (len, method, version, target, req.headers.len())
+    // Empty lines before a request line are ignored (RFC 9112 2.2).
+    let blank = buf
+        .iter()
+        .take_while(|b| matches!(b, b'\r' | b'\n'))
+        .count();
+    bytes::Buf::advance(buf, blank);
+    let Some(len) = head_end(buf) else {
+        return Ok(None);
     };
-    // Nothing borrows the buffer now. The target and every value point into the
-    // head's bytes; they are dropped before the connection reads again (the request
-    // is done by then), so the buffer is reclaimed rather than regrown.
+    // The head is split off the read buffer without a copy, and the target and every
+    // value point into it. They are dropped before the connection reads again (the
+    // request is done by then), so the buffer is reclaimed rather than regrown.
     let raw = buf.split_to(len).freeze();
-    let share = |(at, len): (usize, usize)| raw.slice(at..at + len);
-    let uri = Uri::from_maybe_shared(share(target))
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(&raw, &mut slots) {
+        Ok(httparse::Status::Complete(n)) if n == raw.len() => {}
+        Err(httparse::Error::TooManyHeaders) => return Err(Refused::TooLarge),
+        _ => return Err(Refused::Malformed("malformed HTTP/1.1 request head")),
+    }
+    let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
+        .map_err(|_| Refused::Malformed("invalid request method"))?;
+    let version = match req.version {
+        Some(1) => Version::HTTP_11,
+        _ => Version::HTTP_10,
+    };
+    let uri = Uri::from_maybe_shared(raw.slice_ref(req.path.unwrap_or_default().as_bytes()))
         .map_err(|_| Refused::Malformed("invalid request target"))?;
 
-    let mut headers = HeaderMap::with_capacity(count);
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut transfer_encoding = false;
     let mut close = false;
     let mut keep_alive_token = false;
     let mut expect_continue = false;
-    for span in &spans[..count] {
-        let h = Header {
-            name: &raw[span.name.0..span.name.0 + span.name.1],
-            value: &raw[span.value.0..span.value.0 + span.value.1],
-        };
-        let name =
-            wire::header_name(h.name).map_err(|_| Refused::Malformed("invalid header name"))?;
+    for h in req.headers.iter() {
+        let name = wire::header_name(h.name.as_bytes())
+            .map_err(|_| Refused::Malformed("invalid header name"))?;
         if name == header::CONTENT_LENGTH {
             let n =
                 wire::parse_length(h.value).ok_or(Refused::Malformed("invalid content-length"))?;
@@ -356,7 +341,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
         } else if name == header::EXPECT {
             expect_continue = h.value.eq_ignore_ascii_case(b"100-continue");
         }
-        let value = HeaderValue::from_maybe_shared(share(span.value))
+        let value = HeaderValue::from_maybe_shared(raw.slice_ref(h.value))
             .map_err(|_| Refused::Malformed("invalid header value"))?;
         headers.append(name, value);
     }
@@ -694,6 +679,12 @@ mod tests {
         assert!(head.expect_continue);
 
         assert!(matches!(parse(b"GET / HTTP/1.1\r\nhost: x\r\n"), Ok(None)));
+        // Blank lines before the request line are skipped; bare LF line ends work.
+        let mut buf = BytesMut::from(&b"\r\n\r\nGET /a HTTP/1.1\nhost: x\n\nNEXT"[..]);
+        let head = parse_head(&mut buf).ok().flatten().expect("complete");
+        assert_eq!(head.request.uri().path(), "/a");
+        assert_eq!(head.request.headers()["host"], "x");
+        assert_eq!(&buf[..], b"NEXT");
     }
 
     #[test]
