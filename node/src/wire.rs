@@ -195,15 +195,16 @@ const KNOWN_NAMES: &[&str] = &[
 /// parsed (and, for other custom names, allocated) otherwise.
 pub fn header_name(raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
     // Names grouped by length: a lookup is an index and a compare or two.
-    static BY_LEN: std::sync::LazyLock<Vec<Vec<HeaderName>>> = std::sync::LazyLock::new(|| {
+    type Group = Vec<(&'static [u8], HeaderName)>;
+    static BY_LEN: std::sync::LazyLock<Vec<Group>> = std::sync::LazyLock::new(|| {
         let mut by_len = vec![Vec::new(); 64];
         for name in KNOWN_NAMES {
-            by_len[name.len()].push(HeaderName::from_static(name));
+            by_len[name.len()].push((name.as_bytes(), HeaderName::from_static(name)));
         }
         by_len
     });
     if let Some(group) = BY_LEN.get(raw.len()) {
-        if let Some(n) = group.iter().find(|n| n.as_str().as_bytes() == raw) {
+        if let Some((_, n)) = group.iter().find(|(bytes, _)| *bytes == raw) {
             return Ok(n.clone());
         }
     }
