@@ -1,0 +1,129 @@
+#!/bin/bash
+# Per-request cost of one strait-node binary, for before/after comparisons of a change
+# (the figures in docs/benchmarks.md "What was done about the misses"). The canned
+# nginx upstream of bench/run.py runs on CPU 1; the proxy under test on CPU 0.
+#
+#   bench/profile.sh callgrind BIN [REQUESTS]  user-space instructions per request
+#                                              (valgrind; repeatable on a busy machine)
+#   bench/profile.sh cpu BIN [SECONDS]         CPU time per request (user + system, and
+#                                              user alone) under wrk -c32, from /proc
+#   bench/profile.sh cpu-nginx [SECONDS]       the same for nginx (bench/nginx/proxy.conf)
+#   bench/profile.sh syscalls BIN              system calls per request (strace -c)
+#
+# Strait runs with limits far above the load (as in bench/run.py) unless
+# PROFILE_NO_LIMITS=1. Ports: PROFILE_PORT (default 18180) and the next five.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+WORK=$(mktemp -d /tmp/strait-profile.XXXXXX)
+BASE=${PROFILE_PORT:-18180}
+UP=$BASE UP_H2=$((BASE + 1)) PX=$((BASE + 2)) PX_ADMIN=$((BASE + 3)) NX=$((BASE + 4)) NX_H2=$((BASE + 5))
+LIMITS=(--default-limits "rpm=1000000000,itpm=1000000000000,otpm=1000000000000,concurrency=1000000")
+[ "${PROFILE_NO_LIMITS:-0}" = 1 ] && LIMITS=()
+BODY='{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"Hello, Claude"}]}'
+HDRS=(-H content-type:application/json -H x-api-key:c1 -H anthropic-version:2023-06-01)
+PIDS=()
+
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+wait_port() {
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing listens on port $1" >&2
+    exit 1
+}
+
+start_upstream() {
+    sed -e "s|{{DIR}}|$WORK|g; s|{{PORT}}|$UP|; s|{{H2PORT}}|$UP_H2|" \
+        "$HERE/nginx/upstream.conf" >"$WORK/up.conf"
+    taskset -c 1 nginx -c "$WORK/up.conf" -p "$WORK" >/dev/null 2>&1 &
+    PIDS+=($!)
+    wait_port "$UP"
+}
+
+# start_strait WRAPPER... : runs strait-node (under WRAPPER, e.g. valgrind) on CPU 0.
+start_strait() {
+    STRAIT_UPSTREAM_KEYS=k1 STRAIT_CLIENT_KEYS=c1 "$@" "$BIN" \
+        --listen "127.0.0.1:$PX" --admin-listen "127.0.0.1:$PX_ADMIN" --workers 1 \
+        --no-access-log --log-format json --log-level warn \
+        --upstream "http://127.0.0.1:$UP" "${LIMITS[@]}" >"$WORK/strait.log" 2>&1 &
+    SP=$!
+    PIDS+=($SP)
+    wait_port "$PX"
+}
+
+oha_load() { oha --no-tui -n "$1" -c 8 -m POST "${HDRS[@]}" -d "$BODY" "http://127.0.0.1:$PX/v1/messages"; }
+
+# cpu_of PID PORT SECONDS: wrk -c32 against PORT; prints CPU per request.
+cpu_of() {
+    local pid=$1 port=$2 secs=$3
+    taskset -c 1 wrk -t1 -c32 -d1s -s "$HERE/wrk_post.lua" "http://127.0.0.1:$port/v1/messages" >/dev/null
+    read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+    out=$(taskset -c 1 wrk -t1 -c32 -d"${secs}s" -s "$HERE/wrk_post.lua" "http://127.0.0.1:$port/v1/messages")
+    read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+    req=$(echo "$out" | grep -o '"requests":[0-9]*' | cut -d: -f2)
+    tick=$(getconf CLK_TCK)
+    awk -v r="$req" -v s="$secs" -v u=$((u1 - u0)) -v k=$((s1 - s0)) -v t="$tick" 'BEGIN {
+        printf "requests/s %d  cpu per request %.2f us  (user %.2f us, system %.2f us)\n",
+            r / s, (u + k) * 1e6 / t / r, u * 1e6 / t / r, k * 1e6 / t / r }'
+}
+
+cmd=${1:-}
+case "$cmd" in
+callgrind)
+    BIN=$2 N=${3:-3000}
+    start_upstream
+    start_strait valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.%p"
+    oha_load 500 >/dev/null
+    callgrind_control -z "$SP" >/dev/null
+    oha_load "$N" | grep -E "Success rate"
+    callgrind_control -d "$SP" >/dev/null
+    sleep 1
+    total=$(callgrind_annotate "$(ls -S "$WORK"/cg.*.1 | head -1)" 2>/dev/null |
+        awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+    echo "instructions per request: $((total / N))  ($total over $N requests)"
+    ;;
+cpu)
+    BIN=$2
+    start_upstream
+    start_strait taskset -c 0
+    cpu_of "$SP" "$PX" "${3:-5}"
+    ;;
+cpu-nginx)
+    start_upstream
+    sed -e "s|{{DIR}}|$WORK|g; s|{{PORT}}|$NX|; s|{{H2PORT}}|$NX_H2|; s|{{UPSTREAM}}|127.0.0.1:$UP|; s|{{BUFFERING}}|on|" \
+        "$HERE/nginx/proxy.conf" >"$WORK/px.conf"
+    mkdir -p "$WORK/px"
+    taskset -c 0 nginx -c "$WORK/px.conf" -p "$WORK/px" >/dev/null 2>&1 &
+    PIDS+=($!)
+    wait_port "$NX"
+    worker=$(pgrep -P "${PIDS[-1]}" | head -1)
+    cpu_of "$worker" "$NX" "${2:-5}"
+    ;;
+syscalls)
+    BIN=$2
+    start_upstream
+    start_strait env
+    oha_load 500 >/dev/null
+    strace -f -c -p "$SP" -o "$WORK/strace.out" &
+    ST=$!
+    sleep 0.5
+    oha_load 2000 | grep -E "Success rate"
+    sleep 0.3
+    kill -INT "$ST"
+    wait "$ST" 2>/dev/null || true
+    awk 'NR > 2 && $NF != "total" && $4 + 0 > 0 { printf "%-16s %6.2f per request\n", $NF, $4 / 2000 }' \
+        "$WORK/strace.out" | sort -k2 -nr | head -12
+    ;;
+*)
+    sed -n '2,14p' "$0"
+    exit 2
+    ;;
+esac
