@@ -276,3 +276,19 @@ async fn ambiguous_framing_is_refused_and_never_forwarded() {
     // Still serving.
     assert_eq!(h.message(false, &[]).await.status, 200);
 }
+
+#[tokio::test]
+async fn a_declared_body_over_the_limit_is_refused_without_100_continue() {
+    let h = Harness::managed_with(|raw| raw.limits.max_body_bytes = 1024).await;
+    let mut s = connect(&h).await;
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: {CLIENT_KEY}\r\nanthropic-version: 2023-06-01\r\ncontent-length: 5000\r\nexpect: 100-continue\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    // The client waits for 100 Continue before sending: the answer must come first.
+    let r = read_response(&mut s, &mut Vec::new()).await;
+    assert_eq!(r.status, 413, "{}", r.head);
+    assert_eq!(r.json()["error"]["type"], "request_too_large");
+    assert_closed(&mut s).await;
+    assert!(h.mock.requests().is_empty());
+}

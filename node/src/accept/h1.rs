@@ -148,7 +148,9 @@ where
         } = head;
         let is_head = request.method() == Method::HEAD;
         let http10 = request.version() == Version::HTTP_10;
-        if expect_continue && !framing.is_done() {
+        // A declared body over the limit will be refused unread: no invitation to send it.
+        let refused_unread = matches!(framing, Framing::Length(n) if n > settings.max_body);
+        if expect_continue && !framing.is_done() && !refused_unread {
             if conn
                 .io
                 .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
