@@ -277,7 +277,8 @@ fn parse_json_usage(chunks: &[Bytes]) -> Option<Usage> {
     };
     // Only the top-level `usage` object is parsed: running serde over the whole reply
     // (content included) cost more than the rest of the response path.
-    let value = top_level_value(json, b"usage")?;
+    let value =
+        top_level_value_from_end(json, b"usage").or_else(|| top_level_value(json, b"usage"))?;
     if let Some(usage) = flat_usage(value) {
         return Some(usage);
     }
@@ -400,6 +401,50 @@ fn top_level_value<'a>(json: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
                 i += 1;
             }
             _ => i += 1,
+        }
+    }
+    None
+}
+
+/// [`top_level_value`] searched from the end of the document, where Anthropic puts
+/// `usage`, so the content before it is not scanned. Only for a document that starts
+/// with `{` and ends with `}`; `None` sends the caller to the forward scan.
+fn top_level_value_from_end<'a>(json: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let doc = json.trim_ascii();
+    if doc.first() != Some(&b'{') || doc.last() != Some(&b'}') {
+        return None;
+    }
+    let mut depth = 0u32;
+    let mut i = doc.len();
+    while i > 0 {
+        i -= 1;
+        match doc[i] {
+            b'}' | b']' => depth += 1,
+            b'{' | b'[' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return None;
+                }
+            }
+            b'"' => {
+                // A closing quote: find the opening one, skipping escaped quotes (those
+                // after an odd number of backslashes).
+                let end = i;
+                loop {
+                    i = memchr::memrchr(b'"', &doc[..i])?;
+                    let escapes = doc[..i].iter().rev().take_while(|b| **b == b'\\').count();
+                    if escapes % 2 == 0 {
+                        break;
+                    }
+                }
+                if depth == 1 && &doc[i + 1..end] == key {
+                    let rest = doc[end + 1..].trim_ascii_start();
+                    if let Some(value) = rest.strip_prefix(b":") {
+                        return Some(value.trim_ascii_start());
+                    }
+                }
+            }
+            _ => {}
         }
     }
     None
@@ -730,6 +775,25 @@ mod tests {
             parse_json_usage(&[Bytes::from_static(b"}}{\"usage\":{}}")]),
             None
         );
+    }
+
+    #[test]
+    fn the_search_from_the_end_agrees_with_the_forward_scan() {
+        for doc in [
+            &br#"{"id":"m","content":[{"text":"} "usage": {"}],"usage":{"input_tokens":3},"x":"\"}"#[..],
+            br#"{"usage":{"input_tokens":1},"content":[{"usage":{"input_tokens":2}}]}"#,
+            br#" {"a":{"usage":5},"b":"usage","usage" : {"output_tokens":4}} "#,
+            br#"{"a":{"usage":5}}"#,
+            br#"{"usage":null}"#,
+        ] {
+            assert_eq!(
+                top_level_value_from_end(doc, b"usage").map(|v| v.trim_ascii_end()),
+                top_level_value(doc, b"usage").map(|v| v.trim_ascii_end()),
+                "{}",
+                String::from_utf8_lossy(doc)
+            );
+        }
+        assert!(top_level_value_from_end(br#"{"usage":{"inp"#, b"usage").is_none());
     }
 
     #[test]
