@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
+use crate::limits::headers::RateHeaders;
 use crate::stream::Relay;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -28,6 +29,14 @@ impl ProxyBody {
 
     pub fn empty() -> Self {
         ProxyBody::Full(None)
+    }
+
+    /// Rate-limit headers that go with this body's response (relayed responses only).
+    pub fn rate_headers(&self) -> Option<&RateHeaders> {
+        match self {
+            ProxyBody::Relay(relay) => relay.rate_headers.as_ref(),
+            ProxyBody::Full(_) => None,
+        }
     }
 }
 

@@ -263,20 +263,13 @@ async fn phases(
     let (parts, body) = req.into_parts();
     let (body, meta) =
         admit::admit_body(route, &parts, body, shared.config.limits.max_body_bytes).await?;
-    record.model = meta.model.clone();
     record.stream = meta.stream;
 
     // 3b. limits: reserve the request, its tokens and a concurrency slot for the key
     // and its tenant. The permit settles when the record finishes.
-    let body_len = body.buffered_len();
-    match shared
-        .limiter
-        .admit(
-            &principal.name,
-            Reservation::for_request(route, &meta, body_len),
-        )
-        .await
-    {
+    let reservation = Reservation::for_request(route, &meta, body.buffered_len());
+    record.model = meta.model;
+    match shared.limiter.admit(&principal.name, reservation).await {
         Ok(None) => {}
         Ok(Some(admission)) => {
             record.permit = Some(admission.permit);
@@ -337,11 +330,11 @@ fn respond(
 ) -> Response<ProxyBody> {
     let (mut parts, body) = fwd.response.into_parts();
     forward::downstream_headers(&mut parts.headers);
-    if let LimitHeaders::Admitted(view) = &limits {
+    if let LimitHeaders::Admitted(_) = limits {
         // The upstream's headers describe the shared organisation key; a client with
-        // its own limits gets those instead (written by the server, see RateHeaders).
+        // its own limits gets those instead (written by the server from the relay, see
+        // RateHeaders).
         limit_headers::strip_upstream(&mut parts.headers);
-        parts.extensions.insert(limit_headers::RateHeaders(*view));
     }
     parts.headers.insert(crate::REQUEST_ID_HEADER, request_id);
     let idle = if kind == BodyKind::Sse {
@@ -354,6 +347,9 @@ fn respond(
         shared.upstream.config().read_timeout
     };
     record.status = parts.status.as_u16();
-    let relay = Relay::new(body, kind, fwd.prefix, idle, record);
+    let mut relay = Relay::new(body, kind, fwd.prefix, idle, record);
+    if let LimitHeaders::Admitted(view) = limits {
+        relay.rate_headers = Some(limit_headers::RateHeaders(view));
+    }
     Response::from_parts(parts, ProxyBody::Relay(Box::new(relay)))
 }

@@ -16,6 +16,7 @@ use crate::account::RequestRecord;
 use crate::body::BoxError;
 use crate::error::{Error, ErrorKind};
 use crate::forward::UpstreamBody;
+use crate::limits::headers::RateHeaders;
 
 /// Token usage as Anthropic reports it.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -66,10 +67,18 @@ pub struct Relay {
     /// final error event).
     pending: Option<Bytes>,
     idle: Duration,
-    timer: Pin<Box<Sleep>>,
+    /// When the upstream counts as stalled: `idle` after the last frame.
+    deadline: tokio::time::Instant,
+    /// Made the first time the upstream has nothing ready (a small reply that arrives
+    /// with its head never needs one).
+    timer: Option<Pin<Box<Sleep>>>,
     state: State,
     record: RequestRecord,
     counted_stream: bool,
+    /// The client's own rate-limit headers, for the server to write into the head
+    /// (see `limits::headers::RateHeaders`): carried here rather than as a response
+    /// extension, which costs three allocations per request.
+    pub rate_headers: Option<RateHeaders>,
 }
 
 /// What kind of body a response carries, decided from the route and content type.
@@ -105,7 +114,9 @@ impl Relay {
             tap,
             pending: None,
             idle,
-            timer: Box::pin(tokio::time::sleep(idle)),
+            deadline: tokio::time::Instant::now() + idle,
+            timer: None,
+            rate_headers: None,
             state: State::Streaming,
             record,
             counted_stream,
@@ -622,8 +633,7 @@ impl Body for Relay {
             }
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    let deadline = tokio::time::Instant::now() + this.idle;
-                    this.timer.as_mut().reset(deadline);
+                    this.deadline = tokio::time::Instant::now() + this.idle;
                     match frame.into_data() {
                         Ok(data) => {
                             if let Some(out) = this.on_data(data) {
@@ -646,7 +656,14 @@ impl Body for Relay {
                     continue;
                 }
                 Poll::Pending => {
-                    if this.timer.as_mut().poll(cx).is_ready() {
+                    let deadline = this.deadline;
+                    let timer = this
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    if timer.deadline() != deadline {
+                        timer.as_mut().reset(deadline);
+                    }
+                    if timer.as_mut().poll(cx).is_ready() {
                         let err = Error::new(
                             ErrorKind::UpstreamTimeout,
                             "upstream stalled: no data within the idle timeout",

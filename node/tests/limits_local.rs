@@ -421,7 +421,7 @@ fn quick_start_flags_validate() {
 
 #[tokio::test]
 async fn http2_clients_get_the_same_rate_limit_headers() {
-    // HTTP/1.1 responses have these written by the server from a response extension;
+    // HTTP/1.1 responses have these written into the head by the server from the relay;
     // over HTTP/2 they must arrive all the same.
     let h = node_with(|raw| {
         raw.auth.client_keys = vec![client_key("alpha", KEY_A, None, RawLimitSpec::default())];

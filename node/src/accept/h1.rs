@@ -24,7 +24,6 @@ use tokio::sync::{mpsc, watch};
 
 use crate::body::{ClientBody, ProxyBody};
 use crate::error::{Error, ErrorKind};
-use crate::limits::headers::RateHeaders;
 use crate::wire::{self, Framing};
 
 /// The first bytes of every HTTP/2 connection with prior knowledge (RFC 9113 3.4).
@@ -494,7 +493,7 @@ async fn write_response<IO: AsyncWrite + Unpin>(
         Out::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Out::None | Out::Close => {}
     }
-    if let Some(rate) = parts.extensions.get::<RateHeaders>() {
+    if let Some(rate) = body.rate_headers() {
         rate.write_head(out);
     }
     if !parts.headers.contains_key(header::DATE) {

@@ -29,7 +29,6 @@ use tokio::sync::{watch, Semaphore};
 use crate::account::Metrics;
 use crate::body::{ClientBody, ProxyBody};
 use crate::config::Limits;
-use crate::limits::headers::RateHeaders;
 
 pub use tls::TlsState;
 
@@ -185,8 +184,8 @@ async fn serve_h2<IO, S, F>(
         let fut = service(req.map(ClientBody::Hyper), peer);
         async move {
             let mut resp = fut.await;
-            // Headers the HTTP/1.1 writer would have written from the extension.
-            if let Some(rate) = resp.extensions_mut().remove::<RateHeaders>() {
+            // Headers the HTTP/1.1 writer writes into the head from the relay.
+            if let Some(rate) = resp.body().rate_headers().copied() {
                 rate.insert_into(resp.headers_mut());
             }
             Ok::<_, Infallible>(resp)

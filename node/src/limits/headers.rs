@@ -53,8 +53,8 @@ pub fn strip_upstream(headers: &mut HeaderMap) {
     }
 }
 
-/// A client's own rate-limit headers, carried on a relayed response as an extension
-/// and written by the HTTP/1.1 server straight into the response head. Why not the
+/// A client's own rate-limit headers, carried with a relayed response (in its body,
+/// `stream::Relay`) and written by the HTTP/1.1 server straight into the head. Why not the
 /// header map: nine insertions of long custom names cost more per request than the
 /// limiter's decision itself (docs/benchmarks.md). The HTTP/2 path, which needs a
 /// map, calls [`RateHeaders::insert_into`].
