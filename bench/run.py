@@ -474,10 +474,11 @@ def markdown(results):
                             f"{report.fmt(s.get('cpu_us_per_req'), 1)} us per request"
                             for c, s in t["summary"].items())
                 + f" (CPU per request vs nginx: strait {report.ratio(t, 'strait', 'nginx', 'cpu_us_per_req')}).", ""]
+    nginx_rps = results.get("throughput", {}).get("summary", {}).get("nginx", {}).get("rps")
     for rate, sec in sorted(results.get("fixed_rate", {}).items(), key=lambda kv: int(kv[0])):
-        out += [f"Fixed rate {int(rate):,} req/s (oha -c32 --latency-correction; "
-                f"{int(rate) / (results.get('throughput', {}).get('summary', {}).get('nginx', {}).get('rps') or 1):.0%}"
-                " of nginx's closed-loop req/s), median of "
+        # With --rates and no closed-loop section there is no nginx figure to relate to.
+        share = f"; {int(rate) / nginx_rps:.0%} of nginx's closed-loop req/s" if nginx_rps else ""
+        out += [f"Fixed rate {int(rate):,} req/s (oha -c32 --latency-correction{share}), median of "
                 f"{m['config']['rate_rounds']} alternating rounds:", "", report.latency_table(sec), ""]
     if "h2" in results:
         out += [f"HTTP/2 ({results['h2']['command']}):", "", report.h2_table(results["h2"]), ""]
