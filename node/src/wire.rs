@@ -241,35 +241,28 @@ pub fn put_length(buf: &mut Vec<u8>, n: u64) {
 }
 
 pub fn put_decimal(buf: &mut Vec<u8>, n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    buf.extend_from_slice(&digits[i..]);
+    put_digits(buf, n, 10);
 }
 
 /// A chunk-size line for `len` bytes of data.
 pub fn put_chunk_size(buf: &mut Vec<u8>, len: usize) {
-    let mut digits = [0u8; 16];
+    put_digits(buf, len as u64, 16);
+    buf.extend_from_slice(b"\r\n");
+}
+
+/// `n` in base 10 or 16 (lower case), without the formatting machinery.
+fn put_digits(buf: &mut Vec<u8>, mut n: u64, radix: u64) {
+    let mut digits = [0u8; 20];
     let mut i = digits.len();
-    let mut n = len;
     loop {
         i -= 1;
-        digits[i] = b"0123456789abcdef"[n & 0xf];
-        n >>= 4;
+        digits[i] = b"0123456789abcdef"[(n % radix) as usize];
+        n /= radix;
         if n == 0 {
             break;
         }
     }
     buf.extend_from_slice(&digits[i..]);
-    buf.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]
