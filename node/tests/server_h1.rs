@@ -263,6 +263,11 @@ async fn ambiguous_framing_is_refused_and_never_forwarded() {
         assert_closed(&mut s).await;
     }
     assert!(h.mock.requests().is_empty(), "nothing reached the upstream");
+    let m = h.metrics().await;
+    assert!(
+        m.contains(r#"strait_gateway_errors_total{type="invalid_request_error"} 4"#),
+        "{m}"
+    );
 
     // A malformed head gets the same treatment.
     let mut s = connect(&h).await;

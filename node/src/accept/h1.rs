@@ -22,6 +22,7 @@ use http_body::Body;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
+use crate::account::Metrics;
 use crate::body::{ClientBody, ProxyBody};
 use crate::error::{Error, ErrorKind};
 use crate::wire::{self, Framing};
@@ -90,6 +91,7 @@ struct Conn<IO> {
 pub async fn serve<IO, S, F>(
     io: IO,
     settings: &Settings,
+    metrics: &Metrics,
     peer: SocketAddr,
     mut stop: watch::Receiver<bool>,
     service: &S,
@@ -123,6 +125,11 @@ where
                     ),
                     Refused::Malformed(what) => Error::new(ErrorKind::InvalidRequest, what),
                 };
+                // Counted with the handler's own errors: these never reach it.
+                metrics
+                    .gateway_errors
+                    .with_label_values(&[err.anthropic_type()])
+                    .inc();
                 let mut keep_alive = false;
                 let _ = write_response(
                     &mut conn,

@@ -116,7 +116,7 @@ where
             match tls {
                 None => {
                     if let h1::Ended::Http2(tcp, read) =
-                        h1::serve(tcp, &http.h1, peer, stop, &service).await
+                        h1::serve(tcp, &http.h1, &metrics, peer, stop, &service).await
                     {
                         let io = Rewind { read, inner: tcp };
                         serve_h2(&http.h2, io, peer, watcher, service).await;
@@ -129,7 +129,7 @@ where
                             if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
                                 serve_h2(&http.h2, stream, peer, watcher, service).await;
                             } else if let h1::Ended::Http2(stream, read) =
-                                h1::serve(stream, &http.h1, peer, stop, &service).await
+                                h1::serve(stream, &http.h1, &metrics, peer, stop, &service).await
                             {
                                 let io = Rewind {
                                     read,
