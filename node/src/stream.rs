@@ -39,7 +39,11 @@ enum Tap {
     /// Not a Messages response (models, files, ...): bytes only.
     None,
     /// A non-streaming Messages JSON response: keep refcounted chunks, parse at the end.
-    Json { chunks: Vec<Bytes>, len: usize },
+    /// A reply usually comes in one or two chunks: no allocation for the list.
+    Json {
+        chunks: smallvec::SmallVec<[Bytes; 2]>,
+        len: usize,
+    },
     /// A streaming response: forward whole events, parse the few that carry usage.
     Sse(SseTap),
 }
@@ -100,7 +104,7 @@ impl Relay {
         let tap = match kind {
             BodyKind::Plain => Tap::None,
             BodyKind::MessagesJson => Tap::Json {
-                chunks: Vec::new(),
+                chunks: smallvec::SmallVec::new(),
                 len: 0,
             },
             BodyKind::Sse => Tap::Sse(SseTap::default()),

@@ -51,6 +51,8 @@ pub enum SendError {
 pub struct Conn {
     pub io: Io,
     pub buf: BytesMut,
+    /// Where request heads are written (reused; see `h1::send`).
+    pub wbuf: Vec<u8>,
     _count: Counted,
 }
 
@@ -206,6 +208,7 @@ impl Client {
             return Ok(Dialed::H1(Conn {
                 io,
                 buf: BytesMut::new(),
+                wbuf: Vec::new(),
                 _count: count,
             }));
         }

@@ -27,6 +27,8 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 128;
 /// Read buffer growth step.
 const READ_CHUNK: usize = 16 * 1024;
+/// A connection keeps its write buffer for the next request up to this size.
+const KEPT_WRITE_BUFFER: usize = 4 * 1024;
 /// Bodies up to this size go out in the same write as the head.
 const INLINE_BODY: usize = 16 * 1024;
 
@@ -46,7 +48,10 @@ pub async fn send(
         api_key,
     } = *req;
     let io_err = |e: std::io::Error| SendError::Io(e.to_string());
-    let mut head = Vec::with_capacity(512 + body.buffered_len().min(INLINE_BODY));
+    // The connection's own write buffer, kept between requests while it is small.
+    let mut head = std::mem::take(&mut conn.wbuf);
+    head.clear();
+    head.reserve(512 + body.buffered_len().min(INLINE_BODY));
     head.extend_from_slice(method.as_str().as_bytes());
     head.push(b' ');
     head.extend_from_slice(target.as_bytes());
@@ -92,6 +97,10 @@ pub async fn send(
             conn.io.write_all(&head).await.map_err(io_err)?;
             send_stream(&mut conn, body, exact.is_none()).await?;
         }
+    }
+    if head.capacity() <= KEPT_WRITE_BUFFER {
+        head.clear();
+        conn.wbuf = head;
     }
     conn.io.flush().await.map_err(io_err)?;
 
