@@ -175,10 +175,7 @@ fn too_large(max: u64) -> Error {
 fn content_length(parts: &Parts) -> Result<Option<u64>> {
     match parts.headers.get(header::CONTENT_LENGTH) {
         None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
+        Some(v) => crate::wire::parse_length(v.as_bytes())
             .map(Some)
             .ok_or_else(|| Error::new(ErrorKind::InvalidRequest, "invalid content-length header")),
     }

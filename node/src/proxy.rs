@@ -330,12 +330,16 @@ fn respond(
 ) -> Response<ProxyBody> {
     let (mut parts, body) = fwd.response.into_parts();
     forward::downstream_headers(&mut parts.headers);
-    if let LimitHeaders::Admitted(_) = limits {
-        // The upstream's headers describe the shared organisation key; a client with
-        // its own limits gets those instead (written by the server from the relay, see
-        // RateHeaders).
-        limit_headers::strip_upstream(&mut parts.headers);
-    }
+    // The upstream's headers describe the shared organisation key; a client with its
+    // own limits gets those instead (written by the server from the relay, see
+    // RateHeaders).
+    let rate_headers = match limits {
+        LimitHeaders::Admitted(view) => {
+            limit_headers::strip_upstream(&mut parts.headers);
+            Some(limit_headers::RateHeaders(view))
+        }
+        _ => None,
+    };
     parts.headers.insert(crate::REQUEST_ID_HEADER, request_id);
     let idle = if kind == BodyKind::Sse {
         // Proxies in front (nginx and similar) must not buffer the stream either.
@@ -348,8 +352,6 @@ fn respond(
     };
     record.status = parts.status.as_u16();
     let mut relay = Relay::new(body, kind, fwd.prefix, idle, record);
-    if let LimitHeaders::Admitted(view) = limits {
-        relay.rate_headers = Some(limit_headers::RateHeaders(view));
-    }
+    relay.rate_headers = rate_headers;
     Response::from_parts(parts, ProxyBody::Relay(Box::new(relay)))
 }

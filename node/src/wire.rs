@@ -240,7 +240,7 @@ pub fn put_length(buf: &mut Vec<u8>, n: u64) {
     buf.extend_from_slice(b"\r\n");
 }
 
-pub fn put_decimal(buf: &mut Vec<u8>, n: u64) {
+fn put_decimal(buf: &mut Vec<u8>, n: u64) {
     put_digits(buf, n, 10);
 }
 

@@ -28,7 +28,7 @@ use crate::error::{Error, ErrorKind};
 use crate::wire::{self, Framing};
 
 /// The first bytes of every HTTP/2 connection with prior knowledge (RFC 9113 3.4).
-pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Headers in one request head, at most (hyper's default was 100).
 const MAX_HEADERS: usize = 128;
 /// Bodies with a declared length up to this are read before the request is handed
