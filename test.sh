@@ -33,6 +33,8 @@ fi
 export STRAIT_PYTHON="$PWD/$VENV/bin/python"
 
 echo "==> building and running the test suite"
+# A clean checkout gains nothing from incremental artifacts but their disk space.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else
