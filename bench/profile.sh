@@ -11,7 +11,8 @@
 #   bench/profile.sh syscalls BIN              system calls per request (strace -c)
 #
 # Strait runs with limits far above the load (as in bench/run.py) unless
-# PROFILE_NO_LIMITS=1. Ports: PROFILE_PORT (default 18180) and the next five.
+# PROFILE_NO_LIMITS=1. PROFILE_KEEP=FILE keeps the callgrind profile. Ports:
+# PROFILE_PORT (default 18180) and the next five.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -89,6 +90,8 @@ callgrind)
     total=$(callgrind_annotate "$(ls -S "$WORK"/cg.*.1 | head -1)" 2>/dev/null |
         awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
     echo "instructions per request: $((total / N))  ($total over $N requests)"
+    # PROFILE_KEEP=FILE keeps the profile for callgrind_annotate --inclusive=yes.
+    [ -n "${PROFILE_KEEP:-}" ] && cp "$(ls -S "$WORK"/cg.*.1 | head -1)" "$PROFILE_KEEP"
     ;;
 cpu)
     BIN=$2

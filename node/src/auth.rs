@@ -8,7 +8,7 @@ use http::HeaderMap;
 use subtle::ConstantTimeEq;
 
 use crate::cluster::schema::LimitsDoc;
-use crate::config::{hash_key, Config, KeyMode};
+use crate::config::{hash_key_bytes, Config, KeyMode};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Who made a request, as far as the rest of the pipeline needs to know.
@@ -109,7 +109,7 @@ impl Authenticator {
             },
             KeyMode::Managed => {
                 let key = presented_key(headers).ok_or_else(missing_key)?;
-                let hash = hash_key(key);
+                let hash = hash_recent(key);
                 // The map lookup branches on the hash, which reveals nothing usable about
                 // the key; the final comparison is constant-time all the same.
                 match self.by_hash.get_key_value(&hash) {
@@ -121,6 +121,40 @@ impl Authenticator {
             }
         }
     }
+}
+
+/// [`crate::config::hash_key`], remembered for the last few keys this thread saw. A connection sends
+/// the same key on every request, and SHA-256 was the largest single cost of a proxied
+/// request (3,600 instructions, docs/benchmarks.md). The cache maps key to hash only:
+/// which principal a hash names is still looked up in the current snapshot, so a
+/// revoked key stops working at once. Keys are compared in constant time and wiped
+/// from memory when evicted.
+fn hash_recent(key: &str) -> [u8; 32] {
+    const SLOTS: usize = 4;
+    struct Recent {
+        keys: [(zeroize::Zeroizing<Vec<u8>>, [u8; 32]); SLOTS],
+        next: usize,
+    }
+    thread_local! {
+        static RECENT: std::cell::RefCell<Recent> = std::cell::RefCell::new(Recent {
+            keys: Default::default(),
+            next: 0,
+        });
+    }
+    let key = key.as_bytes();
+    RECENT.with_borrow_mut(|recent| {
+        for (k, hash) in &recent.keys {
+            if !k.is_empty() && bool::from(k.as_slice().ct_eq(key)) {
+                return *hash;
+            }
+        }
+        let hash = hash_key_bytes(key);
+        let slot = recent.next;
+        recent.next = (slot + 1) % SLOTS;
+        // Assigning drops (and so wipes) the evicted key.
+        recent.keys[slot] = (zeroize::Zeroizing::new(key.to_vec()), hash);
+        hash
+    })
 }
 
 fn missing_key() -> Error {
@@ -175,6 +209,29 @@ mod tests {
         );
         let bearer = headers(&[("authorization", "Bearer strait-a")]);
         assert_eq!(&*a.authenticate(&bearer).unwrap().name, "key-1");
+    }
+
+    #[test]
+    fn remembered_hashes_match_fresh_ones_through_evictions() {
+        let keys: Vec<String> = (0..9).map(|i| format!("strait-key-{i}")).collect();
+        for round in 0..3 {
+            for k in keys.iter().chain(keys.iter().take(round)) {
+                assert_eq!(hash_recent(k), crate::config::hash_key(k), "{k}");
+            }
+        }
+        // A key one character off a remembered one is not taken for it.
+        assert_eq!(
+            hash_recent("strait-key-1"),
+            crate::config::hash_key("strait-key-1")
+        );
+        assert_eq!(
+            hash_recent("strait-key-10"),
+            crate::config::hash_key("strait-key-10")
+        );
+        assert_eq!(
+            hash_recent("strait-key-"),
+            crate::config::hash_key("strait-key-")
+        );
     }
 
     #[test]

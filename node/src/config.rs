@@ -576,7 +576,11 @@ impl Config {
 
 /// Hex SHA-256 of a client key, as stored in config.
 pub fn hash_key(key: &str) -> [u8; 32] {
-    Sha256::digest(key.as_bytes()).into()
+    hash_key_bytes(key.as_bytes())
+}
+
+pub fn hash_key_bytes(key: &[u8]) -> [u8; 32] {
+    Sha256::digest(key).into()
 }
 
 impl RawConfig {
