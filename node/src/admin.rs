@@ -1,14 +1,15 @@
 //! The admin listener: `/livez`, `/readyz` and `/metrics`. Health answers are also
 //! served on the public listener (see `proxy::handle`); metrics are admin-only.
 
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderValue, Response, StatusCode};
 
-use crate::body::{ClientBody, ProxyBody};
+use crate::body::ProxyBody;
+use crate::head::ClientRequest;
 use crate::proxy::Shared;
 
 /// Serves one admin request.
-pub fn handle(shared: &Shared, req: Request<ClientBody>) -> Response<ProxyBody> {
-    match req.uri().path() {
+pub fn handle(shared: &Shared, req: ClientRequest) -> Response<ProxyBody> {
+    match req.uri.path() {
         p @ ("/livez" | "/readyz") => health(shared, p),
         "/metrics" => {
             refresh_gauges(shared);

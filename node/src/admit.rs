@@ -3,12 +3,13 @@
 //! (whose `model`, `stream` and `max_tokens` are read for routing and accounting).
 
 use bytes::Bytes;
-use http::{header, request::Parts, Method};
+use http::{header, Method};
 use http_body_util::BodyExt;
 use serde::Deserialize;
 
 use crate::body::{ClientBody, RequestBody};
 use crate::error::{Error, ErrorKind, Result};
+use crate::head::ClientHeaders;
 
 /// Which Anthropic API a request is for; used for body handling and metric labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,17 +96,17 @@ struct MessagesPeek {
 /// upstream and what was learnt from it.
 pub async fn admit_body(
     route: RouteKind,
-    parts: &Parts,
+    method: &Method,
+    headers: &ClientHeaders,
     body: ClientBody,
     max_body: u64,
 ) -> Result<(RequestBody, RequestMeta)> {
-    if let Some(len) = content_length(parts)? {
+    if let Some(len) = content_length(headers)? {
         if len > max_body {
             return Err(too_large(max_body));
         }
     }
-    if parts.method == Method::GET || parts.method == Method::HEAD || parts.method == Method::DELETE
-    {
+    if method == Method::GET || method == Method::HEAD || method == Method::DELETE {
         // Bodies on these methods are not part of Anthropic's API; drop them.
         return Ok((RequestBody::Full(None), RequestMeta::default()));
     }
@@ -172,10 +173,10 @@ fn too_large(max: u64) -> Error {
     )
 }
 
-fn content_length(parts: &Parts) -> Result<Option<u64>> {
-    match parts.headers.get(header::CONTENT_LENGTH) {
+fn content_length(headers: &ClientHeaders) -> Result<Option<u64>> {
+    match headers.get(&header::CONTENT_LENGTH) {
         None => Ok(None),
-        Some(v) => crate::wire::parse_length(v.as_bytes())
+        Some(v) => crate::wire::parse_length(v)
             .map(Some)
             .ok_or_else(|| Error::new(ErrorKind::InvalidRequest, "invalid content-length header")),
     }

@@ -4,12 +4,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use http::HeaderMap;
 use subtle::ConstantTimeEq;
 
 use crate::cluster::schema::LimitsDoc;
 use crate::config::{hash_key_bytes, Config, KeyMode};
 use crate::error::{Error, ErrorKind, Result};
+use crate::head::ClientHeaders;
 
 /// Who made a request, as far as the rest of the pipeline needs to know.
 #[derive(Debug, Clone)]
@@ -100,7 +100,7 @@ impl Authenticator {
 
     /// Decides who the caller is. In passthrough mode the client's own key is checked
     /// only for presence; Anthropic judges it.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal> {
+    pub fn authenticate(&self, headers: &ClientHeaders) -> Result<Principal> {
         match self.mode {
             KeyMode::Anonymous => Ok(self.anonymous.clone()),
             KeyMode::Passthrough => match presented_key(headers) {
@@ -165,14 +165,17 @@ fn missing_key() -> Error {
 }
 
 /// The key a client presented: `x-api-key` first, then a Bearer token.
-pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    if let Some(v) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+pub fn presented_key(headers: &ClientHeaders) -> Option<&str> {
+    fn text(v: &[u8]) -> Option<&str> {
+        std::str::from_utf8(v).ok()
+    }
+    if let Some(v) = headers.get(&crate::forward::X_API_KEY).and_then(text) {
         let v = v.trim();
         if !v.is_empty() {
             return Some(v);
         }
     }
-    let auth = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let auth = text(headers.get(&http::header::AUTHORIZATION)?)?;
     let (scheme, token) = auth.trim().split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
@@ -182,6 +185,7 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
 mod tests {
     use super::*;
     use crate::config::{RawConfig, Secret};
+    use http::HeaderMap;
 
     fn managed() -> Authenticator {
         let c = RawConfig::default()
@@ -190,12 +194,12 @@ mod tests {
         Authenticator::new(&c)
     }
 
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+    fn headers(pairs: &[(&'static str, &str)]) -> ClientHeaders {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
             h.insert(*k, v.parse().unwrap());
         }
-        h
+        ClientHeaders::Map(h)
     }
 
     #[test]
@@ -238,7 +242,9 @@ mod tests {
     fn rejects_missing_and_unknown_keys() {
         let a = managed();
         assert_eq!(
-            a.authenticate(&HeaderMap::new()).unwrap_err().kind,
+            a.authenticate(&ClientHeaders::Map(HeaderMap::new()))
+                .unwrap_err()
+                .kind,
             ErrorKind::Authentication
         );
         let e = a

@@ -15,7 +15,7 @@
 //! Around them: [`proxy`] (the pipeline), [`error`] (the one error type and its HTTP
 //! mapping), [`config`] and [`cli`] (typed, validated configuration), [`health`] and
 //! [`admin`] (health and metrics endpoints), [`server`] (start, signals, drain),
-//! [`body`] (body types), [`telemetry`] (logging), [`cluster`] (membership and live
+//! [`body`] and [`head`] (the request and body types), [`telemetry`] (logging), [`cluster`] (membership and live
 //! config in etcd; the node alone on its file config when no etcd is configured).
 
 pub mod accept;
@@ -29,6 +29,7 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod forward;
+pub mod head;
 pub mod health;
 pub mod limits;
 pub mod proxy;

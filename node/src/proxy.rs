@@ -8,15 +8,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::account::{Metrics, RequestRecord};
 use crate::admit::{self, RouteKind};
 use crate::auth::{Authenticator, Principal};
-use crate::body::{ClientBody, ProxyBody};
+use crate::body::ProxyBody;
 use crate::config::{Config, KeyMode};
 use crate::error::{Error, ErrorKind};
-use crate::forward::{self, ForwardCtx, Forwarded, Upstream};
+use crate::forward::{self, ForwardCtx, Forwarded, Upstream, UpstreamHeaders};
+use crate::head::ClientRequest;
 use crate::health::{Health, ReadyInputs};
 use crate::limits::{headers as limit_headers, Dim, Limiter, RateView, Reservation, ScopeKind};
 use crate::route::KeyPool;
@@ -149,11 +150,11 @@ impl Shared {
 /// Anthropic-shaped response here.
 pub async fn handle(
     shared: Arc<Shared>,
-    req: Request<ClientBody>,
+    req: ClientRequest,
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
-    let path = req.uri().path();
+    let path = req.uri.path();
     // DNS health checkers probe from outside, so health is on the public port too.
     if path == "/livez" || path == "/readyz" {
         return crate::admin::health(&shared, path);
@@ -161,18 +162,14 @@ pub async fn handle(
     let request_id = shared.request_ids.next();
     let rid_header = HeaderValue::from_str(&request_id).expect("ids are ASCII");
     let route = RouteKind::classify(path);
-    let header_bytes: usize = req
-        .headers()
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum();
+    let header_bytes = req.headers.wire_size();
     let mut record = RequestRecord {
         metrics: shared.metrics.clone(),
         access_log: shared.config.log.access_log,
         request_id,
         started,
-        method: req.method().clone(),
-        uri: req.uri().clone(),
+        method: req.method.clone(),
+        uri: req.uri.clone(),
         route: route.unwrap_or(RouteKind::OtherV1),
         client: None,
         model: None,
@@ -234,7 +231,7 @@ pub async fn handle(
 /// Phases 2 to 5. Returns the committed upstream response.
 async fn phases(
     shared: &Shared,
-    req: Request<ClientBody>,
+    req: ClientRequest,
     peer: SocketAddr,
     route: RouteKind,
     record: &mut RequestRecord,
@@ -243,7 +240,7 @@ async fn phases(
     let snap = shared.snapshot.load();
 
     // 2. authenticate
-    let principal = snap.auth.authenticate(req.headers())?;
+    let principal = snap.auth.authenticate(&req.headers)?;
     record.client = Some(principal.name.clone());
     // Region policy: a key pinned to other regions is never served here, whatever
     // DNS did with the client.
@@ -260,9 +257,21 @@ async fn phases(
     }
 
     // 3. admit
-    let (parts, body) = req.into_parts();
-    let (body, meta) =
-        admit::admit_body(route, &parts, body, shared.config.limits.max_body_bytes).await?;
+    let ClientRequest {
+        method,
+        uri,
+        headers,
+        body,
+        ..
+    } = req;
+    let (body, meta) = admit::admit_body(
+        route,
+        &method,
+        &headers,
+        body,
+        shared.config.limits.max_body_bytes,
+    )
+    .await?;
     record.stream = meta.stream;
 
     // 3b. limits: reserve the request, its tokens and a concurrency slot for the key
@@ -282,12 +291,8 @@ async fn phases(
     }
 
     // 4. route: the direct path; the key is chosen per attempt inside forward.
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    let headers = forward::upstream_headers(parts.headers, peer, snap.auth.mode());
+    let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let headers = UpstreamHeaders::new(&headers, peer, snap.auth.mode());
 
     // 5. forward
     let ctx = ForwardCtx {
@@ -299,7 +304,7 @@ async fn phases(
     };
     let fwd = shared
         .upstream
-        .forward(&ctx, parts.method, path_and_query, headers, body, record)
+        .forward(&ctx, method, path_and_query, &headers, body, record)
         .await?;
 
     let h = fwd.response.headers();

@@ -228,9 +228,15 @@ pub fn has_token(value: &[u8], token: &[u8]) -> bool {
 }
 
 pub fn put_header(buf: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
-    buf.extend_from_slice(name.as_str().as_bytes());
+    put_field(buf, name.as_str().as_bytes(), value.as_bytes());
+}
+
+/// A header line from a name and value already checked (parsed by httparse, or from
+/// `HeaderName` and `HeaderValue`).
+pub fn put_field(buf: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    buf.extend_from_slice(name);
     buf.extend_from_slice(b": ");
-    buf.extend_from_slice(value.as_bytes());
+    buf.extend_from_slice(value);
     buf.extend_from_slice(b"\r\n");
 }
 

@@ -150,6 +150,53 @@ async fn keep_alive_and_pipelined_requests_are_answered_in_order() {
 }
 
 #[tokio::test]
+async fn header_fields_are_relayed_as_sent_minus_hop_by_hop_and_credentials() {
+    let h = Harness::managed().await;
+    let body = message_body(false).to_string();
+    let mut s = connect(&h).await;
+    let head = format!(
+        "POST /v1/messages?beta=true HTTP/1.1\r\nHost: gw.example\r\nX-API-KEY: {CLIENT_KEY}\r\n\
+         Anthropic-Version: 2023-06-01\r\nAnthropic-Beta: a\r\nanthropic-beta: b\r\n\
+         Connection: keep-alive, X-Hop\r\nx-hop: secret\r\nKeep-Alive: timeout=5\r\n\
+         X-Forwarded-For: 10.0.0.1\r\nx-forwarded-for: 10.0.0.2\r\nX-Custom: kept as is\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let r = read_response(&mut s, &mut Vec::new()).await;
+    assert_eq!(r.status, 200, "{}", r.head);
+
+    let up = &h.mock.requests()[0];
+    assert_eq!(up.path, "/v1/messages?beta=true");
+    let all = |name: &str| -> Vec<&str> {
+        up.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    assert_eq!(
+        all("anthropic-beta"),
+        ["a", "b"],
+        "repeated fields kept in order"
+    );
+    assert_eq!(all("x-custom"), ["kept as is"]);
+    assert_eq!(all("anthropic-version"), ["2023-06-01"]);
+    assert_eq!(all("x-forwarded-for"), ["10.0.0.1, 10.0.0.2, 127.0.0.1"]);
+    assert_eq!(all("x-api-key").len(), 1);
+    assert!(UPSTREAM_KEYS.contains(&all("x-api-key")[0]), "{up:?}");
+    assert_eq!(all("host"), [h.mock.addr().to_string().as_str()]);
+    assert_eq!(all("content-length"), [body.len().to_string().as_str()]);
+    for gone in ["x-hop", "keep-alive", "connection"] {
+        assert!(all(gone).is_empty(), "{gone} relayed: {up:?}");
+    }
+    assert!(
+        up.headers.iter().all(|(_, v)| !v.contains(CLIENT_KEY)),
+        "the client key stays behind"
+    );
+}
+
+#[tokio::test]
 async fn http10_clients_get_a_length_and_a_close() {
     let h = Harness::managed().await;
     let mut s = connect(&h).await;

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::header;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, watch};
 use crate::account::Metrics;
 use crate::body::{ClientBody, ProxyBody};
 use crate::error::{Error, ErrorKind};
+use crate::head::{ClientHeaders, ClientRequest, RawHeaders};
 use crate::wire::{self, Framing};
 
 /// The first bytes of every HTTP/2 connection with prior knowledge (RFC 9113 3.4).
@@ -67,7 +68,10 @@ pub enum Ended<IO> {
 
 /// A request head, parsed.
 struct Head {
-    request: Request<()>,
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: RawHeaders,
     framing: Framing,
     keep_alive: bool,
     expect_continue: bool,
@@ -98,7 +102,7 @@ pub async fn serve<IO, S, F>(
 ) -> Ended<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
-    S: Fn(Request<ClientBody>, SocketAddr) -> F,
+    S: Fn(ClientRequest, SocketAddr) -> F,
     F: Future<Output = Response<ProxyBody>>,
 {
     let mut conn = Conn {
@@ -147,13 +151,23 @@ where
         };
         first = false;
         let Head {
-            request,
+            method,
+            uri,
+            version,
+            headers,
             mut framing,
             mut keep_alive,
             expect_continue,
         } = head;
-        let is_head = request.method() == Method::HEAD;
-        let http10 = request.version() == Version::HTTP_10;
+        let is_head = method == Method::HEAD;
+        let http10 = version == Version::HTTP_10;
+        let request = |body| ClientRequest {
+            method,
+            uri,
+            version,
+            headers: ClientHeaders::Raw(headers),
+            body,
+        };
         // A declared body over the limit will be refused unread: no invitation to send it.
         let refused_unread = matches!(framing, Framing::Length(n) if n > settings.max_body);
         if expect_continue && !framing.is_done() && !refused_unread {
@@ -170,7 +184,7 @@ where
 
         let response = match framing {
             Framing::Done => {
-                let fut = service(request.map(|()| ClientBody::Full(None)), peer);
+                let fut = service(request(ClientBody::Full(None)), peer);
                 fut.await
             }
             Framing::Length(n) if n <= PREREAD.min(settings.max_body) => {
@@ -184,7 +198,7 @@ where
                 }
                 framing = Framing::Done;
                 let body = conn.buf.split_to(n).freeze();
-                service(request.map(|()| ClientBody::Full(Some(body))), peer).await
+                service(request(ClientBody::Full(Some(body))), peer).await
             }
             _ => {
                 // Larger or chunked: the handler reads the body through a channel
@@ -194,7 +208,7 @@ where
                     Framing::Length(n) => Some(n),
                     _ => None,
                 };
-                let fut = service(request.map(|()| ClientBody::Channel { rx, left }), peer);
+                let fut = service(request(ClientBody::Channel { rx, left }), peer);
                 let pump = pump(&mut conn, &mut framing, tx);
                 tokio::pin!(fut, pump);
                 let mut pumping = true;
@@ -317,7 +331,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
     let uri = Uri::from_maybe_shared(raw.slice_ref(req.path.unwrap_or_default().as_bytes()))
         .map_err(|_| Refused::Malformed("invalid request target"))?;
 
-    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    let mut headers = RawHeaders::new(raw.clone());
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut transfer_encoding = false;
@@ -325,16 +339,17 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
     let mut keep_alive_token = false;
     let mut expect_continue = false;
     for h in req.headers.iter() {
-        let name = wire::header_name(h.name.as_bytes())
-            .map_err(|_| Refused::Malformed("invalid header name"))?;
-        if name == header::CONTENT_LENGTH {
+        // httparse has checked the name is a token and the value has no control
+        // characters: what `HeaderName` and `HeaderValue` would check.
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
             let n =
                 wire::parse_length(h.value).ok_or(Refused::Malformed("invalid content-length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(Refused::Malformed("conflicting content-length headers"));
             }
             length = Some(n);
-        } else if name == header::TRANSFER_ENCODING {
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             // Only `chunked`, once, is understood; anything else is refused rather
             // than guessed at (RFC 9112 6.1: a server that does not understand a
             // transfer coding answers 501; refusing also closes smuggling routes).
@@ -343,15 +358,13 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
             }
             transfer_encoding = true;
             chunked = true;
-        } else if name == header::CONNECTION {
+        } else if name.eq_ignore_ascii_case(b"connection") {
             close |= wire::has_token(h.value, b"close");
             keep_alive_token |= wire::has_token(h.value, b"keep-alive");
-        } else if name == header::EXPECT {
+        } else if name.eq_ignore_ascii_case(b"expect") {
             expect_continue = h.value.eq_ignore_ascii_case(b"100-continue");
         }
-        let value = HeaderValue::from_maybe_shared(raw.slice_ref(h.value))
-            .map_err(|_| Refused::Malformed("invalid header value"))?;
-        headers.append(name, value);
+        headers.push(name, h.value);
     }
     let framing = match (chunked, length) {
         (true, Some(_)) => {
@@ -371,13 +384,11 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
         Version::HTTP_11 => !close,
         _ => keep_alive_token && !close,
     };
-    let mut request = Request::new(());
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
-    *request.version_mut() = version;
-    *request.headers_mut() = headers;
     Ok(Some(Head {
-        request,
+        method,
+        uri,
+        version,
+        headers,
         framing,
         keep_alive,
         expect_continue: expect_continue && version == Version::HTTP_11,
@@ -656,10 +667,14 @@ mod tests {
             &b"POST /v1/messages?beta=true HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nx-a: b\r\n\r\nhello"[..],
         );
         let head = parse_head(&mut buf).ok().flatten().expect("complete");
-        assert_eq!(head.request.method(), Method::POST);
-        assert_eq!(head.request.uri().path(), "/v1/messages");
-        assert_eq!(head.request.uri().query(), Some("beta=true"));
-        assert_eq!(head.request.headers()["x-a"], "b");
+        assert_eq!(head.method, Method::POST);
+        assert_eq!(head.uri.path(), "/v1/messages");
+        assert_eq!(head.uri.query(), Some("beta=true"));
+        let headers = ClientHeaders::Raw(head.headers);
+        assert_eq!(
+            headers.get(&header::HeaderName::from_static("x-a")),
+            Some(&b"b"[..])
+        );
         assert_eq!(head.framing, Framing::Length(5));
         assert!(head.keep_alive);
         assert_eq!(&buf[..], b"hello", "the body stays in the buffer");
@@ -690,8 +705,9 @@ mod tests {
         // Blank lines before the request line are skipped; bare LF line ends work.
         let mut buf = BytesMut::from(&b"\r\n\r\nGET /a HTTP/1.1\nhost: x\n\nNEXT"[..]);
         let head = parse_head(&mut buf).ok().flatten().expect("complete");
-        assert_eq!(head.request.uri().path(), "/a");
-        assert_eq!(head.request.headers()["host"], "x");
+        assert_eq!(head.uri.path(), "/a");
+        let headers = ClientHeaders::Raw(head.headers);
+        assert_eq!(headers.get(&header::HOST), Some(&b"x"[..]));
         assert_eq!(&buf[..], b"NEXT");
     }
 

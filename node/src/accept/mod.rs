@@ -29,6 +29,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::account::Metrics;
 use crate::body::{ClientBody, ProxyBody};
 use crate::config::Limits;
+use crate::head::{ClientHeaders, ClientRequest};
 
 pub use tls::TlsState;
 
@@ -78,7 +79,7 @@ pub async fn serve<S, F>(
     service: S,
 ) -> usize
 where
-    S: Fn(Request<ClientBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    S: Fn(ClientRequest, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -177,11 +178,21 @@ async fn serve_h2<IO, S, F>(
     service: S,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Fn(Request<ClientBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    S: Fn(ClientRequest, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-        let fut = service(req.map(ClientBody::Hyper), peer);
+        let (parts, body) = req.into_parts();
+        let fut = service(
+            ClientRequest {
+                method: parts.method,
+                uri: parts.uri,
+                version: parts.version,
+                headers: ClientHeaders::Map(parts.headers),
+                body: ClientBody::Hyper(body),
+            },
+            peer,
+        );
         async move {
             let mut resp = fut.await;
             // Headers the HTTP/1.1 writer writes into the head from the relay.

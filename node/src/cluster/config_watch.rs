@@ -391,9 +391,12 @@ mod tests {
             .validate(vec![Secret::new("sk-ant-env")], vec![Secret::new("local")])
             .unwrap();
         let snap = build_snapshot(&base, &cc, Some(&kek), None).unwrap();
-        let mut h = http::HeaderMap::new();
-        h.insert("x-api-key", "client-secret".parse().unwrap());
-        let p = snap.auth.authenticate(&h).unwrap();
+        let key = |k: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("x-api-key", k.parse().unwrap());
+            crate::head::ClientHeaders::Map(h)
+        };
+        let p = snap.auth.authenticate(&key("client-secret")).unwrap();
         let pool = snap.pool_for(&p);
         assert_eq!(pool.label(pool.pick(None).unwrap()), "batch-1");
         assert_eq!(
@@ -401,9 +404,8 @@ mod tests {
             2,
             "env key and the sealed default key share the default pool"
         );
-        h.insert("x-api-key", "local".parse().unwrap());
         assert_eq!(
-            snap.auth.authenticate(&h).unwrap().pool,
+            snap.auth.authenticate(&key("local")).unwrap().pool,
             0,
             "file and env client keys still work"
         );
@@ -440,7 +442,10 @@ mod tests {
         assert_eq!(snap.auth.mode(), KeyMode::Managed);
         let mut h = http::HeaderMap::new();
         h.insert("x-api-key", "client-secret".parse().unwrap());
-        let p = snap.auth.authenticate(&h).unwrap();
+        let p = snap
+            .auth
+            .authenticate(&crate::head::ClientHeaders::Map(h))
+            .unwrap();
         assert_eq!(p.tenant.as_deref(), Some("acme"));
         assert!(p.region_allowed("eu"));
         assert!(

@@ -10,8 +10,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::header;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
+use http::{HeaderValue, Method, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
@@ -31,8 +30,9 @@ pub struct Outgoing<'a> {
     pub method: &'a Method,
     /// Path and query.
     pub target: &'a str,
-    /// Already rewritten; `host` and the upstream key are added on the way out.
-    pub headers: &'a HeaderMap,
+    /// The client's fields to relay; `host`, the framing and the upstream key are
+    /// added on the way out.
+    pub headers: &'a super::UpstreamHeaders<'a>,
     pub api_key: Option<&'a HeaderValue>,
 }
 
@@ -242,14 +242,8 @@ impl Client {
         let mut req = Request::new(body);
         *req.method_mut() = out.method.clone();
         *req.uri_mut() = uri;
-        let h = req.headers_mut();
-        *h = out.headers.clone();
-        // hyper frames the body from its size; a client's own length may not match a
-        // body the gateway dropped (GET with a body).
-        h.remove(header::CONTENT_LENGTH);
-        if let Some(key) = out.api_key {
-            h.insert(super::X_API_KEY, key.clone());
-        }
+        // Without content-length: hyper frames the body from its size.
+        *req.headers_mut() = out.headers.to_map(out.api_key);
         sender
             .ready()
             .await

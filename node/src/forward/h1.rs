@@ -18,6 +18,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 
 use super::client::{Conn, Outgoing, Pool, SendError};
+use super::X_FORWARDED_FOR;
 use crate::body::{BoxError, RequestBody};
 use crate::wire::{self, Framing};
 
@@ -58,17 +59,12 @@ pub async fn send(
     head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     head.extend_from_slice(authority.as_bytes());
     head.extend_from_slice(b"\r\n");
-    for (name, value) in headers {
-        // Framing is ours to decide, from the body we actually send; and the body goes
-        // out right behind the head, so there is no 100-continue to wait for.
-        if name == header::CONTENT_LENGTH
-            || name == header::TRANSFER_ENCODING
-            || name == header::EXPECT
-        {
-            continue;
-        }
-        wire::put_header(&mut head, name, value);
+    // The client's fields as they came (framing and `expect` left out: the body goes
+    // out right behind the head, framed by what is actually sent).
+    for (name, value) in headers.fields() {
+        wire::put_field(&mut head, name, value);
     }
+    wire::put_header(&mut head, &X_FORWARDED_FOR, headers.forwarded_for());
     if let Some(key) = api_key {
         wire::put_header(&mut head, &super::X_API_KEY, key);
     }

@@ -23,6 +23,7 @@ use crate::account::{Metrics, RequestRecord};
 use crate::body::RequestBody;
 use crate::config::{KeyMode, Upstream as UpstreamConfig};
 use crate::error::{Error, ErrorKind, Result};
+use crate::head::ClientHeaders;
 use crate::health::UpstreamHealth;
 use crate::route::KeyPool;
 use crate::stream;
@@ -95,14 +96,13 @@ impl Upstream {
         &self.config
     }
 
-    /// Runs the attempt loop. `headers` are the already-rewritten request headers
-    /// (see [`upstream_headers`]). Updates `record` with attempts, key and timings.
+    /// Runs the attempt loop. Updates `record` with attempts, key and timings.
     pub async fn forward(
         &self,
         ctx: &ForwardCtx<'_>,
         method: http::Method,
         path_and_query: &str,
-        headers: HeaderMap,
+        headers: &UpstreamHeaders<'_>,
         body: RequestBody,
         record: &mut RequestRecord,
     ) -> Result<Forwarded> {
@@ -159,7 +159,7 @@ impl Upstream {
                     &client::Outgoing {
                         method: &method,
                         target,
-                        headers: &headers,
+                        headers,
                         api_key,
                     },
                     attempt_body,
@@ -376,7 +376,7 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 ];
 
 pub(crate) const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none of these, or only `connection: keep-alive`: one pass
@@ -412,34 +412,108 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The request headers sent upstream: the client's, minus hop-by-hop headers and
-/// (unless passing through) its credentials, plus `x-forwarded-for`.
-pub fn upstream_headers(mut headers: HeaderMap, peer: SocketAddr, mode: KeyMode) -> HeaderMap {
-    use std::fmt::Write;
-    remove_hop_by_hop(&mut headers);
-    headers.remove(header::HOST);
-    if mode != KeyMode::Passthrough {
-        headers.remove(X_API_KEY);
-        headers.remove(header::AUTHORIZATION);
-    }
-    let prev = headers
-        .get(X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.trim().is_empty());
-    let value = match prev {
-        Some(prev) => {
-            let mut xff = String::with_capacity(prev.len() + 48);
-            xff.push_str(prev);
-            xff.push_str(", ");
-            let _ = write!(xff, "{}", peer.ip());
-            HeaderValue::try_from(xff).ok()
+/// The client's header fields as they go upstream: hop-by-hop fields (and those the
+/// client's `Connection` names), `host`, the framing fields and, unless passing
+/// through, the client's credentials stay behind; `x-forwarded-for` is rewritten
+/// with the peer appended. `host`, the framing and the upstream key are added by the
+/// client that sends the request.
+pub struct UpstreamHeaders<'a> {
+    client: &'a ClientHeaders,
+    mode: KeyMode,
+    /// Fields named in the client's `Connection` header (rare: an empty `Vec` does
+    /// not allocate).
+    named: Vec<&'a [u8]>,
+    forwarded_for: HeaderValue,
+}
+
+impl<'a> UpstreamHeaders<'a> {
+    pub fn new(client: &'a ClientHeaders, peer: SocketAddr, mode: KeyMode) -> Self {
+        // Headers named in `Connection` are hop-by-hop too (RFC 9110 7.6.1).
+        let named = client
+            .get_all(&header::CONNECTION)
+            .flat_map(|v| v.split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|n| !n.is_empty())
+            .collect();
+        UpstreamHeaders {
+            client,
+            mode,
+            named,
+            forwarded_for: forwarded_for(client, peer),
         }
-        None => Some(peer_value(peer.ip())),
-    };
-    if let Some(v) = value {
-        headers.insert(X_FORWARDED_FOR, v);
     }
-    headers
+
+    /// The client's fields that go upstream, as they came.
+    pub fn fields(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + '_ {
+        self.client.iter().filter(|(name, _)| {
+            !stays_behind(name, self.mode)
+                && !self.named.iter().any(|n| n.eq_ignore_ascii_case(name))
+        })
+    }
+
+    pub fn forwarded_for(&self) -> &HeaderValue {
+        &self.forwarded_for
+    }
+
+    /// The fields as a map (for HTTP/2), `x-forwarded-for` and `api_key` included.
+    pub fn to_map(&self, api_key: Option<&HeaderValue>) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(self.client.len() + 2);
+        for (name, value) in self.fields() {
+            // Names and values were checked when the head was parsed; these do not fail.
+            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+                map.append(n, v);
+            }
+        }
+        map.insert(X_FORWARDED_FOR, self.forwarded_for.clone());
+        if let Some(key) = api_key {
+            map.insert(X_API_KEY, key.clone());
+        }
+        map
+    }
+}
+
+/// Fields never relayed as the client sent them. One comparison by length, then by
+/// name: most fields are over in one step.
+fn stays_behind(name: &[u8], mode: KeyMode) -> bool {
+    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+    let own_key = mode != KeyMode::Passthrough;
+    match name.len() {
+        2 => is(b"te"),
+        4 => is(b"host"),
+        6 => is(b"expect"),
+        7 => is(b"trailer") || is(b"upgrade"),
+        9 => own_key && is(b"x-api-key"),
+        10 => is(b"connection") || is(b"keep-alive"),
+        13 => own_key && is(b"authorization"),
+        // Framing is the sender's to decide, from the body it actually sends.
+        14 => is(b"content-length"),
+        15 => is(b"x-forwarded-for"),
+        16 => is(b"proxy-connection"),
+        17 => is(b"transfer-encoding"),
+        18 => is(b"proxy-authenticate"),
+        19 => is(b"proxy-authorization"),
+        _ => false,
+    }
+}
+
+/// `x-forwarded-for` for the upstream: the client's own values, then the peer.
+fn forwarded_for(client: &ClientHeaders, peer: SocketAddr) -> HeaderValue {
+    use std::fmt::Write;
+    let mut joined = String::new();
+    for v in client.get_all(&X_FORWARDED_FOR) {
+        let Ok(v) = std::str::from_utf8(v.trim_ascii()) else {
+            continue;
+        };
+        if !v.is_empty() {
+            joined.push_str(v);
+            joined.push_str(", ");
+        }
+    }
+    if joined.is_empty() {
+        return peer_value(peer.ip());
+    }
+    let _ = write!(joined, "{}", peer.ip());
+    HeaderValue::try_from(joined).unwrap_or_else(|_| peer_value(peer.ip()))
 }
 
 /// The peer address as a header value. A connection's requests share it, and
@@ -469,6 +543,30 @@ pub fn downstream_headers(headers: &mut HeaderMap) {
 mod tests {
     use super::*;
 
+    fn upstream(h: &ClientHeaders, mode: KeyMode) -> Vec<(String, String)> {
+        let up = UpstreamHeaders::new(h, "127.0.0.9:1234".parse().unwrap(), mode);
+        let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+        let mut out: Vec<_> = up.fields().map(|(n, v)| (text(n), text(v))).collect();
+        out.push((
+            "x-forwarded-for".into(),
+            text(up.forwarded_for().as_bytes()),
+        ));
+        out
+    }
+
+    fn raw(head: &'static [u8]) -> ClientHeaders {
+        let head = bytes::Bytes::from_static(head);
+        let mut raw = crate::head::RawHeaders::new(head.clone());
+        let mut at = 0;
+        while let Some(end) = head[at..].windows(2).position(|w| w == b"\r\n") {
+            let line = &head[at..at + end];
+            let colon = line.iter().position(|b| *b == b':').unwrap();
+            raw.push(&line[..colon], line[colon + 1..].trim_ascii());
+            at += end + 2;
+        }
+        ClientHeaders::Raw(raw)
+    }
+
     #[test]
     fn strips_hop_by_hop_and_credentials_and_appends_xff() {
         let mut h = HeaderMap::new();
@@ -481,20 +579,49 @@ mod tests {
         h.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         h.insert("host", HeaderValue::from_static("gateway.example"));
-        let out = upstream_headers(h, "127.0.0.9:1234".parse().unwrap(), KeyMode::Managed);
-        assert!(out.get("x-secret-hop").is_none());
-        assert!(out.get("connection").is_none());
-        assert!(out.get("x-api-key").is_none());
-        assert!(out.get("host").is_none());
-        assert_eq!(out["anthropic-version"], "2023-06-01");
-        assert_eq!(out["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
+        h.insert("content-length", HeaderValue::from_static("12"));
+        let out = upstream(&ClientHeaders::Map(h), KeyMode::Managed);
+        assert_eq!(
+            out,
+            [
+                ("anthropic-version".into(), "2023-06-01".into()),
+                ("x-forwarded-for".into(), "10.0.0.1, 127.0.0.9".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn raw_heads_are_filtered_whatever_the_case_of_their_names() {
+        let h = raw(
+            b"Host: gw\r\nX-Api-Key: strait-client-key\r\nAuthorization: Bearer s\r\n\
+            Connection: X-Hop\r\nx-hop: 1\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\
+            Anthropic-Beta: a\r\nX-Forwarded-For: 10.0.0.1\r\nx-forwarded-for: 10.0.0.2\r\n\
+            Proxy-Authorization: p\r\nTE: trailers\r\nanthropic-beta: b\r\n",
+        );
+        let out = upstream(&h, KeyMode::Managed);
+        assert_eq!(
+            out,
+            [
+                ("Anthropic-Beta".into(), "a".into()),
+                ("anthropic-beta".into(), "b".into()),
+                (
+                    "x-forwarded-for".into(),
+                    "10.0.0.1, 10.0.0.2, 127.0.0.9".into()
+                ),
+            ]
+        );
+        let map = UpstreamHeaders::new(&h, "127.0.0.9:1".parse().unwrap(), KeyMode::Managed)
+            .to_map(Some(&HeaderValue::from_static("sk-up")));
+        assert_eq!(map.get_all("anthropic-beta").iter().count(), 2);
+        assert_eq!(map["x-api-key"], "sk-up");
+        assert!(map.get("authorization").is_none() && map.get("te").is_none());
     }
 
     #[test]
     fn passthrough_keeps_the_client_key() {
-        let mut h = HeaderMap::new();
-        h.insert("x-api-key", HeaderValue::from_static("sk-ant-own"));
-        let out = upstream_headers(h, "127.0.0.1:1".parse().unwrap(), KeyMode::Passthrough);
-        assert_eq!(out["x-api-key"], "sk-ant-own");
+        let h = raw(b"X-Api-Key: sk-ant-own\r\nauthorization: Bearer sk-ant-own\r\n");
+        let out = upstream(&h, KeyMode::Passthrough);
+        assert_eq!(out[0], ("X-Api-Key".into(), "sk-ant-own".into()));
+        assert_eq!(out[1].0, "authorization");
     }
 }

@@ -1,0 +1,180 @@
+//! The client's request as the pipeline reads it. An HTTP/1.1 head stays the bytes it
+//! arrived in, with where each field starts and ends; an HTTP/2 head is hyper's map.
+//!
+//! Why not always a `HeaderMap`: building one from the parsed head (a name lookup, a
+//! hash and an insert per field), taking fields out of it again for the upstream and
+//! encoding the rest cost more than anything else the node did per request
+//! (docs/benchmarks.md). The pipeline reads a handful of fields; the rest are copied
+//! upstream as they came.
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, Method, Uri, Version};
+use smallvec::SmallVec;
+
+use crate::body::ClientBody;
+
+/// One client request, head and body.
+pub struct ClientRequest {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub headers: ClientHeaders,
+    pub body: ClientBody,
+}
+
+/// A request's header fields, in arrival order.
+// The raw form is kept inline (not boxed): it is the common one, and an allocation
+// per request is what it exists to save.
+#[allow(clippy::large_enum_variant)]
+pub enum ClientHeaders {
+    /// HTTP/2 (hyper), and requests built in tests.
+    Map(HeaderMap),
+    /// HTTP/1.1, parsed by the node's own server.
+    Raw(RawHeaders),
+}
+
+/// Header fields as positions in the head they were parsed from. Names keep the case
+/// the client sent; lookups ignore case.
+pub struct RawHeaders {
+    head: Bytes,
+    fields: SmallVec<[Field; 16]>,
+}
+
+#[derive(Clone, Copy)]
+struct Field {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+impl RawHeaders {
+    pub fn new(head: Bytes) -> Self {
+        RawHeaders {
+            head,
+            fields: SmallVec::new(),
+        }
+    }
+
+    /// Adds a field whose name and value are slices of the head given to [`new`].
+    ///
+    /// [`new`]: RawHeaders::new
+    pub fn push(&mut self, name: &[u8], value: &[u8]) {
+        let span = |s: &[u8]| {
+            // Wrapping: a slice from below the head lands far past its end.
+            let start = (s.as_ptr() as usize).wrapping_sub(self.head.as_ptr() as usize);
+            assert!(
+                start <= self.head.len() && s.len() <= self.head.len() - start,
+                "a slice of the head"
+            );
+            (start as u32, (start + s.len()) as u32)
+        };
+        let field = Field {
+            name: span(name),
+            value: span(value),
+        };
+        self.fields.push(field);
+    }
+
+    fn slice(&self, (start, end): (u32, u32)) -> &[u8] {
+        &self.head[start as usize..end as usize]
+    }
+}
+
+impl ClientHeaders {
+    /// The first value of `name`.
+    pub fn get(&self, name: &HeaderName) -> Option<&[u8]> {
+        match self {
+            ClientHeaders::Map(map) => map.get(name).map(|v| v.as_bytes()),
+            ClientHeaders::Raw(raw) => {
+                let want = name.as_str().as_bytes();
+                raw.fields
+                    .iter()
+                    .find(|f| raw.slice(f.name).eq_ignore_ascii_case(want))
+                    .map(|f| raw.slice(f.value))
+            }
+        }
+    }
+
+    /// Every value of `name`, in order.
+    pub fn get_all<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let want = name.as_str().as_bytes();
+        self.iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(want))
+            .map(|(_, v)| v)
+    }
+
+    /// Every field as (name, value), in order.
+    pub fn iter(&self) -> Iter<'_> {
+        match self {
+            ClientHeaders::Map(map) => Iter(Fields::Map(map.iter())),
+            ClientHeaders::Raw(raw) => Iter(Fields::Raw(raw, raw.fields.iter())),
+        }
+    }
+
+    /// Number of fields.
+    pub fn len(&self) -> usize {
+        match self {
+            ClientHeaders::Map(map) => map.len(),
+            ClientHeaders::Raw(raw) => raw.fields.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The fields' size as HTTP/1.1 lines would have it, for the header size limit.
+    pub fn wire_size(&self) -> usize {
+        self.iter().map(|(n, v)| n.len() + v.len() + 4).sum()
+    }
+}
+
+/// Iterator over [`ClientHeaders`] fields.
+pub struct Iter<'a>(Fields<'a>);
+
+enum Fields<'a> {
+    Map(http::header::Iter<'a, http::HeaderValue>),
+    Raw(&'a RawHeaders, std::slice::Iter<'a, Field>),
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match &mut self.0 {
+            Fields::Map(it) => it
+                .next()
+                .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+            Fields::Raw(raw, it) => it.next().map(|f| (raw.slice(f.name), raw.slice(f.value))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_fields_are_found_whatever_their_case() {
+        let head = Bytes::from_static(b"X-Api-Key: k1\r\nAccept: a\r\naccept: b\r\n");
+        let mut raw = RawHeaders::new(head.clone());
+        raw.push(&head[0..9], &head[11..13]);
+        raw.push(&head[15..21], &head[23..24]);
+        raw.push(&head[26..32], &head[34..35]);
+        let h = ClientHeaders::Raw(raw);
+        assert_eq!(
+            h.get(&HeaderName::from_static("x-api-key")),
+            Some(&b"k1"[..])
+        );
+        let accept = HeaderName::from_static("accept");
+        assert_eq!(h.get_all(&accept).collect::<Vec<_>>(), [b"a", b"b"]);
+        assert_eq!(h.get(&http::header::HOST), None);
+        assert_eq!(h.wire_size(), (9 + 2 + 4) + (6 + 1 + 4) * 2);
+    }
+
+    #[test]
+    #[should_panic(expected = "a slice of the head")]
+    fn a_field_from_elsewhere_is_refused() {
+        let mut raw = RawHeaders::new(Bytes::from_static(b"a: b\r\n"));
+        raw.push(b"other", b"memory");
+    }
+}
