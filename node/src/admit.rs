@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::body::{ClientBody, RequestBody};
 use crate::error::{Error, ErrorKind, Result};
-use crate::head::ClientHeaders;
+use crate::head::HeaderFields;
 
 /// Which Anthropic API a request is for; used for body handling and metric labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +97,7 @@ struct MessagesPeek {
 pub async fn admit_body(
     route: RouteKind,
     method: &Method,
-    headers: &ClientHeaders,
+    headers: &HeaderFields,
     body: ClientBody,
     max_body: u64,
 ) -> Result<(RequestBody, RequestMeta)> {
@@ -173,7 +173,7 @@ fn too_large(max: u64) -> Error {
     )
 }
 
-fn content_length(headers: &ClientHeaders) -> Result<Option<u64>> {
+fn content_length(headers: &HeaderFields) -> Result<Option<u64>> {
     match headers.get(&header::CONTENT_LENGTH) {
         None => Ok(None),
         Some(v) => crate::wire::parse_length(v)

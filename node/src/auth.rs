@@ -9,7 +9,7 @@ use subtle::ConstantTimeEq;
 use crate::cluster::schema::LimitsDoc;
 use crate::config::{hash_key_bytes, Config, KeyMode};
 use crate::error::{Error, ErrorKind, Result};
-use crate::head::ClientHeaders;
+use crate::head::HeaderFields;
 
 /// Who made a request, as far as the rest of the pipeline needs to know.
 #[derive(Debug, Clone)]
@@ -100,7 +100,7 @@ impl Authenticator {
 
     /// Decides who the caller is. In passthrough mode the client's own key is checked
     /// only for presence; Anthropic judges it.
-    pub fn authenticate(&self, headers: &ClientHeaders) -> Result<Principal> {
+    pub fn authenticate(&self, headers: &HeaderFields) -> Result<Principal> {
         match self.mode {
             KeyMode::Anonymous => Ok(self.anonymous.clone()),
             KeyMode::Passthrough => match presented_key(headers) {
@@ -165,7 +165,7 @@ fn missing_key() -> Error {
 }
 
 /// The key a client presented: `x-api-key` first, then a Bearer token.
-pub fn presented_key(headers: &ClientHeaders) -> Option<&str> {
+pub fn presented_key(headers: &HeaderFields) -> Option<&str> {
     fn text(v: &[u8]) -> Option<&str> {
         std::str::from_utf8(v).ok()
     }
@@ -194,12 +194,12 @@ mod tests {
         Authenticator::new(&c)
     }
 
-    fn headers(pairs: &[(&'static str, &str)]) -> ClientHeaders {
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderFields {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
             h.insert(*k, v.parse().unwrap());
         }
-        ClientHeaders::Map(h)
+        HeaderFields::Map(h)
     }
 
     #[test]
@@ -242,7 +242,7 @@ mod tests {
     fn rejects_missing_and_unknown_keys() {
         let a = managed();
         assert_eq!(
-            a.authenticate(&ClientHeaders::Map(HeaderMap::new()))
+            a.authenticate(&HeaderFields::Map(HeaderMap::new()))
                 .unwrap_err()
                 .kind,
             ErrorKind::Authentication

@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
+use crate::forward::RelayedHeaders;
 use crate::limits::headers::RateHeaders;
 use crate::stream::Relay;
 
@@ -29,6 +30,15 @@ impl ProxyBody {
 
     pub fn empty() -> Self {
         ProxyBody::Full(None)
+    }
+
+    /// The upstream's fields that go with this body's response (relayed responses
+    /// only).
+    pub fn relayed_headers(&self) -> Option<&RelayedHeaders> {
+        match self {
+            ProxyBody::Relay(relay) => relay.relayed.as_ref(),
+            ProxyBody::Full(_) => None,
+        }
     }
 
     /// Rate-limit headers that go with this body's response (relayed responses only).

@@ -18,7 +18,7 @@ pub struct ClientRequest {
     pub method: Method,
     pub uri: Uri,
     pub version: Version,
-    pub headers: ClientHeaders,
+    pub headers: HeaderFields,
     pub body: ClientBody,
 }
 
@@ -26,7 +26,7 @@ pub struct ClientRequest {
 // The raw form is kept inline (not boxed): it is the common one, and an allocation
 // per request is what it exists to save.
 #[allow(clippy::large_enum_variant)]
-pub enum ClientHeaders {
+pub enum HeaderFields {
     /// HTTP/2 (hyper), and requests built in tests.
     Map(HeaderMap),
     /// HTTP/1.1, parsed by the node's own server.
@@ -79,12 +79,12 @@ impl RawHeaders {
     }
 }
 
-impl ClientHeaders {
+impl HeaderFields {
     /// The first value of `name`.
     pub fn get(&self, name: &HeaderName) -> Option<&[u8]> {
         match self {
-            ClientHeaders::Map(map) => map.get(name).map(|v| v.as_bytes()),
-            ClientHeaders::Raw(raw) => {
+            HeaderFields::Map(map) => map.get(name).map(|v| v.as_bytes()),
+            HeaderFields::Raw(raw) => {
                 let want = name.as_str().as_bytes();
                 raw.fields
                     .iter()
@@ -105,16 +105,16 @@ impl ClientHeaders {
     /// Every field as (name, value), in order.
     pub fn iter(&self) -> Iter<'_> {
         match self {
-            ClientHeaders::Map(map) => Iter(Fields::Map(map.iter())),
-            ClientHeaders::Raw(raw) => Iter(Fields::Raw(raw, raw.fields.iter())),
+            HeaderFields::Map(map) => Iter(Fields::Map(map.iter())),
+            HeaderFields::Raw(raw) => Iter(Fields::Raw(raw, raw.fields.iter())),
         }
     }
 
     /// Number of fields.
     pub fn len(&self) -> usize {
         match self {
-            ClientHeaders::Map(map) => map.len(),
-            ClientHeaders::Raw(raw) => raw.fields.len(),
+            HeaderFields::Map(map) => map.len(),
+            HeaderFields::Raw(raw) => raw.fields.len(),
         }
     }
 
@@ -128,7 +128,7 @@ impl ClientHeaders {
     }
 }
 
-/// Iterator over [`ClientHeaders`] fields.
+/// Iterator over [`HeaderFields`] fields.
 pub struct Iter<'a>(Fields<'a>);
 
 enum Fields<'a> {
@@ -160,7 +160,7 @@ mod tests {
         raw.push(&head[0..9], &head[11..13]);
         raw.push(&head[15..21], &head[23..24]);
         raw.push(&head[26..32], &head[34..35]);
-        let h = ClientHeaders::Raw(raw);
+        let h = HeaderFields::Raw(raw);
         assert_eq!(
             h.get(&HeaderName::from_static("x-api-key")),
             Some(&b"k1"[..])

@@ -16,7 +16,9 @@ use crate::auth::{Authenticator, Principal};
 use crate::body::ProxyBody;
 use crate::config::{Config, KeyMode};
 use crate::error::{Error, ErrorKind};
-use crate::forward::{self, ForwardCtx, Forwarded, Upstream, UpstreamHeaders};
+use crate::forward::{
+    ForwardCtx, Forwarded, RelayedHeaders, Upstream, UpstreamHeaders, UpstreamResponse,
+};
 use crate::head::ClientRequest;
 use crate::health::{Health, ReadyInputs};
 use crate::limits::{headers as limit_headers, Dim, Limiter, RateView, Reservation, ScopeKind};
@@ -307,15 +309,15 @@ async fn phases(
         .forward(&ctx, method, path_and_query, &headers, body, record)
         .await?;
 
-    let h = fwd.response.headers();
+    let h = &fwd.response.headers;
     let encoded = h
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| v != "identity");
+        .get(&header::CONTENT_ENCODING)
+        .is_some_and(|v| v != b"identity");
     let kind = if encoded {
         BodyKind::Plain
     } else if stream::is_event_stream(h) {
         BodyKind::Sse
-    } else if route == RouteKind::Messages && fwd.response.status().is_success() {
+    } else if route == RouteKind::Messages && fwd.response.status.is_success() {
         BodyKind::MessagesJson
     } else {
         BodyKind::Plain
@@ -333,30 +335,33 @@ fn respond(
     mut record: RequestRecord,
     limits: LimitHeaders,
 ) -> Response<ProxyBody> {
-    let (mut parts, body) = fwd.response.into_parts();
-    forward::downstream_headers(&mut parts.headers);
-    // The upstream's headers describe the shared organisation key; a client with its
-    // own limits gets those instead (written by the server from the relay, see
-    // RateHeaders).
+    let UpstreamResponse {
+        status,
+        headers: upstream_headers,
+        body,
+    } = fwd.response;
+    // The upstream's rate-limit headers describe the shared organisation key; a
+    // client with its own limits gets those instead. Both are written by the server
+    // from the relay (see RelayedHeaders and RateHeaders), not put in the map.
     let rate_headers = match limits {
-        LimitHeaders::Admitted(view) => {
-            limit_headers::strip_upstream(&mut parts.headers);
-            Some(limit_headers::RateHeaders(view))
-        }
+        LimitHeaders::Admitted(view) => Some(limit_headers::RateHeaders(view)),
         _ => None,
     };
-    parts.headers.insert(crate::REQUEST_ID_HEADER, request_id);
+    let relayed = RelayedHeaders::new(upstream_headers, rate_headers.is_some());
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(crate::REQUEST_ID_HEADER, request_id);
     let idle = if kind == BodyKind::Sse {
         // Proxies in front (nginx and similar) must not buffer the stream either.
-        parts
-            .headers
-            .insert("x-accel-buffering", HeaderValue::from_static("no"));
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
         shared.upstream.config().stream_idle_timeout
     } else {
         shared.upstream.config().read_timeout
     };
-    record.status = parts.status.as_u16();
+    record.status = status.as_u16();
     let mut relay = Relay::new(body, kind, fwd.prefix, idle, record);
     relay.rate_headers = rate_headers;
-    Response::from_parts(parts, ProxyBody::Relay(Box::new(relay)))
+    relay.relayed = Some(relayed);
+    response.map(|()| ProxyBody::Relay(Box::new(relay)))
 }

@@ -5,9 +5,10 @@
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, StatusCode};
 
 use crate::config::Secret;
+use crate::head::HeaderFields;
 
 /// Why a key is cooling down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,7 +157,7 @@ impl KeyPool {
         &self,
         key: KeyRef,
         status: StatusCode,
-        headers: &HeaderMap,
+        headers: &HeaderFields,
     ) -> Option<(Cooldown, Duration)> {
         if status != StatusCode::TOO_MANY_REQUESTS && status.as_u16() != 529 {
             return None;
@@ -195,13 +196,12 @@ const MAX_COOLDOWN: Duration = Duration::from_secs(24 * 3600);
 /// then rests until that reset instead of being retried every few seconds.
 pub fn classify_limit(
     status: StatusCode,
-    headers: &HeaderMap,
+    headers: &HeaderFields,
     default: Duration,
     now: SystemTime,
 ) -> (Cooldown, Duration) {
-    let retry_after = headers
-        .get(http::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
+    let text = |name: &HeaderName| headers.get(name).and_then(|v| std::str::from_utf8(v).ok());
+    let retry_after = text(&http::header::RETRY_AFTER)
         .and_then(|s| s.trim().parse::<f64>().ok())
         .filter(|s| s.is_finite() && *s >= 0.0)
         .map(Duration::from_secs_f64);
@@ -211,16 +211,15 @@ pub fn classify_limit(
     }
     let mut exhausted_until: Option<Duration> = None;
     for dim in ["requests", "tokens", "input-tokens", "output-tokens"] {
-        let remaining = headers
-            .get(format!("anthropic-ratelimit-{dim}-remaining"))
-            .and_then(|v| v.to_str().ok())
-            .and_then(|s| s.trim().parse::<u64>().ok());
+        let name = |what: &str| {
+            HeaderName::from_bytes(format!("anthropic-ratelimit-{dim}-{what}").as_bytes())
+                .expect("a valid name")
+        };
+        let remaining = text(&name("remaining")).and_then(|s| s.trim().parse::<u64>().ok());
         if remaining != Some(0) {
             continue;
         }
-        let reset = headers
-            .get(format!("anthropic-ratelimit-{dim}-reset"))
-            .and_then(|v| v.to_str().ok())
+        let reset = text(&name("reset"))
             .and_then(|s| humantime::parse_rfc3339_weak(s.trim()).ok())
             .and_then(|t| t.duration_since(now).ok());
         if let Some(wait) = reset {
@@ -236,6 +235,7 @@ pub fn classify_limit(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
 
     fn pool(n: usize) -> KeyPool {
         let keys: Vec<_> = (0..n).map(|i| Secret::new(format!("sk-{i}"))).collect();
@@ -250,7 +250,8 @@ mod tests {
         assert_ne!(a.0, b.0);
         let mut h = HeaderMap::new();
         h.insert("retry-after", HeaderValue::from_static("30"));
-        p.observe(a, StatusCode::TOO_MANY_REQUESTS, &h).unwrap();
+        p.observe(a, StatusCode::TOO_MANY_REQUESTS, &HeaderFields::Map(h))
+            .unwrap();
         for _ in 0..10 {
             assert_ne!(p.pick(None).unwrap().0, a.0);
         }
@@ -263,7 +264,8 @@ mod tests {
         let a = p.pick(None).unwrap();
         let mut h = HeaderMap::new();
         h.insert("retry-after", HeaderValue::from_static("30"));
-        p.observe(a, StatusCode::TOO_MANY_REQUESTS, &h).unwrap();
+        p.observe(a, StatusCode::TOO_MANY_REQUESTS, &HeaderFields::Map(h))
+            .unwrap();
         let cooled = p.label(a).to_string();
         let keys: Vec<_> = (0..3)
             .map(|i| (format!("k{}", i + 1), Secret::new(format!("sk-{i}"))))
@@ -281,7 +283,7 @@ mod tests {
         let k = p.pick(None).unwrap();
         let mut h = HeaderMap::new();
         h.insert("retry-after", HeaderValue::from_static("7"));
-        p.observe(k, StatusCode::TOO_MANY_REQUESTS, &h);
+        p.observe(k, StatusCode::TOO_MANY_REQUESTS, &HeaderFields::Map(h));
         let wait = p.pick(None).unwrap_err();
         assert!(
             wait > Duration::from_secs(6) && wait <= Duration::from_secs(7),
@@ -317,7 +319,7 @@ mod tests {
         );
         let (reason, wait) = classify_limit(
             StatusCode::TOO_MANY_REQUESTS,
-            &h,
+            &HeaderFields::Map(h.clone()),
             Duration::from_secs(5),
             now,
         );
@@ -330,7 +332,7 @@ mod tests {
         );
         let (reason, wait) = classify_limit(
             StatusCode::TOO_MANY_REQUESTS,
-            &h,
+            &HeaderFields::Map(h),
             Duration::from_secs(5),
             now,
         );
@@ -344,7 +346,7 @@ mod tests {
     fn overloaded_without_retry_after_uses_default() {
         let (reason, wait) = classify_limit(
             StatusCode::from_u16(529).unwrap(),
-            &HeaderMap::new(),
+            &HeaderFields::Map(HeaderMap::new()),
             Duration::from_secs(5),
             SystemTime::now(),
         );

@@ -15,7 +15,8 @@ use tokio::time::Sleep;
 use crate::account::RequestRecord;
 use crate::body::BoxError;
 use crate::error::{Error, ErrorKind};
-use crate::forward::UpstreamBody;
+use crate::forward::{RelayedHeaders, UpstreamBody};
+use crate::head::HeaderFields;
 use crate::limits::headers::RateHeaders;
 
 /// Token usage as Anthropic reports it.
@@ -83,6 +84,8 @@ pub struct Relay {
     /// (see `limits::headers::RateHeaders`): carried here rather than as a response
     /// extension, which costs three allocations per request.
     pub rate_headers: Option<RateHeaders>,
+    /// The upstream's own response fields, written the same way.
+    pub relayed: Option<RelayedHeaders>,
 }
 
 /// What kind of body a response carries, decided from the route and content type.
@@ -121,6 +124,7 @@ impl Relay {
             deadline: tokio::time::Instant::now() + idle,
             timer: None,
             rate_headers: None,
+            relayed: None,
             state: State::Streaming,
             record,
             counted_stream,
@@ -717,11 +721,10 @@ impl Drop for Relay {
 }
 
 /// Whether a response is an event stream, by content type.
-pub fn is_event_stream(headers: &http::HeaderMap) -> bool {
+pub fn is_event_stream(headers: &HeaderFields) -> bool {
     headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.trim_start().starts_with("text/event-stream"))
+        .get(&http::header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.trim_ascii_start().starts_with(b"text/event-stream"))
 }
 
 #[cfg(test)]

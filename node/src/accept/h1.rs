@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 use crate::account::Metrics;
 use crate::body::{ClientBody, ProxyBody};
 use crate::error::{Error, ErrorKind};
-use crate::head::{ClientHeaders, ClientRequest, RawHeaders};
+use crate::head::{ClientRequest, HeaderFields, RawHeaders};
 use crate::wire::{self, Framing};
 
 /// The first bytes of every HTTP/2 connection with prior knowledge (RFC 9113 3.4).
@@ -165,7 +165,7 @@ where
             method,
             uri,
             version,
-            headers: ClientHeaders::Raw(headers),
+            headers: HeaderFields::Raw(headers),
             body,
         };
         // A declared body over the limit will be refused unread: no invitation to send it.
@@ -506,6 +506,13 @@ async fn write_response<IO: AsyncWrite + Unpin>(
         }
         wire::put_header(out, name, value);
     }
+    let mut upstream_date = false;
+    if let Some(relayed) = body.relayed_headers() {
+        for (name, value) in relayed.fields(bodiless) {
+            wire::put_field(out, name, value);
+        }
+        upstream_date = relayed.contains(&header::DATE);
+    }
     match framing {
         Out::Length(n) => wire::put_length(out, n),
         Out::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -514,7 +521,7 @@ async fn write_response<IO: AsyncWrite + Unpin>(
     if let Some(rate) = body.rate_headers() {
         rate.write_head(out);
     }
-    if !parts.headers.contains_key(header::DATE) {
+    if !upstream_date && !parts.headers.contains_key(header::DATE) {
         put_date(out);
     }
     if !*keep_alive {
@@ -670,7 +677,7 @@ mod tests {
         assert_eq!(head.method, Method::POST);
         assert_eq!(head.uri.path(), "/v1/messages");
         assert_eq!(head.uri.query(), Some("beta=true"));
-        let headers = ClientHeaders::Raw(head.headers);
+        let headers = HeaderFields::Raw(head.headers);
         assert_eq!(
             headers.get(&header::HeaderName::from_static("x-a")),
             Some(&b"b"[..])
@@ -706,7 +713,7 @@ mod tests {
         let mut buf = BytesMut::from(&b"\r\n\r\nGET /a HTTP/1.1\nhost: x\n\nNEXT"[..]);
         let head = parse_head(&mut buf).ok().flatten().expect("complete");
         assert_eq!(head.uri.path(), "/a");
-        let headers = ClientHeaders::Raw(head.headers);
+        let headers = HeaderFields::Raw(head.headers);
         assert_eq!(headers.get(&header::HOST), Some(&b"x"[..]));
         assert_eq!(&buf[..], b"NEXT");
     }

@@ -29,7 +29,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::account::Metrics;
 use crate::body::{ClientBody, ProxyBody};
 use crate::config::Limits;
-use crate::head::{ClientHeaders, ClientRequest};
+use crate::head::{ClientRequest, HeaderFields};
 
 pub use tls::TlsState;
 
@@ -188,17 +188,22 @@ async fn serve_h2<IO, S, F>(
                 method: parts.method,
                 uri: parts.uri,
                 version: parts.version,
-                headers: ClientHeaders::Map(parts.headers),
+                headers: HeaderFields::Map(parts.headers),
                 body: ClientBody::Hyper(body),
             },
             peer,
         );
         async move {
-            let mut resp = fut.await;
+            let resp = fut.await;
             // Headers the HTTP/1.1 writer writes into the head from the relay.
-            if let Some(rate) = resp.body().rate_headers().copied() {
-                rate.insert_into(resp.headers_mut());
+            let (mut parts, body) = resp.into_parts();
+            if let Some(relayed) = body.relayed_headers() {
+                relayed.insert_into(&mut parts.headers);
             }
+            if let Some(rate) = body.rate_headers() {
+                rate.insert_into(&mut parts.headers);
+            }
+            let resp = Response::from_parts(parts, body);
             Ok::<_, Infallible>(resp)
         }
     });

@@ -394,7 +394,7 @@ mod tests {
         let key = |k: &str| {
             let mut h = http::HeaderMap::new();
             h.insert("x-api-key", k.parse().unwrap());
-            crate::head::ClientHeaders::Map(h)
+            crate::head::HeaderFields::Map(h)
         };
         let p = snap.auth.authenticate(&key("client-secret")).unwrap();
         let pool = snap.pool_for(&p);
@@ -413,7 +413,11 @@ mod tests {
         let k = pool.pick(None).unwrap();
         let mut rh = http::HeaderMap::new();
         rh.insert("retry-after", "60".parse().unwrap());
-        pool.observe(k, http::StatusCode::TOO_MANY_REQUESTS, &rh);
+        pool.observe(
+            k,
+            http::StatusCode::TOO_MANY_REQUESTS,
+            &crate::head::HeaderFields::Map(rh),
+        );
         let next = build_snapshot(&base, &cc, Some(&kek), Some(&snap)).unwrap();
         assert_eq!(
             next.named_pools[0].1.census(),
@@ -444,7 +448,7 @@ mod tests {
         h.insert("x-api-key", "client-secret".parse().unwrap());
         let p = snap
             .auth
-            .authenticate(&crate::head::ClientHeaders::Map(h))
+            .authenticate(&crate::head::HeaderFields::Map(h))
             .unwrap();
         assert_eq!(p.tenant.as_deref(), Some("acme"));
         assert!(p.region_allowed("eu"));

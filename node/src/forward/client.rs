@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderValue, Method, Request, Response, Uri};
+use http::{HeaderValue, Method, Request, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
@@ -19,7 +19,9 @@ use prometheus::IntGauge;
 
 use super::connect::{Counted, Dialer, Io};
 use super::h1::{self, H1Body};
+use super::UpstreamResponse;
 use crate::body::{BoxError, RequestBody};
+use crate::head::HeaderFields;
 
 /// HTTP/2 pings on the shared connection, so a dead one is noticed while idle.
 const H2_KEEPALIVE: Duration = Duration::from_secs(30);
@@ -150,7 +152,7 @@ impl Client {
         &self,
         req: &Outgoing<'_>,
         body: RequestBody,
-    ) -> Result<Response<UpstreamBody>, SendError> {
+    ) -> Result<UpstreamResponse, SendError> {
         let proto = self.proto.load(Ordering::Relaxed);
         let pooled = if proto == PROTO_H2 {
             None
@@ -169,8 +171,13 @@ impl Client {
             Dialed::H1(conn) => conn,
             Dialed::H2(sender) => return self.send_h2(sender, req, body).await,
         };
-        let resp = h1::send(conn, Arc::downgrade(&self.pool), &self.authority, req, body).await?;
-        Ok(resp.map(UpstreamBody::H1))
+        let (status, headers, body) =
+            h1::send(conn, Arc::downgrade(&self.pool), &self.authority, req, body).await?;
+        Ok(UpstreamResponse {
+            status,
+            headers: HeaderFields::Raw(headers),
+            body: UpstreamBody::H1(body),
+        })
     }
 
     /// The shared HTTP/2 connection, dialled if there is none (or it closed). The
@@ -235,7 +242,7 @@ impl Client {
         mut sender: http2::SendRequest<RequestBody>,
         out: &Outgoing<'_>,
         body: RequestBody,
-    ) -> Result<Response<UpstreamBody>, SendError> {
+    ) -> Result<UpstreamResponse, SendError> {
         let uri: Uri = format!("{}{}", self.origin, out.target)
             .parse()
             .map_err(|_| SendError::Io("invalid request path".into()))?;
@@ -249,7 +256,14 @@ impl Client {
             .await
             .map_err(|e| SendError::Io(format!("upstream HTTP/2 connection: {e}")))?;
         match sender.send_request(req).await {
-            Ok(resp) => Ok(resp.map(UpstreamBody::H2)),
+            Ok(resp) => {
+                let (parts, body) = resp.into_parts();
+                Ok(UpstreamResponse {
+                    status: parts.status,
+                    headers: HeaderFields::Map(parts.headers),
+                    body: UpstreamBody::H2(body),
+                })
+            }
             Err(e) if caused_by_body_limit(&e) => Err(SendError::BodyTooLarge),
             Err(e) => Err(SendError::Io(error_chain(&e))),
         }

@@ -12,14 +12,14 @@ use std::sync::Weak;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header;
-use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Version};
+use http::{HeaderValue, Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 
 use super::client::{Conn, Outgoing, Pool, SendError};
 use super::X_FORWARDED_FOR;
 use crate::body::{BoxError, RequestBody};
+use crate::head::RawHeaders;
 use crate::wire::{self, Framing};
 
 /// Response heads larger than this are refused (Anthropic's are about 2 KiB).
@@ -41,7 +41,7 @@ pub async fn send(
     authority: &HeaderValue,
     req: &Outgoing<'_>,
     body: RequestBody,
-) -> Result<Response<H1Body>, SendError> {
+) -> Result<(StatusCode, RawHeaders, H1Body), SendError> {
     let Outgoing {
         method,
         target,
@@ -110,11 +110,7 @@ pub async fn send(
         reusable: head.reusable,
     };
     body.finish_if_done();
-    let mut resp = Response::new(body);
-    *resp.status_mut() = head.status;
-    *resp.version_mut() = Version::HTTP_11;
-    *resp.headers_mut() = head.headers;
-    Ok(resp)
+    Ok((head.status, head.headers, body))
 }
 
 fn method_has_body(m: &Method) -> bool {
@@ -162,13 +158,15 @@ async fn send_stream(
 /// A final response head and how its body is framed.
 struct ResponseHead {
     status: StatusCode,
-    headers: HeaderMap,
+    headers: RawHeaders,
     framing: Framing,
     /// The connection may carry another request after this response.
     reusable: bool,
 }
 
 /// What [`parse_head`] found in the buffer.
+// Not boxed: the head is moved once per response, an allocation would cost more.
+#[allow(clippy::large_enum_variant)]
 enum Parsed {
     Partial,
     /// A 1xx interim response (100 Continue, 103 Early Hints), consumed and skipped.
@@ -223,28 +221,25 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> std::io::Result<Parsed> {
         buf.advance(len);
         return Ok(Parsed::Interim);
     }
-    // Room for the headers the gateway adds (request id, x-accel-buffering) so the
-    // map is not grown while the response is prepared. Rate-limit headers go in an
-    // extension (see `limits::headers::RateHeaders`), not here.
-    let mut headers = HeaderMap::with_capacity(resp.headers.len() + 4);
-    // One copy of the head that every value points into, rather than one allocation
-    // per header value.
+    // The fields stay the bytes they came in, in one copy of the head (the read
+    // buffer is the connection's, reused for its next response).
     let raw = Bytes::copy_from_slice(&buf[..len]);
     let base = buf.as_ptr() as usize;
+    let mut headers = RawHeaders::new(raw.clone());
     let mut content_length: Option<u64> = None;
     let mut chunked = false;
     let mut close = resp.version == Some(0);
     for h in resp.headers.iter() {
-        let name = wire::header_name(h.name.as_bytes())
-            .map_err(|_| std::io::Error::other("invalid upstream header name"))?;
-        if name == header::CONTENT_LENGTH {
+        // httparse has checked names (tokens) and values (no control characters).
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
             let n = wire::parse_length(h.value)
                 .ok_or_else(|| std::io::Error::other("invalid upstream content-length"))?;
             if content_length.is_some_and(|c| c != n) {
                 return Err(std::io::Error::other("conflicting upstream content-length"));
             }
             content_length = Some(n);
-        } else if name == header::TRANSFER_ENCODING {
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             chunked = h
                 .value
                 .rsplit(|b| *b == b',')
@@ -253,13 +248,12 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> std::io::Result<Parsed> {
             if !chunked {
                 close = true;
             }
-        } else if name == header::CONNECTION && wire::has_token(h.value, b"close") {
+        } else if name.eq_ignore_ascii_case(b"connection") && wire::has_token(h.value, b"close") {
             close = true;
         }
-        let at = h.value.as_ptr() as usize - base;
-        let value = HeaderValue::from_maybe_shared(raw.slice(at..at + h.value.len()))
-            .map_err(|_| std::io::Error::other("invalid upstream header value"))?;
-        headers.append(name, value);
+        let at = |s: &[u8]| s.as_ptr() as usize - base;
+        let (n, v) = (at(name), at(h.value));
+        headers.push(&raw[n..n + name.len()], &raw[v..v + h.value.len()]);
     }
     buf.advance(len);
     let framing = if *method == Method::HEAD
@@ -268,9 +262,8 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> std::io::Result<Parsed> {
     {
         Framing::Done
     } else if chunked {
-        // Transfer-encoding wins over content-length (RFC 9112 6.3); the length is
-        // dropped so it is not relayed with a body of another size.
-        headers.remove(header::CONTENT_LENGTH);
+        // Transfer-encoding wins over content-length (RFC 9112 6.3). The length is
+        // not relayed with the body: the server frames it (`RelayedHeaders`).
         Framing::chunked()
     } else if let Some(n) = content_length {
         Framing::Length(n)
@@ -385,13 +378,15 @@ impl Body for H1Body {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::head::HeaderFields;
 
-    fn head(raw: &[u8], method: Method) -> (StatusCode, HeaderMap, bool, Framing, usize) {
+    fn head(raw: &[u8], method: Method) -> (StatusCode, HeaderFields, bool, Framing, usize) {
         let mut buf = BytesMut::from(raw);
         let Parsed::Final(h) = parse_head(&mut buf, &method).unwrap() else {
             panic!("a final head")
         };
-        (h.status, h.headers, h.reusable, h.framing, buf.len())
+        let fields = HeaderFields::Raw(h.headers);
+        (h.status, fields, h.reusable, h.framing, buf.len())
     }
 
     #[test]
@@ -401,7 +396,10 @@ mod tests {
             Method::POST,
         );
         assert_eq!(s, 200);
-        assert_eq!(h["x-a"], "b");
+        assert_eq!(
+            h.get(&http::HeaderName::from_static("x-a")),
+            Some(&b"b"[..])
+        );
         assert!(reuse);
         assert!(matches!(f, Framing::Length(5)));
         assert_eq!(left, 5);
@@ -411,7 +409,11 @@ mod tests {
             Method::POST,
         );
         assert_eq!(f, Framing::chunked());
-        assert!(h.get("content-length").is_none());
+        let relayed = super::super::RelayedHeaders::new(h, false);
+        assert!(
+            relayed.fields(false).next().is_none(),
+            "neither framing field is relayed with a body"
+        );
         assert!(reuse);
 
         let (_, _, reuse, f, _) = head(

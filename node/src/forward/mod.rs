@@ -17,14 +17,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderName};
-use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, StatusCode};
 
 use crate::account::{Metrics, RequestRecord};
 use crate::body::RequestBody;
 use crate::config::{KeyMode, Upstream as UpstreamConfig};
 use crate::error::{Error, ErrorKind, Result};
-use crate::head::ClientHeaders;
+use crate::head::HeaderFields;
 use crate::health::UpstreamHealth;
+use crate::limits::headers as limit_headers;
 use crate::route::KeyPool;
 use crate::stream;
 
@@ -40,8 +41,16 @@ pub struct Upstream {
 /// A response that has been committed to: headers arrived, and for streams the first
 /// event was looked at. `prefix` holds bytes already read from the body.
 pub struct Forwarded {
-    pub response: Response<UpstreamBody>,
+    pub response: UpstreamResponse,
     pub prefix: Option<Bytes>,
+}
+
+/// An upstream response: its head as it came (HTTP/1.1 bytes, or hyper's map for
+/// HTTP/2) and its body.
+pub struct UpstreamResponse {
+    pub status: StatusCode,
+    pub headers: HeaderFields,
+    pub body: UpstreamBody,
 }
 
 /// Per-request inputs to the attempt loop.
@@ -213,10 +222,10 @@ impl Upstream {
                 Ok(Ok(mut resp)) => {
                     let ttfb = sent.elapsed();
                     record.upstream_ttfb = Some(ttfb);
-                    let status = resp.status();
+                    let status = resp.status;
                     ctx.health.record_response(status);
                     if let Some(k) = key {
-                        if let Some((reason, wait)) = ctx.pool.observe(k, status, resp.headers()) {
+                        if let Some((reason, wait)) = ctx.pool.observe(k, status, &resp.headers) {
                             ctx.metrics
                                 .key_cooldowns
                                 .with_label_values(&[reason.label()])
@@ -230,9 +239,9 @@ impl Upstream {
                         }
                     }
                     if status.is_success() {
-                        if ctx.stream && can_retry && stream::is_event_stream(resp.headers()) {
+                        if ctx.stream && can_retry && stream::is_event_stream(&resp.headers) {
                             let idle = self.config.stream_idle_timeout;
-                            match stream::peek_first_event(resp.body_mut(), idle).await {
+                            match stream::peek_first_event(&mut resp.body, idle).await {
                                 Ok((first, _)) if stream::first_event_is_error(&first) => {
                                     ctx.metrics
                                         .upstream_errors
@@ -362,55 +371,8 @@ fn client_tls(config: &UpstreamConfig) -> Result<rustls::ClientConfig> {
     Ok(cfg)
 }
 
-/// Headers that describe one connection, not the message, and are never forwarded.
-const HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
 pub(crate) const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-
-fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none of these, or only `connection: keep-alive`: one pass
-    // comparing names is far cheaper than nine hashed removals (docs/benchmarks.md).
-    let mut present = [false; 9];
-    let mut any = false;
-    for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            present[i] = true;
-            any = true;
-        }
-    }
-    if !any {
-        return;
-    }
-    // Headers named in `Connection` are hop-by-hop too (RFC 9110 7.6.1).
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|n| !n.eq_ignore_ascii_case("keep-alive") && !n.eq_ignore_ascii_case("close"))
-        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
-    }
-    for (n, here) in HOP_BY_HOP.iter().zip(present) {
-        if here {
-            headers.remove(n);
-        }
-    }
-}
 
 /// The client's header fields as they go upstream: hop-by-hop fields (and those the
 /// client's `Connection` names), `host`, the framing fields and, unless passing
@@ -418,7 +380,7 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// with the peer appended. `host`, the framing and the upstream key are added by the
 /// client that sends the request.
 pub struct UpstreamHeaders<'a> {
-    client: &'a ClientHeaders,
+    client: &'a HeaderFields,
     mode: KeyMode,
     /// Fields named in the client's `Connection` header (rare: an empty `Vec` does
     /// not allocate).
@@ -427,7 +389,7 @@ pub struct UpstreamHeaders<'a> {
 }
 
 impl<'a> UpstreamHeaders<'a> {
-    pub fn new(client: &'a ClientHeaders, peer: SocketAddr, mode: KeyMode) -> Self {
+    pub fn new(client: &'a HeaderFields, peer: SocketAddr, mode: KeyMode) -> Self {
         // Headers named in `Connection` are hop-by-hop too (RFC 9110 7.6.1).
         let named = client
             .get_all(&header::CONNECTION)
@@ -472,22 +434,15 @@ impl<'a> UpstreamHeaders<'a> {
     }
 }
 
-/// Fields never relayed as the client sent them. One comparison by length, then by
-/// name: most fields are over in one step.
-fn stays_behind(name: &[u8], mode: KeyMode) -> bool {
+/// Fields that describe one connection, not the message (RFC 9110 7.6.1): relayed in
+/// neither direction. One comparison of lengths, then of names: most fields are
+/// over in one step.
+fn is_hop_by_hop(name: &[u8]) -> bool {
     let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
-    let own_key = mode != KeyMode::Passthrough;
     match name.len() {
         2 => is(b"te"),
-        4 => is(b"host"),
-        6 => is(b"expect"),
         7 => is(b"trailer") || is(b"upgrade"),
-        9 => own_key && is(b"x-api-key"),
         10 => is(b"connection") || is(b"keep-alive"),
-        13 => own_key && is(b"authorization"),
-        // Framing is the sender's to decide, from the body it actually sends.
-        14 => is(b"content-length"),
-        15 => is(b"x-forwarded-for"),
         16 => is(b"proxy-connection"),
         17 => is(b"transfer-encoding"),
         18 => is(b"proxy-authenticate"),
@@ -496,8 +451,25 @@ fn stays_behind(name: &[u8], mode: KeyMode) -> bool {
     }
 }
 
+/// Request fields never relayed as the client sent them.
+fn stays_behind(name: &[u8], mode: KeyMode) -> bool {
+    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+    let own_key = mode != KeyMode::Passthrough;
+    is_hop_by_hop(name)
+        || match name.len() {
+            4 => is(b"host"),
+            6 => is(b"expect"),
+            9 => own_key && is(b"x-api-key"),
+            13 => own_key && is(b"authorization"),
+            // Framing is the sender's to decide, from the body it actually sends.
+            14 => is(b"content-length"),
+            15 => is(b"x-forwarded-for"),
+            _ => false,
+        }
+}
+
 /// `x-forwarded-for` for the upstream: the client's own values, then the peer.
-fn forwarded_for(client: &ClientHeaders, peer: SocketAddr) -> HeaderValue {
+fn forwarded_for(client: &HeaderFields, peer: SocketAddr) -> HeaderValue {
     use std::fmt::Write;
     let mut joined = String::new();
     for v in client.get_all(&X_FORWARDED_FOR) {
@@ -534,16 +506,63 @@ fn peer_value(ip: std::net::IpAddr) -> HeaderValue {
     })
 }
 
-/// The response headers relayed to the client: the upstream's minus hop-by-hop ones.
-pub fn downstream_headers(headers: &mut HeaderMap) {
-    remove_hop_by_hop(headers);
+/// The upstream's response fields as they go to the client, carried with the relayed
+/// body (`stream::Relay`) and written by the HTTP/1.1 server straight into the head
+/// (the HTTP/2 server puts them in its map: [`RelayedHeaders::insert_into`]).
+/// Hop-by-hop fields stay behind, and the upstream's `anthropic-ratelimit-*` when the
+/// client has limits of its own (its own are written instead).
+pub struct RelayedHeaders {
+    fields: HeaderFields,
+    strip_rate_limits: bool,
+}
+
+impl RelayedHeaders {
+    pub fn new(fields: HeaderFields, strip_rate_limits: bool) -> Self {
+        RelayedHeaders {
+            fields,
+            strip_rate_limits,
+        }
+    }
+
+    /// The fields to relay. `content-length` is among them only for a response
+    /// without a body (to a HEAD request, say); otherwise framing is the server's.
+    pub fn fields(&self, bodiless: bool) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        let named: Vec<&[u8]> = self
+            .fields
+            .get_all(&header::CONNECTION)
+            .flat_map(|v| v.split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|n| !n.is_empty())
+            .collect();
+        self.fields.iter().filter(move |(name, _)| {
+            !(is_hop_by_hop(name)
+                || (!bodiless && name.eq_ignore_ascii_case(b"content-length"))
+                || (self.strip_rate_limits && limit_headers::is_upstream(name))
+                || named.iter().any(|n| n.eq_ignore_ascii_case(name)))
+        })
+    }
+
+    /// Whether the upstream sent `name`.
+    pub fn contains(&self, name: &HeaderName) -> bool {
+        self.fields.get(name).is_some()
+    }
+
+    /// Appends the fields to an HTTP/2 response's map.
+    pub fn insert_into(&self, map: &mut HeaderMap) {
+        for (name, value) in self.fields(false) {
+            // Checked when the head was parsed; these do not fail.
+            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+                map.append(n, v);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn upstream(h: &ClientHeaders, mode: KeyMode) -> Vec<(String, String)> {
+    fn upstream(h: &HeaderFields, mode: KeyMode) -> Vec<(String, String)> {
         let up = UpstreamHeaders::new(h, "127.0.0.9:1234".parse().unwrap(), mode);
         let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
         let mut out: Vec<_> = up.fields().map(|(n, v)| (text(n), text(v))).collect();
@@ -554,7 +573,7 @@ mod tests {
         out
     }
 
-    fn raw(head: &'static [u8]) -> ClientHeaders {
+    fn raw(head: &'static [u8]) -> HeaderFields {
         let head = bytes::Bytes::from_static(head);
         let mut raw = crate::head::RawHeaders::new(head.clone());
         let mut at = 0;
@@ -564,7 +583,7 @@ mod tests {
             raw.push(&line[..colon], line[colon + 1..].trim_ascii());
             at += end + 2;
         }
-        ClientHeaders::Raw(raw)
+        HeaderFields::Raw(raw)
     }
 
     #[test]
@@ -580,7 +599,7 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         h.insert("host", HeaderValue::from_static("gateway.example"));
         h.insert("content-length", HeaderValue::from_static("12"));
-        let out = upstream(&ClientHeaders::Map(h), KeyMode::Managed);
+        let out = upstream(&HeaderFields::Map(h), KeyMode::Managed);
         assert_eq!(
             out,
             [
@@ -615,6 +634,41 @@ mod tests {
         assert_eq!(map.get_all("anthropic-beta").iter().count(), 2);
         assert_eq!(map["x-api-key"], "sk-up");
         assert!(map.get("authorization").is_none() && map.get("te").is_none());
+    }
+
+    #[test]
+    fn relayed_response_fields_leave_hop_by_hop_framing_and_replaced_limits_behind() {
+        let h = raw(
+            b"Content-Type: application/json\r\nConnection: keep-alive, X-Hop\r\n\
+            X-Hop: 1\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\n\
+            Content-Length: 12\r\nAnthropic-RateLimit-Requests-Remaining: 4\r\n\
+            request-id: req_1\r\nDate: Fri, 27 Nov 2026 17:00:00 GMT\r\n",
+        );
+        let names = |r: &RelayedHeaders, bodiless: bool| -> Vec<String> {
+            r.fields(bodiless)
+                .map(|(n, _)| String::from_utf8(n.to_vec()).unwrap())
+                .collect()
+        };
+        let own_limits = RelayedHeaders::new(h, true);
+        assert_eq!(
+            names(&own_limits, false),
+            ["Content-Type", "request-id", "Date"]
+        );
+        assert_eq!(
+            names(&own_limits, true),
+            ["Content-Type", "Content-Length", "request-id", "Date"],
+            "a bodiless response keeps its length"
+        );
+        assert!(own_limits.contains(&header::DATE));
+        let shared = RelayedHeaders::new(
+            raw(b"anthropic-ratelimit-requests-remaining: 4\r\nx-a: b\r\n"),
+            false,
+        );
+        let mut map = HeaderMap::new();
+        shared.insert_into(&mut map);
+        assert_eq!(map["anthropic-ratelimit-requests-remaining"], "4");
+        assert_eq!(map["x-a"], "b");
+        assert!(!shared.contains(&header::DATE));
     }
 
     #[test]
