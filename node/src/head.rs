@@ -110,6 +110,44 @@ impl HeaderFields {
         }
     }
 
+    /// Writes the fields `keep` accepts as HTTP/1.1 header lines. Raw fields that sat
+    /// on adjacent lines go out in one copy, their separators as they came (checked
+    /// by httparse); every line ends in CRLF whatever ended it on the way in.
+    pub fn write_lines(&self, out: &mut Vec<u8>, mut keep: impl FnMut(&[u8]) -> bool) {
+        let raw = match self {
+            HeaderFields::Map(map) => {
+                for (name, value) in map {
+                    if keep(name.as_str().as_bytes()) {
+                        crate::wire::put_header(out, name, value);
+                    }
+                }
+                return;
+            }
+            HeaderFields::Raw(raw) => raw,
+        };
+        let head = &raw.head[..];
+        let mut run: Option<(usize, usize)> = None;
+        for f in &raw.fields {
+            if !keep(raw.slice(f.name)) {
+                continue;
+            }
+            let (start, end) = (f.name.0 as usize, f.value.1 as usize);
+            run = match run {
+                Some((s, e)) if e + 2 == start && &head[e..start] == b"\r\n" => Some((s, end)),
+                Some((s, e)) => {
+                    out.extend_from_slice(&head[s..e]);
+                    out.extend_from_slice(b"\r\n");
+                    Some((start, end))
+                }
+                None => Some((start, end)),
+            };
+        }
+        if let Some((s, e)) = run {
+            out.extend_from_slice(&head[s..e]);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+
     /// Number of fields.
     pub fn len(&self) -> usize {
         match self {
@@ -169,6 +207,27 @@ mod tests {
         assert_eq!(h.get_all(&accept).collect::<Vec<_>>(), [b"a", b"b"]);
         assert_eq!(h.get(&http::header::HOST), None);
         assert_eq!(h.wire_size(), (9 + 2 + 4) + (6 + 1 + 4) * 2);
+    }
+
+    #[test]
+    fn kept_lines_are_written_in_runs_with_crlf_endings() {
+        let head = Bytes::from_static(b"A: 1\r\nB:2\r\nC: 3\nD: 4\r\nE: 5\r\n");
+        let mut raw = RawHeaders::new(head.clone());
+        for line in head.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let colon = line.iter().position(|b| *b == b':').unwrap();
+            raw.push(&line[..colon], line[colon + 1..].trim_ascii());
+        }
+        let h = HeaderFields::Raw(raw);
+        let mut out = Vec::new();
+        h.write_lines(&mut out, |n| n != b"D");
+        assert_eq!(out, b"A: 1\r\nB:2\r\nC: 3\r\nE: 5\r\n");
+        out.clear();
+        h.write_lines(&mut out, |n| n == b"B" || n == b"E");
+        assert_eq!(out, b"B:2\r\nE: 5\r\n");
+        out.clear();
+        h.write_lines(&mut out, |_| false);
+        assert!(out.is_empty());
     }
 
     #[test]

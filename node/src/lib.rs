@@ -44,3 +44,7 @@ pub use server::Node;
 
 /// Response header carrying the gateway's request id on every response.
 pub const REQUEST_ID_HEADER: &str = "x-strait-request-id";
+
+/// [`REQUEST_ID_HEADER`] as a header name: inserting by `&str` parses the name again
+/// on every request.
+pub(crate) const REQUEST_ID: http::HeaderName = http::HeaderName::from_static(REQUEST_ID_HEADER);

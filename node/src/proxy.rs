@@ -351,10 +351,13 @@ fn respond(
     let mut response = Response::new(());
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(crate::REQUEST_ID_HEADER, request_id);
+    headers.insert(crate::REQUEST_ID, request_id);
     let idle = if kind == BodyKind::Sse {
         // Proxies in front (nginx and similar) must not buffer the stream either.
-        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        headers.insert(
+            http::HeaderName::from_static("x-accel-buffering"),
+            HeaderValue::from_static("no"),
+        );
         shared.upstream.config().stream_idle_timeout
     } else {
         shared.upstream.config().read_timeout

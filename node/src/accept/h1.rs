@@ -508,10 +508,7 @@ async fn write_response<IO: AsyncWrite + Unpin>(
     }
     let mut upstream_date = false;
     if let Some(relayed) = body.relayed_headers() {
-        for (name, value) in relayed.fields(bodiless) {
-            wire::put_field(out, name, value);
-        }
-        upstream_date = relayed.contains(&header::DATE);
+        upstream_date = relayed.write_lines(out, bodiless);
     }
     match framing {
         Out::Length(n) => wire::put_length(out, n),

@@ -61,9 +61,7 @@ pub async fn send(
     head.extend_from_slice(b"\r\n");
     // The client's fields as they came (framing and `expect` left out: the body goes
     // out right behind the head, framed by what is actually sent).
-    for (name, value) in headers.fields() {
-        wire::put_field(&mut head, name, value);
-    }
+    headers.write_lines(&mut head);
     wire::put_header(&mut head, &X_FORWARDED_FOR, headers.forwarded_for());
     if let Some(key) = api_key {
         wire::put_header(&mut head, &super::X_API_KEY, key);

@@ -405,12 +405,18 @@ impl<'a> UpstreamHeaders<'a> {
         }
     }
 
+    fn keeps(&self, name: &[u8]) -> bool {
+        !stays_behind(name, self.mode) && !self.named.iter().any(|n| n.eq_ignore_ascii_case(name))
+    }
+
     /// The client's fields that go upstream, as they came.
     pub fn fields(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + '_ {
-        self.client.iter().filter(|(name, _)| {
-            !stays_behind(name, self.mode)
-                && !self.named.iter().any(|n| n.eq_ignore_ascii_case(name))
-        })
+        self.client.iter().filter(|(name, _)| self.keeps(name))
+    }
+
+    /// [`UpstreamHeaders::fields`] as HTTP/1.1 lines (`x-forwarded-for` not included).
+    pub fn write_lines(&self, out: &mut Vec<u8>) {
+        self.client.write_lines(out, |name| self.keeps(name));
     }
 
     pub fn forwarded_for(&self) -> &HeaderValue {
@@ -524,26 +530,48 @@ impl RelayedHeaders {
         }
     }
 
-    /// The fields to relay. `content-length` is among them only for a response
-    /// without a body (to a HEAD request, say); otherwise framing is the server's.
-    pub fn fields(&self, bodiless: bool) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
-        let named: Vec<&[u8]> = self
-            .fields
+    /// Fields named in the upstream's `Connection` header.
+    fn named(&self) -> Vec<&[u8]> {
+        // Rare: an empty collect does not allocate.
+        self.fields
             .get_all(&header::CONNECTION)
             .flat_map(|v| v.split(|b| *b == b','))
             .map(<[u8]>::trim_ascii)
             .filter(|n| !n.is_empty())
-            .collect();
-        self.fields.iter().filter(move |(name, _)| {
-            !(is_hop_by_hop(name)
-                || (!bodiless && name.eq_ignore_ascii_case(b"content-length"))
-                || (self.strip_rate_limits && limit_headers::is_upstream(name))
-                || named.iter().any(|n| n.eq_ignore_ascii_case(name)))
-        })
+            .collect()
+    }
+
+    fn keeps(&self, name: &[u8], bodiless: bool, named: &[&[u8]]) -> bool {
+        !(is_hop_by_hop(name)
+            || (!bodiless && name.eq_ignore_ascii_case(b"content-length"))
+            || (self.strip_rate_limits && limit_headers::is_upstream(name))
+            || named.iter().any(|n| n.eq_ignore_ascii_case(name)))
+    }
+
+    /// The fields to relay. `content-length` is among them only for a response
+    /// without a body (to a HEAD request, say); otherwise framing is the server's.
+    pub fn fields(&self, bodiless: bool) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        let named = self.named();
+        self.fields
+            .iter()
+            .filter(move |(name, _)| self.keeps(name, bodiless, &named))
+    }
+
+    /// [`RelayedHeaders::fields`] as HTTP/1.1 lines. Returns whether a `date` was
+    /// among them.
+    pub fn write_lines(&self, out: &mut Vec<u8>, bodiless: bool) -> bool {
+        let named = self.named();
+        let mut date = false;
+        self.fields.write_lines(out, |name| {
+            date |= name.eq_ignore_ascii_case(b"date");
+            self.keeps(name, bodiless, &named)
+        });
+        date
     }
 
     /// Whether the upstream sent `name`.
-    pub fn contains(&self, name: &HeaderName) -> bool {
+    #[cfg(test)]
+    fn contains(&self, name: &HeaderName) -> bool {
         self.fields.get(name).is_some()
     }
 
