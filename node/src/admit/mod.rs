@@ -2,6 +2,8 @@
 //! gateway relays, the body is within limits, and a Messages body is valid JSON
 //! (whose `model`, `stream` and `max_tokens` are read for routing and accounting).
 
+mod peek;
+
 use bytes::Bytes;
 use http::{header, Method};
 use http_body_util::BodyExt;
@@ -134,6 +136,15 @@ pub async fn admit_body(
 }
 
 fn peek_messages(bytes: &Bytes) -> Result<RequestMeta> {
+    match peek::scan(bytes) {
+        Some(meta) => Ok(meta),
+        None => peek_messages_serde(bytes),
+    }
+}
+
+/// The body checked and read by serde: for what the hand scan hands over, and for
+/// the error messages.
+fn peek_messages_serde(bytes: &[u8]) -> Result<RequestMeta> {
     // serde would accept a JSON array as a struct in sequence form; Anthropic would not.
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(invalid_json)?;

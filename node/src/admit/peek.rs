@@ -1,0 +1,372 @@
+//! Phase 3, admit: a Messages body checked and read in one pass by hand, for the
+//! common document. serde checked the body and matched its fields at about 30
+//! instructions a byte, the largest cost of admission (docs/benchmarks.md).
+//!
+//! The scan only ever says yes to a document serde accepts too: whatever it is not
+//! sure of (invalid JSON, escapes or non-ASCII bytes in keys, numbers or nesting
+//! serde might refuse for the three fields read, repeated fields, deep nesting) is
+//! handed back (`None`) to the serde path, which decides and words the error. A unit
+//! test holds the two to the same answers over a corpus and its mutations.
+
+use super::RequestMeta;
+
+/// serde_json refuses nesting deeper than 128; the scan hands over well before.
+const MAX_DEPTH: u32 = 100;
+
+/// `Some` when `body` is a JSON object serde would accept, with the fields read;
+/// `None` when serde has to decide.
+pub(super) fn scan(body: &[u8]) -> Option<RequestMeta> {
+    let mut s = Scanner { b: body, i: 0 };
+    let mut meta = RequestMeta::default();
+    let mut seen = [false; 3];
+    s.ws();
+    s.eat(b'{')?;
+    s.ws();
+    if s.peek()? == b'}' {
+        s.i += 1;
+    } else {
+        loop {
+            let key = s.plain_string()?;
+            s.ws();
+            s.eat(b':')?;
+            s.ws();
+            let field = match key {
+                b"model" => Some(0),
+                b"stream" => Some(1),
+                b"max_tokens" => Some(2),
+                _ => None,
+            };
+            match field {
+                Some(f) => {
+                    if std::mem::replace(&mut seen[f], true) {
+                        return None; // serde refuses a repeated field
+                    }
+                    s.known_value(f, &mut meta)?;
+                }
+                None => s.value(1)?,
+            }
+            s.ws();
+            match s.next()? {
+                b',' => s.ws(),
+                b'}' => break,
+                _ => return None,
+            }
+        }
+    }
+    s.ws();
+    (s.i == body.len()).then_some(meta)
+}
+
+struct Scanner<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Scanner<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let c = self.peek()?;
+        self.i += 1;
+        Some(c)
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        (self.next()? == c).then_some(())
+    }
+
+    fn ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.i += 1;
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        let end = self.i + word.len();
+        (self.b.get(self.i..end)? == word).then(|| self.i = end)
+    }
+
+    /// A string without escapes or non-ASCII bytes (keys, the model name).
+    fn plain_string(&mut self) -> Option<&'a [u8]> {
+        self.eat(b'"')?;
+        let start = self.i;
+        let len = self.b[start..]
+            .iter()
+            .position(|&c| c == b'"' || c == b'\\' || !(0x20..0x80).contains(&c))?;
+        if self.b[start + len] != b'"' {
+            return None;
+        }
+        self.i = start + len + 1;
+        Some(&self.b[start..start + len])
+    }
+
+    /// Any string serde skips: escapes checked, no control characters, ASCII only.
+    fn string(&mut self) -> Option<()> {
+        self.eat(b'"')?;
+        loop {
+            let rest = &self.b[self.i..];
+            let n = rest
+                .iter()
+                .position(|&c| c == b'"' || c == b'\\' || !(0x20..0x80).contains(&c))?;
+            self.i += n;
+            match self.next()? {
+                b'"' => return Some(()),
+                b'\\' => match self.next()? {
+                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
+                    b'u' => {
+                        let hex = self.b.get(self.i..self.i + 4)?;
+                        if !hex.iter().all(u8::is_ascii_hexdigit) {
+                            return None;
+                        }
+                        self.i += 4;
+                    }
+                    _ => return None,
+                },
+                _ => return None,
+            }
+        }
+    }
+
+    /// A number in JSON's grammar: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
+    fn number(&mut self) -> Option<()> {
+        if self.peek() == Some(b'-') {
+            self.i += 1;
+        }
+        match self.next()? {
+            b'0' => {}
+            b'1'..=b'9' => {
+                self.digits();
+            }
+            _ => return None,
+        }
+        if self.peek() == Some(b'.') {
+            self.i += 1;
+            self.some_digits()?;
+        }
+        if matches!(self.peek(), Some(b'e' | b'E')) {
+            self.i += 1;
+            if matches!(self.peek(), Some(b'+' | b'-')) {
+                self.i += 1;
+            }
+            self.some_digits()?;
+        }
+        Some(())
+    }
+
+    fn digits(&mut self) -> usize {
+        let n = self.b[self.i..]
+            .iter()
+            .take_while(|c| c.is_ascii_digit())
+            .count();
+        self.i += n;
+        n
+    }
+
+    fn some_digits(&mut self) -> Option<()> {
+        (self.digits() > 0).then_some(())
+    }
+
+    /// Any value serde skips, at nesting `depth`.
+    fn value(&mut self, depth: u32) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.string(),
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            b'-' | b'0'..=b'9' => self.number(),
+            open @ (b'{' | b'[') => {
+                if depth >= MAX_DEPTH {
+                    return None;
+                }
+                self.i += 1;
+                self.ws();
+                let close = if open == b'{' { b'}' } else { b']' };
+                if self.peek()? == close {
+                    self.i += 1;
+                    return Some(());
+                }
+                loop {
+                    if open == b'{' {
+                        self.string()?;
+                        self.ws();
+                        self.eat(b':')?;
+                        self.ws();
+                    }
+                    self.value(depth + 1)?;
+                    self.ws();
+                    match self.next()? {
+                        b',' => self.ws(),
+                        c if c == close => return Some(()),
+                        _ => return None,
+                    }
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// The value of `model` (0), `stream` (1) or `max_tokens` (2), read into `meta`
+    /// as the serde path reads it. Only plain scalars: anything else goes to serde.
+    fn known_value(&mut self, field: usize, meta: &mut RequestMeta) -> Option<()> {
+        match self.peek()? {
+            b'"' => {
+                let s = self.plain_string()?;
+                if field == 0 {
+                    // ASCII by construction.
+                    meta.model = Some(String::from_utf8(s.to_vec()).ok()?);
+                }
+            }
+            b't' => {
+                self.literal(b"true")?;
+                meta.stream |= field == 1;
+            }
+            b'f' => self.literal(b"false")?,
+            b'n' => self.literal(b"null")?,
+            b'0'..=b'9' => {
+                // Plain integers only: serde reads anything longer or with a fraction
+                // or exponent as a float, which may even be refused as out of range.
+                let start = self.i;
+                let n = self.digits();
+                if n > 19 || (n > 1 && self.b[start] == b'0') {
+                    return None;
+                }
+                if matches!(self.peek(), Some(b'.' | b'e' | b'E')) {
+                    return None;
+                }
+                if field == 2 {
+                    let text = std::str::from_utf8(&self.b[start..self.i]).ok()?;
+                    meta.max_tokens = Some(text.parse().ok()?);
+                }
+            }
+            _ => return None,
+        }
+        Some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The serde path's answer: `Ok(meta)` or an error.
+    fn serde(body: &[u8]) -> Result<RequestMeta, ()> {
+        super::super::peek_messages_serde(body).map_err(|_| ())
+    }
+
+    /// Holds the scan to serde's answer; true when the scan took the document.
+    fn same(body: &[u8]) -> bool {
+        if let Some(fast) = scan(body) {
+            let slow = serde(body).unwrap_or_else(|()| {
+                panic!(
+                    "the scan accepted what serde refuses: {:?}",
+                    String::from_utf8_lossy(body)
+                )
+            });
+            assert_eq!(
+                (fast.model, fast.stream, fast.max_tokens),
+                (slow.model, slow.stream, slow.max_tokens),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+            return true;
+        }
+        false
+    }
+
+    const CORPUS: &[&str] = &[
+        r#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"Hello, Claude"}]}"#,
+        r#"{"model":"m","stream":true,"max_tokens":1024,"messages":[{"role":"user","content":[{"type":"text","text":"a \"q\" \\ \/ \b\f\n\r\t \u00e9 \ud83d\ude00"}]}],"temperature":0.5,"top_k":-1,"x":1e10,"y":-0.0E+2,"z":[true,false,null,{}],"w":{"a":[]}}"#,
+        " {\n\t\"model\" : \"m\" ,\r\n \"stream\" : false , \"max_tokens\" : 0 } \n",
+        r#"{}"#,
+        r#"{"stream":null,"model":null,"max_tokens":null}"#,
+        r#"{"model":5,"stream":"yes","max_tokens":"5"}"#,
+        r#"{"max_tokens":18446744073709551615}"#,
+        r#"{"max_tokens":18446744073709551616}"#,
+        r#"{"max_tokens":99999999999999999999}"#,
+        r#"{"max_tokens":-5,"model":"a"}"#,
+        r#"{"max_tokens":5.0}"#,
+        r#"{"max_tokens":1e400}"#,
+        r#"{"max_tokens":05}"#,
+        r#"{"model":"a","model":"b"}"#,
+        r#"{"other":1,"other":2}"#,
+        r#"{"model":"caf\u00e9"}"#,
+        "{\"model\":\"caf\u{e9}\"}",
+        "{\"k\":\"caf\u{e9}\"}",
+        "{\"k\u{e9}\":1}",
+        r#"{"m\u006fdel":"x"}"#,
+        r#"{"a":"\ud800"}"#,
+        r#"{"model":"\ud800"}"#,
+        r#"{"a":"\x"}"#,
+        r#"{"a":"\u12"}"#,
+        "{\"a\":\"tab\there\"}",
+        r#"{"a":[1,]}"#,
+        r#"{"a":{"b":1,}}"#,
+        r#"{"a":1,}"#,
+        r#"{"a" 1}"#,
+        r#"{"a":01}"#,
+        r#"{"a":1.}"#,
+        r#"{"a":.5}"#,
+        r#"{"a":-}"#,
+        r#"{"a":1e}"#,
+        r#"{"a":+1}"#,
+        r#"{"a":tru}"#,
+        r#"{"a":True}"#,
+        r#"{"a":1} x"#,
+        r#"{"a":1}}"#,
+        r#"{"a":[1 2]}"#,
+        r#"{"a":{1:2}}"#,
+        r#"{'a':1}"#,
+        "{\"a\":1}\u{0}",
+        "",
+        "{",
+        "[]",
+        "\"s\"",
+    ];
+
+    #[test]
+    fn the_scan_agrees_with_serde_on_a_corpus() {
+        for body in CORPUS {
+            same(body.as_bytes());
+        }
+        // The common shapes are taken by the scan, not handed over.
+        assert!(scan(CORPUS[0].as_bytes()).is_some());
+        assert!(scan(CORPUS[1].as_bytes()).is_some());
+        assert!(scan(CORPUS[2].as_bytes()).is_some());
+        let deep = format!("{{\"a\":{}{}}}", "[".repeat(200), "]".repeat(200));
+        assert!(scan(deep.as_bytes()).is_none());
+        same(deep.as_bytes());
+    }
+
+    #[test]
+    fn the_scan_agrees_with_serde_on_mutations() {
+        // Deterministic: every byte of every corpus document replaced, dropped or
+        // doubled, with bytes that matter to the grammar.
+        const BYTES: &[u8] = b"{}[]\",:\\ 0159-+.eEtfnu\x01\x7f\xc3";
+        let (mut taken, mut all) = (0, 0);
+        for doc in CORPUS {
+            let doc = doc.as_bytes();
+            for at in 0..doc.len() {
+                for &b in BYTES {
+                    let mut m = doc.to_vec();
+                    m[at] = b;
+                    taken += usize::from(same(&m));
+                    let mut m = doc.to_vec();
+                    m.insert(at, b);
+                    taken += usize::from(same(&m));
+                    all += 2;
+                }
+                let mut m = doc.to_vec();
+                m.remove(at);
+                taken += usize::from(same(&m));
+                all += 1;
+            }
+        }
+        // Most mutations break the document; enough survive to test acceptance.
+        assert!(
+            taken > all / 10,
+            "{taken} of {all} mutations taken by the scan"
+        );
+    }
+}
