@@ -77,6 +77,18 @@ impl RawHeaders {
     fn slice(&self, (start, end): (u32, u32)) -> &[u8] {
         &self.head[start as usize..end as usize]
     }
+
+    /// Values of the fields named `want` (lower case), in order. Lengths are compared
+    /// before names: most fields are passed over without looking at their bytes.
+    fn find<'a, 'w>(&'a self, want: &'w [u8]) -> impl Iterator<Item = &'a [u8]> + use<'a, 'w> {
+        self.fields
+            .iter()
+            .filter(move |f| {
+                (f.name.1 - f.name.0) as usize == want.len()
+                    && self.slice(f.name).eq_ignore_ascii_case(want)
+            })
+            .map(|f| self.slice(f.value))
+    }
 }
 
 impl HeaderFields {
@@ -84,22 +96,20 @@ impl HeaderFields {
     pub fn get(&self, name: &HeaderName) -> Option<&[u8]> {
         match self {
             HeaderFields::Map(map) => map.get(name).map(|v| v.as_bytes()),
-            HeaderFields::Raw(raw) => {
-                let want = name.as_str().as_bytes();
-                raw.fields
-                    .iter()
-                    .find(|f| raw.slice(f.name).eq_ignore_ascii_case(want))
-                    .map(|f| raw.slice(f.value))
-            }
+            HeaderFields::Raw(raw) => raw.find(name.as_str().as_bytes()).next(),
         }
     }
 
     /// Every value of `name`, in order.
     pub fn get_all<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a {
-        let want = name.as_str().as_bytes();
-        self.iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(want))
-            .map(|(_, v)| v)
+        let (map, raw) = match self {
+            HeaderFields::Map(map) => (Some(map.get_all(name).iter()), None),
+            HeaderFields::Raw(raw) => (None, Some(raw.find(name.as_str().as_bytes()))),
+        };
+        map.into_iter()
+            .flatten()
+            .map(|v| v.as_bytes())
+            .chain(raw.into_iter().flatten())
     }
 
     /// Every field as (name, value), in order.

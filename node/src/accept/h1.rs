@@ -111,8 +111,12 @@ where
         out: Vec::with_capacity(1024),
     };
     let mut first = true;
+    // One timer for the connection, moved on for each head: registering a new one per
+    // request cost more than the rest of reading the head.
+    let deadline = tokio::time::sleep(settings.header_read_timeout);
+    tokio::pin!(deadline);
     loop {
-        let head = match read_head(&mut conn, settings, &mut stop, first).await {
+        let head = match read_head(&mut conn, settings, &mut stop, deadline.as_mut(), first).await {
             Ok(Some(head)) => head,
             Ok(None) => break,
             Err(HeadError::Http2) => {
@@ -252,10 +256,14 @@ async fn read_head<IO: AsyncRead + Unpin>(
     conn: &mut Conn<IO>,
     settings: &Settings,
     stop: &mut watch::Receiver<bool>,
+    mut deadline: Pin<&mut tokio::time::Sleep>,
     first: bool,
 ) -> Result<Option<Head>, HeadError> {
-    let deadline = tokio::time::sleep(settings.header_read_timeout);
-    tokio::pin!(deadline);
+    if !first {
+        deadline
+            .as_mut()
+            .reset(tokio::time::Instant::now() + settings.header_read_timeout);
+    }
     let mut stopping = *stop.borrow();
     loop {
         if !conn.buf.is_empty() {
@@ -279,7 +287,7 @@ async fn read_head<IO: AsyncRead + Unpin>(
                 Ok(0) | Err(_) => return Ok(None),
                 Ok(_) => {}
             },
-            () = &mut deadline => return Ok(None),
+            () = deadline.as_mut() => return Ok(None),
             _ = stop.changed(), if idle && !stopping => stopping = true,
         }
     }
@@ -293,11 +301,14 @@ fn is_h2_preface(buf: &[u8]) -> bool {
 /// Where the head at the front of `buf` ends (after its empty line), if it is all
 /// there. Bare-LF line ends are accepted, as httparse accepts them.
 fn head_end(buf: &[u8]) -> Option<usize> {
-    memchr::memchr_iter(b'\n', buf).find_map(|i| match &buf[i + 1..] {
-        [b'\n', ..] => Some(i + 2),
-        [b'\r', b'\n', ..] => Some(i + 3),
-        _ => None,
-    })
+    // An empty line is LF then CRLF (the usual head) or LF then LF; two searches, each
+    // one pass, rather than a look at every line end.
+    let crlf = memchr::memmem::find(buf, b"\n\r\n");
+    let scope = &buf[..crlf.map_or(buf.len(), |i| i + 1)];
+    match memchr::memmem::find(scope, b"\n\n") {
+        Some(i) => Some(i + 2),
+        None => crlf.map(|i| i + 3),
+    }
 }
 
 /// Parses one request head from the front of `buf`, consuming it when complete.

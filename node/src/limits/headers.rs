@@ -33,6 +33,25 @@ const OUTPUT: [HeaderName; 3] = [
     HeaderName::from_static("anthropic-ratelimit-output-tokens-reset"),
 ];
 
+/// The names above as the start of a header line, for [`RateHeaders::write_head`].
+const LINES: [[&[u8]; 3]; 3] = [
+    [
+        b"anthropic-ratelimit-requests-limit: ",
+        b"anthropic-ratelimit-requests-remaining: ",
+        b"anthropic-ratelimit-requests-reset: ",
+    ],
+    [
+        b"anthropic-ratelimit-input-tokens-limit: ",
+        b"anthropic-ratelimit-input-tokens-remaining: ",
+        b"anthropic-ratelimit-input-tokens-reset: ",
+    ],
+    [
+        b"anthropic-ratelimit-output-tokens-limit: ",
+        b"anthropic-ratelimit-output-tokens-remaining: ",
+        b"anthropic-ratelimit-output-tokens-reset: ",
+    ],
+];
+
 /// Replaces the upstream's `anthropic-ratelimit-*` headers (which describe the shared
 /// organisation key, not this client) with the client's own limits.
 pub fn apply(headers: &mut HeaderMap, view: &RateView) {
@@ -77,16 +96,15 @@ impl RateHeaders {
 
     /// Appends `name: value\r\n` lines to a response head being written.
     pub fn write_head(&self, out: &mut Vec<u8>) {
-        for ([limit, remaining, reset], q) in self.quotas() {
+        let quotas = [self.0.requests, self.0.input, self.0.output];
+        for (lines, q) in LINES.iter().zip(quotas) {
             let Some(q) = q else { continue };
-            for (name, n) in [(limit, q.limit), (remaining, q.remaining)] {
-                out.extend_from_slice(name.as_str().as_bytes());
-                out.extend_from_slice(b": ");
+            for (line, n) in [(lines[0], q.limit), (lines[1], q.remaining)] {
+                out.extend_from_slice(line);
                 out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
                 out.extend_from_slice(b"\r\n");
             }
-            out.extend_from_slice(reset.as_str().as_bytes());
-            out.extend_from_slice(b": ");
+            out.extend_from_slice(lines[2]);
             out.extend_from_slice(reset_value(q.reset).as_bytes());
             out.extend_from_slice(b"\r\n");
         }
