@@ -1,12 +1,12 @@
 //! Phase 7, account: the node's Prometheus metrics and the one access-log line
 //! written when a request is finished (after its last byte, or when the client left).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::admit::RouteKind;
@@ -29,6 +29,9 @@ pub struct Metrics {
     /// the label values on every call, and these two are hit on every request.
     duration_by_route: Vec<Histogram>,
     ttfb_by_route: Vec<Histogram>,
+    /// The request and token counters of the last few label sets, resolved the same
+    /// way: a finished request looked up three (about 600 instructions).
+    recent: Mutex<Recent>,
     pub ttft: HistogramVec,
     pub tokens: IntCounterVec,
     pub upstream_errors: IntCounterVec,
@@ -103,6 +106,7 @@ impl Metrics {
             ),
             duration_by_route: by_route(&duration),
             ttfb_by_route: by_route(&upstream_ttfb),
+            recent: Mutex::default(),
             duration,
             upstream_ttfb,
             ttft: histogram(
@@ -152,11 +156,71 @@ impl Metrics {
         })
     }
 
+    /// Counts a finished request and its tokens.
+    fn count(&self, route: RouteKind, status: u16, model: &str, usage: &Usage) {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let at = recent
+            .sets
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|s| s.matches(route, status, model)));
+        let at = at.unwrap_or_else(|| {
+            let mut status_buf = itoa_status(status);
+            let set = Resolved {
+                route,
+                status,
+                model: model.into(),
+                requests: self.requests.with_label_values(&[
+                    route.label(),
+                    status_str(&mut status_buf),
+                    model,
+                ]),
+                input: self.tokens.with_label_values(&["input", model]),
+                output: self.tokens.with_label_values(&["output", model]),
+            };
+            let at = recent.next;
+            recent.next = (at + 1) % RECENT_SETS;
+            recent.sets[at] = Some(set);
+            at
+        });
+        let set = recent.sets[at].as_ref().expect("just found or filled");
+        set.requests.inc();
+        if usage.input_tokens > 0 {
+            set.input.inc_by(usage.input_tokens);
+        }
+        if usage.output_tokens > 0 {
+            set.output.inc_by(usage.output_tokens);
+        }
+    }
+
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut buf = Vec::with_capacity(16 * 1024);
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+const RECENT_SETS: usize = 8;
+
+#[derive(Default)]
+struct Recent {
+    sets: [Option<Resolved>; RECENT_SETS],
+    next: usize,
+}
+
+/// One label set's counters, looked up once.
+struct Resolved {
+    route: RouteKind,
+    status: u16,
+    model: Box<str>,
+    requests: IntCounter,
+    input: IntCounter,
+    output: IntCounter,
+}
+
+impl Resolved {
+    fn matches(&self, route: RouteKind, status: u16, model: &str) -> bool {
+        self.route == route && self.status == status && &*self.model == model
     }
 }
 
@@ -204,10 +268,7 @@ impl RequestRecord {
             (Some(_), _) => "other",
             (None, _) => "",
         };
-        let mut status_buf = itoa_status(self.status);
-        m.requests
-            .with_label_values(&[route, status_str(&mut status_buf), model])
-            .inc();
+        m.count(self.route, self.status, model, &self.usage);
         let elapsed = self.started.elapsed();
         m.duration_by_route[self.route.index()].observe(elapsed.as_secs_f64());
         if let Some(ttfb) = self.upstream_ttfb {
@@ -217,16 +278,6 @@ impl RequestRecord {
             m.ttft
                 .with_label_values(&[model])
                 .observe(ttft.as_secs_f64());
-        }
-        if self.usage.input_tokens > 0 {
-            m.tokens
-                .with_label_values(&["input", model])
-                .inc_by(self.usage.input_tokens);
-        }
-        if self.usage.output_tokens > 0 {
-            m.tokens
-                .with_label_values(&["output", model])
-                .inc_by(self.usage.output_tokens);
         }
         if !self.access_log {
             return;
@@ -272,4 +323,43 @@ fn itoa_status(status: u16) -> [u8; 3] {
 
 fn status_str(buf: &mut [u8; 3]) -> &str {
     std::str::from_utf8(buf).unwrap_or("000")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembered_label_sets_count_like_fresh_lookups() {
+        let m = Metrics::new();
+        let usage = Usage {
+            input_tokens: 3,
+            output_tokens: 2,
+            ..Usage::default()
+        };
+        // More label sets than are remembered, interleaved, so sets are evicted and
+        // looked up again.
+        let models: Vec<String> = (0..11).map(|i| format!("model-{i}")).collect();
+        for round in 0..3 {
+            for (i, model) in models.iter().enumerate() {
+                let status = if i % 2 == 0 { 200 } else { 429 };
+                for _ in 0..=round {
+                    m.count(RouteKind::Messages, status, model, &usage);
+                }
+            }
+        }
+        for (i, model) in models.iter().enumerate() {
+            let status = if i % 2 == 0 { "200" } else { "429" };
+            let requests = m.requests.with_label_values(&["messages", status, model]);
+            assert_eq!(requests.get(), 6, "{model}");
+            assert_eq!(m.tokens.with_label_values(&["input", model]).get(), 18);
+            assert_eq!(m.tokens.with_label_values(&["output", model]).get(), 12);
+        }
+        m.count(RouteKind::Models, 200, "", &Usage::default());
+        assert_eq!(
+            m.requests.with_label_values(&["models", "200", ""]).get(),
+            1
+        );
+        assert_eq!(m.tokens.with_label_values(&["input", ""]).get(), 0);
+    }
 }

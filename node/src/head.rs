@@ -9,7 +9,6 @@
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, Method, Uri, Version};
-use smallvec::SmallVec;
 
 use crate::body::ClientBody;
 
@@ -23,9 +22,6 @@ pub struct ClientRequest {
 }
 
 /// A request's header fields, in arrival order.
-// The raw form is kept inline (not boxed): it is the common one, and an allocation
-// per request is what it exists to save.
-#[allow(clippy::large_enum_variant)]
 pub enum HeaderFields {
     /// HTTP/2 (hyper), and requests built in tests.
     Map(HeaderMap),
@@ -37,7 +33,9 @@ pub enum HeaderFields {
 /// the client sent; lookups ignore case.
 pub struct RawHeaders {
     head: Bytes,
-    fields: SmallVec<[Field; 16]>,
+    // On the heap, sized once: the head is moved through several phases, and moving
+    // fields kept inline cost more than the allocation.
+    fields: Vec<Field>,
 }
 
 #[derive(Clone, Copy)]
@@ -48,9 +46,14 @@ struct Field {
 
 impl RawHeaders {
     pub fn new(head: Bytes) -> Self {
+        Self::with_capacity(head, 0)
+    }
+
+    /// For a head with `fields` fields (known once it is parsed).
+    pub fn with_capacity(head: Bytes, fields: usize) -> Self {
         RawHeaders {
             head,
-            fields: SmallVec::new(),
+            fields: Vec::with_capacity(fields),
         }
     }
 

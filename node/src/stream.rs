@@ -359,7 +359,10 @@ fn flat_usage(v: &[u8]) -> Option<Usage> {
                         return None;
                     }
                     seen |= 1 << bit;
-                    *slot = std::str::from_utf8(&v[i..end]).ok()?.parse().ok()?;
+                    // At most 19 digits: no overflow.
+                    *slot = v[i..end]
+                        .iter()
+                        .fold(0, |n, d| n * 10 + u64::from(d - b'0'));
                 }
                 i = end;
             }

@@ -342,7 +342,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
     let uri = Uri::from_maybe_shared(raw.slice_ref(req.path.unwrap_or_default().as_bytes()))
         .map_err(|_| Refused::Malformed("invalid request target"))?;
 
-    let mut headers = RawHeaders::new(raw.clone());
+    let mut headers = RawHeaders::with_capacity(raw.clone(), req.headers.len());
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut transfer_encoding = false;

@@ -163,8 +163,6 @@ struct ResponseHead {
 }
 
 /// What [`parse_head`] found in the buffer.
-// Not boxed: the head is moved once per response, an allocation would cost more.
-#[allow(clippy::large_enum_variant)]
 enum Parsed {
     Partial,
     /// A 1xx interim response (100 Continue, 103 Early Hints), consumed and skipped.
@@ -223,7 +221,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> std::io::Result<Parsed> {
     // buffer is the connection's, reused for its next response).
     let raw = Bytes::copy_from_slice(&buf[..len]);
     let base = buf.as_ptr() as usize;
-    let mut headers = RawHeaders::new(raw.clone());
+    let mut headers = RawHeaders::with_capacity(raw.clone(), resp.headers.len());
     let mut content_length: Option<u64> = None;
     let mut chunked = false;
     let mut close = resp.version == Some(0);

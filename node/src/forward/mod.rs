@@ -392,7 +392,10 @@ impl<'a> UpstreamHeaders<'a> {
     pub fn new(client: &'a HeaderFields, peer: SocketAddr, mode: KeyMode) -> Self {
         // Headers named in `Connection` are hop-by-hop too (RFC 9110 7.6.1).
         let named = client
-            .get_all(&header::CONNECTION)
+            .get(&header::CONNECTION)
+            .map_or(&[][..], |_| &[header::CONNECTION][..])
+            .iter()
+            .flat_map(|c| client.get_all(c))
             .flat_map(|v| v.split(|b| *b == b','))
             .map(<[u8]>::trim_ascii)
             .filter(|n| !n.is_empty())
@@ -532,7 +535,9 @@ impl RelayedHeaders {
 
     /// Fields named in the upstream's `Connection` header.
     fn named(&self) -> Vec<&[u8]> {
-        // Rare: an empty collect does not allocate.
+        if self.fields.get(&header::CONNECTION).is_none() {
+            return Vec::new();
+        }
         self.fields
             .get_all(&header::CONNECTION)
             .flat_map(|v| v.split(|b| *b == b','))
