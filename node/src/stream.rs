@@ -294,6 +294,9 @@ fn parse_json_usage(chunks: &[Bytes]) -> Option<Usage> {
         joined = chunks.concat();
         &joined
     };
+    if let Some(usage) = usage_at_end(json) {
+        return Some(usage);
+    }
     // Only the top-level `usage` object is parsed: running serde over the whole reply
     // (content included) cost more than the rest of the response path.
     let value =
@@ -310,6 +313,27 @@ fn parse_json_usage(chunks: &[Bytes]) -> Option<Usage> {
 /// (a null or repeated count), which then goes to serde. The derive's field
 /// matching was the larger part of the relay's cost per request.
 fn flat_usage(v: &[u8]) -> Option<Usage> {
+    flat_usage_len(v).map(|(usage, _)| usage)
+}
+
+/// A flat `usage` that is the last member of the document, as Anthropic sends it:
+/// found with one search from the end. A quote inside a JSON string is escaped, so
+/// `"usage"` can only be a key or a string value; followed by `:`, a flat object and
+/// the document's closing brace, it is the top-level key. `None` for anything else,
+/// which goes to the scans below.
+fn usage_at_end(json: &[u8]) -> Option<Usage> {
+    let doc = json.trim_ascii();
+    if doc.first() != Some(&b'{') {
+        return None;
+    }
+    let at = memchr::memmem::rfind(doc, b"\"usage\"")?;
+    let value = doc[at + 7..].trim_ascii_start().strip_prefix(b":")?;
+    let (usage, len) = flat_usage_len(value)?;
+    (value[len..].trim_ascii() == b"}").then_some(usage)
+}
+
+/// [`flat_usage`], and how many bytes of `v` the object took.
+fn flat_usage_len(v: &[u8]) -> Option<(Usage, usize)> {
     let ws = |i: usize| {
         i + v[i.min(v.len())..]
             .iter()
@@ -324,7 +348,7 @@ fn flat_usage(v: &[u8]) -> Option<Usage> {
     }
     i = ws(i + 1);
     if v.get(i) == Some(&b'}') {
-        return Some(usage);
+        return Some((usage, i + 1));
     }
     loop {
         if v.get(i) != Some(&b'"') {
@@ -382,7 +406,7 @@ fn flat_usage(v: &[u8]) -> Option<Usage> {
         i = ws(i);
         match v.get(i)? {
             b',' => i = ws(i + 1),
-            b'}' => return Some(usage),
+            b'}' => return Some((usage, i + 1)),
             _ => return None,
         }
     }
@@ -821,6 +845,39 @@ mod tests {
             );
         }
         assert!(top_level_value_from_end(br#"{"usage":{"inp"#, b"usage").is_none());
+    }
+
+    #[test]
+    fn usage_found_at_the_end_agrees_with_the_scans() {
+        let docs: [&[u8]; 10] = [
+            br#"{"id":"m","content":[{"text":"a \"usage\": {\"input_tokens\":9}}"}],"usage":{"input_tokens":3,"output_tokens":4}}"#,
+            br#"{"usage":{"input_tokens":1},"content":[{"usage":{"input_tokens":2}}]}"#,
+            br#" {"a":{"usage":5},"b":"usage","usage" : {"output_tokens":4} } "#,
+            br#"{"a":{"usage":{"input_tokens":7}}}"#,
+            br#"{"a":"usage"}"#,
+            br#"{"x":["usage",{"input_tokens":1}]}"#,
+            br#"{"usage":{"input_tokens":1},"usage":{"input_tokens":2}}"#,
+            br#"{"usage":null}"#,
+            br#"{"usage":{"input_tokens":1,"server_tool_use":{"web_search_requests":1}}}"#,
+            br#"{"usage":{"input_tokens":1}"#,
+        ];
+        for doc in docs {
+            let chunks = [Bytes::from_static(doc)];
+            if let Some(fast) = usage_at_end(doc) {
+                let value = top_level_value_from_end(doc, b"usage")
+                    .or_else(|| top_level_value(doc, b"usage"))
+                    .unwrap_or_else(|| panic!("{}", String::from_utf8_lossy(doc)));
+                let mut de = serde_json::Deserializer::from_slice(value);
+                let slow = Option::<Usage>::deserialize(&mut de).ok().flatten();
+                assert_eq!(Some(fast), slow, "{}", String::from_utf8_lossy(doc));
+            }
+            assert!(parse_json_usage(&chunks).is_some() || usage_at_end(doc).is_none());
+        }
+        assert_eq!(usage_at_end(docs[0]).map(|u| u.output_tokens), Some(4));
+        assert_eq!(usage_at_end(docs[2]).map(|u| u.output_tokens), Some(4));
+        for none in [1, 3, 4, 5, 7, 8, 9] {
+            assert_eq!(usage_at_end(docs[none]), None, "{none}");
+        }
     }
 
     #[test]

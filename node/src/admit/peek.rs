@@ -236,8 +236,11 @@ impl<'a> Scanner<'a> {
                     return None;
                 }
                 if field == 2 {
-                    let text = std::str::from_utf8(&self.b[start..self.i]).ok()?;
-                    meta.max_tokens = Some(text.parse().ok()?);
+                    // At most 19 digits: no overflow.
+                    let n = self.b[start..self.i]
+                        .iter()
+                        .fold(0, |n, d| n * 10 + u64::from(d - b'0'));
+                    meta.max_tokens = Some(n);
                 }
             }
             _ => return None,

@@ -390,20 +390,10 @@ pub struct UpstreamHeaders<'a> {
 
 impl<'a> UpstreamHeaders<'a> {
     pub fn new(client: &'a HeaderFields, peer: SocketAddr, mode: KeyMode) -> Self {
-        // Headers named in `Connection` are hop-by-hop too (RFC 9110 7.6.1).
-        let named = client
-            .get(&header::CONNECTION)
-            .map_or(&[][..], |_| &[header::CONNECTION][..])
-            .iter()
-            .flat_map(|c| client.get_all(c))
-            .flat_map(|v| v.split(|b| *b == b','))
-            .map(<[u8]>::trim_ascii)
-            .filter(|n| !n.is_empty())
-            .collect();
         UpstreamHeaders {
             client,
             mode,
-            named,
+            named: connection_names(client),
             forwarded_for: forwarded_for(client, peer),
         }
     }
@@ -441,6 +431,22 @@ impl<'a> UpstreamHeaders<'a> {
         }
         map
     }
+}
+
+/// Fields named in a message's `Connection` header: hop-by-hop too (RFC 9110 7.6.1).
+/// `keep-alive` and `close` name nothing relayed, and are by far the most common: the
+/// list then stays empty, which does not allocate.
+fn connection_names(fields: &HeaderFields) -> Vec<&[u8]> {
+    fields
+        .get_all(&header::CONNECTION)
+        .flat_map(|v| v.split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|n| {
+            !(n.is_empty()
+                || n.eq_ignore_ascii_case(b"keep-alive")
+                || n.eq_ignore_ascii_case(b"close"))
+        })
+        .collect()
 }
 
 /// Fields that describe one connection, not the message (RFC 9110 7.6.1): relayed in
@@ -533,17 +539,8 @@ impl RelayedHeaders {
         }
     }
 
-    /// Fields named in the upstream's `Connection` header.
     fn named(&self) -> Vec<&[u8]> {
-        if self.fields.get(&header::CONNECTION).is_none() {
-            return Vec::new();
-        }
-        self.fields
-            .get_all(&header::CONNECTION)
-            .flat_map(|v| v.split(|b| *b == b','))
-            .map(<[u8]>::trim_ascii)
-            .filter(|n| !n.is_empty())
-            .collect()
+        connection_names(&self.fields)
     }
 
     fn keeps(&self, name: &[u8], bodiless: bool, named: &[&[u8]]) -> bool {
