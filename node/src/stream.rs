@@ -316,20 +316,27 @@ fn flat_usage(v: &[u8]) -> Option<Usage> {
     flat_usage_len(v).map(|(usage, _)| usage)
 }
 
-/// A flat `usage` that is the last member of the document, as Anthropic sends it:
-/// found with one search from the end. A quote inside a JSON string is escaped, so
-/// `"usage"` can only be a key or a string value; followed by `:`, a flat object and
-/// the document's closing brace, it is the top-level key. `None` for anything else,
+/// A flat `usage` that is the last member of the document, as Anthropic sends it. A
+/// flat object has no brace inside, so it opens at the document's last `{`; preceded
+/// by the key `"usage"` (its quote not escaped) and `:`, and followed only by the
+/// document's closing brace, it is the top-level usage. `None` for anything else,
 /// which goes to the scans below.
 fn usage_at_end(json: &[u8]) -> Option<Usage> {
     let doc = json.trim_ascii();
     if doc.first() != Some(&b'{') {
         return None;
     }
-    let at = memchr::memmem::rfind(doc, b"\"usage\"")?;
-    let value = doc[at + 7..].trim_ascii_start().strip_prefix(b":")?;
-    let (usage, len) = flat_usage_len(value)?;
-    (value[len..].trim_ascii() == b"}").then_some(usage)
+    let open = memchr::memrchr(b'{', doc)?;
+    let key = doc[..open]
+        .trim_ascii_end()
+        .strip_suffix(b":")?
+        .trim_ascii_end()
+        .strip_suffix(b"\"usage\"")?;
+    if key.iter().rev().take_while(|b| **b == b'\\').count() % 2 == 1 {
+        return None;
+    }
+    let (usage, len) = flat_usage_len(&doc[open..])?;
+    (doc[open + len..].trim_ascii() == b"}").then_some(usage)
 }
 
 /// [`flat_usage`], and how many bytes of `v` the object took.
@@ -849,7 +856,7 @@ mod tests {
 
     #[test]
     fn usage_found_at_the_end_agrees_with_the_scans() {
-        let docs: [&[u8]; 10] = [
+        let docs: [&[u8]; 12] = [
             br#"{"id":"m","content":[{"text":"a \"usage\": {\"input_tokens\":9}}"}],"usage":{"input_tokens":3,"output_tokens":4}}"#,
             br#"{"usage":{"input_tokens":1},"content":[{"usage":{"input_tokens":2}}]}"#,
             br#" {"a":{"usage":5},"b":"usage","usage" : {"output_tokens":4} } "#,
@@ -860,6 +867,8 @@ mod tests {
             br#"{"usage":null}"#,
             br#"{"usage":{"input_tokens":1,"server_tool_use":{"web_search_requests":1}}}"#,
             br#"{"usage":{"input_tokens":1}"#,
+            br#"{"x\"usage":{"input_tokens":1}}"#,
+            br#"{"usage":{"input_tokens":1,"service_tier":"{x"}}"#,
         ];
         for doc in docs {
             let chunks = [Bytes::from_static(doc)];
@@ -875,7 +884,7 @@ mod tests {
         }
         assert_eq!(usage_at_end(docs[0]).map(|u| u.output_tokens), Some(4));
         assert_eq!(usage_at_end(docs[2]).map(|u| u.output_tokens), Some(4));
-        for none in [1, 3, 4, 5, 7, 8, 9] {
+        for none in [1, 3, 4, 5, 7, 8, 9, 10, 11] {
             assert_eq!(usage_at_end(docs[none]), None, "{none}");
         }
     }
