@@ -519,7 +519,7 @@ async fn write_response<IO: AsyncWrite + Unpin>(
     }
     let mut upstream_date = false;
     if let Some(relayed) = body.relayed_headers() {
-        upstream_date = relayed.write_lines(out, bodiless);
+        upstream_date = relayed.write_lines(out, bodiless, &parts.headers);
     }
     match framing {
         Out::Length(n) => wire::put_length(out, n),

@@ -407,7 +407,10 @@ mod tests {
         assert_eq!(f, Framing::chunked());
         let relayed = super::super::RelayedHeaders::new(h, false);
         assert!(
-            relayed.fields(false).next().is_none(),
+            relayed
+                .fields(false, &http::HeaderMap::new())
+                .next()
+                .is_none(),
             "neither framing field is relayed with a body"
         );
         assert!(reuse);

@@ -524,8 +524,10 @@ fn peer_value(ip: std::net::IpAddr) -> HeaderValue {
 /// The upstream's response fields as they go to the client, carried with the relayed
 /// body (`stream::Relay`) and written by the HTTP/1.1 server straight into the head
 /// (the HTTP/2 server puts them in its map: [`RelayedHeaders::insert_into`]).
-/// Hop-by-hop fields stay behind, and the upstream's `anthropic-ratelimit-*` when the
-/// client has limits of its own (its own are written instead).
+/// Hop-by-hop fields stay behind, the upstream's `anthropic-ratelimit-*` when the
+/// client has limits of its own (its own are written instead), and any field the
+/// gateway sets on the response itself (`x-strait-request-id`, say: the gateway's
+/// replaces an upstream's).
 pub struct RelayedHeaders {
     fields: HeaderFields,
     strip_rate_limits: bool,
@@ -543,30 +545,38 @@ impl RelayedHeaders {
         connection_names(&self.fields)
     }
 
-    fn keeps(&self, name: &[u8], bodiless: bool, named: &[&[u8]]) -> bool {
+    fn keeps(&self, name: &[u8], bodiless: bool, named: &[&[u8]], own: &HeaderMap) -> bool {
         !(is_hop_by_hop(name)
             || (!bodiless && name.eq_ignore_ascii_case(b"content-length"))
             || (self.strip_rate_limits && limit_headers::is_upstream(name))
-            || named.iter().any(|n| n.eq_ignore_ascii_case(name)))
+            || named.iter().any(|n| n.eq_ignore_ascii_case(name))
+            || own
+                .keys()
+                .any(|k| k.as_str().as_bytes().eq_ignore_ascii_case(name)))
     }
 
     /// The fields to relay. `content-length` is among them only for a response
     /// without a body (to a HEAD request, say); otherwise framing is the server's.
-    pub fn fields(&self, bodiless: bool) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+    pub fn fields<'a>(
+        &'a self,
+        bodiless: bool,
+        own: &'a HeaderMap,
+    ) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
         let named = self.named();
         self.fields
             .iter()
-            .filter(move |(name, _)| self.keeps(name, bodiless, &named))
+            .filter(move |(name, _)| self.keeps(name, bodiless, &named, own))
     }
 
     /// [`RelayedHeaders::fields`] as HTTP/1.1 lines. Returns whether a `date` was
     /// among them.
-    pub fn write_lines(&self, out: &mut Vec<u8>, bodiless: bool) -> bool {
+    /// `own` holds the fields the gateway sets itself.
+    pub fn write_lines(&self, out: &mut Vec<u8>, bodiless: bool, own: &HeaderMap) -> bool {
         let named = self.named();
         let mut date = false;
         self.fields.write_lines(out, |name| {
             date |= name.eq_ignore_ascii_case(b"date");
-            self.keeps(name, bodiless, &named)
+            self.keeps(name, bodiless, &named, own)
         });
         date
     }
@@ -578,8 +588,13 @@ impl RelayedHeaders {
     }
 
     /// Appends the fields to an HTTP/2 response's map.
+    /// The map's own fields (the gateway's) replace the upstream's of the same name.
     pub fn insert_into(&self, map: &mut HeaderMap) {
-        for (name, value) in self.fields(false) {
+        let mut own = HeaderMap::with_capacity(map.len());
+        for name in map.keys() {
+            own.insert(name.clone(), HeaderValue::from_static(""));
+        }
+        for (name, value) in self.fields(false, &own) {
             // Checked when the head was parsed; these do not fail.
             if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
                 map.append(n, v);
@@ -674,8 +689,9 @@ mod tests {
             Content-Length: 12\r\nAnthropic-RateLimit-Requests-Remaining: 4\r\n\
             request-id: req_1\r\nDate: Fri, 27 Nov 2026 17:00:00 GMT\r\n",
         );
+        let none = HeaderMap::new();
         let names = |r: &RelayedHeaders, bodiless: bool| -> Vec<String> {
-            r.fields(bodiless)
+            r.fields(bodiless, &none)
                 .map(|(n, _)| String::from_utf8(n.to_vec()).unwrap())
                 .collect()
         };
@@ -699,6 +715,22 @@ mod tests {
         assert_eq!(map["anthropic-ratelimit-requests-remaining"], "4");
         assert_eq!(map["x-a"], "b");
         assert!(!shared.contains(&header::DATE));
+
+        // The gateway's own fields replace the upstream's; repeated upstream fields
+        // stay repeated.
+        let chained = RelayedHeaders::new(
+            raw(b"X-Strait-Request-Id: upstream\r\nset-cookie: a\r\nset-cookie: b\r\n"),
+            false,
+        );
+        let mut own = HeaderMap::new();
+        own.insert(crate::REQUEST_ID, HeaderValue::from_static("strait_1"));
+        let mut out = Vec::new();
+        chained.write_lines(&mut out, false, &own);
+        assert_eq!(out, b"set-cookie: a\r\nset-cookie: b\r\n");
+        chained.insert_into(&mut own);
+        assert_eq!(own.get_all(crate::REQUEST_ID).iter().count(), 1);
+        assert_eq!(own[crate::REQUEST_ID], "strait_1");
+        assert_eq!(own.get_all("set-cookie").iter().count(), 2);
     }
 
     #[test]

@@ -105,7 +105,7 @@ impl RateHeaders {
                 out.extend_from_slice(b"\r\n");
             }
             out.extend_from_slice(lines[2]);
-            out.extend_from_slice(reset_value(q.reset).as_bytes());
+            with_reset_value(q.reset, |v| out.extend_from_slice(v.as_bytes()));
             out.extend_from_slice(b"\r\n");
         }
     }
@@ -133,6 +133,11 @@ pub fn mark_limited(headers: &mut HeaderMap, dim: Dim, scope: ScopeKind) {
 /// on whole seconds shared by many requests, so the last few values formatted are
 /// kept, per whole second (a response carries up to three different resets).
 fn reset_value(at: SystemTime) -> HeaderValue {
+    with_reset_value(at, HeaderValue::clone)
+}
+
+/// [`reset_value`] lent to `f` rather than cloned.
+fn with_reset_value<R>(at: SystemTime, f: impl FnOnce(&HeaderValue) -> R) -> R {
     type ResetSlots = [Option<(u64, HeaderValue)>; 4];
     thread_local! {
         static RECENT: RefCell<(ResetSlots, usize)> =
@@ -143,13 +148,13 @@ fn reset_value(at: SystemTime) -> HeaderValue {
         .map_or(0, |d| d.as_secs());
     RECENT.with_borrow_mut(|(slots, next)| {
         if let Some((_, v)) = slots.iter().flatten().find(|(s, _)| *s == secs) {
-            return v.clone();
+            return f(v);
         }
         let text = humantime::format_rfc3339_seconds(at).to_string();
         let v = HeaderValue::try_from(text).expect("RFC 3339 is a valid header value");
-        slots[*next] = Some((secs, v.clone()));
-        *next = (*next + 1) % slots.len();
-        v
+        let at = *next;
+        *next = (at + 1) % slots.len();
+        f(&slots[at].insert((secs, v)).1)
     })
 }
 
