@@ -33,10 +33,11 @@ impl ProxyBody {
     }
 
     /// The upstream's fields that go with this body's response (relayed responses
-    /// only).
-    pub fn relayed_headers(&self) -> Option<&RelayedHeaders> {
+    /// only), taken once the head is written: a stream should not hold its head's
+    /// bytes for as long as it runs.
+    pub fn take_relayed_headers(&mut self) -> Option<RelayedHeaders> {
         match self {
-            ProxyBody::Relay(relay) => relay.relayed.as_ref(),
+            ProxyBody::Relay(relay) => relay.relayed.take(),
             ProxyBody::Full(_) => None,
         }
     }

@@ -124,14 +124,15 @@ impl KeyPool {
     /// when another is usable. `Err` carries how long until the first key is usable.
     pub fn pick(&self, avoid: Option<KeyRef>) -> Result<KeyRef, Duration> {
         let n = self.keys.len();
-        let now = self.now_ms();
+        // The clock is read only once a key has ever rested (0: never).
+        let mut now = None;
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut fallback = None;
         let mut soonest = u64::MAX;
         for i in 0..n {
             let idx = (start + i) % n;
             let until = self.keys[idx].cool_until_ms.load(Ordering::Relaxed);
-            if until <= now {
+            if until == 0 || until <= *now.get_or_insert_with(|| self.now_ms()) {
                 if avoid.is_some_and(|a| a.0 == idx) {
                     fallback = Some(KeyRef(idx));
                     continue;
@@ -140,6 +141,7 @@ impl KeyPool {
             }
             soonest = soonest.min(until);
         }
+        let now = now.unwrap_or_else(|| self.now_ms());
         fallback.ok_or_else(|| Duration::from_millis(soonest.saturating_sub(now).max(1)))
     }
 

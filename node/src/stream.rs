@@ -72,8 +72,10 @@ pub struct Relay {
     /// final error event).
     pending: Option<Bytes>,
     idle: Duration,
-    /// When the upstream counts as stalled: `idle` after the last frame.
-    deadline: tokio::time::Instant,
+    /// When the upstream counts as stalled: `idle` after the relay started waiting
+    /// for the next frame. Set when it has to wait (a clock read costs more than
+    /// relaying a small reply), cleared by each frame.
+    deadline: Option<tokio::time::Instant>,
     /// Made the first time the upstream has nothing ready (a small reply that arrives
     /// with its head never needs one).
     timer: Option<Pin<Box<Sleep>>>,
@@ -121,7 +123,7 @@ impl Relay {
             tap,
             pending: None,
             idle,
-            deadline: tokio::time::Instant::now() + idle,
+            deadline: None,
             timer: None,
             rate_headers: None,
             relayed: None,
@@ -675,7 +677,7 @@ impl Body for Relay {
             }
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    this.deadline = tokio::time::Instant::now() + this.idle;
+                    this.deadline = None;
                     match frame.into_data() {
                         Ok(data) => {
                             if let Some(out) = this.on_data(data) {
@@ -698,7 +700,10 @@ impl Body for Relay {
                     continue;
                 }
                 Poll::Pending => {
-                    let deadline = this.deadline;
+                    let idle = this.idle;
+                    let deadline = *this
+                        .deadline
+                        .get_or_insert_with(|| tokio::time::Instant::now() + idle);
                     let timer = this
                         .timer
                         .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));

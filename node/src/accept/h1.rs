@@ -518,7 +518,7 @@ async fn write_response<IO: AsyncWrite + Unpin>(
         wire::put_header(out, name, value);
     }
     let mut upstream_date = false;
-    if let Some(relayed) = body.relayed_headers() {
+    if let Some(relayed) = body.take_relayed_headers() {
         upstream_date = relayed.write_lines(out, bodiless, &parts.headers);
     }
     match framing {

@@ -196,8 +196,8 @@ async fn serve_h2<IO, S, F>(
         async move {
             let resp = fut.await;
             // Headers the HTTP/1.1 writer writes into the head from the relay.
-            let (mut parts, body) = resp.into_parts();
-            if let Some(relayed) = body.relayed_headers() {
+            let (mut parts, mut body) = resp.into_parts();
+            if let Some(relayed) = body.take_relayed_headers() {
                 relayed.insert_into(&mut parts.headers);
             }
             if let Some(rate) = body.rate_headers() {

@@ -13,7 +13,7 @@ mod h1;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName};
@@ -161,9 +161,10 @@ impl Upstream {
 
             let attempt_body = body.take().expect("a body for each attempt");
             let api_key = key.map(|k| ctx.pool.header(k));
-            let sent = Instant::now();
-            let outcome = tokio::time::timeout(
-                first_byte_timeout,
+            // One clock read for the time to first byte and the timeout's deadline.
+            let sent = tokio::time::Instant::now();
+            let outcome = tokio::time::timeout_at(
+                sent + first_byte_timeout,
                 self.client.send(
                     &client::Outgoing {
                         method: &method,

@@ -136,7 +136,7 @@ impl LocalLimiter {
         res: Reservation,
     ) -> Result<(PermitData, RateView), Denial> {
         let now = Instant::now();
-        let sys_now = SystemTime::now();
+        let sys_now = wall_clock(now);
         let mut guards: [Option<(usize, MutexGuard<'_, Counters>)>; 2] =
             subject.scopes.map(|i| i.map(|i| (i, lock(&self.state[i]))));
         let mut denial = None;
@@ -223,10 +223,44 @@ impl Settle for LocalLimiter {
     }
 }
 
+/// The wall-clock time at `now`, from the last wall-clock reading this thread took
+/// (at most a second old) and the monotonic time since: the reset times in the
+/// headers need wall-clock time, and a second clock read per request cost as much
+/// as the decision itself. A clock step shows within a second.
+fn wall_clock(now: Instant) -> SystemTime {
+    thread_local! {
+        static BASE: std::cell::Cell<Option<(Instant, SystemTime)>> =
+            const { std::cell::Cell::new(None) };
+    }
+    BASE.with(|base| match base.get() {
+        Some((at, wall)) if now >= at && now - at < std::time::Duration::from_secs(1) => {
+            wall + (now - at)
+        }
+        _ => {
+            let wall = SystemTime::now();
+            base.set(Some((now, wall)));
+            wall
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn wall_clock_follows_the_system_clock() {
+        for _ in 0..3 {
+            let derived = wall_clock(Instant::now());
+            let real = SystemTime::now();
+            let apart = real
+                .duration_since(derived)
+                .unwrap_or_else(|e| e.duration());
+            assert!(apart < Duration::from_millis(50), "{apart:?}");
+            std::thread::sleep(Duration::from_millis(600));
+        }
+    }
 
     fn one(spec: LimitSpec) -> (LocalLimiter, Subject) {
         (
