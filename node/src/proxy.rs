@@ -294,7 +294,7 @@ async fn phases(
 
     // 4. route: the direct path; the key is chosen per attempt inside forward.
     let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let headers = UpstreamHeaders::new(&headers, peer, snap.auth.mode());
+    let outgoing = UpstreamHeaders::new(&headers, peer, snap.auth.mode());
 
     // 5. forward
     let ctx = ForwardCtx {
@@ -306,7 +306,7 @@ async fn phases(
     };
     let fwd = shared
         .upstream
-        .forward(&ctx, method, path_and_query, &headers, body, record)
+        .forward(&ctx, method, path_and_query, &outgoing, body, record)
         .await?;
 
     let h = &fwd.response.headers;

@@ -28,6 +28,7 @@ use crate::health::UpstreamHealth;
 use crate::limits::headers as limit_headers;
 use crate::route::KeyPool;
 use crate::stream;
+use crate::wire;
 
 pub use client::UpstreamBody;
 use client::{Client, SendError};
@@ -422,7 +423,7 @@ impl<'a> UpstreamHeaders<'a> {
         let mut map = HeaderMap::with_capacity(self.client.len() + 2);
         for (name, value) in self.fields() {
             // Names and values were checked when the head was parsed; these do not fail.
-            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+            if let (Ok(n), Ok(v)) = (wire::header_name(name), HeaderValue::from_bytes(value)) {
                 map.append(n, v);
             }
         }
@@ -597,7 +598,7 @@ impl RelayedHeaders {
         }
         for (name, value) in self.fields(false, &own) {
             // Checked when the head was parsed; these do not fail.
-            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+            if let (Ok(n), Ok(v)) = (wire::header_name(name), HeaderValue::from_bytes(value)) {
                 map.append(n, v);
             }
         }
