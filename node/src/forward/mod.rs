@@ -622,7 +622,7 @@ mod tests {
 
     fn raw(head: &'static [u8]) -> HeaderFields {
         let head = bytes::Bytes::from_static(head);
-        let mut raw = crate::head::RawHeaders::new(head.clone());
+        let mut raw = crate::head::RawHeaders::with_capacity(head.clone(), 8);
         let mut at = 0;
         while let Some(end) = head[at..].windows(2).position(|w| w == b"\r\n") {
             let line = &head[at..at + end];
