@@ -197,6 +197,52 @@ async fn header_fields_are_relayed_as_sent_minus_hop_by_hop_and_credentials() {
 }
 
 #[tokio::test]
+async fn a_head_request_gets_the_upstream_length_and_no_body() {
+    // The mock serves GET on /v1/models and answers HEAD with its 404 (a JSON error of
+    // a known length): either way the answer to HEAD has a length and no body.
+    let h = Harness::managed().await;
+    let mut s = connect(&h).await;
+    let get = format!("GET /v1/models HTTP/1.1\r\nhost: x\r\nx-api-key: {CLIENT_KEY}\r\nanthropic-version: 2023-06-01\r\n\r\n");
+    s.write_all(get.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let full = read_response(&mut s, &mut buf).await;
+    assert_eq!(full.status, 200, "{}", full.head);
+    assert!(!full.body.is_empty());
+
+    // HEAD, then GET on the same connection: the HEAD answer carries the upstream's
+    // length and no body, so the GET's answer is read whole after it.
+    let head = get.replacen("GET", "HEAD", 1);
+    s.write_all(format!("{head}{get}").as_bytes())
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        fill(&mut s, &mut buf, deadline).await;
+    };
+    let head_answer = String::from_utf8(buf.drain(..end).collect()).unwrap();
+    assert!(head_answer.starts_with("HTTP/1.1 404"), "{head_answer}");
+    let length = head_answer
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no content-length: {head_answer}"));
+    assert!(length.parse::<u64>().is_ok_and(|n| n > 0), "{head_answer}");
+    assert!(!head_answer.contains("transfer-encoding"), "{head_answer}");
+    let again = read_response(&mut s, &mut buf).await;
+    assert_eq!(again.status, 200, "{}", again.head);
+    assert_eq!(
+        again.body, full.body,
+        "the GET after the HEAD is read whole"
+    );
+}
+
+#[tokio::test]
 async fn http10_clients_get_a_length_and_a_close() {
     let h = Harness::managed().await;
     let mut s = connect(&h).await;
