@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 pub struct Captured {
     pub child: Child,
     log: Arc<Mutex<String>>,
+    /// One message from each reader when its stream ends.
+    ended: Mutex<mpsc::Receiver<()>>,
 }
 
 impl Captured {
@@ -25,12 +27,14 @@ impl Captured {
             .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel();
+        let (ended_tx, ended) = mpsc::channel();
         let streams: [Box<dyn Read + Send>; 2] = [
             Box::new(child.stdout.take().expect("piped stdout")),
             Box::new(child.stderr.take().expect("piped stderr")),
         ];
         for stream in streams {
             let (log, tx, ready) = (log.clone(), tx.clone(), ready.to_string());
+            let ended_tx = ended_tx.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     if line.contains(&ready) {
@@ -40,9 +44,14 @@ impl Captured {
                     l.push_str(&line);
                     l.push('\n');
                 }
+                let _ = ended_tx.send(());
             });
         }
-        let mut captured = Captured { child, log };
+        let mut captured = Captured {
+            child,
+            log,
+            ended: Mutex::new(ended),
+        };
         let deadline = Instant::now() + limit;
         loop {
             if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
@@ -62,5 +71,19 @@ impl Captured {
     /// Everything the process has printed so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// After the process exited: waits (up to `limit`) until both output streams have
+    /// been read to their end, so [`Captured::log`] holds its last lines too. The
+    /// readers run on their own threads, a moment behind the process.
+    pub fn wait_for_output(&self, limit: Duration) {
+        let ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        let deadline = Instant::now() + limit;
+        for _ in 0..2 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if ended.recv_timeout(left).is_err() {
+                return;
+            }
+        }
     }
 }

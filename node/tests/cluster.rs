@@ -231,12 +231,11 @@ async fn register_and_expire_after_kill_9() {
 
     // A second node with a taken id is told so in its log.
     let twin = cl.node("eu", "node-a");
-    assert!(
-        twin.log()
-            .contains("another node may be registered with this node id"),
-        "{}",
-        twin.log()
-    );
+    logged(
+        || twin.log(),
+        "another node may be registered with this node id",
+    )
+    .await;
     drop(twin);
     // It took the record over; node-a writes it back at its next refresh. Wait for
     // that so the expiry below measures node-a's lease.
@@ -574,12 +573,8 @@ async fn invalid_config_is_rejected_and_the_previous_snapshot_kept() {
     // The previous snapshot still serves: the old key works, the new one does not exist.
     assert_eq!(message(&n, CLIENT_KEY).await.status, 200);
     assert_eq!(message(&n, "strait-dangling").await.status, 401);
-    let log = n.log();
-    assert!(log.contains("cluster config rejected"), "{log}");
-    assert!(
-        log.contains("unknown tenant"),
-        "the reason is logged: {log}"
-    );
+    logged(|| n.log(), "cluster config rejected").await;
+    logged(|| n.log(), "unknown tenant").await;
     let r = readyz(&n).await;
     assert_eq!(r.status, 200, "a rejected change warns, it does not fail");
     let v = r.json();
@@ -691,7 +686,7 @@ async fn etcd_rebuilt_from_scratch_is_reloaded_not_waited_for() {
         },
     )
     .await;
-    assert!(n.log().contains("revision went backwards"), "{}", n.log());
+    logged(|| n.log(), "revision went backwards").await;
     assert!(
         record(&mut c, "eu", "node-a").await.is_some(),
         "registered in the new etcd"
@@ -869,7 +864,7 @@ async fn silent_etcd_is_detected_and_a_compacted_watch_reloads_everything() {
         401,
         "a delete during the outage is not missed"
     );
-    assert!(n.log().contains("reloading everything"), "{}", n.log());
+    logged(|| n.log(), "reloading everything").await;
     assert!(
         record(&mut c, "eu", "node-a").await.is_some(),
         "re-registered"
@@ -1017,4 +1012,17 @@ async fn limits_set_in_etcd_are_enforced_and_follow_changes() {
         200,
         "tenant limit lifted"
     );
+}
+
+/// Waits up to 2 s for `text` in a node's log, then fails with the log. The log is
+/// read from the node's output by a thread, a moment behind what its metrics and
+/// answers already show.
+async fn logged(log: impl Fn() -> String, text: &str) {
+    let found = tokio::time::timeout(Duration::from_secs(2), async {
+        while !log().contains(text) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "{text:?} not logged:\n{}", log());
 }

@@ -62,6 +62,7 @@ impl NodeProcess {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.proc.child.try_wait().unwrap() {
+                self.proc.wait_for_output(Duration::from_secs(2));
                 return status.code();
             }
             if Instant::now() > deadline {
