@@ -421,11 +421,8 @@ impl<'a> UpstreamHeaders<'a> {
     /// The fields as a map (for HTTP/2), `x-forwarded-for` and `api_key` included.
     pub fn to_map(&self, api_key: Option<&HeaderValue>) -> HeaderMap {
         let mut map = HeaderMap::with_capacity(self.client.len() + 2);
-        for (name, value) in self.fields() {
-            // Names and values were checked when the head was parsed; these do not fail.
-            if let (Ok(n), Ok(v)) = (wire::header_name(name), HeaderValue::from_bytes(value)) {
-                map.append(n, v);
-            }
+        for (name, value) in self.fields().filter_map(|(n, v)| typed(n, v)) {
+            map.append(name, value);
         }
         map.insert(X_FORWARDED_FOR, self.forwarded_for.clone());
         if let Some(key) = api_key {
@@ -433,6 +430,15 @@ impl<'a> UpstreamHeaders<'a> {
         }
         map
     }
+}
+
+/// A raw field as a map entry (for HTTP/2). Names and values were checked when the
+/// head was parsed, so this does not fail in practice.
+fn typed(name: &[u8], value: &[u8]) -> Option<(HeaderName, HeaderValue)> {
+    Some((
+        wire::header_name(name).ok()?,
+        HeaderValue::from_bytes(value).ok()?,
+    ))
 }
 
 /// Fields named in a message's `Connection` header: hop-by-hop too (RFC 9110 7.6.1).
@@ -543,10 +549,6 @@ impl RelayedHeaders {
         }
     }
 
-    fn named(&self) -> Vec<&[u8]> {
-        connection_names(&self.fields)
-    }
-
     fn keeps(&self, name: &[u8], bodiless: bool, named: &[&[u8]], own: &HeaderMap) -> bool {
         !(is_hop_by_hop(name)
             || (!bodiless && name.eq_ignore_ascii_case(b"content-length"))
@@ -564,7 +566,7 @@ impl RelayedHeaders {
         bodiless: bool,
         own: &'a HeaderMap,
     ) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
-        let named = self.named();
+        let named = connection_names(&self.fields);
         self.fields
             .iter()
             .filter(move |(name, _)| self.keeps(name, bodiless, &named, own))
@@ -574,7 +576,7 @@ impl RelayedHeaders {
     /// among them.
     /// `own` holds the fields the gateway sets itself.
     pub fn write_lines(&self, out: &mut Vec<u8>, bodiless: bool, own: &HeaderMap) -> bool {
-        let named = self.named();
+        let named = connection_names(&self.fields);
         let mut date = false;
         self.fields.write_lines(out, |name| {
             date |= name.eq_ignore_ascii_case(b"date");
@@ -592,15 +594,13 @@ impl RelayedHeaders {
     /// Appends the fields to an HTTP/2 response's map.
     /// The map's own fields (the gateway's) replace the upstream's of the same name.
     pub fn insert_into(&self, map: &mut HeaderMap) {
-        let mut own = HeaderMap::with_capacity(map.len());
-        for name in map.keys() {
-            own.insert(name.clone(), HeaderValue::from_static(""));
-        }
-        for (name, value) in self.fields(false, &own) {
-            // Checked when the head was parsed; these do not fail.
-            if let (Ok(n), Ok(v)) = (wire::header_name(name), HeaderValue::from_bytes(value)) {
-                map.append(n, v);
-            }
+        // Decided against the map as it was, before any of these are added.
+        let relayed: Vec<_> = self
+            .fields(false, map)
+            .filter_map(|(n, v)| typed(n, v))
+            .collect();
+        for (name, value) in relayed {
+            map.append(name, value);
         }
     }
 }

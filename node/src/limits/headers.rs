@@ -17,23 +17,26 @@ pub const SCOPE_HEADER: &str = "x-strait-ratelimit-scope";
 
 const PREFIX: &str = "anthropic-ratelimit-";
 
-const REQUESTS: [HeaderName; 3] = [
-    HeaderName::from_static("anthropic-ratelimit-requests-limit"),
-    HeaderName::from_static("anthropic-ratelimit-requests-remaining"),
-    HeaderName::from_static("anthropic-ratelimit-requests-reset"),
-];
-const INPUT: [HeaderName; 3] = [
-    HeaderName::from_static("anthropic-ratelimit-input-tokens-limit"),
-    HeaderName::from_static("anthropic-ratelimit-input-tokens-remaining"),
-    HeaderName::from_static("anthropic-ratelimit-input-tokens-reset"),
-];
-const OUTPUT: [HeaderName; 3] = [
-    HeaderName::from_static("anthropic-ratelimit-output-tokens-limit"),
-    HeaderName::from_static("anthropic-ratelimit-output-tokens-remaining"),
-    HeaderName::from_static("anthropic-ratelimit-output-tokens-reset"),
-];
+const REQUESTS: [HeaderName; 3] = names(&LINES[0]);
+const INPUT: [HeaderName; 3] = names(&LINES[1]);
+const OUTPUT: [HeaderName; 3] = names(&LINES[2]);
 
-/// The names above as the start of a header line, for [`RateHeaders::write_head`].
+/// The header names in `lines` (each a name followed by `": "`): the names are written
+/// once, in [`LINES`].
+const fn names(lines: &[&'static [u8]; 3]) -> [HeaderName; 3] {
+    [name(lines[0]), name(lines[1]), name(lines[2])]
+}
+
+const fn name(line: &'static [u8]) -> HeaderName {
+    let (name, _) = line.split_at(line.len() - 2);
+    match std::str::from_utf8(name) {
+        Ok(name) => HeaderName::from_static(name),
+        Err(_) => panic!("header names are ASCII"),
+    }
+}
+
+/// The `anthropic-ratelimit-*` header names as the start of a header line, as
+/// [`RateHeaders::write_head`] writes them.
 const LINES: [[&[u8]; 3]; 3] = [
     [
         b"anthropic-ratelimit-requests-limit: ",
