@@ -189,7 +189,14 @@ async fn non_streaming_reply_has_anthropic_shape_and_predictable_usage() {
     assert_eq!(body["stop_sequence"], Value::Null);
     assert_eq!(
         body["usage"],
-        json!({"input_tokens": 11, "output_tokens": 12, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0})
+        json!({
+            "input_tokens": 11,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+            "output_tokens": 12,
+            "service_tier": "standard"
+        })
     );
 
     let (_, _, capped) = call(

@@ -310,25 +310,43 @@ fn parse_json_usage(chunks: &[Bytes]) -> Option<Usage> {
     Option::<Usage>::deserialize(&mut de).ok()?
 }
 
-/// The usage object read by hand when it is flat (integers, strings and nulls), as
-/// Anthropic sends it; `None` for anything else, and for anything serde would refuse
-/// (a null or repeated count), which then goes to serde. The derive's field
-/// matching was the larger part of the relay's cost per request.
+/// The usage object read by hand when its values are integers, strings, nulls and
+/// objects of those (Anthropic nests `cache_creation` and `server_tool_use` one level
+/// deep); `None` for anything else, and for anything serde would refuse (a null or
+/// repeated count), which then goes to serde. The derive's field matching was the
+/// larger part of the relay's cost per request.
 fn flat_usage(v: &[u8]) -> Option<Usage> {
-    flat_usage_len(v).map(|(usage, _)| usage)
+    let mut usage = Usage::default();
+    object_len(v, Some(&mut usage))?;
+    Some(usage)
 }
 
-/// A flat `usage` that is the last member of the document, as Anthropic sends it. A
-/// flat object has no brace inside, so it opens at the document's last `{`; preceded
-/// by the key `"usage"` (its quote not escaped) and `:`, and followed only by the
-/// document's closing brace, it is the top-level usage. `None` for anything else,
-/// which goes to the scans below.
+/// The top-level `usage` when it is the last member of the document, as Anthropic
+/// sends it. The object is found by counting braces back from the document's end (a
+/// brace inside a string can mislead that, but only into a place the checks below
+/// refuse); it must follow the key `"usage"` (its quote not escaped) and `:`, read
+/// whole by [`flat_usage`]'s scan, and be followed only by the document's closing brace.
+/// In valid JSON an unescaped quote followed by `usage"` opens a key (after a closing
+/// quote only `,:}]` may follow), and an object whose close is the document's last
+/// byte is the document itself. `None` for anything else, which goes to the scans
+/// below.
 fn usage_at_end(json: &[u8]) -> Option<Usage> {
     let doc = json.trim_ascii();
-    if doc.first() != Some(&b'{') {
+    if doc.first() != Some(&b'{') || doc.last() != Some(&b'}') {
         return None;
     }
-    let open = memchr::memrchr(b'{', doc)?;
+    let mut depth = 0u32;
+    let mut at = doc.len() - 1;
+    let open = loop {
+        at = memchr::memrchr2(b'{', b'}', &doc[..at])?;
+        if doc[at] == b'}' {
+            depth += 1;
+        } else if depth <= 1 {
+            break at;
+        } else {
+            depth -= 1;
+        }
+    };
     let key = doc[..open]
         .trim_ascii_end()
         .strip_suffix(b":")?
@@ -337,19 +355,22 @@ fn usage_at_end(json: &[u8]) -> Option<Usage> {
     if key.iter().rev().take_while(|b| **b == b'\\').count() % 2 == 1 {
         return None;
     }
-    let (usage, len) = flat_usage_len(&doc[open..])?;
+    let mut usage = Usage::default();
+    let len = object_len(&doc[open..], Some(&mut usage))?;
     (doc[open + len..].trim_ascii() == b"}").then_some(usage)
 }
 
-/// [`flat_usage`], and how many bytes of `v` the object took.
-fn flat_usage_len(v: &[u8]) -> Option<(Usage, usize)> {
+/// How many bytes of `v` a JSON object takes, read by hand: members whose values are
+/// unsigned integers, strings or nulls, and (for the usage object itself, `usage` is
+/// `Some`) objects of those, skipped. The usage counts are stored into `usage`; a null,
+/// repeated or non-integer count is `None`, as is anything the scan does not cover.
+fn object_len(v: &[u8], mut usage: Option<&mut Usage>) -> Option<usize> {
     let ws = |i: usize| {
         i + v[i.min(v.len())..]
             .iter()
             .take_while(|b| b.is_ascii_whitespace())
             .count()
     };
-    let mut usage = Usage::default();
     let mut seen = 0u8;
     let mut i = ws(0);
     if v.get(i) != Some(&b'{') {
@@ -357,22 +378,25 @@ fn flat_usage_len(v: &[u8]) -> Option<(Usage, usize)> {
     }
     i = ws(i + 1);
     if v.get(i) == Some(&b'}') {
-        return Some((usage, i + 1));
+        return Some(i + 1);
     }
     loop {
         if v.get(i) != Some(&b'"') {
             return None;
         }
-        let key_end = i + 1 + memchr::memchr(b'"', &v[i + 1..])?;
-        let key = &v[i + 1..key_end];
-        if key.contains(&b'\\') {
+        let key_end = i + 1 + memchr::memchr2(b'"', b'\\', &v[i + 1..])?;
+        if v[key_end] == b'\\' {
             return None;
         }
-        let field = match key {
-            b"input_tokens" => Some((0, &mut usage.input_tokens)),
-            b"output_tokens" => Some((1, &mut usage.output_tokens)),
-            b"cache_creation_input_tokens" => Some((2, &mut usage.cache_creation_input_tokens)),
-            b"cache_read_input_tokens" => Some((3, &mut usage.cache_read_input_tokens)),
+        let key = &v[i + 1..key_end];
+        let nested = usage.is_some();
+        let field = match (key, usage.as_deref_mut()) {
+            (b"input_tokens", Some(u)) => Some((0, &mut u.input_tokens)),
+            (b"output_tokens", Some(u)) => Some((1, &mut u.output_tokens)),
+            (b"cache_creation_input_tokens", Some(u)) => {
+                Some((2, &mut u.cache_creation_input_tokens))
+            }
+            (b"cache_read_input_tokens", Some(u)) => Some((3, &mut u.cache_read_input_tokens)),
             _ => None,
         };
         i = ws(key_end + 1);
@@ -410,12 +434,13 @@ fn flat_usage_len(v: &[u8]) -> Option<(Usage, usize)> {
                     j = k + 2;
                 };
             }
+            (b'{', None) if nested => i += object_len(&v[i..], None)?,
             _ => return None,
         }
         i = ws(i);
         match v.get(i)? {
             b',' => i = ws(i + 1),
-            b'}' => return Some((usage, i + 1)),
+            b'}' => return Some(i + 1),
             _ => return None,
         }
     }
@@ -782,13 +807,20 @@ mod tests {
             r#"{"input_tokens":1,"note":"a \" quoted } brace","output_tokens":2}"#,
             r#"{}"#,
             r#"{"output_tokens":3}, "x": 1}"#,
+            // As Anthropic sends it today: nested cache_creation, service_tier last.
+            r#"{"input_tokens":12,"cache_creation_input_tokens":5,"cache_read_input_tokens":3,"cache_creation":{"ephemeral_5m_input_tokens":5,"ephemeral_1h_input_tokens":0},"output_tokens":10,"service_tier":"standard"}"#,
+            r#"{"input_tokens":1,"server_tool_use":{ "web_search_requests" : 2 , "x": null, "y": "}" },"output_tokens":2}"#,
+            r#"{"input_tokens":1,"cache_creation":{},"output_tokens":2}"#,
         ] {
             assert_eq!(flat_usage(v.as_bytes()), serde(v), "{v}");
             assert!(flat_usage(v.as_bytes()).is_some(), "{v}");
         }
         // Shapes left to serde (and what serde makes of them).
         for v in [
-            r#"{"input_tokens":1,"cache_creation":{"ephemeral_5m_input_tokens":0},"output_tokens":2}"#,
+            r#"{"input_tokens":1,"cache_creation":{"a":{"b":0}},"output_tokens":2}"#,
+            r#"{"input_tokens":1,"cache_creation":{"a":true},"output_tokens":2}"#,
+            r#"{"input_tokens":{"a":1},"output_tokens":2}"#,
+            r#"{"input_tokens":1,"cache_creation":{"a":1}"#,
             r#"{"input_tokens":null,"output_tokens":2}"#,
             r#"{"input_tokens":1,"input_tokens":2}"#,
             r#"{"input_tokens":1.5}"#,
@@ -861,7 +893,7 @@ mod tests {
 
     #[test]
     fn usage_found_at_the_end_agrees_with_the_scans() {
-        let docs: [&[u8]; 12] = [
+        let docs: [&[u8]; 15] = [
             br#"{"id":"m","content":[{"text":"a \"usage\": {\"input_tokens\":9}}"}],"usage":{"input_tokens":3,"output_tokens":4}}"#,
             br#"{"usage":{"input_tokens":1},"content":[{"usage":{"input_tokens":2}}]}"#,
             br#" {"a":{"usage":5},"b":"usage","usage" : {"output_tokens":4} } "#,
@@ -874,6 +906,9 @@ mod tests {
             br#"{"usage":{"input_tokens":1}"#,
             br#"{"x\"usage":{"input_tokens":1}}"#,
             br#"{"usage":{"input_tokens":1,"service_tier":"{x"}}"#,
+            br#"{"id":"m","content":[{"type":"text","text":"x"}],"usage":{"input_tokens":12,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"cache_creation":{"ephemeral_5m_input_tokens":0,"ephemeral_1h_input_tokens":0},"output_tokens":10,"service_tier":"standard"}}"#,
+            br#"{"usage":{"input_tokens":1},"t":"\"usage\":{\"input_tokens\":9}"}"#,
+            br#"{"usage":{"input_tokens":1,"cache_creation":{"a":{"b":1}}}}"#,
         ];
         for doc in docs {
             let chunks = [Bytes::from_static(doc)];
@@ -889,9 +924,46 @@ mod tests {
         }
         assert_eq!(usage_at_end(docs[0]).map(|u| u.output_tokens), Some(4));
         assert_eq!(usage_at_end(docs[2]).map(|u| u.output_tokens), Some(4));
-        for none in [1, 3, 4, 5, 7, 8, 9, 10, 11] {
+        assert_eq!(usage_at_end(docs[8]).map(|u| u.input_tokens), Some(1));
+        assert_eq!(usage_at_end(docs[12]).map(|u| u.output_tokens), Some(10));
+        // A brace inside a string in the usage (11) misleads the count back; the
+        // scans read it.
+        for none in [1, 3, 4, 5, 7, 9, 10, 11, 13, 14] {
             assert_eq!(usage_at_end(docs[none]), None, "{none}");
         }
+    }
+
+    /// Every one-byte change (and deletion) of an Anthropic reply: whenever the search
+    /// from the end answers and the document is valid JSON, serde reads the same
+    /// top-level usage from the whole document.
+    #[test]
+    fn usage_found_at_the_end_agrees_with_serde_under_mutation() {
+        let reply = br#"{"id":"m","content":[{"type":"text","text":"a \"usage\": {}"}],"stop_sequence":null,"usage":{"input_tokens":12,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"cache_creation":{"ephemeral_5m_input_tokens":0,"ephemeral_1h_input_tokens":0},"output_tokens":10,"service_tier":"standard"}}"#;
+        let (mut checked, mut answered) = (0, 0);
+        let mut check = |doc: &[u8]| {
+            let Some(fast) = usage_at_end(doc) else {
+                return;
+            };
+            answered += 1;
+            let Ok(value) = serde_json::from_slice::<serde_json::Value>(doc) else {
+                return;
+            };
+            let slow = serde_json::from_value::<Usage>(value["usage"].clone()).ok();
+            assert_eq!(Some(fast), slow, "{}", String::from_utf8_lossy(doc));
+            checked += 1;
+        };
+        check(reply);
+        for at in 0..reply.len() {
+            let mut doc = reply.to_vec();
+            doc.remove(at);
+            check(&doc);
+            for b in *br#"{}"\:,09a n"# {
+                let mut doc = reply.to_vec();
+                doc[at] = b;
+                check(&doc);
+            }
+        }
+        assert!(checked > 500 && answered >= checked, "{checked} {answered}");
     }
 
     #[test]

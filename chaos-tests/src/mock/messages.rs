@@ -227,11 +227,16 @@ impl<'a> Reply<'a> {
                 input_tokens: self.input_tokens,
                 cache_creation_input_tokens: 0,
                 cache_read_input_tokens: 0,
+                cache_creation: CacheCreation {
+                    ephemeral_5m_input_tokens: 0,
+                    ephemeral_1h_input_tokens: 0,
+                },
                 output_tokens: if streaming_start {
                     1
                 } else {
                     u64::from(self.output_tokens)
                 },
+                service_tier: "standard",
             },
         }
     }
@@ -269,12 +274,22 @@ struct TextBlock<'a> {
     text: &'a str,
 }
 
+/// In Anthropic's order: the cache split by lifetime nested before `output_tokens`,
+/// the service tier last.
 #[derive(Serialize)]
 struct Usage {
     input_tokens: u64,
     cache_creation_input_tokens: u64,
     cache_read_input_tokens: u64,
+    cache_creation: CacheCreation,
     output_tokens: u64,
+    service_tier: &'static str,
+}
+
+#[derive(Serialize)]
+struct CacheCreation {
+    ephemeral_5m_input_tokens: u64,
+    ephemeral_1h_input_tokens: u64,
 }
 
 /// Handles `POST /v1/messages` after auth and status faults.
