@@ -80,10 +80,15 @@ def binaries():
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
     node = os.path.join(target, "release", "strait-node")
     mock = os.path.join(target, "release", "strait-mock-upstream")
-    for b in (node, mock):
+    for b in (node, mock, ttft_client(mock)):
         if not os.path.exists(b):
             sys.exit(f"missing {b}: build with cargo build --release -p strait-node -p strait-chaos")
     return node, mock
+
+
+def ttft_client(mock_bin):
+    """strait-ttft-client, built next to the mock by the same cargo command."""
+    return os.path.join(os.path.dirname(mock_bin), "strait-ttft-client")
 
 
 def cpu_seconds(pids):
@@ -222,24 +227,18 @@ def run_ttft_section(args, cfg, node_bin, mock_bin, workdir):
     procs.wait_port(px_port, proc=nginx.popen)
     procs.wait_port(st_port, proc=strait.popen)
     ports = {"direct": mock_port, "nginx": px_port, "strait": st_port}
-    # The client runs on the load CPUs; asyncio.run inside a pinned child would be
-    # cleaner, but pinning ourselves for this section is equivalent and simpler.
-    old = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, _cpus(args.load_cpus) or old)
+    client = ttft_client(mock_bin)
     runs = []
-    try:
-        for name in report.CONTENDERS:  # warm-up
-            streams.ttft_samples(ports[name], 20, 4)
-        for rnd in range(cfg["ttft_rounds"]):
-            for name in order(rnd):
-                samples, errors = streams.ttft_samples(ports[name], cfg["ttft_n"], 4)
-                r = {"round": rnd, "contender": name, "samples": len(samples), "errors": errors}
-                r.update(_pcts(samples))
-                runs.append(r)
-                say(f"ttft   round {rnd + 1}/{cfg['ttft_rounds']} {name:7s} p50 {r['p50_ms']:.3f}  p99 {r['p99_ms']:.3f} ms"
-                    f"  ({len(samples)} streams, errors {errors})")
-    finally:
-        os.sched_setaffinity(0, old)
+    for name in report.CONTENDERS:  # warm-up
+        streams.ttft_samples(client, ports[name], 20, 4, args.load_cpus)
+    for rnd in range(cfg["ttft_rounds"]):
+        for name in order(rnd):
+            samples, errors = streams.ttft_samples(client, ports[name], cfg["ttft_n"], 4, args.load_cpus)
+            r = {"round": rnd, "contender": name, "samples": len(samples), "errors": errors}
+            r.update(_pcts(samples))
+            runs.append(r)
+            say(f"ttft   round {rnd + 1}/{cfg['ttft_rounds']} {name:7s} p50 {r['p50_ms']:.3f}  p99 {r['p99_ms']:.3f} ms"
+                f"  ({len(samples)} streams, errors {errors})")
     for p in (strait, nginx, mock):
         p.stop()
     sec = report.summarize(runs, ["p50_ms", "p90_ms", "p99_ms", "samples"])
@@ -258,6 +257,7 @@ def run_ttft_section(args, cfg, node_bin, mock_bin, workdir):
     sec["added"] = added
     sec["runs"] = runs
     sec["mock"] = {"ttft_ms": 20, "token_interval_ms": 2, "tokens": 5, "client_concurrency": 4}
+    sec["client"] = "strait-ttft-client (chaos-tests/src/bin/ttft_client.rs), new connection per stream"
     print("\nStreaming time to first token (mock ttft 20 ms; added = via proxy minus direct, same round)\n"
           + report.ttft_table(sec) + "\n", flush=True)
     return sec

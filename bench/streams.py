@@ -1,8 +1,12 @@
-"""Streaming clients on raw asyncio sockets: time-to-first-token per stream, and a
-holder that keeps thousands of slow streams open at once."""
+"""Streaming clients: time-to-first-token per stream (strait-ttft-client), and a
+holder on raw asyncio sockets that keeps thousands of slow streams open at once."""
 
 import asyncio
+import json
+import subprocess
 import time
+
+from procs import pinned
 
 # max_tokens stays modest: the mock prepares a reply's text up front, and a huge one
 # would make the mock, not the proxy, slow to start each stream.
@@ -16,53 +20,17 @@ def _request(body=STREAM_BODY):
             b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
 
 
-async def _one_ttft(port):
-    """Opens a connection, then times from the request write to the first
-    content_block_delta event (the first token), and reads the stream to its end."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        req = _request()
-        t0 = time.perf_counter()
-        writer.write(req)
-        buf = b""
-        ttft = None
-        while True:
-            chunk = await reader.read(65536)
-            if not chunk:
-                break
-            if ttft is None:
-                buf += chunk
-                if b"content_block_delta" in buf:
-                    ttft = time.perf_counter() - t0
-                    if not buf.startswith(b"HTTP/1.1 200"):
-                        raise RuntimeError(f"stream answered {buf[:40]!r}")
-        if ttft is None:
-            raise RuntimeError(f"stream ended without a token: {buf[:200]!r}")
-        return ttft * 1000
-    finally:
-        writer.close()
-
-
-async def _ttft_many(port, n, concurrency):
-    sem = asyncio.Semaphore(concurrency)
-    out = []
-    errors = 0
-
-    async def one():
-        nonlocal errors
-        async with sem:
-            try:
-                out.append(await asyncio.wait_for(_one_ttft(port), 30))
-            except Exception:  # noqa: BLE001 - counted, reported as errors
-                errors += 1
-
-    await asyncio.gather(*(one() for _ in range(n)))
-    return out, errors
-
-
-def ttft_samples(port, n, concurrency):
-    """Returns (list of TTFT in ms, error count) for `n` streams."""
-    return asyncio.run(_ttft_many(port, n, concurrency))
+def ttft_samples(client, port, n, concurrency, cpus):
+    """Returns (list of TTFT in ms, error count) for `n` streams, each on a new
+    connection, timed by strait-ttft-client (chaos-tests/src/bin/ttft_client.rs) pinned
+    to `cpus`: from the request write to the first content_block_delta."""
+    cmd = pinned([client, "--target", f"127.0.0.1:{port}", "--streams", str(n),
+                  "--concurrency", str(concurrency)], cpus)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120 + n)
+    if out.returncode != 0:
+        raise RuntimeError(f"{client} exited with {out.returncode}: {out.stderr[-500:]}")
+    result = json.loads(out.stdout)
+    return result["ttft_ms"], result["errors"]
 
 
 class StreamHolder:
