@@ -101,15 +101,13 @@ impl HeaderFields {
     }
 
     /// Every value of `name`, in order.
-    pub fn get_all<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a {
-        let (map, raw) = match self {
-            HeaderFields::Map(map) => (Some(map.get_all(name).iter()), None),
-            HeaderFields::Raw(raw) => (None, Some(raw.find(name.as_str().as_bytes()))),
-        };
-        map.into_iter()
-            .flatten()
-            .map(|v| v.as_bytes())
-            .chain(raw.into_iter().flatten())
+    pub fn get_all<'a>(&'a self, name: &'a HeaderName) -> Values<'a> {
+        Values(match self {
+            HeaderFields::Map(map) => ValuesOf::Map(map.get_all(name).iter()),
+            HeaderFields::Raw(raw) => {
+                ValuesOf::Raw(raw, raw.fields.iter(), name.as_str().as_bytes())
+            }
+        })
     }
 
     /// Every field as (name, value), in order.
@@ -193,6 +191,31 @@ impl<'a> Iterator for Iter<'a> {
                 .next()
                 .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
             Fields::Raw(raw, it) => it.next().map(|f| (raw.slice(f.name), raw.slice(f.value))),
+        }
+    }
+}
+
+/// Iterator over the values of one name in [`HeaderFields`] (a plain enum rather than
+/// chained adaptors: it is walked for `Connection` on every request and response).
+pub struct Values<'a>(ValuesOf<'a>);
+
+enum ValuesOf<'a> {
+    Map(http::header::ValueIter<'a, http::HeaderValue>),
+    Raw(&'a RawHeaders, std::slice::Iter<'a, Field>, &'a [u8]),
+}
+
+impl<'a> Iterator for Values<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match &mut self.0 {
+            ValuesOf::Map(it) => it.next().map(|v| v.as_bytes()),
+            ValuesOf::Raw(raw, it, want) => it
+                .find(|f| {
+                    (f.name.1 - f.name.0) as usize == want.len()
+                        && raw.slice(f.name).eq_ignore_ascii_case(want)
+                })
+                .map(|f| raw.slice(f.value)),
         }
     }
 }

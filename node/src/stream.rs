@@ -365,18 +365,12 @@ fn usage_at_end(json: &[u8]) -> Option<Usage> {
 /// `Some`) objects of those, skipped. The usage counts are stored into `usage`; a null,
 /// repeated or non-integer count is `None`, as is anything the scan does not cover.
 fn object_len(v: &[u8], mut usage: Option<&mut Usage>) -> Option<usize> {
-    let ws = |i: usize| {
-        i + v[i.min(v.len())..]
-            .iter()
-            .take_while(|b| b.is_ascii_whitespace())
-            .count()
-    };
     let mut seen = 0u8;
-    let mut i = ws(0);
+    let mut i = json_ws(v, 0);
     if v.get(i) != Some(&b'{') {
         return None;
     }
-    i = ws(i + 1);
+    i = json_ws(v, i + 1);
     if v.get(i) == Some(&b'}') {
         return Some(i + 1);
     }
@@ -384,11 +378,11 @@ fn object_len(v: &[u8], mut usage: Option<&mut Usage>) -> Option<usize> {
         if v.get(i) != Some(&b'"') {
             return None;
         }
-        let key_end = i + 1 + memchr::memchr2(b'"', b'\\', &v[i + 1..])?;
-        if v[key_end] == b'\\' {
+        let (key_end, escaped) = string_end(v, i)?;
+        if escaped {
             return None;
         }
-        let key = &v[i + 1..key_end];
+        let key = &v[i + 1..key_end - 1];
         let nested = usage.is_some();
         let field = match (key, usage.as_deref_mut()) {
             (b"input_tokens", Some(u)) => Some((0, &mut u.input_tokens)),
@@ -399,16 +393,24 @@ fn object_len(v: &[u8], mut usage: Option<&mut Usage>) -> Option<usize> {
             (b"cache_read_input_tokens", Some(u)) => Some((3, &mut u.cache_read_input_tokens)),
             _ => None,
         };
-        i = ws(key_end + 1);
+        i = json_ws(v, key_end);
         if v.get(i) != Some(&b':') {
             return None;
         }
-        i = ws(i + 1);
+        i = json_ws(v, i + 1);
         match (v.get(i)?, field) {
             (b'0'..=b'9', field) => {
-                let digits = v[i..].iter().take_while(|b| b.is_ascii_digit()).count();
-                let end = i + digits;
-                if digits > 19 || matches!(v.get(end), Some(b'.' | b'e' | b'E')) {
+                let mut n = 0u64;
+                let start = i;
+                while let Some(d @ b'0'..=b'9') = v.get(i) {
+                    // Past 19 digits the count may overflow: serde decides.
+                    if i - start == 19 {
+                        return None;
+                    }
+                    n = n * 10 + u64::from(d - b'0');
+                    i += 1;
+                }
+                if matches!(v.get(i), Some(b'.' | b'e' | b'E')) {
                     return None;
                 }
                 if let Some((bit, slot)) = field {
@@ -416,33 +418,44 @@ fn object_len(v: &[u8], mut usage: Option<&mut Usage>) -> Option<usize> {
                         return None;
                     }
                     seen |= 1 << bit;
-                    // At most 19 digits: no overflow.
-                    *slot = v[i..end]
-                        .iter()
-                        .fold(0, |n, d| n * 10 + u64::from(d - b'0'));
+                    *slot = n;
                 }
-                i = end;
             }
             (b'n', None) if v[i..].starts_with(b"null") => i += 4,
-            (b'"', None) => {
-                let mut j = i + 1;
-                i = loop {
-                    let k = j + memchr::memchr2(b'"', b'\\', v.get(j..)?)?;
-                    if v[k] == b'"' {
-                        break k + 1;
-                    }
-                    j = k + 2;
-                };
-            }
+            (b'"', None) => i = string_end(v, i)?.0,
             (b'{', None) if nested => i += object_len(&v[i..], None)?,
             _ => return None,
         }
-        i = ws(i);
+        i = json_ws(v, i);
         match v.get(i)? {
-            b',' => i = ws(i + 1),
+            b',' => i = json_ws(v, i + 1),
             b'}' => return Some(i + 1),
             _ => return None,
         }
+    }
+}
+
+/// The first index at or after `i` that is not JSON whitespace (a plain loop: the
+/// runs are a byte or two, shorter than a call into memchr pays for).
+fn json_ws(v: &[u8], mut i: usize) -> usize {
+    while let Some(b' ' | b'\t' | b'\n' | b'\r') = v.get(i) {
+        i += 1;
+    }
+    i
+}
+
+/// For the string whose opening quote is at `i`: the index just past its closing
+/// quote, and whether it held an escape. `None` if it does not end.
+fn string_end(v: &[u8], i: usize) -> Option<(usize, bool)> {
+    let mut j = i + 1;
+    let mut escaped = false;
+    loop {
+        j += memchr::memchr2(b'"', b'\\', v.get(j..)?)?;
+        if v[j] == b'"' {
+            return Some((j + 1, escaped));
+        }
+        escaped = true;
+        j += 2;
     }
 }
 

@@ -445,16 +445,21 @@ fn typed(name: &[u8], value: &[u8]) -> Option<(HeaderName, HeaderValue)> {
 /// `keep-alive` and `close` name nothing relayed, and are by far the most common: the
 /// list then stays empty, which does not allocate.
 fn connection_names(fields: &HeaderFields) -> Vec<&[u8]> {
-    fields
-        .get_all(&header::CONNECTION)
-        .flat_map(|v| v.split(|b| *b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|n| {
-            !(n.is_empty()
-                || n.eq_ignore_ascii_case(b"keep-alive")
-                || n.eq_ignore_ascii_case(b"close"))
-        })
-        .collect()
+    let names_nothing = |n: &[u8]| {
+        n.is_empty() || n.eq_ignore_ascii_case(b"keep-alive") || n.eq_ignore_ascii_case(b"close")
+    };
+    let mut names = Vec::new();
+    for value in fields.get_all(&header::CONNECTION) {
+        if names_nothing(value) {
+            continue;
+        }
+        for name in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+            if !names_nothing(name) {
+                names.push(name);
+            }
+        }
+    }
+    names
 }
 
 /// Fields that describe one connection, not the message (RFC 9110 7.6.1): relayed in

@@ -99,6 +99,9 @@ impl RateHeaders {
 
     /// Appends `name: value\r\n` lines to a response head being written.
     pub fn write_head(&self, out: &mut Vec<u8>) {
+        // Room for all nine lines at once: the longest name is 45 bytes, a count at
+        // most 20 digits, a reset 20 bytes.
+        out.reserve(9 * 70);
         let quotas = [self.0.requests, self.0.input, self.0.output];
         for (lines, q) in LINES.iter().zip(quotas) {
             let Some(q) = q else { continue };
