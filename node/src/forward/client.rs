@@ -36,6 +36,9 @@ pub struct Outgoing<'a> {
     /// added on the way out.
     pub headers: &'a super::UpstreamHeaders<'a>,
     pub api_key: Option<&'a HeaderValue>,
+    /// When the attempt started: an idle connection older than the pool's timeout
+    /// then is not reused (the caller's reading, not one more clock read).
+    pub at: std::time::Instant,
 }
 
 /// Why a request could not be sent or answered, for the attempt loop's decision.
@@ -85,11 +88,11 @@ impl Pool {
         idle.push_back((conn, now));
     }
 
-    /// The most recently used idle connection that is still open, if any.
-    fn take(&self) -> Option<Conn> {
+    /// The most recently used idle connection that is still open at `now`, if any.
+    fn take(&self, now: Instant) -> Option<Conn> {
         let mut idle = self.idle.lock().expect("pool lock");
         while let Some((conn, since)) = idle.pop_back() {
-            if since.elapsed() < self.idle_timeout && conn.io.idle_and_open() {
+            if now.saturating_duration_since(since) < self.idle_timeout && conn.io.idle_and_open() {
                 return Some(conn);
             }
         }
@@ -157,14 +160,14 @@ impl Client {
         let pooled = if proto == PROTO_H2 {
             None
         } else {
-            self.pool.take()
+            self.pool.take(req.at)
         };
         let dialed = match pooled {
             Some(conn) => Dialed::H1(conn),
             // Over TLS the protocol may be HTTP/2: until ALPN has told, dials take
             // turns, so a burst of first requests shares one HTTP/2 connection rather
             // than opening one each.
-            None if self.dialer.is_tls() && proto != PROTO_H1 => self.h2_sender().await?,
+            None if self.dialer.is_tls() && proto != PROTO_H1 => self.h2_sender(req.at).await?,
             None => self.dial().await?,
         };
         let conn = match dialed {
@@ -182,7 +185,7 @@ impl Client {
 
     /// The shared HTTP/2 connection, dialled if there is none (or it closed). The
     /// dial may find that the upstream speaks HTTP/1.1 after all.
-    async fn h2_sender(&self) -> Result<Dialed, SendError> {
+    async fn h2_sender(&self, now: Instant) -> Result<Dialed, SendError> {
         if let Some(s) = self.live_h2() {
             return Ok(Dialed::H2(s));
         }
@@ -191,7 +194,7 @@ impl Client {
             return Ok(Dialed::H2(s));
         }
         if self.proto.load(Ordering::Relaxed) == PROTO_H1 {
-            if let Some(conn) = self.pool.take() {
+            if let Some(conn) = self.pool.take(now) {
                 return Ok(Dialed::H1(conn));
             }
         }

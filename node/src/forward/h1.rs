@@ -47,6 +47,7 @@ pub async fn send(
         target,
         headers,
         api_key,
+        ..
     } = *req;
     let io_err = |e: std::io::Error| SendError::Io(e.to_string());
     // The connection's own write buffer, kept between requests while it is small.

@@ -172,6 +172,7 @@ impl Upstream {
                         target,
                         headers,
                         api_key,
+                        at: sent.into_std(),
                     },
                     attempt_body,
                 ),
