@@ -44,6 +44,10 @@ pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Default idle upstream connections kept per host.
 pub const DEFAULT_POOL_MAX_IDLE: usize = 64;
+/// Default number of streams one upstream HTTP/2 connection carries before the node
+/// opens another: 100, the floor RFC 9113 recommends servers allow, so it stays at or
+/// under what the upstream advertises (past that, streams would wait in the node).
+pub const DEFAULT_H2_MAX_STREAMS: usize = 100;
 /// Default cap on how long a DNS answer is cached, whatever its TTL says.
 pub const DEFAULT_DNS_TTL_CAP: Duration = Duration::from_secs(60);
 /// Default number of upstream attempts per request (1 = no retry).
@@ -240,6 +244,7 @@ pub struct RawUpstream {
     #[serde(with = "humantime_serde_compat")]
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    pub h2_max_streams_per_connection: usize,
     #[serde(with = "humantime_serde_compat")]
     pub dns_ttl_cap: Duration,
     pub max_attempts: u32,
@@ -261,6 +266,7 @@ impl Default for RawUpstream {
             stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             pool_max_idle_per_host: DEFAULT_POOL_MAX_IDLE,
+            h2_max_streams_per_connection: DEFAULT_H2_MAX_STREAMS,
             dns_ttl_cap: DEFAULT_DNS_TTL_CAP,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             key_cooldown: DEFAULT_KEY_COOLDOWN,
@@ -449,6 +455,8 @@ pub struct Upstream {
     pub stream_idle_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// Streams per upstream HTTP/2 connection before another is opened.
+    pub h2_max_streams_per_connection: usize,
     pub dns_ttl_cap: Duration,
     pub max_attempts: u32,
     pub key_cooldown: Duration,
@@ -658,6 +666,11 @@ impl RawConfig {
         ] {
             nonzero(field, d)?;
         }
+        if u.h2_max_streams_per_connection == 0 {
+            return Err(Error::config(
+                "upstream.h2_max_streams_per_connection must be positive",
+            ));
+        }
         if u.max_attempts == 0 || u.max_attempts > 10 {
             return Err(Error::config(
                 "upstream.max_attempts must be between 1 and 10",
@@ -797,6 +810,7 @@ impl RawConfig {
                 stream_idle_timeout: u.stream_idle_timeout,
                 pool_idle_timeout: u.pool_idle_timeout,
                 pool_max_idle_per_host: u.pool_max_idle_per_host,
+                h2_max_streams_per_connection: u.h2_max_streams_per_connection,
                 dns_ttl_cap: u.dns_ttl_cap,
                 max_attempts: u.max_attempts,
                 key_cooldown: u.key_cooldown,

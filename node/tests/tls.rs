@@ -189,24 +189,31 @@ async fn certificate_reload_serves_the_new_certificate_to_new_connections() {
     assert_eq!(r.unwrap().status, 200);
 }
 
-#[tokio::test]
-async fn upstream_over_https_uses_http2_when_offered() {
-    let mock_cfg = MockConfig {
+/// A node whose upstream is `mock_cfg`'s mock over HTTPS (the node trusts its CA).
+/// The mock's CA is known only after it starts, so the node is built by hand here.
+async fn node_on_https_mock(
+    mock_cfg: MockConfig,
+    tweak: impl FnOnce(&mut strait_node::config::RawConfig),
+) -> (
+    strait_chaos::mock::MockHandle,
+    strait_node::Node,
+    tempfile::TempDir,
+) {
+    let mock = strait_chaos::mock::MockUpstream::start(MockConfig {
         tls: true,
-        ..MockConfig::default()
-    };
+        ..mock_cfg
+    })
+    .await
+    .unwrap();
     let ca_dir = tempfile::tempdir().unwrap();
     let ca_path = ca_dir.path().join("ca.pem");
-    // The mock's CA is known only after it starts, so the node is built by hand here.
-    let mock = strait_chaos::mock::MockUpstream::start(mock_cfg)
-        .await
-        .unwrap();
     std::fs::write(&ca_path, mock.cert_pem().unwrap()).unwrap();
     let mut raw = strait_node::config::RawConfig::default();
     raw.listen.public = "127.0.0.1:0".into();
     raw.listen.admin = "127.0.0.1:0".into();
     raw.upstream.base_url = format!("https://localhost:{}", mock.addr().port());
     raw.upstream.ca_file = Some(ca_path);
+    tweak(&mut raw);
     let cfg = raw
         .validate(
             vec![strait_node::config::Secret::new(UPSTREAM_KEYS[0])],
@@ -214,6 +221,12 @@ async fn upstream_over_https_uses_http2_when_offered() {
         )
         .unwrap();
     let node = strait_node::Node::start(cfg).await.unwrap();
+    (mock, node, ca_dir)
+}
+
+#[tokio::test]
+async fn upstream_over_https_uses_http2_when_offered() {
+    let (mock, node, _ca) = node_on_https_mock(MockConfig::default(), |_| {}).await;
     let url = format!("http://{}", node.public_addr());
     // A burst before the node knows what the upstream speaks: the first dial answers
     // for all of them, and they share its one HTTP/2 connection.
@@ -254,4 +267,76 @@ async fn upstream_over_https_uses_http2_when_offered() {
         seen.iter().map(|r| r.version).collect::<Vec<_>>()
     );
     assert_eq!(seen[0].header("x-api-key"), Some(UPSTREAM_KEYS[0]));
+}
+
+/// Streams past an HTTP/2 connection's stream cap go on a new connection instead of
+/// waiting for a stream on a full one to end: ten slow streams at a cap of four are
+/// all under way before the first of them ends, on three connections. When they are
+/// done, the extra connections are let go.
+#[tokio::test]
+async fn upstream_http2_streams_past_the_cap_open_new_connections() {
+    let mock_cfg = MockConfig {
+        h2_max_streams: 4,
+        pacing: strait_chaos::mock::Pacing {
+            ttft: std::time::Duration::ZERO,
+            interval: std::time::Duration::from_millis(150),
+            tokens: 10,
+        },
+        ..MockConfig::default()
+    };
+    let (mock, node, _ca) = node_on_https_mock(mock_cfg, |raw| {
+        raw.upstream.h2_max_streams_per_connection = 4;
+    })
+    .await;
+    let url = format!("http://{}/v1/messages", node.public_addr());
+    let mut streams = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let url = url.clone();
+        streams.spawn(async move {
+            let sent = Instant::now();
+            let r = post_json(&url, &auth(CLIENT_KEY), &message_body(true)).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert!(r.text().contains("message_stop"), "{}", r.text());
+            let first = r.chunks.first().expect("a first event").0;
+            let last = r.chunks.last().expect("a last event").0;
+            (sent + first, sent + last)
+        });
+    }
+    let mut spans = Vec::new();
+    while let Some(span) = streams.join_next().await {
+        spans.push(span.unwrap());
+    }
+    let last_start = spans.iter().map(|s| s.0).max().unwrap();
+    let first_end = spans.iter().map(|s| s.1).min().unwrap();
+    assert!(
+        last_start < first_end,
+        "a stream waited for another to end before it started ({:?} after the first end)",
+        last_start - first_end
+    );
+    assert_eq!(
+        mock.connections_accepted(),
+        3,
+        "ten streams at four per connection"
+    );
+    // The next request takes the first connection and lets the idle extras go.
+    let r = post_json(&url, &auth(CLIENT_KEY), &message_body(false)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let admin = format!("http://{}/metrics", node.admin_addr());
+    eventually(
+        "the extra upstream connections to close",
+        std::time::Duration::from_secs(10),
+        async || {
+            get(&admin, &[])
+                .await
+                .text()
+                .lines()
+                .any(|l| l == "strait_upstream_connections 1")
+        },
+    )
+    .await;
+    assert_eq!(
+        mock.connections_accepted(),
+        3,
+        "no new connection was needed"
+    );
 }

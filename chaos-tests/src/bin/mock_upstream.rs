@@ -36,6 +36,9 @@ struct Args {
     /// Accept only this API key (repeatable); by default any non-empty key is accepted.
     #[arg(long = "valid-key")]
     valid_keys: Vec<String>,
+    /// HTTP/2 streams a client may open on one connection (SETTINGS_MAX_CONCURRENT_STREAMS).
+    #[arg(long, default_value_t = strait_chaos::mock::DEFAULT_H2_MAX_STREAMS)]
+    h2_max_streams: u32,
     /// Tokio worker threads.
     #[arg(long, default_value_t = 1)]
     workers: usize,
@@ -68,6 +71,7 @@ async fn run(args: Args) -> std::io::Result<()> {
             tokens: args.tokens,
         },
         valid_keys: (!args.valid_keys.is_empty()).then_some(args.valid_keys),
+        h2_max_streams: args.h2_max_streams,
         ..MockConfig::default()
     };
     let mock = MockUpstream::start(config).await?;

@@ -90,12 +90,11 @@ impl AsyncWrite for AbortableIo {
     }
 }
 
-fn builder() -> Builder<TokioExecutor> {
+fn builder(h2_max_streams: u32) -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new());
-    // hyper's default of 200 would make the mock, not the gateway, the limit in h2
-    // benchmarks; the 10,000-stream memory benchmark multiplexes every stream over one
-    // upstream HTTP/2 connection, so the cap sits above that.
-    builder.http2().max_concurrent_streams(20_000);
+    // Advertised to clients, as a real server does; the gateway must open more
+    // connections rather than queue streams past it.
+    builder.http2().max_concurrent_streams(h2_max_streams);
     builder
 }
 
@@ -104,9 +103,10 @@ fn builder() -> Builder<TokioExecutor> {
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
+    h2_max_streams: u32,
     state: Arc<State>,
 ) {
-    let builder = Arc::new(builder());
+    let builder = Arc::new(builder(h2_max_streams));
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {

@@ -30,6 +30,9 @@ pub use ratelimit::RateLimits;
 
 use crate::tls::SelfSignedCert;
 
+/// Default HTTP/2 stream cap per connection (see [`MockConfig::h2_max_streams`]).
+pub const DEFAULT_H2_MAX_STREAMS: u32 = 100;
+
 /// How a [`MockUpstream`] behaves.
 #[derive(Clone, Debug)]
 pub struct MockConfig {
@@ -47,6 +50,10 @@ pub struct MockConfig {
     pub valid_keys: Option<Vec<String>>,
     /// Limits reported in the rate-limit headers.
     pub rate_limits: RateLimits,
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` on HTTP/2 connections: past it a client must
+    /// wait or open another connection. 100 by default, the floor RFC 9113
+    /// recommends, so a gateway that assumes more is caught.
+    pub h2_max_streams: u32,
 }
 
 impl Default for MockConfig {
@@ -59,6 +66,7 @@ impl Default for MockConfig {
             pacing: Pacing::default(),
             valid_keys: None,
             rate_limits: RateLimits::default(),
+            h2_max_streams: DEFAULT_H2_MAX_STREAMS,
         }
     }
 }
@@ -236,7 +244,12 @@ impl MockUpstream {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let url = format!("{scheme}://{addr}");
         let state = Arc::new(State::new(&config, url.clone()));
-        let task = tokio::spawn(conn::accept_loop(listener, tls, state.clone()));
+        let task = tokio::spawn(conn::accept_loop(
+            listener,
+            tls,
+            config.h2_max_streams,
+            state.clone(),
+        ));
         Ok(MockHandle {
             addr,
             url,

@@ -1,10 +1,11 @@
 //! The upstream client: a pool of idle HTTP/1.1 connections (most recently used
-//! first) and one shared HTTP/2 connection when the upstream negotiates `h2` by ALPN
-//! (as api.anthropic.com does). Requests go out on whichever the upstream speaks.
+//! first) and shared HTTP/2 connections when the upstream negotiates `h2` by ALPN (as
+//! api.anthropic.com does), each carrying up to a set number of streams before the
+//! next is opened. Requests go out on whichever the upstream speaks.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -100,11 +101,33 @@ impl Pool {
     }
 }
 
-/// The upstream client: dialer, HTTP/1.1 pool, shared HTTP/2 connection.
+/// A shared HTTP/2 connection and the streams open on it.
+struct H2Conn {
+    sender: http2::SendRequest<RequestBody>,
+    streams: Arc<AtomicUsize>,
+}
+
+/// One stream's place on an HTTP/2 connection, given back when dropped (with the
+/// response body, or with the request if it failed).
+pub struct StreamSlot(Arc<AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The upstream client: dialer, HTTP/1.1 pool, shared HTTP/2 connections.
 pub struct Client {
     dialer: Dialer,
     pool: Arc<Pool>,
-    h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
+    /// Oldest first. A stream goes on the first connection with room, so later ones
+    /// empty out when the load falls and are closed (one idle spare is kept).
+    h2: Mutex<Vec<H2Conn>>,
+    /// Streams one HTTP/2 connection carries before another is opened. Servers
+    /// refuse or queue streams past their `SETTINGS_MAX_CONCURRENT_STREAMS`, which
+    /// hyper does not expose, so this is configured at or below the upstream's.
+    h2_max_streams: usize,
     /// One HTTP/2 dial at a time, so a burst of requests shares one connection.
     h2_dial: tokio::sync::Mutex<()>,
     /// What the upstream speaks, learnt from ALPN on the last dial ([`PROTO_UNKNOWN`]
@@ -122,7 +145,7 @@ const PROTO_H2: u8 = 2;
 
 enum Dialed {
     H1(Conn),
-    H2(http2::SendRequest<RequestBody>),
+    H2(http2::SendRequest<RequestBody>, StreamSlot),
 }
 
 impl Client {
@@ -132,6 +155,7 @@ impl Client {
         authority: HeaderValue,
         max_idle: usize,
         idle_timeout: Duration,
+        h2_max_streams: usize,
         gauge: IntGauge,
     ) -> Self {
         Client {
@@ -141,7 +165,8 @@ impl Client {
                 max_idle,
                 idle_timeout,
             }),
-            h2: Mutex::new(None),
+            h2: Mutex::new(Vec::new()),
+            h2_max_streams: h2_max_streams.max(1),
             h2_dial: tokio::sync::Mutex::new(()),
             proto: AtomicU8::new(PROTO_UNKNOWN),
             gauge,
@@ -172,7 +197,7 @@ impl Client {
         };
         let conn = match dialed {
             Dialed::H1(conn) => conn,
-            Dialed::H2(sender) => return self.send_h2(sender, req, body).await,
+            Dialed::H2(sender, slot) => return self.send_h2(sender, slot, req, body).await,
         };
         let (status, headers, body) =
             h1::send(conn, Arc::downgrade(&self.pool), &self.authority, req, body).await?;
@@ -183,15 +208,16 @@ impl Client {
         })
     }
 
-    /// The shared HTTP/2 connection, dialled if there is none (or it closed). The
-    /// dial may find that the upstream speaks HTTP/1.1 after all.
+    /// A stream on a shared HTTP/2 connection with room, dialling one if every
+    /// connection is full or closed. The dial may find that the upstream speaks
+    /// HTTP/1.1 after all.
     async fn h2_sender(&self, now: Instant) -> Result<Dialed, SendError> {
-        if let Some(s) = self.live_h2() {
-            return Ok(Dialed::H2(s));
+        if let Some((s, slot)) = self.h2_stream() {
+            return Ok(Dialed::H2(s, slot));
         }
         let _one_dial = self.h2_dial.lock().await;
-        if let Some(s) = self.live_h2() {
-            return Ok(Dialed::H2(s));
+        if let Some((s, slot)) = self.h2_stream() {
+            return Ok(Dialed::H2(s, slot));
         }
         if self.proto.load(Ordering::Relaxed) == PROTO_H1 {
             if let Some(conn) = self.pool.take(now) {
@@ -201,9 +227,26 @@ impl Client {
         self.dial().await
     }
 
-    fn live_h2(&self) -> Option<http2::SendRequest<RequestBody>> {
-        let slot = self.h2.lock().expect("h2 lock");
-        slot.as_ref().filter(|s| !s.is_closed()).cloned()
+    /// A place on the first open HTTP/2 connection with room. Closed connections are
+    /// forgotten, and idle ones beyond a single spare are let go (hyper closes a
+    /// connection once no handle and no stream is left).
+    fn h2_stream(&self) -> Option<(http2::SendRequest<RequestBody>, StreamSlot)> {
+        let mut conns = self.h2.lock().expect("h2 lock");
+        let mut spare = false;
+        conns.retain(|c| {
+            if c.sender.is_closed() {
+                return false;
+            }
+            let idle = c.streams.load(Ordering::Relaxed) == 0;
+            let keep = !(idle && spare);
+            spare |= idle;
+            keep
+        });
+        let c = conns
+            .iter()
+            .find(|c| c.streams.load(Ordering::Relaxed) < self.h2_max_streams)?;
+        c.streams.fetch_add(1, Ordering::Relaxed);
+        Some((c.sender.clone(), StreamSlot(c.streams.clone())))
     }
 
     async fn dial(&self) -> Result<Dialed, SendError> {
@@ -235,14 +278,20 @@ impl Client {
                 tracing::debug!("upstream HTTP/2 connection ended: {e}");
             }
         });
-        *self.h2.lock().expect("h2 lock") = Some(sender.clone());
+        let streams = Arc::new(AtomicUsize::new(1));
+        let slot = StreamSlot(streams.clone());
+        self.h2.lock().expect("h2 lock").push(H2Conn {
+            sender: sender.clone(),
+            streams,
+        });
         self.proto.store(PROTO_H2, Ordering::Relaxed);
-        Ok(Dialed::H2(sender))
+        Ok(Dialed::H2(sender, slot))
     }
 
     async fn send_h2(
         &self,
         mut sender: http2::SendRequest<RequestBody>,
+        slot: StreamSlot,
         out: &Outgoing<'_>,
         body: RequestBody,
     ) -> Result<UpstreamResponse, SendError> {
@@ -264,7 +313,7 @@ impl Client {
                 Ok(UpstreamResponse {
                     status: parts.status,
                     headers: HeaderFields::Map(parts.headers),
-                    body: UpstreamBody::H2(body),
+                    body: UpstreamBody::H2(body, slot),
                 })
             }
             Err(e) if caused_by_body_limit(&e) => Err(SendError::BodyTooLarge),
@@ -295,10 +344,11 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// An upstream response body, from either protocol.
+/// An upstream response body, from either protocol. An HTTP/2 body holds its
+/// stream's place on the connection until it is dropped.
 pub enum UpstreamBody {
     H1(H1Body),
-    H2(Incoming),
+    H2(Incoming, StreamSlot),
 }
 
 impl Body for UpstreamBody {
@@ -311,21 +361,21 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             UpstreamBody::H1(b) => Pin::new(b).poll_frame(cx),
-            UpstreamBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::H2(b, _) => Pin::new(b).poll_frame(cx).map_err(Into::into),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             UpstreamBody::H1(b) => b.is_end_stream(),
-            UpstreamBody::H2(b) => b.is_end_stream(),
+            UpstreamBody::H2(b, _) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             UpstreamBody::H1(b) => b.size_hint(),
-            UpstreamBody::H2(b) => b.size_hint(),
+            UpstreamBody::H2(b, _) => b.size_hint(),
         }
     }
 }

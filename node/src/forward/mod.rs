@@ -94,6 +94,7 @@ impl Upstream {
             authority,
             config.pool_max_idle_per_host,
             config.pool_idle_timeout,
+            config.h2_max_streams_per_connection,
             metrics.upstream_connections.clone(),
         );
         Ok(Upstream {
