@@ -114,9 +114,10 @@ def memory_table(section):
             continue
         rows.append([name, f"{m['held']:,} / {m['target']:,}", f"{m['rss_idle_kib']:,}", f"{m['rss_held_kib']:,}",
                      fmt(m.get("kib_per_stream"), 1), f"{m.get('rss_after_close_kib', 0):,}",
-                     str(m.get("active_streams_metric", "-")), fmt(m.get("open_s"), 1)])
+                     str(m.get("active_streams_metric", "-")), str(m.get("upstream_connections_metric", "-")),
+                     fmt(m.get("open_s"), 1)])
     return table(["process", "streams held", "RSS idle KiB", "RSS held KiB", "KiB per stream",
-                  "RSS after close KiB", "active_streams metric", "open time s"], rows)
+                  "RSS after close KiB", "active_streams metric", "upstream connections", "open time s"], rows)
 
 
 def svg_chart(results):
