@@ -9,6 +9,10 @@
 #                                              user alone) under wrk -c32, from /proc
 #   bench/profile.sh cpu-nginx [SECONDS]       the same for nginx (bench/nginx/proxy.conf)
 #   bench/profile.sh syscalls BIN              system calls per request (strace -c)
+#   bench/profile.sh kernel BIN [SECONDS]      system calls and TCP segments per request
+#                                              under wrk -c32 (perf tracepoints, no strace
+#                                              slowdown; needs linux-perf)
+#   bench/profile.sh kernel-nginx [SECONDS]    the same for nginx
 #
 # Strait runs with limits far above the load (as in bench/run.py) unless
 # PROFILE_NO_LIMITS=1. PROFILE_KEEP=FILE keeps the callgrind profile. Ports:
@@ -60,6 +64,18 @@ start_strait() {
     wait_port "$PX"
 }
 
+# start_nginx_proxy: the nginx contender (bench/nginx/proxy.conf) on CPU 0; sets
+# `worker` to its worker process.
+start_nginx_proxy() {
+    sed -e "s|{{DIR}}|$WORK|g; s|{{PORT}}|$NX|; s|{{H2PORT}}|$NX_H2|; s|{{UPSTREAM}}|127.0.0.1:$UP|; s|{{BUFFERING}}|on|" \
+        "$HERE/nginx/proxy.conf" >"$WORK/px.conf"
+    mkdir -p "$WORK/px"
+    taskset -c 0 nginx -c "$WORK/px.conf" -p "$WORK/px" >/dev/null 2>&1 &
+    PIDS+=($!)
+    wait_port "$NX"
+    worker=$(pgrep -P "${PIDS[-1]}" | head -1)
+}
+
 oha_load() { oha --no-tui -n "$1" -c 8 -m POST "${HDRS[@]}" -d "$BODY" "http://127.0.0.1:$PX/v1/messages"; }
 
 # cpu_of PID PORT SECONDS: wrk -c32 against PORT; prints CPU per request.
@@ -74,6 +90,26 @@ cpu_of() {
     awk -v r="$req" -v s="$secs" -v u=$((u1 - u0)) -v k=$((s1 - s0)) -v t="$tick" 'BEGIN {
         printf "requests/s %d  cpu per request %.2f us  (user %.2f us, system %.2f us)\n",
             r / s, (u + k) * 1e6 / t / r, u * 1e6 / t / r, k * 1e6 / t / r }'
+}
+
+# kernel_of PID PORT SECONDS: wrk -c32 against PORT; prints system calls (by kind) and
+# TCP segments sent on loopback (by every process, both directions) per request.
+kernel_of() {
+    local pid=$1 port=$2 secs=$3
+    taskset -c 1 wrk -t1 -c32 -d1s -s "$HERE/wrk_post.lua" "http://127.0.0.1:$port/v1/messages" >/dev/null
+    local ev=raw_syscalls:sys_enter
+    for s in sendto recvfrom writev readv read write epoll_wait epoll_ctl; do ev+=",syscalls:sys_enter_$s"; done
+    segs0=$(awk '/^Tcp:/ {getline; print $12}' /proc/net/snmp)
+    perf stat -x, -e "$ev" -p "$pid" -o "$WORK/perf.out" -- sleep "$secs" &
+    local ps=$!
+    out=$(taskset -c 1 wrk -t1 -c32 -d"${secs}s" -s "$HERE/wrk_post.lua" "http://127.0.0.1:$port/v1/messages")
+    wait "$ps"
+    segs1=$(awk '/^Tcp:/ {getline; print $12}' /proc/net/snmp)
+    req=$(echo "$out" | grep -o '"requests":[0-9]*' | cut -d: -f2)
+    awk -F, -v r="$req" '/sys_enter/ && $1 + 0 > 0 {
+        n = $3; sub(/.*sys_enter_?/, "", n); if (n == "") n = "all system calls";
+        printf "%-18s %6.3f per request\n", n, $1 / r }' "$WORK/perf.out"
+    awk -v r="$req" -v s=$((segs1 - segs0)) 'BEGIN { printf "%-18s %6.3f per request (all processes; segments, not calls)\n", "TCP segments", s / r }'
 }
 
 cmd=${1:-}
@@ -101,14 +137,19 @@ cpu)
     ;;
 cpu-nginx)
     start_upstream
-    sed -e "s|{{DIR}}|$WORK|g; s|{{PORT}}|$NX|; s|{{H2PORT}}|$NX_H2|; s|{{UPSTREAM}}|127.0.0.1:$UP|; s|{{BUFFERING}}|on|" \
-        "$HERE/nginx/proxy.conf" >"$WORK/px.conf"
-    mkdir -p "$WORK/px"
-    taskset -c 0 nginx -c "$WORK/px.conf" -p "$WORK/px" >/dev/null 2>&1 &
-    PIDS+=($!)
-    wait_port "$NX"
-    worker=$(pgrep -P "${PIDS[-1]}" | head -1)
+    start_nginx_proxy
     cpu_of "$worker" "$NX" "${2:-5}"
+    ;;
+kernel)
+    BIN=$2
+    start_upstream
+    start_strait taskset -c 0
+    kernel_of "$SP" "$PX" "${3:-4}"
+    ;;
+kernel-nginx)
+    start_upstream
+    start_nginx_proxy
+    kernel_of "$worker" "$NX" "${2:-4}"
     ;;
 syscalls)
     BIN=$2
@@ -126,7 +167,7 @@ syscalls)
         "$WORK/strace.out" | sort -k2 -nr | head -12
     ;;
 *)
-    sed -n '2,14p' "$0"
+    sed -n '2,18p' "$0"
     exit 2
     ;;
 esac
