@@ -5,6 +5,7 @@
 #
 #   bench/profile.sh callgrind BIN [REQUESTS]  user-space instructions per request
 #                                              (valgrind; repeatable on a busy machine)
+#   bench/profile.sh callgrind-nginx [REQUESTS] the same for nginx (one process, no master)
 #   bench/profile.sh cpu BIN [SECONDS]         CPU time per request (user + system, and
 #                                              user alone) under wrk -c32, from /proc
 #   bench/profile.sh cpu-nginx [SECONDS]       the same for nginx (bench/nginx/proxy.conf)
@@ -64,19 +65,50 @@ start_strait() {
     wait_port "$PX"
 }
 
-# start_nginx_proxy: the nginx contender (bench/nginx/proxy.conf) on CPU 0; sets
-# `worker` to its worker process.
-start_nginx_proxy() {
+# nginx_conf: writes the nginx contender's config (bench/nginx/proxy.conf) to px.conf.
+nginx_conf() {
     sed -e "s|{{DIR}}|$WORK|g; s|{{PORT}}|$NX|; s|{{H2PORT}}|$NX_H2|; s|{{UPSTREAM}}|127.0.0.1:$UP|; s|{{BUFFERING}}|on|" \
         "$HERE/nginx/proxy.conf" >"$WORK/px.conf"
     mkdir -p "$WORK/px"
+}
+
+# start_nginx_proxy: the nginx contender on CPU 0; sets `worker` to its worker process.
+start_nginx_proxy() {
+    nginx_conf
     taskset -c 0 nginx -c "$WORK/px.conf" -p "$WORK/px" >/dev/null 2>&1 &
     PIDS+=($!)
     wait_port "$NX"
     worker=$(pgrep -P "${PIDS[-1]}" | head -1)
 }
 
-oha_load() { oha --no-tui -n "$1" -c 8 -m POST "${HDRS[@]}" -d "$BODY" "http://127.0.0.1:$PX/v1/messages"; }
+# oha_load N [PORT]: N requests, 8 at a time, to strait (or PORT).
+oha_load() { oha --no-tui -n "$1" -c 8 -m POST "${HDRS[@]}" -d "$BODY" "http://127.0.0.1:${2:-$PX}/v1/messages"; }
+
+# callgrind_count PID PORT N: zeroes PID's counters after a warm-up, sends N requests
+# to PORT, dumps, and prints instructions per request. A process asleep in epoll_wait
+# takes a valgrind command only when it wakes, so each command is followed by a
+# request (counted in N's divisor).
+callgrind_count() {
+    local pid=$1 port=$2 n=$3
+    oha_load 500 "$port" >/dev/null
+    callgrind_control -z "$pid" >/dev/null 2>&1 &
+    sleep 0.3
+    oha_load 1 "$port" >/dev/null
+    wait $!
+    oha_load "$n" "$port" | grep -E "Success rate"
+    callgrind_control -d "$pid" >/dev/null 2>&1 &
+    sleep 0.3
+    oha_load 1 "$port" >/dev/null
+    wait $!
+    sleep 1
+    local total
+    total=$(callgrind_annotate "$(ls -S "$WORK"/cg.*.1 | head -1)" 2>/dev/null |
+        awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+    echo "instructions per request: $((total / (n + 1)))  ($total over $((n + 1)) requests)"
+    # PROFILE_KEEP=FILE keeps the profile for callgrind_annotate --inclusive=yes.
+    [ -n "${PROFILE_KEEP:-}" ] && cp "$(ls -S "$WORK"/cg.*.1 | head -1)" "$PROFILE_KEEP"
+    return 0
+}
 
 # cpu_of PID PORT SECONDS: wrk -c32 against PORT; prints CPU per request.
 cpu_of() {
@@ -115,19 +147,21 @@ kernel_of() {
 cmd=${1:-}
 case "$cmd" in
 callgrind)
-    BIN=$2 N=${3:-3000}
+    BIN=$2
     start_upstream
     start_strait valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.%p"
-    oha_load 500 >/dev/null
-    callgrind_control -z "$SP" >/dev/null
-    oha_load "$N" | grep -E "Success rate"
-    callgrind_control -d "$SP" >/dev/null
-    sleep 1
-    total=$(callgrind_annotate "$(ls -S "$WORK"/cg.*.1 | head -1)" 2>/dev/null |
-        awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
-    echo "instructions per request: $((total / N))  ($total over $N requests)"
-    # PROFILE_KEEP=FILE keeps the profile for callgrind_annotate --inclusive=yes.
-    [ -n "${PROFILE_KEEP:-}" ] && cp "$(ls -S "$WORK"/cg.*.1 | head -1)" "$PROFILE_KEEP"
+    callgrind_count "$SP" "$PX" "${3:-3000}"
+    ;;
+callgrind-nginx)
+    start_upstream
+    nginx_conf
+    # One process: the worker's work without a fork for valgrind to follow.
+    echo "master_process off;" >>"$WORK/px.conf"
+    valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.%p" nginx -c "$WORK/px.conf" -p "$WORK/px" \
+        >"$WORK/nginx.log" 2>&1 &
+    PIDS+=($!)
+    wait_port "$NX"
+    callgrind_count "${PIDS[-1]}" "$NX" "${2:-3000}"
     ;;
 cpu)
     BIN=$2
@@ -167,7 +201,7 @@ syscalls)
         "$WORK/strace.out" | sort -k2 -nr | head -12
     ;;
 *)
-    sed -n '2,18p' "$0"
+    sed -n '2,19p' "$0"
     exit 2
     ;;
 esac
