@@ -1126,8 +1126,7 @@ mod tests {
         assert!(e.message.contains("read_timout"), "{e}");
         let e = RawConfig::from_toml("[limits]\nheader_read_timeout = \"soon\"\n").unwrap_err();
         assert!(e.message.contains("invalid duration"), "{e}");
-        let raw =
-            RawConfig::from_toml("[upstream]\nh2_max_streams_per_connection = 0\n").unwrap();
+        let raw = RawConfig::from_toml("[upstream]\nh2_max_streams_per_connection = 0\n").unwrap();
         assert!(raw
             .validate(vec![], vec![])
             .unwrap_err()

@@ -36,6 +36,14 @@ pub struct RawHeaders {
     // On the heap, sized once: the head is moved through several phases, and moving
     // fields kept inline cost more than the allocation.
     fields: Vec<Field>,
+    /// Bit `n % 64` is set when some field's name is `n` bytes long. Most lookups are
+    /// for fields a message does not have (`authorization` beside `x-api-key`,
+    /// `connection`, `retry-after`), and this answers them without a scan.
+    name_lengths: u64,
+}
+
+fn length_bit(len: usize) -> u64 {
+    1 << (len % 64)
 }
 
 #[derive(Clone, Copy)]
@@ -50,6 +58,7 @@ impl RawHeaders {
         RawHeaders {
             head,
             fields: Vec::with_capacity(fields),
+            name_lengths: 0,
         }
     }
 
@@ -72,6 +81,12 @@ impl RawHeaders {
             value: span(value),
         };
         self.fields.push(field);
+        self.name_lengths |= length_bit(name.len());
+    }
+
+    /// Whether some field's name is as long as `name` (if not, none has that name).
+    fn may_have(&self, name: &[u8]) -> bool {
+        self.name_lengths & length_bit(name.len()) != 0
     }
 
     fn slice(&self, (start, end): (u32, u32)) -> &[u8] {
@@ -81,7 +96,12 @@ impl RawHeaders {
     /// Values of the fields named `want` (lower case), in order. Lengths are compared
     /// before names: most fields are passed over without looking at their bytes.
     fn find<'a, 'w>(&'a self, want: &'w [u8]) -> impl Iterator<Item = &'a [u8]> + use<'a, 'w> {
-        self.fields
+        let fields: &[Field] = if self.may_have(want) {
+            &self.fields
+        } else {
+            &[]
+        };
+        fields
             .iter()
             .filter(move |f| {
                 (f.name.1 - f.name.0) as usize == want.len()
@@ -105,7 +125,9 @@ impl HeaderFields {
         Values(match self {
             HeaderFields::Map(map) => ValuesOf::Map(map.get_all(name).iter()),
             HeaderFields::Raw(raw) => {
-                ValuesOf::Raw(raw, raw.fields.iter(), name.as_str().as_bytes())
+                let want = name.as_str().as_bytes();
+                let fields: &[Field] = if raw.may_have(want) { &raw.fields } else { &[] };
+                ValuesOf::Raw(raw, fields.iter(), want)
             }
         })
     }
@@ -239,6 +261,12 @@ mod tests {
         let accept = HeaderName::from_static("accept");
         assert_eq!(h.get_all(&accept).collect::<Vec<_>>(), [b"a", b"b"]);
         assert_eq!(h.get(&http::header::HOST), None);
+        // A name as long as one present but not it, and one 64 bytes longer than a
+        // present one (the same length bit), are still told apart by the scan.
+        assert_eq!(h.get(&HeaderName::from_static("x-api-kez")), None);
+        let long = HeaderName::from_bytes(&[b'a'; 70]).unwrap();
+        assert_eq!(h.get_all(&long).count(), 0);
+        assert_eq!(h.get_all(&HeaderName::from_static("upgrade")).count(), 0);
         assert_eq!(h.wire_size(), (9 + 2 + 4) + (6 + 1 + 4) * 2);
     }
 

@@ -217,7 +217,8 @@ pub fn parse_length(value: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    std::str::from_utf8(v).ok()?.parse().ok()
+    // At most 19 digits: below 10^19, which a u64 holds.
+    Some(v.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 /// Whether a comma-separated header value lists `token` (case-insensitive).
@@ -337,6 +338,11 @@ mod tests {
         assert_eq!(parse_length(b"7,7"), None);
         assert_eq!(parse_length(b""), None);
         assert_eq!(parse_length(b"99999999999999999999"), None);
+        assert_eq!(
+            parse_length(b"9999999999999999999"),
+            Some(9_999_999_999_999_999_999)
+        );
+        assert_eq!(parse_length(b"0000000000000000012"), Some(12));
     }
 
     #[test]

@@ -390,3 +390,29 @@ async fn a_declared_body_over_the_limit_is_refused_without_100_continue() {
     assert_closed(&mut s).await;
     assert!(h.mock.requests().is_empty());
 }
+
+/// A keep-alive connection idle between requests is closed as soon as the node
+/// drains (its wait for the drain signal lives as long as the connection, across
+/// requests), and the drain does not wait for it.
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_when_the_node_drains() {
+    let mut h = Harness::managed().await;
+    let body = message_body(false).to_string();
+    let mut s = connect(&h).await;
+    let mut buf = Vec::new();
+    for _ in 0..3 {
+        s.write_all(message_request(&body, "").as_bytes())
+            .await
+            .unwrap();
+        let r = read_response(&mut s, &mut buf).await;
+        assert_eq!(r.status, 200, "{}", r.head);
+    }
+    let node = h.node.take().unwrap();
+    let drained = tokio::spawn(node.drain());
+    assert_closed(&mut s).await;
+    let cut = tokio::time::timeout(Duration::from_secs(10), drained)
+        .await
+        .expect("drain ends")
+        .unwrap();
+    assert_eq!(cut, 0, "the idle connection was closed, not cut");
+}

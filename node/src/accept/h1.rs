@@ -97,7 +97,7 @@ pub async fn serve<IO, S, F>(
     settings: &Settings,
     metrics: &Metrics,
     peer: SocketAddr,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     service: &S,
 ) -> Ended<IO>
 where
@@ -115,8 +115,22 @@ where
     // request cost more than the rest of reading the head.
     let deadline = tokio::time::sleep(settings.header_read_timeout);
     tokio::pin!(deadline);
+    // Likewise one wait for the drain signal, on a receiver of its own: a fresh
+    // `changed()` per request registered and removed a waiter every time.
+    let mut drain_rx = stop.clone();
+    let drained = futures_util::FutureExt::fuse(drain_rx.changed());
+    tokio::pin!(drained);
     loop {
-        let head = match read_head(&mut conn, settings, &mut stop, deadline.as_mut(), first).await {
+        let head = match read_head(
+            &mut conn,
+            settings,
+            &stop,
+            drained.as_mut(),
+            deadline.as_mut(),
+            first,
+        )
+        .await
+        {
             Ok(Some(head)) => head,
             Ok(None) => break,
             Err(HeadError::Http2) => {
@@ -252,10 +266,14 @@ enum HeadError {
 
 /// Waits for a complete request head. `Ok(None)`: the connection should close quietly
 /// (the client closed, went idle past the timeout, or the node is draining).
-async fn read_head<IO: AsyncRead + Unpin>(
+///
+/// `drained` resolves when the drain signal changes (or its sender is gone); once it
+/// has, the connection is treated as draining.
+async fn read_head<IO: AsyncRead + Unpin, D: futures_util::future::FusedFuture>(
     conn: &mut Conn<IO>,
     settings: &Settings,
-    stop: &mut watch::Receiver<bool>,
+    stop: &watch::Receiver<bool>,
+    mut drained: Pin<&mut D>,
     mut deadline: Pin<&mut tokio::time::Sleep>,
     first: bool,
 ) -> Result<Option<Head>, HeadError> {
@@ -264,7 +282,7 @@ async fn read_head<IO: AsyncRead + Unpin>(
             .as_mut()
             .reset(tokio::time::Instant::now() + settings.header_read_timeout);
     }
-    let mut stopping = *stop.borrow();
+    let mut stopping = *stop.borrow() || drained.is_terminated();
     loop {
         if !conn.buf.is_empty() {
             if first && is_h2_preface(&conn.buf) {
@@ -288,7 +306,7 @@ async fn read_head<IO: AsyncRead + Unpin>(
                 Ok(_) => {}
             },
             () = deadline.as_mut() => return Ok(None),
-            _ = stop.changed(), if idle && !stopping => stopping = true,
+            _ = drained.as_mut(), if idle && !stopping => stopping = true,
         }
     }
 }
