@@ -103,7 +103,14 @@ pub async fn admit_body(
     body: ClientBody,
     max_body: u64,
 ) -> Result<(RequestBody, RequestMeta)> {
-    if let Some(len) = content_length(headers)? {
+    // The HTTP/1.1 server has read the declared length already (and refused a bad
+    // one): only an HTTP/2 body needs the header looked up again.
+    let declared = match &body {
+        ClientBody::Full(data) => data.as_ref().map(|d| d.len() as u64),
+        ClientBody::Channel { left, .. } => *left,
+        ClientBody::Hyper(_) => content_length(headers)?,
+    };
+    if let Some(len) = declared {
         if len > max_body {
             return Err(too_large(max_body));
         }
