@@ -108,6 +108,22 @@ fn message_request(body: &str, extra: &str) -> String {
     )
 }
 
+/// Sends `n` Messages requests on `s`, each after the previous answer, and returns
+/// the answers (each a 200).
+async fn messages_one_by_one(s: &mut TcpStream, buf: &mut Vec<u8>, n: usize) -> Vec<Raw> {
+    let body = message_body(false).to_string();
+    let mut answers = Vec::new();
+    for _ in 0..n {
+        s.write_all(message_request(&body, "").as_bytes())
+            .await
+            .unwrap();
+        let r = read_response(s, buf).await;
+        assert_eq!(r.status, 200, "{}", r.head);
+        answers.push(r);
+    }
+    answers
+}
+
 /// Reads until the node closes the connection; fails if it does not within 5 s.
 async fn assert_closed(s: &mut TcpStream) {
     let mut rest = Vec::new();
@@ -123,12 +139,7 @@ async fn keep_alive_and_pipelined_requests_are_answered_in_order() {
     let body = message_body(false).to_string();
     let mut s = connect(&h).await;
     let mut buf = Vec::new();
-    for _ in 0..3 {
-        s.write_all(message_request(&body, "").as_bytes())
-            .await
-            .unwrap();
-        let r = read_response(&mut s, &mut buf).await;
-        assert_eq!(r.status, 200, "{}", r.head);
+    for r in messages_one_by_one(&mut s, &mut buf, 3).await {
         assert_eq!(r.json()["type"], "message");
         assert!(r.header("request-id").is_some());
         assert!(r.header("connection").is_none(), "kept alive: {}", r.head);
@@ -397,16 +408,8 @@ async fn a_declared_body_over_the_limit_is_refused_without_100_continue() {
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_when_the_node_drains() {
     let mut h = Harness::managed().await;
-    let body = message_body(false).to_string();
     let mut s = connect(&h).await;
-    let mut buf = Vec::new();
-    for _ in 0..3 {
-        s.write_all(message_request(&body, "").as_bytes())
-            .await
-            .unwrap();
-        let r = read_response(&mut s, &mut buf).await;
-        assert_eq!(r.status, 200, "{}", r.head);
-    }
+    messages_one_by_one(&mut s, &mut Vec::new(), 3).await;
     let node = h.node.take().unwrap();
     let drained = tokio::spawn(node.drain());
     assert_closed(&mut s).await;
