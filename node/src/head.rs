@@ -93,21 +93,29 @@ impl RawHeaders {
         &self.head[start as usize..end as usize]
     }
 
-    /// Values of the fields named `want` (lower case), in order. Lengths are compared
-    /// before names: most fields are passed over without looking at their bytes.
-    fn find<'a, 'w>(&'a self, want: &'w [u8]) -> impl Iterator<Item = &'a [u8]> + use<'a, 'w> {
-        let fields: &[Field] = if self.may_have(want) {
+    /// Whether `f` is named `want` (lower case). Lengths are compared before names:
+    /// most fields are passed over without looking at their bytes.
+    fn is_named(&self, f: &Field, want: &[u8]) -> bool {
+        (f.name.1 - f.name.0) as usize == want.len()
+            && self.slice(f.name).eq_ignore_ascii_case(want)
+    }
+
+    /// The value of the first field named `want`.
+    fn first(&self, want: &[u8]) -> Option<&[u8]> {
+        self.candidates(want)
+            .iter()
+            .find(|f| self.is_named(f, want))
+            .map(|f| self.slice(f.value))
+    }
+
+    /// The fields that may be named `want`: none when no name has its length, so a
+    /// lookup for a field the message lacks costs no scan.
+    fn candidates(&self, want: &[u8]) -> &[Field] {
+        if self.may_have(want) {
             &self.fields
         } else {
             &[]
-        };
-        fields
-            .iter()
-            .filter(move |f| {
-                (f.name.1 - f.name.0) as usize == want.len()
-                    && self.slice(f.name).eq_ignore_ascii_case(want)
-            })
-            .map(|f| self.slice(f.value))
+        }
     }
 }
 
@@ -116,7 +124,7 @@ impl HeaderFields {
     pub fn get(&self, name: &HeaderName) -> Option<&[u8]> {
         match self {
             HeaderFields::Map(map) => map.get(name).map(|v| v.as_bytes()),
-            HeaderFields::Raw(raw) => raw.find(name.as_str().as_bytes()).next(),
+            HeaderFields::Raw(raw) => raw.first(name.as_str().as_bytes()),
         }
     }
 
@@ -126,8 +134,7 @@ impl HeaderFields {
             HeaderFields::Map(map) => ValuesOf::Map(map.get_all(name).iter()),
             HeaderFields::Raw(raw) => {
                 let want = name.as_str().as_bytes();
-                let fields: &[Field] = if raw.may_have(want) { &raw.fields } else { &[] };
-                ValuesOf::Raw(raw, fields.iter(), want)
+                ValuesOf::Raw(raw, raw.candidates(want).iter(), want)
             }
         })
     }
@@ -233,10 +240,7 @@ impl<'a> Iterator for Values<'a> {
         match &mut self.0 {
             ValuesOf::Map(it) => it.next().map(|v| v.as_bytes()),
             ValuesOf::Raw(raw, it, want) => it
-                .find(|f| {
-                    (f.name.1 - f.name.0) as usize == want.len()
-                        && raw.slice(f.name).eq_ignore_ascii_case(want)
-                })
+                .find(|f| raw.is_named(f, want))
                 .map(|f| raw.slice(f.value)),
         }
     }

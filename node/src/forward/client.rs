@@ -39,7 +39,7 @@ pub struct Outgoing<'a> {
     pub api_key: Option<&'a HeaderValue>,
     /// When the attempt started: an idle connection older than the pool's timeout
     /// then is not reused (the caller's reading, not one more clock read).
-    pub at: std::time::Instant,
+    pub at: Instant,
 }
 
 /// Why a request could not be sent or answered, for the attempt loop's decision.
@@ -107,6 +107,14 @@ struct H2Conn {
     streams: Arc<AtomicUsize>,
 }
 
+impl H2Conn {
+    /// Takes a stream's place on this connection.
+    fn claim(&self) -> (http2::SendRequest<RequestBody>, StreamSlot) {
+        self.streams.fetch_add(1, Ordering::Relaxed);
+        (self.sender.clone(), StreamSlot(self.streams.clone()))
+    }
+}
+
 /// One stream's place on an HTTP/2 connection, given back when dropped (with the
 /// response body, or with the request if it failed).
 pub struct StreamSlot(Arc<AtomicUsize>);
@@ -124,7 +132,8 @@ pub struct Client {
     /// Oldest first. A stream goes on the first connection with room, so later ones
     /// empty out when the load falls and are closed (one idle spare is kept).
     h2: Mutex<Vec<H2Conn>>,
-    /// Streams one HTTP/2 connection carries before another is opened. Servers
+    /// Streams one HTTP/2 connection carries before another is opened (at least one,
+    /// checked with the config). Servers
     /// refuse or queue streams past their `SETTINGS_MAX_CONCURRENT_STREAMS`, which
     /// hyper does not expose, so this is configured at or below the upstream's.
     h2_max_streams: usize,
@@ -166,7 +175,7 @@ impl Client {
                 idle_timeout,
             }),
             h2: Mutex::new(Vec::new()),
-            h2_max_streams: h2_max_streams.max(1),
+            h2_max_streams,
             h2_dial: tokio::sync::Mutex::new(()),
             proto: AtomicU8::new(PROTO_UNKNOWN),
             gauge,
@@ -242,11 +251,10 @@ impl Client {
             spare |= idle;
             keep
         });
-        let c = conns
+        conns
             .iter()
-            .find(|c| c.streams.load(Ordering::Relaxed) < self.h2_max_streams)?;
-        c.streams.fetch_add(1, Ordering::Relaxed);
-        Some((c.sender.clone(), StreamSlot(c.streams.clone())))
+            .find(|c| c.streams.load(Ordering::Relaxed) < self.h2_max_streams)
+            .map(H2Conn::claim)
     }
 
     async fn dial(&self) -> Result<Dialed, SendError> {
@@ -278,12 +286,12 @@ impl Client {
                 tracing::debug!("upstream HTTP/2 connection ended: {e}");
             }
         });
-        let streams = Arc::new(AtomicUsize::new(1));
-        let slot = StreamSlot(streams.clone());
-        self.h2.lock().expect("h2 lock").push(H2Conn {
-            sender: sender.clone(),
-            streams,
-        });
+        let conn = H2Conn {
+            sender,
+            streams: Arc::new(AtomicUsize::new(0)),
+        };
+        let (sender, slot) = conn.claim();
+        self.h2.lock().expect("h2 lock").push(conn);
         self.proto.store(PROTO_H2, Ordering::Relaxed);
         Ok(Dialed::H2(sender, slot))
     }
