@@ -5,7 +5,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::body::ProxyBody;
 use crate::head::ClientRequest;
-use crate::proxy::Shared;
+use crate::state::Shared;
 
 /// Serves one admin request.
 pub fn handle(shared: &Shared, req: ClientRequest) -> Response<ProxyBody> {

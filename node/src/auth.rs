@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use subtle::ConstantTimeEq;
 
-use crate::cluster::schema::LimitsDoc;
 use crate::config::{hash_key_bytes, Config, KeyMode};
 use crate::error::{Error, ErrorKind, Result};
 use crate::head::HeaderFields;
+use crate::schema::LimitsDoc;
 
 /// Who made a request, as far as the rest of the pipeline needs to know.
 #[derive(Debug, Clone)]

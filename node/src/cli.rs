@@ -202,7 +202,7 @@ impl Cli {
             }
         }
         if let Some(v) = &self.default_limits {
-            let spec = crate::limits::LimitSpec::parse(v)
+            let spec = crate::limit_spec::LimitSpec::parse(v)
                 .map_err(|e| crate::error::Error::config(format!("--default-limits: {e}")))?;
             let d = &mut raw.limits.default;
             d.rpm = spec.rpm.or(d.rpm);

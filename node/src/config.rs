@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+pub use crate::secret::{hash_key, hash_key_bytes, Secret};
 
 /// Default public listener: all interfaces, port 8080.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -149,8 +149,8 @@ pub struct RawLimitSpec {
 }
 
 impl RawLimitSpec {
-    fn to_spec(&self) -> crate::limits::LimitSpec {
-        crate::limits::LimitSpec {
+    fn to_spec(&self) -> crate::limit_spec::LimitSpec {
+        crate::limit_spec::LimitSpec {
             rpm: self.rpm,
             itpm: self.itpm,
             otpm: self.otpm,
@@ -396,25 +396,6 @@ mod humantime_serde_compat {
 // ---------------------------------------------------------------------------------
 // Validated form.
 
-/// A secret that never prints itself.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -472,7 +453,7 @@ pub struct ClientKey {
     pub sha256: [u8; 32],
     pub tenant: Option<String>,
     /// The key's own limits (not yet merged with the defaults).
-    pub limits: crate::limits::LimitSpec,
+    pub limits: crate::limit_spec::LimitSpec,
 }
 
 /// How the limiter uses Redis.
@@ -501,13 +482,13 @@ pub struct RedisSettings {
 #[derive(Debug, Clone)]
 pub struct Tenant {
     pub name: String,
-    pub limits: crate::limits::LimitSpec,
+    pub limits: crate::limit_spec::LimitSpec,
 }
 
 /// Rate limits and where their state lives.
 #[derive(Debug, Clone, Default)]
 pub struct RateLimits {
-    pub default: crate::limits::LimitSpec,
+    pub default: crate::limit_spec::LimitSpec,
     pub tenants: Vec<Tenant>,
     /// `None`: the in-process limiter.
     pub redis: Option<RedisSettings>,
@@ -535,7 +516,7 @@ pub struct Cluster {
     pub node_id: Option<String>,
     pub lease_ttl: Duration,
     pub state_dir: PathBuf,
-    pub kek: Option<crate::cluster::crypto::Kek>,
+    pub kek: Option<crate::secret::Kek>,
     pub advertise_public: Option<String>,
     pub advertise_admin: Option<String>,
 }
@@ -580,15 +561,6 @@ impl Config {
             (false, _) => KeyMode::Managed,
         }
     }
-}
-
-/// Hex SHA-256 of a client key, as stored in config.
-pub fn hash_key(key: &str) -> [u8; 32] {
-    hash_key_bytes(key.as_bytes())
-}
-
-pub fn hash_key_bytes(key: &[u8]) -> [u8; 32] {
-    Sha256::digest(key).into()
 }
 
 impl RawConfig {
@@ -834,8 +806,8 @@ impl RawConfig {
 }
 
 fn validate_cluster(c: RawCluster) -> Result<Option<Cluster>> {
-    use crate::cluster::crypto::Kek;
-    use crate::cluster::schema::valid_name;
+    use crate::schema::valid_name;
+    use crate::secret::Kek;
     if c.etcd.is_empty() {
         return Ok(None);
     }

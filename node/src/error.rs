@@ -164,7 +164,7 @@ impl Error {
     pub fn into_response(self, request_id: &HeaderValue) -> Response<ProxyBody> {
         let mut resp = self.bare_response();
         resp.headers_mut()
-            .insert(crate::REQUEST_ID, request_id.clone());
+            .insert(crate::meta::REQUEST_ID, request_id.clone());
         resp
     }
 

@@ -1,11 +1,12 @@
 //! Health for DNS failover: `/livez`, and `/readyz` as `application/health+json`
 //! (pass | warn | fail) built from the node's own view of its state and upstream path.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use http::StatusCode;
 use serde_json::json;
+use tokio::sync::Notify;
 
 /// Consecutive upstream transport failures after which the path counts as down.
 pub const UPSTREAM_FAIL_THRESHOLD: u32 = 5;
@@ -71,7 +72,7 @@ pub struct Health {
     pub upstream: UpstreamHealth,
     pub version: &'static str,
     /// etcd connection, config revision and cluster-driven drain (see `cluster`).
-    pub cluster: crate::cluster::ClusterStatus,
+    pub cluster: ClusterStatus,
 }
 
 /// Inputs to readiness that live elsewhere (the key pool, the config mode).
@@ -250,6 +251,41 @@ fn fmt_ms(ms: u64) -> String {
     }
     let t = UNIX_EPOCH + std::time::Duration::from_millis(ms);
     humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// The node's cluster state, read by `/readyz`, metrics and the limiter. Lives in
+/// [`Health`]; written by [`crate::cluster`]; all fields are atomics so readers never wait.
+#[derive(Default)]
+pub struct ClusterStatus {
+    /// The node runs with etcd (false: embedded default, file config only).
+    pub enabled: AtomicBool,
+    /// The etcd session is up: lease held, record written, watch open.
+    pub connected: AtomicBool,
+    /// etcd revision of the cluster config being served (0: none yet).
+    pub revision: AtomicI64,
+    /// The config being served came from the on-disk snapshot, not from etcd.
+    pub from_disk: AtomicBool,
+    /// Revision of the latest config that was rejected as invalid, 0 once a later
+    /// one was applied: `/readyz` warns while the cluster's config is not in force.
+    pub rejected_revision: AtomicI64,
+    /// A region or node drain in the cluster config (SIGTERM drain is separate).
+    pub draining: AtomicBool,
+    /// Node records seen under `/strait/nodes/` (all regions), this node included.
+    pub live_nodes: AtomicUsize,
+    /// Wakes the supervisor to rewrite the node record (state changed).
+    pub record_changed: Notify,
+}
+
+impl ClusterStatus {
+    /// Nodes in the cluster as last seen in etcd, at least 1 (this node). The limiter
+    /// divides a global limit by this for its safe local share.
+    pub fn live_nodes(&self) -> usize {
+        self.live_nodes.load(Ordering::Relaxed).max(1)
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
 }
 
 #[cfg(test)]

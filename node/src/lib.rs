@@ -31,10 +31,16 @@ pub mod error;
 pub mod forward;
 pub mod head;
 pub mod health;
+pub mod limit_spec;
 pub mod limits;
+pub mod meta;
+pub mod metrics;
 pub mod proxy;
 pub mod route;
+pub mod schema;
+pub mod secret;
 pub mod server;
+pub mod state;
 pub mod stream;
 pub mod telemetry;
 pub mod wire;
@@ -42,9 +48,4 @@ pub mod wire;
 pub use error::{Error, ErrorKind};
 pub use server::Node;
 
-/// Response header carrying the gateway's request id on every response.
-pub const REQUEST_ID_HEADER: &str = "x-strait-request-id";
-
-/// [`REQUEST_ID_HEADER`] as a header name: inserting by `&str` parses the name again
-/// on every request.
-pub(crate) const REQUEST_ID: http::HeaderName = http::HeaderName::from_static(REQUEST_ID_HEADER);
+pub use meta::REQUEST_ID_HEADER;

@@ -3,87 +3,21 @@
 //! account). Read this file first; each phase lives in its own module.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
-use http::{header, HeaderValue, Response, StatusCode};
+use http::{header, HeaderValue, Response};
 
-use crate::account::{Metrics, RequestRecord};
-use crate::admit::{self, RouteKind};
-use crate::auth::{Authenticator, Principal};
+use crate::account::RequestRecord;
+use crate::admit;
 use crate::body::ProxyBody;
-use crate::config::{Config, KeyMode};
 use crate::error::{Error, ErrorKind};
-use crate::forward::{
-    ForwardCtx, Forwarded, RelayedHeaders, Upstream, UpstreamHeaders, UpstreamResponse,
-};
+use crate::forward::{ForwardCtx, Forwarded, RelayedHeaders, UpstreamHeaders, UpstreamResponse};
 use crate::head::ClientRequest;
-use crate::health::{Health, ReadyInputs};
-use crate::limits::{headers as limit_headers, Dim, Limiter, RateView, Reservation, ScopeKind};
-use crate::route::KeyPool;
-use crate::stream::{self, BodyKind, Relay};
-
-/// The parts of configuration that can change while the node runs, swapped as one
-/// snapshot so a request sees a consistent view without taking a lock.
-pub struct Snapshot {
-    pub auth: Authenticator,
-    /// The default upstream pool: file and environment keys, plus the cluster's
-    /// `default` pool.
-    pub pool: KeyPool,
-    /// Named upstream pools from the cluster config; `Principal::pool` N > 0 is
-    /// `named_pools[N - 1]`.
-    pub named_pools: Vec<(String, KeyPool)>,
-    /// etcd revision of the cluster config in this snapshot; 0 for the file config.
-    pub revision: i64,
-}
-
-impl Snapshot {
-    pub fn new(config: &Config) -> Self {
-        Snapshot {
-            auth: Authenticator::new(config),
-            pool: KeyPool::new(&config.upstream.keys, config.upstream.key_cooldown),
-            named_pools: Vec::new(),
-            revision: 0,
-        }
-    }
-
-    /// The pool that serves `principal`.
-    pub fn pool_for(&self, principal: &Principal) -> &KeyPool {
-        match principal.pool {
-            0 => &self.pool,
-            n => self.named_pools.get(n - 1).map_or(&self.pool, |(_, p)| p),
-        }
-    }
-
-    /// Upstream keys in every pool.
-    pub fn upstream_key_count(&self) -> usize {
-        self.pool.len() + self.named_pools.iter().map(|(_, p)| p.len()).sum::<usize>()
-    }
-
-    /// Keys ready, cooling (transient) and exhausted, over every pool.
-    pub fn census(&self) -> (usize, usize, usize) {
-        let mut total = self.pool.census();
-        for (_, p) in &self.named_pools {
-            let (r, t, e) = p.census();
-            total = (total.0 + r, total.1 + t, total.2 + e);
-        }
-        total
-    }
-}
-
-/// Everything a request handler needs, shared by all connections.
-pub struct Shared {
-    pub config: Arc<Config>,
-    pub snapshot: ArcSwap<Snapshot>,
-    pub upstream: Upstream,
-    pub metrics: Arc<Metrics>,
-    pub health: Arc<Health>,
-    pub request_ids: RequestIds,
-    /// Rate limits, concurrency and token budgets (phase 3).
-    pub limiter: Arc<Limiter>,
-}
+use crate::limits::{headers as limit_headers, Dim, RateView, Reservation, ScopeKind};
+use crate::meta::{BodyKind, RouteKind};
+use crate::state::Shared;
+use crate::stream::{self, Relay};
 
 /// What the limiter said about a request, for its response headers.
 #[derive(Default)]
@@ -93,59 +27,6 @@ enum LimitHeaders {
     None,
     Admitted(RateView),
     Limited(RateView, Dim, ScopeKind),
-}
-
-/// Request ids: a per-process random prefix and a counter, cheap and unique enough to
-/// find one request across the client, the node's log and the upstream.
-pub struct RequestIds {
-    prefix: String,
-    next: AtomicU64,
-}
-
-impl RequestIds {
-    pub fn new() -> Self {
-        RequestIds {
-            prefix: format!("strait_{:08x}", rand::random::<u32>()),
-            next: AtomicU64::new(1),
-        }
-    }
-
-    pub fn next(&self) -> String {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut id = String::with_capacity(self.prefix.len() + 17);
-        id.push_str(&self.prefix);
-        id.push('_');
-        // Lower-case hex without the formatting machinery: this runs on every request.
-        let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
-        for i in (0..digits).rev() {
-            id.push(char::from(
-                b"0123456789abcdef"[((n >> (4 * i)) & 0xf) as usize],
-            ));
-        }
-        id
-    }
-}
-
-impl Default for RequestIds {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Shared {
-    /// The readiness answer, shared by the admin and public listeners.
-    pub fn readiness(&self) -> (StatusCode, String) {
-        let snap = self.snapshot.load();
-        let (ready, _transient, exhausted) = snap.census();
-        let inputs = ReadyInputs {
-            keys_ready: ready,
-            keys_exhausted: exhausted,
-            keys_total: ready + _transient + exhausted,
-            passthrough: snap.auth.mode() == KeyMode::Passthrough,
-            limiter_redis: self.limiter.redis_state(),
-        };
-        self.health.readiness(&inputs)
-    }
 }
 
 /// Handles one request on the public listener. Never fails: every error becomes an
@@ -351,7 +232,7 @@ fn respond(
     let mut response = Response::new(());
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(crate::REQUEST_ID, request_id);
+    headers.insert(crate::meta::REQUEST_ID, request_id);
     let idle = if kind == BodyKind::Sse {
         // Proxies in front (nginx and similar) must not buffer the stream either.
         headers.insert(

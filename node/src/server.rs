@@ -11,7 +11,6 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::accept::{self, TlsState};
-use crate::account::Metrics;
 use crate::cluster::config_watch::Applier;
 use crate::cluster::etcd::EtcdStore;
 use crate::cluster::membership;
@@ -21,7 +20,9 @@ use crate::config::{Config, KeyMode};
 use crate::error::{Error, Result};
 use crate::forward::Upstream;
 use crate::health::Health;
-use crate::proxy::{self, RequestIds, Shared, Snapshot};
+use crate::metrics::Metrics;
+use crate::proxy;
+use crate::state::{RequestIds, Shared, Snapshot};
 
 /// A started node. Dropping it does not stop it; call [`Node::drain`].
 pub struct Node {

@@ -18,16 +18,7 @@ use crate::error::{Error, ErrorKind};
 use crate::forward::{RelayedHeaders, UpstreamBody};
 use crate::head::HeaderFields;
 use crate::limits::headers::RateHeaders;
-
-/// Token usage as Anthropic reports it.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(default)]
-pub struct Usage {
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub cache_creation_input_tokens: u64,
-    pub cache_read_input_tokens: u64,
-}
+use crate::meta::{BodyKind, RouteKind, Usage};
 
 /// Above this, a non-streaming JSON response is relayed without reading its usage:
 /// Messages responses are far smaller, and the copy must stay bounded.
@@ -88,14 +79,6 @@ pub struct Relay {
     pub rate_headers: Option<RateHeaders>,
     /// The upstream's own response fields, written the same way.
     pub relayed: Option<RelayedHeaders>,
-}
-
-/// What kind of body a response carries, decided from the route and content type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyKind {
-    Plain,
-    MessagesJson,
-    Sse,
 }
 
 impl Relay {
@@ -180,10 +163,7 @@ impl Relay {
             }
             Tap::Sse(sse) => {
                 let tail = (!sse.tail.is_empty()).then(|| sse.tail.freeze());
-                if sse.saw_stop
-                    || sse.saw_error
-                    || self.record.route != crate::admit::RouteKind::Messages
-                {
+                if sse.saw_stop || sse.saw_error || self.record.route != RouteKind::Messages {
                     self.record.outcome = if sse.saw_error {
                         "upstream_error_event"
                     } else {

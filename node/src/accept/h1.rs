@@ -22,10 +22,10 @@ use http_body::Body;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
-use crate::account::Metrics;
 use crate::body::{ClientBody, ProxyBody};
 use crate::error::{Error, ErrorKind};
 use crate::head::{ClientRequest, HeaderFields, RawHeaders};
+use crate::metrics::Metrics;
 use crate::wire::{self, Framing};
 
 /// The first bytes of every HTTP/2 connection with prior knowledge (RFC 9113 3.4).

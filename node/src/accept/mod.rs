@@ -26,10 +26,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
-use crate::account::Metrics;
 use crate::body::{ClientBody, ProxyBody};
 use crate::config::Limits;
 use crate::head::{ClientRequest, HeaderFields};
+use crate::metrics::Metrics;
 
 pub use tls::TlsState;
 

@@ -15,13 +15,13 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
-use super::crypto::Kek;
-use super::schema::{ClusterConfig, UpstreamPoolDoc, DEFAULT_POOL};
 use super::{snapshot_file, ClusterMetrics};
 use crate::auth::{Authenticator, KeyPolicy, Principal};
 use crate::config::{Config, KeyMode, Secret};
-use crate::proxy::{Shared, Snapshot};
 use crate::route::KeyPool;
+use crate::schema::{ClusterConfig, UpstreamPoolDoc, DEFAULT_POOL};
+use crate::secret::Kek;
+use crate::state::{Shared, Snapshot};
 
 /// Where a config came from, for logs and readiness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +41,7 @@ impl std::fmt::Display for Source {
 
 /// The limits the cluster config gives each live client key and its tenant.
 pub fn cluster_limits(cc: &ClusterConfig) -> Vec<crate::limits::ClusterKeyLimits> {
-    let spec = |l: &crate::cluster::schema::LimitsDoc| crate::limits::LimitSpec {
+    let spec = |l: &crate::schema::LimitsDoc| crate::limit_spec::LimitSpec {
         rpm: l.rpm,
         itpm: l.itpm,
         otpm: l.otpm,
@@ -342,8 +342,8 @@ fn open_pool(doc: &UpstreamPoolDoc, kek: Option<&Kek>) -> Result<Vec<(String, Se
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::schema::{client_key_key, pool_key, tenant_key, ClientKeyDoc, TenantDoc};
     use crate::config::{hash_key, RawConfig};
+    use crate::schema::{client_key_key, pool_key, tenant_key, ClientKeyDoc, TenantDoc};
 
     fn kvs(kek: &Kek) -> BTreeMap<String, Vec<u8>> {
         let mut m = BTreeMap::new();

@@ -7,10 +7,10 @@ use std::sync::atomic::Ordering;
 
 use prometheus::core::Collector;
 
-use super::schema::{valid_name, NodeRecord, NodeState, PathHealth};
 use crate::error::{Error, Result};
 use crate::health::UPSTREAM_FAIL_THRESHOLD;
-use crate::proxy::Shared;
+use crate::schema::{valid_name, NodeRecord, NodeState, PathHealth};
+use crate::state::Shared;
 
 /// File inside the state directory that keeps a generated node id across restarts.
 pub const NODE_ID_FILE: &str = "node-id";
@@ -88,7 +88,7 @@ impl RecordBuilder {
     }
 
     pub fn key(&self) -> String {
-        super::schema::node_key(&self.region, &self.id)
+        crate::schema::node_key(&self.region, &self.id)
     }
 
     pub fn build(&mut self, shared: &Shared) -> NodeRecord {

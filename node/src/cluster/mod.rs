@@ -9,57 +9,21 @@
 //! - [`supervisor`]: the one task that keeps the etcd session alive: lease, record,
 //!   keep-alive, watch; reconnects and resumes after any error.
 //! - [`membership`]: the node's record, its id, and the live node count.
-//! - [`config_watch`]: cluster config → validated [`crate::proxy::Snapshot`] → swap.
+//! - [`config_watch`]: cluster config → validated [`crate::state::Snapshot`] → swap.
 //! - [`snapshot_file`]: the last good config on local disk, for starts with etcd down.
 
 pub mod config_watch;
 pub mod crypto;
 pub mod etcd;
 pub mod membership;
-pub mod schema;
+pub use crate::schema;
 pub mod snapshot_file;
 pub mod store;
 pub mod supervisor;
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
-
 use prometheus::{IntCounter, IntGauge, Registry};
-use tokio::sync::Notify;
 
-/// The node's cluster state, read by `/readyz`, metrics and the limiter. Lives in
-/// [`crate::health::Health`]; all fields are atomics so readers never wait.
-#[derive(Default)]
-pub struct ClusterStatus {
-    /// The node runs with etcd (false: embedded default, file config only).
-    pub enabled: AtomicBool,
-    /// The etcd session is up: lease held, record written, watch open.
-    pub connected: AtomicBool,
-    /// etcd revision of the cluster config being served (0: none yet).
-    pub revision: AtomicI64,
-    /// The config being served came from the on-disk snapshot, not from etcd.
-    pub from_disk: AtomicBool,
-    /// Revision of the latest config that was rejected as invalid, 0 once a later
-    /// one was applied: `/readyz` warns while the cluster's config is not in force.
-    pub rejected_revision: AtomicI64,
-    /// A region or node drain in the cluster config (SIGTERM drain is separate).
-    pub draining: AtomicBool,
-    /// Node records seen under `/strait/nodes/` (all regions), this node included.
-    pub live_nodes: AtomicUsize,
-    /// Wakes the supervisor to rewrite the node record (state changed).
-    pub record_changed: Notify,
-}
-
-impl ClusterStatus {
-    /// Nodes in the cluster as last seen in etcd, at least 1 (this node). The limiter
-    /// divides a global limit by this for its safe local share.
-    pub fn live_nodes(&self) -> usize {
-        self.live_nodes.load(Ordering::Relaxed).max(1)
-    }
-
-    pub fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::Relaxed)
-    }
-}
+pub use crate::health::ClusterStatus;
 
 /// The cluster's Prometheus metrics, registered in the node's registry.
 #[derive(Clone)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::proxy::Shared;
+use crate::state::Shared;
 
 /// What a store needs to know about the node it serves.
 pub struct NodeCtx {

@@ -16,9 +16,9 @@ use tokio::sync::watch;
 use super::config_watch::{Applier, Source};
 use super::etcd::{self, EtcdStore};
 use super::membership::{Members, RecordBuilder};
-use super::schema::{NodeRecord, CONFIG_PREFIX, NODES_PREFIX, ROOT};
 use super::store::NodeCtx;
-use crate::proxy::Shared;
+use crate::schema::{NodeRecord, CONFIG_PREFIX, NODES_PREFIX, ROOT};
+use crate::state::Shared;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);

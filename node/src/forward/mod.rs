@@ -19,13 +19,14 @@ use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, StatusCode};
 
-use crate::account::{Metrics, RequestRecord};
+use crate::account::RequestRecord;
 use crate::body::RequestBody;
 use crate::config::{KeyMode, Upstream as UpstreamConfig};
 use crate::error::{Error, ErrorKind, Result};
 use crate::head::HeaderFields;
 use crate::health::UpstreamHealth;
 use crate::limits::headers as limit_headers;
+use crate::metrics::Metrics;
 use crate::route::KeyPool;
 use crate::stream;
 use crate::wire;
@@ -732,13 +733,16 @@ mod tests {
             false,
         );
         let mut own = HeaderMap::new();
-        own.insert(crate::REQUEST_ID, HeaderValue::from_static("strait_1"));
+        own.insert(
+            crate::meta::REQUEST_ID,
+            HeaderValue::from_static("strait_1"),
+        );
         let mut out = Vec::new();
         chained.write_lines(&mut out, false, &own);
         assert_eq!(out, b"set-cookie: a\r\nset-cookie: b\r\n");
         chained.insert_into(&mut own);
-        assert_eq!(own.get_all(crate::REQUEST_ID).iter().count(), 1);
-        assert_eq!(own[crate::REQUEST_ID], "strait_1");
+        assert_eq!(own.get_all(crate::meta::REQUEST_ID).iter().count(), 1);
+        assert_eq!(own[crate::meta::REQUEST_ID], "strait_1");
         assert_eq!(own.get_all("set-cookie").iter().count(), 2);
     }
 

@@ -23,10 +23,10 @@ use std::time::{Duration, SystemTime};
 
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 
-use crate::admit::{RequestMeta, RouteKind};
 use crate::config::{Config, LimitMode, RedisSettings};
 use crate::error::{Error, ErrorKind, Result};
-use crate::stream::Usage;
+pub use crate::limit_spec::{Dim, LimitSpec};
+use crate::meta::{RequestMeta, RouteKind, Usage};
 
 /// Length of the per-minute windows (RPM, ITPM, OTPM).
 pub const MINUTE: Duration = Duration::from_secs(60);
@@ -34,126 +34,6 @@ pub const MINUTE: Duration = Duration::from_secs(60);
 pub const DAY: Duration = Duration::from_secs(86_400);
 /// `retry-after` for a request refused for concurrency: slots free up as streams end.
 pub const CONCURRENCY_RETRY: Duration = Duration::from_secs(1);
-
-/// One limited quantity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Dim {
-    Requests,
-    InputTokens,
-    OutputTokens,
-    DailyTokens,
-    Concurrency,
-}
-
-impl Dim {
-    pub const ALL: [Dim; 5] = [
-        Dim::Requests,
-        Dim::InputTokens,
-        Dim::OutputTokens,
-        Dim::DailyTokens,
-        Dim::Concurrency,
-    ];
-
-    /// Metric label and `x-strait-ratelimit-dimension` value.
-    pub fn label(self) -> &'static str {
-        match self {
-            Dim::Requests => "requests",
-            Dim::InputTokens => "input_tokens",
-            Dim::OutputTokens => "output_tokens",
-            Dim::DailyTokens => "daily_tokens",
-            Dim::Concurrency => "concurrency",
-        }
-    }
-
-    fn describe(self) -> &'static str {
-        match self {
-            Dim::Requests => "requests per minute",
-            Dim::InputTokens => "input tokens per minute",
-            Dim::OutputTokens => "output tokens per minute",
-            Dim::DailyTokens => "tokens per day",
-            Dim::Concurrency => "concurrent requests",
-        }
-    }
-}
-
-/// The limits of one key or tenant; `None` means unlimited in that dimension.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LimitSpec {
-    pub rpm: Option<u64>,
-    pub itpm: Option<u64>,
-    pub otpm: Option<u64>,
-    pub concurrency: Option<u64>,
-    pub daily_tokens: Option<u64>,
-}
-
-impl LimitSpec {
-    pub fn get(&self, d: Dim) -> Option<u64> {
-        match d {
-            Dim::Requests => self.rpm,
-            Dim::InputTokens => self.itpm,
-            Dim::OutputTokens => self.otpm,
-            Dim::DailyTokens => self.daily_tokens,
-            Dim::Concurrency => self.concurrency,
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        Dim::ALL.iter().all(|d| self.get(*d).is_none())
-    }
-
-    /// Field by field: `self` where set, else `base`.
-    pub fn or(self, base: LimitSpec) -> LimitSpec {
-        LimitSpec {
-            rpm: self.rpm.or(base.rpm),
-            itpm: self.itpm.or(base.itpm),
-            otpm: self.otpm.or(base.otpm),
-            concurrency: self.concurrency.or(base.concurrency),
-            daily_tokens: self.daily_tokens.or(base.daily_tokens),
-        }
-    }
-
-    /// One node's safe share when it cannot coordinate: each limit divided by the
-    /// expected node count, rounded down (at least 1, so a key is never locked out).
-    pub fn safe_share(self, nodes: u32) -> LimitSpec {
-        let n = u64::from(nodes.max(1));
-        let share = |v: Option<u64>| v.map(|v| if v == 0 { 0 } else { (v / n).max(1) });
-        LimitSpec {
-            rpm: share(self.rpm),
-            itpm: share(self.itpm),
-            otpm: share(self.otpm),
-            concurrency: share(self.concurrency),
-            daily_tokens: share(self.daily_tokens),
-        }
-    }
-
-    /// Parses the `--default-limits` form: `rpm=60,itpm=40000,otpm=8000,concurrency=4,daily_tokens=1000000`.
-    pub fn parse(s: &str) -> std::result::Result<LimitSpec, String> {
-        let mut spec = LimitSpec::default();
-        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-            let (k, v) = item
-                .split_once('=')
-                .ok_or_else(|| format!("{item:?} is not name=value"))?;
-            let v: u64 = v
-                .trim()
-                .parse()
-                .map_err(|_| format!("{item:?}: the value must be a whole number"))?;
-            let slot = match k.trim() {
-                "rpm" => &mut spec.rpm,
-                "itpm" => &mut spec.itpm,
-                "otpm" => &mut spec.otpm,
-                "concurrency" => &mut spec.concurrency,
-                "daily_tokens" | "daily" => &mut spec.daily_tokens,
-                other => {
-                    return Err(format!(
-                    "unknown limit {other:?} (known: rpm, itpm, otpm, concurrency, daily_tokens)"
-                ))
-                }
-            };
-            *slot = Some(v);
-        }
-        Ok(spec)
-    }
-}
 
 /// What a request asks for at admission. Requests and concurrency count 1 each.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

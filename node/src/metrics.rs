@@ -1,0 +1,272 @@
+//! The node's Prometheus metrics, in a registry of their own (so several nodes can
+//! live in one test process). Every phase counts here; [`crate::account`] counts a
+//! finished request.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::meta::{RouteKind, Usage};
+
+/// Latency buckets from 0.5 ms to 5 min: gateway overhead and long generations both fit.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0, 300.0,
+];
+
+/// Every metric the node exports, in its own registry (so several nodes can live in
+/// one test process).
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub upstream_ttfb: HistogramVec,
+    /// `duration` and `upstream_ttfb` per route, resolved once: a label lookup hashes
+    /// the label values on every call, and these two are hit on every request.
+    duration_by_route: Vec<Histogram>,
+    ttfb_by_route: Vec<Histogram>,
+    /// The request and token counters of the last few label sets, resolved the same
+    /// way: a finished request looked up three (about 600 instructions).
+    recent: Mutex<Recent>,
+    pub ttft: HistogramVec,
+    pub tokens: IntCounterVec,
+    pub upstream_errors: IntCounterVec,
+    pub gateway_errors: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub active_streams: IntGauge,
+    pub stream_failures: IntCounterVec,
+    pub upstream_connections: IntGauge,
+    pub downstream_connections: IntGauge,
+    pub key_cooldowns: IntCounterVec,
+    pub keys: IntGaugeVec,
+    pub draining: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new_custom(Some("strait".into()), None).expect("valid prefix");
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(SECONDS_BUCKETS.to_vec()),
+                labels,
+            )
+            .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let keys = IntGaugeVec::new(
+            Opts::new("upstream_keys", "Upstream keys by state"),
+            &["state"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(keys.clone()))
+            .expect("unique metric");
+        let duration = histogram(
+            "request_duration_seconds",
+            "Time from request received to last byte sent",
+            &["route"],
+        );
+        let upstream_ttfb = histogram(
+            "upstream_ttfb_seconds",
+            "Time from upstream request sent to response headers",
+            &["route"],
+        );
+        let by_route = |h: &HistogramVec| {
+            RouteKind::ALL
+                .iter()
+                .map(|r| h.with_label_values(&[r.label()]))
+                .collect()
+        };
+        Arc::new(Metrics {
+            requests: counter(
+                "requests_total",
+                "Requests finished, by route, status and model",
+                &["route", "status", "model"],
+            ),
+            duration_by_route: by_route(&duration),
+            ttfb_by_route: by_route(&upstream_ttfb),
+            recent: Mutex::default(),
+            duration,
+            upstream_ttfb,
+            ttft: histogram(
+                "time_to_first_token_seconds",
+                "Time from request received to the first content delta of a stream",
+                &["model"],
+            ),
+            tokens: counter(
+                "tokens_total",
+                "Tokens reported by the upstream, by direction and model",
+                &["direction", "model"],
+            ),
+            upstream_errors: counter(
+                "upstream_errors_total",
+                "Upstream failures by kind",
+                &["kind"],
+            ),
+            gateway_errors: counter(
+                "gateway_errors_total",
+                "Errors the gateway itself answered, by type",
+                &["type"],
+            ),
+            retries: counter(
+                "upstream_retries_total",
+                "Upstream attempts repeated on another key or connection, by cause",
+                &["cause"],
+            ),
+            active_streams: gauge("active_streams", "Streaming responses in flight"),
+            stream_failures: counter(
+                "stream_failures_total",
+                "Streams that failed after they started, by cause",
+                &["cause"],
+            ),
+            upstream_connections: gauge(
+                "upstream_connections",
+                "Open upstream connections (pooled or in use)",
+            ),
+            downstream_connections: gauge("downstream_connections", "Open client connections"),
+            key_cooldowns: counter(
+                "upstream_key_cooldowns_total",
+                "Upstream keys put to rest, by reason",
+                &["reason"],
+            ),
+            keys,
+            draining: gauge("draining", "1 while the node drains"),
+            registry,
+        })
+    }
+
+    /// Counts a finished request and its tokens.
+    pub fn count(&self, route: RouteKind, status: u16, model: &str, usage: &Usage) {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let at = recent
+            .sets
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|s| s.matches(route, status, model)));
+        let at = at.unwrap_or_else(|| {
+            let mut status_text = itoa::Buffer::new();
+            let set = Resolved {
+                route,
+                status,
+                model: model.into(),
+                requests: self.requests.with_label_values(&[
+                    route.label(),
+                    status_text.format(status),
+                    model,
+                ]),
+                input: self.tokens.with_label_values(&["input", model]),
+                output: self.tokens.with_label_values(&["output", model]),
+            };
+            let at = recent.next;
+            recent.next = (at + 1) % RECENT_SETS;
+            recent.sets[at] = Some(set);
+            at
+        });
+        let set = recent.sets[at].as_ref().expect("just found or filled");
+        set.requests.inc();
+        if usage.input_tokens > 0 {
+            set.input.inc_by(usage.input_tokens);
+        }
+        if usage.output_tokens > 0 {
+            set.output.inc_by(usage.output_tokens);
+        }
+    }
+
+    /// Observes a finished request's duration and its upstream time to first byte.
+    pub fn observe_times(&self, route: RouteKind, elapsed: Duration, ttfb: Option<Duration>) {
+        self.duration_by_route[route.index()].observe(elapsed.as_secs_f64());
+        if let Some(ttfb) = ttfb {
+            self.ttfb_by_route[route.index()].observe(ttfb.as_secs_f64());
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+const RECENT_SETS: usize = 8;
+
+#[derive(Default)]
+struct Recent {
+    sets: [Option<Resolved>; RECENT_SETS],
+    next: usize,
+}
+
+/// One label set's counters, looked up once.
+struct Resolved {
+    route: RouteKind,
+    status: u16,
+    model: Box<str>,
+    requests: IntCounter,
+    input: IntCounter,
+    output: IntCounter,
+}
+
+impl Resolved {
+    fn matches(&self, route: RouteKind, status: u16, model: &str) -> bool {
+        self.route == route && self.status == status && &*self.model == model
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembered_label_sets_count_like_fresh_lookups() {
+        let m = Metrics::new();
+        let usage = Usage {
+            input_tokens: 3,
+            output_tokens: 2,
+            ..Usage::default()
+        };
+        // More label sets than are remembered, interleaved, so sets are evicted and
+        // looked up again.
+        let models: Vec<String> = (0..11).map(|i| format!("model-{i}")).collect();
+        for round in 0..3 {
+            for (i, model) in models.iter().enumerate() {
+                let status = if i % 2 == 0 { 200 } else { 429 };
+                for _ in 0..=round {
+                    m.count(RouteKind::Messages, status, model, &usage);
+                }
+            }
+        }
+        for (i, model) in models.iter().enumerate() {
+            let status = if i % 2 == 0 { "200" } else { "429" };
+            let requests = m.requests.with_label_values(&["messages", status, model]);
+            assert_eq!(requests.get(), 6, "{model}");
+            assert_eq!(m.tokens.with_label_values(&["input", model]).get(), 18);
+            assert_eq!(m.tokens.with_label_values(&["output", model]).get(), 12);
+        }
+        m.count(RouteKind::Models, 200, "", &Usage::default());
+        assert_eq!(
+            m.requests.with_label_values(&["models", "200", ""]).get(),
+            1
+        );
+        assert_eq!(m.tokens.with_label_values(&["input", ""]).get(), 0);
+    }
+}

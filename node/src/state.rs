@@ -1,0 +1,131 @@
+//! What every connection shares: the configuration, the live snapshot of keys and
+//! pools (swapped whole when the cluster config changes), the upstream client, the
+//! limiter, metrics, health and request ids. Built by [`crate::server`], read by the
+//! pipeline, the admin endpoints and the cluster supervisor.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::StatusCode;
+
+use crate::auth::{Authenticator, Principal};
+use crate::config::{Config, KeyMode};
+use crate::forward::Upstream;
+use crate::health::{Health, ReadyInputs};
+use crate::limits::Limiter;
+use crate::metrics::Metrics;
+use crate::route::KeyPool;
+
+/// The parts of configuration that can change while the node runs, swapped as one
+/// snapshot so a request sees a consistent view without taking a lock.
+pub struct Snapshot {
+    pub auth: Authenticator,
+    /// The default upstream pool: file and environment keys, plus the cluster's
+    /// `default` pool.
+    pub pool: KeyPool,
+    /// Named upstream pools from the cluster config; `Principal::pool` N > 0 is
+    /// `named_pools[N - 1]`.
+    pub named_pools: Vec<(String, KeyPool)>,
+    /// etcd revision of the cluster config in this snapshot; 0 for the file config.
+    pub revision: i64,
+}
+
+impl Snapshot {
+    pub fn new(config: &Config) -> Self {
+        Snapshot {
+            auth: Authenticator::new(config),
+            pool: KeyPool::new(&config.upstream.keys, config.upstream.key_cooldown),
+            named_pools: Vec::new(),
+            revision: 0,
+        }
+    }
+
+    /// The pool that serves `principal`.
+    pub fn pool_for(&self, principal: &Principal) -> &KeyPool {
+        match principal.pool {
+            0 => &self.pool,
+            n => self.named_pools.get(n - 1).map_or(&self.pool, |(_, p)| p),
+        }
+    }
+
+    /// Upstream keys in every pool.
+    pub fn upstream_key_count(&self) -> usize {
+        self.pool.len() + self.named_pools.iter().map(|(_, p)| p.len()).sum::<usize>()
+    }
+
+    /// Keys ready, cooling (transient) and exhausted, over every pool.
+    pub fn census(&self) -> (usize, usize, usize) {
+        let mut total = self.pool.census();
+        for (_, p) in &self.named_pools {
+            let (r, t, e) = p.census();
+            total = (total.0 + r, total.1 + t, total.2 + e);
+        }
+        total
+    }
+}
+
+/// Everything a request handler needs, shared by all connections.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub snapshot: ArcSwap<Snapshot>,
+    pub upstream: Upstream,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub request_ids: RequestIds,
+    /// Rate limits, concurrency and token budgets (phase 3).
+    pub limiter: Arc<Limiter>,
+}
+
+/// Request ids: a per-process random prefix and a counter, cheap and unique enough to
+/// find one request across the client, the node's log and the upstream.
+pub struct RequestIds {
+    prefix: String,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    pub fn new() -> Self {
+        RequestIds {
+            prefix: format!("strait_{:08x}", rand::random::<u32>()),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    pub fn next(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut id = String::with_capacity(self.prefix.len() + 17);
+        id.push_str(&self.prefix);
+        id.push('_');
+        // Lower-case hex without the formatting machinery: this runs on every request.
+        let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
+        for i in (0..digits).rev() {
+            id.push(char::from(
+                b"0123456789abcdef"[((n >> (4 * i)) & 0xf) as usize],
+            ));
+        }
+        id
+    }
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Shared {
+    /// The readiness answer, shared by the admin and public listeners.
+    pub fn readiness(&self) -> (StatusCode, String) {
+        let snap = self.snapshot.load();
+        let (ready, _transient, exhausted) = snap.census();
+        let inputs = ReadyInputs {
+            keys_ready: ready,
+            keys_exhausted: exhausted,
+            keys_total: ready + _transient + exhausted,
+            passthrough: snap.auth.mode() == KeyMode::Passthrough,
+            limiter_redis: self.limiter.redis_state(),
+        };
+        self.health.readiness(&inputs)
+    }
+}
