@@ -40,6 +40,7 @@ pub mod route;
 pub mod schema;
 pub mod secret;
 pub mod server;
+pub mod sse;
 pub mod state;
 pub mod stream;
 pub mod telemetry;

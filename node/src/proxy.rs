@@ -17,7 +17,7 @@ use crate::head::ClientRequest;
 use crate::limits::{headers as limit_headers, Dim, RateView, Reservation, ScopeKind};
 use crate::meta::{BodyKind, RouteKind};
 use crate::state::Shared;
-use crate::stream::{self, Relay};
+use crate::stream::Relay;
 
 /// What the limiter said about a request, for its response headers.
 #[derive(Default)]
@@ -196,7 +196,7 @@ async fn phases(
         .is_some_and(|v| v != b"identity");
     let kind = if encoded {
         BodyKind::Plain
-    } else if stream::is_event_stream(h) {
+    } else if crate::sse::is_event_stream(h) {
         BodyKind::Sse
     } else if route == RouteKind::Messages && fwd.response.status.is_success() {
         BodyKind::MessagesJson

@@ -28,7 +28,7 @@ use crate::health::UpstreamHealth;
 use crate::limits::headers as limit_headers;
 use crate::metrics::Metrics;
 use crate::route::KeyPool;
-use crate::stream;
+
 use crate::wire;
 
 pub use client::UpstreamBody;
@@ -244,10 +244,10 @@ impl Upstream {
                         }
                     }
                     if status.is_success() {
-                        if ctx.stream && can_retry && stream::is_event_stream(&resp.headers) {
+                        if ctx.stream && can_retry && crate::sse::is_event_stream(&resp.headers) {
                             let idle = self.config.stream_idle_timeout;
-                            match stream::peek_first_event(&mut resp.body, idle).await {
-                                Ok((first, _)) if stream::first_event_is_error(&first) => {
+                            match crate::sse::peek_first_event(&mut resp.body, idle).await {
+                                Ok((first, _)) if crate::sse::first_event_is_error(&first) => {
                                     ctx.metrics
                                         .upstream_errors
                                         .with_label_values(&["stream_error_event"])

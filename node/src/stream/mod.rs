@@ -1,0 +1,361 @@
+//! Phase 6, stream back: relay the upstream body to the client chunk by chunk, read
+//! token usage on the side without changing a byte, and end a failed stream with an
+//! SSE `error` event rather than a clean end.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use serde::Deserialize;
+use tokio::time::Sleep;
+
+use crate::account::RequestRecord;
+use crate::body::BoxError;
+use crate::error::{Error, ErrorKind};
+use crate::forward::{RelayedHeaders, UpstreamBody};
+use crate::limits::headers::RateHeaders;
+use crate::meta::{BodyKind, RouteKind, Usage};
+use crate::sse::{SseEvent, SseTap};
+
+mod usage;
+use usage::parse_json_usage;
+
+/// Above this, a non-streaming JSON response is relayed without reading its usage:
+/// Messages responses are far smaller, and the copy must stay bounded.
+const MAX_JSON_TAP: usize = 4 * 1024 * 1024;
+
+/// How the relay looks at the bytes going by.
+enum Tap {
+    /// Not a Messages response (models, files, ...): bytes only.
+    None,
+    /// A non-streaming Messages JSON response: keep refcounted chunks, parse at the end.
+    /// A reply usually comes in one or two chunks: no allocation for the list.
+    Json {
+        chunks: smallvec::SmallVec<[Bytes; 2]>,
+        len: usize,
+    },
+    /// A streaming response: forward whole events, parse the few that carry usage.
+    Sse(SseTap),
+}
+
+enum State {
+    Streaming,
+    Done,
+}
+
+/// The relayed response body. Owns the request's record and finishes it on drop,
+/// so a request is accounted for however it ends (completed, failed, client gone).
+pub struct Relay {
+    inner: UpstreamBody,
+    tap: Tap,
+    /// Bytes to emit before polling upstream again (a peeked first event, or the
+    /// final error event).
+    pending: Option<Bytes>,
+    idle: Duration,
+    /// When the upstream counts as stalled: `idle` after the relay started waiting
+    /// for the next frame. Set when it has to wait (a clock read costs more than
+    /// relaying a small reply), cleared by each frame.
+    deadline: Option<tokio::time::Instant>,
+    /// Made the first time the upstream has nothing ready (a small reply that arrives
+    /// with its head never needs one).
+    timer: Option<Pin<Box<Sleep>>>,
+    state: State,
+    record: RequestRecord,
+    counted_stream: bool,
+    /// The client's own rate-limit headers, for the server to write into the head
+    /// (see `limits::headers::RateHeaders`): carried here rather than as a response
+    /// extension, which costs three allocations per request.
+    pub rate_headers: Option<RateHeaders>,
+    /// The upstream's own response fields, written the same way.
+    pub relayed: Option<RelayedHeaders>,
+}
+
+impl Relay {
+    pub fn new(
+        inner: UpstreamBody,
+        kind: BodyKind,
+        prefix: Option<Bytes>,
+        idle: Duration,
+        record: RequestRecord,
+    ) -> Self {
+        let tap = match kind {
+            BodyKind::Plain => Tap::None,
+            BodyKind::MessagesJson => Tap::Json {
+                chunks: smallvec::SmallVec::new(),
+                len: 0,
+            },
+            BodyKind::Sse => Tap::Sse(SseTap::default()),
+        };
+        let counted_stream = kind == BodyKind::Sse;
+        if counted_stream {
+            record.metrics.active_streams.inc();
+        }
+        let mut relay = Relay {
+            inner,
+            tap,
+            pending: None,
+            idle,
+            deadline: None,
+            timer: None,
+            rate_headers: None,
+            relayed: None,
+            state: State::Streaming,
+            record,
+            counted_stream,
+        };
+        if let Some(p) = prefix {
+            relay.pending = relay.on_data(p);
+        }
+        relay
+    }
+
+    /// Runs the tap over a chunk and returns what to forward now.
+    fn on_data(&mut self, chunk: Bytes) -> Option<Bytes> {
+        let out = match &mut self.tap {
+            Tap::None => Some(chunk),
+            Tap::Json { chunks, len } => {
+                if *len + chunk.len() <= MAX_JSON_TAP {
+                    *len += chunk.len();
+                    chunks.push(chunk.clone());
+                } else {
+                    *len = usize::MAX / 2;
+                    chunks.clear();
+                }
+                Some(chunk)
+            }
+            Tap::Sse(sse) => {
+                let out = sse.split_complete(chunk);
+                if let Some(events) = &out {
+                    let rec = &mut self.record;
+                    sse.scan(events, |ev| on_event(rec, ev));
+                }
+                out
+            }
+        };
+        if let Some(b) = &out {
+            self.record.bytes_out += b.len() as u64;
+        }
+        out
+    }
+
+    /// The upstream finished cleanly. Returns any final bytes to send.
+    fn on_end(&mut self) -> Option<Bytes> {
+        self.state = State::Done;
+        match std::mem::replace(&mut self.tap, Tap::None) {
+            Tap::None => None,
+            Tap::Json { chunks, len } => {
+                if len <= MAX_JSON_TAP {
+                    self.record.usage = parse_json_usage(&chunks).unwrap_or_default();
+                }
+                self.record.outcome = "complete";
+                None
+            }
+            Tap::Sse(sse) => {
+                let tail = (!sse.tail.is_empty()).then(|| sse.tail.freeze());
+                if sse.saw_stop || sse.saw_error || self.record.route != RouteKind::Messages {
+                    self.record.outcome = if sse.saw_error {
+                        "upstream_error_event"
+                    } else {
+                        "complete"
+                    };
+                    return tail;
+                }
+                // The upstream closed without message_stop: to the client this must not
+                // look like a finished message.
+                self.fail_stream(
+                    "truncated",
+                    Error::new(
+                        ErrorKind::UpstreamProtocol,
+                        "upstream stream ended before message_stop",
+                    ),
+                )
+            }
+        }
+    }
+
+    /// The upstream failed or went idle mid-body.
+    fn on_failure(
+        &mut self,
+        cause: &'static str,
+        err: Error,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if matches!(self.tap, Tap::Sse(_)) {
+            self.state = State::Done;
+            let ev = self.fail_stream(cause, err);
+            return Poll::Ready(ev.map(|b| Ok(Frame::data(b))));
+        }
+        self.state = State::Done;
+        self.record.outcome = "upstream_failed";
+        self.record.error = Some(err.label());
+        self.record
+            .metrics
+            .stream_failures
+            .with_label_values(&[cause])
+            .inc();
+        tracing::warn!(request_id = %self.record.request_id, cause, "upstream body failed: {err}");
+        // An error here makes hyper abort the response, which is the only honest
+        // signal left once the status line has gone out.
+        Poll::Ready(Some(Err(Box::new(err))))
+    }
+
+    fn fail_stream(&mut self, cause: &'static str, err: Error) -> Option<Bytes> {
+        self.state = State::Done;
+        self.record.outcome = "upstream_failed";
+        self.record.error = Some(err.label());
+        self.record
+            .metrics
+            .stream_failures
+            .with_label_values(&[cause])
+            .inc();
+        tracing::warn!(request_id = %self.record.request_id, cause, "stream failed after start: {err}");
+        let ev = err.sse_event();
+        self.record.bytes_out += ev.len() as u64;
+        Some(ev)
+    }
+}
+
+fn on_event(rec: &mut RequestRecord, ev: SseEvent<'_>) {
+    match ev.name {
+        "content_block_delta" if rec.ttft.is_none() => {
+            rec.ttft = Some(rec.started.elapsed());
+        }
+        "message_start" => {
+            #[derive(Deserialize)]
+            struct Start {
+                message: StartMessage,
+            }
+            #[derive(Deserialize)]
+            struct StartMessage {
+                #[serde(default)]
+                usage: Usage,
+            }
+            if let Ok(s) = serde_json::from_slice::<Start>(ev.data) {
+                rec.usage = s.message.usage;
+            }
+        }
+        "message_delta" => {
+            #[derive(Deserialize)]
+            struct Delta {
+                usage: Option<DeltaUsage>,
+            }
+            #[derive(Deserialize)]
+            struct DeltaUsage {
+                output_tokens: Option<u64>,
+                input_tokens: Option<u64>,
+            }
+            if let Ok(Delta { usage: Some(u) }) = serde_json::from_slice::<Delta>(ev.data) {
+                // message_delta counts are cumulative, so they replace, not add.
+                if let Some(o) = u.output_tokens {
+                    rec.usage.output_tokens = o;
+                }
+                if let Some(i) = u.input_tokens {
+                    rec.usage.input_tokens = i;
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+impl Body for Relay {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(b) = this.pending.take() {
+                return Poll::Ready(Some(Ok(Frame::data(b))));
+            }
+            if matches!(this.state, State::Done) {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    this.deadline = None;
+                    match frame.into_data() {
+                        Ok(data) => {
+                            if let Some(out) = this.on_data(data) {
+                                return Poll::Ready(Some(Ok(Frame::data(out))));
+                            }
+                        }
+                        Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    let err = Error::new(
+                        ErrorKind::UpstreamProtocol,
+                        "upstream connection failed mid-response",
+                    )
+                    .with_detail(e);
+                    return this.on_failure("upstream_reset", err);
+                }
+                Poll::Ready(None) => {
+                    this.pending = this.on_end();
+                    continue;
+                }
+                Poll::Pending => {
+                    let idle = this.idle;
+                    let deadline = *this
+                        .deadline
+                        .get_or_insert_with(|| tokio::time::Instant::now() + idle);
+                    let timer = this
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    if timer.deadline() != deadline {
+                        timer.as_mut().reset(deadline);
+                    }
+                    if timer.as_mut().poll(cx).is_ready() {
+                        let err = Error::new(
+                            ErrorKind::UpstreamTimeout,
+                            "upstream stalled: no data within the idle timeout",
+                        );
+                        return this.on_failure("idle_timeout", err);
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done) && self.pending.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match (&self.tap, &self.pending) {
+            (Tap::Sse(_), _) | (_, Some(_)) => SizeHint::default(),
+            _ => self.inner.size_hint(),
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if self.counted_stream {
+            self.record.metrics.active_streams.dec();
+        }
+        if matches!(self.state, State::Streaming) {
+            self.record.outcome = "client_gone";
+        }
+        if let Tap::Json { chunks, len } = &self.tap {
+            // hyper stops polling once content-length bytes are out, so a complete body
+            // often ends here rather than in `on_end`. Whether it was complete is the
+            // upstream body's to say (its length was reached), not whether the JSON read
+            // so far happens to contain a usage object.
+            if matches!(self.state, State::Streaming) && self.inner.is_end_stream() {
+                if *len <= MAX_JSON_TAP {
+                    self.record.usage = parse_json_usage(chunks).unwrap_or_default();
+                }
+                self.record.outcome = "complete";
+            }
+        }
+        self.record.finish();
+    }
+}

@@ -1,0 +1,449 @@
+//! Token usage read from a non-streaming Messages reply without changing a byte:
+//! found from the end of the document where Anthropic puts it, read by hand when it
+//! is plain, and by serde otherwise.
+
+use bytes::Bytes;
+use serde::Deserialize;
+
+use crate::meta::Usage;
+
+pub fn parse_json_usage(chunks: &[Bytes]) -> Option<Usage> {
+    let joined;
+    let json: &[u8] = if chunks.len() == 1 {
+        &chunks[0]
+    } else {
+        joined = chunks.concat();
+        &joined
+    };
+    if let Some(usage) = usage_at_end(json) {
+        return Some(usage);
+    }
+    // Only the top-level `usage` object is parsed: running serde over the whole reply
+    // (content included) cost more than the rest of the response path.
+    let value =
+        top_level_value_from_end(json, b"usage").or_else(|| top_level_value(json, b"usage"))?;
+    if let Some(usage) = flat_usage(value) {
+        return Some(usage);
+    }
+    let mut de = serde_json::Deserializer::from_slice(value);
+    Option::<Usage>::deserialize(&mut de).ok()?
+}
+
+/// The usage object read by hand when its values are integers, strings, nulls and
+/// objects of those (Anthropic nests `cache_creation` and `server_tool_use` one level
+/// deep); `None` for anything else, and for anything serde would refuse (a null or
+/// repeated count), which then goes to serde. The derive's field matching was the
+/// larger part of the relay's cost per request.
+fn flat_usage(v: &[u8]) -> Option<Usage> {
+    let mut usage = Usage::default();
+    object_len(v, Some(&mut usage))?;
+    Some(usage)
+}
+
+/// The top-level `usage` when it is the last member of the document, as Anthropic
+/// sends it. The object is found by counting braces back from the document's end (a
+/// brace inside a string can mislead that, but only into a place the checks below
+/// refuse); it must follow the key `"usage"` (its quote not escaped) and `:`, read
+/// whole by [`flat_usage`]'s scan, and be followed only by the document's closing brace.
+/// In valid JSON an unescaped quote followed by `usage"` opens a key (after a closing
+/// quote only `,:}]` may follow), and an object whose close is the document's last
+/// byte is the document itself. `None` for anything else, which goes to the scans
+/// below.
+fn usage_at_end(json: &[u8]) -> Option<Usage> {
+    let doc = json.trim_ascii();
+    if doc.first() != Some(&b'{') || doc.last() != Some(&b'}') {
+        return None;
+    }
+    let mut depth = 0u32;
+    let mut at = doc.len() - 1;
+    let open = loop {
+        at = memchr::memrchr2(b'{', b'}', &doc[..at])?;
+        if doc[at] == b'}' {
+            depth += 1;
+        } else if depth <= 1 {
+            break at;
+        } else {
+            depth -= 1;
+        }
+    };
+    let key = doc[..open]
+        .trim_ascii_end()
+        .strip_suffix(b":")?
+        .trim_ascii_end()
+        .strip_suffix(b"\"usage\"")?;
+    if key.iter().rev().take_while(|b| **b == b'\\').count() % 2 == 1 {
+        return None;
+    }
+    let mut usage = Usage::default();
+    let len = object_len(&doc[open..], Some(&mut usage))?;
+    (doc[open + len..].trim_ascii() == b"}").then_some(usage)
+}
+
+/// How many bytes of `v` a JSON object takes, read by hand: members whose values are
+/// unsigned integers, strings or nulls, and (for the usage object itself, `usage` is
+/// `Some`) objects of those, skipped. The usage counts are stored into `usage`; a null,
+/// repeated or non-integer count is `None`, as is anything the scan does not cover.
+fn object_len(v: &[u8], mut usage: Option<&mut Usage>) -> Option<usize> {
+    let mut seen = 0u8;
+    let mut i = json_ws(v, 0);
+    if v.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = json_ws(v, i + 1);
+    if v.get(i) == Some(&b'}') {
+        return Some(i + 1);
+    }
+    loop {
+        if v.get(i) != Some(&b'"') {
+            return None;
+        }
+        let (key_end, escaped) = string_end(v, i)?;
+        if escaped {
+            return None;
+        }
+        let key = &v[i + 1..key_end - 1];
+        let nested = usage.is_some();
+        let field = match (key, usage.as_deref_mut()) {
+            (b"input_tokens", Some(u)) => Some((0, &mut u.input_tokens)),
+            (b"output_tokens", Some(u)) => Some((1, &mut u.output_tokens)),
+            (b"cache_creation_input_tokens", Some(u)) => {
+                Some((2, &mut u.cache_creation_input_tokens))
+            }
+            (b"cache_read_input_tokens", Some(u)) => Some((3, &mut u.cache_read_input_tokens)),
+            _ => None,
+        };
+        i = json_ws(v, key_end);
+        if v.get(i) != Some(&b':') {
+            return None;
+        }
+        i = json_ws(v, i + 1);
+        match (v.get(i)?, field) {
+            (b'0'..=b'9', field) => {
+                let mut n = 0u64;
+                let start = i;
+                while let Some(d @ b'0'..=b'9') = v.get(i) {
+                    // Past 19 digits the count may overflow: serde decides.
+                    if i - start == 19 {
+                        return None;
+                    }
+                    n = n * 10 + u64::from(d - b'0');
+                    i += 1;
+                }
+                if matches!(v.get(i), Some(b'.' | b'e' | b'E')) {
+                    return None;
+                }
+                if let Some((bit, slot)) = field {
+                    if seen & (1 << bit) != 0 {
+                        return None;
+                    }
+                    seen |= 1 << bit;
+                    *slot = n;
+                }
+            }
+            (b'n', None) if v[i..].starts_with(b"null") => i += 4,
+            (b'"', None) => i = string_end(v, i)?.0,
+            (b'{', None) if nested => i += object_len(&v[i..], None)?,
+            _ => return None,
+        }
+        i = json_ws(v, i);
+        match v.get(i)? {
+            b',' => i = json_ws(v, i + 1),
+            b'}' => return Some(i + 1),
+            _ => return None,
+        }
+    }
+}
+
+/// The first index at or after `i` that is not JSON whitespace (a plain loop: the
+/// runs are a byte or two, shorter than a call into memchr pays for).
+fn json_ws(v: &[u8], mut i: usize) -> usize {
+    while let Some(b' ' | b'\t' | b'\n' | b'\r') = v.get(i) {
+        i += 1;
+    }
+    i
+}
+
+/// For the string whose opening quote is at `i`: the index just past its closing
+/// quote, and whether it held an escape. `None` if it does not end.
+fn string_end(v: &[u8], i: usize) -> Option<(usize, bool)> {
+    let mut j = i + 1;
+    let mut escaped = false;
+    loop {
+        j += memchr::memchr2(b'"', b'\\', v.get(j..)?)?;
+        if v[j] == b'"' {
+            return Some((j + 1, escaped));
+        }
+        escaped = true;
+        j += 2;
+    }
+}
+
+/// The bytes from the start of `key`'s value in the top-level JSON object `json` to
+/// the end of the document; `None` when `json` has no such top-level key. Keys nested
+/// deeper (a tool input's own `usage`, say) are skipped, as are strings.
+fn top_level_value<'a>(json: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let mut depth = 0u32;
+    let mut i = 0;
+    while i < json.len() {
+        match json[i] {
+            b'"' => {
+                let start = i + 1;
+                let mut j = start;
+                let end = loop {
+                    let k = j + memchr::memchr2(b'"', b'\\', json.get(j..)?)?;
+                    if json[k] == b'"' {
+                        break k;
+                    }
+                    j = k + 2;
+                };
+                i = end + 1;
+                if depth == 1 && &json[start..end] == key {
+                    let rest = json[i..].trim_ascii_start();
+                    if let Some(value) = rest.strip_prefix(b":") {
+                        return Some(value.trim_ascii_start());
+                    }
+                }
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                i += 1;
+            }
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// [`top_level_value`] searched from the end of the document, where Anthropic puts
+/// `usage`, so the content before it is not scanned. Only for a document that starts
+/// with `{` and ends with `}`; `None` sends the caller to the forward scan.
+fn top_level_value_from_end<'a>(json: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let doc = json.trim_ascii();
+    if doc.first() != Some(&b'{') || doc.last() != Some(&b'}') {
+        return None;
+    }
+    let mut depth = 0u32;
+    let mut i = doc.len();
+    while i > 0 {
+        i -= 1;
+        match doc[i] {
+            b'}' | b']' => depth += 1,
+            b'{' | b'[' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return None;
+                }
+            }
+            b'"' => {
+                // A closing quote: find the opening one, skipping escaped quotes (those
+                // after an odd number of backslashes).
+                let end = i;
+                loop {
+                    i = memchr::memrchr(b'"', &doc[..i])?;
+                    let escapes = doc[..i].iter().rev().take_while(|b| **b == b'\\').count();
+                    if escapes % 2 == 0 {
+                        break;
+                    }
+                }
+                if depth == 1 && &doc[i + 1..end] == key {
+                    let rest = doc[end + 1..].trim_ascii_start();
+                    if let Some(value) = rest.strip_prefix(b":") {
+                        return Some(value.trim_ascii_start());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hand_read_usage_agrees_with_serde() {
+        let serde = |v: &str| {
+            let mut de = serde_json::Deserializer::from_slice(v.as_bytes());
+            Option::<Usage>::deserialize(&mut de).ok().flatten()
+        };
+        for v in [
+            r#"{"input_tokens":12,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":10}}"#,
+            r#"{ "input_tokens" : 5 , "output_tokens": 7, "service_tier": "standard", "server_tool_use": null }"#,
+            r#"{"input_tokens":1,"note":"a \" quoted } brace","output_tokens":2}"#,
+            r#"{}"#,
+            r#"{"output_tokens":3}, "x": 1}"#,
+            // As Anthropic sends it today: nested cache_creation, service_tier last.
+            r#"{"input_tokens":12,"cache_creation_input_tokens":5,"cache_read_input_tokens":3,"cache_creation":{"ephemeral_5m_input_tokens":5,"ephemeral_1h_input_tokens":0},"output_tokens":10,"service_tier":"standard"}"#,
+            r#"{"input_tokens":1,"server_tool_use":{ "web_search_requests" : 2 , "x": null, "y": "}" },"output_tokens":2}"#,
+            r#"{"input_tokens":1,"cache_creation":{},"output_tokens":2}"#,
+        ] {
+            assert_eq!(flat_usage(v.as_bytes()), serde(v), "{v}");
+            assert!(flat_usage(v.as_bytes()).is_some(), "{v}");
+        }
+        // Shapes left to serde (and what serde makes of them).
+        for v in [
+            r#"{"input_tokens":1,"cache_creation":{"a":{"b":0}},"output_tokens":2}"#,
+            r#"{"input_tokens":1,"cache_creation":{"a":true},"output_tokens":2}"#,
+            r#"{"input_tokens":{"a":1},"output_tokens":2}"#,
+            r#"{"input_tokens":1,"cache_creation":{"a":1}"#,
+            r#"{"input_tokens":null,"output_tokens":2}"#,
+            r#"{"input_tokens":1,"input_tokens":2}"#,
+            r#"{"input_tokens":1.5}"#,
+            r#"{"input_tokens":-1}"#,
+            r#"{"input_tokens":99999999999999999999}"#,
+            r#"{"flag":true,"output_tokens":2}"#,
+            r#"null"#,
+            r#"{"input_tokens":1"#,
+        ] {
+            assert_eq!(flat_usage(v.as_bytes()), None, "{v}");
+        }
+        assert_eq!(
+            serde(r#"{"input_tokens":1,"cache_creation":{"x":0},"output_tokens":2}"#),
+            Some(Usage {
+                input_tokens: 1,
+                output_tokens: 2,
+                ..Default::default()
+            })
+        );
+    }
+
+    #[test]
+    fn usage_is_read_from_the_top_level_only() {
+        let reply = br#"{"id":"m","content":[{"type":"tool_use","input":{"usage":{"input_tokens":999},"q":"a \"usage\": {\"input_tokens\": 7} ]}"}}],"usage":{"input_tokens":12,"output_tokens":10},"x":1}"#;
+        let usage = parse_json_usage(&[Bytes::from_static(reply)]).unwrap();
+        assert_eq!((usage.input_tokens, usage.output_tokens), (12, 10));
+        let (a, b) = reply.split_at(40);
+        let split = [Bytes::copy_from_slice(a), Bytes::copy_from_slice(b)];
+        assert_eq!(parse_json_usage(&split), Some(usage));
+        assert_eq!(
+            parse_json_usage(&[Bytes::from_static(b"{\"usage\":null}")]),
+            None
+        );
+        assert_eq!(
+            parse_json_usage(&[Bytes::from_static(b"{\"a\":{\"usage\":{}}}")]),
+            None
+        );
+        assert_eq!(
+            parse_json_usage(&[Bytes::from_static(b"{\"usage\":{\"inp")]),
+            None
+        );
+        assert_eq!(
+            parse_json_usage(&[Bytes::from_static(b"\"unterminated \\")]),
+            None
+        );
+        assert_eq!(
+            parse_json_usage(&[Bytes::from_static(b"}}{\"usage\":{}}")]),
+            None
+        );
+    }
+
+    #[test]
+    fn the_search_from_the_end_agrees_with_the_forward_scan() {
+        for doc in [
+            &br#"{"id":"m","content":[{"text":"} "usage": {"}],"usage":{"input_tokens":3},"x":"\"}"#[..],
+            br#"{"usage":{"input_tokens":1},"content":[{"usage":{"input_tokens":2}}]}"#,
+            br#" {"a":{"usage":5},"b":"usage","usage" : {"output_tokens":4}} "#,
+            br#"{"a":{"usage":5}}"#,
+            br#"{"usage":null}"#,
+        ] {
+            assert_eq!(
+                top_level_value_from_end(doc, b"usage").map(|v| v.trim_ascii_end()),
+                top_level_value(doc, b"usage").map(|v| v.trim_ascii_end()),
+                "{}",
+                String::from_utf8_lossy(doc)
+            );
+        }
+        assert!(top_level_value_from_end(br#"{"usage":{"inp"#, b"usage").is_none());
+    }
+
+    #[test]
+    fn usage_found_at_the_end_agrees_with_the_scans() {
+        let docs: [&[u8]; 15] = [
+            br#"{"id":"m","content":[{"text":"a \"usage\": {\"input_tokens\":9}}"}],"usage":{"input_tokens":3,"output_tokens":4}}"#,
+            br#"{"usage":{"input_tokens":1},"content":[{"usage":{"input_tokens":2}}]}"#,
+            br#" {"a":{"usage":5},"b":"usage","usage" : {"output_tokens":4} } "#,
+            br#"{"a":{"usage":{"input_tokens":7}}}"#,
+            br#"{"a":"usage"}"#,
+            br#"{"x":["usage",{"input_tokens":1}]}"#,
+            br#"{"usage":{"input_tokens":1},"usage":{"input_tokens":2}}"#,
+            br#"{"usage":null}"#,
+            br#"{"usage":{"input_tokens":1,"server_tool_use":{"web_search_requests":1}}}"#,
+            br#"{"usage":{"input_tokens":1}"#,
+            br#"{"x\"usage":{"input_tokens":1}}"#,
+            br#"{"usage":{"input_tokens":1,"service_tier":"{x"}}"#,
+            br#"{"id":"m","content":[{"type":"text","text":"x"}],"usage":{"input_tokens":12,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"cache_creation":{"ephemeral_5m_input_tokens":0,"ephemeral_1h_input_tokens":0},"output_tokens":10,"service_tier":"standard"}}"#,
+            br#"{"usage":{"input_tokens":1},"t":"\"usage\":{\"input_tokens\":9}"}"#,
+            br#"{"usage":{"input_tokens":1,"cache_creation":{"a":{"b":1}}}}"#,
+        ];
+        for doc in docs {
+            let chunks = [Bytes::from_static(doc)];
+            if let Some(fast) = usage_at_end(doc) {
+                let value = top_level_value_from_end(doc, b"usage")
+                    .or_else(|| top_level_value(doc, b"usage"))
+                    .unwrap_or_else(|| panic!("{}", String::from_utf8_lossy(doc)));
+                let mut de = serde_json::Deserializer::from_slice(value);
+                let slow = Option::<Usage>::deserialize(&mut de).ok().flatten();
+                assert_eq!(Some(fast), slow, "{}", String::from_utf8_lossy(doc));
+            }
+            assert!(parse_json_usage(&chunks).is_some() || usage_at_end(doc).is_none());
+        }
+        assert_eq!(usage_at_end(docs[0]).map(|u| u.output_tokens), Some(4));
+        assert_eq!(usage_at_end(docs[2]).map(|u| u.output_tokens), Some(4));
+        assert_eq!(usage_at_end(docs[8]).map(|u| u.input_tokens), Some(1));
+        assert_eq!(usage_at_end(docs[12]).map(|u| u.output_tokens), Some(10));
+        // A brace inside a string in the usage (11) misleads the count back; the
+        // scans read it.
+        for none in [1, 3, 4, 5, 7, 9, 10, 11, 13, 14] {
+            assert_eq!(usage_at_end(docs[none]), None, "{none}");
+        }
+    }
+
+    /// Every one-byte change (and deletion) of an Anthropic reply: whenever the search
+    /// from the end answers and the document is valid JSON, serde reads the same
+    /// top-level usage from the whole document.
+    #[test]
+    fn usage_found_at_the_end_agrees_with_serde_under_mutation() {
+        let reply = br#"{"id":"m","content":[{"type":"text","text":"a \"usage\": {}"}],"stop_sequence":null,"usage":{"input_tokens":12,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"cache_creation":{"ephemeral_5m_input_tokens":0,"ephemeral_1h_input_tokens":0},"output_tokens":10,"service_tier":"standard"}}"#;
+        let (mut checked, mut answered) = (0, 0);
+        let mut check = |doc: &[u8]| {
+            let Some(fast) = usage_at_end(doc) else {
+                return;
+            };
+            answered += 1;
+            let Ok(value) = serde_json::from_slice::<serde_json::Value>(doc) else {
+                return;
+            };
+            let slow = serde_json::from_value::<Usage>(value["usage"].clone()).ok();
+            assert_eq!(Some(fast), slow, "{}", String::from_utf8_lossy(doc));
+            checked += 1;
+        };
+        check(reply);
+        for at in 0..reply.len() {
+            let mut doc = reply.to_vec();
+            doc.remove(at);
+            check(&doc);
+            for b in *br#"{}"\:,09a n"# {
+                let mut doc = reply.to_vec();
+                doc[at] = b;
+                check(&doc);
+            }
+        }
+        assert!(checked > 500 && answered >= checked, "{checked} {answered}");
+    }
+
+    #[test]
+    fn json_usage_is_read_across_chunks() {
+        let chunks = [
+            Bytes::from_static(b"{\"id\":\"m\",\"usage\":{\"input_"),
+            Bytes::from_static(b"tokens\":5,\"output_tokens\":7}}"),
+        ];
+        let u = parse_json_usage(&chunks).unwrap();
+        assert_eq!((u.input_tokens, u.output_tokens), (5, 7));
+    }
+}
