@@ -3,9 +3,9 @@
 
 use http::{header, HeaderValue, Response, StatusCode};
 
-use crate::body::ProxyBody;
 use crate::head::ClientRequest;
 use crate::state::Shared;
+use crate::stream::ProxyBody;
 
 /// Serves one admin request.
 pub fn handle(shared: &Shared, req: ClientRequest) -> Response<ProxyBody> {

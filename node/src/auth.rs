@@ -169,7 +169,7 @@ pub fn presented_key(headers: &HeaderFields) -> Option<&str> {
     fn text(v: &[u8]) -> Option<&str> {
         std::str::from_utf8(v).ok()
     }
-    if let Some(v) = headers.get(&crate::forward::X_API_KEY).and_then(text) {
+    if let Some(v) = headers.get(&crate::head::X_API_KEY).and_then(text) {
         let v = v.trim();
         if !v.is_empty() {
             return Some(v);

@@ -1,6 +1,6 @@
-//! Body types: the client's request body as the servers hand it over, the body sent
-//! upstream, and the response body (a small in-memory body for gateway-made responses,
-//! or the relayed upstream stream).
+//! Request body types: the client's request body as the servers hand it over, and the
+//! body sent upstream (buffered and replayable, or streamed under the size limit).
+//! The response body belongs to the stream phase ([`crate::stream::ProxyBody`]).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -8,78 +8,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use crate::forward::RelayedHeaders;
-use crate::limits::headers::RateHeaders;
-use crate::stream::Relay;
-
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// A response body: either bytes made here or an upstream body being relayed.
-/// An enum rather than a trait object: one concrete type for hyper, and the relay
-/// boxed once so small responses stay small.
-pub enum ProxyBody {
-    Full(Option<Bytes>),
-    Relay(Box<Relay>),
-}
-
-impl ProxyBody {
-    pub fn full(data: impl Into<Bytes>) -> Self {
-        let data = data.into();
-        ProxyBody::Full(if data.is_empty() { None } else { Some(data) })
-    }
-
-    pub fn empty() -> Self {
-        ProxyBody::Full(None)
-    }
-
-    /// The upstream's fields that go with this body's response (relayed responses
-    /// only), taken once the head is written: a stream should not hold its head's
-    /// bytes for as long as it runs.
-    pub fn take_relayed_headers(&mut self) -> Option<RelayedHeaders> {
-        match self {
-            ProxyBody::Relay(relay) => relay.relayed.take(),
-            ProxyBody::Full(_) => None,
-        }
-    }
-
-    /// Rate-limit headers that go with this body's response (relayed responses only).
-    pub fn rate_headers(&self) -> Option<&RateHeaders> {
-        match self {
-            ProxyBody::Relay(relay) => relay.rate_headers.as_ref(),
-            ProxyBody::Full(_) => None,
-        }
-    }
-}
-
-impl Body for ProxyBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            ProxyBody::Relay(relay) => Pin::new(relay.as_mut()).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ProxyBody::Full(data) => data.is_none(),
-            ProxyBody::Relay(relay) => relay.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ProxyBody::Full(Some(d)) => SizeHint::with_exact(d.len() as u64),
-            ProxyBody::Full(None) => SizeHint::with_exact(0),
-            ProxyBody::Relay(relay) => relay.size_hint(),
-        }
-    }
-}
 
 /// A client's request body as the listener hands it over.
 pub enum ClientBody {

@@ -1,5 +1,7 @@
 //! The node's one error type: every failure is classified once here and mapped to an
-//! Anthropic-shaped HTTP response in exactly one place ([`Error::into_response`]).
+//! Anthropic-shaped HTTP response in exactly one place ([`Error::into_response`]):
+//! status, fields and body bytes. It knows nothing of the node's response bodies
+//! (any body made from bytes will do), so every layer can use it.
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -7,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
-use crate::body::ProxyBody;
+use crate::meta::REQUEST_ID;
 
 /// Response header set on every response the gateway itself made (as opposed to one
 /// passed through from the upstream), so clients and operators can tell them apart.
@@ -139,12 +141,6 @@ impl Error {
         }
     }
 
-    /// Whether trying again on another key or connection may succeed. Only consulted
-    /// while nothing has been sent to the client yet.
-    pub fn retryable(&self) -> bool {
-        matches!(self.kind, ErrorKind::UpstreamConnect)
-    }
-
     /// Anthropic's error JSON: `{"type":"error","error":{"type":..,"message":..}}`.
     pub fn body_json(&self) -> String {
         serde_json::json!({
@@ -161,17 +157,16 @@ impl Error {
     }
 
     /// The one place a gateway-made error becomes an HTTP response.
-    pub fn into_response(self, request_id: &HeaderValue) -> Response<ProxyBody> {
+    pub fn into_response<B: From<Bytes>>(self, request_id: &HeaderValue) -> Response<B> {
         let mut resp = self.bare_response();
-        resp.headers_mut()
-            .insert(crate::meta::REQUEST_ID, request_id.clone());
+        resp.headers_mut().insert(REQUEST_ID, request_id.clone());
         resp
     }
 
     /// The response without a request id: for requests refused before they got one
     /// (a malformed or oversized head, answered by the HTTP/1.1 server itself).
-    pub fn bare_response(self) -> Response<ProxyBody> {
-        let mut resp = Response::new(ProxyBody::full(Bytes::from(self.body_json())));
+    pub fn bare_response<B: From<Bytes>>(self) -> Response<B> {
+        let mut resp = Response::new(B::from(Bytes::from(self.body_json())));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
         h.insert(

@@ -8,7 +8,7 @@
 //! upstream as they came.
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, Method, Uri, Version};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, Version};
 
 use crate::body::ClientBody;
 
@@ -155,7 +155,7 @@ impl HeaderFields {
             HeaderFields::Map(map) => {
                 for (name, value) in map {
                     if keep(name.as_str().as_bytes()) {
-                        crate::wire::put_header(out, name, value);
+                        put_header(out, name, value);
                     }
                 }
                 return;
@@ -244,6 +244,25 @@ impl<'a> Iterator for Values<'a> {
                 .map(|f| raw.slice(f.value)),
         }
     }
+}
+
+/// The header the gateway reads client keys from, and sends the upstream key in.
+pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+/// The client addresses a request came through, relayed upstream with the peer added.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// Writes one HTTP/1.1 header line.
+pub fn put_header(buf: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    put_field(buf, name.as_str().as_bytes(), value.as_bytes());
+}
+
+/// A header line from a name and value already checked (parsed by httparse, or from
+/// `HeaderName` and `HeaderValue`).
+pub fn put_field(buf: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    buf.extend_from_slice(name);
+    buf.extend_from_slice(b": ");
+    buf.extend_from_slice(value);
+    buf.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]

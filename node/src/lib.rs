@@ -31,6 +31,7 @@ pub mod error;
 pub mod forward;
 pub mod head;
 pub mod health;
+pub mod http1;
 pub mod limit_spec;
 pub mod limits;
 pub mod meta;
@@ -44,7 +45,6 @@ pub mod sse;
 pub mod state;
 pub mod stream;
 pub mod telemetry;
-pub mod wire;
 
 pub use error::{Error, ErrorKind};
 pub use server::Node;

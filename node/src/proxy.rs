@@ -10,14 +10,15 @@ use http::{header, HeaderValue, Response};
 
 use crate::account::RequestRecord;
 use crate::admit;
-use crate::body::ProxyBody;
 use crate::error::{Error, ErrorKind};
 use crate::forward::{ForwardCtx, Forwarded, RelayedHeaders, UpstreamHeaders, UpstreamResponse};
 use crate::head::ClientRequest;
+use crate::http1::Reply;
 use crate::limits::{headers as limit_headers, Dim, RateView, Reservation, ScopeKind};
 use crate::meta::{BodyKind, RouteKind};
+use crate::route;
 use crate::state::Shared;
-use crate::stream::Relay;
+use crate::stream::{ProxyBody, Relay, ReplyFields};
 
 /// What the limiter said about a request, for its response headers.
 #[derive(Default)]
@@ -35,12 +36,12 @@ pub async fn handle(
     shared: Arc<Shared>,
     req: ClientRequest,
     peer: SocketAddr,
-) -> Response<ProxyBody> {
+) -> Reply<ProxyBody, ReplyFields> {
     let started = Instant::now();
     let path = req.uri.path();
     // DNS health checkers probe from outside, so health is on the public port too.
     if path == "/livez" || path == "/readyz" {
-        return crate::admin::health(&shared, path);
+        return Reply::new(crate::admin::health(&shared, path));
     }
     let request_id = shared.request_ids.next();
     let rid_header = HeaderValue::from_str(&request_id).expect("ids are ASCII");
@@ -97,7 +98,7 @@ pub async fn handle(
                 tracing::debug!(request_id = %record.request_id, "{err}");
             }
             record.finish();
-            let mut resp = err.into_response(&rid_header);
+            let mut resp: Response<ProxyBody> = err.into_response(&rid_header);
             match &limits {
                 LimitHeaders::None => {}
                 LimitHeaders::Admitted(view) => limit_headers::apply(resp.headers_mut(), view),
@@ -106,7 +107,7 @@ pub async fn handle(
                     limit_headers::mark_limited(resp.headers_mut(), *dim, *scope);
                 }
             }
-            resp
+            Reply::new(resp)
         }
     }
 }
@@ -173,14 +174,15 @@ async fn phases(
         }
     }
 
-    // 4. route: the direct path; the key is chosen per attempt inside forward.
+    // 4. route: decide how the request leaves (today the direct path; the key is
+    // chosen per attempt inside forward).
+    let way_out = route::decide(snap.pool_for(&principal), snap.auth.mode());
+
+    // 5. forward: carry the decision out.
     let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let outgoing = UpstreamHeaders::new(&headers, peer, snap.auth.mode());
-
-    // 5. forward
     let ctx = ForwardCtx {
-        pool: snap.pool_for(&principal),
-        mode: snap.auth.mode(),
+        route: way_out,
         metrics: &shared.metrics,
         health: &shared.health.upstream,
         stream: meta.stream,
@@ -215,15 +217,15 @@ fn respond(
     request_id: HeaderValue,
     mut record: RequestRecord,
     limits: LimitHeaders,
-) -> Response<ProxyBody> {
+) -> Reply<ProxyBody, ReplyFields> {
     let UpstreamResponse {
         status,
         headers: upstream_headers,
         body,
     } = fwd.response;
     // The upstream's rate-limit headers describe the shared organisation key; a
-    // client with its own limits gets those instead. Both are written by the server
-    // from the relay (see RelayedHeaders and RateHeaders), not put in the map.
+    // client with its own limits gets those instead. Both go to the writer beside the
+    // body (see ReplyFields), not in the map.
     let rate_headers = match limits {
         LimitHeaders::Admitted(view) => Some(limit_headers::RateHeaders(view)),
         _ => None,
@@ -244,8 +246,12 @@ fn respond(
         shared.upstream.config().read_timeout
     };
     record.status = status.as_u16();
-    let mut relay = Relay::new(body, kind, fwd.prefix, idle, record);
-    relay.rate_headers = rate_headers;
-    relay.relayed = Some(relayed);
-    response.map(|()| ProxyBody::Relay(Box::new(relay)))
+    let relay = Relay::new(body, kind, fwd.prefix, idle, record);
+    Reply {
+        response: response.map(|()| ProxyBody::Relay(Box::new(relay))),
+        fields: ReplyFields {
+            relayed: Some(relayed),
+            rate: rate_headers,
+        },
+    }
 }

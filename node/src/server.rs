@@ -20,6 +20,8 @@ use crate::config::{Config, KeyMode};
 use crate::error::{Error, Result};
 use crate::forward::Upstream;
 use crate::health::Health;
+use crate::http1::server::NoFields;
+use crate::http1::Reply;
 use crate::metrics::Metrics;
 use crate::proxy;
 use crate::state::{RequestIds, Shared, Snapshot};
@@ -120,7 +122,7 @@ impl Node {
 
         let (stop_public, stop_public_rx) = watch::channel(false);
         let (stop_admin, stop_admin_rx) = watch::channel(false);
-        let http = Arc::new(accept::http_settings(&config.limits));
+        let http = Arc::new(accept::http_settings(&config.limits, &metrics));
 
         let s = shared.clone();
         let public_task = tokio::spawn(accept::serve(
@@ -145,7 +147,7 @@ impl Node {
             stop_admin_rx,
             move |req, _peer| {
                 let s = s.clone();
-                async move { crate::admin::handle(&s, req) }
+                async move { Reply::<_, NoFields>::new(crate::admin::handle(&s, req)) }
             },
         ));
 

@@ -1,11 +1,11 @@
 //! Phase 1, accept: listeners, TLS, connection limits and HTTP/1.1 + HTTP/2 serving,
 //! with graceful drain. Every connection's requests go to the service it is given.
 //!
-//! Layout: `tls` (certificates, ALPN, reload); `h1` (the HTTP/1.1 server); this file
-//! runs the accept loops and hands HTTP/2 connections (by ALPN, or by the prior-
-//! knowledge preface on plain TCP) to hyper.
+//! Layout: `tls` (certificates, ALPN, reload); this file runs the accept loops, hands
+//! HTTP/1.1 connections to the protocol wing's server ([`crate::http1::server`]) and
+//! HTTP/2 connections (by ALPN, or by the prior-knowledge preface on plain TCP) to
+//! hyper.
 
-pub mod h1;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -26,9 +26,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
-use crate::body::{ClientBody, ProxyBody};
+use crate::body::{BoxError, ClientBody};
 use crate::config::Limits;
 use crate::head::{ClientRequest, HeaderFields};
+use crate::http1::server as h1;
+use crate::http1::{HeadFields, Reply};
 use crate::metrics::Metrics;
 
 pub use tls::TlsState;
@@ -45,7 +47,7 @@ pub struct HttpSettings {
 }
 
 /// Builds the HTTP server settings shared by every connection of a listener.
-pub fn http_settings(limits: &Limits) -> HttpSettings {
+pub fn http_settings(limits: &Limits, metrics: &Metrics) -> HttpSettings {
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(hard_header_cap(limits)).unwrap_or(u32::MAX))
@@ -59,6 +61,8 @@ pub fn http_settings(limits: &Limits) -> HttpSettings {
             max_head: hard_header_cap(limits),
             header_read_timeout: limits.header_read_timeout,
             max_body: limits.max_body_bytes,
+            // Counted with the handler's own errors.
+            refused: metrics.gateway_errors.clone(),
         },
         h2,
     }
@@ -69,7 +73,7 @@ pub fn http_settings(limits: &Limits) -> HttpSettings {
 /// (idle keep-alive connections are closed, in-flight requests and streams complete)
 /// for up to `limits.drain_timeout`, and returns how many were still open.
 #[allow(clippy::too_many_arguments)]
-pub async fn serve<S, F>(
+pub async fn serve<S, F, B, X>(
     listener: TcpListener,
     tls: Option<Arc<TlsState>>,
     http: Arc<HttpSettings>,
@@ -80,7 +84,9 @@ pub async fn serve<S, F>(
 ) -> usize
 where
     S: Fn(ClientRequest, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+    F: Future<Output = Reply<B, X>> + Send + 'static,
+    B: http_body::Body<Data = Bytes, Error = BoxError> + Send + Unpin + 'static,
+    X: HeadFields + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
@@ -117,7 +123,7 @@ where
             match tls {
                 None => {
                     if let h1::Ended::Http2(tcp, read) =
-                        h1::serve(tcp, &http.h1, &metrics, peer, stop, &service).await
+                        h1::serve(tcp, &http.h1, peer, stop, &service).await
                     {
                         let io = Rewind { read, inner: tcp };
                         serve_h2(&http.h2, io, peer, watcher, service).await;
@@ -130,7 +136,7 @@ where
                             if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
                                 serve_h2(&http.h2, stream, peer, watcher, service).await;
                             } else if let h1::Ended::Http2(stream, read) =
-                                h1::serve(stream, &http.h1, &metrics, peer, stop, &service).await
+                                h1::serve(stream, &http.h1, peer, stop, &service).await
                             {
                                 let io = Rewind {
                                     read,
@@ -170,7 +176,7 @@ where
 }
 
 /// Serves an HTTP/2 connection with hyper, watched for graceful shutdown.
-async fn serve_h2<IO, S, F>(
+async fn serve_h2<IO, S, F, B, X>(
     builder: &http2::Builder<TokioExecutor>,
     io: IO,
     peer: SocketAddr,
@@ -179,7 +185,9 @@ async fn serve_h2<IO, S, F>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Fn(ClientRequest, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+    F: Future<Output = Reply<B, X>> + Send + 'static,
+    B: http_body::Body<Data = Bytes, Error = BoxError> + Send + Unpin + 'static,
+    X: HeadFields + Send + 'static,
 {
     let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let (parts, body) = req.into_parts();
@@ -194,15 +202,10 @@ async fn serve_h2<IO, S, F>(
             peer,
         );
         async move {
-            let resp = fut.await;
-            // Headers the HTTP/1.1 writer writes into the head from the relay.
-            let (mut parts, mut body) = resp.into_parts();
-            if let Some(relayed) = body.take_relayed_headers() {
-                relayed.insert_into(&mut parts.headers);
-            }
-            if let Some(rate) = body.rate_headers() {
-                rate.insert_into(&mut parts.headers);
-            }
+            let Reply { response, fields } = fut.await;
+            // The fields the HTTP/1.1 writer writes into the head go in the map here.
+            let (mut parts, body) = response.into_parts();
+            fields.insert_into(&mut parts.headers);
             let resp = Response::from_parts(parts, body);
             Ok::<_, Infallible>(resp)
         }

@@ -124,7 +124,7 @@ fn too_large(max: u64) -> Error {
 fn content_length(headers: &HeaderFields) -> Result<Option<u64>> {
     match headers.get(&header::CONTENT_LENGTH) {
         None => Ok(None),
-        Some(v) => crate::wire::parse_length(v)
+        Some(v) => crate::http1::framing::parse_length(v)
             .map(Some)
             .ok_or_else(|| Error::new(ErrorKind::InvalidRequest, "invalid content-length header")),
     }

@@ -1,19 +1,14 @@
-//! Phase 5, forward: send the request upstream over a pooled connection, with a key
-//! from the pool, and retry on another key or connection while nothing has been sent
-//! to the client yet.
+//! Phase 5, forward: carry out the route's decision. For the direct route: send the
+//! request upstream over a pooled connection with a key from the pool, and retry on
+//! another key or connection while nothing has been sent to the client yet.
 //!
-//! Layout: `dns` (hickory resolver with a TTL cap), `connect` (TCP, TLS and ALPN,
-//! connection counting), `client` (the pool; HTTP/2 through hyper), `h1` (HTTP/1.1
-//! by hand); this file rewrites headers and runs the attempt loop.
-
-mod client;
-mod connect;
-mod dns;
-mod h1;
+//! Layout: `retry` (the retry rule); this file decides which header fields go
+//! upstream and come back ([`UpstreamHeaders`], [`RelayedHeaders`]) and runs the
+//! attempt loop. The wire work (pool, HTTP/1.1 by hand, HTTP/2 through hyper, TLS,
+//! DNS) is the protocol wing's, [`crate::http1`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName};
@@ -23,16 +18,19 @@ use crate::account::RequestRecord;
 use crate::body::RequestBody;
 use crate::config::{KeyMode, Upstream as UpstreamConfig};
 use crate::error::{Error, ErrorKind, Result};
-use crate::head::HeaderFields;
+use crate::head::{HeaderFields, X_API_KEY, X_FORWARDED_FOR};
 use crate::health::UpstreamHealth;
 use crate::limits::headers as limit_headers;
 use crate::metrics::Metrics;
-use crate::route::KeyPool;
+use crate::route::Route;
 
-use crate::wire;
+mod retry;
 
-pub use client::UpstreamBody;
-use client::{Client, SendError};
+use crate::http1::framing as wire;
+use crate::http1::pool::{self as client, Client, SendError};
+pub use crate::http1::pool::{UpstreamBody, UpstreamResponse};
+use crate::http1::{connect, dns, OutgoingFields};
+use retry::Failure;
 
 /// The pooled upstream client and what it needs to address the upstream.
 pub struct Upstream {
@@ -47,18 +45,10 @@ pub struct Forwarded {
     pub prefix: Option<Bytes>,
 }
 
-/// An upstream response: its head as it came (HTTP/1.1 bytes, or hyper's map for
-/// HTTP/2) and its body.
-pub struct UpstreamResponse {
-    pub status: StatusCode,
-    pub headers: HeaderFields,
-    pub body: UpstreamBody,
-}
-
 /// Per-request inputs to the attempt loop.
 pub struct ForwardCtx<'a> {
-    pub pool: &'a KeyPool,
-    pub mode: KeyMode,
+    /// How the request leaves, as the route phase decided.
+    pub route: Route<'a>,
     pub metrics: &'a Metrics,
     pub health: &'a UpstreamHealth,
     /// The request streams its response (SSE): first-byte wait uses the stream idle timeout.
@@ -139,6 +129,7 @@ impl Upstream {
         } else {
             wait + self.config.send_timeout
         };
+        let Route::Direct { pool, mode } = ctx.route;
         let mut body = Some(body);
         let mut avoid = None;
         let mut attempt = 0;
@@ -147,9 +138,9 @@ impl Upstream {
             record.attempts = attempt;
             let can_retry = attempt < max_attempts && spare.is_some();
 
-            let key = match ctx.mode {
+            let key = match mode {
                 KeyMode::Passthrough => None,
-                _ => match ctx.pool.pick(avoid) {
+                _ => match pool.pick(avoid) {
                     Ok(k) => Some(k),
                     Err(wait) => {
                         return Err(Error::new(
@@ -160,10 +151,10 @@ impl Upstream {
                     }
                 },
             };
-            record.upstream_key = key.map(|k| ctx.pool.label(k).to_string());
+            record.upstream_key = key.map(|k| pool.label(k).to_string());
 
             let attempt_body = body.take().expect("a body for each attempt");
-            let api_key = key.map(|k| ctx.pool.header(k));
+            let api_key = key.map(|k| pool.header(k));
             // One clock read for the time to first byte and the timeout's deadline.
             let sent = tokio::time::Instant::now();
             let outcome = tokio::time::timeout_at(
@@ -185,16 +176,15 @@ impl Upstream {
 
             let failure = match outcome {
                 Err(_) => {
-                    // The upstream may be working on it: not retried, to avoid doing it twice.
                     ctx.metrics
                         .upstream_errors
                         .with_label_values(&["timeout"])
                         .inc();
                     ctx.health.record_failure();
-                    return Err(Error::new(
+                    Error::new(
                         ErrorKind::UpstreamTimeout,
                         "upstream did not respond in time",
-                    ));
+                    )
                 }
                 Ok(Err(e)) => {
                     let (kind, label, msg, detail) = match e {
@@ -230,13 +220,13 @@ impl Upstream {
                     let status = resp.status;
                     ctx.health.record_response(status);
                     if let Some(k) = key {
-                        if let Some((reason, wait)) = ctx.pool.observe(k, status, &resp.headers) {
+                        if let Some((reason, wait)) = pool.observe(k, status, &resp.headers) {
                             ctx.metrics
                                 .key_cooldowns
                                 .with_label_values(&[reason.label()])
                                 .inc();
                             tracing::info!(
-                                key = ctx.pool.label(k),
+                                key = pool.label(k),
                                 reason = reason.label(),
                                 wait_s = wait.as_secs_f64(),
                                 "upstream key cooling down"
@@ -248,6 +238,9 @@ impl Upstream {
                             let idle = self.config.stream_idle_timeout;
                             match crate::sse::peek_first_event(&mut resp.body, idle).await {
                                 Ok((first, _)) if crate::sse::first_event_is_error(&first) => {
+                                    // Peeked only while a retry is possible.
+                                    let f = Failure::ErrorEvent;
+                                    debug_assert!(retry::worth_retrying(&f, || true));
                                     ctx.metrics
                                         .upstream_errors
                                         .with_label_values(&["stream_error_event"])
@@ -258,7 +251,9 @@ impl Upstream {
                                         .inc();
                                     avoid = key;
                                     body = next_body(&mut spare);
-                                    tokio::time::sleep(backoff(attempt)).await;
+                                    if let Some(p) = retry::pause(&f, attempt) {
+                                        tokio::time::sleep(p).await;
+                                    }
                                     continue;
                                 }
                                 Ok((first, _)) => {
@@ -290,15 +285,14 @@ impl Upstream {
                                 .with_label_values(&[label])
                                 .inc();
                         }
-                        let retry_status = is_retryable_status(status);
-                        // A 429 is only worth retrying on a different key.
-                        let other_key = status != StatusCode::TOO_MANY_REQUESTS
-                            || key.is_some_and(|k| {
-                                ctx.pool
-                                    .pick(Some(k))
-                                    .is_ok_and(|n| ctx.pool.label(n) != ctx.pool.label(k))
-                            });
-                        if !(can_retry && retry_status && other_key) {
+                        let f = Failure::Status(status);
+                        let other_key = || {
+                            key.is_some_and(|k| {
+                                pool.pick(Some(k))
+                                    .is_ok_and(|n| pool.label(n) != pool.label(k))
+                            })
+                        };
+                        if !(retry::worth_retrying(&f, other_key) && can_retry) {
                             return Ok(Forwarded {
                                 response: resp,
                                 prefix: None,
@@ -310,17 +304,15 @@ impl Upstream {
                             .inc();
                         avoid = key;
                         body = next_body(&mut spare);
-                        if status != StatusCode::TOO_MANY_REQUESTS {
-                            tokio::time::sleep(backoff(attempt)).await;
+                        if let Some(p) = retry::pause(&f, attempt) {
+                            tokio::time::sleep(p).await;
                         }
                         continue;
                     }
                 }
             };
-            // A transport failure: retry if the body can be sent again.
-            let transport_retryable =
-                failure.retryable() || failure.kind == ErrorKind::UpstreamProtocol;
-            if !can_retry || !transport_retryable {
+            // A transport failure: retry if the rule allows and the body can be sent again.
+            if !can_retry || !retry::worth_retrying(&Failure::Transport(&failure), || false) {
                 return Err(failure);
             }
             tracing::debug!(attempt, "retrying upstream after: {failure}");
@@ -332,15 +324,6 @@ impl Upstream {
             body = next_body(&mut spare);
         }
     }
-}
-
-/// Small growing pause before retrying a server-side failure.
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(50 * u64::from(attempt.min(5)))
-}
-
-fn is_retryable_status(s: StatusCode) -> bool {
-    matches!(s.as_u16(), 408 | 409 | 429 | 500 | 502 | 503 | 504 | 529)
 }
 
 fn status_label(s: StatusCode) -> Option<&'static str> {
@@ -376,9 +359,6 @@ fn client_tls(config: &UpstreamConfig) -> Result<rustls::ClientConfig> {
     Ok(cfg)
 }
 
-pub(crate) const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
-pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-
 /// The client's header fields as they go upstream: hop-by-hop fields (and those the
 /// client's `Connection` names), `host`, the framing fields and, unless passing
 /// through, the client's credentials stay behind; `x-forwarded-for` is rewritten
@@ -411,18 +391,18 @@ impl<'a> UpstreamHeaders<'a> {
     pub fn fields(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + '_ {
         self.client.iter().filter(|(name, _)| self.keeps(name))
     }
+}
 
-    /// [`UpstreamHeaders::fields`] as HTTP/1.1 lines (`x-forwarded-for` not included).
-    pub fn write_lines(&self, out: &mut Vec<u8>) {
+impl OutgoingFields for UpstreamHeaders<'_> {
+    fn write_lines(&self, out: &mut Vec<u8>) {
         self.client.write_lines(out, |name| self.keeps(name));
     }
 
-    pub fn forwarded_for(&self) -> &HeaderValue {
+    fn forwarded_for(&self) -> &HeaderValue {
         &self.forwarded_for
     }
 
-    /// The fields as a map (for HTTP/2), `x-forwarded-for` and `api_key` included.
-    pub fn to_map(&self, api_key: Option<&HeaderValue>) -> HeaderMap {
+    fn to_map(&self, api_key: Option<&HeaderValue>) -> HeaderMap {
         let mut map = HeaderMap::with_capacity(self.client.len() + 2);
         for (name, value) in self.fields().filter_map(|(n, v)| typed(n, v)) {
             map.append(name, value);
@@ -616,6 +596,22 @@ impl RelayedHeaders {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn framing_fields_are_not_relayed_with_a_body() {
+        let h = crate::http1::client::head_fields(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 9\r\n\r\n",
+            &http::Method::POST,
+        );
+        let relayed = RelayedHeaders::new(h, false);
+        assert!(
+            relayed
+                .fields(false, &http::HeaderMap::new())
+                .next()
+                .is_none(),
+            "neither framing field is relayed with a body"
+        );
+    }
 
     fn upstream(h: &HeaderFields, mode: KeyMode) -> Vec<(String, String)> {
         let up = UpstreamHeaders::new(h, "127.0.0.9:1234".parse().unwrap(), mode);

@@ -15,12 +15,14 @@ use tokio::time::Sleep;
 use crate::account::RequestRecord;
 use crate::body::BoxError;
 use crate::error::{Error, ErrorKind};
-use crate::forward::{RelayedHeaders, UpstreamBody};
-use crate::limits::headers::RateHeaders;
+use crate::forward::UpstreamBody;
 use crate::meta::{BodyKind, RouteKind, Usage};
 use crate::sse::{SseEvent, SseTap};
 
+mod reply;
 mod usage;
+
+pub use reply::{ProxyBody, ReplyFields};
 use usage::parse_json_usage;
 
 /// Above this, a non-streaming JSON response is relayed without reading its usage:
@@ -65,12 +67,6 @@ pub struct Relay {
     state: State,
     record: RequestRecord,
     counted_stream: bool,
-    /// The client's own rate-limit headers, for the server to write into the head
-    /// (see `limits::headers::RateHeaders`): carried here rather than as a response
-    /// extension, which costs three allocations per request.
-    pub rate_headers: Option<RateHeaders>,
-    /// The upstream's own response fields, written the same way.
-    pub relayed: Option<RelayedHeaders>,
 }
 
 impl Relay {
@@ -100,8 +96,6 @@ impl Relay {
             idle,
             deadline: None,
             timer: None,
-            rate_headers: None,
-            relayed: None,
             state: State::Streaming,
             record,
             counted_stream,

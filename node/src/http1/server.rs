@@ -1,5 +1,5 @@
-//! Phase 1, accept: the HTTP/1.1 server for client connections. Request heads are
-//! parsed with httparse; small bodies with a declared length are read before the
+//! The HTTP/1.1 server for client connections (run by [`crate::accept`]). Request
+//! heads are parsed with httparse; small bodies with a declared length are read before the
 //! request is handed over; each response goes out head and body in one write when the
 //! body is ready, and piece by piece (flushed as it comes) when it streams.
 //!
@@ -17,16 +17,17 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::header;
-use http::{Method, Response, StatusCode, Uri, Version};
+use http::{Method, StatusCode, Uri, Version};
 use http_body::Body;
+use http_body_util::Full;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
-use crate::body::{ClientBody, ProxyBody};
+use super::framing::{self as wire, Framing};
+use super::{HeadFields, Reply};
+use crate::body::ClientBody;
 use crate::error::{Error, ErrorKind};
 use crate::head::{ClientRequest, HeaderFields, RawHeaders};
-use crate::metrics::Metrics;
-use crate::wire::{self, Framing};
 
 /// The first bytes of every HTTP/2 connection with prior knowledge (RFC 9113 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -48,7 +49,7 @@ const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 4 << 20;
 
 /// Settings shared by every HTTP/1.1 connection of a listener.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     /// Request heads larger than this get a 431 and the connection is closed.
     pub max_head: usize,
@@ -56,6 +57,20 @@ pub struct Settings {
     pub header_read_timeout: Duration,
     /// Declared bodies over this are not read ahead; the handler refuses them.
     pub max_body: u64,
+    /// Counts heads refused here (they never reach the handler), by error type.
+    pub refused: prometheus::IntCounterVec,
+}
+
+/// No fields outside the map: the server's own refusals.
+#[derive(Default)]
+pub struct NoFields;
+
+impl HeadFields for NoFields {
+    fn write_lines(&self, _: &mut Vec<u8>, _: bool, _: &http::HeaderMap) -> bool {
+        false
+    }
+
+    fn insert_into(&self, _: &mut http::HeaderMap) {}
 }
 
 /// How a connection ended.
@@ -92,10 +107,9 @@ struct Conn<IO> {
 /// Serves HTTP/1.1 requests on one connection until it closes, times out, breaks the
 /// protocol, or `stop` fires (then idle connections close at once and a request in
 /// progress finishes first).
-pub async fn serve<IO, S, F>(
+pub async fn serve<IO, S, F, B, X>(
     io: IO,
     settings: &Settings,
-    metrics: &Metrics,
     peer: SocketAddr,
     stop: watch::Receiver<bool>,
     service: &S,
@@ -103,7 +117,9 @@ pub async fn serve<IO, S, F>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
     S: Fn(ClientRequest, SocketAddr) -> F,
-    F: Future<Output = Response<ProxyBody>>,
+    F: Future<Output = Reply<B, X>>,
+    B: Body<Data = Bytes> + Unpin,
+    X: HeadFields,
 {
     let mut conn = Conn {
         io,
@@ -148,19 +164,16 @@ where
                     Refused::Malformed(what) => Error::new(ErrorKind::InvalidRequest, what),
                 };
                 // Counted with the handler's own errors: these never reach it.
-                metrics
-                    .gateway_errors
+                settings
+                    .refused
                     .with_label_values(&[err.anthropic_type()])
                     .inc();
                 let mut keep_alive = false;
-                let _ = write_response(
-                    &mut conn,
-                    err.bare_response(),
-                    false,
-                    false,
-                    &mut keep_alive,
-                )
-                .await;
+                let refusal = Reply {
+                    response: err.bare_response::<Full<Bytes>>(),
+                    fields: NoFields,
+                };
+                let _ = write_response(&mut conn, refusal, false, false, &mut keep_alive).await;
                 // Whatever else the client sent is not read: drain it so the answer
                 // is not lost to a reset.
                 linger(&mut conn).await;
@@ -489,13 +502,14 @@ enum Step {
 
 /// Writes one response. Returns an error when the connection cannot carry another
 /// request (write failure, or a body that failed or fell short of its length).
-async fn write_response<IO: AsyncWrite + Unpin>(
+async fn write_response<IO: AsyncWrite + Unpin, B: Body<Data = Bytes> + Unpin, X: HeadFields>(
     conn: &mut Conn<IO>,
-    response: Response<ProxyBody>,
+    reply: Reply<B, X>,
     is_head: bool,
     http10: bool,
     keep_alive: &mut bool,
 ) -> io::Result<()> {
+    let Reply { response, fields } = reply;
     let (parts, mut body) = response.into_parts();
     let status = parts.status;
     let out = &mut conn.out;
@@ -535,17 +549,13 @@ async fn write_response<IO: AsyncWrite + Unpin>(
         }
         wire::put_header(out, name, value);
     }
-    let mut upstream_date = false;
-    if let Some(relayed) = body.take_relayed_headers() {
-        upstream_date = relayed.write_lines(out, bodiless, &parts.headers);
-    }
+    // Written, then let go: a stream should not hold its head's bytes while it runs.
+    let upstream_date = fields.write_lines(out, bodiless, &parts.headers);
+    drop(fields);
     match framing {
         Out::Length(n) => wire::put_length(out, n),
         Out::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Out::None | Out::Close => {}
-    }
-    if let Some(rate) = body.rate_headers() {
-        rate.write_head(out);
     }
     if !upstream_date && !parts.headers.contains_key(header::DATE) {
         put_date(out);

@@ -1,6 +1,5 @@
-//! Phase 4, route: choose how a request leaves the node. Today that is the direct
-//! upstream path with a key from the pool; the pool rotates keys and cools a key
-//! down after a 429 or 529, telling a passing 429 from an exhausted quota.
+//! The upstream key pool: it rotates keys and cools a key down after a 429 or 529,
+//! telling a passing 429 from an exhausted quota.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};

@@ -1,11 +1,14 @@
-//! HTTP/1.1 message framing shared by the client-facing server (`accept::h1`) and the
-//! upstream client (`forward::h1`): body decoding (content-length, chunked, until
-//! close) and the small writers for head lines.
+//! HTTP/1.1 message framing shared by the client-facing server ([`super::server`])
+//! and the upstream client ([`super::client`]): body decoding (content-length,
+//! chunked, until close), field values (lengths, tokens, names) and the small writers
+//! for head lines.
 
 use std::io;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderName, HeaderValue};
+use http::HeaderName;
+
+pub use crate::head::{put_field, put_header};
 
 /// Trailer sections larger than this are refused.
 const MAX_TRAILERS: usize = 64 * 1024;
@@ -228,19 +231,6 @@ pub fn has_token(value: &[u8], token: &[u8]) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
-pub fn put_header(buf: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
-    put_field(buf, name.as_str().as_bytes(), value.as_bytes());
-}
-
-/// A header line from a name and value already checked (parsed by httparse, or from
-/// `HeaderName` and `HeaderValue`).
-pub fn put_field(buf: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    buf.extend_from_slice(name);
-    buf.extend_from_slice(b": ");
-    buf.extend_from_slice(value);
-    buf.extend_from_slice(b"\r\n");
-}
-
 pub fn put_length(buf: &mut Vec<u8>, n: u64) {
     buf.extend_from_slice(b"content-length: ");
     put_decimal(buf, n);
@@ -248,18 +238,19 @@ pub fn put_length(buf: &mut Vec<u8>, n: u64) {
 }
 
 fn put_decimal(buf: &mut Vec<u8>, n: u64) {
-    put_digits(buf, n, 10);
+    buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// A chunk-size line for `len` bytes of data.
 pub fn put_chunk_size(buf: &mut Vec<u8>, len: usize) {
-    put_digits(buf, len as u64, 16);
+    put_hex(buf, len as u64);
     buf.extend_from_slice(b"\r\n");
 }
 
-/// `n` in base 10 or 16 (lower case), without the formatting machinery.
-fn put_digits(buf: &mut Vec<u8>, mut n: u64, radix: u64) {
-    let mut digits = [0u8; 20];
+/// `n` in lower-case hex, without the formatting machinery (itoa writes decimal only).
+fn put_hex(buf: &mut Vec<u8>, mut n: u64) {
+    let radix = 16;
+    let mut digits = [0u8; 16];
     let mut i = digits.len();
     loop {
         i -= 1;

@@ -11,18 +11,26 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderValue, Method, Request, Uri};
+use http::{HeaderValue, Method, Request, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus::IntGauge;
 
+use super::client::{self as h1, H1Body};
 use super::connect::{Counted, Dialer, Io};
-use super::h1::{self, H1Body};
-use super::UpstreamResponse;
+use super::OutgoingFields;
 use crate::body::{BoxError, RequestBody};
 use crate::head::HeaderFields;
+
+/// An upstream response: its head as it came (HTTP/1.1 bytes, or hyper's map for
+/// HTTP/2) and its body.
+pub struct UpstreamResponse {
+    pub status: StatusCode,
+    pub headers: HeaderFields,
+    pub body: UpstreamBody,
+}
 
 /// HTTP/2 pings on the shared connection, so a dead one is noticed while idle.
 const H2_KEEPALIVE: Duration = Duration::from_secs(30);
@@ -35,7 +43,7 @@ pub struct Outgoing<'a> {
     pub target: &'a str,
     /// The client's fields to relay; `host`, the framing and the upstream key are
     /// added on the way out.
-    pub headers: &'a super::UpstreamHeaders<'a>,
+    pub headers: &'a (dyn OutgoingFields + Sync),
     pub api_key: Option<&'a HeaderValue>,
     /// When the attempt started: an idle connection older than the pool's timeout
     /// then is not reused (the caller's reading, not one more clock read).
