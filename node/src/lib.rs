@@ -1,22 +1,29 @@
 //! Strait node: the data plane of a multi-region gateway for the Anthropic API.
 //!
 //! # Layout
-//! A request goes through the modules in this order (see `proxy::handle`):
-//! - [`accept`]: listeners, TLS (ALPN h2/http1.1), connection limits, drain.
-//! - [`auth`]: client key lookup by SHA-256 hash.
-//! - [`admit`]: route classification, body limits, JSON checks.
-//! - [`limits`]: rate limits, token budgets and concurrency per key and tenant
-//!   (in process, or shared through Redis).
-//! - [`route`]: the upstream key pool, cooldowns after 429/529.
-//! - [`forward`]: pooled upstream client, header rewriting, retries.
-//! - [`stream`]: relaying the body, usage read on the side, SSE error events.
-//! - [`account`]: metrics and the access log.
-//!
-//! Around them: [`proxy`] (the pipeline), [`error`] (the one error type and its HTTP
-//! mapping), [`config`] and [`cli`] (typed, validated configuration), [`health`] and
-//! [`admin`] (health and metrics endpoints), [`server`] (start, signals, drain),
-//! [`body`] and [`head`] (the request and body types), [`telemetry`] (logging), [`cluster`] (membership and live
-//! config in etcd; the node alone on its file config when no etcd is configured).
+//! In layers, lowest first (docs/architecture.md; `tests/layers.rs` keeps imports
+//! flowing down):
+//! - vocabulary: [`meta`] (what the phases learn about a request), [`error`] (the one
+//!   error type and its HTTP mapping), [`head`] and [`body`] (the request), [`sse`]
+//!   (event framing), [`secret`] (keys and the KEK), [`schema`] (the cluster's
+//!   documents), [`limit_spec`] (what a limit counts).
+//! - protocol: [`http1`] (HTTP/1.1 server and client, the upstream pool, TLS, DNS).
+//! - settings and signals: [`config`], [`telemetry`], [`metrics`], [`health`].
+//! - phases, in a request's order (see `proxy::handle`):
+//!   - [`accept`]: listeners, TLS (ALPN h2/http1.1), connection limits, drain.
+//!   - [`auth`]: client key lookup by SHA-256 hash.
+//!   - [`admit`]: body limits, JSON checks, the request's facts.
+//!   - [`limits`]: rate limits, token budgets and concurrency per key and tenant
+//!     (in process, or shared through Redis).
+//!   - [`route`]: decides how the request leaves (the key pool, cooldowns).
+//!   - [`forward`]: carries the decision out: header rewriting, the attempt loop.
+//!   - [`stream`]: relaying the body, usage read on the side, SSE error events.
+//!   - [`account`]: settling, metrics and the access log for a finished request.
+//! - [`state`]: what every connection shares.
+//! - [`proxy`] (the pipeline), [`admin`] (health and metrics endpoints), [`cluster`]
+//!   (membership and live config in etcd; the node alone on its file config when no
+//!   etcd is configured).
+//! - [`server`] (start, signals, drain) and [`cli`] (flags and environment).
 
 pub mod accept;
 pub mod account;

@@ -1,15 +1,12 @@
-//! The etcd implementation of [`ClusterStore`]: connection options and the few
-//! calls the supervisor makes. Errors become strings that name the operation and
+//! The etcd implementation of [`super::store::ClusterStore`] (started by
+//! [`super::supervisor`]): connection options and the few calls the supervisor makes. Errors become strings that name the operation and
 //! never carry a value read from etcd.
 
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions, GetOptions};
-use tokio::sync::watch;
 
 use super::config_watch::Applier;
-use super::store::{ClusterHandle, ClusterStore, NodeCtx};
-use super::supervisor::Supervisor;
 
 /// Time to open a TCP connection to an etcd endpoint.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -25,16 +22,6 @@ pub struct EtcdStore {
     pub endpoints: Vec<String>,
     pub lease_ttl: Duration,
     pub applier: Applier,
-}
-
-impl ClusterStore for EtcdStore {
-    fn start(self: Box<Self>, node: NodeCtx) -> ClusterHandle {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let (sync_tx, sync_rx) = watch::channel(false);
-        let supervisor = Supervisor::new(*self, node, stop_rx, sync_tx);
-        let task = tokio::spawn(supervisor.run());
-        ClusterHandle::new(stop_tx, sync_rx, task)
-    }
 }
 
 /// Opens a client. etcd-client never reconnects a broken stream by itself, so the

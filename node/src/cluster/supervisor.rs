@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use super::config_watch::{Applier, Source};
 use super::etcd::{self, EtcdStore};
 use super::membership::{Members, RecordBuilder};
-use super::store::NodeCtx;
+use super::store::{ClusterHandle, ClusterStore, NodeCtx};
 use crate::schema::{NodeRecord, CONFIG_PREFIX, NODES_PREFIX, ROOT};
 use crate::state::Shared;
 
@@ -26,6 +26,17 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The record (with fresh path health) is rewritten every this many keep-alives.
 const RECORD_REFRESH_TICKS: u32 = 3;
+
+/// An etcd store runs as one supervisor task.
+impl ClusterStore for EtcdStore {
+    fn start(self: Box<Self>, node: NodeCtx) -> ClusterHandle {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (sync_tx, sync_rx) = watch::channel(false);
+        let supervisor = Supervisor::new(*self, node, stop_rx, sync_tx);
+        let task = tokio::spawn(supervisor.run());
+        ClusterHandle::new(stop_tx, sync_rx, task)
+    }
+}
 
 pub struct Supervisor {
     endpoints: Vec<String>,
