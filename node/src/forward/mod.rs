@@ -174,17 +174,20 @@ impl Upstream {
             let next_body =
                 |spare: &mut Option<RequestBody>| spare.as_ref().and_then(RequestBody::try_clone);
 
-            let failure = match outcome {
+            // Each way an attempt can go either ends the loop or names the retry's cause
+            // and its pause, taken in one place below.
+            let (cause, pause) = match outcome {
                 Err(_) => {
                     ctx.metrics
                         .upstream_errors
                         .with_label_values(&["timeout"])
                         .inc();
                     ctx.health.record_failure();
-                    Error::new(
+                    let failure = Error::new(
                         ErrorKind::UpstreamTimeout,
                         "upstream did not respond in time",
-                    )
+                    );
+                    retry_transport(failure, can_retry, attempt)?
                 }
                 Ok(Err(e)) => {
                     let (kind, label, msg, detail) = match e {
@@ -212,7 +215,11 @@ impl Upstream {
                         .with_label_values(&[label])
                         .inc();
                     ctx.health.record_failure();
-                    Error::new(kind, msg).with_detail(detail)
+                    retry_transport(
+                        Error::new(kind, msg).with_detail(detail),
+                        can_retry,
+                        attempt,
+                    )?
                 }
                 Ok(Ok(mut resp)) => {
                     let ttfb = sent.elapsed();
@@ -234,48 +241,40 @@ impl Upstream {
                         }
                     }
                     if status.is_success() {
-                        if ctx.stream && can_retry && crate::sse::is_event_stream(&resp.headers) {
-                            let idle = self.config.stream_idle_timeout;
-                            match crate::sse::peek_first_event(&mut resp.body, idle).await {
-                                Ok((first, _)) if crate::sse::first_event_is_error(&first) => {
-                                    // Peeked only while a retry is possible.
-                                    let f = Failure::ErrorEvent;
-                                    debug_assert!(retry::worth_retrying(&f, || true));
-                                    ctx.metrics
-                                        .upstream_errors
-                                        .with_label_values(&["stream_error_event"])
-                                        .inc();
-                                    ctx.metrics
-                                        .retries
-                                        .with_label_values(&["stream_error_event"])
-                                        .inc();
-                                    avoid = key;
-                                    body = next_body(&mut spare);
-                                    if let Some(p) = retry::pause(&f, attempt) {
-                                        tokio::time::sleep(p).await;
-                                    }
-                                    continue;
-                                }
-                                Ok((first, _)) => {
-                                    return Ok(Forwarded {
-                                        response: resp,
-                                        prefix: Some(first),
-                                    })
-                                }
-                                Err(e) => {
-                                    ctx.metrics
-                                        .upstream_errors
-                                        .with_label_values(&["stream_start"])
-                                        .inc();
-                                    ctx.health.record_failure();
-                                    e
-                                }
-                            }
-                        } else {
+                        // A stream's first event is looked at only while a retry is
+                        // possible: an `error` event then is retried like a 529.
+                        if !(ctx.stream && can_retry && crate::sse::is_event_stream(&resp.headers))
+                        {
                             return Ok(Forwarded {
                                 response: resp,
                                 prefix: None,
                             });
+                        }
+                        let idle = self.config.stream_idle_timeout;
+                        match crate::sse::peek_first_event(&mut resp.body, idle).await {
+                            Ok((first, _)) if crate::sse::first_event_is_error(&first) => {
+                                let f = Failure::ErrorEvent;
+                                debug_assert!(retry::worth_retrying(&f, || true));
+                                ctx.metrics
+                                    .upstream_errors
+                                    .with_label_values(&["stream_error_event"])
+                                    .inc();
+                                ("stream_error_event", retry::pause(&f, attempt))
+                            }
+                            Ok((first, _)) => {
+                                return Ok(Forwarded {
+                                    response: resp,
+                                    prefix: Some(first),
+                                })
+                            }
+                            Err(failure) => {
+                                ctx.metrics
+                                    .upstream_errors
+                                    .with_label_values(&["stream_start"])
+                                    .inc();
+                                ctx.health.record_failure();
+                                retry_transport(failure, can_retry, attempt)?
+                            }
                         }
                     } else {
                         let label = status_label(status);
@@ -298,32 +297,34 @@ impl Upstream {
                                 prefix: None,
                             });
                         }
-                        ctx.metrics
-                            .retries
-                            .with_label_values(&[label.unwrap_or("status")])
-                            .inc();
-                        avoid = key;
-                        body = next_body(&mut spare);
-                        if let Some(p) = retry::pause(&f, attempt) {
-                            tokio::time::sleep(p).await;
-                        }
-                        continue;
+                        (label.unwrap_or("status"), retry::pause(&f, attempt))
                     }
                 }
             };
-            // A transport failure: retry if the rule allows and the body can be sent again.
-            if !can_retry || !retry::worth_retrying(&Failure::Transport(&failure), || false) {
-                return Err(failure);
-            }
-            tracing::debug!(attempt, "retrying upstream after: {failure}");
-            ctx.metrics
-                .retries
-                .with_label_values(&[failure.label()])
-                .inc();
+            ctx.metrics.retries.with_label_values(&[cause]).inc();
             avoid = key;
             body = next_body(&mut spare);
+            if let Some(p) = pause {
+                tokio::time::sleep(p).await;
+            }
         }
     }
+}
+
+/// A transport failure: `Err` (the loop ends with it) unless the retry rule allows
+/// another attempt and the body can be sent again (`can_retry`); then the retry's
+/// cause and pause.
+fn retry_transport(
+    failure: Error,
+    can_retry: bool,
+    attempt: u32,
+) -> Result<(&'static str, Option<std::time::Duration>)> {
+    let f = Failure::Transport(&failure);
+    if !can_retry || !retry::worth_retrying(&f, || false) {
+        return Err(failure);
+    }
+    tracing::debug!(attempt, "retrying upstream after: {failure}");
+    Ok((failure.label(), retry::pause(&f, attempt)))
 }
 
 fn status_label(s: StatusCode) -> Option<&'static str> {

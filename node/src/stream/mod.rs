@@ -177,18 +177,10 @@ impl Relay {
         err: Error,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if matches!(self.tap, Tap::Sse(_)) {
-            self.state = State::Done;
             let ev = self.fail_stream(cause, err);
             return Poll::Ready(ev.map(|b| Ok(Frame::data(b))));
         }
-        self.state = State::Done;
-        self.record.outcome = "upstream_failed";
-        self.record.error = Some(err.label());
-        self.record
-            .metrics
-            .stream_failures
-            .with_label_values(&[cause])
-            .inc();
+        self.count_failure(cause, &err);
         tracing::warn!(request_id = %self.record.request_id, cause, "upstream body failed: {err}");
         // An error here makes hyper abort the response, which is the only honest
         // signal left once the status line has gone out.
@@ -196,6 +188,15 @@ impl Relay {
     }
 
     fn fail_stream(&mut self, cause: &'static str, err: Error) -> Option<Bytes> {
+        self.count_failure(cause, &err);
+        tracing::warn!(request_id = %self.record.request_id, cause, "stream failed after start: {err}");
+        let ev = err.sse_event();
+        self.record.bytes_out += ev.len() as u64;
+        Some(ev)
+    }
+
+    /// Ends the relay as failed, in the record and the metrics.
+    fn count_failure(&mut self, cause: &'static str, err: &Error) {
         self.state = State::Done;
         self.record.outcome = "upstream_failed";
         self.record.error = Some(err.label());
@@ -204,10 +205,6 @@ impl Relay {
             .stream_failures
             .with_label_values(&[cause])
             .inc();
-        tracing::warn!(request_id = %self.record.request_id, cause, "stream failed after start: {err}");
-        let ev = err.sse_event();
-        self.record.bytes_out += ev.len() as u64;
-        Some(ev)
     }
 }
 
