@@ -3,7 +3,8 @@
 //! answered with, which response fields are relayed); this code carries it out.
 //!
 //! Layout: [`framing`] (body framing and field values), [`server`] (the client-facing
-//! HTTP/1.1 server), [`client`] (one HTTP/1.1 request upstream), [`pool`] (the
+//! HTTP/1.1 server: the connection loop; `request` parses heads, `response` writes
+//! answers), [`client`] (one HTTP/1.1 request upstream), [`pool`] (the
 //! upstream client: pooled HTTP/1.1 connections, shared HTTP/2 ones through hyper),
 //! [`connect`] (TCP, TLS and ALPN) and [`dns`] (the resolver).
 
@@ -12,6 +13,8 @@ pub mod connect;
 pub mod dns;
 pub mod framing;
 pub mod pool;
+mod request;
+mod response;
 pub mod server;
 
 use http::{HeaderMap, HeaderValue, Response};

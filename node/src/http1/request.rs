@@ -1,0 +1,245 @@
+//! One HTTP/1.1 request head, parsed with httparse from the front of the connection's
+//! buffer without a copy: method, target, fields (as positions in the head's bytes),
+//! framing and keep-alive. Ambiguous framing is refused, not guessed at.
+
+use std::mem::MaybeUninit;
+
+use bytes::BytesMut;
+use http::{Method, Uri, Version};
+
+use super::framing::{self as wire, Framing};
+use crate::head::RawHeaders;
+
+/// The first bytes of every HTTP/2 connection with prior knowledge (RFC 9113 3.4).
+pub(super) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Headers in one request head, at most (hyper's default was 100).
+const MAX_HEADERS: usize = 128;
+
+/// A request head, parsed.
+pub(super) struct Head {
+    pub(super) method: Method,
+    pub(super) uri: Uri,
+    pub(super) version: Version,
+    pub(super) headers: RawHeaders,
+    pub(super) framing: Framing,
+    pub(super) keep_alive: bool,
+    pub(super) expect_continue: bool,
+}
+
+/// Why a head was refused; answered and the connection closed.
+pub(super) enum Refused {
+    TooLarge,
+    Malformed(&'static str),
+}
+
+pub(super) fn is_h2_preface(buf: &[u8]) -> bool {
+    let n = buf.len().min(H2_PREFACE.len());
+    buf[..n] == H2_PREFACE[..n]
+}
+
+/// Where the head at the front of `buf` ends (after its empty line), if it is all
+/// there. Bare-LF line ends are accepted, as httparse accepts them.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    // An empty line is LF then CRLF (the usual head) or LF then LF; two searches, each
+    // one pass, rather than a look at every line end.
+    let crlf = memchr::memmem::find(buf, b"\n\r\n");
+    let scope = &buf[..crlf.map_or(buf.len(), |i| i + 1)];
+    match memchr::memmem::find(scope, b"\n\n") {
+        Some(i) => Some(i + 2),
+        None => crlf.map(|i| i + 3),
+    }
+}
+
+/// Parses one request head from the front of `buf`, consuming it when complete.
+pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
+    // Empty lines before a request line are ignored (RFC 9112 2.2).
+    let blank = buf
+        .iter()
+        .take_while(|b| matches!(b, b'\r' | b'\n'))
+        .count();
+    bytes::Buf::advance(buf, blank);
+    let Some(len) = head_end(buf) else {
+        return Ok(None);
+    };
+    // The head is split off the read buffer without a copy, and the target and every
+    // value point into it. They are dropped before the connection reads again (the
+    // request is done by then), so the buffer is reclaimed rather than regrown.
+    let raw = buf.split_to(len).freeze();
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(&raw, &mut slots) {
+        Ok(httparse::Status::Complete(n)) if n == raw.len() => {}
+        Err(httparse::Error::TooManyHeaders) => return Err(Refused::TooLarge),
+        _ => return Err(Refused::Malformed("malformed HTTP/1.1 request head")),
+    }
+    let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
+        .map_err(|_| Refused::Malformed("invalid request method"))?;
+    let version = match req.version {
+        Some(1) => Version::HTTP_11,
+        _ => Version::HTTP_10,
+    };
+    let uri = Uri::from_maybe_shared(raw.slice_ref(req.path.unwrap_or_default().as_bytes()))
+        .map_err(|_| Refused::Malformed("invalid request target"))?;
+
+    let mut headers = RawHeaders::with_capacity(raw.clone(), req.headers.len());
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut transfer_encoding = false;
+    let mut close = false;
+    let mut keep_alive_token = false;
+    let mut expect_continue = false;
+    for h in req.headers.iter() {
+        // httparse has checked the name is a token and the value has no control
+        // characters: what `HeaderName` and `HeaderValue` would check.
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let n =
+                wire::parse_length(h.value).ok_or(Refused::Malformed("invalid content-length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Refused::Malformed("conflicting content-length headers"));
+            }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            // Only `chunked`, once, is understood; anything else is refused rather
+            // than guessed at (RFC 9112 6.1: a server that does not understand a
+            // transfer coding answers 501; refusing also closes smuggling routes).
+            if transfer_encoding || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Err(Refused::Malformed("unsupported transfer-encoding"));
+            }
+            transfer_encoding = true;
+            chunked = true;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            close |= wire::has_token(h.value, b"close");
+            keep_alive_token |= wire::has_token(h.value, b"keep-alive");
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            expect_continue = h.value.eq_ignore_ascii_case(b"100-continue");
+        }
+        headers.push(name, h.value);
+    }
+    let framing = match (chunked, length) {
+        (true, Some(_)) => {
+            // RFC 9112 6.1: a message with both may be an attempt at smuggling.
+            return Err(Refused::Malformed(
+                "both transfer-encoding and content-length",
+            ));
+        }
+        (true, None) if version == Version::HTTP_10 => {
+            return Err(Refused::Malformed("transfer-encoding on HTTP/1.0"));
+        }
+        (true, None) => Framing::chunked(),
+        (false, Some(0)) | (false, None) => Framing::Done,
+        (false, Some(n)) => Framing::Length(n),
+    };
+    let keep_alive = match version {
+        Version::HTTP_11 => !close,
+        _ => keep_alive_token && !close,
+    };
+    Ok(Some(Head {
+        method,
+        uri,
+        version,
+        headers,
+        framing,
+        keep_alive,
+        expect_continue: expect_continue && version == Version::HTTP_11,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::head::HeaderFields;
+    use http::header;
+
+    fn parse(raw: &[u8]) -> Result<Option<Head>, Refused> {
+        parse_head(&mut BytesMut::from(raw))
+    }
+
+    fn refused(raw: &[u8]) -> bool {
+        matches!(parse(raw), Err(Refused::Malformed(_)))
+    }
+
+    #[test]
+    fn heads_parse_with_framing_and_keep_alive() {
+        let mut buf = BytesMut::from(
+            &b"POST /v1/messages?beta=true HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nx-a: b\r\n\r\nhello"[..],
+        );
+        let head = parse_head(&mut buf).ok().flatten().expect("complete");
+        assert_eq!(head.method, Method::POST);
+        assert_eq!(head.uri.path(), "/v1/messages");
+        assert_eq!(head.uri.query(), Some("beta=true"));
+        let headers = HeaderFields::Raw(head.headers);
+        assert_eq!(
+            headers.get(&header::HeaderName::from_static("x-a")),
+            Some(&b"b"[..])
+        );
+        assert_eq!(head.framing, Framing::Length(5));
+        assert!(head.keep_alive);
+        assert_eq!(&buf[..], b"hello", "the body stays in the buffer");
+
+        let head = parse(b"GET / HTTP/1.0\r\n\r\n").ok().flatten().unwrap();
+        assert!(!head.keep_alive, "HTTP/1.0 closes by default");
+        let head = parse(b"GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
+            .ok()
+            .flatten()
+            .unwrap();
+        assert!(head.keep_alive);
+        let head = parse(b"GET / HTTP/1.1\r\nconnection: close\r\n\r\n")
+            .ok()
+            .flatten()
+            .unwrap();
+        assert!(!head.keep_alive);
+        assert_eq!(head.framing, Framing::Done);
+
+        let head =
+            parse(b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\nexpect: 100-continue\r\n\r\n")
+                .ok()
+                .flatten()
+                .unwrap();
+        assert_eq!(head.framing, Framing::chunked());
+        assert!(head.expect_continue);
+
+        assert!(matches!(parse(b"GET / HTTP/1.1\r\nhost: x\r\n"), Ok(None)));
+        // Blank lines before the request line are skipped; bare LF line ends work.
+        let mut buf = BytesMut::from(&b"\r\n\r\nGET /a HTTP/1.1\nhost: x\n\nNEXT"[..]);
+        let head = parse_head(&mut buf).ok().flatten().expect("complete");
+        assert_eq!(head.uri.path(), "/a");
+        let headers = HeaderFields::Raw(head.headers);
+        assert_eq!(headers.get(&header::HOST), Some(&b"x"[..]));
+        assert_eq!(&buf[..], b"NEXT");
+    }
+
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        assert!(refused(
+            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 4\r\n\r\n"
+        ));
+        assert!(refused(
+            b"POST / HTTP/1.1\r\ncontent-length: 4\r\ncontent-length: 5\r\n\r\n"
+        ));
+        assert!(refused(b"POST / HTTP/1.1\r\ncontent-length: +4\r\n\r\n"));
+        assert!(refused(
+            b"POST / HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n\r\n"
+        ));
+        assert!(refused(
+            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n"
+        ));
+        assert!(refused(
+            b"POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n"
+        ));
+        assert!(refused(b"GET / HTTP/1.1\r\nbad header\r\n\r\n"));
+        // Equal duplicates are one length (RFC 9110 8.6).
+        let head = parse(b"POST / HTTP/1.1\r\ncontent-length: 4\r\ncontent-length: 4\r\n\r\n")
+            .ok()
+            .flatten()
+            .unwrap();
+        assert_eq!(head.framing, Framing::Length(4));
+    }
+
+    #[test]
+    fn the_h2_preface_is_recognised_from_its_first_bytes() {
+        assert!(is_h2_preface(b"PRI * HT"));
+        assert!(is_h2_preface(H2_PREFACE));
+        assert!(!is_h2_preface(b"POST / HTTP/1.1\r\n"));
+    }
+}
