@@ -139,6 +139,33 @@ impl RateView {
             _ => *slot = Some(q),
         }
     }
+
+    /// Adds one scope's per-minute quotas (requests, input and output tokens: `k` 0, 1
+    /// and 2, as the backends index their window counters) for the dimensions `spec`
+    /// limits; `remaining(k, limit)` says what is left of the k-th.
+    #[inline]
+    pub(crate) fn merge_windows(
+        &mut self,
+        spec: &LimitSpec,
+        reset: SystemTime,
+        remaining: impl Fn(usize, u64) -> u64,
+    ) {
+        for (k, d) in [Dim::Requests, Dim::InputTokens, Dim::OutputTokens]
+            .into_iter()
+            .enumerate()
+        {
+            if let Some(limit) = spec.get(d) {
+                self.merge(
+                    d,
+                    Quota {
+                        limit,
+                        remaining: remaining(k, limit),
+                        reset,
+                    },
+                );
+            }
+        }
+    }
 }
 
 /// A refusal: which scope and dimension, and when to come back.
