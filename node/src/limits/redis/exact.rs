@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 
 use super::scripts::{limit_arg, parse_admit};
-use super::{slot_of, RedisLimiter};
+use super::{slot_of, Decision, RedisLimiter};
 use crate::limits::{
     ms, Actual, Denial, Dim, Permit, PermitData, RateView, Reservation, Settle, Stamp, Subject,
     MINUTE,
@@ -26,7 +26,7 @@ impl RedisLimiter {
         self: &Arc<Self>,
         subject: Subject,
         res: Reservation,
-    ) -> std::result::Result<(Permit, RateView), Denial> {
+    ) -> Decision {
         let scopes: Vec<usize> = subject.iter().collect();
         let mut inv = self.windowed_invocation(&self.scripts.admit, &scopes);
         inv.arg(res.input).arg(res.output);

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use super::scripts::{limit_arg, parse_lease};
-use super::{slot_of, RedisLimiter};
+use super::{slot_of, Decision, RedisLimiter};
 use crate::limits::{
     ms, Actual, Denial, Dim, LimitSpec, Permit, PermitData, RateView, Reservation, Settle, Stamp,
     Subject, DAY, MINUTE,
@@ -247,7 +247,7 @@ impl RedisLimiter {
         self: &Arc<Self>,
         subject: Subject,
         res: Reservation,
-    ) -> std::result::Result<(Permit, RateView), Denial> {
+    ) -> Decision {
         let scopes: Vec<usize> = subject.iter().collect();
         let mut _guards = Vec::with_capacity(2);
         for &i in &scopes {

@@ -71,6 +71,9 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// A backend decision: the permit and the headers' view, or the refusal.
+type Decision = std::result::Result<(Permit, RateView), Denial>;
+
 /// Op counters resolved once (label lookups off the hot path).
 struct Ops {
     admit: IntCounter,
@@ -312,11 +315,7 @@ impl RedisLimiter {
 
     /// Decides for a subject: in exact mode one script; in leased mode locally, with a
     /// refill round trip only when this node's lease is short.
-    pub async fn admit(
-        self: &Arc<Self>,
-        subject: Subject,
-        res: Reservation,
-    ) -> std::result::Result<(Permit, RateView), Denial> {
+    pub async fn admit(self: &Arc<Self>, subject: Subject, res: Reservation) -> Decision {
         if self.is_degraded() {
             return self.admit_fallback(subject, res);
         }
@@ -335,11 +334,7 @@ impl RedisLimiter {
     }
 
     /// While Redis is unreachable: the decision of this node's safe share.
-    fn admit_fallback(
-        &self,
-        subject: Subject,
-        res: Reservation,
-    ) -> std::result::Result<(Permit, RateView), Denial> {
+    fn admit_fallback(&self, subject: Subject, res: Reservation) -> Decision {
         let fallback = self.fallback.load_full();
         let (data, view) = fallback.admit(subject, res)?;
         Ok((Permit::new(data, fallback), view))

@@ -8,13 +8,46 @@ use redis::Script;
 use super::RedisLimiter;
 use crate::limits::{ms, Dim, Scope, ScopeKind, DAY, MINUTE};
 
+/// Lua: `now`, Redis's clock in ms (every script that decides or heartbeats).
+macro_rules! lua_now {
+    () => {
+        "local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"
+    };
+}
+
+/// Lua, inside the per-scope loop: drops the slots of nodes whose heartbeat expired
+/// and counts the rest into `s.held`.
+macro_rules! lua_sweep_slots {
+    () => {
+        "    local dead = redis.call('ZRANGEBYSCORE', ce, '-inf', now)
+    if #dead > 0 then
+      redis.call('HDEL', c, unpack(dead))
+      redis.call('ZREMRANGEBYSCORE', ce, '-inf', now)
+    end
+    for _, x in ipairs(redis.call('HVALS', c)) do s.held = s.held + tonumber(x) end
+"
+    };
+}
+
+/// Lua, after taking slots: this node's slots live another `ttl`, the keys `3 * ttl`.
+macro_rules! lua_renew_slots {
+    () => {
+        "      redis.call('ZADD', ce, now + ttl, node)
+      redis.call('PEXPIRE', c, ttl * 3)
+      redis.call('PEXPIRE', ce, ttl * 3)
+"
+    };
+}
+
 /// Exact mode: check and reserve every dimension of up to two scopes atomically, with
 /// Redis's clock. Replies `{ok, now, deny_scope, deny_dim, retry_ms}` and per scope
 /// `{ws, r, i, o, ds, d, held}`.
-const ADMIT_LUA: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local node = ARGV[1]
+const ADMIT_LUA: &str = concat!(
+    "\n",
+    lua_now!(),
+    r#"local node = ARGV[1]
 local win, day, ttl, np = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local amt = {1, tonumber(ARGV[6]), tonumber(ARGV[7])}
 local damt = amt[2] + amt[3]
@@ -35,13 +68,9 @@ for p = 1, np do
   local dl = tonumber(ARGV[b+4])
   if deny == nil and dl >= 0 and s.d + damt > dl then deny = {p, 4, s.ds + day - now} end
   if s.cl >= 0 then
-    local dead = redis.call('ZRANGEBYSCORE', ce, '-inf', now)
-    if #dead > 0 then
-      redis.call('HDEL', c, unpack(dead))
-      redis.call('ZREMRANGEBYSCORE', ce, '-inf', now)
-    end
-    for _, x in ipairs(redis.call('HVALS', c)) do s.held = s.held + tonumber(x) end
-    if deny == nil and s.held + 1 > s.cl then deny = {p, 5, 1000} end
+"#,
+    lua_sweep_slots!(),
+    r#"    if deny == nil and s.held + 1 > s.cl then deny = {p, 5, 1000} end
   end
   st[p] = s
 end
@@ -56,16 +85,16 @@ for p = 1, np do
     redis.call('PEXPIRE', h, s.ds + day - now + 1000)
     if s.cl >= 0 then
       redis.call('HINCRBY', c, node, 1)
-      redis.call('ZADD', ce, now + ttl, node)
-      redis.call('PEXPIRE', c, ttl * 3)
-      redis.call('PEXPIRE', ce, ttl * 3)
-      s.held = s.held + 1
+"#,
+    lua_renew_slots!(),
+    r#"      s.held = s.held + 1
     end
   end
   for _, x in ipairs({s.ws, s.u[1], s.u[2], s.u[3], s.ds, s.d, s.held}) do out[#out + 1] = x end
 end
 return out
-"#;
+"#,
+);
 
 /// Exact mode: settle real usage into the window it was reserved in, free the slot.
 const SETTLE_LUA: &str = r#"
@@ -94,10 +123,10 @@ return {1}
 /// nothing. A grant is the need, or more (the node's cut of the remainder:
 /// `remaining / fdiv`), never more than remains. Replies `{ok, now, deny_scope,
 /// deny_dim, retry_ms}` and per scope `{ws, ds, g_r, g_i, g_o, g_d, g_c, r, i, o, d, held}`.
-const LEASE_LUA: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local node = ARGV[1]
+const LEASE_LUA: &str = concat!(
+    "\n",
+    lua_now!(),
+    r#"local node = ARGV[1]
 local win, day, ttl, np, fdiv = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local st = {}
 local deny = nil
@@ -131,13 +160,9 @@ for p = 1, np do
   s.cl = tonumber(ARGV[b+15])
   local cneed = tonumber(ARGV[b+16])
   if s.cl >= 0 then
-    local dead = redis.call('ZRANGEBYSCORE', ce, '-inf', now)
-    if #dead > 0 then
-      redis.call('HDEL', c, unpack(dead))
-      redis.call('ZREMRANGEBYSCORE', ce, '-inf', now)
-    end
-    for _, x in ipairs(redis.call('HVALS', c)) do s.held = s.held + tonumber(x) end
-    if cneed > 0 then
+"#,
+    lua_sweep_slots!(),
+    r#"    if cneed > 0 then
       if s.held + cneed > s.cl then
         if deny == nil then deny = {p, 5, 1000} end
       else
@@ -160,10 +185,9 @@ for p = 1, np do
     redis.call('PEXPIRE', h, s.ds + day - now + 1000)
     if s.g[5] > 0 then
       redis.call('HINCRBY', c, node, s.g[5])
-      redis.call('ZADD', ce, now + ttl, node)
-      redis.call('PEXPIRE', c, ttl * 3)
-      redis.call('PEXPIRE', ce, ttl * 3)
-      s.held = s.held + s.g[5]
+"#,
+    lua_renew_slots!(),
+    r#"      s.held = s.held + s.g[5]
     end
   end
   for _, x in ipairs({s.ws, s.ds, s.g[1], s.g[2], s.g[3], s.g[4], s.g[5], s.u[1], s.u[2], s.u[3], s.u[4], s.held}) do
@@ -171,16 +195,17 @@ for p = 1, np do
   end
 end
 return out
-"#;
+"#,
+);
 
 /// Background sync of one scope: give back (or, negative, charge) quota in the window it
 /// came from, and heartbeat this node's concurrency slots (mode 1: refresh the expiry,
 /// restore the count if Redis lost it; mode 2: set the count). Replies
 /// `{now, ws, ds, r, i, o, d}` (-1 for a missing window).
-const SYNC_LUA: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local h, c, ce = KEYS[1], KEYS[2], KEYS[3]
+const SYNC_LUA: &str = concat!(
+    "\n",
+    lua_now!(),
+    r#"local h, c, ce = KEYS[1], KEYS[2], KEYS[3]
 local node, ttl = ARGV[1], tonumber(ARGV[2])
 local v = redis.call('HMGET', h, 'ws', 'r', 'i', 'o', 'ds', 'd')
 local ws, ds = tonumber(v[1]), tonumber(v[5])
@@ -206,7 +231,8 @@ elseif mode == 2 then
   redis.call('ZREM', ce, node)
 end
 return {now, ws or -1, ds or -1, u[1], u[2], u[3], u[4]}
-"#;
+"#,
+);
 
 /// The four scripts, each hashed once when the limiter starts.
 pub(super) struct Scripts {
