@@ -8,8 +8,8 @@ use std::time::SystemTime;
 use tokio::time::Instant;
 
 use super::{
-    Actual, Denial, Dim, LimitSpec, PermitData, Quota, RateView, Reservation, Settle, Stamp,
-    Subject, CONCURRENCY_RETRY, DAY, MINUTE,
+    Actual, Denial, Dim, LimitSpec, PermitData, RateView, Reservation, Settle, Stamp, Subject,
+    CONCURRENCY_RETRY, DAY, MINUTE,
 };
 
 /// Counters of one scope. Window ids count up so a refund can tell whether the window
@@ -91,18 +91,7 @@ impl Counters {
 
     fn view_into(&self, spec: &LimitSpec, view: &mut RateView, now: Instant, sys_now: SystemTime) {
         let reset = sys_now + (self.window_end(now) - now);
-        for d in [Dim::Requests, Dim::InputTokens, Dim::OutputTokens] {
-            if let Some(limit) = spec.get(d) {
-                view.merge(
-                    d,
-                    Quota {
-                        limit,
-                        remaining: limit.saturating_sub(self.used(d)),
-                        reset,
-                    },
-                );
-            }
-        }
+        view.merge_windows(spec, reset, |k, limit| limit.saturating_sub(self.used[k]));
     }
 }
 

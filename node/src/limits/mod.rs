@@ -11,22 +11,34 @@
 //! Windows: requests and tokens per minute count in a 60 s window that starts with the
 //! first request after the previous one ended (so `reset` is exact and a burst never
 //! straddles two windows' worth of quota); daily tokens likewise in a 24 h window.
+//!
+//! Layout: `scope` (what is limited), `permit` (what an admitted request carries and
+//! how it settles), `decision` (the headers' quotas and refusals), `metrics`, the two
+//! backends [`local`] and [`redis`], and [`headers`] (the response headers); the
+//! [`Limiter`] in front of them is here.
 
+mod decision;
 pub mod headers;
 pub mod local;
+mod metrics;
+mod permit;
 pub mod redis;
+mod scope;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::Registry;
 
 use crate::config::{Config, LimitMode, RedisSettings};
 use crate::error::{Error, ErrorKind, Result};
 pub use crate::limit_spec::{Dim, LimitSpec};
-use crate::meta::{RequestMeta, RouteKind, Usage};
+pub use decision::{Denial, Quota, RateView, Rejection};
+pub use metrics::LimiterMetrics;
+pub use permit::{Actual, Admission, Permit, PermitData, Reservation, Settle, Stamp};
+pub use scope::{Scope, ScopeKind, Subject};
 
 /// Length of the per-minute windows (RPM, ITPM, OTPM).
 pub const MINUTE: Duration = Duration::from_secs(60);
@@ -34,305 +46,6 @@ pub const MINUTE: Duration = Duration::from_secs(60);
 pub const DAY: Duration = Duration::from_secs(86_400);
 /// `retry-after` for a request refused for concurrency: slots free up as streams end.
 pub const CONCURRENCY_RETRY: Duration = Duration::from_secs(1);
-
-/// What a request asks for at admission. Requests and concurrency count 1 each.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Reservation {
-    /// Estimated input tokens.
-    pub input: u64,
-    /// Output tokens reserved: the request's `max_tokens`.
-    pub output: u64,
-}
-
-impl Reservation {
-    /// Tokens are reserved for Messages requests only: input estimated as body bytes / 4
-    /// (the JSON around the text makes this an over-estimate, refunded at settlement),
-    /// output as `max_tokens`.
-    pub fn for_request(route: RouteKind, meta: &RequestMeta, body_len: usize) -> Reservation {
-        if route != RouteKind::Messages {
-            return Reservation::default();
-        }
-        Reservation {
-            input: (body_len as u64 / 4).max(1),
-            output: meta.max_tokens.unwrap_or(0),
-        }
-    }
-
-    pub fn amount(&self, d: Dim) -> u64 {
-        match d {
-            Dim::Requests | Dim::Concurrency => 1,
-            Dim::InputTokens => self.input,
-            Dim::OutputTokens => self.output,
-            Dim::DailyTokens => self.input.saturating_add(self.output),
-        }
-    }
-}
-
-/// Whether a scope is a client key or a tenant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScopeKind {
-    Key,
-    Tenant,
-}
-
-impl ScopeKind {
-    pub fn label(self) -> &'static str {
-        match self {
-            ScopeKind::Key => "key",
-            ScopeKind::Tenant => "tenant",
-        }
-    }
-}
-
-/// One limited thing: a client key or a tenant, with its effective limits.
-#[derive(Debug, Clone)]
-pub struct Scope {
-    pub kind: ScopeKind,
-    pub name: Arc<str>,
-    pub spec: LimitSpec,
-    /// Redis Cluster hash tag: a key's state lives with its tenant's, so one script
-    /// can check both atomically (`t:<tenant>` or, without a tenant, `k:<key>`).
-    pub tag: String,
-}
-
-/// The scopes a request is checked against: its key, and its key's tenant. Indices
-/// into [`Limiter::scopes`]; the key always comes first (lock order).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Subject {
-    pub scopes: [Option<usize>; 2],
-}
-
-impl Subject {
-    pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
-        self.scopes.iter().flatten().copied()
-    }
-}
-
-/// Limit, remaining and reset of one dimension, for the response headers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Quota {
-    pub limit: u64,
-    pub remaining: u64,
-    pub reset: SystemTime,
-}
-
-/// What the `anthropic-ratelimit-*` headers say: per dimension, the tightest of the
-/// key's and the tenant's quotas.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RateView {
-    pub requests: Option<Quota>,
-    pub input: Option<Quota>,
-    pub output: Option<Quota>,
-}
-
-impl RateView {
-    /// Adds one scope's quota for a dimension, keeping the one with less remaining.
-    pub fn merge(&mut self, d: Dim, q: Quota) {
-        let slot = match d {
-            Dim::Requests => &mut self.requests,
-            Dim::InputTokens => &mut self.input,
-            Dim::OutputTokens => &mut self.output,
-            _ => return,
-        };
-        match slot {
-            Some(cur) if cur.remaining <= q.remaining => {}
-            _ => *slot = Some(q),
-        }
-    }
-}
-
-/// A refusal: which scope and dimension, and when to come back.
-#[derive(Debug, Clone)]
-pub struct Denial {
-    pub scope: usize,
-    pub dim: Dim,
-    pub retry_after: Duration,
-    /// The request alone exceeds the limit; waiting will not help.
-    pub never: bool,
-    /// Boxed: refusals are the rare path, and this keeps `Result`s small.
-    pub view: Box<RateView>,
-}
-
-/// A refused request, ready for the client: the error (429 `rate_limit_error` with
-/// `retry-after`) and the headers to add.
-#[derive(Debug)]
-pub struct Rejection {
-    pub error: Error,
-    pub dim: Dim,
-    pub scope: ScopeKind,
-    pub view: RateView,
-}
-
-/// Where each scope's windows stood at admission, so a refund lands in the same window
-/// (or is dropped if that window has ended).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Stamp {
-    pub window: i64,
-    pub day: i64,
-}
-
-/// What a request really used, decided when its record finishes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Actual {
-    pub input: u64,
-    pub output: u64,
-}
-
-/// The backend side of a permit: settles usage and frees the concurrency slot.
-pub trait Settle: Send + Sync {
-    fn settle(&self, permit: &PermitData, actual: Actual);
-}
-
-/// Everything a backend needs to settle a permit.
-#[derive(Debug, Clone)]
-pub struct PermitData {
-    pub subject: Subject,
-    pub reservation: Reservation,
-    pub stamps: [Stamp; 2],
-}
-
-/// An admitted request's reservation. Settle it with [`Permit::settle`]; dropping it
-/// unsettled charges the full reservation (the safe assumption for a request whose
-/// outcome is unknown) and still frees the concurrency slot.
-pub struct Permit {
-    data: PermitData,
-    backend: Arc<dyn Settle>,
-    settled: bool,
-}
-
-impl Permit {
-    pub fn new(data: PermitData, backend: Arc<dyn Settle>) -> Permit {
-        Permit {
-            data,
-            backend,
-            settled: false,
-        }
-    }
-
-    pub fn reservation(&self) -> Reservation {
-        self.data.reservation
-    }
-
-    /// Settles with the usage read from the response. `outcome` is the record's: a
-    /// stream cut short (`client_gone`, `upstream_failed`) may have used more than was
-    /// read, so it is charged at least its reservation; anything else is charged what
-    /// the upstream reported (zero for error responses, which carry no usage).
-    pub fn settle(mut self, usage: &Usage, outcome: &str) {
-        let reported = Actual {
-            input: usage
-                .input_tokens
-                .saturating_add(usage.cache_creation_input_tokens),
-            output: usage.output_tokens,
-        };
-        let actual = match outcome {
-            "client_gone" | "upstream_failed" => Actual {
-                input: reported.input.max(self.data.reservation.input),
-                output: reported.output.max(self.data.reservation.output),
-            },
-            _ => reported,
-        };
-        self.settled = true;
-        self.backend.settle(&self.data, actual);
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        if !self.settled {
-            let r = self.data.reservation;
-            self.backend.settle(
-                &self.data,
-                Actual {
-                    input: r.input,
-                    output: r.output,
-                },
-            );
-        }
-    }
-}
-
-/// The decision for an admitted request.
-pub struct Admission {
-    pub permit: Permit,
-    pub view: RateView,
-}
-
-/// Metrics of the limiter, registered in the node's registry.
-#[derive(Clone)]
-pub struct LimiterMetrics {
-    /// `strait_limiter_decisions_total{result, dimension, scope}`.
-    pub decisions: IntCounterVec,
-    /// `strait_limiter_degraded`: 1 while Redis is unreachable and safe shares apply.
-    pub degraded: IntGauge,
-    /// `strait_limiter_redis_ops_total{op}`: Redis round trips by kind.
-    pub redis_ops: IntCounterVec,
-    /// `strait_limiter_redis_errors_total{op}`.
-    pub redis_errors: IntCounterVec,
-    /// `strait_limiter_lease_refills_total`: leased-mode refills (slow path).
-    pub lease_refills: prometheus::IntCounter,
-    /// `strait_limiter_nodes`: nodes each shared limit is divided among (safe share).
-    pub nodes: IntGauge,
-    /// The `result="admitted"` series, resolved once: it is bumped on every request.
-    admitted: prometheus::IntCounter,
-}
-
-impl LimiterMetrics {
-    pub fn new(registry: &Registry) -> LimiterMetrics {
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
-        };
-        let degraded = IntGauge::new(
-            "limiter_degraded",
-            "1 while Redis is unreachable and each limit falls back to this node's safe share",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(degraded.clone()))
-            .expect("unique metric");
-        let lease_refills = prometheus::IntCounter::new(
-            "limiter_lease_refills_total",
-            "Leased mode: quota chunks taken from Redis",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(lease_refills.clone()))
-            .expect("unique metric");
-        let nodes = IntGauge::new(
-            "limiter_nodes",
-            "Nodes sharing each limit, for safe shares and lease sizes (live count with etcd)",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(nodes.clone()))
-            .expect("unique metric");
-        let decisions = counter(
-            "limiter_decisions_total",
-            "Limiter decisions by result, limiting dimension and scope",
-            &["result", "dimension", "scope"],
-        );
-        LimiterMetrics {
-            admitted: decisions.with_label_values(&["admitted", "", ""]),
-            decisions,
-            degraded,
-            nodes,
-            redis_ops: counter(
-                "limiter_redis_ops_total",
-                "Limiter round trips to Redis, by operation",
-                &["op"],
-            ),
-            redis_errors: counter(
-                "limiter_redis_errors_total",
-                "Limiter Redis operations that failed or timed out",
-                &["op"],
-            ),
-            lease_refills,
-        }
-    }
-}
 
 /// The backend that decides. Enum dispatch keeps the hot path free of boxed futures.
 enum Backend {
@@ -734,37 +447,5 @@ mod tests {
                 ..Default::default()
             }
         );
-    }
-
-    #[test]
-    fn view_keeps_the_tightest_quota() {
-        let mut v = RateView::default();
-        let t = SystemTime::UNIX_EPOCH;
-        v.merge(
-            Dim::Requests,
-            Quota {
-                limit: 10,
-                remaining: 5,
-                reset: t,
-            },
-        );
-        v.merge(
-            Dim::Requests,
-            Quota {
-                limit: 100,
-                remaining: 50,
-                reset: t,
-            },
-        );
-        assert_eq!(v.requests.unwrap().limit, 10);
-        v.merge(
-            Dim::Requests,
-            Quota {
-                limit: 100,
-                remaining: 1,
-                reset: t,
-            },
-        );
-        assert_eq!(v.requests.unwrap().remaining, 1);
     }
 }

@@ -1,0 +1,187 @@
+//! Typed node configuration: the raw TOML shape with named defaults, and the
+//! validated runtime form every other module reads.
+//!
+//! The file is optional: every field has a default, and `cli` overlays flags and the
+//! `STRAIT_*` environment variables on top. `deploy/node.example.toml` documents every
+//! option and is parsed by a test so it cannot drift from the `raw` structs.
+//!
+//! Layout: `raw` (the file's shape and named defaults), `validate` (the checks that
+//! turn it into the runtime form), and here the runtime types every module reads.
+
+mod raw;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use self::raw::*;
+pub use self::validate::split_keys;
+pub use crate::secret::{hash_key, hash_key_bytes, Secret};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub tls13_only: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+    pub drain_timeout: Duration,
+}
+
+/// Where the upstream is: scheme, authority and an optional path prefix.
+#[derive(Debug, Clone)]
+pub struct UpstreamTarget {
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    /// Prefix joined before the request path, without a trailing slash ("" usually).
+    pub path_prefix: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub target: UpstreamTarget,
+    pub connect_timeout: Duration,
+    pub send_timeout: Duration,
+    pub read_timeout: Duration,
+    pub stream_idle_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+    /// Streams per upstream HTTP/2 connection before another is opened.
+    pub h2_max_streams_per_connection: usize,
+    pub dns_ttl_cap: Duration,
+    pub max_attempts: u32,
+    pub key_cooldown: Duration,
+    /// Keys the node sends upstream. Empty means passthrough mode.
+    pub keys: Vec<Secret>,
+    pub ca_file: Option<PathBuf>,
+}
+
+/// A client key the node accepts, known only by its hash.
+#[derive(Debug, Clone)]
+pub struct ClientKey {
+    pub name: String,
+    pub sha256: [u8; 32],
+    pub tenant: Option<String>,
+    /// The key's own limits (not yet merged with the defaults).
+    pub limits: crate::limit_spec::LimitSpec,
+}
+
+/// How the limiter uses Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitMode {
+    /// One atomic script per decision: never over a limit, one round trip per request.
+    Exact,
+    /// Quota leased in chunks and decided locally: no round trip on the hot path.
+    Leased,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// One URL, or the seed nodes of a cluster.
+    pub urls: Vec<String>,
+    pub cluster: bool,
+    pub mode: LimitMode,
+    pub expected_nodes: u32,
+    pub sync_interval: Duration,
+    pub lease_fraction: f64,
+    pub slot_ttl: Duration,
+    pub op_timeout: Duration,
+    pub key_prefix: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub name: String,
+    pub limits: crate::limit_spec::LimitSpec,
+}
+
+/// Rate limits and where their state lives.
+#[derive(Debug, Clone, Default)]
+pub struct RateLimits {
+    pub default: crate::limit_spec::LimitSpec,
+    pub tenants: Vec<Tenant>,
+    /// `None`: the in-process limiter.
+    pub redis: Option<RedisSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Auth {
+    pub client_keys: Vec<ClientKey>,
+    pub allow_anonymous: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Log {
+    pub format: LogFormat,
+    pub level: String,
+    pub access_log: bool,
+}
+
+/// Validated `[cluster]` settings; present only when etcd endpoints are configured.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub etcd: Vec<String>,
+    pub region: String,
+    /// `None`: resolved at start from the state directory (see `cluster::membership`).
+    pub node_id: Option<String>,
+    pub lease_ttl: Duration,
+    pub state_dir: PathBuf,
+    pub kek: Option<crate::secret::Kek>,
+    pub advertise_public: Option<String>,
+    pub advertise_admin: Option<String>,
+}
+
+/// The validated configuration a node runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub public_listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub tls: Option<TlsConfig>,
+    pub limits: Limits,
+    pub upstream: Upstream,
+    pub auth: Auth,
+    pub log: Log,
+    pub workers: Option<usize>,
+    /// Membership and live config in etcd; `None` runs on the file config alone.
+    pub cluster: Option<Cluster>,
+    pub rate_limits: RateLimits,
+}
+
+/// The key-handling mode a node runs in, derived from which keys are configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyMode {
+    /// Clients present Strait keys; the node sends keys from its pool.
+    Managed,
+    /// Upstream keys but no client keys, explicitly allowed by `--allow-anonymous`.
+    Anonymous,
+    /// No upstream keys: the client's own Anthropic key goes upstream.
+    Passthrough,
+}
+
+impl Config {
+    pub fn key_mode(&self) -> KeyMode {
+        match (
+            self.upstream.keys.is_empty(),
+            self.auth.client_keys.is_empty(),
+        ) {
+            (true, _) => KeyMode::Passthrough,
+            (false, true) if self.auth.allow_anonymous => KeyMode::Anonymous,
+            // Upstream keys, no client keys and no --allow-anonymous: only in a
+            // cluster, whose client keys have not arrived yet. Nobody gets in.
+            (false, _) => KeyMode::Managed,
+        }
+    }
+}

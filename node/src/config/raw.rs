@@ -1,0 +1,390 @@
+//! The configuration file's shape: `Raw*` structs that refuse unknown fields, with
+//! every default named in a `DEFAULT_*` constant, and the parsing of the TOML text.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::Secret;
+use crate::error::{Error, Result};
+
+/// Default public listener: all interfaces, port 8080.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+/// Default admin listener (metrics, health): loopback only, port 9090.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// Default upstream: the Anthropic API.
+pub const DEFAULT_UPSTREAM: &str = "https://api.anthropic.com";
+/// Default cap on all request headers together (bytes).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Default cap on a request body: 32 MiB, Anthropic's own limit for Messages requests.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
+/// Default time a client has to send its request headers (and finish TLS): slowloris guard.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default cap on concurrent client connections; further clients wait in the backlog.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
+/// Default time in-flight requests get to finish after SIGTERM.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default upstream connect timeout (nginx field setup: 5 s).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default upstream send timeout: extra time a streamed upload gets, on top of the
+/// read timeout, before the response must start.
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default upstream read timeout: time to response headers and between body chunks
+/// of non-streaming responses.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default idle timeout between events of a streaming (SSE) response.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default time an idle pooled upstream connection is kept.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Default idle upstream connections kept per host.
+pub const DEFAULT_POOL_MAX_IDLE: usize = 64;
+/// Default number of streams one upstream HTTP/2 connection carries before the node
+/// opens another: 100, the floor RFC 9113 recommends servers allow, so it stays at or
+/// under what the upstream advertises (past that, streams would wait in the node).
+pub const DEFAULT_H2_MAX_STREAMS: usize = 100;
+/// Default cap on how long a DNS answer is cached, whatever its TTL says.
+pub const DEFAULT_DNS_TTL_CAP: Duration = Duration::from_secs(60);
+/// Default number of upstream attempts per request (1 = no retry).
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// Default cooldown of an upstream key after a 429/529 without `retry-after`.
+pub const DEFAULT_KEY_COOLDOWN: Duration = Duration::from_secs(5);
+/// Default limiter mode with Redis: nodes lease quota in chunks (no round trip per request).
+pub const DEFAULT_LIMIT_MODE: &str = "leased";
+/// Default number of nodes sharing each limit: the divisor of the safe share a node
+/// falls back to while Redis is unreachable. Errs towards admitting too little.
+pub const DEFAULT_EXPECTED_NODES: u32 = 3;
+/// Default interval of the leased-mode background sync (returns surplus and refunds).
+pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(100);
+/// Default fraction of its fair share (remaining / expected_nodes) a node leases at once.
+pub const DEFAULT_LEASE_FRACTION: f64 = 0.5;
+/// Default lifetime of a node's concurrency slots in Redis without a heartbeat: the
+/// bound on how long a killed node's slots stay taken.
+pub const DEFAULT_SLOT_TTL: Duration = Duration::from_secs(10);
+/// Default timeout of one limiter round trip to Redis before the node degrades.
+pub const DEFAULT_REDIS_OP_TIMEOUT: Duration = Duration::from_millis(250);
+/// Default prefix of every limiter key in Redis.
+pub const DEFAULT_REDIS_PREFIX: &str = "strait";
+/// Default lease TTL of a node's registration in etcd; kept alive every TTL/3.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+/// Default directory for the node id and the last good cluster config.
+pub const DEFAULT_STATE_DIR: &str = "strait-state";
+
+/// The file's shape. Unknown fields are errors so typos do not pass silently.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: RawListen,
+    pub tls: Option<RawTls>,
+    pub limits: RawLimits,
+    pub upstream: RawUpstream,
+    pub auth: RawAuth,
+    pub log: RawLog,
+    pub runtime: RawRuntime,
+    pub cluster: RawCluster,
+    /// Tenants: groups of client keys sharing one set of limits.
+    pub tenants: Vec<RawTenant>,
+    /// Shared limiter state. Without a URL the limiter runs in process.
+    pub redis: RawRedis,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawListen {
+    /// Public listener address. Default [`DEFAULT_LISTEN`].
+    pub public: String,
+    /// Admin listener (metrics, health). Default [`DEFAULT_ADMIN_LISTEN`].
+    pub admin: String,
+}
+
+impl Default for RawListen {
+    fn default() -> Self {
+        RawListen {
+            public: DEFAULT_LISTEN.into(),
+            admin: DEFAULT_ADMIN_LISTEN.into(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificate chain for the public listener.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// Refuse TLS 1.2 clients. Default false.
+    pub tls13_only: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    #[serde(with = "humantime_serde_compat")]
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+    #[serde(with = "humantime_serde_compat")]
+    pub drain_timeout: Duration,
+    /// Rate limits for every client key (fields a key sets override these). Default: none.
+    pub default: RawLimitSpec,
+}
+
+/// Rate limits of a key or tenant; an absent field is unlimited.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawLimitSpec {
+    /// Requests per minute.
+    pub rpm: Option<u64>,
+    /// Input tokens per minute (reserved from an estimate, settled with real usage).
+    pub itpm: Option<u64>,
+    /// Output tokens per minute (`max_tokens` reserved, settled with real usage).
+    pub otpm: Option<u64>,
+    /// Requests in flight at once; a stream counts until it ends.
+    pub concurrency: Option<u64>,
+    /// Input plus output tokens per 24 hours.
+    pub daily_tokens: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenant {
+    /// Tenant name, referenced by `auth.client_keys[].tenant`; used in metrics and logs.
+    pub name: String,
+    /// Limits shared by all the tenant's keys together. Default: none.
+    #[serde(default)]
+    pub limits: RawLimitSpec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawRedis {
+    /// `redis://host:port[/db]` (or `rediss://`). Empty (the default): in-process limiter.
+    /// For Redis Cluster, a comma-separated list of seed nodes with `cluster = true`.
+    pub url: String,
+    /// Connect with the Redis Cluster protocol. Default false.
+    pub cluster: bool,
+    /// `leased` (default: nodes lease quota in chunks, no round trip per request) or
+    /// `exact` (one atomic script per request).
+    pub mode: String,
+    /// Nodes sharing the limits: the safe-share divisor while Redis is down, and the
+    /// lease sizing divisor. Default [`DEFAULT_EXPECTED_NODES`]. In a cluster the live
+    /// node count from etcd replaces it once known.
+    pub expected_nodes: u32,
+    /// Leased mode: how often a node returns surplus quota and refunds. Default 100ms.
+    #[serde(with = "humantime_serde_compat")]
+    pub sync_interval: Duration,
+    /// Leased mode: fraction of its fair share a node leases at once, in (0, 1]. Default 0.5.
+    pub lease_fraction: f64,
+    /// Concurrency slots of a node that stops heartbeating are freed after this. Default 10s.
+    #[serde(with = "humantime_serde_compat")]
+    pub slot_ttl: Duration,
+    /// A Redis round trip slower than this counts as Redis being down. Default 250ms.
+    #[serde(with = "humantime_serde_compat")]
+    pub op_timeout: Duration,
+    /// Prefix of every key the limiter writes. Default `strait`.
+    pub key_prefix: String,
+}
+
+impl Default for RawRedis {
+    fn default() -> Self {
+        RawRedis {
+            url: String::new(),
+            cluster: false,
+            mode: DEFAULT_LIMIT_MODE.into(),
+            expected_nodes: DEFAULT_EXPECTED_NODES,
+            sync_interval: DEFAULT_SYNC_INTERVAL,
+            lease_fraction: DEFAULT_LEASE_FRACTION,
+            slot_ttl: DEFAULT_SLOT_TTL,
+            op_timeout: DEFAULT_REDIS_OP_TIMEOUT,
+            key_prefix: DEFAULT_REDIS_PREFIX.into(),
+        }
+    }
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            default: RawLimitSpec::default(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawUpstream {
+    pub base_url: String,
+    #[serde(with = "humantime_serde_compat")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub send_timeout: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub read_timeout: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub stream_idle_timeout: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+    pub h2_max_streams_per_connection: usize,
+    #[serde(with = "humantime_serde_compat")]
+    pub dns_ttl_cap: Duration,
+    pub max_attempts: u32,
+    #[serde(with = "humantime_serde_compat")]
+    pub key_cooldown: Duration,
+    /// File with one upstream key per line (never put keys in this file itself).
+    pub keys_file: Option<PathBuf>,
+    /// Extra PEM CA certificates to trust upstream (besides the public web roots).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        RawUpstream {
+            base_url: DEFAULT_UPSTREAM.into(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            send_timeout: DEFAULT_SEND_TIMEOUT,
+            read_timeout: DEFAULT_READ_TIMEOUT,
+            stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
+            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+            pool_max_idle_per_host: DEFAULT_POOL_MAX_IDLE,
+            h2_max_streams_per_connection: DEFAULT_H2_MAX_STREAMS,
+            dns_ttl_cap: DEFAULT_DNS_TTL_CAP,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            key_cooldown: DEFAULT_KEY_COOLDOWN,
+            keys_file: None,
+            ca_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawAuth {
+    /// Client keys, stored as SHA-256 hashes only.
+    pub client_keys: Vec<RawClientKey>,
+    /// File with one plain client key per line (hashed at load).
+    pub client_keys_file: Option<PathBuf>,
+    /// Serve without client keys even though upstream keys are configured.
+    pub allow_anonymous: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientKey {
+    /// A name for logs and metrics (never the key).
+    pub name: String,
+    /// Hex SHA-256 of the key (`printf %s "$KEY" | sha256sum`).
+    pub sha256: String,
+    /// The tenant (a `[[tenants]]` name) whose shared limits also apply. Default: none.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// This key's limits; fields left out fall back to `[limits.default]`.
+    #[serde(default)]
+    pub limits: RawLimitSpec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawLog {
+    /// `text` or `json`. Default `text`.
+    pub format: String,
+    /// A tracing filter, e.g. `info` or `strait_node=debug`. Default `info`.
+    pub level: String,
+    /// One line per request under target `strait::access`. Default true.
+    pub access_log: bool,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            format: "text".into(),
+            level: "info".into(),
+            access_log: true,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawRuntime {
+    /// Runtime worker threads; 0 or absent means one per core.
+    pub workers: Option<usize>,
+}
+
+/// `[cluster]`: membership and live config in etcd. Without `etcd` endpoints the
+/// node runs alone on its file config (the embedded default) and the rest is ignored.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawCluster {
+    /// etcd client URLs, e.g. `["http://10.0.0.5:2379"]`. Default empty (no cluster).
+    pub etcd: Vec<String>,
+    /// This node's region (lowercase letters, digits, `-`, `_`). Required with `etcd`.
+    pub region: String,
+    /// Node id; default: read from `<state_dir>/node-id`, or made from the host
+    /// name and a random suffix and written there.
+    pub node_id: Option<String>,
+    /// Registration lease TTL. Default [`DEFAULT_LEASE_TTL`] (10 s).
+    #[serde(with = "humantime_serde_compat")]
+    pub lease_ttl: Duration,
+    /// Directory for the node id and the last good config snapshot. Default
+    /// [`DEFAULT_STATE_DIR`] (relative to the working directory).
+    pub state_dir: PathBuf,
+    /// File holding the key-encryption key (64 hex characters) that opens the
+    /// upstream keys stored in etcd. Or the `STRAIT_KEK` environment variable.
+    pub kek_file: Option<PathBuf>,
+    /// Public address written into the node record; default the bound address.
+    pub advertise_public: Option<String>,
+    /// Admin address written into the node record; default the bound address.
+    pub advertise_admin: Option<String>,
+    /// The KEK from the environment (`STRAIT_KEK`), set by `cli`; never in the file.
+    #[serde(skip)]
+    pub kek: Option<Secret>,
+}
+
+impl Default for RawCluster {
+    fn default() -> Self {
+        RawCluster {
+            etcd: Vec::new(),
+            region: String::new(),
+            node_id: None,
+            lease_ttl: DEFAULT_LEASE_TTL,
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            kek_file: None,
+            advertise_public: None,
+            advertise_admin: None,
+            kek: None,
+        }
+    }
+}
+
+/// Durations written as humantime strings ("5s", "300ms", "2m").
+mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+    }
+}
+
+impl RawConfig {
+    /// Parses a TOML document; errors name the line and field.
+    pub fn from_toml(text: &str) -> Result<RawConfig> {
+        toml::from_str(text).map_err(|e| Error::config(format!("config: {e}")))
+    }
+
+    pub fn from_file(path: &Path) -> Result<RawConfig> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::config(format!("cannot read config {}: {e}", path.display())))?;
+        Self::from_toml(&text)
+            .map_err(|e| Error::config(format!("{}: {}", path.display(), e.message)))
+    }
+}
