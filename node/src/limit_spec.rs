@@ -121,3 +121,54 @@ impl LimitSpec {
         Ok(spec)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_quick_start_limits() {
+        let s = LimitSpec::parse("rpm=60, itpm=40000,otpm=8000,concurrency=4").unwrap();
+        assert_eq!(s.rpm, Some(60));
+        assert_eq!(s.concurrency, Some(4));
+        assert_eq!(s.daily_tokens, None);
+        assert!(LimitSpec::parse("rpm=x").is_err());
+        assert!(LimitSpec::parse("rps=1")
+            .unwrap_err()
+            .contains("unknown limit"));
+        assert!(LimitSpec::parse("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn safe_share_rounds_down_but_never_to_zero() {
+        let s = LimitSpec {
+            rpm: Some(100),
+            concurrency: Some(2),
+            otpm: Some(0),
+            ..Default::default()
+        }
+        .safe_share(3);
+        assert_eq!((s.rpm, s.concurrency, s.otpm), (Some(33), Some(1), Some(0)));
+    }
+
+    #[test]
+    fn key_limits_override_defaults_field_by_field() {
+        let d = LimitSpec {
+            rpm: Some(60),
+            otpm: Some(8000),
+            ..Default::default()
+        };
+        let k = LimitSpec {
+            rpm: Some(5),
+            ..Default::default()
+        };
+        assert_eq!(
+            k.or(d),
+            LimitSpec {
+                rpm: Some(5),
+                otpm: Some(8000),
+                ..Default::default()
+            }
+        );
+    }
+}
