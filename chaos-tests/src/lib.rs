@@ -10,6 +10,7 @@
 //!   - `mock/faults.rs`: [`mock::Fault`] / [`mock::Pacing`] and their header grammar.
 //!   - `mock/ratelimit.rs`: the usage window behind the `anthropic-ratelimit-*` headers.
 //!   - `mock/response.rs`: body type, ids, Anthropic error shape, paced sending.
+//! - [`layers`]: an architecture check holding a crate's imports to a layer table.
 //! - [`faultproxy`]: a userspace TCP proxy injecting latency, blackholes, refusals and resets.
 //! - [`process`]: a binary under test as a child process, output captured, started when ready.
 //! - [`tls`]: a throwaway CA and server certificate, and rustls configs for both ends.
@@ -19,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod faultproxy;
+pub mod layers;
 pub mod mock;
 pub mod process;
 pub mod tls;
