@@ -19,7 +19,7 @@ use strait_node::cluster::schema::{
 use strait_node::config::hash_key;
 
 use crate::app::App;
-use crate::election::LeaderInfo;
+use crate::leader::LeaderInfo;
 use crate::error::{Error, ErrorKind, Result};
 
 /// Prefix of generated client keys.

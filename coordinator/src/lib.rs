@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod election;
 pub mod error;
+pub mod leader;
 pub mod openapi;
 pub mod server;
 pub mod store;
