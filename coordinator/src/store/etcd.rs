@@ -110,9 +110,7 @@ impl EtcdStore {
     }
 
     async fn load_inner(&self) -> Result<ClusterConfig> {
-        let resp = self
-            .get_prefix("reading the config", CONFIG_PREFIX)
-            .await?;
+        let resp = self.get_prefix("reading the config", CONFIG_PREFIX).await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
         let mut kvs = Vec::with_capacity(resp.kvs().len());
         for kv in resp.kvs() {

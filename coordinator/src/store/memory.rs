@@ -61,7 +61,8 @@ impl MemoryStore {
     pub fn put_node(&self, node: NodeRecord) {
         let mut s = self.state();
         s.revision += 1;
-        s.nodes.retain(|n| !(n.region == node.region && n.id == node.id));
+        s.nodes
+            .retain(|n| !(n.region == node.region && n.id == node.id));
         s.nodes.push(node);
     }
 
@@ -101,7 +102,9 @@ impl Store for MemoryStore {
         let s = self.state();
         let loaded = super::parse_config(
             s.revision,
-            s.config.iter().map(|(k, (v, _))| (k.as_str(), v.as_slice())),
+            s.config
+                .iter()
+                .map(|(k, (v, _))| (k.as_str(), v.as_slice())),
         );
         Box::pin(async move { loaded })
     }
