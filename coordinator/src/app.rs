@@ -130,3 +130,156 @@ pub fn to_kvs(c: &ClusterConfig) -> Result<BTreeMap<String, Vec<u8>>> {
     }
     Ok(m)
 }
+
+/// An app over an empty in-memory store in which it leads; the store, to steer it.
+#[cfg(test)]
+pub(crate) fn app_for_tests() -> (Arc<App>, Arc<crate::store::MemoryStore>) {
+    let store = Arc::new(crate::store::MemoryStore::leading(
+        crate::leader::LeaderInfo {
+            id: "c1".into(),
+            region: "r1".into(),
+            url: "http://c1".into(),
+        },
+    ));
+    let kek = Kek::parse(&"ab".repeat(32)).expect("a valid test KEK");
+    let app = App::new(store.clone(), kek, "0123456789abcdef");
+    (Arc::new(app), store)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::leader::LeaderInfo;
+    use schema::{ClientKeyDoc, TenantDoc};
+
+    fn tenant(name: &str) -> TenantDoc {
+        TenantDoc {
+            name: name.into(),
+            limits: Default::default(),
+            allowed_regions: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_change_nodes_would_refuse_is_never_committed() {
+        let (app, store) = app_for_tests();
+        let ((), rev) = app
+            .mutate(|c| {
+                c.tenants.insert("t1".into(), tenant("t1"));
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(rev, store.revision());
+
+        // A client key naming a tenant that does not exist: the node's own check refuses.
+        let e = app
+            .mutate(|c| {
+                c.client_keys.insert(
+                    "ck_1".into(),
+                    ClientKeyDoc {
+                        id: "ck_1".into(),
+                        name: "k".into(),
+                        tenant: Some("nobody".into()),
+                        sha256: "00".repeat(32),
+                        created_at: String::new(),
+                        revoked: false,
+                        limits: Default::default(),
+                        allowed_regions: None,
+                        pool: None,
+                    },
+                );
+                Ok(())
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::BadRequest);
+        assert!(e.message.contains("nodes would refuse"), "{}", e.message);
+        assert_eq!(store.revision(), rev, "nothing was written");
+
+        // A change that changes nothing is not written either.
+        let ((), same) = app.mutate(|_| Ok(())).await.unwrap();
+        assert_eq!((same, store.revision()), (rev, rev));
+
+        // Deleting a document deletes its key.
+        let (gone, _) = app.mutate(|c| Ok(c.tenants.remove("t1"))).await.unwrap();
+        assert_eq!(gone.map(|t| t.name), Some("t1".to_string()));
+        assert!(store.load().await.unwrap().tenants.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_snapshot_moved_is_redone_on_the_new_one() {
+        let (app, store) = app_for_tests();
+        let other = serde_json::to_vec(&tenant("other")).unwrap();
+        let mut attempts = 0;
+        let ((), rev) = app
+            .mutate(|c| {
+                attempts += 1;
+                if attempts == 1 {
+                    // Another writer lands between this load and this commit.
+                    store.put_raw(&schema::tenant_key("other"), &other);
+                }
+                c.tenants.insert("mine".into(), tenant("mine"));
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(attempts, 2);
+        let c = store.load().await.unwrap();
+        assert_eq!(c.revision, rev);
+        assert!(c.tenants.contains_key("mine") && c.tenants.contains_key("other"));
+
+        // A config that moves under every attempt: given up after COMMIT_ATTEMPTS.
+        let mut attempts = 0;
+        let e = app
+            .mutate(|c| {
+                attempts += 1;
+                store.put_raw(&schema::tenant_key("other"), &other);
+                c.tenants
+                    .insert(format!("t{attempts}"), tenant(&format!("t{attempts}")));
+                Ok(())
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Conflict);
+        assert!(e.message.contains("kept changing"), "{}", e.message);
+        assert_eq!(attempts, COMMIT_ATTEMPTS);
+        assert!(!store.load().await.unwrap().tenants.contains_key("t1"));
+    }
+
+    #[tokio::test]
+    async fn a_standby_refuses_writes_naming_the_leader() {
+        let (app, store) = app_for_tests();
+        let leader = LeaderInfo {
+            id: "c2".into(),
+            region: "r2".into(),
+            url: "http://c2".into(),
+        };
+        store.set_leader(Some(leader.clone()));
+        let mut ran = false;
+        let e = app
+            .mutate(|_| {
+                ran = true;
+                Ok(())
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NotLeader);
+        assert_eq!(e.leader, Some(leader));
+        assert!(e.message.contains("http://c2"), "{}", e.message);
+        assert!(!ran, "a standby does not even load the config");
+
+        // No leader at all (between terms): refused too, telling the client to retry.
+        store.set_leader(None);
+        let e = app.mutate(|_| Ok(())).await.unwrap_err();
+        assert_eq!((e.kind, e.leader), (ErrorKind::NotLeader, None));
+    }
+
+    #[test]
+    fn the_admin_token_is_compared_whole() {
+        let (app, _) = app_for_tests();
+        assert!(app.token_matches("0123456789abcdef"));
+        assert!(!app.token_matches("0123456789abcde"));
+        assert!(!app.token_matches(""));
+    }
+}

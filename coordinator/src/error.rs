@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::election::LeaderInfo;
+use crate::leader::LeaderInfo;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -112,14 +112,6 @@ impl Error {
             message,
             leader,
         }
-    }
-}
-
-/// etcd errors carry endpoints and gRPC detail, never config values; keep the
-/// message but classify it as unavailable.
-impl From<etcd_client::Error> for Error {
-    fn from(e: etcd_client::Error) -> Self {
-        Error::new(ErrorKind::Unavailable, format!("etcd: {e}"))
     }
 }
 

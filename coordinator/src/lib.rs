@@ -1,14 +1,22 @@
 //! Strait coordinator: the control plane of a Strait cluster.
 //!
 //! # Layout
+//! Lowest layer first; a module imports only its own layer and those below
+//! (`tests/layers.rs` checks it).
+//! - [`leader`], [`error`]: vocabulary. Who leads, and the one error type with its
+//!   JSON mapping.
 //! - [`config`]: typed, validated configuration (file, flags, environment).
-//! - [`election`]: etcd election among coordinators; one writer, standbys take over.
-//! - [`store`]: the etcd view behind a trait: config snapshot, node records, guarded commits.
+//! - [`store`]: etcd behind two traits: [`store::Store`] (config snapshot, node
+//!   records, guarded commits) and [`store::Elector`] (lease and election calls).
+//!   `store/etcd.rs` is the only module using `etcd_client`; `store/memory.rs` is
+//!   the in-memory twin for unit tests.
+//! - [`election`]: one writer among coordinators; standbys take over.
 //! - [`app`]: shared state, admin-token check, validate-then-commit of config changes.
-//! - [`api`]: the admin HTTP API (axum) and its routes; [`openapi`] describes them.
-//! - [`server`]: start and stop a coordinator.
-//! - [`cli`]: `serve` and the command-line client of the admin API.
-//! - [`error`]: the one error type and its JSON mapping.
+//! - [`api`]: the admin HTTP API (axum): router and token layer in `api/mod.rs`, one
+//!   file per resource; [`openapi`] describes it.
+//! - [`server`]: start and stop a coordinator (wires etcd, election, app and api).
+//! - [`cli`]: clap definitions; `cli/serve.rs` runs a server, `cli/client.rs` is the
+//!   command-line client of the admin API.
 
 #![recursion_limit = "256"]
 
@@ -18,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod election;
 pub mod error;
+pub mod leader;
 pub mod openapi;
 pub mod server;
 pub mod store;

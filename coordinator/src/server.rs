@@ -1,19 +1,20 @@
 //! Starting and stopping a coordinator: bind the admin listener, connect to etcd,
-//! run the election, serve the API until shutdown.
+//! run the election, serve the API until shutdown. The one place the etcd store,
+//! the election, the app and the API are wired together.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::app::App;
 use crate::config::Config;
-use crate::election::{Election, LeaderInfo};
+use crate::election::Election;
 use crate::error::{Error, Result};
-use crate::store::EtcdStore;
+use crate::leader::LeaderInfo;
+use crate::store::etcd::{connect_etcd, EtcdElector, EtcdStore};
 
 /// A started coordinator. Dropping it does not stop it; call [`Running::shutdown`].
 pub struct Running {
@@ -25,17 +26,6 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     election_task: JoinHandle<()>,
     http_task: JoinHandle<()>,
-}
-
-/// Connects an etcd client. The channel connects lazily, so this succeeds while
-/// etcd is down; requests then fail until it is back.
-pub async fn connect_etcd(endpoints: &[String], timeout: Duration) -> Result<Client> {
-    // No HTTP/2 keep-alive pings: etcd refuses pings more often than every 5 s,
-    // and the election's own lease renewal notices a dead etcd sooner.
-    let opts = ConnectOptions::new().with_connect_timeout(timeout);
-    Client::connect(endpoints, Some(opts))
-        .await
-        .map_err(Error::from)
 }
 
 /// Binds, connects, starts campaigning and serving. Returns once the listener is bound.
@@ -56,10 +46,11 @@ pub async fn start(config: Config) -> Result<Running> {
         region: config.region.clone(),
         url: url.clone(),
     };
-    let election = Election::new(me, config.lease_ttl, config.etcd_timeout);
+    let election = Election::new(me, config.lease_ttl);
     let store = Arc::new(EtcdStore::new(
         client.clone(),
-        election.clone(),
+        election.me().clone(),
+        election.subscribe(),
         config.etcd_timeout,
     ));
     let app = Arc::new(App::new(
@@ -69,7 +60,8 @@ pub async fn start(config: Config) -> Result<Running> {
     ));
 
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let election_task = tokio::spawn(election.clone().run(client, shutdown_rx.clone()));
+    let elector = EtcdElector::new(client, config.etcd_timeout);
+    let election_task = tokio::spawn(election.clone().run(elector, shutdown_rx.clone()));
     let router = crate::api::router(app);
     let mut http_shutdown = shutdown_rx;
     let http_task = tokio::spawn(async move {

@@ -1,0 +1,69 @@
+//! The coordinator's modules in layers: imports flow down only, and no two modules
+//! import each other (checked on the source by `strait_chaos::layers`).
+
+use strait_chaos::layers::{check, Layer};
+
+/// Lowest first; a module may import its own layer and those below it.
+pub const LAYERS: &[Layer] = &[
+    Layer {
+        name: "vocabulary",
+        modules: &["leader", "error"],
+        why: "who leads and what went wrong: named by every layer, so they import none",
+    },
+    Layer {
+        name: "config",
+        modules: &["config"],
+        why: "validated settings, read once at start; knows nothing of etcd or HTTP",
+    },
+    Layer {
+        name: "store",
+        modules: &["store"],
+        why: "every etcd call (and its in-memory twin) behind the Store and Elector traits",
+    },
+    Layer {
+        name: "election",
+        modules: &["election"],
+        why: "campaign, lead, step down: timing and state over the Elector trait",
+    },
+    Layer {
+        name: "app",
+        modules: &["app"],
+        why: "validate-then-commit of config changes over any Store",
+    },
+    Layer {
+        name: "api",
+        modules: &["api", "openapi"],
+        why: "HTTP in and out: routes, token layer, per-resource handlers, their description",
+    },
+    Layer {
+        name: "server",
+        modules: &["server"],
+        why: "wires etcd, election, app and api together and runs them",
+    },
+    Layer {
+        name: "cli",
+        modules: &["cli"],
+        why: "the binary's face: serve, and a client of the admin API",
+    },
+];
+
+#[test]
+fn coordinator_modules_stay_in_their_layers() {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let report = check(&src, LAYERS);
+    report.print();
+    report.assert_clean();
+}
+
+/// Points the same table at another copy of the source (e.g. an older tree), to see
+/// what it would report: `STRAIT_LAYERS_SRC=/path/to/src cargo test --test layers -- --ignored`.
+#[test]
+#[ignore = "reads the tree named by STRAIT_LAYERS_SRC"]
+fn another_tree_against_the_same_table() {
+    let src = std::env::var("STRAIT_LAYERS_SRC").expect("set STRAIT_LAYERS_SRC");
+    let report = check(std::path::Path::new(&src), LAYERS);
+    report.print();
+    for p in report.problems() {
+        println!("problem: {p}");
+    }
+}
