@@ -54,16 +54,3 @@ fn coordinator_modules_stay_in_their_layers() {
     report.print();
     report.assert_clean();
 }
-
-/// Points the same table at another copy of the source (e.g. an older tree), to see
-/// what it would report: `STRAIT_LAYERS_SRC=/path/to/src cargo test --test layers -- --ignored`.
-#[test]
-#[ignore = "reads the tree named by STRAIT_LAYERS_SRC"]
-fn another_tree_against_the_same_table() {
-    let src = std::env::var("STRAIT_LAYERS_SRC").expect("set STRAIT_LAYERS_SRC");
-    let report = check(std::path::Path::new(&src), LAYERS);
-    report.print();
-    for p in report.problems() {
-        println!("problem: {p}");
-    }
-}
