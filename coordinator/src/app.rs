@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use strait_node::cluster::config_watch::build_snapshot;
-use strait_node::cluster::crypto::Kek;
-use strait_node::cluster::schema::{self, ClusterConfig};
+use strait_node::schema::{self, ClusterConfig};
+use strait_node::secret::Kek;
 use subtle::ConstantTimeEq;
 
 use crate::error::{Error, ErrorKind, Result};

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use strait_node::cluster::crypto::Kek;
-use strait_node::cluster::schema::valid_name;
 use strait_node::config::Secret;
+use strait_node::schema::valid_name;
+use strait_node::secret::Kek;
 
 use crate::error::{Error, Result};
 

@@ -12,8 +12,8 @@ use etcd_client::PutOptions;
 use http::{Method, StatusCode};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use strait_node::cluster::crypto::Kek;
-use strait_node::cluster::schema::{self, NodeRecord, NodeState, PathHealth, UpstreamPoolDoc};
+use strait_node::schema::{self, NodeRecord, NodeState, PathHealth, UpstreamPoolDoc};
+use strait_node::secret::Kek;
 
 fn concrete(path: &str) -> String {
     // Fill every `{param}` with a plausible value.

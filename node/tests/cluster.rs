@@ -15,9 +15,9 @@ use common::process::NodeProcess;
 use common::*;
 use etcd_client::Client;
 use strait_chaos::mock::{MockConfig, MockHandle, MockUpstream, Pacing};
-use strait_node::cluster::crypto::Kek;
-use strait_node::cluster::schema::*;
 use strait_node::config::hash_key;
+use strait_node::schema::*;
+use strait_node::secret::Kek;
 
 const KEK_HEX: &str = "1f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c5b6a7988";
 /// The one upstream key the mock accepts; it reaches nodes only sealed, via etcd.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
-use strait_node::cluster::schema::{NodeRecord, NodeState, PathHealth};
+use strait_node::schema::{NodeRecord, NodeState, PathHealth};
 
 use super::AppState;
 use crate::error::Result;

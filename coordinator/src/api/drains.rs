@@ -4,7 +4,7 @@
 use axum::extract::{Path, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use strait_node::cluster::schema::{DrainDoc, RegionDoc};
+use strait_node::schema::{DrainDoc, RegionDoc};
 
 use super::{check_name, AppState, Body};
 use crate::app::App;

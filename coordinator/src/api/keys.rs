@@ -5,8 +5,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use strait_node::cluster::schema::{ClientKeyDoc, ClusterConfig, LimitsDoc};
 use strait_node::config::hash_key;
+use strait_node::schema::{ClientKeyDoc, ClusterConfig, LimitsDoc};
 
 use super::{check_name, normalize_regions, now_rfc3339, optional_ref, random_hex, AppState, Body};
 use crate::error::{Error, ErrorKind, Result};

@@ -13,7 +13,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{self, MethodRouter};
 use axum::{Json, Router};
-use strait_node::cluster::schema::valid_name;
+use strait_node::schema::valid_name;
 
 use crate::app::App;
 use crate::error::{Error, ErrorKind, Result};

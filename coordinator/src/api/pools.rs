@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use strait_node::cluster::schema::{SealedKey, UpstreamPoolDoc};
+use strait_node::schema::{SealedKey, UpstreamPoolDoc};
 
 use super::{check_name, random_hex, AppState, Body};
 use crate::error::{Error, Result};

@@ -3,7 +3,7 @@
 use axum::extract::{Path, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use strait_node::cluster::schema::{LimitsDoc, TenantDoc};
+use strait_node::schema::{LimitsDoc, TenantDoc};
 
 use super::{check_name, normalize_regions, AppState, Body};
 use crate::error::{Error, Result};

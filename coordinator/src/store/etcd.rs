@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, GetResponse, LeaderKey, Txn, TxnOp,
 };
-use strait_node::cluster::schema::{
-    ClusterConfig, NodeRecord, CONFIG_PREFIX, ELECTION_NAME, NODES_PREFIX,
-};
+use strait_node::schema::{ClusterConfig, NodeRecord, CONFIG_PREFIX, ELECTION_NAME, NODES_PREFIX};
 use tokio::sync::watch;
 
 use super::{BoxFuture, Elector, Store};

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use strait_node::cluster::schema::{ClusterConfig, NodeRecord};
+use strait_node::schema::{ClusterConfig, NodeRecord};
 
 use super::{BoxFuture, Store};
 use crate::error::{Error, Result};
@@ -137,7 +137,7 @@ impl Store for MemoryStore {
 mod tests {
     use super::*;
     use crate::error::ErrorKind;
-    use strait_node::cluster::schema::{tenant_key, TenantDoc};
+    use strait_node::schema::{tenant_key, TenantDoc};
 
     fn info(id: &str) -> LeaderInfo {
         LeaderInfo {

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use strait_node::cluster::schema::{ClusterConfig, NodeRecord};
+use strait_node::schema::{ClusterConfig, NodeRecord};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::leader::{LeaderInfo, Leadership};

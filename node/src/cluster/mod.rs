@@ -1,8 +1,7 @@
 //! Cluster membership and live configuration through etcd.
 //!
-//! Layout:
-//! - [`schema`]: key layout and documents, shared with the coordinator.
-//! - [`crypto`]: sealing upstream keys with the key-encryption key (KEK).
+//! Layout (the documents it reads and writes are [`crate::schema`], shared with the
+//! coordinator; sealed upstream keys are opened with [`crate::secret::Kek`]):
 //! - [`store`]: the [`store::ClusterStore`] trait; its embedded default is the node
 //!   alone on its file config.
 //! - [`etcd`]: the etcd implementation (connection options, reads, record writes).
@@ -13,10 +12,8 @@
 //! - [`snapshot_file`]: the last good config on local disk, for starts with etcd down.
 
 pub mod config_watch;
-pub mod crypto;
 pub mod etcd;
 pub mod membership;
-pub use crate::schema;
 pub mod snapshot_file;
 pub mod store;
 pub mod supervisor;
