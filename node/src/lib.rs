@@ -31,6 +31,7 @@ pub mod error;
 pub mod forward;
 pub mod head;
 pub mod health;
+pub mod json_scan;
 pub mod limit_spec;
 pub mod limits;
 pub mod meta;

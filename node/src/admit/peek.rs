@@ -9,14 +9,12 @@
 //! test holds the two to the same answers over a corpus and its mutations.
 
 use super::RequestMeta;
-
-/// serde_json refuses nesting deeper than 128; the scan hands over well before.
-const MAX_DEPTH: u32 = 100;
+use crate::json_scan::Scanner;
 
 /// `Some` when `body` is a JSON object serde would accept, with the fields read;
 /// `None` when serde has to decide.
 pub(super) fn scan(body: &[u8]) -> Option<RequestMeta> {
-    let mut s = Scanner { b: body, i: 0 };
+    let mut s = Scanner::new(body);
     let mut meta = RequestMeta::default();
     let mut seen = [false; 3];
     s.ws();
@@ -41,12 +39,12 @@ pub(super) fn scan(body: &[u8]) -> Option<RequestMeta> {
                     if std::mem::replace(&mut seen[f], true) {
                         return None; // serde refuses a repeated field
                     }
-                    s.known_value(f, &mut meta)?;
+                    known_value(&mut s, f, &mut meta)?;
                 }
                 None => s.value(1)?,
             }
             s.ws();
-            match s.next()? {
+            match s.byte()? {
                 b',' => s.ws(),
                 b'}' => break,
                 _ => return None,
@@ -54,199 +52,37 @@ pub(super) fn scan(body: &[u8]) -> Option<RequestMeta> {
         }
     }
     s.ws();
-    (s.i == body.len()).then_some(meta)
+    s.at_end().then_some(meta)
 }
 
-struct Scanner<'a> {
-    b: &'a [u8],
-    i: usize,
-}
-
-impl<'a> Scanner<'a> {
-    fn peek(&self) -> Option<u8> {
-        self.b.get(self.i).copied()
-    }
-
-    fn next(&mut self) -> Option<u8> {
-        let c = self.peek()?;
-        self.i += 1;
-        Some(c)
-    }
-
-    fn eat(&mut self, c: u8) -> Option<()> {
-        (self.next()? == c).then_some(())
-    }
-
-    fn ws(&mut self) {
-        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-            self.i += 1;
-        }
-    }
-
-    fn literal(&mut self, word: &[u8]) -> Option<()> {
-        let end = self.i + word.len();
-        (self.b.get(self.i..end)? == word).then(|| self.i = end)
-    }
-
-    /// A string without escapes or non-ASCII bytes (keys, the model name).
-    fn plain_string(&mut self) -> Option<&'a [u8]> {
-        self.eat(b'"')?;
-        let start = self.i;
-        let len = self.b[start..]
-            .iter()
-            .position(|&c| c == b'"' || c == b'\\' || !(0x20..0x80).contains(&c))?;
-        if self.b[start + len] != b'"' {
-            return None;
-        }
-        self.i = start + len + 1;
-        Some(&self.b[start..start + len])
-    }
-
-    /// Any string serde skips: escapes checked, no control characters, ASCII only.
-    fn string(&mut self) -> Option<()> {
-        self.eat(b'"')?;
-        loop {
-            let rest = &self.b[self.i..];
-            let n = rest
-                .iter()
-                .position(|&c| c == b'"' || c == b'\\' || !(0x20..0x80).contains(&c))?;
-            self.i += n;
-            match self.next()? {
-                b'"' => return Some(()),
-                b'\\' => match self.next()? {
-                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
-                    b'u' => {
-                        let hex = self.b.get(self.i..self.i + 4)?;
-                        if !hex.iter().all(u8::is_ascii_hexdigit) {
-                            return None;
-                        }
-                        self.i += 4;
-                    }
-                    _ => return None,
-                },
-                _ => return None,
+/// The value of `model` (0), `stream` (1) or `max_tokens` (2), read into `meta` as
+/// the serde path reads it. Only plain scalars: anything else goes to serde.
+fn known_value(s: &mut Scanner, field: usize, meta: &mut RequestMeta) -> Option<()> {
+    match s.peek()? {
+        b'"' => {
+            let name = s.plain_string()?;
+            if field == 0 {
+                // ASCII by construction.
+                meta.model = Some(String::from_utf8(name.to_vec()).ok()?);
             }
         }
-    }
-
-    /// A number in JSON's grammar: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
-    fn number(&mut self) -> Option<()> {
-        if self.peek() == Some(b'-') {
-            self.i += 1;
+        b't' => {
+            s.literal(b"true")?;
+            meta.stream |= field == 1;
         }
-        match self.next()? {
-            b'0' => {}
-            b'1'..=b'9' => {
-                self.digits();
+        b'f' => s.literal(b"false")?,
+        b'n' => s.literal(b"null")?,
+        b'0'..=b'9' => {
+            // Plain integers only: serde reads anything longer or with a fraction or
+            // exponent as a float, which may even be refused as out of range.
+            let n = s.uint()?;
+            if field == 2 {
+                meta.max_tokens = Some(n);
             }
-            _ => return None,
         }
-        if self.peek() == Some(b'.') {
-            self.i += 1;
-            self.some_digits()?;
-        }
-        if matches!(self.peek(), Some(b'e' | b'E')) {
-            self.i += 1;
-            if matches!(self.peek(), Some(b'+' | b'-')) {
-                self.i += 1;
-            }
-            self.some_digits()?;
-        }
-        Some(())
+        _ => return None,
     }
-
-    fn digits(&mut self) -> usize {
-        let n = self.b[self.i..]
-            .iter()
-            .take_while(|c| c.is_ascii_digit())
-            .count();
-        self.i += n;
-        n
-    }
-
-    fn some_digits(&mut self) -> Option<()> {
-        (self.digits() > 0).then_some(())
-    }
-
-    /// Any value serde skips, at nesting `depth`.
-    fn value(&mut self, depth: u32) -> Option<()> {
-        match self.peek()? {
-            b'"' => self.string(),
-            b't' => self.literal(b"true"),
-            b'f' => self.literal(b"false"),
-            b'n' => self.literal(b"null"),
-            b'-' | b'0'..=b'9' => self.number(),
-            open @ (b'{' | b'[') => {
-                if depth >= MAX_DEPTH {
-                    return None;
-                }
-                self.i += 1;
-                self.ws();
-                let close = if open == b'{' { b'}' } else { b']' };
-                if self.peek()? == close {
-                    self.i += 1;
-                    return Some(());
-                }
-                loop {
-                    if open == b'{' {
-                        self.string()?;
-                        self.ws();
-                        self.eat(b':')?;
-                        self.ws();
-                    }
-                    self.value(depth + 1)?;
-                    self.ws();
-                    match self.next()? {
-                        b',' => self.ws(),
-                        c if c == close => return Some(()),
-                        _ => return None,
-                    }
-                }
-            }
-            _ => None,
-        }
-    }
-
-    /// The value of `model` (0), `stream` (1) or `max_tokens` (2), read into `meta`
-    /// as the serde path reads it. Only plain scalars: anything else goes to serde.
-    fn known_value(&mut self, field: usize, meta: &mut RequestMeta) -> Option<()> {
-        match self.peek()? {
-            b'"' => {
-                let s = self.plain_string()?;
-                if field == 0 {
-                    // ASCII by construction.
-                    meta.model = Some(String::from_utf8(s.to_vec()).ok()?);
-                }
-            }
-            b't' => {
-                self.literal(b"true")?;
-                meta.stream |= field == 1;
-            }
-            b'f' => self.literal(b"false")?,
-            b'n' => self.literal(b"null")?,
-            b'0'..=b'9' => {
-                // Plain integers only: serde reads anything longer or with a fraction
-                // or exponent as a float, which may even be refused as out of range.
-                let start = self.i;
-                let n = self.digits();
-                if n > 19 || (n > 1 && self.b[start] == b'0') {
-                    return None;
-                }
-                if matches!(self.peek(), Some(b'.' | b'e' | b'E')) {
-                    return None;
-                }
-                if field == 2 {
-                    // At most 19 digits: no overflow.
-                    let n = self.b[start..self.i]
-                        .iter()
-                        .fold(0, |n, d| n * 10 + u64::from(d - b'0'));
-                    meta.max_tokens = Some(n);
-                }
-            }
-            _ => return None,
-        }
-        Some(())
-    }
+    Some(())
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use serde::Deserialize;
 
+use crate::json_scan::{self, escaped_at, top_level_value, top_level_value_from_end, Scanner};
 use crate::meta::Usage;
 
 pub fn parse_json_usage(chunks: &[Bytes]) -> Option<Usage> {
@@ -36,7 +37,7 @@ pub fn parse_json_usage(chunks: &[Bytes]) -> Option<Usage> {
 /// larger part of the relay's cost per request.
 fn flat_usage(v: &[u8]) -> Option<Usage> {
     let mut usage = Usage::default();
-    object_len(v, Some(&mut usage))?;
+    object(&mut Scanner::new(v), Some(&mut usage))?;
     Some(usage)
 }
 
@@ -71,38 +72,34 @@ fn usage_at_end(json: &[u8]) -> Option<Usage> {
         .strip_suffix(b":")?
         .trim_ascii_end()
         .strip_suffix(b"\"usage\"")?;
-    if key.iter().rev().take_while(|b| **b == b'\\').count() % 2 == 1 {
+    if escaped_at(key, key.len()) {
         return None;
     }
     let mut usage = Usage::default();
-    let len = object_len(&doc[open..], Some(&mut usage))?;
-    (doc[open + len..].trim_ascii() == b"}").then_some(usage)
+    let mut s = Scanner { b: doc, i: open };
+    object(&mut s, Some(&mut usage))?;
+    (doc[s.i..].trim_ascii() == b"}").then_some(usage)
 }
 
-/// How many bytes of `v` a JSON object takes, read by hand: members whose values are
-/// unsigned integers, strings or nulls, and (for the usage object itself, `usage` is
-/// `Some`) objects of those, skipped. The usage counts are stored into `usage`; a null,
+/// The JSON object at the cursor, read by hand: members whose values are unsigned
+/// integers, strings or nulls, and (for the usage object itself, `usage` is `Some`)
+/// objects of those, skipped. The usage counts are stored into `usage`; a null,
 /// repeated or non-integer count is `None`, as is anything the scan does not cover.
-fn object_len(v: &[u8], mut usage: Option<&mut Usage>) -> Option<usize> {
+fn object(s: &mut Scanner, mut usage: Option<&mut Usage>) -> Option<()> {
     let mut seen = 0u8;
-    let mut i = json_ws(v, 0);
-    if v.get(i) != Some(&b'{') {
-        return None;
+    s.ws();
+    s.eat(b'{')?;
+    s.ws();
+    if s.peek()? == b'}' {
+        s.i += 1;
+        return Some(());
     }
-    i = json_ws(v, i + 1);
-    if v.get(i) == Some(&b'}') {
-        return Some(i + 1);
-    }
+    let nested = usage.is_some();
     loop {
-        if v.get(i) != Some(&b'"') {
-            return None;
-        }
-        let (key_end, escaped) = string_end(v, i)?;
+        let (key, escaped) = s.raw_string()?;
         if escaped {
             return None;
         }
-        let key = &v[i + 1..key_end - 1];
-        let nested = usage.is_some();
         let field = match (key, usage.as_deref_mut()) {
             (b"input_tokens", Some(u)) => Some((0, &mut u.input_tokens)),
             (b"output_tokens", Some(u)) => Some((1, &mut u.output_tokens)),
@@ -112,24 +109,14 @@ fn object_len(v: &[u8], mut usage: Option<&mut Usage>) -> Option<usize> {
             (b"cache_read_input_tokens", Some(u)) => Some((3, &mut u.cache_read_input_tokens)),
             _ => None,
         };
-        i = json_ws(v, key_end);
-        if v.get(i) != Some(&b':') {
-            return None;
-        }
-        i = json_ws(v, i + 1);
-        match (v.get(i)?, field) {
+        s.ws();
+        s.eat(b':')?;
+        s.ws();
+        match (s.peek()?, field) {
             (b'0'..=b'9', field) => {
-                let mut n = 0u64;
-                let start = i;
-                while let Some(d @ b'0'..=b'9') = v.get(i) {
-                    // Past 19 digits the count may overflow: serde decides.
-                    if i - start == 19 {
-                        return None;
-                    }
-                    n = n * 10 + u64::from(d - b'0');
-                    i += 1;
-                }
-                if matches!(v.get(i), Some(b'.' | b'e' | b'E')) {
+                // Past 19 digits the count may overflow: serde decides.
+                let start = s.i;
+                if s.digits() > 19 || matches!(s.peek(), Some(b'.' | b'e' | b'E')) {
                     return None;
                 }
                 if let Some((bit, slot)) = field {
@@ -137,129 +124,23 @@ fn object_len(v: &[u8], mut usage: Option<&mut Usage>) -> Option<usize> {
                         return None;
                     }
                     seen |= 1 << bit;
-                    *slot = n;
+                    *slot = json_scan::decimal(&s.b[start..s.i]);
                 }
             }
-            (b'n', None) if v[i..].starts_with(b"null") => i += 4,
-            (b'"', None) => i = string_end(v, i)?.0,
-            (b'{', None) if nested => i += object_len(&v[i..], None)?,
+            (b'n', None) => s.literal(b"null")?,
+            (b'"', None) => {
+                s.raw_string()?;
+            }
+            (b'{', None) if nested => object(s, None)?,
             _ => return None,
         }
-        i = json_ws(v, i);
-        match v.get(i)? {
-            b',' => i = json_ws(v, i + 1),
-            b'}' => return Some(i + 1),
+        s.ws();
+        match s.byte()? {
+            b',' => s.ws(),
+            b'}' => return Some(()),
             _ => return None,
         }
     }
-}
-
-/// The first index at or after `i` that is not JSON whitespace (a plain loop: the
-/// runs are a byte or two, shorter than a call into memchr pays for).
-fn json_ws(v: &[u8], mut i: usize) -> usize {
-    while let Some(b' ' | b'\t' | b'\n' | b'\r') = v.get(i) {
-        i += 1;
-    }
-    i
-}
-
-/// For the string whose opening quote is at `i`: the index just past its closing
-/// quote, and whether it held an escape. `None` if it does not end.
-fn string_end(v: &[u8], i: usize) -> Option<(usize, bool)> {
-    let mut j = i + 1;
-    let mut escaped = false;
-    loop {
-        j += memchr::memchr2(b'"', b'\\', v.get(j..)?)?;
-        if v[j] == b'"' {
-            return Some((j + 1, escaped));
-        }
-        escaped = true;
-        j += 2;
-    }
-}
-
-/// The bytes from the start of `key`'s value in the top-level JSON object `json` to
-/// the end of the document; `None` when `json` has no such top-level key. Keys nested
-/// deeper (a tool input's own `usage`, say) are skipped, as are strings.
-fn top_level_value<'a>(json: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
-    let mut depth = 0u32;
-    let mut i = 0;
-    while i < json.len() {
-        match json[i] {
-            b'"' => {
-                let start = i + 1;
-                let mut j = start;
-                let end = loop {
-                    let k = j + memchr::memchr2(b'"', b'\\', json.get(j..)?)?;
-                    if json[k] == b'"' {
-                        break k;
-                    }
-                    j = k + 2;
-                };
-                i = end + 1;
-                if depth == 1 && &json[start..end] == key {
-                    let rest = json[i..].trim_ascii_start();
-                    if let Some(value) = rest.strip_prefix(b":") {
-                        return Some(value.trim_ascii_start());
-                    }
-                }
-            }
-            b'{' | b'[' => {
-                depth += 1;
-                i += 1;
-            }
-            b'}' | b']' => {
-                depth = depth.checked_sub(1)?;
-                i += 1;
-            }
-            _ => i += 1,
-        }
-    }
-    None
-}
-
-/// [`top_level_value`] searched from the end of the document, where Anthropic puts
-/// `usage`, so the content before it is not scanned. Only for a document that starts
-/// with `{` and ends with `}`; `None` sends the caller to the forward scan.
-fn top_level_value_from_end<'a>(json: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
-    let doc = json.trim_ascii();
-    if doc.first() != Some(&b'{') || doc.last() != Some(&b'}') {
-        return None;
-    }
-    let mut depth = 0u32;
-    let mut i = doc.len();
-    while i > 0 {
-        i -= 1;
-        match doc[i] {
-            b'}' | b']' => depth += 1,
-            b'{' | b'[' => {
-                depth = depth.checked_sub(1)?;
-                if depth == 0 {
-                    return None;
-                }
-            }
-            b'"' => {
-                // A closing quote: find the opening one, skipping escaped quotes (those
-                // after an odd number of backslashes).
-                let end = i;
-                loop {
-                    i = memchr::memrchr(b'"', &doc[..i])?;
-                    let escapes = doc[..i].iter().rev().take_while(|b| **b == b'\\').count();
-                    if escapes % 2 == 0 {
-                        break;
-                    }
-                }
-                if depth == 1 && &doc[i + 1..end] == key {
-                    let rest = doc[end + 1..].trim_ascii_start();
-                    if let Some(value) = rest.strip_prefix(b":") {
-                        return Some(value.trim_ascii_start());
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    None
 }
 
 #[cfg(test)]
