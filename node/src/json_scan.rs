@@ -329,3 +329,287 @@ pub fn top_level_value_from_end<'a>(json: &'a [u8], key: &[u8]) -> Option<&'a [u
     }
     None
 }
+
+/// Generators of JSON text for the property tests here and in the scanners' users:
+/// whitespace, strings with escapes and non-ASCII characters, numbers of every
+/// shape, literals, nested arrays and objects.
+#[cfg(test)]
+pub(crate) mod gen {
+    use proptest::prelude::*;
+
+    /// `cases` cases, and no regression files written into the tree.
+    pub fn config(cases: u32) -> ProptestConfig {
+        ProptestConfig {
+            cases,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    pub fn ws() -> impl Strategy<Value = String> {
+        prop::sample::select(&["", "", "", " ", "\n", "\t", "\r\n  ", "  "][..])
+            .prop_map(String::from)
+    }
+
+    /// A JSON string, quoted: ASCII, escapes of every kind, brackets, quotes and
+    /// key names inside, and (unless `ascii`) characters beyond ASCII.
+    pub fn string(ascii: bool) -> impl Strategy<Value = String> {
+        const ASCII: &[&str] = &[
+            "a",
+            "Z",
+            "0",
+            " ",
+            "usage",
+            "model",
+            "{",
+            "}",
+            "[",
+            "]",
+            ":",
+            ",",
+            "\u{7f}",
+            "\\\"",
+            "\\\\",
+            "\\/",
+            "\\b",
+            "\\f",
+            "\\n",
+            "\\r",
+            "\\t",
+            "\\u00e9",
+            "\\u0000",
+            "\\ud83d\\ude00",
+            "\\\"usage\\\":{",
+        ];
+        const WIDE: &[&str] = &["é", "😀", "中", "\u{80}"];
+        let pieces: Vec<&str> = if ascii {
+            ASCII.to_vec()
+        } else {
+            ASCII.iter().chain(WIDE).copied().collect()
+        };
+        prop::collection::vec(prop::sample::select(pieces), 0..8)
+            .prop_map(|p| format!("\"{}\"", p.concat()))
+    }
+
+    /// A string of plain ASCII (no escapes), quoted.
+    pub fn plain_string() -> impl Strategy<Value = String> {
+        "[a-z0-9 ._-]{0,12}".prop_map(|s| format!("\"{s}\""))
+    }
+
+    /// A JSON number: small and large integers, negative, fractions, exponents.
+    pub fn number() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => uint(),
+            1 => "-?(0|[1-9][0-9]{0,24})(\\.[0-9]{1,4})?([eE][+-]?[0-9]{1,3})?",
+            1 => prop::sample::select(&[
+                "18446744073709551615", "18446744073709551616", "9999999999999999999",
+                "10000000000000000000", "-0", "0.0", "1e400", "-1E-400", "0e0",
+            ][..]).prop_map(String::from),
+        ]
+    }
+
+    /// An unsigned integer as JSON writes it: of 1 to 19 digits, mostly short.
+    pub fn uint() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => (0u64..100_000).prop_map(|n| n.to_string()),
+            1 => any::<u64>().prop_map(|n| (n % 10_000_000_000_000_000_000).to_string()),
+        ]
+    }
+
+    pub fn scalar(ascii: bool) -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => string(ascii).boxed(),
+            3 => number().boxed(),
+            1 => prop::sample::select(&["true", "false", "null"][..])
+                .prop_map(String::from)
+                .boxed(),
+        ]
+    }
+
+    /// A key: mostly plain names (some the scanners look for), sometimes any string.
+    pub fn key(ascii: bool) -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => prop::sample::select(&[
+                "id", "type", "content", "text", "input", "usage", "model", "stream",
+                "max_tokens", "input_tokens", "output_tokens", "x",
+            ][..]).prop_map(|k| format!("\"{k}\"")),
+            1 => string(ascii),
+        ]
+    }
+
+    /// `{` members `}` with whitespace around every token.
+    pub fn object_text(members: Vec<(String, String, [String; 4])>, ws0: String) -> String {
+        if members.is_empty() {
+            return format!("{{{ws0}}}");
+        }
+        let members: Vec<String> = members
+            .into_iter()
+            .map(|(k, v, [a, b, c, d])| format!("{a}{k}{b}:{c}{v}{d}"))
+            .collect();
+        format!("{{{}}}", members.join(","))
+    }
+
+    pub fn ws4() -> impl Strategy<Value = [String; 4]> {
+        [ws(), ws(), ws(), ws()]
+    }
+
+    /// Any JSON value, nested a few levels.
+    pub fn value(ascii: bool) -> BoxedStrategy<String> {
+        scalar(ascii)
+            .prop_recursive(4, 48, 5, move |inner| {
+                prop_oneof![
+                    (
+                        prop::collection::vec((ws(), inner.clone(), ws()), 0..5),
+                        ws()
+                    )
+                        .prop_map(|(items, w)| {
+                            if items.is_empty() {
+                                return format!("[{w}]");
+                            }
+                            let items: Vec<String> =
+                                items.into_iter().map(|(a, v, b)| a + &v + &b).collect();
+                            format!("[{}]", items.join(","))
+                        }),
+                    (
+                        prop::collection::vec((key(ascii), inner, ws4()), 0..5),
+                        ws()
+                    )
+                        .prop_map(|(m, w)| object_text(m, w)),
+                ]
+            })
+            .boxed()
+    }
+
+    /// A document with up to three bytes replaced, inserted or removed, mostly with
+    /// bytes that matter to the grammar.
+    pub fn mutated(doc: impl Strategy<Value = String>) -> impl Strategy<Value = Vec<u8>> {
+        let byte = prop_oneof![
+            3 => prop::sample::select(&b"{}[]\",:\\ \t0159-+.eEtrufalsn\x01\x7f\xc3\xa9"[..]),
+            1 => any::<u8>(),
+        ];
+        let edit = (0..3u8, any::<prop::sample::Index>(), byte);
+        (doc, prop::collection::vec(edit, 1..4)).prop_map(|(doc, edits)| {
+            let mut doc = doc.into_bytes();
+            for (op, at, b) in edits {
+                let at = at.index(doc.len() + 1);
+                match op {
+                    0 if at < doc.len() => doc[at] = b,
+                    1 if at < doc.len() => {
+                        doc.remove(at);
+                    }
+                    _ => doc.insert(at, b),
+                }
+            }
+            doc
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gen::*;
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A whole document as the scanner skips it.
+    fn skip(doc: &[u8]) -> Option<()> {
+        let mut s = Scanner::new(doc);
+        s.ws();
+        s.value(0)?;
+        s.ws();
+        s.at_end().then_some(())
+    }
+
+    fn serde_accepts(doc: &[u8]) -> bool {
+        serde_json::from_slice::<serde::de::IgnoredAny>(doc).is_ok()
+    }
+
+    proptest! {
+        #![proptest_config(config(512))]
+
+        /// Valid documents: taken whenever they are ASCII, and only when serde
+        /// takes them.
+        #[test]
+        fn values_are_skipped_as_serde_skips_them(doc in value(false), a in ws(), b in ws()) {
+            let doc = format!("{a}{doc}{b}");
+            prop_assert!(serde_accepts(doc.as_bytes()), "generator: {doc}");
+            prop_assert_eq!(skip(doc.as_bytes()).is_some(), doc.is_ascii(), "{}", doc);
+        }
+
+        #[test]
+        fn mutated_values_are_skipped_only_where_serde_accepts(doc in mutated(value(false))) {
+            if skip(&doc).is_some() {
+                prop_assert!(serde_accepts(&doc), "{}", String::from_utf8_lossy(&doc));
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_are_skipped_only_where_serde_accepts(
+            doc in prop::collection::vec(
+                prop::sample::select(&b"{}[]\",:\\ 0159-.eEtrufalsn\x01\xc3"[..]), 0..24),
+        ) {
+            if skip(&doc).is_some() {
+                prop_assert!(serde_accepts(&doc), "{}", String::from_utf8_lossy(&doc));
+            }
+        }
+
+        /// Strings, numbers and unsigned integers read as serde reads them.
+        #[test]
+        fn scalars_are_read_as_serde_reads_them(
+            s in string(false), n in number(), junk in prop::collection::vec(any::<u8>(), 0..3),
+        ) {
+            let mut sc = Scanner::new(s.as_bytes());
+            prop_assert_eq!(sc.string().is_some() && sc.at_end(), s.is_ascii());
+            let mut sc = Scanner::new(s.as_bytes());
+            if let Some(plain) = sc.plain_string() {
+                let read: String = serde_json::from_str(&s).unwrap();
+                prop_assert_eq!(plain, read.as_bytes());
+            }
+            let mut sc = Scanner::new(n.as_bytes());
+            prop_assert!(sc.number().is_some() && sc.at_end(), "{}", n);
+            let mut sc = Scanner::new(n.as_bytes());
+            if let Some(u) = sc.uint() {
+                if sc.at_end() {
+                    prop_assert_eq!(Some(u), serde_json::from_str::<u64>(&n).ok(), "{}", n);
+                }
+            }
+            let mut doc = s.into_bytes();
+            doc.extend_from_slice(&junk);
+            let mut sc = Scanner::new(&doc);
+            if sc.string().is_some() {
+                prop_assert!(serde_accepts(&doc[..sc.i]));
+            }
+        }
+
+        /// The searches for a top-level value agree with each other and with serde.
+        #[test]
+        fn top_level_values_are_found_as_serde_reads_them(
+            members in prop::collection::btree_map(
+                prop::sample::select(&["id", "usage", "content", "x", "model"][..]),
+                value(false), 0..5),
+            key in prop::sample::select(&["id", "usage", "content", "x", "model"][..]),
+            w in ws(),
+        ) {
+            let members: Vec<_> = members
+                .into_iter()
+                .map(|(k, v)| (format!("\"{k}\""), v, [w.clone(), w.clone(), w.clone(), w.clone()]))
+                .collect();
+            let doc = object_text(members, w.clone());
+            // serde_json::Value refuses numbers out of f64's range (1e400).
+            let parsed = serde_json::from_str::<serde_json::Value>(&doc);
+            prop_assume!(parsed.is_ok());
+            let parsed = parsed.unwrap();
+            let forward = top_level_value(doc.as_bytes(), key.as_bytes());
+            let backward = top_level_value_from_end(doc.as_bytes(), key.as_bytes());
+            prop_assert_eq!(forward.map(<[u8]>::trim_ascii_end), backward.map(<[u8]>::trim_ascii_end));
+            let found = forward.map(|v| {
+                serde_json::Deserializer::from_slice(v)
+                    .into_iter::<serde_json::Value>()
+                    .next()
+                    .unwrap()
+                    .unwrap()
+            });
+            prop_assert_eq!(found.as_ref(), parsed.get(key), "{}", doc);
+        }
+    }
+}

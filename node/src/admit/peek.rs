@@ -208,4 +208,106 @@ mod tests {
             "{taken} of {all} mutations taken by the scan"
         );
     }
+
+    use crate::json_scan::gen::*;
+    use proptest::prelude::*;
+
+    /// The value of `model`, `stream` or `max_tokens`: plain (`simple`), as the scan
+    /// reads them, or of any shape.
+    fn known(simple: bool) -> BoxedStrategy<String> {
+        let plain = prop_oneof![
+            3 => plain_string(),
+            3 => uint(),
+            1 => prop::sample::select(&["true", "false", "null"][..]).prop_map(String::from),
+        ];
+        if simple {
+            return plain.boxed();
+        }
+        prop_oneof![
+            2 => plain,
+            1 => value(false),
+            1 => number(),
+            1 => prop::sample::select(&[
+                "-1", "05", "1.0", "1e3", "18446744073709551615", "18446744073709551616",
+                "99999999999999999999", r#""caf\u00e9""#, "\"caf\u{e9}\"", r#""\ud800""#, "tru",
+            ][..]).prop_map(String::from),
+        ]
+        .boxed()
+    }
+
+    /// A Messages-like body: `model`, `stream` and `max_tokens` (each maybe absent,
+    /// maybe twice unless `simple`) among other members, in any order, with any
+    /// whitespace. `simple` bodies are ASCII, their top-level keys plain, their
+    /// fields plain: the scan must take them.
+    fn body(simple: bool) -> impl Strategy<Value = String> {
+        let field = |name: &'static str| {
+            prop::collection::vec(known(simple), 0..if simple { 2 } else { 3 }).prop_map(
+                move |vs| {
+                    vs.into_iter()
+                        .map(|v| (format!("\"{name}\""), v))
+                        .collect::<Vec<_>>()
+                },
+            )
+        };
+        let other_key = if simple {
+            prop::sample::select(&["\"messages\"", "\"system\"", "\"temperature\"", "\"x\""][..])
+                .prop_map(String::from)
+                .boxed()
+        } else {
+            key(false).boxed()
+        };
+        let others = prop::collection::vec((other_key, value(simple)), 0..5);
+        (field("model"), field("stream"), field("max_tokens"), others)
+            .prop_flat_map(|(a, b, c, d)| {
+                let members: Vec<_> = a.into_iter().chain(b).chain(c).chain(d).collect();
+                let n = members.len();
+                (
+                    Just(members).prop_shuffle(),
+                    prop::collection::vec(ws4(), n),
+                    ws(),
+                    ws(),
+                    ws(),
+                )
+            })
+            .prop_map(|(members, spaces, w0, a, b)| {
+                let members = members
+                    .into_iter()
+                    .zip(spaces)
+                    .map(|((k, v), w)| (k, v, w))
+                    .collect();
+                format!("{a}{}{b}", object_text(members, w0))
+            })
+    }
+
+    proptest! {
+        #![proptest_config(config(512))]
+
+        #[test]
+        fn the_scan_agrees_with_serde_on_messages_bodies(body in body(false)) {
+            same(body.as_bytes());
+        }
+
+        #[test]
+        fn the_scan_takes_plain_messages_bodies(body in body(true)) {
+            prop_assert!(same(body.as_bytes()), "handed to serde: {}", body);
+        }
+
+        #[test]
+        fn the_scan_agrees_with_serde_on_mutated_bodies(body in mutated(body(false))) {
+            same(&body);
+        }
+
+        #[test]
+        fn the_scan_agrees_with_serde_on_any_bytes(
+            body in prop::collection::vec(any::<u8>(), 0..48),
+            grammar in prop::collection::vec(
+                prop::sample::select(&b"{}[]\",:\\ 0159-.eEtrufalsn\x01\xc3"[..]), 0..32),
+        ) {
+            same(&body);
+            same(&grammar);
+            let mut framed = b"{\"model\":".to_vec();
+            framed.extend_from_slice(&grammar);
+            same(&framed);
+        }
+    }
 }
