@@ -105,19 +105,6 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// The string at the cursor, found and not checked ([`string_end`]): its
-    /// contents, and whether they hold an escape.
-    #[inline]
-    pub fn raw_string(&mut self) -> Option<(&'a [u8], bool)> {
-        if self.peek()? != b'"' {
-            return None;
-        }
-        let (end, escaped) = string_end(self.b, self.i)?;
-        let s = &self.b[self.i + 1..end - 1];
-        self.i = end;
-        Some((s, escaped))
-    }
-
     /// A number in JSON's grammar: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
     pub fn number(&mut self) -> Option<()> {
         if self.peek() == Some(b'-') {

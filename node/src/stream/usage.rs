@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use serde::Deserialize;
 
-use crate::json_scan::{self, escaped_at, top_level_value, top_level_value_from_end, Scanner};
+use crate::json_scan::{escaped_at, top_level_value, top_level_value_from_end, Scanner};
 use crate::meta::Usage;
 
 pub fn parse_json_usage(chunks: &[Bytes]) -> Option<Usage> {
@@ -84,7 +84,8 @@ fn usage_at_end(json: &[u8]) -> Option<Usage> {
 /// The JSON object at the cursor, read by hand: members whose values are unsigned
 /// integers, strings or nulls, and (for the usage object itself, `usage` is `Some`)
 /// objects of those, skipped. The usage counts are stored into `usage`; a null,
-/// repeated or non-integer count is `None`, as is anything the scan does not cover.
+/// repeated or non-integer count is `None`, as is anything the scan does not cover
+/// (keys with escapes or non-ASCII bytes, say: serde decides).
 fn object(s: &mut Scanner, mut usage: Option<&mut Usage>) -> Option<()> {
     let mut seen = 0u8;
     s.ws();
@@ -96,10 +97,7 @@ fn object(s: &mut Scanner, mut usage: Option<&mut Usage>) -> Option<()> {
     }
     let nested = usage.is_some();
     loop {
-        let (key, escaped) = s.raw_string()?;
-        if escaped {
-            return None;
-        }
+        let key = s.plain_string()?;
         let field = match (key, usage.as_deref_mut()) {
             (b"input_tokens", Some(u)) => Some((0, &mut u.input_tokens)),
             (b"output_tokens", Some(u)) => Some((1, &mut u.output_tokens)),
@@ -115,22 +113,17 @@ fn object(s: &mut Scanner, mut usage: Option<&mut Usage>) -> Option<()> {
         match (s.peek()?, field) {
             (b'0'..=b'9', field) => {
                 // Past 19 digits the count may overflow: serde decides.
-                let start = s.i;
-                if s.digits() > 19 || matches!(s.peek(), Some(b'.' | b'e' | b'E')) {
-                    return None;
-                }
+                let n = s.uint()?;
                 if let Some((bit, slot)) = field {
                     if seen & (1 << bit) != 0 {
                         return None;
                     }
                     seen |= 1 << bit;
-                    *slot = json_scan::decimal(&s.b[start..s.i]);
+                    *slot = n;
                 }
             }
             (b'n', None) => s.literal(b"null")?,
-            (b'"', None) => {
-                s.raw_string()?;
-            }
+            (b'"', None) => s.string()?,
             (b'{', None) if nested => object(s, None)?,
             _ => return None,
         }
@@ -192,6 +185,35 @@ mod tests {
                 ..Default::default()
             })
         );
+    }
+
+    /// The hand reading once took usage objects serde refuses (found by the property
+    /// tests): a count with a leading zero, a key with a control character or bytes
+    /// that are not UTF-8, a string with an invalid escape or a control character.
+    /// serde decides them now, and refuses them.
+    #[test]
+    fn usage_serde_refuses_is_not_read_by_hand() {
+        for v in [
+            &br#"{"input_tokens":05}"#[..],
+            br#"{"input_tokens":1,"cache_creation":{"a":01}}"#,
+            b"{\"input_tokens\":1,\"\xff\":2}",
+            b"{\"input_tokens\":1,\"a\x19\":2}",
+            br#"{"input_tokens":1,"service_tier":"\x"}"#,
+            b"{\"input_tokens\":1,\"service_tier\":\"a\tb\"}",
+        ] {
+            let mut de = serde_json::Deserializer::from_slice(v);
+            assert!(Option::<Usage>::deserialize(&mut de).is_err());
+            assert_eq!(flat_usage(v), None, "{}", String::from_utf8_lossy(v));
+            let mut doc = b"{\"id\":\"m\",\"usage\":".to_vec();
+            doc.extend_from_slice(v);
+            doc.push(b'}');
+            assert_eq!(parse_json_usage(&[Bytes::from(doc)]), None);
+        }
+        // Valid, but not plain: serde reads it.
+        let doc =
+            "{\"usage\":{\"input_tokens\":3,\"tier\":\"\u{e9}\",\"cl\u{e9}\":1,\"a\\u0062\":2}}";
+        let usage = parse_json_usage(&[Bytes::from(doc)]).unwrap();
+        assert_eq!(usage.input_tokens, 3);
     }
 
     #[test]
