@@ -349,4 +349,190 @@ mod tests {
         let u = parse_json_usage(&chunks).unwrap();
         assert_eq!((u.input_tokens, u.output_tokens), (5, 7));
     }
+
+    use crate::json_scan::gen::*;
+    use proptest::prelude::*;
+
+    /// serde's reading: the top-level `usage` of the whole document; `None` when it is
+    /// not JSON serde_json::Value takes.
+    fn serde_usage(doc: &[u8]) -> Option<Option<Usage>> {
+        let value = serde_json::from_slice::<serde_json::Value>(doc).ok()?;
+        Some(
+            value
+                .get("usage")
+                .and_then(|u| Option::<Usage>::deserialize(u).ok().flatten()),
+        )
+    }
+
+    /// A count: mostly an integer, sometimes what serde refuses or reads otherwise.
+    fn count() -> BoxedStrategy<String> {
+        prop_oneof![
+            6 => uint(),
+            1 => prop::sample::select(&[
+                "null", "\"5\"", "-1", "1.5", "1e2", "0.0", "18446744073709551615",
+                "18446744073709551616", "{}", "[1]", "true",
+            ][..]).prop_map(String::from),
+        ]
+        .boxed()
+    }
+
+    /// `(name, value)` members, each maybe absent, in any order, with any whitespace.
+    fn members(list: Vec<(&'static str, BoxedStrategy<String>)>) -> impl Strategy<Value = String> {
+        let list: Vec<_> = list
+            .into_iter()
+            .map(|(k, v)| prop::option::weighted(0.7, (Just(format!("\"{k}\"")), v, ws4())))
+            .collect();
+        (list, ws())
+            .prop_flat_map(|(m, w)| {
+                let m: Vec<_> = m.into_iter().flatten().collect();
+                (Just(m).prop_shuffle(), Just(w))
+            })
+            .prop_map(|(m, w)| object_text(m, w))
+    }
+
+    /// A usage object as Anthropic sends it and beyond: counts of every size, the
+    /// nested `cache_creation` and `server_tool_use`, nulls, strings, other members.
+    fn usage_object() -> BoxedStrategy<String> {
+        let nested = |keys: &'static [&'static str]| {
+            prop_oneof![
+                3 => members(keys.iter().map(|k| (*k, uint().boxed())).collect()).boxed(),
+                1 => value(false),
+            ]
+            .boxed()
+        };
+        members(vec![
+            ("input_tokens", count()),
+            ("cache_creation_input_tokens", count()),
+            ("cache_read_input_tokens", count()),
+            (
+                "cache_creation",
+                nested(&["ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens"]),
+            ),
+            ("output_tokens", count()),
+            ("server_tool_use", nested(&["web_search_requests"])),
+            ("service_tier", scalar(false).boxed()),
+            ("x", value(false)),
+        ])
+        .boxed()
+    }
+
+    /// A Messages reply: content blocks (whose text and tool inputs may hold a
+    /// `usage` of their own) and a top-level `usage`, mostly last, maybe elsewhere,
+    /// maybe absent or not an object.
+    fn reply() -> impl Strategy<Value = String> {
+        let block = prop_oneof![
+            (string(false), ws()).prop_map(|(t, w)| format!(r#"{{"type":"text",{w}"text":{t}}}"#)),
+            (usage_object(), string(false)).prop_map(|(u, q)| format!(
+                r#"{{"type":"tool_use","input":{{"usage":{u},"q":{q}}}}}"#
+            )),
+        ];
+        let usage = prop_oneof![
+            6 => usage_object(),
+            1 => scalar(false).boxed(),
+        ];
+        let rest = members(vec![
+            ("id", string(false).boxed()),
+            ("type", Just("\"message\"".to_string()).boxed()),
+            (
+                "content",
+                prop::collection::vec(block, 0..3)
+                    .prop_map(|b| format!("[{}]", b.join(",")))
+                    .boxed(),
+            ),
+            ("stop_reason", scalar(false).boxed()),
+            ("x", value(false)),
+        ]);
+        (
+            rest,
+            prop::option::weighted(0.9, (usage, ws4())),
+            any::<bool>(),
+            ws(),
+        )
+            .prop_map(|(rest, usage, last, w)| {
+                let Some((usage, [a, b, c, d])) = usage else {
+                    return rest;
+                };
+                let member = format!("{a}\"usage\"{b}:{c}{usage}{d}");
+                let inner = &rest[1..rest.len() - 1];
+                if inner.trim().is_empty() {
+                    format!("{{{member}}}{w}")
+                } else if last {
+                    format!("{{{inner},{member}}}{w}")
+                } else {
+                    format!("{w}{{{member},{inner}}}")
+                }
+            })
+    }
+
+    /// `doc` cut at the given places.
+    fn chunks(doc: &[u8], cuts: &[prop::sample::Index]) -> Vec<Bytes> {
+        let mut at: Vec<usize> = cuts.iter().map(|c| c.index(doc.len() + 1)).collect();
+        at.sort_unstable();
+        let mut from = 0;
+        let mut out = Vec::new();
+        for to in at.into_iter().chain([doc.len()]) {
+            out.push(Bytes::copy_from_slice(&doc[from..to]));
+            from = to;
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(config(512))]
+
+        #[test]
+        fn usage_is_read_as_serde_reads_it(
+            doc in reply(), cuts in prop::collection::vec(any::<prop::sample::Index>(), 1..4),
+        ) {
+            let expected = serde_usage(doc.as_bytes());
+            // serde_json::Value refuses numbers out of f64's range (1e400).
+            prop_assume!(expected.is_some());
+            let expected = expected.unwrap();
+            let whole = parse_json_usage(&[Bytes::copy_from_slice(doc.as_bytes())]);
+            prop_assert_eq!(whole, expected, "{}", doc);
+            prop_assert_eq!(parse_json_usage(&chunks(doc.as_bytes(), &cuts)), expected, "{}", doc);
+        }
+
+        /// Mutated replies never panic, and are read as serde reads them whenever
+        /// they are still JSON.
+        #[test]
+        fn mutated_replies_are_read_as_serde_reads_them(doc in mutated(reply())) {
+            let read = parse_json_usage(&[Bytes::copy_from_slice(&doc)]);
+            if let Some(expected) = serde_usage(&doc) {
+                prop_assert_eq!(read, expected, "{}", String::from_utf8_lossy(&doc));
+            }
+        }
+
+        /// The hand reading of a usage object says yes only where serde reads the
+        /// same bytes the same.
+        #[test]
+        fn usage_is_read_by_hand_only_where_serde_agrees(
+            usage in prop_oneof![
+                1 => usage_object().prop_map(String::into_bytes).boxed(),
+                3 => mutated(usage_object()).boxed(),
+            ],
+        ) {
+            if let Some(fast) = flat_usage(&usage) {
+                let mut de = serde_json::Deserializer::from_slice(&usage);
+                let slow = Option::<Usage>::deserialize(&mut de).ok().flatten();
+                prop_assert_eq!(Some(fast), slow, "{:?}", String::from_utf8_lossy(&usage));
+            }
+        }
+
+        #[test]
+        fn any_bytes_are_read_without_panic(
+            body in prop::collection::vec(any::<u8>(), 0..48),
+            grammar in prop::collection::vec(
+                prop::sample::select(&b"{}[]\",:\\ 0159-.eEtrufalsn\x01\xc3"[..]), 0..32),
+        ) {
+            parse_json_usage(&[Bytes::from(body)]);
+            let mut framed = b"{\"usage\":".to_vec();
+            framed.extend_from_slice(&grammar);
+            framed.push(b'}');
+            let read = parse_json_usage(&[Bytes::from(framed.clone())]);
+            if let Some(expected) = serde_usage(&framed) {
+                prop_assert_eq!(read, expected, "{}", String::from_utf8_lossy(&framed));
+            }
+        }
+    }
 }
