@@ -5,7 +5,7 @@
 //! flowing down):
 //! - vocabulary: [`meta`] (what the phases learn about a request), [`error`] (the one
 //!   error type and its HTTP mapping), [`head`] and [`body`] (the request), [`sse`]
-//!   (event framing), [`secret`] (keys and the KEK), [`schema`] (the cluster's
+//!   (event framing), [`json_scan`] (the one hand JSON scanner), [`secret`] (keys and the KEK), [`schema`] (the cluster's
 //!   documents), [`limit_spec`] (what a limit counts).
 //! - protocol: [`http1`] (HTTP/1.1 server and client, the upstream pool, TLS, DNS).
 //! - settings and signals: [`config`], [`telemetry`], [`metrics`], [`health`].
@@ -39,6 +39,7 @@ pub mod forward;
 pub mod head;
 pub mod health;
 pub mod http1;
+pub mod json_scan;
 pub mod limit_spec;
 pub mod limits;
 pub mod meta;

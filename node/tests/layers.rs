@@ -18,6 +18,7 @@ const LAYERS: &[Layer] = &[
             "head",
             "body",
             "sse",
+            "json_scan",
         ],
         why: "what a request is and what the phases learn about it, errors, secrets, the \
               cluster's documents: named by every phase, so they import none",

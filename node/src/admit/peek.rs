@@ -9,14 +9,12 @@
 //! test holds the two to the same answers over a corpus and its mutations.
 
 use super::RequestMeta;
-
-/// serde_json refuses nesting deeper than 128; the scan hands over well before.
-const MAX_DEPTH: u32 = 100;
+use crate::json_scan::Scanner;
 
 /// `Some` when `body` is a JSON object serde would accept, with the fields read;
 /// `None` when serde has to decide.
 pub(super) fn scan(body: &[u8]) -> Option<RequestMeta> {
-    let mut s = Scanner { b: body, i: 0 };
+    let mut s = Scanner::new(body);
     let mut meta = RequestMeta::default();
     let mut seen = [false; 3];
     s.ws();
@@ -41,12 +39,12 @@ pub(super) fn scan(body: &[u8]) -> Option<RequestMeta> {
                     if std::mem::replace(&mut seen[f], true) {
                         return None; // serde refuses a repeated field
                     }
-                    s.known_value(f, &mut meta)?;
+                    known_value(&mut s, f, &mut meta)?;
                 }
                 None => s.value(1)?,
             }
             s.ws();
-            match s.next()? {
+            match s.byte()? {
                 b',' => s.ws(),
                 b'}' => break,
                 _ => return None,
@@ -54,199 +52,37 @@ pub(super) fn scan(body: &[u8]) -> Option<RequestMeta> {
         }
     }
     s.ws();
-    (s.i == body.len()).then_some(meta)
+    s.at_end().then_some(meta)
 }
 
-struct Scanner<'a> {
-    b: &'a [u8],
-    i: usize,
-}
-
-impl<'a> Scanner<'a> {
-    fn peek(&self) -> Option<u8> {
-        self.b.get(self.i).copied()
-    }
-
-    fn next(&mut self) -> Option<u8> {
-        let c = self.peek()?;
-        self.i += 1;
-        Some(c)
-    }
-
-    fn eat(&mut self, c: u8) -> Option<()> {
-        (self.next()? == c).then_some(())
-    }
-
-    fn ws(&mut self) {
-        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-            self.i += 1;
-        }
-    }
-
-    fn literal(&mut self, word: &[u8]) -> Option<()> {
-        let end = self.i + word.len();
-        (self.b.get(self.i..end)? == word).then(|| self.i = end)
-    }
-
-    /// A string without escapes or non-ASCII bytes (keys, the model name).
-    fn plain_string(&mut self) -> Option<&'a [u8]> {
-        self.eat(b'"')?;
-        let start = self.i;
-        let len = self.b[start..]
-            .iter()
-            .position(|&c| c == b'"' || c == b'\\' || !(0x20..0x80).contains(&c))?;
-        if self.b[start + len] != b'"' {
-            return None;
-        }
-        self.i = start + len + 1;
-        Some(&self.b[start..start + len])
-    }
-
-    /// Any string serde skips: escapes checked, no control characters, ASCII only.
-    fn string(&mut self) -> Option<()> {
-        self.eat(b'"')?;
-        loop {
-            let rest = &self.b[self.i..];
-            let n = rest
-                .iter()
-                .position(|&c| c == b'"' || c == b'\\' || !(0x20..0x80).contains(&c))?;
-            self.i += n;
-            match self.next()? {
-                b'"' => return Some(()),
-                b'\\' => match self.next()? {
-                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
-                    b'u' => {
-                        let hex = self.b.get(self.i..self.i + 4)?;
-                        if !hex.iter().all(u8::is_ascii_hexdigit) {
-                            return None;
-                        }
-                        self.i += 4;
-                    }
-                    _ => return None,
-                },
-                _ => return None,
+/// The value of `model` (0), `stream` (1) or `max_tokens` (2), read into `meta` as
+/// the serde path reads it. Only plain scalars: anything else goes to serde.
+fn known_value(s: &mut Scanner, field: usize, meta: &mut RequestMeta) -> Option<()> {
+    match s.peek()? {
+        b'"' => {
+            let name = s.plain_string()?;
+            if field == 0 {
+                // ASCII by construction.
+                meta.model = Some(String::from_utf8(name.to_vec()).ok()?);
             }
         }
-    }
-
-    /// A number in JSON's grammar: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
-    fn number(&mut self) -> Option<()> {
-        if self.peek() == Some(b'-') {
-            self.i += 1;
+        b't' => {
+            s.literal(b"true")?;
+            meta.stream |= field == 1;
         }
-        match self.next()? {
-            b'0' => {}
-            b'1'..=b'9' => {
-                self.digits();
+        b'f' => s.literal(b"false")?,
+        b'n' => s.literal(b"null")?,
+        b'0'..=b'9' => {
+            // Plain integers only: serde reads anything longer or with a fraction or
+            // exponent as a float, which may even be refused as out of range.
+            let n = s.uint()?;
+            if field == 2 {
+                meta.max_tokens = Some(n);
             }
-            _ => return None,
         }
-        if self.peek() == Some(b'.') {
-            self.i += 1;
-            self.some_digits()?;
-        }
-        if matches!(self.peek(), Some(b'e' | b'E')) {
-            self.i += 1;
-            if matches!(self.peek(), Some(b'+' | b'-')) {
-                self.i += 1;
-            }
-            self.some_digits()?;
-        }
-        Some(())
+        _ => return None,
     }
-
-    fn digits(&mut self) -> usize {
-        let n = self.b[self.i..]
-            .iter()
-            .take_while(|c| c.is_ascii_digit())
-            .count();
-        self.i += n;
-        n
-    }
-
-    fn some_digits(&mut self) -> Option<()> {
-        (self.digits() > 0).then_some(())
-    }
-
-    /// Any value serde skips, at nesting `depth`.
-    fn value(&mut self, depth: u32) -> Option<()> {
-        match self.peek()? {
-            b'"' => self.string(),
-            b't' => self.literal(b"true"),
-            b'f' => self.literal(b"false"),
-            b'n' => self.literal(b"null"),
-            b'-' | b'0'..=b'9' => self.number(),
-            open @ (b'{' | b'[') => {
-                if depth >= MAX_DEPTH {
-                    return None;
-                }
-                self.i += 1;
-                self.ws();
-                let close = if open == b'{' { b'}' } else { b']' };
-                if self.peek()? == close {
-                    self.i += 1;
-                    return Some(());
-                }
-                loop {
-                    if open == b'{' {
-                        self.string()?;
-                        self.ws();
-                        self.eat(b':')?;
-                        self.ws();
-                    }
-                    self.value(depth + 1)?;
-                    self.ws();
-                    match self.next()? {
-                        b',' => self.ws(),
-                        c if c == close => return Some(()),
-                        _ => return None,
-                    }
-                }
-            }
-            _ => None,
-        }
-    }
-
-    /// The value of `model` (0), `stream` (1) or `max_tokens` (2), read into `meta`
-    /// as the serde path reads it. Only plain scalars: anything else goes to serde.
-    fn known_value(&mut self, field: usize, meta: &mut RequestMeta) -> Option<()> {
-        match self.peek()? {
-            b'"' => {
-                let s = self.plain_string()?;
-                if field == 0 {
-                    // ASCII by construction.
-                    meta.model = Some(String::from_utf8(s.to_vec()).ok()?);
-                }
-            }
-            b't' => {
-                self.literal(b"true")?;
-                meta.stream |= field == 1;
-            }
-            b'f' => self.literal(b"false")?,
-            b'n' => self.literal(b"null")?,
-            b'0'..=b'9' => {
-                // Plain integers only: serde reads anything longer or with a fraction
-                // or exponent as a float, which may even be refused as out of range.
-                let start = self.i;
-                let n = self.digits();
-                if n > 19 || (n > 1 && self.b[start] == b'0') {
-                    return None;
-                }
-                if matches!(self.peek(), Some(b'.' | b'e' | b'E')) {
-                    return None;
-                }
-                if field == 2 {
-                    // At most 19 digits: no overflow.
-                    let n = self.b[start..self.i]
-                        .iter()
-                        .fold(0, |n, d| n * 10 + u64::from(d - b'0'));
-                    meta.max_tokens = Some(n);
-                }
-            }
-            _ => return None,
-        }
-        Some(())
-    }
+    Some(())
 }
 
 #[cfg(test)]
@@ -371,5 +207,107 @@ mod tests {
             taken > all / 10,
             "{taken} of {all} mutations taken by the scan"
         );
+    }
+
+    use crate::json_scan::gen::*;
+    use proptest::prelude::*;
+
+    /// The value of `model`, `stream` or `max_tokens`: plain (`simple`), as the scan
+    /// reads them, or of any shape.
+    fn known(simple: bool) -> BoxedStrategy<String> {
+        let plain = prop_oneof![
+            3 => plain_string(),
+            3 => uint(),
+            1 => prop::sample::select(&["true", "false", "null"][..]).prop_map(String::from),
+        ];
+        if simple {
+            return plain.boxed();
+        }
+        prop_oneof![
+            2 => plain,
+            1 => value(false),
+            1 => number(),
+            1 => prop::sample::select(&[
+                "-1", "05", "1.0", "1e3", "18446744073709551615", "18446744073709551616",
+                "99999999999999999999", r#""caf\u00e9""#, "\"caf\u{e9}\"", r#""\ud800""#, "tru",
+            ][..]).prop_map(String::from),
+        ]
+        .boxed()
+    }
+
+    /// A Messages-like body: `model`, `stream` and `max_tokens` (each maybe absent,
+    /// maybe twice unless `simple`) among other members, in any order, with any
+    /// whitespace. `simple` bodies are ASCII, their top-level keys plain, their
+    /// fields plain: the scan must take them.
+    fn body(simple: bool) -> impl Strategy<Value = String> {
+        let field = |name: &'static str| {
+            prop::collection::vec(known(simple), 0..if simple { 2 } else { 3 }).prop_map(
+                move |vs| {
+                    vs.into_iter()
+                        .map(|v| (format!("\"{name}\""), v))
+                        .collect::<Vec<_>>()
+                },
+            )
+        };
+        let other_key = if simple {
+            prop::sample::select(&["\"messages\"", "\"system\"", "\"temperature\"", "\"x\""][..])
+                .prop_map(String::from)
+                .boxed()
+        } else {
+            key(false).boxed()
+        };
+        let others = prop::collection::vec((other_key, value(simple)), 0..5);
+        (field("model"), field("stream"), field("max_tokens"), others)
+            .prop_flat_map(|(a, b, c, d)| {
+                let members: Vec<_> = a.into_iter().chain(b).chain(c).chain(d).collect();
+                let n = members.len();
+                (
+                    Just(members).prop_shuffle(),
+                    prop::collection::vec(ws4(), n),
+                    ws(),
+                    ws(),
+                    ws(),
+                )
+            })
+            .prop_map(|(members, spaces, w0, a, b)| {
+                let members = members
+                    .into_iter()
+                    .zip(spaces)
+                    .map(|((k, v), w)| (k, v, w))
+                    .collect();
+                format!("{a}{}{b}", object_text(members, w0))
+            })
+    }
+
+    proptest! {
+        #![proptest_config(config(512))]
+
+        #[test]
+        fn the_scan_agrees_with_serde_on_messages_bodies(body in body(false)) {
+            same(body.as_bytes());
+        }
+
+        #[test]
+        fn the_scan_takes_plain_messages_bodies(body in body(true)) {
+            prop_assert!(same(body.as_bytes()), "handed to serde: {}", body);
+        }
+
+        #[test]
+        fn the_scan_agrees_with_serde_on_mutated_bodies(body in mutated(body(false))) {
+            same(&body);
+        }
+
+        #[test]
+        fn the_scan_agrees_with_serde_on_any_bytes(
+            body in prop::collection::vec(any::<u8>(), 0..48),
+            grammar in prop::collection::vec(
+                prop::sample::select(&b"{}[]\",:\\ 0159-.eEtrufalsn\x01\xc3"[..]), 0..32),
+        ) {
+            same(&body);
+            same(&grammar);
+            let mut framed = b"{\"model\":".to_vec();
+            framed.extend_from_slice(&grammar);
+            same(&framed);
+        }
     }
 }

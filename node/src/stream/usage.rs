@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use serde::Deserialize;
 
+use crate::json_scan::{escaped_at, top_level_value, top_level_value_from_end, Scanner};
 use crate::meta::Usage;
 
 pub fn parse_json_usage(chunks: &[Bytes]) -> Option<Usage> {
@@ -36,7 +37,7 @@ pub fn parse_json_usage(chunks: &[Bytes]) -> Option<Usage> {
 /// larger part of the relay's cost per request.
 fn flat_usage(v: &[u8]) -> Option<Usage> {
     let mut usage = Usage::default();
-    object_len(v, Some(&mut usage))?;
+    object(&mut Scanner::new(v), Some(&mut usage))?;
     Some(usage)
 }
 
@@ -71,38 +72,32 @@ fn usage_at_end(json: &[u8]) -> Option<Usage> {
         .strip_suffix(b":")?
         .trim_ascii_end()
         .strip_suffix(b"\"usage\"")?;
-    if key.iter().rev().take_while(|b| **b == b'\\').count() % 2 == 1 {
+    if escaped_at(key, key.len()) {
         return None;
     }
     let mut usage = Usage::default();
-    let len = object_len(&doc[open..], Some(&mut usage))?;
-    (doc[open + len..].trim_ascii() == b"}").then_some(usage)
+    let mut s = Scanner { b: doc, i: open };
+    object(&mut s, Some(&mut usage))?;
+    (doc[s.i..].trim_ascii() == b"}").then_some(usage)
 }
 
-/// How many bytes of `v` a JSON object takes, read by hand: members whose values are
-/// unsigned integers, strings or nulls, and (for the usage object itself, `usage` is
-/// `Some`) objects of those, skipped. The usage counts are stored into `usage`; a null,
-/// repeated or non-integer count is `None`, as is anything the scan does not cover.
-fn object_len(v: &[u8], mut usage: Option<&mut Usage>) -> Option<usize> {
+/// The JSON object at the cursor, read by hand: members whose values are unsigned
+/// integers, strings or nulls, and (for the usage object itself, `usage` is `Some`)
+/// objects of those, skipped. The usage counts are stored into `usage`; a null,
+/// repeated or non-integer count is `None`, as is anything the scan does not cover
+/// (keys with escapes or non-ASCII bytes, say: serde decides).
+fn object(s: &mut Scanner, mut usage: Option<&mut Usage>) -> Option<()> {
     let mut seen = 0u8;
-    let mut i = json_ws(v, 0);
-    if v.get(i) != Some(&b'{') {
-        return None;
+    s.ws();
+    s.eat(b'{')?;
+    s.ws();
+    if s.peek()? == b'}' {
+        s.i += 1;
+        return Some(());
     }
-    i = json_ws(v, i + 1);
-    if v.get(i) == Some(&b'}') {
-        return Some(i + 1);
-    }
+    let nested = usage.is_some();
     loop {
-        if v.get(i) != Some(&b'"') {
-            return None;
-        }
-        let (key_end, escaped) = string_end(v, i)?;
-        if escaped {
-            return None;
-        }
-        let key = &v[i + 1..key_end - 1];
-        let nested = usage.is_some();
+        let key = s.plain_string()?;
         let field = match (key, usage.as_deref_mut()) {
             (b"input_tokens", Some(u)) => Some((0, &mut u.input_tokens)),
             (b"output_tokens", Some(u)) => Some((1, &mut u.output_tokens)),
@@ -112,26 +107,13 @@ fn object_len(v: &[u8], mut usage: Option<&mut Usage>) -> Option<usize> {
             (b"cache_read_input_tokens", Some(u)) => Some((3, &mut u.cache_read_input_tokens)),
             _ => None,
         };
-        i = json_ws(v, key_end);
-        if v.get(i) != Some(&b':') {
-            return None;
-        }
-        i = json_ws(v, i + 1);
-        match (v.get(i)?, field) {
+        s.ws();
+        s.eat(b':')?;
+        s.ws();
+        match (s.peek()?, field) {
             (b'0'..=b'9', field) => {
-                let mut n = 0u64;
-                let start = i;
-                while let Some(d @ b'0'..=b'9') = v.get(i) {
-                    // Past 19 digits the count may overflow: serde decides.
-                    if i - start == 19 {
-                        return None;
-                    }
-                    n = n * 10 + u64::from(d - b'0');
-                    i += 1;
-                }
-                if matches!(v.get(i), Some(b'.' | b'e' | b'E')) {
-                    return None;
-                }
+                // Past 19 digits the count may overflow: serde decides.
+                let n = s.uint()?;
                 if let Some((bit, slot)) = field {
                     if seen & (1 << bit) != 0 {
                         return None;
@@ -140,126 +122,18 @@ fn object_len(v: &[u8], mut usage: Option<&mut Usage>) -> Option<usize> {
                     *slot = n;
                 }
             }
-            (b'n', None) if v[i..].starts_with(b"null") => i += 4,
-            (b'"', None) => i = string_end(v, i)?.0,
-            (b'{', None) if nested => i += object_len(&v[i..], None)?,
+            (b'n', None) => s.literal(b"null")?,
+            (b'"', None) => s.string()?,
+            (b'{', None) if nested => object(s, None)?,
             _ => return None,
         }
-        i = json_ws(v, i);
-        match v.get(i)? {
-            b',' => i = json_ws(v, i + 1),
-            b'}' => return Some(i + 1),
+        s.ws();
+        match s.byte()? {
+            b',' => s.ws(),
+            b'}' => return Some(()),
             _ => return None,
         }
     }
-}
-
-/// The first index at or after `i` that is not JSON whitespace (a plain loop: the
-/// runs are a byte or two, shorter than a call into memchr pays for).
-fn json_ws(v: &[u8], mut i: usize) -> usize {
-    while let Some(b' ' | b'\t' | b'\n' | b'\r') = v.get(i) {
-        i += 1;
-    }
-    i
-}
-
-/// For the string whose opening quote is at `i`: the index just past its closing
-/// quote, and whether it held an escape. `None` if it does not end.
-fn string_end(v: &[u8], i: usize) -> Option<(usize, bool)> {
-    let mut j = i + 1;
-    let mut escaped = false;
-    loop {
-        j += memchr::memchr2(b'"', b'\\', v.get(j..)?)?;
-        if v[j] == b'"' {
-            return Some((j + 1, escaped));
-        }
-        escaped = true;
-        j += 2;
-    }
-}
-
-/// The bytes from the start of `key`'s value in the top-level JSON object `json` to
-/// the end of the document; `None` when `json` has no such top-level key. Keys nested
-/// deeper (a tool input's own `usage`, say) are skipped, as are strings.
-fn top_level_value<'a>(json: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
-    let mut depth = 0u32;
-    let mut i = 0;
-    while i < json.len() {
-        match json[i] {
-            b'"' => {
-                let start = i + 1;
-                let mut j = start;
-                let end = loop {
-                    let k = j + memchr::memchr2(b'"', b'\\', json.get(j..)?)?;
-                    if json[k] == b'"' {
-                        break k;
-                    }
-                    j = k + 2;
-                };
-                i = end + 1;
-                if depth == 1 && &json[start..end] == key {
-                    let rest = json[i..].trim_ascii_start();
-                    if let Some(value) = rest.strip_prefix(b":") {
-                        return Some(value.trim_ascii_start());
-                    }
-                }
-            }
-            b'{' | b'[' => {
-                depth += 1;
-                i += 1;
-            }
-            b'}' | b']' => {
-                depth = depth.checked_sub(1)?;
-                i += 1;
-            }
-            _ => i += 1,
-        }
-    }
-    None
-}
-
-/// [`top_level_value`] searched from the end of the document, where Anthropic puts
-/// `usage`, so the content before it is not scanned. Only for a document that starts
-/// with `{` and ends with `}`; `None` sends the caller to the forward scan.
-fn top_level_value_from_end<'a>(json: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
-    let doc = json.trim_ascii();
-    if doc.first() != Some(&b'{') || doc.last() != Some(&b'}') {
-        return None;
-    }
-    let mut depth = 0u32;
-    let mut i = doc.len();
-    while i > 0 {
-        i -= 1;
-        match doc[i] {
-            b'}' | b']' => depth += 1,
-            b'{' | b'[' => {
-                depth = depth.checked_sub(1)?;
-                if depth == 0 {
-                    return None;
-                }
-            }
-            b'"' => {
-                // A closing quote: find the opening one, skipping escaped quotes (those
-                // after an odd number of backslashes).
-                let end = i;
-                loop {
-                    i = memchr::memrchr(b'"', &doc[..i])?;
-                    let escapes = doc[..i].iter().rev().take_while(|b| **b == b'\\').count();
-                    if escapes % 2 == 0 {
-                        break;
-                    }
-                }
-                if depth == 1 && &doc[i + 1..end] == key {
-                    let rest = doc[end + 1..].trim_ascii_start();
-                    if let Some(value) = rest.strip_prefix(b":") {
-                        return Some(value.trim_ascii_start());
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    None
 }
 
 #[cfg(test)]
@@ -311,6 +185,35 @@ mod tests {
                 ..Default::default()
             })
         );
+    }
+
+    /// The hand reading once took usage objects serde refuses (found by the property
+    /// tests): a count with a leading zero, a key with a control character or bytes
+    /// that are not UTF-8, a string with an invalid escape or a control character.
+    /// serde decides them now, and refuses them.
+    #[test]
+    fn usage_serde_refuses_is_not_read_by_hand() {
+        for v in [
+            &br#"{"input_tokens":05}"#[..],
+            br#"{"input_tokens":1,"cache_creation":{"a":01}}"#,
+            b"{\"input_tokens\":1,\"\xff\":2}",
+            b"{\"input_tokens\":1,\"a\x19\":2}",
+            br#"{"input_tokens":1,"service_tier":"\x"}"#,
+            b"{\"input_tokens\":1,\"service_tier\":\"a\tb\"}",
+        ] {
+            let mut de = serde_json::Deserializer::from_slice(v);
+            assert!(Option::<Usage>::deserialize(&mut de).is_err());
+            assert_eq!(flat_usage(v), None, "{}", String::from_utf8_lossy(v));
+            let mut doc = b"{\"id\":\"m\",\"usage\":".to_vec();
+            doc.extend_from_slice(v);
+            doc.push(b'}');
+            assert_eq!(parse_json_usage(&[Bytes::from(doc)]), None);
+        }
+        // Valid, but not plain: serde reads it.
+        let doc =
+            "{\"usage\":{\"input_tokens\":3,\"tier\":\"\u{e9}\",\"cl\u{e9}\":1,\"a\\u0062\":2}}";
+        let usage = parse_json_usage(&[Bytes::from(doc)]).unwrap();
+        assert_eq!(usage.input_tokens, 3);
     }
 
     #[test]
@@ -445,5 +348,191 @@ mod tests {
         ];
         let u = parse_json_usage(&chunks).unwrap();
         assert_eq!((u.input_tokens, u.output_tokens), (5, 7));
+    }
+
+    use crate::json_scan::gen::*;
+    use proptest::prelude::*;
+
+    /// serde's reading: the top-level `usage` of the whole document; `None` when it is
+    /// not JSON serde_json::Value takes.
+    fn serde_usage(doc: &[u8]) -> Option<Option<Usage>> {
+        let value = serde_json::from_slice::<serde_json::Value>(doc).ok()?;
+        Some(
+            value
+                .get("usage")
+                .and_then(|u| Option::<Usage>::deserialize(u).ok().flatten()),
+        )
+    }
+
+    /// A count: mostly an integer, sometimes what serde refuses or reads otherwise.
+    fn count() -> BoxedStrategy<String> {
+        prop_oneof![
+            6 => uint(),
+            1 => prop::sample::select(&[
+                "null", "\"5\"", "-1", "1.5", "1e2", "0.0", "18446744073709551615",
+                "18446744073709551616", "{}", "[1]", "true",
+            ][..]).prop_map(String::from),
+        ]
+        .boxed()
+    }
+
+    /// `(name, value)` members, each maybe absent, in any order, with any whitespace.
+    fn members(list: Vec<(&'static str, BoxedStrategy<String>)>) -> impl Strategy<Value = String> {
+        let list: Vec<_> = list
+            .into_iter()
+            .map(|(k, v)| prop::option::weighted(0.7, (Just(format!("\"{k}\"")), v, ws4())))
+            .collect();
+        (list, ws())
+            .prop_flat_map(|(m, w)| {
+                let m: Vec<_> = m.into_iter().flatten().collect();
+                (Just(m).prop_shuffle(), Just(w))
+            })
+            .prop_map(|(m, w)| object_text(m, w))
+    }
+
+    /// A usage object as Anthropic sends it and beyond: counts of every size, the
+    /// nested `cache_creation` and `server_tool_use`, nulls, strings, other members.
+    fn usage_object() -> BoxedStrategy<String> {
+        let nested = |keys: &'static [&'static str]| {
+            prop_oneof![
+                3 => members(keys.iter().map(|k| (*k, uint().boxed())).collect()).boxed(),
+                1 => value(false),
+            ]
+            .boxed()
+        };
+        members(vec![
+            ("input_tokens", count()),
+            ("cache_creation_input_tokens", count()),
+            ("cache_read_input_tokens", count()),
+            (
+                "cache_creation",
+                nested(&["ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens"]),
+            ),
+            ("output_tokens", count()),
+            ("server_tool_use", nested(&["web_search_requests"])),
+            ("service_tier", scalar(false).boxed()),
+            ("x", value(false)),
+        ])
+        .boxed()
+    }
+
+    /// A Messages reply: content blocks (whose text and tool inputs may hold a
+    /// `usage` of their own) and a top-level `usage`, mostly last, maybe elsewhere,
+    /// maybe absent or not an object.
+    fn reply() -> impl Strategy<Value = String> {
+        let block = prop_oneof![
+            (string(false), ws()).prop_map(|(t, w)| format!(r#"{{"type":"text",{w}"text":{t}}}"#)),
+            (usage_object(), string(false)).prop_map(|(u, q)| format!(
+                r#"{{"type":"tool_use","input":{{"usage":{u},"q":{q}}}}}"#
+            )),
+        ];
+        let usage = prop_oneof![
+            6 => usage_object(),
+            1 => scalar(false).boxed(),
+        ];
+        let rest = members(vec![
+            ("id", string(false).boxed()),
+            ("type", Just("\"message\"".to_string()).boxed()),
+            (
+                "content",
+                prop::collection::vec(block, 0..3)
+                    .prop_map(|b| format!("[{}]", b.join(",")))
+                    .boxed(),
+            ),
+            ("stop_reason", scalar(false).boxed()),
+            ("x", value(false)),
+        ]);
+        (
+            rest,
+            prop::option::weighted(0.9, (usage, ws4())),
+            any::<bool>(),
+            ws(),
+        )
+            .prop_map(|(rest, usage, last, w)| {
+                let Some((usage, [a, b, c, d])) = usage else {
+                    return rest;
+                };
+                let member = format!("{a}\"usage\"{b}:{c}{usage}{d}");
+                let inner = &rest[1..rest.len() - 1];
+                if inner.trim().is_empty() {
+                    format!("{{{member}}}{w}")
+                } else if last {
+                    format!("{{{inner},{member}}}{w}")
+                } else {
+                    format!("{w}{{{member},{inner}}}")
+                }
+            })
+    }
+
+    /// `doc` cut at the given places.
+    fn chunks(doc: &[u8], cuts: &[prop::sample::Index]) -> Vec<Bytes> {
+        let mut at: Vec<usize> = cuts.iter().map(|c| c.index(doc.len() + 1)).collect();
+        at.sort_unstable();
+        let mut from = 0;
+        let mut out = Vec::new();
+        for to in at.into_iter().chain([doc.len()]) {
+            out.push(Bytes::copy_from_slice(&doc[from..to]));
+            from = to;
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(config(512))]
+
+        #[test]
+        fn usage_is_read_as_serde_reads_it(
+            doc in reply(), cuts in prop::collection::vec(any::<prop::sample::Index>(), 1..4),
+        ) {
+            let expected = serde_usage(doc.as_bytes());
+            // serde_json::Value refuses numbers out of f64's range (1e400).
+            prop_assume!(expected.is_some());
+            let expected = expected.unwrap();
+            let whole = parse_json_usage(&[Bytes::copy_from_slice(doc.as_bytes())]);
+            prop_assert_eq!(whole, expected, "{}", doc);
+            prop_assert_eq!(parse_json_usage(&chunks(doc.as_bytes(), &cuts)), expected, "{}", doc);
+        }
+
+        /// Mutated replies never panic, and are read as serde reads them whenever
+        /// they are still JSON.
+        #[test]
+        fn mutated_replies_are_read_as_serde_reads_them(doc in mutated(reply())) {
+            let read = parse_json_usage(&[Bytes::copy_from_slice(&doc)]);
+            if let Some(expected) = serde_usage(&doc) {
+                prop_assert_eq!(read, expected, "{}", String::from_utf8_lossy(&doc));
+            }
+        }
+
+        /// The hand reading of a usage object says yes only where serde reads the
+        /// same bytes the same.
+        #[test]
+        fn usage_is_read_by_hand_only_where_serde_agrees(
+            usage in prop_oneof![
+                1 => usage_object().prop_map(String::into_bytes).boxed(),
+                3 => mutated(usage_object()).boxed(),
+            ],
+        ) {
+            if let Some(fast) = flat_usage(&usage) {
+                let mut de = serde_json::Deserializer::from_slice(&usage);
+                let slow = Option::<Usage>::deserialize(&mut de).ok().flatten();
+                prop_assert_eq!(Some(fast), slow, "{:?}", String::from_utf8_lossy(&usage));
+            }
+        }
+
+        #[test]
+        fn any_bytes_are_read_without_panic(
+            body in prop::collection::vec(any::<u8>(), 0..48),
+            grammar in prop::collection::vec(
+                prop::sample::select(&b"{}[]\",:\\ 0159-.eEtrufalsn\x01\xc3"[..]), 0..32),
+        ) {
+            parse_json_usage(&[Bytes::from(body)]);
+            let mut framed = b"{\"usage\":".to_vec();
+            framed.extend_from_slice(&grammar);
+            framed.push(b'}');
+            let read = parse_json_usage(&[Bytes::from(framed.clone())]);
+            if let Some(expected) = serde_usage(&framed) {
+                prop_assert_eq!(read, expected, "{}", String::from_utf8_lossy(&framed));
+            }
+        }
     }
 }
