@@ -69,6 +69,8 @@ pub struct Report {
     pub edges: Vec<Edge>,
     /// One concrete cycle per import loop, as module names ending where they began.
     pub loops: Vec<Vec<String>>,
+    /// Every module in each loop (its strongly connected component), in `loops` order.
+    pub loop_members: Vec<Vec<String>>,
     pub upward: Vec<Upward>,
     /// Modules (or `crate`) found in no layer of the table.
     pub unlayered: Vec<String>,
@@ -167,10 +169,12 @@ pub fn check(src: &Path, layers: &[Layer]) -> Report {
         })
         .collect();
 
+    let (loops, loop_members) = loops(&modules, &edges).into_iter().unzip();
     Report {
         src: src.to_path_buf(),
         files: files.len(),
-        loops: loops(&modules, &edges),
+        loops,
+        loop_members,
         modules: modules.into_iter().collect(),
         edges,
         upward,
@@ -211,21 +215,8 @@ impl Report {
                 e.sites[0]
             );
         }
-        for cycle in &self.loops {
-            println!("loop: {}", cycle.join(" -> "));
-        }
-        for u in &self.upward {
-            println!(
-                "upward: {} ({}) -> {} ({}) at {}",
-                u.from,
-                u.from_layer,
-                u.to,
-                u.to_layer,
-                u.sites.join(", ")
-            );
-        }
-        for m in &self.unlayered {
-            println!("in no layer: {m}");
+        for p in self.problems() {
+            println!("problem: {p}");
         }
     }
 
@@ -233,8 +224,13 @@ impl Report {
     /// layer, each table entry naming no module, each module placed twice.
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
-        for cycle in &self.loops {
-            out.push(format!("import loop: {}", cycle.join(" -> ")));
+        for (cycle, members) in self.loops.iter().zip(&self.loop_members) {
+            out.push(format!(
+                "import loop: {} ({} modules in the loop: {})",
+                cycle.join(" -> "),
+                members.len(),
+                members.join(", ")
+            ));
         }
         for u in &self.upward {
             out.push(format!(
@@ -603,7 +599,8 @@ fn imports(text: &str, module: &[String], units: &BTreeSet<String>) -> Vec<(Stri
 
 /// One concrete cycle for every strongly connected component with more than one
 /// module (Tarjan's algorithm, then a breadth-first walk back to the start).
-fn loops(modules: &BTreeSet<String>, edges: &[Edge]) -> Vec<Vec<String>> {
+/// Each import loop: one concrete cycle and every module in it.
+fn loops(modules: &BTreeSet<String>, edges: &[Edge]) -> Vec<(Vec<String>, Vec<String>)> {
     let names: Vec<&str> = modules.iter().map(String::as_str).collect();
     let index: BTreeMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
     let mut adj: Vec<Vec<usize>> = vec![Vec::new(); names.len()];
@@ -699,7 +696,7 @@ fn loops(modules: &BTreeSet<String>, edges: &[Edge]) -> Vec<Vec<String>> {
         }
         cycle.push(names[start].to_string());
         cycle.reverse();
-        out.push(cycle);
+        out.push((cycle, scc.iter().map(|&i| names[i].to_string()).collect()));
     }
     out.sort();
     out
@@ -762,7 +759,9 @@ mod tests {
         );
         let problems = r.problems();
         assert!(
-            problems.contains(&"import loop: a -> b -> c -> a".to_string()),
+            problems.contains(
+                &"import loop: a -> b -> c -> a (3 modules in the loop: a, b, c)".to_string()
+            ),
             "{problems:?}"
         );
         // The edge from b is found in its child file, counted for the folder as one unit.
