@@ -73,12 +73,12 @@ impl<'a> Scanner<'a> {
     pub fn plain_string(&mut self) -> Option<&'a [u8]> {
         self.eat(b'"')?;
         let start = self.i;
-        let len = self.b[start..].iter().position(|&c| !plain(c))?;
-        if self.b[start + len] != b'"' {
+        let end = plain_end(self.b, start)?;
+        if self.b[end] != b'"' {
             return None;
         }
-        self.i = start + len + 1;
-        Some(&self.b[start..start + len])
+        self.i = end + 1;
+        Some(&self.b[start..end])
     }
 
     /// Any string serde skips: escapes checked as serde checks them, no control
@@ -86,7 +86,7 @@ impl<'a> Scanner<'a> {
     pub fn string(&mut self) -> Option<()> {
         self.eat(b'"')?;
         loop {
-            self.i += self.b[self.i..].iter().position(|&c| !plain(c))?;
+            self.i = plain_end(self.b, self.i)?;
             match self.byte()? {
                 b'"' => return Some(()),
                 b'\\' => match self.byte()? {
@@ -207,6 +207,30 @@ impl<'a> Scanner<'a> {
 #[inline]
 fn plain(c: u8) -> bool {
     c != b'"' && c != b'\\' && (0x20..0x80).contains(&c)
+}
+
+/// The index of the first byte at or after `i` that is not [`plain`]; `None` when
+/// every byte to the end is. Eight bytes at a time: a byte-by-byte loop over the keys
+/// and values of a usage object cost more than the rest of reading it.
+#[inline]
+fn plain_end(b: &[u8], mut i: usize) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    while let Some(chunk) = b.get(i..i + 8) {
+        let x = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        // For each test, a byte's high bit is set when the byte matches; a borrow can
+        // only set bits above a real match, so the lowest set bit is the first match.
+        let zero_in = |v: u64| v.wrapping_sub(ONES) & !v;
+        let quote = zero_in(x ^ (ONES * u64::from(b'"')));
+        let backslash = zero_in(x ^ (ONES * u64::from(b'\\')));
+        let control = x.wrapping_sub(ONES * 0x20) & !x;
+        let found = (quote | backslash | control | x) & HIGH;
+        if found != 0 {
+            return Some(i + (found.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    b[i..].iter().position(|&c| !plain(c)).map(|n| i + n)
 }
 
 /// The value of at most 19 decimal digits (no overflow).
@@ -515,6 +539,25 @@ mod tests {
 
     proptest! {
         #![proptest_config(config(512))]
+
+        /// The eight-at-a-time search finds what a byte-by-byte look finds, at every
+        /// start and alignment, around each kind of byte that ends a plain run.
+        #[test]
+        fn plain_runs_end_where_a_byte_by_byte_look_says(
+            bytes in proptest::collection::vec(
+                prop_oneof![
+                    4 => prop::sample::select(vec![b'a', b' ', b'~', 0x7f, b'!', b'#', b'[']),
+                    1 => prop::sample::select(vec![b'"', b'\\', 0x00, 0x1f, 0x20, 0x21, 0x80, 0xff, 0x5b, 0x5d]),
+                    1 => any::<u8>(),
+                ],
+                0..48,
+            ),
+            start in 0usize..48,
+        ) {
+            let i = start.min(bytes.len());
+            let slow = bytes[i..].iter().position(|&c| !plain(c)).map(|n| i + n);
+            prop_assert_eq!(plain_end(&bytes, i), slow);
+        }
 
         /// Valid documents: taken whenever they are ASCII, and only when serde
         /// takes them.
