@@ -151,15 +151,24 @@ impl<'a> Scanner<'a> {
     /// 19 digits (no overflow), no leading zero, no fraction or exponent.
     #[inline]
     pub fn uint(&mut self) -> Option<u64> {
+        // One pass: digits folded as they are counted.
         let start = self.i;
-        let n = self.digits();
-        if n == 0 || n > 19 || (n > 1 && self.b[start] == b'0') {
+        let mut n = 0u64;
+        while let Some(&d @ b'0'..=b'9') = self.b.get(self.i) {
+            if self.i - start == 19 {
+                return None;
+            }
+            n = n * 10 + u64::from(d - b'0');
+            self.i += 1;
+        }
+        let len = self.i - start;
+        if len == 0 || (len > 1 && self.b[start] == b'0') {
             return None;
         }
         if matches!(self.peek(), Some(b'.' | b'e' | b'E')) {
             return None;
         }
-        Some(decimal(&self.b[start..self.i]))
+        Some(n)
     }
 
     /// Any value serde skips, at nesting `depth` (the top level is 0).
@@ -213,36 +222,39 @@ fn plain(c: u8) -> bool {
 /// every byte to the end is. Eight bytes at a time: a byte-by-byte loop over the keys
 /// and values of a usage object cost more than the rest of reading it.
 #[inline]
-fn plain_end(b: &[u8], mut i: usize) -> Option<usize> {
+fn plain_end(b: &[u8], i: usize) -> Option<usize> {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
-    while let Some(chunk) = b.get(i..i + 8) {
-        let x = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
-        // For each test, a byte's high bit is set when the byte matches; a borrow can
+    const QUOTES: u64 = ONES * b'"' as u64;
+    const BACKSLASHES: u64 = ONES * b'\\' as u64;
+    const SPACES: u64 = ONES * 0x20;
+    let rest = b.get(i..)?;
+    let mut chunks = rest.chunks_exact(8);
+    let mut at = i;
+    for chunk in &mut chunks {
+        let x = u64::from_le_bytes([
+            chunk[0], chunk[1], chunk[2], chunk[3], chunk[4], chunk[5], chunk[6], chunk[7],
+        ]);
+        // For each test a byte's high bit is set when the byte matches; a borrow can
         // only set bits above a real match, so the lowest set bit is the first match.
-        let zero_in = |v: u64| v.wrapping_sub(ONES) & !v;
-        let quote = zero_in(x ^ (ONES * u64::from(b'"')));
-        let backslash = zero_in(x ^ (ONES * u64::from(b'\\')));
-        let control = x.wrapping_sub(ONES * 0x20) & !x;
+        let (q, s) = (x ^ QUOTES, x ^ BACKSLASHES);
+        let quote = q.wrapping_sub(ONES) & !q;
+        let backslash = s.wrapping_sub(ONES) & !s;
+        let control = x.wrapping_sub(SPACES) & !x;
         let found = (quote | backslash | control | x) & HIGH;
         if found != 0 {
-            return Some(i + (found.trailing_zeros() / 8) as usize);
+            return Some(at + (found.trailing_zeros() / 8) as usize);
         }
-        i += 8;
+        at += 8;
     }
-    b[i..].iter().position(|&c| !plain(c)).map(|n| i + n)
-}
-
-/// The value of at most 19 decimal digits (no overflow).
-#[inline]
-pub fn decimal(digits: &[u8]) -> u64 {
-    digits.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0'))
+    let tail = chunks.remainder();
+    tail.iter().position(|&c| !plain(c)).map(|n| at + n)
 }
 
 /// For the string whose opening quote is at `i`: the index just past its closing
 /// quote, and whether it held an escape. `None` if it does not end.
 #[inline]
-pub fn string_end(b: &[u8], i: usize) -> Option<(usize, bool)> {
+fn string_end(b: &[u8], i: usize) -> Option<(usize, bool)> {
     let mut j = i + 1;
     let mut escaped = false;
     loop {
