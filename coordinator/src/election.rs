@@ -138,3 +138,65 @@ impl Election {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryElection;
+
+    fn info(id: &str) -> LeaderInfo {
+        LeaderInfo {
+            id: id.into(),
+            region: "r1".into(),
+            url: format!("http://{id}"),
+        }
+    }
+
+    /// Waits (at most 5 s) until `e` leads (`yes`) or does not.
+    async fn leads(e: &Election, yes: bool) {
+        let mut rx = e.subscribe();
+        let waited =
+            tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|l| l.is_some() == yes)).await;
+        assert!(
+            waited.is_ok_and(|r| r.is_ok()),
+            "{} did not {} in time",
+            e.me().id,
+            if yes { "lead" } else { "step down" }
+        );
+    }
+
+    #[tokio::test]
+    async fn one_leads_a_lost_lease_hands_over_and_a_clean_stop_hands_over_at_once() {
+        let election = MemoryElection::new();
+        let ttl = Duration::from_secs(10);
+        let (a, b) = (Election::new(info("a"), ttl), Election::new(info("b"), ttl));
+        let (_stop_a, stop_a_rx) = watch::channel(false);
+        let (stop_b, stop_b_rx) = watch::channel(false);
+        tokio::spawn(a.clone().run(election.elector(), stop_a_rx));
+        leads(&a, true).await;
+        tokio::spawn(b.clone().run(election.elector(), stop_b_rx));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !b.is_leader(),
+            "a standby does not lead while the leader lives"
+        );
+        assert_eq!(election.leader().map(|l| l.id), Some("a".to_string()));
+
+        // The leader's lease is lost (etcd gone, renewals failing): it steps down and
+        // the standby, whose campaign was waiting, leads.
+        let lease = a.leadership().expect("a leads").lease;
+        election.expire(lease);
+        leads(&b, true).await;
+        leads(&a, false).await;
+        assert_eq!(election.leader().map(|l| l.id), Some("b".to_string()));
+
+        // The old leader campaigns again and stands by; the new one stops cleanly,
+        // revoking its lease: the standby leads without waiting for a TTL.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!a.is_leader());
+        stop_b.send(true).expect("b runs");
+        leads(&a, true).await;
+        leads(&b, false).await;
+        assert_eq!(election.leader().map(|l| l.id), Some("a".to_string()));
+    }
+}

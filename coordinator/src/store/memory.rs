@@ -1,16 +1,20 @@
-//! The in-memory twin of the etcd store, for unit tests of the app and the API:
-//! config documents with revisions, commits guarded exactly as the etcd transaction
-//! guards them (leader first, then no config key modified after the base revision),
-//! node records, and a leader that a test sets.
+//! The in-memory twins of the etcd store and election, for unit tests of the app, the
+//! API and the election: config documents with revisions, commits guarded exactly as
+//! the etcd transaction guards them (leader first, then no config key modified after
+//! the base revision), node records, a leader that a test sets; and leases and
+//! campaigns in order, the first live one leading, with leases a test can expire.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use strait_node::schema::{ClusterConfig, NodeRecord};
 
-use super::{BoxFuture, Store};
-use crate::error::{Error, Result};
-use crate::leader::LeaderInfo;
+use super::{BoxFuture, Elector, Store};
+use crate::error::{Error, ErrorKind, Result};
+use crate::leader::{LeaderInfo, Leadership};
 
 /// [`Store`] in memory. One revision counter for every write, as in etcd.
 pub struct MemoryStore {
@@ -130,6 +134,153 @@ impl Store for MemoryStore {
     }
     fn me(&self) -> &LeaderInfo {
         &self.me
+    }
+}
+
+/// The election in memory, shared by the [`MemoryElector`]s of several coordinators
+/// in one test: leases, and candidates in campaign order; the first candidate whose
+/// lease lives leads, as with etcd's election API.
+#[derive(Default)]
+pub struct MemoryElection {
+    state: Mutex<Election>,
+    changed: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Election {
+    revision: i64,
+    next_lease: i64,
+    /// Leases alive now.
+    leases: std::collections::BTreeSet<i64>,
+    /// Campaigns in the order they started: (leadership they would hold, who).
+    candidates: Vec<(Leadership, LeaderInfo)>,
+}
+
+impl Election {
+    fn leader(&self) -> Option<&(Leadership, LeaderInfo)> {
+        self.candidates.first()
+    }
+}
+
+impl MemoryElection {
+    pub fn new() -> std::sync::Arc<MemoryElection> {
+        std::sync::Arc::default()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, Election> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ends `lease` as if it expired (its holder stopped renewing, or etcd lost it):
+    /// its campaign is withdrawn and its keeper fails.
+    pub fn expire(&self, lease: i64) {
+        let mut s = self.state();
+        s.leases.remove(&lease);
+        s.candidates.retain(|(l, _)| l.lease != lease);
+        drop(s);
+        self.changed.notify_waiters();
+    }
+
+    /// Who leads now.
+    pub fn leader(&self) -> Option<LeaderInfo> {
+        self.state().leader().map(|(_, who)| who.clone())
+    }
+
+    /// Waits until `done` holds of the election (checked at once and after every change).
+    async fn until<T>(&self, mut done: impl FnMut(&Election) -> Option<T>) -> T {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(v) = done(&self.state()) {
+                return v;
+            }
+            changed.await;
+        }
+    }
+
+    /// An elector over this election.
+    pub fn elector(self: &std::sync::Arc<Self>) -> MemoryElector {
+        MemoryElector(self.clone())
+    }
+}
+
+/// [`Elector`] over a [`MemoryElection`].
+pub struct MemoryElector(std::sync::Arc<MemoryElection>);
+
+impl Elector for MemoryElector {
+    fn grant(&self, _ttl: Duration) -> BoxFuture<'_, i64> {
+        Box::pin(async move {
+            let mut s = self.0.state();
+            s.next_lease += 1;
+            let lease = s.next_lease;
+            s.leases.insert(lease);
+            Ok(lease)
+        })
+    }
+
+    fn revoke(&self, lease: i64) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+        Box::pin(async move {
+            self.0.expire(lease);
+            true
+        })
+    }
+
+    fn keep_alive(&self, lease: i64, _ttl: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.0
+                .until(|s| (!s.leases.contains(&lease)).then_some(()))
+                .await;
+            Err(Error::new(
+                ErrorKind::Unavailable,
+                format!("lease {lease} expired"),
+            ))
+        })
+    }
+
+    fn campaign(&self, me: &LeaderInfo, lease: i64) -> BoxFuture<'_, Leadership> {
+        let me = me.clone();
+        Box::pin(async move {
+            let mine = {
+                let mut s = self.0.state();
+                if !s.leases.contains(&lease) {
+                    return Err(Error::new(
+                        ErrorKind::Unavailable,
+                        "campaign on a dead lease",
+                    ));
+                }
+                s.revision += 1;
+                let mine = Leadership {
+                    key: format!("{}/{lease:x}", strait_node::schema::ELECTION_NAME).into_bytes(),
+                    create_revision: s.revision,
+                    lease,
+                };
+                s.candidates.push((mine.clone(), me));
+                mine
+            };
+            self.0.changed.notify_waiters();
+            Ok(self
+                .0
+                .until(|s| {
+                    s.leader()
+                        .filter(|(l, _)| *l == mine)
+                        .map(|(l, _)| l.clone())
+                })
+                .await)
+        })
+    }
+
+    fn observe(&self, mine: &Leadership) -> BoxFuture<'_, ()> {
+        let mine = mine.clone();
+        Box::pin(async move {
+            self.0
+                .until(|s| (s.leader().map(|(l, _)| l) != Some(&mine)).then_some(()))
+                .await;
+            Err(Error::new(
+                ErrorKind::Unavailable,
+                "another coordinator leads",
+            ))
+        })
     }
 }
 
