@@ -21,13 +21,30 @@ pub fn parse_json_usage(chunks: &[Bytes]) -> Option<Usage> {
     }
     // Only the top-level `usage` object is parsed: running serde over the whole reply
     // (content included) cost more than the rest of the response path.
-    let value =
-        top_level_value_from_end(json, b"usage").or_else(|| top_level_value(json, b"usage"))?;
+    let value = match top_level_value_from_end(json, b"usage")
+        .or_else(|| top_level_value(json, b"usage"))
+    {
+        Some(value) => value,
+        // A key spelled with escapes (`"\u0075sage"`) is `usage` to serde, but the
+        // searches compare raw bytes: such a document goes to serde whole.
+        None if memchr::memmem::find(json, b"\\u").is_some() => return usage_by_serde(json),
+        None => return None,
+    };
     if let Some(usage) = flat_usage(value) {
         return Some(usage);
     }
     let mut de = serde_json::Deserializer::from_slice(value);
     Option::<Usage>::deserialize(&mut de).ok()?
+}
+
+/// The top-level `usage` of a whole reply, read by serde (other members skipped).
+fn usage_by_serde(json: &[u8]) -> Option<Usage> {
+    #[derive(Deserialize)]
+    struct Reply {
+        #[serde(default)]
+        usage: Option<Usage>,
+    }
+    serde_json::from_slice::<Reply>(json).ok()?.usage
 }
 
 /// The usage object read by hand when its values are integers, strings, nulls and
@@ -139,6 +156,18 @@ fn object(s: &mut Scanner, mut usage: Option<&mut Usage>) -> Option<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_usage_key_spelled_with_escapes_is_read_as_serde_reads_it() {
+        let reply = br#"{"id":"m","\u0075sage":{"input_tokens":5,"output_tokens":7},"x":"\u00e9"}"#;
+        let serde: serde_json::Value = serde_json::from_slice(reply).unwrap();
+        let want = Option::<Usage>::deserialize(&serde["usage"]).unwrap();
+        assert_eq!(
+            want.map(|u| (u.input_tokens, u.output_tokens)),
+            Some((5, 7))
+        );
+        assert_eq!(parse_json_usage(&[Bytes::from_static(reply)]), want);
+    }
 
     #[test]
     fn hand_read_usage_agrees_with_serde() {
