@@ -26,6 +26,8 @@ pub enum ErrorKind {
     Permission,
     /// No such route on the gateway.
     NotFound,
+    /// The route exists, but not for this method (or the method is not one the API uses).
+    MethodNotAllowed,
     /// Body over the configured limit.
     RequestTooLarge,
     /// Request headers over the configured limit (431).
@@ -92,6 +94,7 @@ impl Error {
             ErrorKind::Authentication => StatusCode::UNAUTHORIZED,
             ErrorKind::Permission => StatusCode::FORBIDDEN,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -109,6 +112,8 @@ impl Error {
             ErrorKind::Authentication => "authentication_error",
             ErrorKind::Permission => "permission_error",
             ErrorKind::NotFound => "not_found_error",
+            // Anthropic has no type of its own for this; the request is malformed.
+            ErrorKind::MethodNotAllowed => "invalid_request_error",
             ErrorKind::RequestTooLarge => "request_too_large",
             // Anthropic has no type of its own for this; it is a malformed request.
             ErrorKind::HeadersTooLarge => "invalid_request_error",
@@ -129,6 +134,7 @@ impl Error {
             ErrorKind::Authentication => "authentication",
             ErrorKind::Permission => "permission",
             ErrorKind::NotFound => "not_found",
+            ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::RequestTooLarge => "too_large",
             ErrorKind::HeadersTooLarge => "headers_too_large",
             ErrorKind::RateLimited => "rate_limited",

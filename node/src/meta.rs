@@ -25,19 +25,6 @@ pub enum RouteKind {
 }
 
 impl RouteKind {
-    /// Classifies a path; `None` for paths outside the Anthropic API.
-    pub fn classify(path: &str) -> Option<RouteKind> {
-        let rest = path.strip_prefix("/v1/")?;
-        Some(match rest {
-            "messages" => RouteKind::Messages,
-            "messages/count_tokens" => RouteKind::CountTokens,
-            _ if rest.starts_with("messages/batches") => RouteKind::Batches,
-            _ if rest == "models" || rest.starts_with("models/") => RouteKind::Models,
-            _ if rest == "files" || rest.starts_with("files/") => RouteKind::Files,
-            _ => RouteKind::OtherV1,
-        })
-    }
-
     /// Every route, in [`RouteKind::index`] order.
     pub const ALL: [RouteKind; 6] = [
         RouteKind::Messages,

@@ -45,7 +45,11 @@ pub async fn handle(
     }
     let request_id = shared.request_ids.next();
     let rid_header = HeaderValue::from_str(&request_id).expect("ids are ASCII");
-    let route = RouteKind::classify(path);
+    let route = admit::target::check(
+        &req.method,
+        path,
+        shared.config.upstream.pass_unknown_routes,
+    );
     let header_bytes = req.headers.wire_size();
     let mut record = RequestRecord {
         metrics: shared.metrics.clone(),
@@ -54,7 +58,7 @@ pub async fn handle(
         started,
         method: req.method.clone(),
         uri: req.uri.clone(),
-        route: route.unwrap_or(RouteKind::OtherV1),
+        route: *route.as_ref().unwrap_or(&RouteKind::OtherV1),
         client: None,
         model: None,
         stream: false,
@@ -76,11 +80,8 @@ pub async fn handle(
             ErrorKind::HeadersTooLarge,
             format!("request headers exceed the gateway limit of {max_headers} bytes"),
         )),
-        Some(route) => phases(&shared, req, peer, route, &mut record, &mut limits).await,
-        None => Err(Error::new(
-            ErrorKind::NotFound,
-            "not found: the gateway relays /v1/ paths of the Anthropic API",
-        )),
+        Ok(route) => phases(&shared, req, peer, route, &mut record, &mut limits).await,
+        Err(refused) => Err(refused),
     };
     match result {
         Ok((fwd, kind)) => respond(&shared, fwd, kind, rid_header, record, limits),

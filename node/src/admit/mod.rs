@@ -3,6 +3,7 @@
 //! (whose `model`, `stream` and `max_tokens` are read for routing and accounting).
 
 mod peek;
+pub mod target;
 
 use bytes::Bytes;
 use http::{header, Method};
@@ -157,31 +158,26 @@ mod tests {
 
     #[test]
     fn classifies_anthropic_paths() {
+        let kind = |m: Method, p: &str| target::check(&m, p, false).map_err(|e| e.kind);
+        assert_eq!(kind(Method::POST, "/v1/messages"), Ok(RouteKind::Messages));
         assert_eq!(
-            RouteKind::classify("/v1/messages"),
-            Some(RouteKind::Messages)
+            kind(Method::POST, "/v1/messages/count_tokens"),
+            Ok(RouteKind::CountTokens)
         );
         assert_eq!(
-            RouteKind::classify("/v1/messages/count_tokens"),
-            Some(RouteKind::CountTokens)
+            kind(Method::GET, "/v1/messages/batches/abc/results"),
+            Ok(RouteKind::Batches)
         );
         assert_eq!(
-            RouteKind::classify("/v1/messages/batches/abc/results"),
-            Some(RouteKind::Batches)
+            kind(Method::GET, "/v1/models/claude-x"),
+            Ok(RouteKind::Models)
         );
         assert_eq!(
-            RouteKind::classify("/v1/models/claude-x"),
-            Some(RouteKind::Models)
+            kind(Method::GET, "/v1/files/f1/content"),
+            Ok(RouteKind::Files)
         );
-        assert_eq!(
-            RouteKind::classify("/v1/files/f1/content"),
-            Some(RouteKind::Files)
-        );
-        assert_eq!(
-            RouteKind::classify("/v1/complete"),
-            Some(RouteKind::OtherV1)
-        );
-        assert_eq!(RouteKind::classify("/admin"), None);
+        assert_eq!(kind(Method::POST, "/v1/complete"), Ok(RouteKind::OtherV1));
+        assert_eq!(kind(Method::GET, "/admin"), Err(ErrorKind::NotFound));
     }
 
     #[test]

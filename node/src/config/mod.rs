@@ -67,6 +67,8 @@ pub struct Upstream {
     /// Keys the node sends upstream. Empty means passthrough mode.
     pub keys: Vec<Secret>,
     pub ca_file: Option<PathBuf>,
+    /// Relay `/v1/` paths outside the known API routes instead of answering 404.
+    pub pass_unknown_routes: bool,
 }
 
 /// A client key the node accepts, known only by its hash.

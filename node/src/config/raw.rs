@@ -241,6 +241,9 @@ pub struct RawUpstream {
     pub keys_file: Option<PathBuf>,
     /// Extra PEM CA certificates to trust upstream (besides the public web roots).
     pub ca_file: Option<PathBuf>,
+    /// Relay `/v1/` paths that are not routes of the Anthropic API as the node knows
+    /// it (default false: 404). Path hygiene and `/v1/strait/` hold either way.
+    pub pass_unknown_routes: bool,
 }
 
 impl Default for RawUpstream {
@@ -259,6 +262,7 @@ impl Default for RawUpstream {
             key_cooldown: DEFAULT_KEY_COOLDOWN,
             keys_file: None,
             ca_file: None,
+            pass_unknown_routes: false,
         }
     }
 }

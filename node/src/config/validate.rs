@@ -238,6 +238,7 @@ impl RawConfig {
                 key_cooldown: u.key_cooldown,
                 keys,
                 ca_file: u.ca_file,
+                pass_unknown_routes: u.pass_unknown_routes,
             },
             auth: Auth {
                 client_keys,
