@@ -202,6 +202,11 @@ impl Node {
     }
 
     /// Re-reads the TLS certificate and key; open connections are not touched.
+    /// Whether the public listener speaks TLS.
+    pub fn serves_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     pub fn reload_tls(&self) -> Result<()> {
         match &self.tls {
             Some(t) => t.reload(),
@@ -251,7 +256,8 @@ pub async fn run(config: Config) -> Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => match node.reload_tls() {
-                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                Ok(()) if node.serves_tls() => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                Ok(()) => tracing::info!("SIGHUP: no TLS configured, nothing to reload"),
                 Err(e) => tracing::error!("SIGHUP: TLS reload failed, keeping the old certificate: {e}"),
             },
         }

@@ -134,3 +134,23 @@ async fn sigterm_drains_and_exits_zero_and_logs_hold_no_secrets() {
     }
     assert!(!log.contains("Hello, Claude"), "no bodies in logs");
 }
+
+#[tokio::test]
+async fn sighup_without_tls_says_there_was_nothing_to_reload() {
+    let mock = MockUpstream::start(MockConfig::default()).await.unwrap();
+    let mut node = NodeProcess::spawn(&["--upstream", mock.url()], &[]);
+    node.signal("HUP");
+    eventually("the SIGHUP log line", Duration::from_secs(5), async || {
+        node.log().contains("no TLS configured, nothing to reload")
+    })
+    .await;
+    node.signal("TERM");
+    let (code, log) = tokio::task::spawn_blocking(move || {
+        let code = node.wait(Duration::from_secs(15));
+        (code, node.log())
+    })
+    .await
+    .unwrap();
+    assert!(!log.contains("TLS certificate reloaded"), "{log}");
+    assert_eq!(code, Some(0), "SIGHUP did not stop the node: {log}");
+}

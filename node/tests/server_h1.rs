@@ -419,3 +419,40 @@ async fn an_idle_keep_alive_connection_is_closed_when_the_node_drains() {
         .unwrap();
     assert_eq!(cut, 0, "the idle connection was closed, not cut");
 }
+
+#[tokio::test]
+async fn too_many_header_fields_are_named_as_such() {
+    let h = Harness::managed().await;
+    let mut s = connect(&h).await;
+    let mut head = format!("GET /v1/models HTTP/1.1\r\nhost: x\r\nx-api-key: {CLIENT_KEY}\r\n");
+    for i in 0..129 {
+        head.push_str(&format!("x-f{i}: v\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    let r = read_response(&mut s, &mut Vec::new()).await;
+    assert_eq!(r.status, 431, "{}", r.head);
+    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("more than 128 header fields"), "{message}");
+    assert!(h.mock.requests().is_empty());
+}
+
+#[tokio::test]
+async fn an_http11_request_without_host_is_refused() {
+    let h = Harness::managed().await;
+    let mut s = connect(&h).await;
+    let req = format!("GET /v1/models HTTP/1.1\r\nx-api-key: {CLIENT_KEY}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let r = read_response(&mut s, &mut Vec::new()).await;
+    assert_eq!(r.status, 400, "{}", r.head);
+    assert_eq!(r.json()["error"]["type"], "invalid_request_error");
+    assert!(h.mock.requests().is_empty(), "never forwarded");
+    // HTTP/1.0 has no Host requirement.
+    let mut s = connect(&h).await;
+    let req = format!(
+        "GET /v1/models HTTP/1.0\r\nx-api-key: {CLIENT_KEY}\r\nanthropic-version: 2023-06-01\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let r = read_response(&mut s, &mut Vec::new()).await;
+    assert_eq!(r.status, 200, "{}", r.head);
+}

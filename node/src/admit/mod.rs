@@ -103,6 +103,23 @@ fn peek_messages_serde(bytes: &[u8]) -> Result<RequestMeta> {
 }
 
 fn invalid_json(e: serde_json::Error) -> Error {
+    // A field the gateway reads, given twice: the gateway could decide limits and
+    // routing on one value while the API uses the other. (The name is one of the
+    // gateway's own fields, never the client's text.)
+    let text = e.to_string();
+    if let Some(field) = text
+        .strip_prefix("duplicate field `")
+        .and_then(|rest| rest.split('`').next())
+    {
+        return Error::new(
+            ErrorKind::InvalidRequest,
+            format!(
+                "request body has more than one `{field}` field (line {}, column {}); send it once",
+                e.line(),
+                e.column()
+            ),
+        );
+    }
     let what = if e.is_data() {
         "request body must be a JSON object"
     } else {
@@ -178,6 +195,23 @@ mod tests {
         );
         assert_eq!(kind(Method::POST, "/v1/complete"), Ok(RouteKind::OtherV1));
         assert_eq!(kind(Method::GET, "/admin"), Err(ErrorKind::NotFound));
+    }
+
+    #[test]
+    fn a_repeated_field_the_gateway_reads_is_refused_by_name() {
+        for field in ["model", "stream", "max_tokens"] {
+            let body = format!(r#"{{"{field}":1,"messages":[],"{field}":2}}"#);
+            let e = peek_messages(&Bytes::from(body)).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::InvalidRequest);
+            assert!(
+                e.message
+                    .starts_with(&format!("request body has more than one `{field}` field")),
+                "{}",
+                e.message
+            );
+        }
+        // Fields the gateway does not read may repeat: the API decides about them.
+        assert!(peek_messages(&Bytes::from_static(br#"{"model":"m","x":1,"x":2}"#)).is_ok());
     }
 
     #[test]

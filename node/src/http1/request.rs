@@ -13,7 +13,7 @@ use crate::head::RawHeaders;
 /// The first bytes of every HTTP/2 connection with prior knowledge (RFC 9113 3.4).
 pub(super) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Headers in one request head, at most (hyper's default was 100).
-const MAX_HEADERS: usize = 128;
+pub(super) const MAX_HEADERS: usize = 128;
 
 /// A request head, parsed.
 pub(super) struct Head {
@@ -24,11 +24,15 @@ pub(super) struct Head {
     pub(super) framing: Framing,
     pub(super) keep_alive: bool,
     pub(super) expect_continue: bool,
+    /// The head has a `host` field (HTTP/1.1 requires one: RFC 9112 3.2).
+    pub(super) has_host: bool,
 }
 
 /// Why a head was refused; answered and the connection closed.
 pub(super) enum Refused {
     TooLarge,
+    /// More header fields than [`MAX_HEADERS`].
+    TooManyFields,
     Malformed(&'static str),
 }
 
@@ -69,7 +73,7 @@ pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
     let mut req = httparse::Request::new(&mut []);
     match req.parse_with_uninit_headers(&raw, &mut slots) {
         Ok(httparse::Status::Complete(n)) if n == raw.len() => {}
-        Err(httparse::Error::TooManyHeaders) => return Err(Refused::TooLarge),
+        Err(httparse::Error::TooManyHeaders) => return Err(Refused::TooManyFields),
         _ => return Err(Refused::Malformed("malformed HTTP/1.1 request head")),
     }
     let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
@@ -88,6 +92,7 @@ pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
     let mut close = false;
     let mut keep_alive_token = false;
     let mut expect_continue = false;
+    let mut has_host = false;
     for h in req.headers.iter() {
         // httparse has checked the name is a token and the value has no control
         // characters: what `HeaderName` and `HeaderValue` would check.
@@ -113,6 +118,8 @@ pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
             keep_alive_token |= wire::has_token(h.value, b"keep-alive");
         } else if name.eq_ignore_ascii_case(b"expect") {
             expect_continue = h.value.eq_ignore_ascii_case(b"100-continue");
+        } else if name.eq_ignore_ascii_case(b"host") {
+            has_host = true;
         }
         headers.push(name, h.value);
     }
@@ -142,6 +149,7 @@ pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
         framing,
         keep_alive,
         expect_continue: expect_continue && version == Version::HTTP_11,
+        has_host,
     }))
 }
 

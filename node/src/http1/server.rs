@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 use super::framing::{self as wire, Framing};
-use super::request::{is_h2_preface, parse_head, Head, Refused, H2_PREFACE};
+use super::request::{is_h2_preface, parse_head, Head, Refused, H2_PREFACE, MAX_HEADERS};
 use super::response::write_response;
 use super::{HeadFields, Reply};
 use crate::body::ClientBody;
@@ -137,6 +137,10 @@ where
                             settings.max_head
                         ),
                     ),
+                    Refused::TooManyFields => Error::new(
+                        ErrorKind::HeadersTooLarge,
+                        format!("request head has more than {MAX_HEADERS} header fields"),
+                    ),
                     Refused::Malformed(what) => Error::new(ErrorKind::InvalidRequest, what),
                 };
                 // Counted with the handler's own errors: these never reach it.
@@ -165,6 +169,7 @@ where
             mut framing,
             mut keep_alive,
             expect_continue,
+            ..
         } = head;
         let is_head = method == Method::HEAD;
         let http10 = version == Version::HTTP_10;
@@ -279,6 +284,12 @@ async fn read_head<IO: AsyncRead + Unpin, D: futures_util::future::FusedFuture>(
                     return Err(HeadError::Http2);
                 }
             } else if let Some(head) = parse_head(&mut conn.buf).map_err(HeadError::Refused)? {
+                // RFC 9112 3.2: a server answers 400 to an HTTP/1.1 request without Host.
+                if head.version == Version::HTTP_11 && !head.has_host {
+                    return Err(HeadError::Refused(Refused::Malformed(
+                        "HTTP/1.1 request without a Host header",
+                    )));
+                }
                 return Ok(Some(head));
             }
             if conn.buf.len() > settings.max_head {
