@@ -109,21 +109,35 @@ pub fn check(method: &Method, path: &str, pass_unknown: bool) -> Result<RouteKin
     let Some(rest) = path.strip_prefix("/v1/") else {
         return Err(not_found());
     };
-    hygiene(rest)?;
+    // One pass over the path: its segments (as many as the longest route has, and
+    // how many there are) and the hygiene of each. This runs on every request.
+    let mut segments = [""; MAX_SEGMENTS];
+    let mut count = 0;
+    for segment in rest.split('/') {
+        if !plain_segment(segment.as_bytes()) {
+            return Err(Error::new(
+                ErrorKind::InvalidRequest,
+                "invalid request path: empty or dot segments and encoded slashes are not allowed",
+            ));
+        }
+        if count < MAX_SEGMENTS {
+            segments[count] = segment;
+        }
+        count += 1;
+    }
     if !known_method(method) {
         return Err(method_not_allowed(method));
     }
-    if rest == "strait" || rest.starts_with("strait/") {
+    if segments[0] == "strait" {
         return Err(Error::new(
             ErrorKind::NotFound,
             "not found: no such gateway endpoint",
         ));
     }
-    let count = rest.split('/').count();
     let matches = |pattern: &[Seg]| {
         count == pattern.len()
-            && rest.split('/').zip(pattern).all(|(s, p)| match p {
-                Lit(word) => s == *word,
+            && segments.iter().zip(pattern).all(|(s, p)| match p {
+                Lit(word) => s == word,
                 Id => true,
             })
     };
@@ -145,25 +159,21 @@ pub fn check(method: &Method, path: &str, pass_unknown: bool) -> Result<RouteKin
     }
 }
 
-/// Refuses a path (after `/v1/`) whose segments are not plain: empty, `.` or `..`
-/// (also when spelled with `%2e`), or holding an encoded slash or backslash. Servers
-/// and proxies disagree on what those mean, which is how a path reaches what it names
-/// for one of them but not the other.
-fn hygiene(rest: &str) -> Result<(), Error> {
-    let plain = rest.split('/').all(|segment| {
-        let s = segment.as_bytes();
-        !s.is_empty()
-            && !is_dot_segment(s)
-            && !s.contains(&b'\\')
-            && (!s.contains(&b'%') || !encodes_a_slash(s))
-    });
-    if plain {
-        return Ok(());
+/// Segments in the longest route of [`ROUTES`].
+const MAX_SEGMENTS: usize = 4;
+
+/// Whether a path segment is plain: not empty, not `.` or `..` (also spelled with
+/// `%2e`), with no backslash and no encoded slash or backslash. Servers and proxies
+/// disagree on what the others mean, which is how a path reaches what it names for one
+/// of them but not the other.
+fn plain_segment(s: &[u8]) -> bool {
+    let Some(&first) = s.first() else {
+        return false;
+    };
+    if (first == b'.' || first == b'%') && is_dot_segment(s) {
+        return false;
     }
-    Err(Error::new(
-        ErrorKind::InvalidRequest,
-        "invalid request path: empty or dot segments and encoded slashes are not allowed",
-    ))
+    s.iter().all(|&c| c != b'\\' && c != b'%') || !(s.contains(&b'\\') || encodes_a_slash(s))
 }
 
 /// `.` or `..`, each dot written as itself or as `%2e` (either case).
