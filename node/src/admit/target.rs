@@ -109,30 +109,33 @@ pub fn check(method: &Method, path: &str, pass_unknown: bool) -> Result<RouteKin
     let Some(rest) = path.strip_prefix("/v1/") else {
         return Err(not_found());
     };
-    // One pass over the path: its segments (as many as the longest route has, and
-    // how many there are) and the hygiene of each. This runs on every request.
+    // One pass over the path's bytes: its segments (as many as the longest route has,
+    // and how many there are), each looked at closely only when it starts with a dot
+    // or holds `%` or `\`. This runs on every request.
+    let bytes = rest.as_bytes();
     let mut segments = [""; MAX_SEGMENTS];
-    let mut count = 0;
-    for segment in rest.split('/') {
-        if !plain_segment(segment.as_bytes()) {
-            return Err(Error::new(
-                ErrorKind::InvalidRequest,
-                "invalid request path: empty or dot segments and encoded slashes are not allowed",
-            ));
+    let (mut count, mut start, mut suspect) = (0, 0, false);
+    for i in 0..=bytes.len() {
+        match bytes.get(i) {
+            Some(b'/') | None => {
+                let segment = &rest[start..i];
+                if segment.is_empty() || (suspect && !plain_segment(segment.as_bytes())) {
+                    return Err(Error::new(
+                        ErrorKind::InvalidRequest,
+                        "invalid request path: empty or dot segments and encoded slashes are not allowed",
+                    ));
+                }
+                if count < MAX_SEGMENTS {
+                    segments[count] = segment;
+                }
+                count += 1;
+                start = i + 1;
+                suspect = false;
+            }
+            Some(b'%' | b'\\') => suspect = true,
+            Some(b'.') if i == start => suspect = true,
+            Some(_) => {}
         }
-        if count < MAX_SEGMENTS {
-            segments[count] = segment;
-        }
-        count += 1;
-    }
-    if !known_method(method) {
-        return Err(method_not_allowed(method));
-    }
-    if segments[0] == "strait" {
-        return Err(Error::new(
-            ErrorKind::NotFound,
-            "not found: no such gateway endpoint",
-        ));
     }
     let matches = |pattern: &[Seg]| {
         count == pattern.len()
@@ -141,22 +144,28 @@ pub fn check(method: &Method, path: &str, pass_unknown: bool) -> Result<RouteKin
                 Id => true,
             })
     };
-    match ROUTES.iter().find(|(pattern, _, _)| matches(pattern)) {
-        Some((_, methods, kind)) => {
-            let allowed = methods.contains(method)
-                || (*method == Method::HEAD && methods.contains(&Method::GET));
-            if allowed {
-                Ok(*kind)
-            } else {
-                Err(method_not_allowed(method))
-            }
+    let route = ROUTES.iter().find(|(pattern, _, _)| matches(pattern));
+    if let Some((_, methods, kind)) = route {
+        if methods.contains(method) || (*method == Method::HEAD && methods.contains(&Method::GET)) {
+            return Ok(*kind);
         }
-        None if pass_unknown => Ok(RouteKind::OtherV1),
-        None => Err(Error::new(
-            ErrorKind::NotFound,
-            "not found: not a route of the Anthropic API this gateway relays",
-        )),
     }
+    if route.is_some() || !known_method(method) {
+        return Err(method_not_allowed(method));
+    }
+    if segments[0] == "strait" {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            "not found: no such gateway endpoint",
+        ));
+    }
+    if pass_unknown {
+        return Ok(RouteKind::OtherV1);
+    }
+    Err(Error::new(
+        ErrorKind::NotFound,
+        "not found: not a route of the Anthropic API this gateway relays",
+    ))
 }
 
 /// Segments in the longest route of [`ROUTES`].
