@@ -134,20 +134,29 @@ pub struct ClientKeyDoc {
 
 /// An upstream key sealed with the key-encryption key (XChaCha20-Poly1305; the
 /// key id is the associated data, so a ciphertext cannot be moved to another id).
+///
+/// Unknown fields are tolerated (not denied as elsewhere): only the coordinator writes
+/// these documents, and during a rolling upgrade a newer coordinator may add a field
+/// that nodes of the previous version must still load.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SealedKey {
     pub id: String,
     /// Operator-facing label ("prod-1"); never the key.
     pub label: String,
+    /// The Anthropic organisation the key belongs to. Keys of one organisation share
+    /// its rate limits and billing, so a 429 or a billing error on one predicts the
+    /// same on the others. `None`: an organisation of its own. Absent from documents
+    /// written before the field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
     /// Base64 (standard) nonce, 24 bytes.
     pub nonce: String,
     /// Base64 (standard) ciphertext with tag.
     pub ciphertext: String,
 }
 
+/// Unknown fields tolerated, for the same reason as [`SealedKey`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct UpstreamPoolDoc {
     pub name: String,
     pub keys: Vec<SealedKey>,
@@ -266,5 +275,32 @@ impl ClusterConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pool written by a coordinator of the previous version (no `org`) still
+    /// loads, and so does one written by a newer coordinator with a field this node
+    /// does not know: nodes and the coordinator are upgraded one at a time.
+    #[test]
+    fn pool_documents_load_across_a_rolling_upgrade() {
+        let old = br#"{"name":"default","keys":[{"id":"uk_1","label":"prod-1","nonce":"bm9uY2U=","ciphertext":"Y3Q="}]}"#;
+        let newer = br#"{"name":"default","keys":[{"id":"uk_1","label":"prod-1","org":"acme","tier":4,"nonce":"bm9uY2U=","ciphertext":"Y3Q="}],"note":"x"}"#;
+        let c = ClusterConfig::from_kvs(
+            7,
+            [
+                ("/strait/config/upstream_pools/default", &old[..]),
+                ("/strait/config/upstream_pools/other", &newer[..]),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.pools["default"].keys[0].org, None);
+        assert_eq!(c.pools["other"].keys[0].org.as_deref(), Some("acme"));
+        // Written back without `org` when there is none, as the previous version did.
+        let back = serde_json::to_string(&c.pools["default"]).unwrap();
+        assert!(!back.contains("org"), "{back}");
     }
 }

@@ -93,6 +93,7 @@ impl Kek {
         SealedKey {
             id: id.to_string(),
             label: label.to_string(),
+            org: None,
             nonce: B64.encode(nonce_bytes),
             ciphertext: B64.encode(ct),
         }
