@@ -51,13 +51,16 @@ pub fn health(shared: &Shared, path: &str) -> Response<ProxyBody> {
 
 /// Gauges derived from state are computed at scrape time rather than on the hot path.
 fn refresh_gauges(shared: &Shared) {
-    let (ready, transient, exhausted) = shared.snapshot.load().census();
+    let census = shared.snapshot.load().census();
     let keys = &shared.metrics.keys;
-    keys.with_label_values(&["ready"]).set(ready as i64);
-    keys.with_label_values(&["cooling_transient"])
-        .set(transient as i64);
-    keys.with_label_values(&["cooling_exhausted"])
-        .set(exhausted as i64);
+    for (state, n) in [
+        ("ready", census.ready),
+        ("cooling", census.cooling),
+        ("resting", census.resting),
+        ("retired", census.retired),
+    ] {
+        keys.with_label_values(&[state]).set(n as i64);
+    }
     shared
         .metrics
         .draining

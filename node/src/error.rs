@@ -14,6 +14,11 @@ use crate::meta::REQUEST_ID;
 /// Response header set on every response the gateway itself made (as opposed to one
 /// passed through from the upstream), so clients and operators can tell them apart.
 pub const GATEWAY_ERROR_HEADER: &str = "x-strait-error-source";
+/// On a gateway 429: always `gateway`, so clients can tell it from an upstream 429.
+pub const RATELIMITED_HEADER: &str = "x-strait-ratelimited";
+/// On a gateway 429 because every upstream key is cooling for the request's
+/// upstream limit scope: that scope (`messages/sonnet`, `count_tokens`, ...).
+pub const UPSTREAM_SCOPE_HEADER: &str = "x-strait-upstream-scope";
 
 /// What went wrong, decided once where the failure is detected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +47,9 @@ pub enum ErrorKind {
     UpstreamProtocol,
     /// The node is draining or over a capacity limit.
     Unavailable,
+    /// No upstream key of the pool can serve: each was refused by the upstream
+    /// (retired) or its organisation rests after a billing or spend-limit error.
+    NoUpstreamKey,
     /// A bug or an unexpected local failure.
     Internal,
     /// Configuration is invalid (start-up and `--check-config` only).
@@ -60,6 +68,9 @@ pub struct Error {
     pub detail: Option<String>,
     /// Seconds the client should wait, sent as `retry-after`.
     pub retry_after: Option<Duration>,
+    /// For a 429 made because every upstream key cools for one scope: the scope,
+    /// sent as [`UPSTREAM_SCOPE_HEADER`].
+    pub upstream_scope: Option<String>,
 }
 
 impl Error {
@@ -69,6 +80,7 @@ impl Error {
             message: message.into(),
             detail: None,
             retry_after: None,
+            upstream_scope: None,
         }
     }
 
@@ -79,6 +91,12 @@ impl Error {
 
     pub fn with_retry_after(mut self, after: Duration) -> Self {
         self.retry_after = Some(after);
+        self
+    }
+
+    /// Marks a 429 as caused by upstream keys cooling for `scope`.
+    pub fn with_upstream_scope(mut self, scope: String) -> Self {
+        self.upstream_scope = Some(scope);
         self
     }
 
@@ -100,7 +118,7 @@ impl Error {
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::UpstreamConnect | ErrorKind::UpstreamProtocol => StatusCode::BAD_GATEWAY,
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Unavailable | ErrorKind::NoUpstreamKey => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Internal | ErrorKind::Config => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -119,7 +137,10 @@ impl Error {
             ErrorKind::HeadersTooLarge => "invalid_request_error",
             ErrorKind::RateLimited => "rate_limit_error",
             ErrorKind::Unavailable => "overloaded_error",
-            ErrorKind::UpstreamConnect
+            // Not overloaded_error: waiting a few seconds, as SDKs do for that, does
+            // not bring a refused key back.
+            ErrorKind::NoUpstreamKey
+            | ErrorKind::UpstreamConnect
             | ErrorKind::UpstreamTimeout
             | ErrorKind::UpstreamProtocol
             | ErrorKind::Internal
@@ -142,6 +163,7 @@ impl Error {
             ErrorKind::UpstreamTimeout => "upstream_timeout",
             ErrorKind::UpstreamProtocol => "upstream_protocol",
             ErrorKind::Unavailable => "unavailable",
+            ErrorKind::NoUpstreamKey => "no_upstream_key",
             ErrorKind::Internal => "internal",
             ErrorKind::Config => "config",
         }
@@ -180,6 +202,10 @@ impl Error {
             HeaderValue::from_static("application/json"),
         );
         h.insert(GATEWAY_ERROR_HEADER, HeaderValue::from_static("gateway"));
+        if let Some(scope) = self.upstream_scope.and_then(|s| HeaderValue::from_str(&s).ok()) {
+            h.insert(RATELIMITED_HEADER, HeaderValue::from_static("gateway"));
+            h.insert(UPSTREAM_SCOPE_HEADER, scope);
+        }
         if let Some(after) = self.retry_after {
             let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));

@@ -76,11 +76,19 @@ pub struct Health {
 }
 
 /// Inputs to readiness that live elsewhere (the key pool, the config mode).
+#[derive(Default)]
 pub struct ReadyInputs {
-    pub keys_ready: usize,
-    /// Keys resting until their quota resets (not merely a short 429 pause).
-    pub keys_exhausted: usize,
     pub keys_total: usize,
+    /// Keys usable for every scope now.
+    pub keys_ready: usize,
+    /// Keys that can serve at least some scope (ready, or cooling for some scopes).
+    pub keys_usable: usize,
+    /// Keys the upstream refused (401/403), unused until the pool's keys change.
+    pub keys_retired: usize,
+    /// Keys whose organisation rests after a billing or spend-limit error.
+    pub keys_resting: usize,
+    /// Messages scopes (`messages/sonnet`) that every usable key is cooling for.
+    pub cooled_messages_scopes: Vec<String>,
     pub passthrough: bool,
     /// `None` without Redis; `Some(true)` while the limiter cannot reach Redis.
     pub limiter_redis: Option<bool>,
@@ -137,14 +145,41 @@ impl Health {
 
         let keys_status = if inputs.passthrough {
             Status::Pass
-        } else if inputs.keys_total > 0 && inputs.keys_exhausted == inputs.keys_total {
-            // Every quota is spent: only then is there no usable path. A short 429
-            // pause on all keys is a warning, not a reason to move clients away.
+        } else if inputs.keys_total > 0 && inputs.keys_usable == 0 {
+            // No key can serve anything: every key retired or its organisation
+            // resting. Only then is there no usable path; a scope cooling on every
+            // key is a warning, not a reason to move every client away.
             Status::Fail
-        } else if inputs.keys_ready < inputs.keys_total {
+        } else if inputs.keys_ready < inputs.keys_total
+            || !inputs.cooled_messages_scopes.is_empty()
+        {
             Status::Warn
         } else {
             Status::Pass
+        };
+        let keys_output = if inputs.passthrough {
+            String::new()
+        } else {
+            let mut parts = Vec::new();
+            if !inputs.cooled_messages_scopes.is_empty() {
+                parts.push(format!(
+                    "every key cooling for {}",
+                    inputs.cooled_messages_scopes.join(", ")
+                ));
+            }
+            if inputs.keys_retired > 0 {
+                parts.push(format!(
+                    "{} refused by the upstream (retired; replace them)",
+                    inputs.keys_retired
+                ));
+            }
+            if inputs.keys_resting > 0 {
+                parts.push(format!(
+                    "{} resting after a billing or spend-limit error",
+                    inputs.keys_resting
+                ));
+            }
+            parts.join("; ")
         };
 
         let cluster = &self.cluster;
@@ -203,6 +238,7 @@ impl Health {
                     "status": keys_status.as_str(),
                     "observedValue": if inputs.passthrough { -1 } else { inputs.keys_ready as i64 },
                     "observedUnit": "keys ready",
+                    "output": keys_output,
                     "time": time,
                 }],
                 "redis:limiter": [{
@@ -295,10 +331,9 @@ mod tests {
     fn inputs() -> ReadyInputs {
         ReadyInputs {
             keys_ready: 2,
-            keys_exhausted: 0,
+            keys_usable: 2,
             keys_total: 2,
-            passthrough: false,
-            limiter_redis: None,
+            ..ReadyInputs::default()
         }
     }
 
@@ -327,24 +362,24 @@ mod tests {
     }
 
     #[test]
-    fn spent_quotas_fail_but_short_pauses_warn() {
+    fn no_usable_key_fails_but_cooling_scopes_warn() {
         let h = Health::new();
-        let (code, _) = h.readiness(&ReadyInputs {
-            keys_ready: 0,
-            keys_exhausted: 2,
+        let (code, body) = h.readiness(&ReadyInputs {
             keys_total: 2,
-            passthrough: false,
-            limiter_redis: None,
+            keys_retired: 1,
+            keys_resting: 1,
+            ..ReadyInputs::default()
         });
         assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("1 refused by the upstream"), "{body}");
         let (code, body) = h.readiness(&ReadyInputs {
-            keys_ready: 0,
-            keys_exhausted: 1,
             keys_total: 2,
-            passthrough: false,
-            limiter_redis: None,
+            keys_usable: 2,
+            cooled_messages_scopes: vec!["messages/sonnet".into()],
+            ..ReadyInputs::default()
         });
         assert_eq!(code, StatusCode::OK);
         assert!(body.contains("\"status\":\"warn\""));
+        assert!(body.contains("every key cooling for messages/sonnet"), "{body}");
     }
 }

@@ -42,6 +42,7 @@ pub struct Metrics {
     pub upstream_connections: IntGauge,
     pub downstream_connections: IntGauge,
     pub key_cooldowns: IntCounterVec,
+    pub keys_retired: IntCounterVec,
     pub keys: IntGaugeVec,
     pub draining: IntGauge,
 }
@@ -75,7 +76,11 @@ impl Metrics {
             g
         };
         let keys = IntGaugeVec::new(
-            Opts::new("upstream_keys", "Upstream keys by state"),
+            Opts::new(
+                "upstream_keys",
+                "Upstream keys by state: ready, cooling (for some scope), resting (its \
+                 organisation, after a billing or spend-limit error), retired",
+            ),
             &["state"],
         )
         .expect("valid metric");
@@ -147,8 +152,16 @@ impl Metrics {
             downstream_connections: gauge("downstream_connections", "Open client connections"),
             key_cooldowns: counter(
                 "upstream_key_cooldowns_total",
-                "Upstream keys put to rest, by reason",
-                &["reason"],
+                "Upstream limit scopes cooled (rate_limited; scope as messages/sonnet) or \
+                 whole organisations rested (billing, spend_limit; scope all), by the key \
+                 whose answer caused it",
+                &["key", "org", "scope", "reason"],
+            ),
+            keys_retired: counter(
+                "upstream_keys_retired_total",
+                "Upstream keys retired because the upstream refused them (revoked: 401, \
+                 forbidden: 403); unused until the pool's keys change",
+                &["key", "org", "reason"],
             ),
             keys,
             draining: gauge("draining", "1 while the node drains"),

@@ -162,7 +162,9 @@ async fn phases(
     // 3b. limits: reserve the request, its tokens and a concurrency slot for the key
     // and its tenant. The permit settles when the record finishes.
     let reservation = Reservation::for_request(route, &meta, body.buffered_len());
-    record.model = meta.model;
+    // The model goes to the record once forward is done with it (it names the
+    // request's upstream limit scope until then).
+    let model = meta.model;
     match shared.limiter.admit(&principal.name, reservation).await {
         Ok(None) => {}
         Ok(Some(admission)) => {
@@ -170,14 +172,16 @@ async fn phases(
             *limits = LimitHeaders::Admitted(admission.view);
         }
         Err(rejection) => {
+            record.model = model;
             *limits = LimitHeaders::Limited(rejection.view, rejection.dim, rejection.scope);
             return Err(rejection.error);
         }
     }
 
     // 4. route: decide how the request leaves (today the direct path; the key is
-    // chosen per attempt inside forward).
-    let way_out = route::decide(snap.pool_for(&principal), snap.auth.mode());
+    // chosen per attempt inside forward, for the request's upstream limit scope).
+    let scope = route::Scope::new(route, model.as_deref());
+    let way_out = route::decide(snap.pool_for(&principal), snap.auth.mode(), scope);
 
     // 5. forward: carry the decision out.
     let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
@@ -188,10 +192,12 @@ async fn phases(
         health: &shared.health.upstream,
         stream: meta.stream,
     };
-    let fwd = shared
+    let forwarded = shared
         .upstream
         .forward(&ctx, method, path_and_query, &outgoing, body, record)
-        .await?;
+        .await;
+    record.model = model;
+    let fwd = forwarded?;
 
     let h = &fwd.response.headers;
     let encoded = h

@@ -288,7 +288,7 @@ mod tests {
     #[test]
     fn pool_documents_load_across_a_rolling_upgrade() {
         let old = br#"{"name":"default","keys":[{"id":"uk_1","label":"prod-1","nonce":"bm9uY2U=","ciphertext":"Y3Q="}]}"#;
-        let newer = br#"{"name":"default","keys":[{"id":"uk_1","label":"prod-1","org":"acme","tier":4,"nonce":"bm9uY2U=","ciphertext":"Y3Q="}],"note":"x"}"#;
+        let newer = br#"{"name":"other","keys":[{"id":"uk_1","label":"prod-1","org":"acme","tier":4,"nonce":"bm9uY2U=","ciphertext":"Y3Q="}],"note":"x"}"#;
         let c = ClusterConfig::from_kvs(
             7,
             [

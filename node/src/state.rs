@@ -15,7 +15,7 @@ use crate::forward::Upstream;
 use crate::health::{Health, ReadyInputs};
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
-use crate::route::KeyPool;
+use crate::route::{Census, KeyPool, PoolSettings};
 
 /// The parts of configuration that can change while the node runs, swapped as one
 /// snapshot so a request sees a consistent view without taking a lock.
@@ -35,7 +35,11 @@ impl Snapshot {
     pub fn new(config: &Config) -> Self {
         Snapshot {
             auth: Authenticator::new(config),
-            pool: KeyPool::new(&config.upstream.keys, config.upstream.key_cooldown),
+            pool: KeyPool::new(
+                &config.upstream.keys,
+                PoolSettings::from_config(&config.upstream),
+                None,
+            ),
             named_pools: Vec::new(),
             revision: 0,
         }
@@ -54,12 +58,11 @@ impl Snapshot {
         self.pool.len() + self.named_pools.iter().map(|(_, p)| p.len()).sum::<usize>()
     }
 
-    /// Keys ready, cooling (transient) and exhausted, over every pool.
-    pub fn census(&self) -> (usize, usize, usize) {
+    /// Keys by state over every pool.
+    pub fn census(&self) -> Census {
         let mut total = self.pool.census();
         for (_, p) in &self.named_pools {
-            let (r, t, e) = p.census();
-            total = (total.0 + r, total.1 + t, total.2 + e);
+            total.add(p.census());
         }
         total
     }
@@ -118,11 +121,18 @@ impl Shared {
     /// The readiness answer, shared by the admin and public listeners.
     pub fn readiness(&self) -> (StatusCode, String) {
         let snap = self.snapshot.load();
-        let (ready, _transient, exhausted) = snap.census();
+        let census = snap.census();
         let inputs = ReadyInputs {
-            keys_ready: ready,
-            keys_exhausted: exhausted,
-            keys_total: ready + _transient + exhausted,
+            keys_total: census.total,
+            keys_ready: census.ready,
+            keys_usable: census.usable(),
+            keys_retired: census.retired,
+            keys_resting: census.resting,
+            cooled_messages_scopes: census
+                .cooled_scopes
+                .into_iter()
+                .filter(|s| s.starts_with("messages"))
+                .collect(),
             passthrough: snap.auth.mode() == KeyMode::Passthrough,
             limiter_redis: self.limiter.redis_state(),
         };

@@ -17,8 +17,8 @@ use http::HeaderValue;
 
 use super::{snapshot_file, ClusterMetrics};
 use crate::auth::{Authenticator, KeyPolicy, Principal};
-use crate::config::{Config, KeyMode, Secret};
-use crate::route::KeyPool;
+use crate::config::{Config, KeyMode, UpstreamKey};
+use crate::route::{KeyPool, PoolSettings};
 use crate::schema::{ClusterConfig, UpstreamPoolDoc, DEFAULT_POOL};
 use crate::secret::Kek;
 use crate::state::{Shared, Snapshot};
@@ -171,23 +171,17 @@ pub fn build_snapshot(
     kek: Option<&Kek>,
     prev: Option<&Snapshot>,
 ) -> Result<Snapshot, String> {
-    let cooldown = base.upstream.key_cooldown;
+    let settings = PoolSettings::from_config(&base.upstream);
 
-    let mut default: Vec<(String, Secret)> = base
-        .upstream
-        .keys
-        .iter()
-        .enumerate()
-        .map(|(i, k)| (format!("k{}", i + 1), k.clone()))
-        .collect();
+    let mut default: Vec<UpstreamKey> = base.upstream.keys.clone();
     if let Some(p) = cc.pools.get(DEFAULT_POOL) {
-        for (label, secret) in open_pool(p, kek)? {
-            if !default.iter().any(|(_, d)| *d == secret) {
-                default.push((label, secret));
+        for key in open_pool(p, kek)? {
+            if !default.iter().any(|d| d.secret == key.secret) {
+                default.push(key);
             }
         }
     }
-    let default_pool = KeyPool::labeled(&default, cooldown, prev.map(|s| &s.pool));
+    let default_pool = KeyPool::new(&default, settings.clone(), prev.map(|s| &s.pool));
 
     let mut named_pools = Vec::new();
     let mut pool_index: HashMap<&str, usize> = HashMap::new();
@@ -202,7 +196,10 @@ pub fn build_snapshot(
                 .find(|(n, _)| n == name)
                 .map(|(_, p)| p)
         });
-        named_pools.push((name.clone(), KeyPool::labeled(&keys, cooldown, prev_pool)));
+        named_pools.push((
+            name.clone(),
+            KeyPool::new(&keys, settings.clone(), prev_pool),
+        ));
         pool_index.insert(name.as_str(), named_pools.len());
     }
 
@@ -310,7 +307,7 @@ fn redact_long_strings(text: &str) -> String {
     out
 }
 
-fn open_pool(doc: &UpstreamPoolDoc, kek: Option<&Kek>) -> Result<Vec<(String, Secret)>, String> {
+fn open_pool(doc: &UpstreamPoolDoc, kek: Option<&Kek>) -> Result<Vec<UpstreamKey>, String> {
     if doc.keys.is_empty() {
         return Ok(Vec::new());
     }
@@ -334,7 +331,11 @@ fn open_pool(doc: &UpstreamPoolDoc, kek: Option<&Kek>) -> Result<Vec<(String, Se
             } else {
                 k.label.clone()
             };
-            Ok((label, secret))
+            Ok(UpstreamKey {
+                label,
+                org: k.org.clone(),
+                secret,
+            })
         })
         .collect()
 }
@@ -342,7 +343,9 @@ fn open_pool(doc: &UpstreamPoolDoc, kek: Option<&Kek>) -> Result<Vec<(String, Se
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{hash_key, RawConfig};
+    use crate::config::{hash_key, RawConfig, Secret};
+    use crate::meta::RouteKind;
+    use crate::route::Scope;
     use crate::schema::{client_key_key, pool_key, tenant_key, ClientKeyDoc, TenantDoc};
 
     fn kvs(kek: &Kek) -> BTreeMap<String, Vec<u8>> {
@@ -377,9 +380,11 @@ mod tests {
     fn a_key_on_a_named_pool_uses_it_and_cooldowns_carry_over() {
         let kek = Kek::parse(&"ab".repeat(32)).unwrap();
         let mut m = kvs(&kek);
+        let mut sealed = kek.seal("b1", "batch-1", "sk-ant-batch");
+        sealed.org = Some("acme-org".into());
         let batch = UpstreamPoolDoc {
             name: "batch".into(),
-            keys: vec![kek.seal("b1", "batch-1", "sk-ant-batch")],
+            keys: vec![sealed],
         };
         m.insert(pool_key("batch"), serde_json::to_vec(&batch).unwrap());
         let mut key: ClientKeyDoc = serde_json::from_slice(&m[&client_key_key("ck1")]).unwrap();
@@ -398,7 +403,9 @@ mod tests {
         };
         let p = snap.auth.authenticate(&key("client-secret")).unwrap();
         let pool = snap.pool_for(&p);
-        assert_eq!(pool.label(pool.pick(None).unwrap()), "batch-1");
+        let scope = Scope::new(RouteKind::Messages, Some("claude-sonnet-4-5"));
+        assert_eq!(pool.label(pool.pick(&scope, None).unwrap()), "batch-1");
+        assert_eq!(pool.org_label(pool.pick(&scope, None).unwrap()), "acme-org");
         assert_eq!(
             snap.pool.len(),
             2,
@@ -410,20 +417,24 @@ mod tests {
             "file and env client keys still work"
         );
 
-        let k = pool.pick(None).unwrap();
+        let k = pool.pick(&scope, None).unwrap();
         let mut rh = http::HeaderMap::new();
         rh.insert("retry-after", "60".parse().unwrap());
         pool.observe(
             k,
+            &scope,
             http::StatusCode::TOO_MANY_REQUESTS,
             &crate::head::HeaderFields::Map(rh),
+            None,
         );
         let next = build_snapshot(&base, &cc, Some(&kek), Some(&snap)).unwrap();
+        let census = next.named_pools[0].1.census();
         assert_eq!(
-            next.named_pools[0].1.census(),
-            (0, 1, 0),
-            "the resting key still rests after a swap"
+            (census.ready, census.cooling),
+            (0, 1),
+            "the cooling scope still cools after a swap"
         );
+        assert!(census.cooled_scopes.contains("messages/sonnet"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use self::raw::*;
-pub use self::validate::split_keys;
+pub use self::validate::{parse_upstream_keys, split_keys};
 pub use crate::secret::{hash_key, hash_key_bytes, Secret};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,11 +64,24 @@ pub struct Upstream {
     pub dns_ttl_cap: Duration,
     pub max_attempts: u32,
     pub key_cooldown: Duration,
+    pub org_rest: Duration,
+    /// The operator's model-class entries (prefix, class), on top of the defaults.
+    pub model_classes: Vec<(String, String)>,
     /// Keys the node sends upstream. Empty means passthrough mode.
-    pub keys: Vec<Secret>,
+    pub keys: Vec<UpstreamKey>,
     pub ca_file: Option<PathBuf>,
     /// Relay `/v1/` paths outside the known API routes instead of answering 404.
     pub pass_unknown_routes: bool,
+}
+
+/// An upstream key and what the operator said about it.
+#[derive(Debug, Clone)]
+pub struct UpstreamKey {
+    /// For logs and metrics, never the key: `label=` in the key list, else `k1`, `k2`, ...
+    pub label: String,
+    /// The Anthropic organisation (`org=` in the key list); `None`: one of its own.
+    pub org: Option<String>,
+    pub secret: Secret,
 }
 
 /// A client key the node accepts, known only by its hash.

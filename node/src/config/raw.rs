@@ -49,6 +49,9 @@ pub const DEFAULT_DNS_TTL_CAP: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// Default cooldown of an upstream key after a 429/529 without `retry-after`.
 pub const DEFAULT_KEY_COOLDOWN: Duration = Duration::from_secs(5);
+/// How long a billing (402) or spend-limit error rests every key of the
+/// organisation: such errors do not clear by themselves within seconds.
+pub const DEFAULT_ORG_REST: Duration = Duration::from_secs(3600);
 /// Default limiter mode with Redis: nodes lease quota in chunks (no round trip per request).
 pub const DEFAULT_LIMIT_MODE: &str = "leased";
 /// Default number of nodes sharing each limit: the divisor of the safe share a node
@@ -235,9 +238,19 @@ pub struct RawUpstream {
     #[serde(with = "humantime_serde_compat")]
     pub dns_ttl_cap: Duration,
     pub max_attempts: u32,
+    /// How long a 429 without `retry-after` cools its scope of the organisation.
     #[serde(with = "humantime_serde_compat")]
     pub key_cooldown: Duration,
-    /// File with one upstream key per line (never put keys in this file itself).
+    /// How long a billing (402) or spend-limit error rests the whole organisation.
+    #[serde(with = "humantime_serde_compat")]
+    pub org_rest: Duration,
+    /// Model-id prefixes and the model class each belongs to, added to the defaults
+    /// (an entry for a default prefix replaces it). Anthropic limits each class on
+    /// its own, so a 429 on one class cools only that class.
+    pub model_classes: std::collections::BTreeMap<String, String>,
+    /// File with one upstream key per line (never put keys in this file itself). A
+    /// line may name the key's organisation and label before it:
+    /// `org=acme label=prod-1 sk-ant-...`.
     pub keys_file: Option<PathBuf>,
     /// Extra PEM CA certificates to trust upstream (besides the public web roots).
     pub ca_file: Option<PathBuf>,
@@ -260,6 +273,8 @@ impl Default for RawUpstream {
             dns_ttl_cap: DEFAULT_DNS_TTL_CAP,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             key_cooldown: DEFAULT_KEY_COOLDOWN,
+            org_rest: DEFAULT_ORG_REST,
+            model_classes: Default::default(),
             keys_file: None,
             ca_file: None,
             pass_unknown_routes: false,

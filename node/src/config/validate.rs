@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::raw::{RawCluster, RawConfig, RawLimitSpec, RawRedis, RawTenant};
 use super::{
     hash_key, Auth, ClientKey, Cluster, Config, LimitMode, Limits, Log, LogFormat, RateLimits,
-    RedisSettings, Secret, Tenant, TlsConfig, Upstream, UpstreamTarget,
+    RedisSettings, Secret, Tenant, TlsConfig, Upstream, UpstreamKey, UpstreamTarget,
 };
 use crate::error::{Error, Result};
 
@@ -106,17 +106,28 @@ impl RawConfig {
                 )));
             }
         }
-        let mut keys = extra_upstream_keys;
+        let mut entries = extra_upstream_keys;
         if let Some(path) = &u.keys_file {
-            keys.extend(read_key_file("upstream.keys_file", path)?);
+            entries.extend(read_key_file("upstream.keys_file", path)?);
         }
-        dedup_secrets(&mut keys);
-        for k in &keys {
-            if http::HeaderValue::from_str(k.expose()).is_err() {
-                return Err(Error::config(
-                    "an upstream key contains characters not allowed in a header",
-                ));
+        let keys = parse_upstream_keys(&entries)?;
+        for (prefix, class) in &u.model_classes {
+            let ok = |s: &str| {
+                !s.is_empty()
+                    && s.len() <= 64
+                    && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            };
+            if !ok(prefix) || !ok(class) {
+                return Err(Error::config(format!(
+                    "upstream.model_classes: {prefix:?} = {class:?}: prefixes and classes are 1 to 64 \
+                     characters of letters, digits, '.', '_' and '-'"
+                )));
             }
+        }
+        if u.org_rest.is_zero() {
+            return Err(Error::config(
+                "upstream.org_rest must be positive (a billing error would otherwise be retried at once)",
+            ));
         }
 
         let mut client_keys = Vec::new();
@@ -236,6 +247,8 @@ impl RawConfig {
                 dns_ttl_cap: u.dns_ttl_cap,
                 max_attempts: u.max_attempts,
                 key_cooldown: u.key_cooldown,
+                org_rest: u.org_rest,
+                model_classes: u.model_classes.into_iter().collect(),
                 keys,
                 ca_file: u.ca_file,
                 pass_unknown_routes: u.pass_unknown_routes,
@@ -494,6 +507,71 @@ pub fn split_keys(text: &str) -> Vec<Secret> {
 fn dedup_secrets(v: &mut Vec<Secret>) {
     let mut seen = std::collections::HashSet::new();
     v.retain(|s| seen.insert(s.expose().to_string()));
+}
+
+/// Reads upstream key entries (from `STRAIT_UPSTREAM_KEYS`, `--upstream-keys` or
+/// `upstream.keys_file`): each is a key, optionally preceded by `org=NAME` and
+/// `label=NAME` separated by spaces. Keys without a label are named `k1`, `k2`, ...
+/// by position; a key given twice counts once. Errors name the entry by position and
+/// never quote it (it holds a key).
+pub fn parse_upstream_keys(entries: &[Secret]) -> Result<Vec<UpstreamKey>> {
+    let mut keys: Vec<UpstreamKey> = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let n = i + 1;
+        let words: Vec<&str> = entry.expose().split_whitespace().collect();
+        let Some((key, attrs)) = words.split_last() else {
+            continue;
+        };
+        let (mut org, mut label) = (None, None);
+        for attr in attrs {
+            let (name, value) = attr.split_once('=').ok_or_else(|| {
+                Error::config(format!(
+                    "upstream key entry {n}: expected `[org=NAME] [label=NAME] KEY`, and a word \
+                     before the key is neither org= nor label= (a key cannot contain spaces)"
+                ))
+            })?;
+            let ok = !value.is_empty()
+                && value.len() <= 64
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            let slot = match name {
+                "org" => &mut org,
+                "label" => &mut label,
+                _ => {
+                    return Err(Error::config(format!(
+                        "upstream key entry {n}: unknown attribute before the key (only org= and label=)"
+                    )))
+                }
+            };
+            if !ok {
+                return Err(Error::config(format!(
+                    "upstream key entry {n}: {name}= takes 1 to 64 letters, digits, '.', '_' or '-'"
+                )));
+            }
+            *slot = Some(value.to_string());
+        }
+        if http::HeaderValue::from_str(key).is_err() {
+            return Err(Error::config(format!(
+                "upstream key entry {n}: the key contains characters not allowed in a header"
+            )));
+        }
+        if keys.iter().any(|k| k.secret.expose() == *key) {
+            continue;
+        }
+        let label = label.unwrap_or_else(|| format!("k{}", keys.len() + 1));
+        if keys.iter().any(|k| k.label == label) {
+            return Err(Error::config(format!(
+                "upstream key entry {n}: label {label:?} is used twice"
+            )));
+        }
+        keys.push(UpstreamKey {
+            label,
+            org,
+            secret: Secret::new(*key),
+        });
+    }
+    Ok(keys)
 }
 
 #[cfg(test)]

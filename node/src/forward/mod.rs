@@ -22,7 +22,7 @@ use crate::health::UpstreamHealth;
 use crate::http1::pool::{self as client, Client, SendError};
 use crate::http1::{connect, dns};
 use crate::metrics::Metrics;
-use crate::route::Route;
+use crate::route::{KeyPool, KeyRef, NoKey, Reason, Route, Scope, ScopeKey, Verdict};
 use retry::Failure;
 
 pub use crate::http1::pool::{UpstreamBody, UpstreamResponse};
@@ -125,7 +125,7 @@ impl Upstream {
         } else {
             wait + self.config.send_timeout
         };
-        let Route::Direct { pool, mode } = ctx.route;
+        let Route::Direct { pool, mode, scope } = ctx.route;
         let mut body = Some(body);
         let mut avoid = None;
         let mut attempt = 0;
@@ -136,15 +136,9 @@ impl Upstream {
 
             let key = match mode {
                 KeyMode::Passthrough => None,
-                _ => match pool.pick(avoid) {
+                _ => match pool.pick(&scope, avoid) {
                     Ok(k) => Some(k),
-                    Err(wait) => {
-                        return Err(Error::new(
-                            ErrorKind::RateLimited,
-                            "every upstream key is cooling down after rate limiting; retry later",
-                        )
-                        .with_retry_after(wait));
-                    }
+                    Err(none) => return Err(no_key_error(none)),
                 },
             };
             record.upstream_key = key.map(|k| pool.label(k).to_string());
@@ -222,20 +216,6 @@ impl Upstream {
                     record.upstream_ttfb = Some(ttfb);
                     let status = resp.status;
                     ctx.health.record_response(status);
-                    if let Some(k) = key {
-                        if let Some((reason, wait)) = pool.observe(k, status, &resp.headers) {
-                            ctx.metrics
-                                .key_cooldowns
-                                .with_label_values(&[reason.label()])
-                                .inc();
-                            tracing::info!(
-                                key = pool.label(k),
-                                reason = reason.label(),
-                                wait_s = wait.as_secs_f64(),
-                                "upstream key cooling down"
-                            );
-                        }
-                    }
                     if status.is_success() {
                         // A stream's first event is looked at only while a retry is
                         // possible: an `error` event then is retried like a 529.
@@ -280,20 +260,47 @@ impl Upstream {
                                 .with_label_values(&[label])
                                 .inc();
                         }
-                        let f = Failure::Status(status);
-                        let other_key = || {
-                            key.is_some_and(|k| {
-                                pool.pick(Some(k))
-                                    .is_ok_and(|n| pool.label(n) != pool.label(k))
-                            })
+                        // Only the spend-limit 400 is told by its body: read the
+                        // start of it (error bodies are small), and pass it on if
+                        // the answer goes to the client after all.
+                        let prefix = match key {
+                            Some(_) if KeyPool::needs_body(status) => {
+                                Some(read_start(&mut resp.body, self.config.read_timeout).await)
+                            }
+                            _ => None,
                         };
-                        if !(retry::worth_retrying(&f, other_key) && can_retry) {
-                            return Ok(Forwarded {
-                                response: resp,
-                                prefix: None,
-                            });
+                        let verdict = key.and_then(|k| {
+                            let v =
+                                pool.observe(k, &scope, status, &resp.headers, prefix.as_deref())?;
+                            note_verdict(ctx.metrics, pool, k, &v);
+                            Some(v)
+                        });
+                        let f = match verdict {
+                            Some(_) => Failure::KeyRefused,
+                            None => Failure::Status(status),
+                        };
+                        let other_key = || pool.pick(&scope, None).is_ok();
+                        if !(can_retry && retry::worth_retrying(&f, other_key)) {
+                            return match verdict {
+                                // The upstream refused the gateway's key, not the
+                                // client's: the client is not told its key is wrong.
+                                Some(v) if v.reason != Reason::RateLimited => {
+                                    Err(refused_key_error(pool, &scope))
+                                }
+                                // An upstream 429 (no other organisation's key can
+                                // serve the scope) or any other answer: as it came.
+                                _ => Ok(Forwarded {
+                                    response: resp,
+                                    prefix,
+                                }),
+                            };
                         }
-                        (label.unwrap_or("status"), retry::pause(&f, attempt))
+                        let cause = match (&verdict, label) {
+                            (Some(v), _) if v.reason != Reason::RateLimited => v.reason.label(),
+                            (_, Some(label)) => label,
+                            _ => "status",
+                        };
+                        (cause, retry::pause(&f, attempt))
                     }
                 }
             };
@@ -304,6 +311,128 @@ impl Upstream {
                 tokio::time::sleep(p).await;
             }
         }
+    }
+}
+
+/// The start of an error answer's body: up to [`ERROR_BODY_PEEK`] bytes, or less if
+/// the body ends or stalls first (what was read goes to the client either way).
+async fn read_start(body: &mut UpstreamBody, wait: std::time::Duration) -> Bytes {
+    use http_body_util::BodyExt;
+    let mut buf = bytes::BytesMut::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    while buf.len() < ERROR_BODY_PEEK {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                }
+            }
+            _ => break,
+        }
+    }
+    buf.freeze()
+}
+
+/// Anthropic's error bodies are a few hundred bytes; the spend-limit text is near
+/// the start of one.
+const ERROR_BODY_PEEK: usize = 8 * 1024;
+
+/// Counts and logs what an answer did to the pool: key label and organisation,
+/// never the key.
+fn note_verdict(metrics: &Metrics, pool: &KeyPool, key: KeyRef, v: &Verdict) {
+    let (label, org) = (pool.label(key), pool.org_label(key));
+    match v.reason {
+        Reason::Revoked | Reason::Forbidden => {
+            metrics
+                .keys_retired
+                .with_label_values(&[label, org, v.reason.label()])
+                .inc();
+            tracing::warn!(
+                key = label,
+                org,
+                reason = v.reason.label(),
+                "upstream key retired: the upstream refused it; it stays out of use until \
+                 the pool's keys change (replace it)"
+            );
+        }
+        Reason::RateLimited => {
+            let scope = v.scope.as_ref().map(ScopeKey::metric_label);
+            let scope = scope.as_deref().unwrap_or("all");
+            metrics
+                .key_cooldowns
+                .with_label_values(&[label, org, scope, v.reason.label()])
+                .inc();
+            tracing::info!(
+                key = label,
+                org,
+                scope,
+                wait_s = v.wait.map_or(0.0, |w| w.as_secs_f64()),
+                "upstream scope cooling down for the key's organisation"
+            );
+        }
+        Reason::Billing | Reason::SpendLimit => {
+            metrics
+                .key_cooldowns
+                .with_label_values(&[label, org, "all", v.reason.label()])
+                .inc();
+            tracing::warn!(
+                key = label,
+                org,
+                reason = v.reason.label(),
+                wait_s = v.wait.map_or(0.0, |w| w.as_secs_f64()),
+                "upstream organisation resting after a billing or spend-limit error"
+            );
+        }
+    }
+}
+
+/// The gateway's answer when no key can take a request.
+fn no_key_error(none: NoKey) -> Error {
+    match none {
+        NoKey::Cooling { wait, scope } => {
+            let label = scope.label();
+            Error::new(
+                ErrorKind::RateLimited,
+                format!(
+                    "every upstream key is cooling down for {label} after rate limiting; \
+                     other models and endpoints are served; retry later"
+                ),
+            )
+            .with_retry_after(wait)
+            .with_upstream_scope(label)
+        }
+        NoKey::Unusable {
+            retired,
+            resting,
+            wait,
+        } => {
+            let e = Error::new(
+                ErrorKind::NoUpstreamKey,
+                format!(
+                    "no upstream key of the gateway can serve this request: {retired} refused \
+                     by the upstream, {resting} resting after a billing or spend-limit error; \
+                     the gateway's operator must act (this is not about your API key)"
+                ),
+            );
+            match wait {
+                Some(w) => e.with_retry_after(w),
+                None => e,
+            }
+        }
+    }
+}
+
+/// The answer when the upstream refused the key a request went with and no retry
+/// is left: say so, and when another key can serve, that a retry will use it.
+fn refused_key_error(pool: &KeyPool, scope: &Scope<'_>) -> Error {
+    match pool.pick(scope, None) {
+        Ok(_) => Error::new(
+            ErrorKind::NoUpstreamKey,
+            "the upstream refused the gateway's key for this request (not your API key); \
+             that key is out of use now and a retry will use another",
+        )
+        .with_retry_after(std::time::Duration::from_secs(1)),
+        Err(none) => no_key_error(none),
     }
 }
 

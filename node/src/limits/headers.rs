@@ -8,8 +8,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::{Dim, Quota, RateView, ScopeKind};
 
-/// On a gateway 429: always `gateway`, so clients can tell it from an upstream 429.
-pub const RATELIMITED_HEADER: &str = "x-strait-ratelimited";
+pub use crate::error::RATELIMITED_HEADER;
 /// On a gateway 429: the dimension that ran out (`requests`, `output_tokens`, ...).
 pub const DIMENSION_HEADER: &str = "x-strait-ratelimit-dimension";
 /// On a gateway 429: `key` or `tenant`, whichever limit ran out.
