@@ -862,6 +862,11 @@ async fn post_model(mock: &MockHandle, key: &str, model: &str) -> (StatusCode, H
     .await
 }
 
+/// The status of [`post_model`].
+async fn status_of(mock: &MockHandle, key: &str, model: &str) -> u16 {
+    post_model(mock, key, model).await.0.as_u16()
+}
+
 fn per_minute(requests: u64) -> MockLimit {
     MockLimit {
         requests,
@@ -891,10 +896,10 @@ async fn keys_of_one_org_share_a_bucket_and_other_orgs_have_their_own() {
     mock.set_limit(MockEndpoint::Messages, None, per_minute(2));
     let sonnet = "claude-sonnet-4-5";
     let statuses = [
-        post_model(&mock, "sk-acme-1", sonnet).await.0.as_u16(),
-        post_model(&mock, "sk-acme-2", sonnet).await.0.as_u16(),
-        post_model(&mock, "sk-acme-1", sonnet).await.0.as_u16(),
-        post_model(&mock, "sk-acme-2", sonnet).await.0.as_u16(),
+        status_of(&mock, "sk-acme-1", sonnet).await,
+        status_of(&mock, "sk-acme-2", sonnet).await,
+        status_of(&mock, "sk-acme-1", sonnet).await,
+        status_of(&mock, "sk-acme-2", sonnet).await,
     ];
     assert_eq!(
         statuses,
@@ -908,7 +913,7 @@ async fn keys_of_one_org_share_a_bucket_and_other_orgs_have_their_own() {
             "{key} has its own org's bucket"
         );
     }
-    assert_eq!(post_model(&mock, "sk-lone", sonnet).await.0.as_u16(), 429);
+    assert_eq!(status_of(&mock, "sk-lone", sonnet).await, 429);
     assert_eq!(mock.rate_limited_count(), 3);
 }
 
@@ -950,18 +955,8 @@ async fn a_class_limit_leaves_other_classes_and_endpoints_alone() {
     let mut opus = Vec::new();
     let mut haiku = Vec::new();
     for _ in 0..3 {
-        opus.push(
-            post_model(&mock, "sk-a", "claude-opus-4-1")
-                .await
-                .0
-                .as_u16(),
-        );
-        haiku.push(
-            post_model(&mock, "sk-a", "claude-haiku-4-5")
-                .await
-                .0
-                .as_u16(),
-        );
+        opus.push(status_of(&mock, "sk-a", "claude-opus-4-1").await);
+        haiku.push(status_of(&mock, "sk-a", "claude-haiku-4-5").await);
     }
     assert_eq!((opus, haiku), (vec![200, 200, 429], vec![200, 200, 429]));
     assert_eq!(post_model(&mock, "sk-a", "claude-sonnet-4-5").await.0, 200);
@@ -1087,13 +1082,7 @@ async fn refused_keys_and_organisations_get_anthropic_errors_until_turned_off() 
     );
     // Billing comes before the spend limit; the spend limit is a 400 naming the date.
     mock.set_org_spend_limit("broke", true);
-    assert_eq!(
-        post_model(&mock, "sk-b1", "claude-haiku-4-5")
-            .await
-            .0
-            .as_u16(),
-        402
-    );
+    assert_eq!(status_of(&mock, "sk-b1", "claude-haiku-4-5").await, 402);
     mock.set_org_billing_error("broke", false);
     let (s, h, b) = post_model(&mock, "sk-b2", "claude-haiku-4-5").await;
     assert_error(s, &h, &b, 400, "invalid_request_error");
@@ -1115,20 +1104,11 @@ async fn refused_keys_and_organisations_get_anthropic_errors_until_turned_off() 
     mock.set_key_org("sk-revoked", "broke");
     mock.set_org_billing_error("broke", true);
     assert_eq!(
-        post_model(&mock, "sk-revoked", "claude-haiku-4-5")
-            .await
-            .0
-            .as_u16(),
+        status_of(&mock, "sk-revoked", "claude-haiku-4-5").await,
         401
     );
     mock.set_org_billing_error("sk-lone", true);
-    assert_eq!(
-        post_model(&mock, "sk-lone", "claude-haiku-4-5")
-            .await
-            .0
-            .as_u16(),
-        402
-    );
+    assert_eq!(status_of(&mock, "sk-lone", "claude-haiku-4-5").await, 402);
     assert_eq!(mock.rate_limited_count(), 0);
 }
 
@@ -1138,27 +1118,12 @@ async fn account_refusals_come_before_faults_and_limits_after_them() {
     mock.set_limit(MockEndpoint::Messages, None, per_minute(1));
     mock.set_org_billing_error("sk-a", true);
     mock.push_fault(Fault::overloaded());
-    assert_eq!(
-        post_model(&mock, "sk-a", "claude-haiku-4-5")
-            .await
-            .0
-            .as_u16(),
-        402
-    );
+    assert_eq!(status_of(&mock, "sk-a", "claude-haiku-4-5").await, 402);
     mock.set_org_billing_error("sk-a", false);
     let statuses = [
-        post_model(&mock, "sk-a", "claude-haiku-4-5")
-            .await
-            .0
-            .as_u16(),
-        post_model(&mock, "sk-a", "claude-haiku-4-5")
-            .await
-            .0
-            .as_u16(),
-        post_model(&mock, "sk-a", "claude-haiku-4-5")
-            .await
-            .0
-            .as_u16(),
+        status_of(&mock, "sk-a", "claude-haiku-4-5").await,
+        status_of(&mock, "sk-a", "claude-haiku-4-5").await,
+        status_of(&mock, "sk-a", "claude-haiku-4-5").await,
     ];
     assert_eq!(
         statuses,

@@ -176,6 +176,16 @@ pub(crate) struct Accounts {
     inner: Mutex<Inner>,
 }
 
+/// What a request's limit said.
+pub(crate) enum Take {
+    /// No limit applies to it.
+    Unlimited,
+    /// It took a token; the bucket's state for the response headers.
+    Passed(BucketView),
+    /// The bucket was empty: the 429 to send.
+    Limited(Resp),
+}
+
 /// Why an account refuses a request before any fault or limit applies.
 enum Refusal {
     Revoked,
@@ -276,63 +286,63 @@ impl Accounts {
         self.refused.load(Relaxed)
     }
 
-    /// 401 for a revoked key, 403 for a forbidden one.
-    pub(crate) fn refuse_key(&self, key: &str) -> Option<Resp> {
+    /// The refusal `decide` finds, when any key or organisation state is set.
+    fn refuse(&self, decide: impl FnOnce(&Inner) -> Option<Refusal>) -> Option<Resp> {
         if !self.gated.load(Relaxed) {
             return None;
         }
-        let inner = self.inner();
-        let refusal = if inner.revoked.contains(key) {
-            Refusal::Revoked
-        } else if inner.forbidden.contains(key) {
-            Refusal::Forbidden
-        } else {
-            return None;
-        };
-        drop(inner);
-        Some(refusal.response())
+        let refusal = decide(&self.inner());
+        refusal.map(Refusal::response)
+    }
+
+    /// 401 for a revoked key, 403 for a forbidden one.
+    pub(crate) fn refuse_key(&self, key: &str) -> Option<Resp> {
+        self.refuse(|i| {
+            if i.revoked.contains(key) {
+                Some(Refusal::Revoked)
+            } else if i.forbidden.contains(key) {
+                Some(Refusal::Forbidden)
+            } else {
+                None
+            }
+        })
     }
 
     /// 402 while the key's organisation has a billing problem, else 400 while it is over its
     /// spend limit.
     pub(crate) fn refuse_org(&self, key: &str) -> Option<Resp> {
-        if !self.gated.load(Relaxed) {
-            return None;
-        }
-        let inner = self.inner();
-        let org = inner.org(key);
-        let refusal = if inner.billing.contains(org) {
-            Refusal::Billing
-        } else if inner.spend_limited.contains(org) {
-            Refusal::SpendLimit
-        } else {
-            return None;
-        };
-        drop(inner);
-        Some(refusal.response())
+        self.refuse(|i| {
+            let org = i.org(key);
+            if i.billing.contains(org) {
+                Some(Refusal::Billing)
+            } else if i.spend_limited.contains(org) {
+                Some(Refusal::SpendLimit)
+            } else {
+                None
+            }
+        })
     }
 
-    /// Takes one token from the key's organisation's bucket for this request. `Ok(None)`:
-    /// no limit applies; `Ok(Some)`: passed, with the bucket's state; `Err`: the 429.
+    /// Takes one token from the key's organisation's bucket for this request.
     pub(crate) fn take(
         &self,
         window: &RateWindow,
         key: &str,
         endpoint: Option<MockEndpoint>,
         body: &[u8],
-    ) -> Result<Option<BucketView>, Resp> {
+    ) -> Take {
         if !self.limited.load(Relaxed) {
-            return Ok(None);
+            return Take::Unlimited;
         }
         let Some(endpoint) = endpoint else {
-            return Ok(None);
+            return Take::Unlimited;
         };
         let class = match endpoint {
             // Without a readable model the request is invalid and gets its 400 from the
             // handler; it is not counted against any class.
             MockEndpoint::Messages => match serde_json::from_slice::<ModelField<'_>>(body) {
                 Ok(ModelField { model: Some(m) }) => Some(model_class(&m).to_owned()),
-                _ => return Ok(None),
+                _ => return Take::Unlimited,
             },
             _ => None,
         };
@@ -341,9 +351,9 @@ impl Accounts {
             Some(l) => *l,
             None if class.is_some() => match inner.limits.get(&(endpoint, None)) {
                 Some(l) => *l,
-                None => return Ok(None),
+                None => return Take::Unlimited,
             },
-            None => return Ok(None),
+            None => return Take::Unlimited,
         };
         let org = inner.org(key).to_owned();
         let what = class.clone().unwrap_or_else(|| endpoint.name().to_owned());
@@ -360,17 +370,17 @@ impl Accounts {
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
             let full_in = bucket.secs_until(limit, limit.requests as f64);
-            return Ok(Some(BucketView {
+            return Take::Passed(BucketView {
                 limit: limit.requests,
                 remaining: bucket.tokens.floor() as u64,
                 full_at: (wall + full_in).ceil() as u64,
-            }));
+            });
         }
         let retry_after = (bucket.secs_until(limit, 1.0).ceil() as u64).max(1);
         let full_at = (wall + bucket.secs_until(limit, limit.requests as f64)).ceil() as u64;
         drop(inner);
         self.refused.fetch_add(1, Relaxed);
-        Err(rate_limited(window, limit, &what, retry_after, full_at))
+        Take::Limited(rate_limited(window, limit, &what, retry_after, full_at))
     }
 }
 

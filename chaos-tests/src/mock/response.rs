@@ -122,7 +122,7 @@ pub(crate) fn error_type(status: u16) -> &'static str {
         413 => "request_too_large",
         429 => "rate_limit_error",
         529 => "overloaded_error",
-        402..=499 => "invalid_request_error",
+        405..=499 => "invalid_request_error",
         _ => "api_error",
     }
 }

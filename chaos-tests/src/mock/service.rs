@@ -12,7 +12,7 @@ use http::{Method, Request, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
-use super::accounts::MockEndpoint;
+use super::accounts::{MockEndpoint, Take};
 use super::conn::ConnCtl;
 use super::faults::{Fault, Pacing};
 use super::response::{self, MockBody, Resp};
@@ -225,18 +225,18 @@ async fn serve(state: &Arc<State>, ctl: &Arc<ConnCtl>, req: Request<Incoming>) -
     if let Some(status) = fault.status {
         return response::fault_error(state, &fault, status);
     }
-    let bucket = match state
+    match state
         .accounts
         .take(&state.limits, key, route.endpoint(), &body)
     {
-        Ok(bucket) => bucket,
-        Err(limited) => return limited,
-    };
-    let mut resp = dispatch(state, ctl, &parts, route, &body, body_len, &fault, pacing);
-    if let Some(bucket) = bucket {
-        bucket.write(resp.headers_mut());
+        Take::Unlimited => dispatch(state, ctl, &parts, route, &body, body_len, &fault, pacing),
+        Take::Passed(bucket) => {
+            let mut resp = dispatch(state, ctl, &parts, route, &body, body_len, &fault, pacing);
+            bucket.write(resp.headers_mut());
+            resp
+        }
+        Take::Limited(refused) => refused,
     }
-    resp
 }
 
 /// Header fault first (explicit in the request), then the FIFO queue, then the key's fault.
