@@ -8,6 +8,7 @@
 //!   - `mock/messages.rs`: `POST /v1/messages`, the token estimate, SSE streams.
 //!   - `mock/api.rs`: count_tokens, models, message batches, files.
 //!   - `mock/faults.rs`: [`mock::Fault`] / [`mock::Pacing`] and their header grammar.
+//!   - `mock/accounts.rs`: organisations, per-org request limits, refused keys and orgs.
 //!   - `mock/ratelimit.rs`: the usage window behind the `anthropic-ratelimit-*` headers.
 //!   - `mock/response.rs`: body type, ids, Anthropic error shape, paced sending.
 //! - [`layers`]: an architecture check holding a crate's imports to a layer table.

@@ -14,7 +14,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use strait_chaos::faultproxy::FaultProxy;
-use strait_chaos::mock::{Fault, MockConfig, MockHandle, MockUpstream};
+use strait_chaos::mock::{Fault, MockConfig, MockEndpoint, MockHandle, MockLimit, MockUpstream};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -276,7 +276,6 @@ async fn success_responses_carry_rate_limit_headers() {
             assert!(second.contains_key(name.as_str()), "missing {name}");
         }
     }
-    let num = |h: &HeaderMap, n: &str| h[n].to_str().unwrap().parse::<u64>().unwrap();
     assert_eq!(num(&second, "anthropic-ratelimit-requests-limit"), 4000);
     let reset = second["anthropic-ratelimit-requests-reset"]
         .to_str()
@@ -847,6 +846,317 @@ async fn file_upload_counts_streamed_bytes() {
 
     let (_, _, list) = call(&mock, Method::GET, "/v1/files", full(""), &[]).await;
     assert_eq!(list["data"][0]["id"], file["id"]);
+}
+
+/// `POST /v1/messages` for `model` with key `key`.
+async fn post_model(mock: &MockHandle, key: &str, model: &str) -> (StatusCode, HeaderMap, Value) {
+    let body =
+        json!({"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
+    call(
+        mock,
+        Method::POST,
+        "/v1/messages",
+        full(body.to_string()),
+        &[("x-api-key", key)],
+    )
+    .await
+}
+
+/// The status of [`post_model`].
+async fn status_of(mock: &MockHandle, key: &str, model: &str) -> u16 {
+    post_model(mock, key, model).await.0.as_u16()
+}
+
+fn per_minute(requests: u64) -> MockLimit {
+    MockLimit {
+        requests,
+        per: Duration::from_secs(60),
+    }
+}
+
+fn num(h: &HeaderMap, name: &str) -> u64 {
+    h[name].to_str().unwrap().parse().unwrap()
+}
+
+/// RFC 3339 of now + `secs` as the mock writes it; equal-width UTC strings compare in time order.
+fn rfc3339_in(secs: i64) -> String {
+    let t = time::OffsetDateTime::now_utc() + time::Duration::seconds(secs);
+    t.replace_nanosecond(0)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn keys_of_one_org_share_a_bucket_and_other_orgs_have_their_own() {
+    let mock = mock().await;
+    mock.set_key_org("sk-acme-1", "acme");
+    mock.set_key_org("sk-acme-2", "acme");
+    mock.set_key_org("sk-globex", "globex");
+    mock.set_limit(MockEndpoint::Messages, None, per_minute(2));
+    let sonnet = "claude-sonnet-4-5";
+    let statuses = [
+        status_of(&mock, "sk-acme-1", sonnet).await,
+        status_of(&mock, "sk-acme-2", sonnet).await,
+        status_of(&mock, "sk-acme-1", sonnet).await,
+        status_of(&mock, "sk-acme-2", sonnet).await,
+    ];
+    assert_eq!(
+        statuses,
+        [200, 200, 429, 429],
+        "acme's two keys share 2 requests"
+    );
+    for key in ["sk-globex", "sk-lone", "sk-globex", "sk-lone"] {
+        assert_eq!(
+            post_model(&mock, key, sonnet).await.0,
+            StatusCode::OK,
+            "{key} has its own org's bucket"
+        );
+    }
+    assert_eq!(status_of(&mock, "sk-lone", sonnet).await, 429);
+    assert_eq!(mock.rate_limited_count(), 3);
+}
+
+#[tokio::test]
+async fn a_class_limit_leaves_other_classes_and_endpoints_alone() {
+    let mock = mock().await;
+    mock.set_limit(MockEndpoint::Messages, Some("sonnet"), per_minute(1));
+    assert_eq!(post_model(&mock, "sk-a", "claude-sonnet-4-5").await.0, 200);
+    let (s, h, b) = post_model(&mock, "sk-a", "claude-3-7-sonnet-latest").await;
+    assert_error(s, &h, &b, 429, "rate_limit_error");
+    for _ in 0..3 {
+        assert_eq!(post_model(&mock, "sk-a", "claude-haiku-4-5").await.0, 200);
+    }
+    let count =
+        json!({"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}]});
+    for _ in 0..3 {
+        let (s, _, _) = call(
+            &mock,
+            Method::POST,
+            "/v1/messages/count_tokens",
+            full(count.to_string()),
+            &[("x-api-key", "sk-a")],
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "count_tokens is not a Messages request");
+        let (s, _, _) = call(
+            &mock,
+            Method::GET,
+            "/v1/models",
+            full(""),
+            &[("x-api-key", "sk-a")],
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+    }
+
+    // The endpoint-wide limit applies to each class on its own; the class limit still wins.
+    mock.set_limit(MockEndpoint::Messages, None, per_minute(2));
+    let mut opus = Vec::new();
+    let mut haiku = Vec::new();
+    for _ in 0..3 {
+        opus.push(status_of(&mock, "sk-a", "claude-opus-4-1").await);
+        haiku.push(status_of(&mock, "sk-a", "claude-haiku-4-5").await);
+    }
+    assert_eq!((opus, haiku), (vec![200, 200, 429], vec![200, 200, 429]));
+    assert_eq!(post_model(&mock, "sk-a", "claude-sonnet-4-5").await.0, 200);
+    assert_eq!(post_model(&mock, "sk-a", "claude-sonnet-4-5").await.0, 429);
+
+    // count_tokens has one limit of its own whatever the class given.
+    mock.set_limit(MockEndpoint::CountTokens, Some("haiku"), per_minute(1));
+    let mut counted = Vec::new();
+    for model in ["claude-sonnet-4-5", "claude-opus-4-1"] {
+        let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+        let (s, h, b) = call(
+            &mock,
+            Method::POST,
+            "/v1/messages/count_tokens",
+            full(body.to_string()),
+            &[("x-api-key", "sk-a")],
+        )
+        .await;
+        counted.push(s.as_u16());
+        if s == StatusCode::TOO_MANY_REQUESTS {
+            assert_error(s, &h, &b, 429, "rate_limit_error");
+            assert!(
+                b["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("count_tokens"),
+                "{b}"
+            );
+        }
+    }
+    assert_eq!(counted, [200, 429]);
+}
+
+#[tokio::test]
+async fn a_limited_request_says_when_to_retry() {
+    let mock = mock().await;
+    mock.set_limit(MockEndpoint::Messages, Some("sonnet"), per_minute(3));
+    let model = "claude-sonnet-4-5";
+    let mut remaining = Vec::new();
+    for _ in 0..3 {
+        let (s, h, _) = post_model(&mock, "sk-a", model).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(num(&h, "anthropic-ratelimit-requests-limit"), 3);
+        remaining.push(num(&h, "anthropic-ratelimit-requests-remaining"));
+    }
+    assert_eq!(remaining, [2, 1, 0], "success headers describe the bucket");
+
+    let (earliest, latest) = (rfc3339_in(40), rfc3339_in(62));
+    let (s, h, b) = post_model(&mock, "sk-a", model).await;
+    assert_error(s, &h, &b, 429, "rate_limit_error");
+    let message = b["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(
+            "This request would exceed your organization's rate limit of 3 requests per minute for sonnet"
+        ),
+        "{message}"
+    );
+    // One token comes back every 20 s.
+    let retry_after = num(&h, "retry-after");
+    assert!(
+        (15..=20).contains(&retry_after),
+        "retry-after {retry_after}"
+    );
+    assert_eq!(h["x-should-retry"], "true");
+    assert_eq!(num(&h, "anthropic-ratelimit-requests-limit"), 3);
+    assert_eq!(num(&h, "anthropic-ratelimit-requests-remaining"), 0);
+    let reset = h["anthropic-ratelimit-requests-reset"].to_str().unwrap();
+    assert!(
+        earliest.as_str() <= reset && reset <= latest.as_str(),
+        "the bucket is full again in about 60 s: {reset} not in {earliest}..{latest}"
+    );
+    assert!(h.contains_key("anthropic-ratelimit-input-tokens-limit"));
+    assert_eq!(mock.rate_limited_count(), 1);
+}
+
+#[tokio::test]
+async fn an_empty_bucket_refills_after_per() {
+    let mock = mock().await;
+    let per = Duration::from_secs(2);
+    mock.set_limit(MockEndpoint::Models, None, MockLimit { requests: 1, per });
+    let models = || call(&mock, Method::GET, "/v1/models", full(""), &[]);
+    let start = Instant::now();
+    assert_eq!(models().await.0, StatusCode::OK);
+    let (s, h, _) = models().await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    assert!((1..=2).contains(&num(&h, "retry-after")), "{h:?}");
+    let refilled = loop {
+        let (s, _, _) = models().await;
+        if s == StatusCode::OK {
+            break start.elapsed();
+        }
+        assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+        assert!(start.elapsed() < Duration::from_secs(20), "never refilled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        refilled >= per - Duration::from_millis(50),
+        "refilled after {refilled:?}"
+    );
+}
+
+#[tokio::test]
+async fn refused_keys_and_organisations_get_anthropic_errors_until_turned_off() {
+    let mock = mock().await;
+    mock.revoke_key("sk-revoked");
+    let (s, h, b) = post_model(&mock, "sk-revoked", "claude-haiku-4-5").await;
+    assert_error(s, &h, &b, 401, "authentication_error");
+    assert_eq!(b["error"]["message"], "invalid x-api-key");
+    mock.forbid_key("sk-elsewhere");
+    let (s, h, b) = post_model(&mock, "sk-elsewhere", "claude-haiku-4-5").await;
+    assert_error(s, &h, &b, 403, "permission_error");
+
+    mock.set_key_org("sk-b1", "broke");
+    mock.set_key_org("sk-b2", "broke");
+    mock.set_org_billing_error("broke", true);
+    for key in ["sk-b1", "sk-b2"] {
+        let (s, h, b) = post_model(&mock, key, "claude-haiku-4-5").await;
+        assert_error(s, &h, &b, 402, "billing_error");
+    }
+    assert_eq!(
+        post_model(&mock, "sk-fine", "claude-haiku-4-5").await.0,
+        200
+    );
+    // Billing comes before the spend limit; the spend limit is a 400 naming the date.
+    mock.set_org_spend_limit("broke", true);
+    assert_eq!(status_of(&mock, "sk-b1", "claude-haiku-4-5").await, 402);
+    mock.set_org_billing_error("broke", false);
+    let (s, h, b) = post_model(&mock, "sk-b2", "claude-haiku-4-5").await;
+    assert_error(s, &h, &b, 400, "invalid_request_error");
+    let message = b["error"]["message"].as_str().unwrap();
+    let date = message
+        .strip_prefix(
+            "You have reached your specified API usage limits. You will regain access on ",
+        )
+        .and_then(|m| m.strip_suffix(" at 00:00 UTC."))
+        .unwrap_or_else(|| panic!("{message}"));
+    assert!(
+        date.len() == 10 && date.ends_with("-01") && date > rfc3339_in(0).as_str(),
+        "the first of next month: {date}"
+    );
+    mock.set_org_spend_limit("broke", false);
+    assert_eq!(post_model(&mock, "sk-b1", "claude-haiku-4-5").await.0, 200);
+
+    // A revoked key stays refused even in a refused org; a lone key is its own org.
+    mock.set_key_org("sk-revoked", "broke");
+    mock.set_org_billing_error("broke", true);
+    assert_eq!(
+        status_of(&mock, "sk-revoked", "claude-haiku-4-5").await,
+        401
+    );
+    mock.set_org_billing_error("sk-lone", true);
+    assert_eq!(status_of(&mock, "sk-lone", "claude-haiku-4-5").await, 402);
+    assert_eq!(mock.rate_limited_count(), 0);
+}
+
+#[tokio::test]
+async fn account_refusals_come_before_faults_and_limits_after_them() {
+    let mock = mock().await;
+    mock.set_limit(MockEndpoint::Messages, None, per_minute(1));
+    mock.set_org_billing_error("sk-a", true);
+    mock.push_fault(Fault::overloaded());
+    assert_eq!(status_of(&mock, "sk-a", "claude-haiku-4-5").await, 402);
+    mock.set_org_billing_error("sk-a", false);
+    let statuses = [
+        status_of(&mock, "sk-a", "claude-haiku-4-5").await,
+        status_of(&mock, "sk-a", "claude-haiku-4-5").await,
+        status_of(&mock, "sk-a", "claude-haiku-4-5").await,
+    ];
+    assert_eq!(
+        statuses,
+        [529, 200, 429],
+        "the queued fault outlived the 402 and took no token"
+    );
+    assert_eq!(mock.rate_limited_count(), 1);
+    mock.set_key_fault("sk-a", Fault::rate_limited(3));
+    let (s, h, _) = post_model(&mock, "sk-a", "claude-haiku-4-5").await;
+    assert_eq!((s.as_u16(), num(&h, "retry-after")), (429, 3));
+    assert_eq!(mock.rate_limited_count(), 1, "fault 429s are not counted");
+}
+
+#[tokio::test]
+async fn without_accounts_configured_or_after_clearing_limits_nothing_is_refused() {
+    let mock = mock().await;
+    for _ in 0..20 {
+        let (s, h, _) = post_model(&mock, "sk-a", "claude-sonnet-4-5").await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(num(&h, "anthropic-ratelimit-requests-limit"), 4000);
+        assert!(!h.contains_key("x-should-retry"));
+    }
+    mock.set_key_org("sk-a", "acme");
+    mock.set_limit(MockEndpoint::Messages, None, per_minute(1));
+    assert_eq!(post_model(&mock, "sk-a", "claude-sonnet-4-5").await.0, 200);
+    assert_eq!(post_model(&mock, "sk-a", "claude-sonnet-4-5").await.0, 429);
+    mock.clear_limits();
+    for _ in 0..5 {
+        let (s, h, _) = post_model(&mock, "sk-a", "claude-sonnet-4-5").await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(num(&h, "anthropic-ratelimit-requests-limit"), 4000);
+    }
+    assert_eq!(mock.rate_limited_count(), 1);
 }
 
 async fn proxied_message(addr: SocketAddr) -> StatusCode {

@@ -2,8 +2,10 @@
 //!
 //! The mock speaks HTTP/1.1 and HTTP/2 (h2c prior knowledge, or ALPN over TLS) and answers
 //! like `api.anthropic.com`: Anthropic-shaped errors with `request-id`, rate-limit headers,
-//! deterministic replies (see the crate README for the token formula) and injectable faults.
+//! deterministic replies (see the crate README for the token formula), injectable faults, and
+//! Anthropic's account model (organisations, request limits, refused keys and organisations).
 
+mod accounts;
 mod api;
 mod conn;
 mod faults;
@@ -25,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio_rustls::TlsAcceptor;
 
+pub use accounts::{MockEndpoint, MockLimit};
 pub use faults::{Cut, Fault, FaultParseError, Pacing, DEFAULT_DRIP_BYTES};
 pub use ratelimit::RateLimits;
 
@@ -123,6 +126,7 @@ pub(crate) struct State {
     /// TCP connections accepted since start.
     pub(crate) connections: AtomicU64,
     limits: ratelimit::RateWindow,
+    accounts: accounts::Accounts,
     batches: Mutex<api::Batches>,
     files: Mutex<Vec<api::FileObject>>,
 }
@@ -143,6 +147,7 @@ impl State {
             total: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             limits: ratelimit::RateWindow::new(config.rate_limits),
+            accounts: accounts::Accounts::default(),
             batches: Mutex::new(api::Batches::default()),
             files: Mutex::new(Vec::new()),
         }
@@ -372,6 +377,55 @@ impl MockHandle {
             .pacing
             .write()
             .unwrap_or_else(PoisonError::into_inner) = pacing;
+    }
+
+    /// Puts `key` in organisation `org`. Keys of one organisation share its limits and its
+    /// billing state. A key never given an organisation is an organisation of its own, named
+    /// by the key itself (so `set_org_billing_error(key, true)` works for a lone key).
+    pub fn set_key_org(&self, key: &str, org: &str) {
+        self.state.accounts.set_key_org(key, org);
+    }
+
+    /// Every organisation gets its own bucket with this limit for this endpoint and, for
+    /// Messages, this model class (`Some("sonnet")`; the class of a request is `opus`,
+    /// `sonnet` or `haiku` when its `model` contains that word, else the model id). `None`
+    /// is the endpoint's limit; for Messages it applies to each class separately, unless
+    /// that class has a limit of its own. Other endpoints ignore the class: each has one
+    /// limit. Setting a limit refills every bucket.
+    pub fn set_limit(&self, endpoint: MockEndpoint, model_class: Option<&str>, limit: MockLimit) {
+        self.state.accounts.set_limit(endpoint, model_class, limit);
+    }
+
+    /// Removes every limit (and bucket).
+    pub fn clear_limits(&self) {
+        self.state.accounts.clear_limits();
+    }
+
+    /// 401 `authentication_error` ("invalid x-api-key") for this key from now on.
+    pub fn revoke_key(&self, key: &str) {
+        self.state.accounts.revoke_key(key);
+    }
+
+    /// 403 `permission_error` for this key from now on (a key of another workspace, say).
+    pub fn forbid_key(&self, key: &str) {
+        self.state.accounts.forbid_key(key);
+    }
+
+    /// 402 `billing_error` for every key of the organisation while on.
+    pub fn set_org_billing_error(&self, org: &str, on: bool) {
+        self.state.accounts.set_org_billing_error(org, on);
+    }
+
+    /// 400 `invalid_request_error` "You have reached your specified API usage limits. You
+    /// will regain access on <first of next month> at 00:00 UTC." for every key of the
+    /// organisation while on.
+    pub fn set_org_spend_limit(&self, org: &str, on: bool) {
+        self.state.accounts.set_org_spend_limit(org, on);
+    }
+
+    /// How many requests the mock refused with 429 because of a limit (faults not counted).
+    pub fn rate_limited_count(&self) -> u64 {
+        self.state.accounts.rate_limited_count()
     }
 
     /// Stops accepting, closes every connection, and waits until the port is released.

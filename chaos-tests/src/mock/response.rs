@@ -116,19 +116,22 @@ pub(crate) fn error_type(status: u16) -> &'static str {
     match status {
         400 => "invalid_request_error",
         401 => "authentication_error",
+        402 => "billing_error",
         403 => "permission_error",
         404 => "not_found_error",
         413 => "request_too_large",
         429 => "rate_limit_error",
         529 => "overloaded_error",
-        402..=499 => "invalid_request_error",
+        405..=499 => "invalid_request_error",
         _ => "api_error",
     }
 }
 
-fn default_message(status: u16) -> &'static str {
+/// The message Anthropic gives with a status when there is nothing more specific to say.
+pub(crate) fn default_message(status: u16) -> &'static str {
     match status {
         401 => "invalid x-api-key",
+        402 => "There is an issue with your organization's billing or payment information.",
         403 => "Your API key does not have permission to use the specified resource.",
         404 => "Not found",
         413 => "Request exceeds the maximum allowed number of bytes.",

@@ -1,4 +1,5 @@
-//! The per-request pipeline: read and record the body, authenticate, apply faults, route.
+//! The per-request pipeline: read and record the body, authenticate, check the account, apply
+//! faults and limits, route.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use http::{Method, Request, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
+use super::accounts::{MockEndpoint, Take};
 use super::conn::ConnCtl;
 use super::faults::{Fault, Pacing};
 use super::response::{self, MockBody, Resp};
@@ -38,6 +40,22 @@ enum Route<'a> {
 }
 
 impl<'a> Route<'a> {
+    /// The limit family a route is counted under; unknown routes are never limited.
+    fn endpoint(&self) -> Option<MockEndpoint> {
+        Some(match self {
+            Route::Messages => MockEndpoint::Messages,
+            Route::CountTokens => MockEndpoint::CountTokens,
+            Route::BatchCreate
+            | Route::BatchList
+            | Route::BatchGet(_)
+            | Route::BatchCancel(_)
+            | Route::BatchResults(_) => MockEndpoint::Batches,
+            Route::ModelList | Route::ModelGet(_) => MockEndpoint::Models,
+            Route::FileUpload | Route::FileList | Route::FileGet(_) => MockEndpoint::Files,
+            Route::NotFound => return None,
+        })
+    }
+
     fn of(method: &Method, path: &'a str) -> Route<'a> {
         let get = method == Method::GET;
         let post = method == Method::POST;
@@ -171,8 +189,14 @@ async fn serve(state: &Arc<State>, ctl: &Arc<ConnCtl>, req: Request<Incoming>) -
     if !state.key_allowed(key) {
         return response::error(401, "invalid x-api-key");
     }
+    if let Some(refused) = state.accounts.refuse_key(key) {
+        return refused;
+    }
     if !parts.headers.contains_key("anthropic-version") {
         return response::error(400, "anthropic-version: header is required");
+    }
+    if let Some(refused) = state.accounts.refuse_org(key) {
+        return refused;
     }
     let fault = match fault_for(state, &parts, key) {
         Ok(f) => f.unwrap_or_default(),
@@ -201,7 +225,18 @@ async fn serve(state: &Arc<State>, ctl: &Arc<ConnCtl>, req: Request<Incoming>) -
     if let Some(status) = fault.status {
         return response::fault_error(state, &fault, status);
     }
-    dispatch(state, ctl, &parts, route, &body, body_len, &fault, pacing)
+    match state
+        .accounts
+        .take(&state.limits, key, route.endpoint(), &body)
+    {
+        Take::Unlimited => dispatch(state, ctl, &parts, route, &body, body_len, &fault, pacing),
+        Take::Passed(bucket) => {
+            let mut resp = dispatch(state, ctl, &parts, route, &body, body_len, &fault, pacing);
+            bucket.write(resp.headers_mut());
+            resp
+        }
+        Take::Limited(refused) => refused,
+    }
 }
 
 /// Header fault first (explicit in the request), then the FIFO queue, then the key's fault.
