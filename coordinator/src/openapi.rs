@@ -98,12 +98,13 @@ pub fn document() -> Value {
                 "delete": op("Delete a tenant no key refers to", vec![tenant()], None, ("200", ok("Deleted", "Tenant")), true)
             },
             "/v1/pools": {
-                "get": op("List upstream pools with key ids and labels (never the keys)", vec![], None, ("200", ok("Pools", "PoolList")), false)
+                "get": op("List upstream pools with key ids, labels and organisations (never the keys)", vec![], None, ("200", ok("Pools", "PoolList")), false)
             },
             "/v1/pools/{name}/keys": {
                 "post": op("Add an upstream key to a pool (created if missing); sealed with the KEK before it is stored", vec![pool()], Some(body("AddPoolKey")), ("201", ok("Added", "PoolKey")), true)
             },
             "/v1/pools/{name}/keys/{id}": {
+                "patch": op("Move an upstream key to another organisation (null or \"\" for one of its own) without re-entering the key", vec![pool(), path_param("id", "Upstream key id (`uk_...`)")], Some(body("UpdatePoolKey")), ("200", ok("Updated", "PoolKey")), true),
                 "delete": op("Remove an upstream key from a pool", vec![pool(), path_param("id", "Upstream key id (`uk_...`)")], None, ("200", ok("Removed", "PoolKey")), true)
             },
             "/v1/regions/{region}": {
@@ -147,6 +148,13 @@ pub fn document() -> Value {
 fn schemas() -> Value {
     let name = json!({ "type": "string", "pattern": "^[a-z0-9_-]{1,64}$" });
     let regions = json!({ "type": "array", "items": name.clone(), "description": "Regions allowed to serve; absent or [] = every region" });
+    // Wider than `name`: an operator's handle for an Anthropic organisation (its UUID or
+    // a display name). Keys of one organisation share rate limits and billing.
+    let org_doc = "The Anthropic organisation the key belongs to: keys of one organisation share its rate limits and billing, so nodes cool and rest them together. Absent or \"\": an organisation of its own.";
+    let org =
+        json!({ "type": "string", "pattern": "^[A-Za-z0-9._-]{0,64}$", "description": org_doc });
+    let org_nullable = json!({ "type": "string", "nullable": true, "pattern": "^[A-Za-z0-9._-]{0,64}$", "description": org_doc });
+    let org_shown = json!({ "type": "string", "description": "The key's organisation; absent: an organisation of its own" });
     let path_health = json!({
         "type": "object",
         "properties": {
@@ -253,12 +261,20 @@ fn schemas() -> Value {
             "required": ["label", "key"],
             "properties": {
                 "label": name.clone(),
-                "key": { "type": "string", "description": "The upstream (Anthropic) API key. Never returned." }
+                "key": { "type": "string", "description": "The upstream (Anthropic) API key. Never returned." },
+                "org": org
             }
+        },
+        "UpdatePoolKey": {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["org"],
+            "properties": { "org": org_nullable }
         },
         "PoolKey": {
             "type": "object",
-            "properties": { "pool": { "type": "string" }, "id": { "type": "string" }, "label": { "type": "string" } }
+            "required": ["pool", "id", "label"],
+            "properties": { "pool": { "type": "string" }, "id": { "type": "string" }, "label": { "type": "string" }, "org": org_shown.clone() }
         },
         "PoolList": {
             "type": "object",
@@ -268,7 +284,7 @@ fn schemas() -> Value {
                     "type": "object",
                     "properties": {
                         "name": { "type": "string" },
-                        "keys": { "type": "array", "items": { "type": "object", "properties": { "id": { "type": "string" }, "label": { "type": "string" } } } }
+                        "keys": { "type": "array", "items": { "type": "object", "properties": { "id": { "type": "string" }, "label": { "type": "string" }, "org": org_shown } } }
                     }
                 } }
             }

@@ -234,6 +234,127 @@ async fn upstream_keys_never_appear_in_clear_in_etcd() {
     running.shutdown().await;
 }
 
+/// Keys of one Anthropic organisation share its limits: `org` is stored beside the
+/// sealed key (not sealed), shown in every view, regrouped by PATCH, and left out of
+/// the document entirely when absent, as a coordinator of the previous version wrote it.
+#[tokio::test]
+async fn pool_keys_carry_an_optional_org() {
+    let etcd = Etcd::start().await;
+    let (running, url) = leader(&etcd).await;
+    let keys_url = format!("{url}/v1/pools/default/keys");
+    let upstream = "sk-ant-org-key-0123456789";
+    let r = admin(
+        Method::POST,
+        &keys_url,
+        Some(json!({"label": "prod-1", "key": upstream, "org": "Acme-Prod.eu"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(r.json["org"], "Acme-Prod.eu");
+    let with_org = r.json["id"].as_str().unwrap().to_string();
+    let r = admin(
+        Method::POST,
+        &keys_url,
+        Some(json!({"label": "prod-2", "key": "sk-ant-lone-key-abcdef"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert!(r.json.get("org").is_none(), "{}", r.text);
+    let lone = r.json["id"].as_str().unwrap().to_string();
+
+    let stored = || async {
+        let dump = etcd.dump().await;
+        let raw = dump
+            .into_iter()
+            .find(|(k, _)| *k == schema::pool_key("default"))
+            .expect("pool stored")
+            .1;
+        let doc: serde_json::Value = serde_json::from_str(&raw).unwrap();
+        let pool: UpstreamPoolDoc = serde_json::from_str(&raw).unwrap();
+        (doc, pool)
+    };
+    let (doc, pool) = stored().await;
+    assert_eq!(doc["keys"][0]["org"], "Acme-Prod.eu");
+    assert!(
+        !doc["keys"][1].as_object().unwrap().contains_key("org"),
+        "a key without org has no org field: {doc}"
+    );
+    // The org sits beside the seal, which still opens.
+    let kek = Kek::parse(KEK_HEX).unwrap();
+    assert_eq!(pool.keys[0].org.as_deref(), Some("Acme-Prod.eu"));
+    assert_eq!(kek.open(&pool.keys[0]).unwrap().expose(), upstream);
+
+    let list = admin(Method::GET, &format!("{url}/v1/pools"), None).await;
+    let listed = &list.json["pools"][0]["keys"];
+    assert_eq!(
+        (listed[0]["id"].as_str(), listed[0]["org"].as_str()),
+        (Some(with_org.as_str()), Some("Acme-Prod.eu")),
+        "{}",
+        list.text
+    );
+    assert!(listed[1].get("org").is_none(), "{}", list.text);
+
+    // Regrouped in place: same seal, new org; null puts it back in an org of its own.
+    let r = admin(
+        Method::PATCH,
+        &format!("{keys_url}/{lone}"),
+        Some(json!({"org": "Acme-Prod.eu"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["org"], "Acme-Prod.eu");
+    let (_, regrouped) = stored().await;
+    assert_eq!(regrouped.keys[1].org.as_deref(), Some("Acme-Prod.eu"));
+    assert_eq!(regrouped.keys[1].ciphertext, pool.keys[1].ciphertext);
+    let r = admin(
+        Method::PATCH,
+        &format!("{keys_url}/{with_org}"),
+        Some(json!({"org": null})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert!(r.json.get("org").is_none(), "{}", r.text);
+    let (doc, _) = stored().await;
+    assert!(
+        !doc["keys"][0].as_object().unwrap().contains_key("org"),
+        "{doc}"
+    );
+
+    // A bad org is refused with a 400 naming the rule, and nothing is written.
+    let before = etcd.dump().await;
+    for (method, path, body) in [
+        (
+            Method::POST,
+            keys_url.clone(),
+            json!({"label": "prod-3", "key": "sk-ant-x", "org": "acme corp"}),
+        ),
+        (
+            Method::POST,
+            keys_url.clone(),
+            json!({"label": "prod-3", "key": "sk-ant-x", "org": "a".repeat(65)}),
+        ),
+        (
+            Method::PATCH,
+            format!("{keys_url}/{lone}"),
+            json!({"org": "acme/eu"}),
+        ),
+        (Method::PATCH, format!("{keys_url}/{lone}"), json!({})),
+    ] {
+        let r = admin(method.clone(), &path, Some(body.clone())).await;
+        assert_eq!(
+            r.status,
+            StatusCode::BAD_REQUEST,
+            "{method} {body}: {}",
+            r.text
+        );
+        assert_eq!(r.json["error"]["type"], "invalid_request");
+        let msg = r.json["error"]["message"].as_str().unwrap();
+        assert!(msg.starts_with("org"), "{method} {body}: {msg}");
+    }
+    assert_eq!(etcd.dump().await, before, "a refused org changed etcd");
+    running.shutdown().await;
+}
+
 #[tokio::test]
 async fn invalid_writes_are_rejected_before_they_reach_etcd() {
     let etcd = Etcd::start().await;

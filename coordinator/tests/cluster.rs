@@ -251,6 +251,58 @@ async fn cli_drives_the_admin_api_and_follows_the_leader() {
     standby.shutdown().await;
 }
 
+#[tokio::test]
+async fn cli_groups_pool_keys_by_org() {
+    let etcd = Etcd::start().await;
+    let (running, url) = leader(&etcd).await;
+    let run = |args: &[&str], stdin: Option<&str>| {
+        let (u, args, stdin) = (
+            url.clone(),
+            args.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            stdin.map(str::to_string),
+        );
+        tokio::task::spawn_blocking(move || {
+            cli(
+                &u,
+                &args.iter().map(String::as_str).collect::<Vec<_>>(),
+                stdin.as_deref(),
+            )
+        })
+    };
+    let (ok, out, err) = run(
+        &[
+            "pools", "add-key", "default", "--label", "prod-1", "--org", "acme",
+        ],
+        Some("sk-ant-org-cli-123\n"),
+    )
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    let added: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(added["org"], "acme", "{out}");
+    let id = added["id"].as_str().unwrap().to_string();
+
+    let (ok, out, _) = run(&["pools", "list"], None).await.unwrap();
+    assert!(ok && out.contains("\"org\": \"acme\""), "{out}");
+
+    let (ok, out, err) = run(&["pools", "set-org", "default", &id, ""], None)
+        .await
+        .unwrap();
+    assert!(ok, "{err}");
+    assert!(!out.contains("org"), "{out}");
+    let (ok, out, _) = run(&["pools", "list"], None).await.unwrap();
+    assert!(ok && !out.contains("acme"), "{out}");
+
+    let (ok, _, err) = run(&["pools", "set-org", "default", &id, "acme corp"], None)
+        .await
+        .unwrap();
+    assert!(
+        !ok && err.contains("HTTP 400") && err.contains("org"),
+        "{err}"
+    );
+    running.shutdown().await;
+}
+
 #[test]
 fn check_config_validates_and_exits() {
     let out = Command::new(env!("CARGO_BIN_EXE_strait-coordinator"))

@@ -28,7 +28,7 @@ use cluster::{cluster_view, healthz, leader, openapi, prometheus_sd};
 use drains::{drain_node, drain_region, put_region, undrain_node, undrain_region};
 pub use keys::CLIENT_KEY_PREFIX;
 use keys::{create_key, get_key, list_keys, revoke_key, update_key};
-use pools::{add_pool_key, list_pools, remove_pool_key};
+use pools::{add_pool_key, list_pools, remove_pool_key, update_pool_key};
 use tenants::{delete_tenant, get_tenant, list_tenants, put_tenant};
 
 type AppState = Arc<App>;
@@ -75,6 +75,11 @@ fn admin_routes() -> RouteTable {
         .add(Method::DELETE, "/v1/tenants/{name}", delete(delete_tenant))
         .add(Method::GET, "/v1/pools", get(list_pools))
         .add(Method::POST, "/v1/pools/{name}/keys", post(add_pool_key))
+        .add(
+            Method::PATCH,
+            "/v1/pools/{name}/keys/{id}",
+            patch(update_pool_key),
+        )
         .add(
             Method::DELETE,
             "/v1/pools/{name}/keys/{id}",

@@ -258,7 +258,12 @@ pub async fn run_client(c: &AdminClient, cmd: Command) -> Result<()> {
             }
         },
         Command::Pools(p) => match p {
-            PoolsCmd::AddKey { pool, label, key } => {
+            PoolsCmd::AddKey {
+                pool,
+                label,
+                org,
+                key,
+            } => {
                 let key = match key {
                     Some(k) => k,
                     None => {
@@ -276,12 +281,20 @@ pub async fn run_client(c: &AdminClient, cmd: Command) -> Result<()> {
                         "no upstream key: set STRAIT_UPSTREAM_KEY or pipe the key in",
                     ));
                 }
+                let mut body = json!({ "label": label, "key": key });
+                if let Some(o) = org {
+                    body["org"] = json!(o);
+                }
+                c.show(Method::POST, &format!("/v1/pools/{pool}/keys"), Some(body))
+                    .await?;
+            }
+            PoolsCmd::SetOrg { pool, id, org } => {
                 c.show(
-                    Method::POST,
-                    &format!("/v1/pools/{pool}/keys"),
-                    Some(json!({ "label": label, "key": key })),
+                    Method::PATCH,
+                    &format!("/v1/pools/{pool}/keys/{id}"),
+                    Some(json!({ "org": org })),
                 )
-                .await?;
+                .await?
             }
             PoolsCmd::List => c.show(Method::GET, "/v1/pools", None).await?,
             PoolsCmd::RemoveKey { pool, id } => {

@@ -23,7 +23,7 @@ Examples:
   export STRAIT_COORDINATOR_URL=http://coord-r1:7070 STRAIT_ADMIN_TOKEN=...
   strait-coordinator tenants set team-a --rpm 600 --allow-region r1
   strait-coordinator keys create alice --tenant team-a --otpm 50000   # prints the key once
-  echo \"$ANTHROPIC_KEY\" | strait-coordinator pools add-key default --label prod-1
+  echo \"$ANTHROPIC_KEY\" | strait-coordinator pools add-key default --label prod-1 --org acme
   strait-coordinator regions policy --key ck_0123abcd --allow r1,r2
   strait-coordinator drain node r1 node-a      # or: drain region r1
   strait-coordinator nodes list
@@ -228,10 +228,22 @@ pub enum PoolsCmd {
         /// Label for operators and metrics, e.g. prod-1.
         #[arg(long)]
         label: String,
+        /// The Anthropic organisation the key belongs to (letters, digits, . - _).
+        /// Keys of one organisation share its rate limits and billing, so the nodes
+        /// cool and rest them together [default: an organisation of its own].
+        #[arg(long)]
+        org: Option<String>,
         #[arg(long, env = "STRAIT_UPSTREAM_KEY", hide_env_values = true, hide = true)]
         key: Option<String>,
     },
-    /// List pools with key ids and labels.
+    /// Move a key to another organisation without re-entering it ("" for one of its own).
+    SetOrg {
+        pool: String,
+        /// Key id (uk_...).
+        id: String,
+        org: String,
+    },
+    /// List pools with key ids, labels and organisations.
     List,
     /// Remove a key from a pool by its id (uk_...).
     RemoveKey { pool: String, id: String },
