@@ -38,7 +38,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     match rt.block_on(strait_node::server::run(config)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(stopped) => std::process::ExitCode::from(stopped.exit_code()),
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("strait-node: {e}");

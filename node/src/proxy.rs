@@ -253,7 +253,14 @@ fn respond(
         shared.upstream.config().read_timeout
     };
     record.status = status.as_u16();
-    let relay = Relay::new(body, kind, fwd.prefix, idle, record);
+    let relay = Relay::new(
+        body,
+        kind,
+        fwd.prefix,
+        idle,
+        record,
+        shared.drain_cut.clone(),
+    );
     Reply {
         response: response.map(|()| ProxyBody::Relay(Box::new(relay))),
         fields: ReplyFields {

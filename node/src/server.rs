@@ -1,9 +1,11 @@
 //! A running node: binds the listeners, wires the shared state, and drains on request.
-//! `run` adds the process concerns: SIGHUP reloads TLS, SIGTERM/SIGINT drain and exit.
+//! `run` adds the process concerns: SIGHUP reloads TLS, SIGTERM/SIGINT drain and exit,
+//! and a second signal during the drain (or SIGQUIT) stops at once.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
@@ -25,6 +27,7 @@ use crate::http1::Reply;
 use crate::metrics::Metrics;
 use crate::proxy;
 use crate::state::{RequestIds, Shared, Snapshot};
+use crate::stream::DrainCut;
 
 /// A started node. Dropping it does not stop it; call [`Node::drain`].
 pub struct Node {
@@ -43,6 +46,11 @@ pub struct Node {
 /// (from the disk snapshot or the file config), so a healthy cluster's config is in
 /// force from the first request.
 pub const INITIAL_SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// After the drain cut (at `limits.drain_timeout`, or at once on a forced stop): how long
+/// the responses it ended get to write their last bytes and close their connections
+/// before the process exits regardless.
+pub const CUT_GRACE: Duration = Duration::from_secs(1);
 
 impl Node {
     /// Binds both listeners and starts serving. Must run inside a Tokio runtime.
@@ -64,6 +72,7 @@ impl Node {
             health: Arc::new(Health::new()),
             request_ids: RequestIds::new(),
             limiter: limiter.clone(),
+            drain_cut: Arc::new(DrainCut::default()),
         });
 
         // Cluster mode: serve the last good config from disk until etcd answers.
@@ -125,11 +134,15 @@ impl Node {
         let http = Arc::new(accept::http_settings(&config.limits, &metrics));
 
         let s = shared.clone();
+        // The node cuts what is still running at `drain_timeout` itself (`drain`); the
+        // accept loop then waits CUT_GRACE more for the cut connections to close.
+        let mut public_limits = config.limits.clone();
+        public_limits.drain_timeout += CUT_GRACE;
         let public_task = tokio::spawn(accept::serve(
             public,
             tls.clone(),
             http.clone(),
-            config.limits.clone(),
+            public_limits,
             metrics.clone(),
             stop_public_rx,
             move |req, peer| proxy::handle(s.clone(), req, peer),
@@ -216,7 +229,11 @@ impl Node {
 
     /// Graceful stop: `/readyz` turns to fail, the public listener stops accepting,
     /// in-flight requests and streams get up to `limits.drain_timeout`, then the admin
-    /// listener closes. Returns the number of connections cut at the deadline.
+    /// listener closes. At the deadline the responses still being relayed are cut (an
+    /// event stream ends with an `overloaded_error` event, "node shutting down"; other
+    /// bodies are aborted) and get [`CUT_GRACE`] to be written. Returns how many were
+    /// cut: the responses ended, plus connections still open after the grace (a request
+    /// still waiting for its upstream's answer, a client not reading).
     pub async fn drain(self) -> usize {
         self.shared.health.draining.store(true, Ordering::Relaxed);
         self.shared.metrics.draining.set(1);
@@ -224,7 +241,17 @@ impl Node {
         self.shared.health.cluster.record_changed.notify_one();
         tracing::info!("draining: no new connections; waiting for in-flight requests");
         let _ = self.stop_public.send(true);
-        let cut = self.public_task.await.unwrap_or(0);
+        let mut public = self.public_task;
+        let deadline = tokio::time::sleep(self.shared.config.limits.drain_timeout);
+        let left = tokio::select! {
+            left = &mut public => left.unwrap_or(0),
+            () = deadline => {
+                tracing::warn!("drain deadline passed: ending the responses still in flight");
+                self.shared.drain_cut.fire();
+                public.await.unwrap_or(0)
+            }
+        };
+        let cut = self.shared.drain_cut.ended() + left;
         // A clean stop deletes the record rather than letting the lease expire.
         self.cluster.stop(std::time::Duration::from_secs(3)).await;
         let _ = self.stop_admin.send(true);
@@ -241,27 +268,104 @@ async fn bind(addr: SocketAddr, field: &str) -> Result<TcpListener> {
         .map_err(|e| Error::config(format!("{field}: cannot listen on {addr}: {e}")))
 }
 
-/// Runs a node until SIGTERM or SIGINT, then drains. SIGHUP reloads TLS certificates.
-pub async fn run(config: Config) -> Result<()> {
+/// A signal that stops the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Term,
+    Int,
+    Quit,
+}
+
+impl Signal {
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Term => "SIGTERM",
+            Signal::Int => "SIGINT",
+            Signal::Quit => "SIGQUIT",
+        }
+    }
+
+    /// The signal's number (the same on Linux and the BSDs).
+    pub fn number(self) -> u8 {
+        match self {
+            Signal::Term => 15,
+            Signal::Int => 2,
+            Signal::Quit => 3,
+        }
+    }
+}
+
+/// How [`run`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// The drain ran its course (whatever was left at `limits.drain_timeout` was cut).
+    Drained,
+    /// Told to stop at once by this signal.
+    Forced(Signal),
+}
+
+impl Stopped {
+    /// 0 after a drain; 128 + the signal's number after a forced stop (130 SIGINT, 131
+    /// SIGQUIT, 143 SIGTERM), as a shell reports a process the signal ended.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Stopped::Drained => 0,
+            Stopped::Forced(s) => 128 + s.number(),
+        }
+    }
+}
+
+/// Runs a node until a signal. SIGTERM (what Kubernetes and systemd send) and SIGINT
+/// drain; during the drain a second SIGTERM, or SIGINT or SIGQUIT, stops at once: what
+/// is still in flight is cut as at the drain deadline, given [`CUT_GRACE`], and the
+/// process exits. SIGQUIT stops at once at any time. SIGHUP reloads TLS certificates.
+pub async fn run(config: Config) -> Result<Stopped> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term =
-        signal(SignalKind::terminate()).map_err(|e| Error::config("signals").with_detail(e))?;
-    let mut int =
-        signal(SignalKind::interrupt()).map_err(|e| Error::config("signals").with_detail(e))?;
-    let mut hup =
-        signal(SignalKind::hangup()).map_err(|e| Error::config("signals").with_detail(e))?;
+    let listen = |kind| signal(kind).map_err(|e| Error::config("signals").with_detail(e));
+    let mut term = listen(SignalKind::terminate())?;
+    let mut int = listen(SignalKind::interrupt())?;
+    let mut quit = listen(SignalKind::quit())?;
+    let mut hup = listen(SignalKind::hangup())?;
     let node = Node::start(config).await?;
-    loop {
+    let first = loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = term.recv() => break Signal::Term,
+            _ = int.recv() => break Signal::Int,
+            _ = quit.recv() => break Signal::Quit,
             _ = hup.recv() => match node.reload_tls() {
                 Ok(()) if node.serves_tls() => tracing::info!("SIGHUP: TLS certificate reloaded"),
                 Ok(()) => tracing::info!("SIGHUP: no TLS configured, nothing to reload"),
                 Err(e) => tracing::error!("SIGHUP: TLS reload failed, keeping the old certificate: {e}"),
             },
         }
+    };
+    let cut = node.shared().drain_cut.clone();
+    let drain = node.drain();
+    tokio::pin!(drain);
+    let forced = if first == Signal::Quit {
+        first
+    } else {
+        tracing::info!(
+            signal = first.name(),
+            "stop requested: draining (a second SIGTERM, or SIGINT or SIGQUIT, stops at once)"
+        );
+        loop {
+            tokio::select! {
+                _ = &mut drain => return Ok(Stopped::Drained),
+                _ = term.recv() => break Signal::Term,
+                _ = int.recv() => break Signal::Int,
+                _ = quit.recv() => break Signal::Quit,
+                _ = hup.recv() => tracing::info!("SIGHUP: ignored while draining"),
+            }
+        }
+    };
+    tracing::warn!(
+        signal = forced.name(),
+        "stopping at once: responses still in flight are cut"
+    );
+    cut.fire();
+    if tokio::time::timeout(CUT_GRACE, &mut drain).await.is_err() {
+        tracing::warn!(grace = ?CUT_GRACE, "stopped with connections still open after the grace");
     }
-    node.drain().await;
-    Ok(())
+    Ok(Stopped::Forced(forced))
 }

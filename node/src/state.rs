@@ -16,6 +16,7 @@ use crate::health::{Health, ReadyInputs};
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::route::{Census, KeyPool, PoolSettings};
+use crate::stream::DrainCut;
 
 /// The parts of configuration that can change while the node runs, swapped as one
 /// snapshot so a request sees a consistent view without taking a lock.
@@ -78,6 +79,8 @@ pub struct Shared {
     pub request_ids: RequestIds,
     /// Rate limits, concurrency and token budgets (phase 3).
     pub limiter: Arc<Limiter>,
+    /// Fired at the drain deadline: every response still being relayed ends (phase 6).
+    pub drain_cut: Arc<DrainCut>,
 }
 
 /// Request ids: a per-process random prefix and a counter, cheap and unique enough to

@@ -91,9 +91,10 @@ impl Permit {
     }
 
     /// Settles with the usage read from the response. `outcome` is the record's: a
-    /// stream cut short (`client_gone`, `upstream_failed`) may have used more than was
-    /// read, so it is charged at least its reservation; anything else is charged what
-    /// the upstream reported (zero for error responses, which carry no usage).
+    /// stream cut short (`client_gone`, `upstream_failed`, `drain_deadline`) may have
+    /// used more than was read, so it is charged at least its reservation; anything else
+    /// is charged what the upstream reported (zero for error responses, which carry no
+    /// usage).
     pub fn settle(mut self, usage: &Usage, outcome: &str) {
         let reported = Actual {
             input: usage
@@ -102,7 +103,7 @@ impl Permit {
             output: usage.output_tokens,
         };
         let actual = match outcome {
-            "client_gone" | "upstream_failed" => Actual {
+            "client_gone" | "upstream_failed" | "drain_deadline" => Actual {
                 input: reported.input.max(self.data.reservation.input),
                 output: reported.output.max(self.data.reservation.output),
             },

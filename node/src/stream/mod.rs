@@ -1,9 +1,10 @@
 //! Phase 6, stream back: relay the upstream body to the client chunk by chunk, read
-//! token usage on the side without changing a byte, and end a failed stream with an
-//! SSE `error` event rather than a clean end.
+//! token usage on the side without changing a byte, and end a failed stream (or one
+//! still running at the drain deadline) with an SSE `error` event rather than a clean end.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,9 +20,12 @@ use crate::forward::UpstreamBody;
 use crate::meta::{BodyKind, RouteKind, Usage};
 use crate::sse::{SseEvent, SseTap};
 
+mod cut;
 mod reply;
 mod usage;
 
+use cut::CutWatch;
+pub use cut::DrainCut;
 pub use reply::{ProxyBody, ReplyFields};
 use usage::parse_json_usage;
 
@@ -48,6 +52,25 @@ enum State {
     Done,
 }
 
+/// What an event stream said about its output as it went by, for a stream that ends
+/// without its final count (see [`relayed_output`]).
+#[derive(Default)]
+struct Relayed {
+    /// `content_block_delta` events passed on.
+    deltas: u64,
+    /// A `message_delta` carried the cumulative `output_tokens`.
+    counted: bool,
+}
+
+/// The output tokens of an event stream that ended before a `message_delta` gave the
+/// count (cut at the drain deadline, by the client leaving, or by an upstream failure):
+/// one per `content_block_delta` relayed, or `message_start`'s figure (Anthropic sends
+/// 1 there) if that is larger. A floor, not a measure: a delta carries one token or
+/// more, and the upstream bills what it generated.
+fn relayed_output(from_start: u64, deltas: u64) -> u64 {
+    from_start.max(deltas)
+}
+
 /// The relayed response body. Owns the request's record and finishes it on drop,
 /// so a request is accounted for however it ends (completed, failed, client gone).
 pub struct Relay {
@@ -67,6 +90,8 @@ pub struct Relay {
     state: State,
     record: RequestRecord,
     counted_stream: bool,
+    relayed: Relayed,
+    cut: CutWatch,
 }
 
 impl Relay {
@@ -76,6 +101,7 @@ impl Relay {
         prefix: Option<Bytes>,
         idle: Duration,
         record: RequestRecord,
+        cut: Arc<DrainCut>,
     ) -> Self {
         let tap = match kind {
             BodyKind::Plain => Tap::None,
@@ -99,6 +125,8 @@ impl Relay {
             state: State::Streaming,
             record,
             counted_stream,
+            relayed: Relayed::default(),
+            cut: CutWatch::new(cut),
         };
         if let Some(p) = prefix {
             relay.pending = relay.on_data(p);
@@ -123,8 +151,8 @@ impl Relay {
             Tap::Sse(sse) => {
                 let out = sse.split_complete(chunk);
                 if let Some(events) = &out {
-                    let rec = &mut self.record;
-                    sse.scan(events, |ev| on_event(rec, ev));
+                    let (rec, relayed) = (&mut self.record, &mut self.relayed);
+                    sse.scan(events, |ev| on_event(rec, relayed, ev));
                 }
                 out
             }
@@ -190,9 +218,29 @@ impl Relay {
     fn fail_stream(&mut self, cause: &'static str, err: Error) -> Option<Bytes> {
         self.count_failure(cause, &err);
         tracing::warn!(request_id = %self.record.request_id, cause, "stream failed after start: {err}");
+        self.error_event(&err)
+    }
+
+    fn error_event(&mut self, err: &Error) -> Option<Bytes> {
         let ev = err.sse_event();
         self.record.bytes_out += ev.len() as u64;
         Some(ev)
+    }
+
+    /// The drain deadline passed (or the node was told to stop at once): an event
+    /// stream ends with an `overloaded_error` event at an event boundary (the held-back
+    /// incomplete event is dropped), any other body is aborted, which is the only
+    /// signal left once its head has gone out.
+    fn on_cut(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let err = Error::new(ErrorKind::Unavailable, "node shutting down");
+        self.count_failure("drain_deadline", &err);
+        self.record.outcome = "drain_deadline";
+        self.cut.cut.count_ended();
+        tracing::debug!(request_id = %self.record.request_id, "response cut by the drain");
+        if matches!(self.tap, Tap::Sse(_)) {
+            return Poll::Ready(self.error_event(&err).map(|b| Ok(Frame::data(b))));
+        }
+        Poll::Ready(Some(Err(Box::new(err))))
     }
 
     /// Ends the relay as failed, in the record and the metrics.
@@ -208,10 +256,13 @@ impl Relay {
     }
 }
 
-fn on_event(rec: &mut RequestRecord, ev: SseEvent<'_>) {
+fn on_event(rec: &mut RequestRecord, relayed: &mut Relayed, ev: SseEvent<'_>) {
     match ev.name {
-        "content_block_delta" if rec.ttft.is_none() => {
-            rec.ttft = Some(rec.started.elapsed());
+        "content_block_delta" => {
+            relayed.deltas += 1;
+            if rec.ttft.is_none() {
+                rec.ttft = Some(rec.started.elapsed());
+            }
         }
         "message_start" => {
             #[derive(Deserialize)]
@@ -241,6 +292,7 @@ fn on_event(rec: &mut RequestRecord, ev: SseEvent<'_>) {
                 // message_delta counts are cumulative, so they replace, not add.
                 if let Some(o) = u.output_tokens {
                     rec.usage.output_tokens = o;
+                    relayed.counted = true;
                 }
                 if let Some(i) = u.input_tokens {
                     rec.usage.input_tokens = i;
@@ -266,6 +318,9 @@ impl Body for Relay {
             }
             if matches!(this.state, State::Done) {
                 return Poll::Ready(None);
+            }
+            if this.cut.cut.is_fired() {
+                return this.on_cut();
             }
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
@@ -309,6 +364,9 @@ impl Body for Relay {
                         );
                         return this.on_failure("idle_timeout", err);
                     }
+                    if this.cut.park(cx) {
+                        return this.on_cut();
+                    }
                     return Poll::Pending;
                 }
             }
@@ -333,7 +391,17 @@ impl Drop for Relay {
             self.record.metrics.active_streams.dec();
         }
         if matches!(self.state, State::Streaming) {
-            self.record.outcome = "client_gone";
+            // Still relaying when dropped: the client left, or the process is exiting
+            // after the drain deadline with this response not yet ended.
+            self.record.outcome = if self.cut.cut.is_fired() {
+                "drain_deadline"
+            } else {
+                "client_gone"
+            };
+        }
+        if self.counted_stream && !self.relayed.counted {
+            let usage = &mut self.record.usage;
+            usage.output_tokens = relayed_output(usage.output_tokens, self.relayed.deltas);
         }
         if let Tap::Json { chunks, len } = &self.tap {
             // hyper stops polling once content-length bytes are out, so a complete body
@@ -348,5 +416,66 @@ impl Drop for Relay {
             }
         }
         self.record.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn record() -> RequestRecord {
+        RequestRecord {
+            metrics: crate::metrics::Metrics::new(),
+            access_log: false,
+            request_id: "t".into(),
+            started: Instant::now(),
+            method: http::Method::POST,
+            uri: http::Uri::from_static("/v1/messages"),
+            route: RouteKind::Messages,
+            client: None,
+            model: None,
+            stream: true,
+            status: 200,
+            upstream_key: None,
+            attempts: 1,
+            upstream_ttfb: None,
+            ttft: None,
+            usage: Usage::default(),
+            error: None,
+            outcome: "error",
+            bytes_out: 0,
+            permit: None,
+        }
+    }
+
+    /// The events of a stream as far as it got, through the tap as the relay runs it.
+    fn relay(events: &str) -> (RequestRecord, Relayed) {
+        let (mut rec, mut relayed) = (record(), Relayed::default());
+        let mut sse = SseTap::default();
+        sse.scan(events.as_bytes(), |ev| on_event(&mut rec, &mut relayed, ev));
+        (rec, relayed)
+    }
+
+    const START: &str = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\n";
+    const DELTA: &str = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"a\"}}\n\n";
+
+    #[test]
+    fn output_of_a_stream_cut_short_is_counted_from_its_deltas() {
+        // Cut after 80 deltas, before message_delta: message_start's 1 is not the count.
+        let (rec, relayed) = relay(&format!("{START}{}", DELTA.repeat(80)));
+        assert_eq!(rec.usage.output_tokens, 1);
+        assert_eq!((relayed.deltas, relayed.counted), (80, false));
+        assert_eq!(relayed_output(rec.usage.output_tokens, relayed.deltas), 80);
+        assert!(rec.ttft.is_some());
+        // Cut before any delta: message_start's figure stands.
+        let (rec, relayed) = relay(START);
+        assert_eq!(relayed_output(rec.usage.output_tokens, relayed.deltas), 1);
+        // A message_delta's cumulative count is the count, whatever the deltas were.
+        let (rec, relayed) = relay(&format!(
+            "{START}{}event: message_delta\ndata: {{\"type\":\"message_delta\",\"usage\":{{\"output_tokens\":12}}}}\n\n",
+            DELTA.repeat(3)
+        ));
+        assert_eq!((rec.usage.output_tokens, relayed.counted), (12, true));
     }
 }
