@@ -82,8 +82,15 @@ async fn a_burst_on_sonnet_leaves_haiku_count_tokens_and_models_served() {
     let before = h.mock.requests().len();
     let r = sonnet(&h).await;
     assert_eq!(r.status, 429, "{}", r.text());
-    assert!(r.header("x-strait-error-source").is_none(), "the upstream's own 429");
-    assert_eq!(h.mock.requests().len(), before + 1, "no second attempt on the same org");
+    assert!(
+        r.header("x-strait-error-source").is_none(),
+        "the upstream's own 429"
+    );
+    assert_eq!(
+        h.mock.requests().len(),
+        before + 1,
+        "no second attempt on the same org"
+    );
 
     // Now the gateway answers for that scope without calling upstream...
     let r = sonnet(&h).await;
@@ -105,11 +112,18 @@ async fn a_burst_on_sonnet_leaves_haiku_count_tokens_and_models_served() {
         m.contains(r#"org="acme",reason="rate_limited",scope="messages/sonnet"} 1"#),
         "{m}"
     );
-    assert!(m.contains(r#"strait_upstream_keys{state="cooling"} 2"#), "{m}");
+    assert!(
+        m.contains(r#"strait_upstream_keys{state="cooling"} 2"#),
+        "{m}"
+    );
     let r = readyz(&h).await;
     assert_eq!(r.status, 200, "a cooled scope moves nobody away");
     assert_eq!(r.json()["status"], "warn");
-    assert!(r.text().contains("every key cooling for messages/sonnet"), "{}", r.text());
+    assert!(
+        r.text().contains("every key cooling for messages/sonnet"),
+        "{}",
+        r.text()
+    );
 }
 
 #[tokio::test]
@@ -142,14 +156,22 @@ async fn the_gateway_429_carries_the_scope_and_the_earliest_retry_after() {
     h.mock.set_key_fault(K2, Fault::rate_limited(8));
     let r = sonnet(&h).await;
     assert_eq!(r.status, 429);
-    assert_eq!(h.mock.requests().len(), 2, "keys without org are orgs of their own");
+    assert_eq!(
+        h.mock.requests().len(),
+        2,
+        "keys without org are orgs of their own"
+    );
 
     let r = sonnet(&h).await;
     r.assert_gateway_error(429, "rate_limit_error");
     assert_eq!(r.header("x-strait-upstream-scope"), Some("messages/sonnet"));
     assert!((6..=8).contains(&retry_after(&r)), "{}", retry_after(&r));
     assert!(r.text().contains("messages/sonnet"), "{}", r.text());
-    assert_eq!(h.mock.requests().len(), 2, "no upstream call while the scope cools");
+    assert_eq!(
+        h.mock.requests().len(),
+        2,
+        "no upstream call while the scope cools"
+    );
 }
 
 #[tokio::test]
@@ -163,9 +185,11 @@ async fn a_spent_quota_cools_for_retry_after_not_until_the_reset() {
     r.assert_gateway_error(429, "rate_limit_error");
     assert!(retry_after(&r) <= 1, "{}", retry_after(&r));
     assert_eq!(readyz(&h).await.status, 200, "cooling is no outage");
-    eventually("the scope to cool off", Duration::from_secs(5), async || {
-        sonnet(&h).await.status == 200
-    })
+    eventually(
+        "the scope to cool off",
+        Duration::from_secs(5),
+        async || sonnet(&h).await.status == 200,
+    )
     .await;
 }
 
@@ -194,13 +218,19 @@ async fn a_529_that_persists_is_passed_on_as_a_529_and_cools_nothing() {
     let r = sonnet(&h).await;
     assert_eq!(r.status, 529, "{}", r.text());
     assert_eq!(r.json()["error"]["type"], "overloaded_error");
-    assert!(r.header("x-strait-error-source").is_none(), "the upstream's own answer");
+    assert!(
+        r.header("x-strait-error-source").is_none(),
+        "the upstream's own answer"
+    );
     assert_eq!(h.mock.requests().len(), 3, "every attempt of the budget");
     // Nothing rests: the next call is served at once, by either key.
     assert_eq!(sonnet(&h).await.status, 200);
     let m = h.metrics().await;
     assert!(!m.contains("strait_upstream_key_cooldowns_total{"), "{m}");
-    assert!(m.contains(r#"strait_upstream_keys{state="ready"} 2"#), "{m}");
+    assert!(
+        m.contains(r#"strait_upstream_keys{state="ready"} 2"#),
+        "{m}"
+    );
     assert_eq!(readyz(&h).await.json()["status"], "pass");
 }
 
@@ -229,7 +259,11 @@ async fn refused_pool_keys_are_retired_and_the_client_never_hears_its_key_is_wro
             assert_eq!(r.status, 200, "{reason}: {}", r.text());
         }
         let keys = keys_seen(&h);
-        assert_eq!(keys.iter().filter(|k| *k == K1).count(), 1, "{reason}: {keys:?}");
+        assert_eq!(
+            keys.iter().filter(|k| *k == K1).count(),
+            1,
+            "{reason}: {keys:?}"
+        );
         let m = h.metrics().await;
         assert!(
             m.contains(&format!(
@@ -237,7 +271,10 @@ async fn refused_pool_keys_are_retired_and_the_client_never_hears_its_key_is_wro
             )),
             "{m}"
         );
-        assert!(m.contains(r#"strait_upstream_keys{state="retired"} 1"#), "{m}");
+        assert!(
+            m.contains(r#"strait_upstream_keys{state="retired"} 1"#),
+            "{m}"
+        );
         let r = readyz(&h).await;
         assert_eq!(r.json()["status"], "warn", "{}", r.text());
         assert!(r.text().contains("refused by the upstream"), "{}", r.text());
@@ -253,7 +290,11 @@ async fn refused_pool_keys_are_retired_and_the_client_never_hears_its_key_is_wro
         assert!(r.text().contains("not about your API key"), "{}", r.text());
         let r = sonnet(&h).await;
         r.assert_gateway_error(503, "api_error");
-        assert!(r.text().contains("2 refused by the upstream"), "{}", r.text());
+        assert!(
+            r.text().contains("2 refused by the upstream"),
+            "{}",
+            r.text()
+        );
         assert_eq!(readyz(&h).await.status, 503, "no key can serve anything");
         // No key text anywhere in what the client or the operator sees.
         assert!(!r.text().contains("sk-ant"));
@@ -288,7 +329,10 @@ async fn billing_and_spend_limit_errors_rest_the_organisation() {
             )),
             "{m}"
         );
-        assert!(m.contains(r#"strait_upstream_keys{state="resting"} 1"#), "{m}");
+        assert!(
+            m.contains(r#"strait_upstream_keys{state="resting"} 1"#),
+            "{m}"
+        );
 
         // Organisation b runs out as well: the gateway says so, with the rest's end.
         if spend {
@@ -315,5 +359,8 @@ async fn an_ordinary_400_is_passed_on_with_its_body_and_rests_nothing() {
     assert_eq!(r.json()["error"]["type"], "invalid_request_error");
     assert!(r.header("x-strait-error-source").is_none());
     let m = h.metrics().await;
-    assert!(m.contains(r#"strait_upstream_keys{state="ready"} 2"#), "{m}");
+    assert!(
+        m.contains(r#"strait_upstream_keys{state="ready"} 2"#),
+        "{m}"
+    );
 }
