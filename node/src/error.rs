@@ -202,7 +202,10 @@ impl Error {
             HeaderValue::from_static("application/json"),
         );
         h.insert(GATEWAY_ERROR_HEADER, HeaderValue::from_static("gateway"));
-        if let Some(scope) = self.upstream_scope.and_then(|s| HeaderValue::from_str(&s).ok()) {
+        if let Some(scope) = self
+            .upstream_scope
+            .and_then(|s| HeaderValue::from_str(&s).ok())
+        {
             h.insert(RATELIMITED_HEADER, HeaderValue::from_static("gateway"));
             h.insert(UPSTREAM_SCOPE_HEADER, scope);
         }

@@ -150,8 +150,7 @@ impl Health {
             // resting. Only then is there no usable path; a scope cooling on every
             // key is a warning, not a reason to move every client away.
             Status::Fail
-        } else if inputs.keys_ready < inputs.keys_total
-            || !inputs.cooled_messages_scopes.is_empty()
+        } else if inputs.keys_ready < inputs.keys_total || !inputs.cooled_messages_scopes.is_empty()
         {
             Status::Warn
         } else {
@@ -380,6 +379,9 @@ mod tests {
         });
         assert_eq!(code, StatusCode::OK);
         assert!(body.contains("\"status\":\"warn\""));
-        assert!(body.contains("every key cooling for messages/sonnet"), "{body}");
+        assert!(
+            body.contains("every key cooling for messages/sonnet"),
+            "{body}"
+        );
     }
 }

@@ -115,7 +115,8 @@ impl RawConfig {
             let ok = |s: &str| {
                 !s.is_empty()
                     && s.len() <= 64
-                    && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
             };
             if !ok(prefix) || !ok(class) {
                 return Err(Error::config(format!(

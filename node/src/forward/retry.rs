@@ -100,9 +100,15 @@ mod tests {
         let f = Failure::ErrorEvent;
         for _ in 0..50 {
             let third = pause(&f, 3).unwrap();
-            assert!(third >= BASE_PAUSE * 2 && third <= BASE_PAUSE * 6, "{third:?}");
+            assert!(
+                third >= BASE_PAUSE * 2 && third <= BASE_PAUSE * 6,
+                "{third:?}"
+            );
             let late = pause(&f, 30).unwrap();
-            assert!(late >= MAX_PAUSE / 2 && late <= MAX_PAUSE * 3 / 2, "{late:?}");
+            assert!(
+                late >= MAX_PAUSE / 2 && late <= MAX_PAUSE * 3 / 2,
+                "{late:?}"
+            );
         }
         let spread: std::collections::BTreeSet<_> = (0..20).map(|_| pause(&f, 2)).collect();
         assert!(spread.len() > 1, "jittered");

@@ -709,7 +709,10 @@ mod tests {
         }
         assert!(p.pick(&haiku(), None).is_ok());
         let c = p.census();
-        assert_eq!(c.cooled_scopes.into_iter().collect::<Vec<_>>(), ["messages/sonnet"]);
+        assert_eq!(
+            c.cooled_scopes.into_iter().collect::<Vec<_>>(),
+            ["messages/sonnet"]
+        );
     }
 
     #[test]
@@ -725,10 +728,19 @@ mod tests {
             HeaderValue::from_static("2099-01-01T00:00:00Z"),
         );
         let h = HeaderFields::Map(h);
-        assert_eq!(cooldown_for(&h, Duration::from_secs(5)), Duration::from_secs(2));
+        assert_eq!(
+            cooldown_for(&h, Duration::from_secs(5)),
+            Duration::from_secs(2)
+        );
         let none = HeaderFields::Map(HeaderMap::new());
-        assert_eq!(cooldown_for(&none, Duration::from_secs(5)), Duration::from_secs(5));
-        assert_eq!(cooldown_for(&retry_after("1e9"), Duration::ZERO), MAX_COOLDOWN);
+        assert_eq!(
+            cooldown_for(&none, Duration::from_secs(5)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            cooldown_for(&retry_after("1e9"), Duration::ZERO),
+            MAX_COOLDOWN
+        );
     }
 
     #[test]
@@ -740,7 +752,13 @@ mod tests {
             .unwrap();
         assert_eq!((v.reason, v.wait), (Reason::Revoked, None));
         let v = p
-            .observe(KeyRef(2), &sonnet(), StatusCode::PAYMENT_REQUIRED, &none, None)
+            .observe(
+                KeyRef(2),
+                &sonnet(),
+                StatusCode::PAYMENT_REQUIRED,
+                &none,
+                None,
+            )
             .unwrap();
         assert_eq!(v.reason, Reason::Billing);
         for _ in 0..4 {
@@ -748,7 +766,13 @@ mod tests {
         }
         let body = br#"{"type":"error","error":{"type":"invalid_request_error","message":"You have reached your specified API usage limits. You will regain access on 2027-01-01 at 00:00 UTC."}}"#;
         let v = p
-            .observe(KeyRef(1), &sonnet(), StatusCode::BAD_REQUEST, &none, Some(body))
+            .observe(
+                KeyRef(1),
+                &sonnet(),
+                StatusCode::BAD_REQUEST,
+                &none,
+                Some(body),
+            )
             .unwrap();
         assert_eq!(v.reason, Reason::SpendLimit);
         match p.pick(&haiku(), None).unwrap_err() {
@@ -791,7 +815,11 @@ mod tests {
         limited(&p, KeyRef(0), &sonnet(), "30");
         let none = HeaderFields::Map(HeaderMap::new());
         p.observe(KeyRef(1), &sonnet(), StatusCode::FORBIDDEN, &none, None);
-        let same = KeyPool::new(&keys(&[Some("acme"), None]), PoolSettings::default(), Some(&p));
+        let same = KeyPool::new(
+            &keys(&[Some("acme"), None]),
+            PoolSettings::default(),
+            Some(&p),
+        );
         assert_eq!(same.census().retired, 1);
         assert!(same.pick(&sonnet(), None).is_err());
         // A third key joins: the pool's keys changed, so the retired key gets another
@@ -812,7 +840,12 @@ mod tests {
         let p = pool(&[None]);
         let models: Vec<String> = (0..200).map(|i| format!("m-{i}")).collect();
         for m in &models {
-            limited(&p, KeyRef(0), &Scope::new(RouteKind::Messages, Some(m)), "30");
+            limited(
+                &p,
+                KeyRef(0),
+                &Scope::new(RouteKind::Messages, Some(m)),
+                "30",
+            );
         }
         let len = p.orgs[0].cooling.lock().unwrap().len();
         assert_eq!(len, MAX_COOLING_SCOPES);

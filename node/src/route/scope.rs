@@ -256,6 +256,9 @@ mod tests {
         let odd = Scope::new(RouteKind::Messages, Some("claude-nova-1")).to_key(&c);
         assert_eq!(odd.label(), "messages/claude-nova-1");
         assert_eq!(odd.metric_label(), "messages/other");
-        assert_eq!(Scope::new(RouteKind::Messages, None).to_key(&c).label(), "messages");
+        assert_eq!(
+            Scope::new(RouteKind::Messages, None).to_key(&c).label(),
+            "messages"
+        );
     }
 }
