@@ -596,6 +596,66 @@ mod tests {
     }
 
     #[test]
+    fn upstream_key_entries_name_their_organisation_and_label() {
+        let parsed = parse_upstream_keys(&keys(&[
+            "org=acme label=prod-1 sk-ant-a",
+            "org=acme   sk-ant-b",
+            "sk-ant-c",
+            "sk-ant-a",
+        ]))
+        .unwrap();
+        let seen: Vec<_> = parsed
+            .iter()
+            .map(|k| (k.label.as_str(), k.org.as_deref(), k.secret.expose()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("prod-1", Some("acme"), "sk-ant-a"),
+                ("k2", Some("acme"), "sk-ant-b"),
+                ("k3", None, "sk-ant-c"),
+            ]
+        );
+        for (bad, says) in [
+            ("acme sk-ant-secret-value", "neither org= nor label="),
+            ("team=x sk-ant-secret-value", "only org= and label="),
+            ("org= sk-ant-secret-value", "org= takes"),
+            ("org=a/b sk-ant-secret-value", "org= takes"),
+        ] {
+            let e = parse_upstream_keys(&keys(&[bad])).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+            assert!(e.contains("entry 1"), "{e}");
+            assert!(!e.contains("secret-value"), "never the key: {e}");
+        }
+        let e = parse_upstream_keys(&keys(&["label=x sk-1", "label=x sk-2"])).unwrap_err();
+        assert!(e.to_string().contains("used twice"), "{e}");
+    }
+
+    #[test]
+    fn model_classes_and_org_rest_are_checked() {
+        let mut raw = RawConfig::default();
+        raw.upstream
+            .model_classes
+            .insert("claude-nova".into(), "nova".into());
+        let c = raw.validate(vec![], vec![]).unwrap();
+        assert_eq!(
+            c.upstream.model_classes,
+            [("claude-nova".to_string(), "nova".to_string())]
+        );
+        assert_eq!(c.upstream.org_rest, crate::config::DEFAULT_ORG_REST);
+        let mut raw = RawConfig::default();
+        raw.upstream
+            .model_classes
+            .insert("claude nova".into(), "nova".into());
+        let e = raw.validate(vec![], vec![]).unwrap_err();
+        assert!(e.to_string().contains("upstream.model_classes"), "{e}");
+        let mut raw = RawConfig::default();
+        raw.upstream.org_rest = Duration::ZERO;
+        let e = raw.validate(vec![], vec![]).unwrap_err();
+        assert!(e.to_string().contains("upstream.org_rest"), "{e}");
+    }
+
+    #[test]
     fn upstream_keys_without_client_keys_is_refused() {
         let e = RawConfig::default()
             .validate(keys(&["sk-up"]), vec![])
