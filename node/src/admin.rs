@@ -1,5 +1,6 @@
-//! The admin listener: `/livez`, `/readyz` and `/metrics`. Health answers are also
-//! served on the public listener (see `proxy::handle`); metrics are admin-only.
+//! The admin listener: `/livez`, `/readyz`, `/metrics` and `/keys` (the upstream
+//! keys' states). Health answers are also served on the public listener (see
+//! `proxy::handle`); the rest is admin-only.
 
 use http::{header, HeaderValue, Response, StatusCode};
 
@@ -17,6 +18,14 @@ pub fn handle(shared: &Shared, req: ClientRequest) -> Response<ProxyBody> {
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        "/keys" => {
+            let mut r = Response::new(ProxyBody::full(keys_json(shared)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
             );
             r
         }
@@ -65,4 +74,36 @@ fn refresh_gauges(shared: &Shared) {
         .metrics
         .draining
         .set(i64::from(shared.health.is_draining()));
+}
+
+/// `/keys`: every pool's keys by label and organisation, with their state and the
+/// scopes cooling for them (never a key).
+fn keys_json(shared: &Shared) -> String {
+    let snap = shared.snapshot.load();
+    let pools = std::iter::once(("default", &snap.pool))
+        .chain(snap.named_pools.iter().map(|(n, p)| (n.as_str(), p)))
+        .map(|(name, pool)| {
+            let keys: Vec<_> = pool
+                .key_states()
+                .into_iter()
+                .map(|k| {
+                    let cooling: Vec<_> = k
+                        .cooling
+                        .iter()
+                        .map(|(scope, left)| {
+                            serde_json::json!({"scope": scope, "seconds_left": left.as_secs_f64().ceil()})
+                        })
+                        .collect();
+                    serde_json::json!({
+                        "label": k.label,
+                        "org": k.org,
+                        "state": k.state,
+                        "cooling": cooling,
+                    })
+                })
+                .collect();
+            serde_json::json!({"pool": name, "keys": keys})
+        })
+        .collect::<Vec<_>>();
+    serde_json::json!({"revision": snap.revision, "pools": pools}).to_string()
 }

@@ -116,6 +116,17 @@ async fn a_burst_on_sonnet_leaves_haiku_count_tokens_and_models_served() {
         m.contains(r#"strait_upstream_keys{state="cooling"} 2"#),
         "{m}"
     );
+    let r = get(&format!("{}/keys", h.admin), &[]).await;
+    let keys = &r.json()["pools"][0]["keys"];
+    assert_eq!(keys[0]["org"], "acme", "{}", r.text());
+    assert_eq!(keys[0]["state"], "usable");
+    assert_eq!(
+        keys[1]["cooling"][0]["scope"],
+        "messages/sonnet",
+        "{}",
+        r.text()
+    );
+    assert!(!r.text().contains("sk-ant"), "never a key");
     let r = readyz(&h).await;
     assert_eq!(r.status, 200, "a cooled scope moves nobody away");
     assert_eq!(r.json()["status"], "warn");

@@ -560,7 +560,8 @@ impl KeyPool {
         c
     }
 
-    /// Each key's label, organisation and state, for the operator (never the key).
+    /// Each key's label, organisation, state and cooling scopes, for the operator
+    /// (never the key): the admin listener's `/keys`, and the dashboard.
     pub fn key_states(&self) -> Vec<KeyState> {
         let t = now_ms();
         let mut now = Some(t);
@@ -577,10 +578,19 @@ impl KeyPool {
                 } else {
                     "usable".to_string()
                 };
+                let cooling = org
+                    .cooling
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .iter()
+                    .filter(|c| c.until_ms > t)
+                    .map(|c| (c.scope.label(), Duration::from_millis(c.until_ms - t)))
+                    .collect();
                 KeyState {
                     label: k.label.clone(),
                     org: org.label().to_string(),
                     state,
+                    cooling,
                 }
             })
             .collect()
@@ -592,7 +602,10 @@ impl KeyPool {
 pub struct KeyState {
     pub label: String,
     pub org: String,
+    /// `usable`, `retired:revoked`, `retired:forbidden`, `resting:billing`, `resting:spend_limit`.
     pub state: String,
+    /// Scopes cooling for the key's organisation, and how long each has left.
+    pub cooling: Vec<(String, Duration)>,
 }
 
 /// How long a 429 cools its scope: the `retry-after`, or `default` without one.
