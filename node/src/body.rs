@@ -29,8 +29,9 @@ pub enum ClientBody {
         left: Option<u64>,
     },
     /// An HTTP/2 request body, from hyper, timed by its watch (the HTTP/1.1 server
-    /// times its own reads).
-    Hyper(hyper::body::Incoming, UploadWatch),
+    /// times its own reads). Boxed: every request body is moved several times on its
+    /// way, and the watch would double the size of all of them.
+    Hyper(hyper::body::Incoming, Box<UploadWatch>),
 }
 
 impl Body for ClientBody {
@@ -245,14 +246,14 @@ pub struct UploadWatch {
 
 impl UploadWatch {
     /// A watch and the receiver its stall is sent to.
-    pub fn new(limits: UploadLimits) -> (UploadWatch, oneshot::Receiver<Stall>) {
+    pub fn new(limits: UploadLimits) -> (Box<UploadWatch>, oneshot::Receiver<Stall>) {
         let (tx, rx) = oneshot::channel();
-        let watch = UploadWatch {
+        let watch = Box::new(UploadWatch {
             clock: UploadClock::new(limits),
             timer: None,
             trip: Some(tx),
             tripped: false,
-        };
+        });
         (watch, rx)
     }
 
@@ -413,10 +414,15 @@ mod tests {
         })
     }
 
+    /// What arrives: after waiting this many ms, this many bytes.
+    type Steps = &'static [(u64, usize)];
+    /// A stall and when it came.
+    type Outcome = Option<(Stall, Duration)>;
+
     /// Runs `steps` (wait this long, then this many bytes arrive) against a clock,
     /// checking whenever the deadline passes as a timer would; returns the stall and
     /// when it came, counted from the start.
-    fn run(min_rate: u64, steps: &[(u64, usize)]) -> Option<(Stall, Duration)> {
+    fn run(min_rate: u64, steps: Steps) -> Outcome {
         let start = Instant::now();
         let mut c = clock(min_rate);
         let mut now = start;
@@ -442,7 +448,7 @@ mod tests {
     fn slow_and_silent_bodies_are_told_apart() {
         let ms = Duration::from_millis;
         // (case, min rate, steps, stall and when)
-        let cases: &[(&str, u64, &[(u64, usize)], Option<(Stall, Duration)>)] = &[
+        let cases: &[(&str, u64, Steps, Outcome)] = &[
             (
                 "silent from the start",
                 1024,
