@@ -37,6 +37,8 @@ pub enum ErrorKind {
     RequestTooLarge,
     /// Request headers over the configured limit (431).
     HeadersTooLarge,
+    /// The client went silent, or too slow, while sending its request body (408).
+    RequestTimeout,
     /// The gateway refused for rate or quota reasons (e.g. every upstream key cooling down).
     RateLimited,
     /// Could not connect to the upstream (DNS, TCP, TLS).
@@ -115,6 +117,7 @@ impl Error {
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::UpstreamConnect | ErrorKind::UpstreamProtocol => StatusCode::BAD_GATEWAY,
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -135,6 +138,8 @@ impl Error {
             ErrorKind::RequestTooLarge => "request_too_large",
             // Anthropic has no type of its own for this; it is a malformed request.
             ErrorKind::HeadersTooLarge => "invalid_request_error",
+            // Likewise: the request did not arrive whole.
+            ErrorKind::RequestTimeout => "invalid_request_error",
             ErrorKind::RateLimited => "rate_limit_error",
             ErrorKind::Unavailable => "overloaded_error",
             // Not overloaded_error: waiting a few seconds, as SDKs do for that, does
@@ -158,6 +163,7 @@ impl Error {
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::RequestTooLarge => "too_large",
             ErrorKind::HeadersTooLarge => "headers_too_large",
+            ErrorKind::RequestTimeout => "request_timeout",
             ErrorKind::RateLimited => "rate_limited",
             ErrorKind::UpstreamConnect => "upstream_connect",
             ErrorKind::UpstreamTimeout => "upstream_timeout",

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub tokens: IntCounterVec,
     pub upstream_errors: IntCounterVec,
     pub gateway_errors: IntCounterVec,
+    /// Request bodies given up for slowness (each also a 408 in `gateway_errors`).
+    pub body_timeouts: IntCounterVec,
     pub retries: IntCounterVec,
     pub active_streams: IntGauge,
     pub stream_failures: IntCounterVec,
@@ -133,6 +135,11 @@ impl Metrics {
                 "gateway_errors_total",
                 "Errors the gateway itself answered, by type",
                 &["type"],
+            ),
+            body_timeouts: counter(
+                "request_body_timeouts_total",
+                "Request bodies given up: nothing arrived for limits.body_read_timeout (silent) or less than limits.min_upload_rate (slow)",
+                &["reason"],
             ),
             retries: counter(
                 "upstream_retries_total",

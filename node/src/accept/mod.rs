@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
-use crate::body::{BoxError, ClientBody};
+use crate::body::{BoxError, ClientBody, UploadLimits, UploadWatch};
 use crate::config::Limits;
 use crate::head::{ClientRequest, HeaderFields};
 use crate::http1::server as h1;
@@ -61,8 +61,13 @@ pub fn http_settings(limits: &Limits, metrics: &Metrics) -> HttpSettings {
             max_head: hard_header_cap(limits),
             header_read_timeout: limits.header_read_timeout,
             max_body: limits.max_body_bytes,
+            upload: UploadLimits {
+                read_timeout: limits.body_read_timeout,
+                min_rate: limits.min_upload_rate,
+            },
             // Counted with the handler's own errors.
             refused: metrics.gateway_errors.clone(),
+            body_timeouts: metrics.body_timeouts.clone(),
         },
         h2,
     }
@@ -85,7 +90,7 @@ pub async fn serve<S, F, B, X>(
 where
     S: Fn(ClientRequest, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Reply<B, X>> + Send + 'static,
-    B: http_body::Body<Data = Bytes, Error = BoxError> + Send + Unpin + 'static,
+    B: http_body::Body<Data = Bytes, Error = BoxError> + From<Bytes> + Send + Unpin + 'static,
     X: HeadFields + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -126,7 +131,7 @@ where
                         h1::serve(tcp, &http.h1, peer, stop, &service).await
                     {
                         let io = Rewind { read, inner: tcp };
-                        serve_h2(&http.h2, io, peer, watcher, service).await;
+                        serve_h2(&http, io, peer, watcher, service).await;
                     }
                 }
                 Some(tls) => {
@@ -134,7 +139,7 @@ where
                     {
                         Ok(Ok(stream)) => {
                             if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                                serve_h2(&http.h2, stream, peer, watcher, service).await;
+                                serve_h2(&http, stream, peer, watcher, service).await;
                             } else if let h1::Ended::Http2(stream, read) =
                                 h1::serve(stream, &http.h1, peer, stop, &service).await
                             {
@@ -142,7 +147,7 @@ where
                                     read,
                                     inner: stream,
                                 };
-                                serve_h2(&http.h2, io, peer, watcher, service).await;
+                                serve_h2(&http, io, peer, watcher, service).await;
                             }
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
@@ -177,7 +182,7 @@ where
 
 /// Serves an HTTP/2 connection with hyper, watched for graceful shutdown.
 async fn serve_h2<IO, S, F, B, X>(
-    builder: &http2::Builder<TokioExecutor>,
+    http: &HttpSettings,
     io: IO,
     peer: SocketAddr,
     watcher: Watcher,
@@ -186,23 +191,39 @@ async fn serve_h2<IO, S, F, B, X>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Fn(ClientRequest, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Reply<B, X>> + Send + 'static,
-    B: http_body::Body<Data = Bytes, Error = BoxError> + Send + Unpin + 'static,
+    B: http_body::Body<Data = Bytes, Error = BoxError> + From<Bytes> + Send + Unpin + 'static,
     X: HeadFields + Send + 'static,
 {
+    let h1 = &http.h1;
     let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let (parts, body) = req.into_parts();
+        let (watch, stalled) = UploadWatch::new(h1.upload);
         let fut = service(
             ClientRequest {
                 method: parts.method,
                 uri: parts.uri,
                 version: parts.version,
                 headers: HeaderFields::Map(parts.headers),
-                body: ClientBody::Hyper(body),
+                body: ClientBody::Hyper(body, watch),
             },
             peer,
         );
+        let (upload, refused, timeouts) = (h1.upload, h1.refused.clone(), h1.body_timeouts.clone());
         async move {
-            let Reply { response, fields } = fut.await;
+            // A body given up before the answer: the handler (and any upstream attempt
+            // relaying the upload) is dropped and the client gets a 408; hyper resets
+            // the stream's unread rest.
+            let reply = tokio::select! {
+                biased;
+                Ok(stall) = stalled => {
+                    timeouts.with_label_values(&[stall.label()]).inc();
+                    let err = stall.error(&upload);
+                    refused.with_label_values(&[err.anthropic_type()]).inc();
+                    return Ok::<_, Infallible>(err.bare_response::<B>());
+                }
+                reply = fut => reply,
+            };
+            let Reply { response, fields } = reply;
             // The fields the HTTP/1.1 writer writes into the head go in the map here.
             let (mut parts, body) = response.into_parts();
             fields.insert_into(&mut parts.headers);
@@ -210,7 +231,7 @@ async fn serve_h2<IO, S, F, B, X>(
             Ok::<_, Infallible>(resp)
         }
     });
-    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    let conn = http.h2.serve_connection(TokioIo::new(io), svc);
     let _ = watcher.watch(conn).await;
 }
 

@@ -39,7 +39,7 @@ pub async fn admit_body(
     let declared = match &body {
         ClientBody::Full(data) => data.as_ref().map(|d| d.len() as u64),
         ClientBody::Channel { left, .. } => *left,
-        ClientBody::Hyper(_) => content_length(headers)?,
+        ClientBody::Hyper(..) => content_length(headers)?,
     };
     if let Some(len) = declared {
         if len > max_body {
@@ -163,9 +163,14 @@ async fn read_limited(body: ClientBody, max: u64) -> Result<Bytes> {
     {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(max)),
-        Err(e) => Err(
-            Error::new(ErrorKind::InvalidRequest, "could not read the request body").with_detail(e),
-        ),
+        // The servers answer a stalled body themselves; this is for one they could not.
+        Err(e) => match e.downcast::<crate::body::BodyStalled>() {
+            Ok(stalled) => Err(stalled.0),
+            Err(e) => Err(
+                Error::new(ErrorKind::InvalidRequest, "could not read the request body")
+                    .with_detail(e),
+            ),
+        },
     }
 }
 

@@ -37,6 +37,10 @@ pub struct Limits {
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
     pub header_read_timeout: Duration,
+    /// Longest wait for the next byte of a request body, the first included.
+    pub body_read_timeout: Duration,
+    /// Bytes per second over each `body_read_timeout` of waiting; 0: no floor.
+    pub min_upload_rate: u64,
     pub max_connections: usize,
     pub drain_timeout: Duration,
 }

@@ -21,6 +21,15 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
 /// Default time a client has to send its request headers (and finish TLS): slowloris guard.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default longest wait for the next byte of a request body (the first included):
+/// three times the header read timeout, and longer than TCP's retransmission backoff
+/// over a few lost segments (1 + 2 + 4 + 8 s), so a stall on a bad link survives it.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default floor on a client's upload rate, in bytes per second, measured over each
+/// `body_read_timeout` of waiting on the client: 1 KiB/s (8 kbit/s) is below what
+/// the slowest mobile data link still in use carries, and makes a trickle of a few
+/// bytes every few seconds give up its connection within one window. 0 turns it off.
+pub const DEFAULT_MIN_UPLOAD_RATE: u64 = 1024;
 /// Default cap on concurrent client connections; further clients wait in the backlog.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
 /// Default time in-flight requests get to finish after SIGTERM.
@@ -127,6 +136,12 @@ pub struct RawLimits {
     pub max_body_bytes: u64,
     #[serde(with = "humantime_serde_compat")]
     pub header_read_timeout: Duration,
+    /// Longest wait for the next byte of a request body. Default 30s.
+    #[serde(with = "humantime_serde_compat")]
+    pub body_read_timeout: Duration,
+    /// Bytes per second a client must send its body at, over each `body_read_timeout`
+    /// of waiting; 0 turns it off. Default 1024.
+    pub min_upload_rate: u64,
     pub max_connections: usize,
     #[serde(with = "humantime_serde_compat")]
     pub drain_timeout: Duration,
@@ -212,6 +227,8 @@ impl Default for RawLimits {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
+            min_upload_rate: DEFAULT_MIN_UPLOAD_RATE,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             default: RawLimitSpec::default(),

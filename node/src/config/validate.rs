@@ -77,6 +77,7 @@ impl RawConfig {
             return Err(Error::config("limits.max_connections must be positive"));
         }
         nonzero("limits.header_read_timeout", l.header_read_timeout)?;
+        nonzero("limits.body_read_timeout", l.body_read_timeout)?;
 
         let u = self.upstream;
         let target = parse_upstream(&u.base_url)?;
@@ -233,6 +234,8 @@ impl RawConfig {
                 max_header_bytes: l.max_header_bytes,
                 max_body_bytes: l.max_body_bytes,
                 header_read_timeout: l.header_read_timeout,
+                body_read_timeout: l.body_read_timeout,
+                min_upload_rate: l.min_upload_rate,
                 max_connections: l.max_connections,
                 drain_timeout: l.drain_timeout,
             },
@@ -579,8 +582,8 @@ pub fn parse_upstream_keys(entries: &[Secret]) -> Result<Vec<UpstreamKey>> {
 mod tests {
     use super::*;
     use crate::config::{
-        KeyMode, DEFAULT_EXPECTED_NODES, DEFAULT_LEASE_TTL, DEFAULT_MAX_BODY_BYTES,
-        DEFAULT_SLOT_TTL,
+        KeyMode, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_EXPECTED_NODES, DEFAULT_LEASE_TTL,
+        DEFAULT_MAX_BODY_BYTES, DEFAULT_MIN_UPLOAD_RATE, DEFAULT_SLOT_TTL,
     };
 
     fn keys(v: &[&str]) -> Vec<Secret> {
@@ -698,6 +701,29 @@ mod tests {
         assert!(e.message.contains("invalid duration"), "{e}");
         assert!(refusal("[upstream]\nh2_max_streams_per_connection = 0\n")
             .contains("upstream.h2_max_streams_per_connection"));
+    }
+
+    #[test]
+    fn body_timing_limits_have_defaults_and_are_checked() {
+        let c = RawConfig::default().validate(vec![], vec![]).unwrap();
+        assert_eq!(c.limits.body_read_timeout, DEFAULT_BODY_READ_TIMEOUT);
+        assert_eq!(c.limits.min_upload_rate, DEFAULT_MIN_UPLOAD_RATE);
+        let c = RawConfig::from_toml("[limits]\nbody_read_timeout = \"5s\"\nmin_upload_rate = 0\n")
+            .unwrap()
+            .validate(vec![], vec![])
+            .unwrap();
+        assert_eq!(c.limits.body_read_timeout, Duration::from_secs(5));
+        assert_eq!(c.limits.min_upload_rate, 0, "0 turns the floor off");
+        assert!(
+            refusal("[limits]\nbody_read_timeout = \"0s\"\n").contains("limits.body_read_timeout")
+        );
+        for bad in [
+            "[limits]\nmin_upload_rate = -1\n",
+            "[limits]\nmin_upload_rate = \"1KiB\"\n",
+            "[limits]\nbody_read_timeout = 30\n",
+        ] {
+            assert!(RawConfig::from_toml(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The HTTP/1.1 server for client connections (run by [`crate::accept`]): one
 //! connection's loop. Request heads are parsed by [`super::request`]; small bodies
 //! with a declared length are read before the request is handed over, larger ones
-//! pumped through a channel; responses are written by [`super::response`].
+//! pumped through a channel; responses are written by [`super::response`]. Body reads
+//! are timed by a [`UploadClock`] on the connection's one timer: a client silent or
+//! too slow with its body gets a 408 from here, and a handler under way is dropped.
 //!
 //! Why not hyper's HTTP/1 server: after the upstream client, it was the largest cost
 //! per proxied request (docs/benchmarks.md). HTTP/2 still goes to hyper (`mod.rs`).
@@ -18,12 +20,13 @@ use http_body::Body;
 use http_body_util::Full;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, Sleep};
 
 use super::framing::{self as wire, Framing};
 use super::request::{is_h2_preface, parse_head, Head, Refused, H2_PREFACE, MAX_HEADERS};
 use super::response::write_response;
 use super::{HeadFields, Reply};
-use crate::body::ClientBody;
+use crate::body::{self, ClientBody, Stall, UploadClock, UploadLimits};
 use crate::error::{Error, ErrorKind};
 use crate::head::{ClientRequest, HeaderFields};
 
@@ -48,8 +51,12 @@ pub struct Settings {
     pub header_read_timeout: Duration,
     /// Declared bodies over this are not read ahead; the handler refuses them.
     pub max_body: u64,
+    /// How long a client may take over a request body.
+    pub upload: UploadLimits,
     /// Counts heads refused here (they never reach the handler), by error type.
     pub refused: prometheus::IntCounterVec,
+    /// Counts bodies given up here, by reason (`strait_request_body_timeouts_total`).
+    pub body_timeouts: prometheus::IntCounterVec,
 }
 
 /// No fields outside the map: the server's own refusals.
@@ -103,8 +110,9 @@ where
         out: Vec::with_capacity(1024),
     };
     let mut first = true;
-    // One timer for the connection, moved on for each head: registering a new one per
-    // request cost more than the rest of reading the head.
+    // One timer for the connection, moved on for each head (and for a body that is
+    // waited for): registering a new one per request cost more than the rest of
+    // reading the head.
     let deadline = tokio::time::sleep(settings.header_read_timeout);
     tokio::pin!(deadline);
     // Likewise one wait for the drain signal, on a receiver of its own: a fresh
@@ -143,20 +151,7 @@ where
                     ),
                     Refused::Malformed(what) => Error::new(ErrorKind::InvalidRequest, what),
                 };
-                // Counted with the handler's own errors: these never reach it.
-                settings
-                    .refused
-                    .with_label_values(&[err.anthropic_type()])
-                    .inc();
-                let mut keep_alive = false;
-                let refusal = Reply {
-                    response: err.bare_response::<Full<Bytes>>(),
-                    fields: NoFields,
-                };
-                let _ = write_response(&mut conn, refusal, false, false, &mut keep_alive).await;
-                // Whatever else the client sent is not read: drain it so the answer
-                // is not lost to a reset.
-                linger(&mut conn).await;
+                refuse(&mut conn, settings, err).await;
                 break;
             }
         };
@@ -197,20 +192,25 @@ where
         let response = match framing {
             Framing::Done => {
                 let fut = service(request(ClientBody::Full(None)), peer);
-                fut.await
+                Ok(fut.await)
             }
             Framing::Length(n) if n <= PREREAD.min(settings.max_body) => {
                 let n = n as usize;
-                while conn.buf.len() < n {
-                    conn.buf.reserve(n - conn.buf.len());
-                    match conn.io.read_buf(&mut conn.buf).await {
-                        Ok(0) | Err(_) => return Ended::Closed,
-                        Ok(_) => {}
+                // Usually the body came with the head: no clock, no timer.
+                let read = if conn.buf.len() < n {
+                    read_declared(&mut conn, n, settings.upload, deadline.as_mut()).await
+                } else {
+                    Ok(true)
+                };
+                match read {
+                    Ok(true) => {
+                        framing = Framing::Done;
+                        let body = conn.buf.split_to(n).freeze();
+                        Ok(service(request(ClientBody::Full(Some(body))), peer).await)
                     }
+                    Ok(false) => return Ended::Closed,
+                    Err(stall) => Err(stall),
                 }
-                framing = Framing::Done;
-                let body = conn.buf.split_to(n).freeze();
-                service(request(ClientBody::Full(Some(body))), peer).await
             }
             _ => {
                 // Larger or chunked: the handler reads the body through a channel
@@ -221,16 +221,38 @@ where
                     _ => None,
                 };
                 let fut = service(request(ClientBody::Channel { rx, left }), peer);
-                let pump = pump(&mut conn, &mut framing, tx);
+                let pump = pump(
+                    &mut conn,
+                    &mut framing,
+                    tx,
+                    settings.upload,
+                    deadline.as_mut(),
+                );
                 tokio::pin!(fut, pump);
                 let mut pumping = true;
                 loop {
                     tokio::select! {
                         biased;
-                        r = &mut fut => break r,
-                        () = &mut pump, if pumping => pumping = false,
+                        r = &mut fut => break Ok(r),
+                        p = &mut pump, if pumping => match p {
+                            Ok(()) => pumping = false,
+                            // The handler (and an upload it was relaying upstream) is
+                            // dropped: nothing has been sent back yet.
+                            Err(stall) => break Err(stall),
+                        },
                     }
                 }
+            }
+        };
+        let response = match response {
+            Ok(r) => r,
+            Err(stall) => {
+                settings
+                    .body_timeouts
+                    .with_label_values(&[stall.label()])
+                    .inc();
+                refuse(&mut conn, settings, stall.error(&settings.upload)).await;
+                break;
             }
         };
         let body_read = framing.is_done();
@@ -311,43 +333,111 @@ async fn read_head<IO: AsyncRead + Unpin, D: futures_util::future::FusedFuture>(
     }
 }
 
+/// Answers `err` on the server's own account (the request never reached the handler,
+/// or the handler was dropped), counted with the handler's errors, and closes the
+/// connection.
+async fn refuse<IO: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<IO>,
+    settings: &Settings,
+    err: Error,
+) {
+    settings
+        .refused
+        .with_label_values(&[err.anthropic_type()])
+        .inc();
+    let mut keep_alive = false;
+    let refusal = Reply {
+        response: err.bare_response::<Full<Bytes>>(),
+        fields: NoFields,
+    };
+    let _ = write_response(conn, refusal, false, false, &mut keep_alive).await;
+    // Whatever else the client sent is not read: drain it so the answer is not lost
+    // to a reset.
+    linger(conn).await;
+}
+
+/// Reads until `conn.buf` holds a declared body of `n` bytes. `Ok(false)`: the client
+/// closed or the connection failed.
+async fn read_declared<IO: AsyncRead + Unpin>(
+    conn: &mut Conn<IO>,
+    n: usize,
+    limits: UploadLimits,
+    mut timer: Pin<&mut Sleep>,
+) -> Result<bool, Stall> {
+    let mut clock = UploadClock::new(limits);
+    while conn.buf.len() < n {
+        let want = n - conn.buf.len();
+        match read_body(conn, want, &mut clock, timer.as_mut()).await? {
+            Ok(0) | Err(_) => return Ok(false),
+            Ok(_) => {}
+        }
+    }
+    Ok(true)
+}
+
+/// One read of body bytes into `conn.buf`, with room for `want` more, timed by
+/// `clock` on the connection's timer. Only this wait counts against the client.
+async fn read_body<IO: AsyncRead + Unpin>(
+    conn: &mut Conn<IO>,
+    want: usize,
+    clock: &mut UploadClock,
+    mut timer: Pin<&mut Sleep>,
+) -> Result<io::Result<usize>, Stall> {
+    conn.buf.reserve(want);
+    body::arm(timer.as_mut(), clock.wait(Instant::now()));
+    loop {
+        tokio::select! {
+            biased;
+            r = conn.io.read_buf(&mut conn.buf) => {
+                clock.arrived(*r.as_ref().unwrap_or(&0), Instant::now());
+                return Ok(r);
+            }
+            () = timer.as_mut() => {
+                let next = clock.check(Instant::now())?;
+                timer.as_mut().reset(next);
+            }
+        }
+    }
+}
+
 /// Reads a streamed request body off the connection into the handler's channel.
 /// Returns when the body is complete (`framing` is then `Done`), the handler stops
-/// reading it, or the connection fails.
+/// reading it, or the connection fails; `Err` when the client was too slow with it.
+/// Time spent waiting for room in the channel is the node's, not the client's.
 async fn pump<IO: AsyncRead + Unpin>(
     conn: &mut Conn<IO>,
     framing: &mut Framing,
     tx: mpsc::Sender<io::Result<Bytes>>,
-) {
+    limits: UploadLimits,
+    mut timer: Pin<&mut Sleep>,
+) -> Result<(), Stall> {
+    let mut clock = UploadClock::new(limits);
     loop {
         match wire::decode(framing, &mut conn.buf) {
             Ok(Some(data)) => {
                 if tx.send(Ok(data)).await.is_err() {
-                    return;
+                    return Ok(());
                 }
             }
-            Ok(None) if framing.is_done() => return,
-            Ok(None) => {
-                conn.buf.reserve(READ_CHUNK);
-                match conn.io.read_buf(&mut conn.buf).await {
-                    Ok(0) => {
-                        let eof = io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "client closed the connection mid-body",
-                        );
-                        let _ = tx.send(Err(eof)).await;
-                        return;
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
+            Ok(None) if framing.is_done() => return Ok(()),
+            Ok(None) => match read_body(conn, READ_CHUNK, &mut clock, timer.as_mut()).await? {
+                Ok(0) => {
+                    let eof = io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "client closed the connection mid-body",
+                    );
+                    let _ = tx.send(Err(eof)).await;
+                    return Ok(());
                 }
-            }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return Ok(());
+                }
+            },
             Err(e) => {
                 let _ = tx.send(Err(e)).await;
-                return;
+                return Ok(());
             }
         }
     }
