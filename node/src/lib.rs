@@ -24,6 +24,8 @@
 //!   (membership and live config in etcd; the node alone on its file config when no
 //!   etcd is configured).
 //! - [`server`] (start, signals, drain) and [`cli`] (flags and environment).
+//! - `fuzz`: entry points for the property tests and `cargo fuzz` (docs/fuzzing.md);
+//!   nothing on the request path uses it.
 
 pub mod accept;
 pub mod account;
@@ -36,6 +38,8 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod forward;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod head;
 pub mod health;
 pub mod http1;

@@ -56,20 +56,37 @@ impl SseTap {
         }
     }
 
+    /// Reads the events in `events` (whole events, as [`split_complete`] passes them)
+    /// as the WHATWG rules dispatch them: a field's value loses one leading space, a
+    /// line without a colon is a field with an empty value, an empty type is
+    /// `message`, and an event without data (a comment, a lone `event:`) is not
+    /// dispatched.
+    ///
+    /// [`split_complete`]: SseTap::split_complete
     pub fn scan(&mut self, events: &[u8], mut f: impl FnMut(SseEvent<'_>)) {
         for raw in split_events(events) {
-            let mut name = "message";
-            let mut data: &[u8] = b"";
+            let mut name: &[u8] = b"";
+            let mut data: Option<&[u8]> = None;
             for line in raw.split(|&b| b == b'\n') {
                 let line = line.strip_suffix(b"\r").unwrap_or(line);
-                if let Some(v) = line.strip_prefix(b"event:") {
-                    name = std::str::from_utf8(v).unwrap_or("").trim();
-                } else if let Some(v) = line.strip_prefix(b"data:") {
-                    if data.is_empty() {
-                        data = v.strip_prefix(b" ").unwrap_or(v);
-                    }
+                let (field, value) = match memchr::memchr(b':', line) {
+                    Some(c) => (&line[..c], &line[c + 1..]),
+                    None => (line, &b""[..]),
+                };
+                let value = value.strip_prefix(b" ").unwrap_or(value);
+                match field {
+                    b"event" => name = value,
+                    b"data" if data.is_none() => data = Some(value),
+                    _ => {}
                 }
             }
+            let Some(data) = data else { continue };
+            let name = match std::str::from_utf8(name) {
+                Ok("") => "message",
+                Ok(name) => name,
+                // Not a type the node acts on.
+                Err(_) => "\u{fffd}",
+            };
             match name {
                 "message_stop" => self.saw_stop = true,
                 "error" => self.saw_error = true,
@@ -80,7 +97,8 @@ impl SseTap {
     }
 }
 
-/// Index just past the last blank line ("\n\n" or "\r\n\r\n") in `buf`.
+/// Index just past the last blank line in `buf`: a line end (LF or CRLF) followed
+/// by another ("\n\n", "\n\r\n", "\r\n\r\n").
 pub fn last_boundary(buf: &[u8]) -> Option<usize> {
     let mut i = buf.len();
     while i >= 2 {
@@ -88,7 +106,7 @@ pub fn last_boundary(buf: &[u8]) -> Option<usize> {
             if buf[i - 2] == b'\n' {
                 return Some(i);
             }
-            if i >= 4 && &buf[i - 4..i] == b"\r\n\r\n" {
+            if i >= 3 && &buf[i - 3..i] == b"\n\r\n" {
                 return Some(i);
             }
         }
@@ -199,6 +217,39 @@ mod tests {
         );
         assert_eq!(last_boundary(b"event: a\r\ndata: 1\r\n\r\n"), Some(21));
         assert_eq!(last_boundary(b"event: a\ndata: 1\n"), None);
+        // Found by the fuzz properties (tests/prop_sse.rs): an LF then a CRLF ends an
+        // event too, and was held back until the next boundary.
+        assert_eq!(last_boundary(b"data: 1\n\r\nda"), Some(10));
+    }
+
+    /// Found by the fuzz properties (tests/prop_sse.rs), against the WHATWG rules:
+    /// an event without data is not dispatched (a comment before an `error` event hid
+    /// it from `first_event_is_error`), values lose one space only, `data` without a
+    /// colon is data, and an empty type is `message`.
+    #[test]
+    fn events_are_read_as_the_whatwg_rules_dispatch_them() {
+        assert!(first_event_is_error(
+            b": keep-alive\n\nevent: error\ndata: {}\n\n"
+        ));
+        assert!(first_event_is_error(
+            b"event: error\n\nevent: error\ndata: {}\n\n"
+        ));
+        let mut t = SseTap::default();
+        let mut seen = Vec::new();
+        t.scan(
+            b"event:  error\ndata: x\n\nevent:\ndata\n\nevent:message_stop\ndata:  y\n\n",
+            |e| seen.push((e.name.to_string(), e.data.to_vec())),
+        );
+        assert_eq!(
+            seen,
+            [
+                (" error".to_string(), b"x".to_vec()),
+                ("message".to_string(), b"".to_vec()),
+                ("message_stop".to_string(), b" y".to_vec()),
+            ]
+        );
+        assert!(!t.saw_error);
+        assert!(t.saw_stop);
     }
 
     #[test]

@@ -59,6 +59,12 @@ const LAYERS: &[Layer] = &[
         modules: &["server", "cli"],
         why: "start, signals and drain; flags and environment: the top, used by main only",
     },
+    Layer {
+        name: "fuzz entry points",
+        modules: &["fuzz"],
+        why: "the parsers run against their references for the property tests and cargo \
+              fuzz: reaches into the protocol and vocabulary, used by no module",
+    },
 ];
 
 #[test]

@@ -12,6 +12,8 @@ pub mod client;
 pub mod connect;
 pub mod dns;
 pub mod framing;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod pool;
 mod request;
 mod response;

@@ -56,11 +56,17 @@ fn head_end(buf: &[u8]) -> Option<usize> {
 
 /// Parses one request head from the front of `buf`, consuming it when complete.
 pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
-    // Empty lines before a request line are ignored (RFC 9112 2.2).
-    let blank = buf
-        .iter()
-        .take_while(|b| matches!(b, b'\r' | b'\n'))
-        .count();
+    // Empty lines before a request line are ignored (RFC 9112 2.2): CRLF or LF, as
+    // httparse takes them. A bare CR is not one (hyper refuses it); a CR at the end
+    // of what has come may be the start of a CRLF and waits.
+    let mut blank = 0;
+    loop {
+        match &buf[blank..] {
+            [b'\n', ..] => blank += 1,
+            [b'\r', b'\n', ..] => blank += 2,
+            _ => break,
+        }
+    }
     bytes::Buf::advance(buf, blank);
     let Some(len) = head_end(buf) else {
         return Ok(None);
@@ -242,6 +248,20 @@ mod tests {
             .flatten()
             .unwrap();
         assert_eq!(head.framing, Framing::Length(4));
+    }
+
+    /// Found by the fuzz properties (tests/prop_http1.rs): a bare CR before the
+    /// request line was skipped as if it were an empty line; hyper refuses it.
+    #[test]
+    fn only_crlf_and_lf_are_empty_lines_before_a_request() {
+        assert!(refused(b"\rGET / HTTP/1.1\r\nhost: x\r\n\r\n"));
+        assert!(refused(b"\r\rGET / HTTP/1.1\r\nhost: x\r\n\r\n"));
+        let mut buf = BytesMut::from(&b"\r\n\n\r"[..]);
+        assert!(matches!(parse_head(&mut buf), Ok(None)));
+        assert_eq!(&buf[..], b"\r", "a CR that may begin a CRLF waits");
+        buf.extend_from_slice(b"\nGET /b HTTP/1.1\r\nhost: x\r\n\r\n");
+        let head = parse_head(&mut buf).ok().flatten().expect("complete");
+        assert_eq!(head.uri.path(), "/b");
     }
 
     #[test]
