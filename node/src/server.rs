@@ -64,6 +64,10 @@ impl Node {
             health: Arc::new(Health::new()),
             request_ids: RequestIds::new(),
             limiter: limiter.clone(),
+            body_budget: crate::admit::budget::BodyBudget::new(
+                config.limits.max_inflight_body_bytes,
+                &metrics,
+            ),
         });
 
         // Cluster mode: serve the last good config from disk until etcd answers.
