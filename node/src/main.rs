@@ -3,8 +3,10 @@
 use clap::Parser;
 use strait_node::cli::{summary, Cli};
 
-// The allocator is chosen at build time (node/Cargo.toml features); the figures that
-// chose the default are in docs/benchmarks.md "Memory after large bodies".
+// The allocator is chosen at build time (node/Cargo.toml features; jemalloc unless
+// built without default features): glibc kept the memory of large request bodies after
+// they were freed, jemalloc's background thread gives it back within seconds. The
+// figures are in docs/benchmarks.md "Memory after large bodies".
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
