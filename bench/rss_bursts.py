@@ -34,7 +34,9 @@ def status_kib(pid, field):
 
 
 def upload(port, body, out, i):
-    """One POST /v1/messages with the whole body; records the status (0 on failure)."""
+    """One POST /v1/messages with the whole body; records the status (0 on failure).
+    Not procs.http_post: a body refused unread fails to send, and its 503 must still
+    be read."""
     head = (f"POST /v1/messages HTTP/1.1\r\nHost: bench\r\nx-api-key: c1\r\n"
             f"anthropic-version: 2023-06-01\r\ncontent-type: application/json\r\n"
             f"connection: close\r\ncontent-length: {len(body)}\r\n\r\n").encode()

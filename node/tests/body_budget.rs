@@ -36,15 +36,21 @@ fn message_of(len: u64) -> Vec<u8> {
     body
 }
 
-/// Sends the head of a `len`-byte Messages upload and the first `sent` bytes of it.
-async fn start_upload(h: &Harness, len: u64, sent: usize) -> (TcpStream, Vec<u8>) {
+/// Opens a connection and sends a Messages request head framed by `framing`.
+async fn open(h: &Harness, framing: &str) -> TcpStream {
     let mut s = TcpStream::connect(h.url.trim_start_matches("http://"))
         .await
         .unwrap();
     let head = format!(
-        "POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: {CLIENT_KEY}\r\nanthropic-version: 2023-06-01\r\ncontent-type: application/json\r\ncontent-length: {len}\r\nconnection: close\r\n\r\n"
+        "POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: {CLIENT_KEY}\r\nanthropic-version: 2023-06-01\r\ncontent-type: application/json\r\n{framing}\r\nconnection: close\r\n\r\n"
     );
     s.write_all(head.as_bytes()).await.unwrap();
+    s
+}
+
+/// Sends the head of a `len`-byte Messages upload and the first `sent` bytes of it.
+async fn start_upload(h: &Harness, len: u64, sent: usize) -> (TcpStream, Vec<u8>) {
+    let mut s = open(h, &format!("content-length: {len}")).await;
     let body = message_of(len);
     s.write_all(&body[..sent]).await.unwrap();
     (s, body[sent..].to_vec())
@@ -100,23 +106,14 @@ async fn uploads_beyond_the_budget_get_503_and_those_within_it_succeed() {
     assert_refused(&finish(c, &c_rest).await);
     assert_eq!(metric(&h, REFUSALS).await, 1.0);
     // A chunked upload is refused once it outgrows what is left.
-    let (d, d_rest) = {
-        let mut s = TcpStream::connect(h.url.trim_start_matches("http://"))
-            .await
-            .unwrap();
-        let head = format!(
-            "POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: {CLIENT_KEY}\r\nanthropic-version: 2023-06-01\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
-        );
-        s.write_all(head.as_bytes()).await.unwrap();
-        let mut rest = Vec::new();
-        for piece in message_of(BODY).chunks(16 * 1024) {
-            rest.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
-            rest.extend_from_slice(piece);
-            rest.extend_from_slice(b"\r\n");
-        }
-        rest.extend_from_slice(b"0\r\n\r\n");
-        (s, rest)
-    };
+    let d = open(&h, "transfer-encoding: chunked").await;
+    let mut d_rest = Vec::new();
+    for piece in message_of(BODY).chunks(16 * 1024) {
+        d_rest.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        d_rest.extend_from_slice(piece);
+        d_rest.extend_from_slice(b"\r\n");
+    }
+    d_rest.extend_from_slice(b"0\r\n\r\n");
     assert_refused(&finish(d, &d_rest).await);
     assert_eq!(metric(&h, REFUSALS).await, 2.0);
 
