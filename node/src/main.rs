@@ -3,6 +3,18 @@
 use clap::Parser;
 use strait_node::cli::{summary, Cli};
 
+// The allocator is chosen at build time (node/Cargo.toml features; jemalloc unless
+// built without default features): glibc kept the memory of large request bodies after
+// they were freed, jemalloc's background thread gives it back within seconds. The
+// figures are in docs/benchmarks.md "Memory after large bodies".
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let check_only = cli.check_config;

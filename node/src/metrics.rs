@@ -47,6 +47,10 @@ pub struct Metrics {
     pub keys_retired: IntCounterVec,
     pub keys: IntGaugeVec,
     pub draining: IntGauge,
+    /// Request body bytes held under `limits.max_inflight_body_bytes`.
+    pub body_bytes_in_flight: IntGauge,
+    /// Requests refused because their body did not fit the in-flight body budget.
+    pub body_budget_refusals: IntCounter,
 }
 
 impl Metrics {
@@ -172,6 +176,21 @@ impl Metrics {
             ),
             keys,
             draining: gauge("draining", "1 while the node drains"),
+            body_bytes_in_flight: gauge(
+                "request_body_bytes_in_flight",
+                "Request body bytes held in memory (limits.max_inflight_body_bytes)",
+            ),
+            body_budget_refusals: {
+                let c = IntCounter::new(
+                    "request_body_budget_refusals_total",
+                    "Requests refused (503) because the in-flight body budget was full",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("unique metric");
+                c
+            },
             registry,
         })
     }

@@ -155,6 +155,7 @@ async fn phases(
         &headers,
         body,
         shared.config.limits.max_body_bytes,
+        &shared.body_budget,
     )
     .await?;
     record.stream = meta.stream;

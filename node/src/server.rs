@@ -73,6 +73,10 @@ impl Node {
             request_ids: RequestIds::new(),
             limiter: limiter.clone(),
             drain_cut: Arc::new(DrainCut::default()),
+            body_budget: crate::admit::budget::BodyBudget::new(
+                config.limits.max_inflight_body_bytes,
+                &metrics,
+            ),
         });
 
         // Cluster mode: serve the last good config from disk until etcd answers.

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use http::StatusCode;
 
+use crate::admit::budget::BodyBudget;
 use crate::auth::{Authenticator, Principal};
 use crate::config::{Config, KeyMode};
 use crate::forward::Upstream;
@@ -81,6 +82,8 @@ pub struct Shared {
     pub limiter: Arc<Limiter>,
     /// Fired at the drain deadline: every response still being relayed ends (phase 6).
     pub drain_cut: Arc<DrainCut>,
+    /// Memory for buffered request bodies (`limits.max_inflight_body_bytes`).
+    pub body_budget: Arc<BodyBudget>,
 }
 
 /// Request ids: a per-process random prefix and a counter, cheap and unique enough to

@@ -1,15 +1,19 @@
 //! Phase 3, admit: decide whether a request may go on. Today: the route is one the
 //! gateway relays, the body is within limits, and a Messages body is valid JSON
-//! (whose `model`, `stream` and `max_tokens` are read for routing and accounting).
+//! (whose `model`, `stream` and `max_tokens` are read for routing and accounting),
+//! read whole only within the node's in-flight body budget ([`budget`]).
 
+pub mod budget;
 mod peek;
 pub mod target;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::{header, Method};
-use http_body_util::BodyExt;
 use serde::Deserialize;
 
+use self::budget::BodyBudget;
 use crate::body::{ClientBody, RequestBody};
 use crate::error::{Error, ErrorKind, Result};
 use crate::head::HeaderFields;
@@ -26,13 +30,15 @@ struct MessagesPeek {
 }
 
 /// Reads and checks a request body according to its route. Returns the body to send
-/// upstream and what was learnt from it.
+/// upstream and what was learnt from it. A body that is buffered holds its bytes of
+/// `budget` until its last copy is dropped; one that does not fit is refused (503).
 pub async fn admit_body(
     route: RouteKind,
     method: &Method,
     headers: &HeaderFields,
     body: ClientBody,
     max_body: u64,
+    budget: &Arc<BodyBudget>,
 ) -> Result<(RequestBody, RequestMeta)> {
     // The HTTP/1.1 server has read the declared length already (and refused a bad
     // one): only an HTTP/2 body needs the header looked up again.
@@ -60,7 +66,7 @@ pub async fn admit_body(
             RequestMeta::default(),
         ));
     }
-    let bytes = read_limited(body, max_body).await?;
+    let bytes = budget::read_body(body, declared, max_body, budget).await?;
     let meta = match route {
         RouteKind::Messages | RouteKind::CountTokens => peek_messages(&bytes)?,
         _ => {
@@ -145,32 +151,6 @@ fn content_length(headers: &HeaderFields) -> Result<Option<u64>> {
         Some(v) => crate::http1::framing::parse_length(v)
             .map(Some)
             .ok_or_else(|| Error::new(ErrorKind::InvalidRequest, "invalid content-length header")),
-    }
-}
-
-async fn read_limited(body: ClientBody, max: u64) -> Result<Bytes> {
-    if let ClientBody::Full(data) = body {
-        // Read whole by the server already: no collecting.
-        let data = data.unwrap_or_default();
-        if data.len() as u64 > max {
-            return Err(too_large(max));
-        }
-        return Ok(data);
-    }
-    match http_body_util::Limited::new(body, max as usize)
-        .collect()
-        .await
-    {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(max)),
-        // The servers answer a stalled body themselves; this is for one they could not.
-        Err(e) => match e.downcast::<crate::body::BodyStalled>() {
-            Ok(stalled) => Err(stalled.0),
-            Err(e) => Err(
-                Error::new(ErrorKind::InvalidRequest, "could not read the request body")
-                    .with_detail(e),
-            ),
-        },
     }
 }
 

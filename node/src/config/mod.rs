@@ -36,6 +36,8 @@ pub struct TlsConfig {
 pub struct Limits {
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
+    /// Budget over buffered request bodies held at once (`admit::budget`).
+    pub max_inflight_body_bytes: u64,
     pub header_read_timeout: Duration,
     /// Longest wait for the next byte of a request body, the first included.
     pub body_read_timeout: Duration,

@@ -19,6 +19,10 @@ pub const DEFAULT_UPSTREAM: &str = "https://api.anthropic.com";
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Default cap on a request body: 32 MiB, Anthropic's own limit for Messages requests.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
+/// Default budget over all request bodies held in memory at once: 256 MiB, room for
+/// eight bodies at the 32 MiB cap or thousands of ordinary ones, and a bound a node
+/// on a small (1-2 GiB) machine can afford beside its connections.
+pub const DEFAULT_MAX_INFLIGHT_BODY_BYTES: u64 = 256 * 1024 * 1024;
 /// Default time a client has to send its request headers (and finish TLS): slowloris guard.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default longest wait for the next byte of a request body (the first included):
@@ -134,6 +138,10 @@ pub struct RawTls {
 pub struct RawLimits {
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
+    /// Bytes of buffered request bodies (Messages, count_tokens, batches) held at once,
+    /// over all connections; a body that does not fit is refused with 503 and
+    /// `retry-after`. At least `max_body_bytes`. Default 256 MiB.
+    pub max_inflight_body_bytes: u64,
     #[serde(with = "humantime_serde_compat")]
     pub header_read_timeout: Duration,
     /// Longest wait for the next byte of a request body. Default 30s.
@@ -226,6 +234,7 @@ impl Default for RawLimits {
         RawLimits {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_inflight_body_bytes: DEFAULT_MAX_INFLIGHT_BODY_BYTES,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
             min_upload_rate: DEFAULT_MIN_UPLOAD_RATE,

@@ -73,6 +73,13 @@ impl RawConfig {
         if l.max_body_bytes == 0 {
             return Err(Error::config("limits.max_body_bytes must be positive"));
         }
+        // A smaller budget would refuse the largest allowed body forever, with a 503
+        // that tells the client to retry.
+        if l.max_inflight_body_bytes < l.max_body_bytes {
+            return Err(Error::config(
+                "limits.max_inflight_body_bytes must be at least limits.max_body_bytes",
+            ));
+        }
         if l.max_connections == 0 {
             return Err(Error::config("limits.max_connections must be positive"));
         }
@@ -233,6 +240,7 @@ impl RawConfig {
             limits: Limits {
                 max_header_bytes: l.max_header_bytes,
                 max_body_bytes: l.max_body_bytes,
+                max_inflight_body_bytes: l.max_inflight_body_bytes,
                 header_read_timeout: l.header_read_timeout,
                 body_read_timeout: l.body_read_timeout,
                 min_upload_rate: l.min_upload_rate,
