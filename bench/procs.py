@@ -116,13 +116,28 @@ def _on_signal(signum, _frame):
 signal.signal(signal.SIGTERM, _on_signal)
 
 
-def rss_kib(pid):
-    """Resident set size of a process in KiB (VmRSS from /proc)."""
+def status_kib(pid, field):
+    """A KiB figure of a process from /proc/PID/status (VmRSS, VmHWM, ...)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    raise RuntimeError(f"no {field} for pid {pid}")
+
+
+def rss_kib(pid):
+    """Resident set size of a process in KiB (VmRSS from /proc)."""
+    return status_kib(pid, "VmRSS")
+
+
+def read_to_end(sock):
+    """Every byte the peer sends until it closes."""
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
 
 
 def child_pids(pid):
@@ -200,12 +215,7 @@ def http_get(port, path, timeout=5.0):
     """A tiny blocking HTTP/1.1 GET (for /metrics), returns (status, body)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = read_to_end(s)
     head, _, body = data.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
     if b"transfer-encoding: chunked" in head.lower():
@@ -220,12 +230,7 @@ def http_post(port, path, body, headers, timeout=5.0):
            f"content-length: {len(body)}\r\n\r\n").encode() + body
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(req)
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = read_to_end(s)
     head, _, rest = data.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
     if b"transfer-encoding: chunked" in head.lower():

@@ -25,14 +25,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import procs  # noqa: E402
 
 
-def status_kib(pid, field):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
 def upload(port, body, out, i):
     """One POST /v1/messages with the whole body; records the status (0 on failure).
     Not procs.http_post: a body refused unread fails to send, and its 503 must still
@@ -47,12 +39,7 @@ def upload(port, body, out, i):
                 s.sendall(body)
             except OSError:
                 pass  # refused unread (503): the answer is still there to read
-            data = b""
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+            data = procs.read_to_end(s)
         out[i] = int(data.split(b" ", 2)[1]) if data else 0
     except OSError:
         out[i] = 0
@@ -100,8 +87,8 @@ def main():
 
     def sample(what):
         s = {"t": round(time.monotonic() - start, 1), "what": what,
-             "rss_mib": round(status_kib(node.pid, "VmRSS") / 1024, 1),
-             "hwm_mib": round(status_kib(node.pid, "VmHWM") / 1024, 1)}
+             "rss_mib": round(procs.status_kib(node.pid, "VmRSS") / 1024, 1),
+             "hwm_mib": round(procs.status_kib(node.pid, "VmHWM") / 1024, 1)}
         samples.append(s)
         print(f"{s['t']:7.1f}s  {what:<22} RSS {s['rss_mib']:7.1f} MiB  (peak {s['hwm_mib']:.1f})", flush=True)
 

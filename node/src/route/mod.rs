@@ -8,11 +8,8 @@
 mod pool;
 mod scope;
 
-pub use pool::{
-    cooldown_for, is_spend_limit, Census, KeyPool, KeyRef, KeyState, NoKey, PoolSettings, Reason,
-    Verdict,
-};
-pub use scope::{Family, ModelClasses, Scope, ScopeKey, DEFAULT_MODEL_CLASSES};
+pub use pool::{Census, KeyPool, KeyRef, NoKey, PoolSettings, Reason, Verdict};
+pub use scope::{Scope, ScopeKey};
 
 use crate::config::KeyMode;
 

@@ -340,10 +340,6 @@ impl KeyPool {
         self.keys.is_empty()
     }
 
-    pub fn settings(&self) -> &PoolSettings {
-        &self.settings
-    }
-
     /// The next key in rotation that can serve `scope`, skipping `avoid` (the key
     /// that just failed with a 5xx) when another can serve.
     pub fn pick(&self, scope: &Scope<'_>, avoid: Option<KeyRef>) -> Result<KeyRef, NoKey> {
