@@ -9,9 +9,10 @@ cd "$(dirname "$0")"
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
-# Debian packages: service binaries the tests launch, protoc for etcd-client, python.
+# Debian packages: service binaries the tests launch, protoc for etcd-client, python,
+# and make (the jemalloc allocator builds from its C sources).
 PKGS=(redis-server rabbitmq-server etcd-server etcd-client protobuf-compiler libprotobuf-dev
-      python3 python3-venv ca-certificates)
+      python3 python3-venv ca-certificates make)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
