@@ -112,9 +112,15 @@ pub struct Cli {
     #[arg(long, value_name = "URL[,URL...]")]
     pub etcd: Option<String>,
 
-    /// This node's region (required with --etcd).
+    /// This node's region (required with --etcd); names the deferred queue and ids
+    /// [default: default].
     #[arg(long, value_name = "NAME")]
     pub region: Option<String>,
+
+    /// RabbitMQ URL for deferred delivery (a quorum queue per region) [default: the
+    /// embedded spool under the state directory]. The password is never logged.
+    #[arg(long, env = "STRAIT_AMQP_URL", hide_env_values = true, value_name = "URL")]
+    pub amqp: Option<String>,
 
     /// Node id [default: kept in the state directory, made from the host name].
     #[arg(long, value_name = "ID")]
@@ -184,6 +190,9 @@ impl Cli {
         }
         if let Some(v) = self.region {
             raw.cluster.region = v;
+        }
+        if let Some(v) = self.amqp {
+            raw.deferred.amqp_url = Some(v);
         }
         if let Some(v) = self.node_id {
             raw.cluster.node_id = Some(v);

@@ -17,6 +17,8 @@
 //!     (in process, or shared through Redis).
 //!   - [`route`]: decides how the request leaves (the key pool, cooldowns).
 //!   - [`forward`]: carries the decision out: header rewriting, the attempt loop.
+//!   - [`defer`]: the third way out: the durable queue and the deferred ids' state
+//!     machine, each behind its trait (RabbitMQ and Redis, or the embedded spool).
 //!   - [`stream`]: relaying the body, usage read on the side, SSE error events.
 //!   - [`account`]: settling, metrics and the access log for a finished request.
 //! - [`state`]: what every connection shares.
@@ -36,6 +38,7 @@ pub mod body;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod defer;
 pub mod error;
 pub mod forward;
 #[doc(hidden)]

@@ -165,6 +165,34 @@ pub struct Cluster {
     pub advertise_admin: Option<String>,
 }
 
+/// Deferred delivery (`[deferred]`, docs/deferred.md).
+#[derive(Debug, Clone)]
+pub struct Deferred {
+    /// RabbitMQ URL (`--amqp`); `None`: the embedded spool in `spool_dir`.
+    pub amqp_url: Option<String>,
+    /// Redis for claims and results; `None` with `amqp_url`: refused at load unless
+    /// the limiter has a Redis, whose first URL is then used.
+    pub redis_url: Option<String>,
+    /// The embedded queue and result store (used without `amqp_url`).
+    pub spool_dir: std::path::PathBuf,
+    /// How long a result (and an unfinished id) is kept; then `GET` says 410.
+    pub result_ttl: Duration,
+    /// Deliveries of one message before it is dead-lettered (`x-delivery-limit`).
+    pub delivery_limit: u32,
+    /// Unacknowledged deliveries per consumer (the node's concurrent deliveries).
+    pub prefetch: u16,
+    /// Longest wait for the broker's publisher confirm before answering 503.
+    pub confirm_timeout: Duration,
+    /// A consumer's claim on an id; renewed at a third of it while the request runs.
+    pub claim_lease: Duration,
+    /// Resend an id found `sent` without a result (default: `outcome_unknown`).
+    pub resend_unknown: bool,
+    /// Largest stored result; a longer answer is stored as an error result.
+    pub max_result_bytes: u64,
+    /// Prefix of every Redis key the deferred store writes.
+    pub key_prefix: String,
+}
+
 /// The validated configuration a node runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -179,6 +207,9 @@ pub struct Config {
     /// Membership and live config in etcd; `None` runs on the file config alone.
     pub cluster: Option<Cluster>,
     pub rate_limits: RateLimits,
+    /// This node's region: names the deferred queue and ids; with etcd, its record.
+    pub region: String,
+    pub deferred: Deferred,
 }
 
 /// The key-handling mode a node runs in, derived from which keys are configured.

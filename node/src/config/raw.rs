@@ -85,6 +85,22 @@ pub const DEFAULT_REDIS_PREFIX: &str = "strait";
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 /// Default directory for the node id and the last good cluster config.
 pub const DEFAULT_STATE_DIR: &str = "strait-state";
+/// Region of a node that names none (`--region`): the deferred queue and ids carry it.
+pub const DEFAULT_REGION: &str = "default";
+/// How long a deferred result (and an unfinished id) is kept before `GET` says 410.
+pub const DEFAULT_DEFERRED_RESULT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Deliveries of one deferred message before it is dead-lettered.
+pub const DEFAULT_DEFERRED_DELIVERY_LIMIT: u32 = 20;
+/// Deferred requests one node delivers at once (the consumer's prefetch).
+pub const DEFAULT_DEFERRED_PREFETCH: u16 = 8;
+/// Longest wait for RabbitMQ's publisher confirm before a 503 (not queued).
+pub const DEFAULT_DEFERRED_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+/// A consumer's claim on a deferred id, renewed while its request runs.
+pub const DEFAULT_DEFERRED_CLAIM_LEASE: Duration = Duration::from_secs(30);
+/// Largest stored deferred result.
+pub const DEFAULT_DEFERRED_MAX_RESULT_BYTES: u64 = 32 * 1024 * 1024;
+/// The embedded spool's directory, under the state directory.
+pub const DEFAULT_SPOOL_SUBDIR: &str = "spool";
 
 /// The file's shape. Unknown fields are errors so typos do not pass silently.
 #[derive(Debug, Default, Deserialize)]
@@ -102,6 +118,57 @@ pub struct RawConfig {
     pub tenants: Vec<RawTenant>,
     /// Shared limiter state. Without a URL the limiter runs in process.
     pub redis: RawRedis,
+    /// Deferred delivery (docs/deferred.md).
+    pub deferred: RawDeferred,
+}
+
+/// `[deferred]`: where deferred requests wait and their results live.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawDeferred {
+    /// RabbitMQ URL (`amqp://user:pass@host:5672/vhost`), or `--amqp` /
+    /// `STRAIT_AMQP_URL`. Without it: the embedded spool in `spool_dir`.
+    pub amqp_url: Option<String>,
+    /// Redis URL for claims and results (run it with AOF and `noeviction`). Default:
+    /// the limiter's first `redis.urls` entry. Required with `amqp_url`.
+    pub redis: Option<String>,
+    /// The embedded queue and results. Default `<cluster.state_dir>/spool`.
+    pub spool_dir: Option<PathBuf>,
+    /// Default [`DEFAULT_DEFERRED_RESULT_TTL`] (24 h).
+    #[serde(with = "humantime_serde_compat")]
+    pub result_ttl: Duration,
+    /// Default [`DEFAULT_DEFERRED_DELIVERY_LIMIT`] (20).
+    pub delivery_limit: u32,
+    /// Default [`DEFAULT_DEFERRED_PREFETCH`] (8).
+    pub prefetch: u16,
+    /// Default [`DEFAULT_DEFERRED_CONFIRM_TIMEOUT`] (5 s).
+    #[serde(with = "humantime_serde_compat")]
+    pub confirm_timeout: Duration,
+    /// Default [`DEFAULT_DEFERRED_CLAIM_LEASE`] (30 s).
+    #[serde(with = "humantime_serde_compat")]
+    pub claim_lease: Duration,
+    /// Resend an id found sent without a result instead of ending it as
+    /// `outcome_unknown`. Default false: it may run twice upstream.
+    pub resend_unknown: bool,
+    /// Default [`DEFAULT_DEFERRED_MAX_RESULT_BYTES`] (32 MiB).
+    pub max_result_bytes: u64,
+}
+
+impl Default for RawDeferred {
+    fn default() -> Self {
+        RawDeferred {
+            amqp_url: None,
+            redis: None,
+            spool_dir: None,
+            result_ttl: DEFAULT_DEFERRED_RESULT_TTL,
+            delivery_limit: DEFAULT_DEFERRED_DELIVERY_LIMIT,
+            prefetch: DEFAULT_DEFERRED_PREFETCH,
+            confirm_timeout: DEFAULT_DEFERRED_CONFIRM_TIMEOUT,
+            claim_lease: DEFAULT_DEFERRED_CLAIM_LEASE,
+            resend_unknown: false,
+            max_result_bytes: DEFAULT_DEFERRED_MAX_RESULT_BYTES,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,9 +5,12 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use super::raw::{RawCluster, RawConfig, RawLimitSpec, RawRedis, RawTenant};
+use super::raw::{
+    RawCluster, RawConfig, RawDeferred, RawLimitSpec, RawRedis, RawTenant, DEFAULT_REDIS_PREFIX,
+    DEFAULT_REGION, DEFAULT_SPOOL_SUBDIR,
+};
 use super::{
-    hash_key, Auth, ClientKey, Cluster, Config, LimitMode, Limits, Log, LogFormat, RateLimits,
+    hash_key, Auth, ClientKey, Cluster, Config, Deferred, LimitMode, Limits, Log, LogFormat, RateLimits,
     RedisSettings, Secret, Tenant, TlsConfig, Upstream, UpstreamKey, UpstreamTarget,
 };
 use crate::error::{Error, Result};
@@ -194,6 +197,12 @@ impl RawConfig {
         }
         // In a cluster, client keys may come from etcd: until they do, a node with
         // upstream keys answers 401 to everyone (see `Config::key_mode`).
+        let state_dir = self.cluster.state_dir.clone();
+        let region = if self.cluster.region.is_empty() {
+            DEFAULT_REGION.to_string()
+        } else {
+            self.cluster.region.clone()
+        };
         let cluster = validate_cluster(self.cluster)?;
         if !keys.is_empty()
             && client_keys.is_empty()
@@ -224,6 +233,12 @@ impl RawConfig {
         }
 
         let rate_limits = validate_rate_limits(&l.default, &self.tenants, &self.redis)?;
+        if !crate::schema::valid_name(&region) {
+            return Err(Error::config(format!(
+                "cluster.region {region:?}: use lowercase letters, digits, '-' and '_'"
+            )));
+        }
+        let deferred = validate_deferred(self.deferred, &state_dir, &rate_limits)?;
 
         let workers = match self.runtime.workers {
             Some(0) | None => None,
@@ -277,8 +292,74 @@ impl RawConfig {
             workers,
             cluster,
             rate_limits,
+            region,
+            deferred,
         })
     }
+}
+
+fn validate_deferred(d: RawDeferred, state_dir: &Path, limits: &RateLimits) -> Result<Deferred> {
+    let redis_url = d.redis.or_else(|| {
+        limits
+            .redis
+            .as_ref()
+            .filter(|r| !r.cluster)
+            .and_then(|r| r.urls.first().cloned())
+    });
+    if let Some(url) = &d.amqp_url {
+        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+            return Err(Error::config(
+                "deferred.amqp_url must be an amqp:// or amqps:// URL",
+            ));
+        }
+        if redis_url.is_none() {
+            return Err(Error::config(
+                "deferred.amqp_url (--amqp) needs a Redis for deferred claims and results: set \
+                 deferred.redis, or a single-node limiter Redis (--redis) to share it",
+            ));
+        }
+    }
+    if let Some(url) = &redis_url {
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(Error::config("deferred.redis must be a redis:// URL"));
+        }
+    }
+    if d.delivery_limit == 0 {
+        return Err(Error::config("deferred.delivery_limit must be at least 1"));
+    }
+    if d.prefetch == 0 {
+        return Err(Error::config("deferred.prefetch must be at least 1"));
+    }
+    if d.claim_lease < std::time::Duration::from_secs(1) {
+        return Err(Error::config("deferred.claim_lease must be at least 1s"));
+    }
+    if d.result_ttl < std::time::Duration::from_secs(1) {
+        return Err(Error::config("deferred.result_ttl must be at least 1s"));
+    }
+    if d.confirm_timeout.is_zero() {
+        return Err(Error::config("deferred.confirm_timeout must be above 0"));
+    }
+    Ok(Deferred {
+        amqp_url: d.amqp_url,
+        redis_url,
+        spool_dir: d
+            .spool_dir
+            .unwrap_or_else(|| state_dir.join(DEFAULT_SPOOL_SUBDIR)),
+        result_ttl: d.result_ttl,
+        delivery_limit: d.delivery_limit,
+        prefetch: d.prefetch,
+        confirm_timeout: d.confirm_timeout,
+        claim_lease: d.claim_lease,
+        resend_unknown: d.resend_unknown,
+        max_result_bytes: d.max_result_bytes,
+        key_prefix: format!(
+            "{}:dfr:",
+            limits
+                .redis
+                .as_ref()
+                .map_or(DEFAULT_REDIS_PREFIX, |r| r.key_prefix.as_str())
+        ),
+    })
 }
 
 fn validate_cluster(c: RawCluster) -> Result<Option<Cluster>> {
