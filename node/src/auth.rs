@@ -98,6 +98,21 @@ impl Authenticator {
         self.mode
     }
 
+    /// The principal of the client key named `name`: a deferred request is delivered
+    /// as its owner, found again by name (a revoked key is gone, and so is its
+    /// right to have the request sent).
+    pub fn principal_named(&self, name: &str) -> Option<Principal> {
+        match self.mode {
+            KeyMode::Anonymous => (*self.anonymous.name == *name).then(|| self.anonymous.clone()),
+            KeyMode::Passthrough => None,
+            KeyMode::Managed => self
+                .by_hash
+                .values()
+                .find(|p| *p.name == *name)
+                .cloned(),
+        }
+    }
+
     /// Decides who the caller is. In passthrough mode the client's own key is checked
     /// only for presence; Anthropic judges it.
     pub fn authenticate(&self, headers: &HeaderFields) -> Result<Principal> {

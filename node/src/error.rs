@@ -52,6 +52,14 @@ pub enum ErrorKind {
     /// No upstream key of the pool can serve: each was refused by the upstream
     /// (retired) or its organisation rests after a billing or spend-limit error.
     NoUpstreamKey,
+    /// A deferred request whose result has expired or that was cancelled (410).
+    Gone,
+    /// The request conflicts with the resource's state: cancelling a deferred request
+    /// already being delivered (409).
+    Conflict,
+    /// An `Idempotency-Key` used again with another request body (422, as the IETF
+    /// httpapi draft asks).
+    IdempotencyMismatch,
     /// A bug or an unexpected local failure.
     Internal,
     /// Configuration is invalid (start-up and `--check-config` only).
@@ -122,6 +130,9 @@ impl Error {
             ErrorKind::UpstreamConnect | ErrorKind::UpstreamProtocol => StatusCode::BAD_GATEWAY,
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::Unavailable | ErrorKind::NoUpstreamKey => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Gone => StatusCode::GONE,
+            ErrorKind::Conflict => StatusCode::CONFLICT,
+            ErrorKind::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorKind::Internal | ErrorKind::Config => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -132,7 +143,8 @@ impl Error {
             ErrorKind::InvalidRequest => "invalid_request_error",
             ErrorKind::Authentication => "authentication_error",
             ErrorKind::Permission => "permission_error",
-            ErrorKind::NotFound => "not_found_error",
+            ErrorKind::NotFound | ErrorKind::Gone => "not_found_error",
+            ErrorKind::Conflict | ErrorKind::IdempotencyMismatch => "invalid_request_error",
             // Anthropic has no type of its own for this; the request is malformed.
             ErrorKind::MethodNotAllowed => "invalid_request_error",
             ErrorKind::RequestTooLarge => "request_too_large",
@@ -170,6 +182,9 @@ impl Error {
             ErrorKind::UpstreamProtocol => "upstream_protocol",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::NoUpstreamKey => "no_upstream_key",
+            ErrorKind::Gone => "gone",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::IdempotencyMismatch => "idempotency_mismatch",
             ErrorKind::Internal => "internal",
             ErrorKind::Config => "config",
         }

@@ -92,6 +92,9 @@ pub struct ReadyInputs {
     pub passthrough: bool,
     /// `None` without Redis; `Some(true)` while the limiter cannot reach Redis.
     pub limiter_redis: Option<bool>,
+    /// Deferred delivery's queue and store: kind and whether each answers (`None`:
+    /// not set up on this node).
+    pub deferred: Option<[(&'static str, bool); 2]>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -208,11 +211,17 @@ impl Health {
             Some(true) => Status::Warn,
             _ => Status::Pass,
         };
+        // A deferred backend down is a warning: the node serves; deferral answers 503.
+        let deferred_status = match inputs.deferred {
+            Some(parts) if parts.iter().any(|(_, up)| !up) => Status::Warn,
+            _ => Status::Pass,
+        };
         let overall = drain_status
             .max(path_status)
             .max(keys_status)
             .max(cluster_status)
-            .max(redis_status);
+            .max(redis_status)
+            .max(deferred_status);
         let last_ok = self.upstream.last_success_unix_ms.load(Ordering::Relaxed);
         let mut body = json!({
             "status": overall.as_str(),
@@ -255,6 +264,18 @@ impl Health {
                 }],
             },
         });
+        if let Some([queue, store]) = inputs.deferred {
+            let state = |(kind, up): (&str, bool)| {
+                format!("{kind} {}", if up { "reachable" } else { "unreachable" })
+            };
+            body["checks"]["deferred:queue"] = json!([{
+                "status": deferred_status.as_str(),
+                "componentType": "datastore",
+                "observedValue": format!("{}; {}", state(queue), state(store)),
+                "output": if deferred_status == Status::Pass { "" } else { "deferral answers 503 (not queued); deliveries pause" },
+                "time": time,
+            }]);
+        }
         if let Some((status, revision, output)) = cluster_check {
             body["checks"]["etcd:cluster"] = json!([{
                 "status": status.as_str(),

@@ -22,7 +22,8 @@
 //!   - [`stream`]: relaying the body, usage read on the side, SSE error events.
 //!   - [`account`]: settling, metrics and the access log for a finished request.
 //! - [`state`]: what every connection shares.
-//! - [`proxy`] (the pipeline), [`admin`] (health and metrics endpoints), [`cluster`]
+//! - [`proxy`] (the pipeline), [`deferred`] (the deferred API and the consumer that
+//!   delivers), [`admin`] (health and metrics endpoints), [`cluster`]
 //!   (membership and live config in etcd; the node alone on its file config when no
 //!   etcd is configured).
 //! - [`server`] (start, signals, drain) and [`cli`] (flags and environment).
@@ -39,6 +40,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod defer;
+pub mod deferred;
 pub mod error;
 pub mod forward;
 #[doc(hidden)]

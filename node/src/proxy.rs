@@ -10,6 +10,8 @@ use http::{header, HeaderValue, Response};
 
 use crate::account::RequestRecord;
 use crate::admit;
+use crate::defer::{DeferMode, RESULT_PATH};
+use crate::deferred::api as deferred_api;
 use crate::error::{Error, ErrorKind};
 use crate::forward::{ForwardCtx, Forwarded, RelayedHeaders, UpstreamHeaders, UpstreamResponse};
 use crate::head::ClientRequest;
@@ -19,6 +21,17 @@ use crate::meta::{BodyKind, RouteKind};
 use crate::route;
 use crate::state::Shared;
 use crate::stream::{ProxyBody, Relay, ReplyFields};
+
+/// How a request was answered when it did not fail.
+enum Answer {
+    /// The upstream's response, relayed.
+    Upstream(Forwarded, BodyKind),
+    /// The gateway's own answer: a deferred request's 202, or the deferred API's.
+    Local(Response<ProxyBody>),
+}
+
+/// The request field that asks for deferral (`strait-defer`).
+const DEFER: http::HeaderName = http::HeaderName::from_static(crate::defer::DEFER_HEADER);
 
 /// What the limiter said about a request, for its response headers.
 #[derive(Default)]
@@ -45,11 +58,17 @@ pub async fn handle(
     }
     let request_id = shared.request_ids.next();
     let rid_header = HeaderValue::from_str(&request_id).expect("ids are ASCII");
-    let route = admit::target::check(
-        &req.method,
-        path,
-        shared.config.upstream.pass_unknown_routes,
-    );
+    // The deferred API is the gateway's own, under the API's path space.
+    let deferred_api = path.starts_with(RESULT_PATH);
+    let route = if deferred_api {
+        Ok(RouteKind::OtherV1)
+    } else {
+        admit::target::check(
+            &req.method,
+            path,
+            shared.config.upstream.pass_unknown_routes,
+        )
+    };
     let header_bytes = req.headers.wire_size();
     let mut record = RequestRecord {
         metrics: shared.metrics.clone(),
@@ -80,11 +99,33 @@ pub async fn handle(
             ErrorKind::HeadersTooLarge,
             format!("request headers exceed the gateway limit of {max_headers} bytes"),
         )),
-        Ok(route) => phases(&shared, req, peer, route, &mut record, &mut limits).await,
+        Ok(route) => {
+            phases(
+                &shared,
+                req,
+                peer,
+                route,
+                deferred_api,
+                &mut record,
+                &mut limits,
+            )
+            .await
+        }
         Err(refused) => Err(refused),
     };
     match result {
-        Ok((fwd, kind)) => respond(&shared, fwd, kind, rid_header, record, limits),
+        Ok(Answer::Upstream(fwd, kind)) => respond(&shared, fwd, kind, rid_header, record, limits),
+        Ok(Answer::Local(mut resp)) => {
+            record.status = resp.status().as_u16();
+            record.outcome = if resp.status() == http::StatusCode::ACCEPTED {
+                "deferred"
+            } else {
+                "ok"
+            };
+            record.finish();
+            resp.headers_mut().insert(crate::meta::REQUEST_ID, rid_header);
+            Reply::new(resp)
+        }
         Err(err) => {
             record.status = err.status().as_u16();
             record.error = Some(err.label());
@@ -113,15 +154,17 @@ pub async fn handle(
     }
 }
 
-/// Phases 2 to 5. Returns the committed upstream response.
+/// Phases 2 to 5. Returns the committed upstream response, or the gateway's own
+/// answer (a deferral's 202, the deferred API).
 async fn phases(
     shared: &Shared,
     req: ClientRequest,
     peer: SocketAddr,
     route: RouteKind,
+    deferred_api: bool,
     record: &mut RequestRecord,
     limits: &mut LimitHeaders,
-) -> Result<(Forwarded, BodyKind), Error> {
+) -> Result<Answer, Error> {
     let snap = shared.snapshot.load();
 
     // 2. authenticate
@@ -141,6 +184,63 @@ async fn phases(
         }
     }
 
+    let deferral = shared.deferral.as_deref();
+    if deferred_api {
+        let ClientRequest {
+            method,
+            uri,
+            headers,
+            body,
+            ..
+        } = req;
+        let admitted = async {
+            let (body, meta) = admit::admit_body(
+                RouteKind::Messages,
+                &method,
+                &headers,
+                body,
+                shared.config.limits.max_body_bytes,
+                &shared.body_budget,
+            )
+            .await?;
+            record.stream = meta.stream;
+            record.model = meta.model.clone();
+            Ok((full_bytes(&body), meta))
+        };
+        let answer = deferred_api::serve(
+            deferral,
+            snap.auth.mode(),
+            &principal,
+            &method,
+            uri.path(),
+            &headers,
+            admitted,
+        )
+        .await?;
+        return Ok(Answer::Local(answer));
+    }
+    // `strait-defer`: only Messages requests may wait, and only where the node holds
+    // the upstream keys (it never stores a client's own key).
+    let defer = match DeferMode::parse(req.headers.get(&DEFER)) {
+        Ok(None) => None,
+        Ok(Some(_)) if route != RouteKind::Messages => {
+            return Err(Error::new(
+                ErrorKind::InvalidRequest,
+                "strait-defer applies to POST /v1/messages only",
+            ))
+        }
+        Ok(Some(mode)) => {
+            deferred_api::available(deferral, snap.auth.mode())?;
+            Some(mode)
+        }
+        Err(()) => {
+            return Err(Error::new(
+                ErrorKind::InvalidRequest,
+                "strait-defer must be on-outage or always",
+            ))
+        }
+    };
+
     // 3. admit
     let ClientRequest {
         method,
@@ -159,6 +259,27 @@ async fn phases(
     )
     .await?;
     record.stream = meta.stream;
+
+    // A request that may wait for good: made durable now; the limits count it when
+    // it is delivered.
+    if let (Some(DeferMode::Always), Some(deferral)) = (defer, deferral) {
+        record.model = meta.model.clone();
+        let req = deferred_api::enqueue_request(
+            &principal,
+            &headers,
+            uri.path(),
+            full_bytes(&body),
+            &meta,
+            "always",
+        );
+        let accepted = deferral.enqueue(req).await?;
+        return Ok(Answer::Local(deferred_api::accepted_response(&accepted)));
+    }
+    // `on-outage`: kept to be queued if no attempt reaches the upstream.
+    let keep = match defer {
+        Some(DeferMode::OnOutage) => Some((full_bytes(&body), meta.clone())),
+        _ => None,
+    };
 
     // 3b. limits: reserve the request, its tokens and a concurrency slot for the key
     // and its tenant. The permit settles when the record finishes.
@@ -198,6 +319,28 @@ async fn phases(
         .forward(&ctx, method, path_and_query, &outgoing, body, record)
         .await;
     record.model = model;
+    if let (Some((body, meta)), Some(deferral)) = (keep, deferral) {
+        if let Some(outage) = outage(&forwarded) {
+            let req = deferred_api::enqueue_request(
+                &principal,
+                &headers,
+                uri.path(),
+                body,
+                &meta,
+                "on_outage",
+            );
+            return match deferral.enqueue(req).await {
+                Ok(accepted) => {
+                    tracing::info!(request_id = %record.request_id, id = %accepted.id, "deferred after: {outage}");
+                    Ok(Answer::Local(deferred_api::accepted_response(&accepted)))
+                }
+                Err(not_queued) => Err(Error {
+                    message: format!("{} (the upstream could not be reached: {outage})", not_queued.message).into(),
+                    ..not_queued
+                }),
+            };
+        }
+    }
     let fwd = forwarded?;
 
     let h = &fwd.response.headers;
@@ -213,7 +356,33 @@ async fn phases(
     } else {
         BodyKind::Plain
     };
-    Ok((fwd, kind))
+    Ok(Answer::Upstream(fwd, kind))
+}
+
+/// The buffered body's bytes (Messages bodies are always buffered).
+fn full_bytes(body: &crate::body::RequestBody) -> bytes::Bytes {
+    match body {
+        crate::body::RequestBody::Full(b) => b.clone().unwrap_or_default(),
+        crate::body::RequestBody::Stream { .. } => bytes::Bytes::new(),
+    }
+}
+
+/// Whether a forward's result means nothing reached a working upstream, so an
+/// `on-outage` request may be queued: no connection, no usable key, or only error
+/// answers (5xx, 529, 429) once the attempts ran out. A request that was sent and
+/// then got no answer (a timeout, a cut) is not: its outcome is unknown.
+fn outage(forwarded: &Result<Forwarded, Error>) -> Option<String> {
+    match forwarded {
+        Err(e) => match e.kind {
+            ErrorKind::UpstreamConnect | ErrorKind::NoUpstreamKey => Some(e.message.to_string()),
+            ErrorKind::RateLimited if e.upstream_scope.is_some() => Some(e.message.to_string()),
+            _ => None,
+        },
+        Ok(fwd) => {
+            let s = fwd.response.status.as_u16();
+            (s == 429 || s >= 500).then(|| format!("the upstream answered {s}"))
+        }
+    }
 }
 
 /// Phase 6: the response goes back with the upstream's status and headers, and a body

@@ -64,6 +64,18 @@ impl Node {
         let upstream = Upstream::new(&config.upstream, &metrics)?;
         let limiter = Arc::new(crate::limits::Limiter::new(&config, &metrics.registry)?);
         limiter.connect().await;
+        // Deferred delivery: not on a passthrough node alone, which cannot defer (it
+        // would have to store the client's key) and so makes no spool directory.
+        let deferral = if config.key_mode() != crate::config::KeyMode::Passthrough
+            || config.cluster.is_some()
+            || config.deferred.amqp_url.is_some()
+        {
+            Some(Arc::new(
+                crate::defer::Deferral::open(&config, &metrics.registry).await?,
+            ))
+        } else {
+            None
+        };
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::new(&config)),
             config: config.clone(),
@@ -77,6 +89,7 @@ impl Node {
                 config.limits.max_inflight_body_bytes,
                 &metrics,
             ),
+            deferral,
         });
 
         // Cluster mode: serve the last good config from disk until etcd answers.
@@ -131,6 +144,13 @@ impl Node {
             tracing::warn!(
                 "etcd did not answer within {INITIAL_SYNC_WAIT:?}; serving without it for now"
             );
+        }
+
+        if let Some(deferral) = &shared.deferral {
+            let holder = node_id
+                .clone()
+                .unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>()));
+            crate::deferred::worker::spawn(shared.clone(), deferral.clone(), holder);
         }
 
         let (stop_public, stop_public_rx) = watch::channel(false);

@@ -84,6 +84,9 @@ pub struct Shared {
     pub drain_cut: Arc<DrainCut>,
     /// Memory for buffered request bodies (`limits.max_inflight_body_bytes`).
     pub body_budget: Arc<BodyBudget>,
+    /// The deferred queue and store; `None` on a passthrough node alone (it cannot
+    /// defer: it would have to store the client's key).
+    pub deferral: Option<Arc<crate::defer::Deferral>>,
 }
 
 /// Request ids: a per-process random prefix and a counter, cheap and unique enough to
@@ -141,6 +144,13 @@ impl Shared {
                 .collect(),
             passthrough: snap.auth.mode() == KeyMode::Passthrough,
             limiter_redis: self.limiter.redis_state(),
+            deferred: self.deferral.as_ref().map(|d| {
+                let up = |s| s == crate::defer::BackendState::Up;
+                [
+                    (d.queue.kind(), up(d.queue.state())),
+                    (d.store.kind(), up(d.store.state())),
+                ]
+            }),
         };
         self.health.readiness(&inputs)
     }

@@ -51,7 +51,7 @@ const LAYERS: &[Layer] = &[
     },
     Layer {
         name: "pipeline",
-        modules: &["proxy", "admin", "cluster"],
+        modules: &["proxy", "deferred", "admin", "cluster"],
         why: "the request pipeline, the admin endpoints and the cluster supervisor, each \
               driving the phases over the shared state",
     },

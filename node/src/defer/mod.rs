@@ -12,8 +12,13 @@
 //! The pipeline's `deferred` module drives them: the 202 path, `GET`/`DELETE`, and the
 //! consumer that delivers.
 
+mod deferral;
+mod metrics;
 pub mod queue;
 pub mod store;
+
+pub use deferral::{not_queued, Accepted, Deferral, Enqueue};
+pub use metrics::DeferMetrics;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};

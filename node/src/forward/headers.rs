@@ -127,6 +127,8 @@ fn stays_behind(name: &[u8], mode: KeyMode) -> bool {
             4 => is(b"host"),
             6 => is(b"expect"),
             9 => own_key && is(b"x-api-key"),
+            // The client's request to the gateway, not to the API.
+            12 => is(b"strait-defer"),
             13 => own_key && is(b"authorization"),
             // Framing is the sender's to decide, from the body it actually sends.
             14 => is(b"content-length"),

@@ -27,7 +27,7 @@ mod usage;
 use cut::CutWatch;
 pub use cut::DrainCut;
 pub use reply::{ProxyBody, ReplyFields};
-use usage::parse_json_usage;
+pub use usage::parse_json_usage;
 
 /// Above this, a non-streaming JSON response is relayed without reading its usage:
 /// Messages responses are far smaller, and the copy must stay bounded.
