@@ -190,6 +190,8 @@ def start_strait(binary, workdir, name, listen_port, admin_port, upstream, cpus,
         cmd += ["--upstream", upstream]
     if config_file:
         cmd += ["--config", config_file]
+    # Each node its own state directory (the deferred spool in it is one process's).
+    cmd += ["--state-dir", os.path.join(workdir, f"{name}-state")]
     cmd += list(extra_args)
     env = {"STRAIT_UPSTREAM_KEYS": upstream_key, "STRAIT_CLIENT_KEYS": client_key}
     return Proc(name, pinned(cmd, cpus), env=env, log_path=os.path.join(workdir, f"{name}.log"))

@@ -213,6 +213,8 @@ async fn node_on_https_mock(
     raw.listen.admin = "127.0.0.1:0".into();
     raw.upstream.base_url = format!("https://localhost:{}", mock.addr().port());
     raw.upstream.ca_file = Some(ca_path);
+    // The node's state (its deferred spool) beside the CA, removed with it.
+    raw.cluster.state_dir = ca_dir.path().join("state");
     tweak(&mut raw);
     let cfg = raw
         .validate(

@@ -29,6 +29,8 @@ pub struct Harness {
     pub mock: MockHandle,
     pub url: String,
     pub admin: String,
+    /// The node's state directory (its deferred spool): one per node, removed at the end.
+    pub state: tempfile::TempDir,
 }
 
 impl Harness {
@@ -55,6 +57,8 @@ impl Harness {
         raw.listen.admin = "127.0.0.1:0".into();
         raw.upstream.base_url = mock.url().to_string();
         raw.log.access_log = false;
+        let state = tempfile::tempdir().expect("a state directory");
+        raw.cluster.state_dir = state.path().to_path_buf();
         tweak(&mut raw);
         let config = raw
             .validate(
@@ -70,6 +74,7 @@ impl Harness {
             mock,
             url,
             admin,
+            state,
         }
     }
 

@@ -10,6 +10,9 @@ pub struct NodeProcess {
     pub proc: Captured,
     pub public: SocketAddr,
     pub admin: SocketAddr,
+    /// The state directory made for it when the arguments name none (each node
+    /// needs its own: the deferred spool in it is locked by one process).
+    pub state: Option<tempfile::TempDir>,
 }
 
 impl NodeProcess {
@@ -32,6 +35,11 @@ impl NodeProcess {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        let state = (!args.contains(&"--state-dir")).then(|| {
+            let dir = tempfile::tempdir().expect("a state directory");
+            cmd.arg("--state-dir").arg(dir.path());
+            dir
+        });
         let (proc, line) =
             Captured::spawn_until(&mut cmd, "strait-node listening", Duration::from_secs(20));
         let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
@@ -41,6 +49,7 @@ impl NodeProcess {
             proc,
             public,
             admin,
+            state,
         }
     }
 
