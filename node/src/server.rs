@@ -266,7 +266,8 @@ impl Node {
         tracing::info!("draining: no new connections; waiting for in-flight requests");
         let _ = self.stop_public.send(true);
         let mut public = self.public_task;
-        let deadline = tokio::time::sleep(self.shared.config.limits.drain_timeout);
+        let until = tokio::time::Instant::now() + self.shared.config.limits.drain_timeout;
+        let deadline = tokio::time::sleep_until(until);
         let left = tokio::select! {
             left = &mut public => left.unwrap_or(0),
             () = deadline => {
@@ -275,6 +276,13 @@ impl Node {
                 public.await.unwrap_or(0)
             }
         };
+        // Deferred deliveries already under way finish too (no new ones start while
+        // draining): one cut after it was sent would end as `outcome_unknown`.
+        if let Some(d) = &self.shared.deferral {
+            while d.in_flight.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         let cut = self.shared.drain_cut.ended() + left;
         // A clean stop deletes the record rather than letting the lease expire.
         self.cluster.stop(std::time::Duration::from_secs(3)).await;

@@ -20,6 +20,9 @@ pub struct Deferral {
     pub settings: Settings,
     pub region: String,
     pub metrics: DeferMetrics,
+    /// Deliveries running on this node: a drain waits for them (a delivery cut after
+    /// it was sent would end as `outcome_unknown`).
+    pub in_flight: std::sync::atomic::AtomicUsize,
 }
 
 /// A request to make durable.
@@ -63,6 +66,7 @@ impl Deferral {
             settings,
             region,
             metrics: DeferMetrics::register(registry),
+            in_flight: Default::default(),
         })
     }
 

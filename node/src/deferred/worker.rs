@@ -15,6 +15,7 @@
 //! - any answer: stored as the result (a 400 included), acked.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,7 +65,12 @@ async fn consume(shared: Arc<Shared>, deferral: Arc<Deferral>, node: String) {
         }
         seq += 1;
         let holder = format!("{node}/{seq}");
-        tokio::spawn(deliver(shared.clone(), deferral.clone(), delivery, holder));
+        let (shared, deferral) = (shared.clone(), deferral.clone());
+        deferral.in_flight.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            deliver(shared, deferral.clone(), delivery, holder).await;
+            deferral.in_flight.fetch_sub(1, Ordering::Relaxed);
+        });
     }
 }
 
