@@ -13,6 +13,8 @@
 //! consumer that delivers.
 
 pub mod queue;
+pub mod redis_store;
+pub mod spool;
 pub mod store;
 
 use bytes::Bytes;
