@@ -15,6 +15,8 @@
 mod deferral;
 mod metrics;
 pub mod queue;
+pub mod redis_store;
+pub mod spool;
 pub mod store;
 
 pub use deferral::{not_queued, Accepted, Deferral, Enqueue};
