@@ -14,6 +14,7 @@
 //! - [`layers`]: an architecture check holding a crate's imports to a layer table.
 //! - [`faultproxy`]: a userspace TCP proxy injecting latency, blackholes, refusals and resets.
 //! - [`process`]: a binary under test as a child process, output captured, started when ready.
+//! - [`rabbitmq`]: a private RabbitMQ broker on free ports: start, stop, SIGKILL, restart.
 //! - [`tls`]: a throwaway CA and server certificate, and rustls configs for both ends.
 //!
 //! The `strait-mock-upstream` binary (`src/bin/mock_upstream.rs`) runs the mock as its own
@@ -24,4 +25,5 @@ pub mod faultproxy;
 pub mod layers;
 pub mod mock;
 pub mod process;
+pub mod rabbitmq;
 pub mod tls;

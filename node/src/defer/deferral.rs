@@ -161,8 +161,23 @@ async fn open_backends(
     settings: &Settings,
     region: &str,
 ) -> Result<(Arc<dyn Queue>, Arc<dyn Store>)> {
-    let _ = (settings, region);
-    Err(Error::config("deferred backends: not built yet"))
+    match &settings.amqp_url {
+        Some(url) => {
+            let redis = settings.redis_url.as_deref().ok_or_else(|| {
+                Error::config("deferred.amqp_url needs deferred.redis (or a limiter Redis)")
+            })?;
+            let store = super::redis_store::RedisStore::new(redis, region, settings).await?;
+            for w in store.durability_warnings().await {
+                tracing::warn!("deferred store: {w}");
+            }
+            let queue = super::amqp::AmqpQueue::connect(url, region, settings).await?;
+            Ok((Arc::new(queue), Arc::new(store)))
+        }
+        None => {
+            let spool = super::spool::Spool::open(&settings.spool_dir, region, settings).await?;
+            Ok((spool.clone(), spool))
+        }
+    }
 }
 
 /// The 503 for a request that could not be made durable.

@@ -12,6 +12,7 @@
 //! The pipeline's `deferred` module drives them: the 202 path, `GET`/`DELETE`, and the
 //! consumer that delivers.
 
+pub mod amqp;
 mod deferral;
 mod metrics;
 pub mod queue;
