@@ -3,6 +3,7 @@
 //! plus what only one backend has: Redis restarts and outages, its durability
 //! checks, and the spool's queue (order, prefetch, requeue, dead lane, reopen).
 
+#[allow(dead_code)]
 #[path = "common/redis.rs"]
 mod redis_server;
 

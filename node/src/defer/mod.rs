@@ -84,9 +84,7 @@ impl DeferredId {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
             && hexpart.len() == 32
-            && hexpart
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+            && hexpart.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
         ok.then(|| DeferredId(s.to_string()))
     }
 
@@ -207,15 +205,8 @@ mod tests {
         assert_eq!(a, DeferredId::idempotent("us", "team-a", "k1"));
         assert_ne!(a, DeferredId::idempotent("us", "team-b", "k1"));
         assert_eq!(a.region(), "us");
-        for bad in [
-            "",
-            "dfr_",
-            "dfr_us_",
-            "dfr__0123",
-            "x_us_00000000000000000000000000000000",
-            "dfr_US_00000000000000000000000000000000",
-            "dfr_us_0000000000000000000000000000000g",
-        ] {
+        for bad in ["", "dfr_", "dfr_us_", "dfr__0123", "x_us_00000000000000000000000000000000",
+            "dfr_US_00000000000000000000000000000000", "dfr_us_0000000000000000000000000000000g"] {
             assert!(DeferredId::parse(bad).is_none(), "{bad}");
         }
     }
@@ -246,14 +237,8 @@ mod tests {
     #[test]
     fn defer_header_values() {
         assert_eq!(DeferMode::parse(None), Ok(None));
-        assert_eq!(
-            DeferMode::parse(Some(b"On-Outage")),
-            Ok(Some(DeferMode::OnOutage))
-        );
-        assert_eq!(
-            DeferMode::parse(Some(b"always")),
-            Ok(Some(DeferMode::Always))
-        );
+        assert_eq!(DeferMode::parse(Some(b"On-Outage")), Ok(Some(DeferMode::OnOutage)));
+        assert_eq!(DeferMode::parse(Some(b"always")), Ok(Some(DeferMode::Always)));
         assert!(DeferMode::parse(Some(b"later")).is_err());
     }
 }

@@ -647,7 +647,7 @@ struct SpoolAcker {
 }
 
 impl SpoolAcker {
-    fn settle(mut self: Box<Self>, requeue: bool) -> BoxFuture<'static, Result<()>> {
+    fn settle(&mut self, requeue: bool) -> BoxFuture<'static, Result<()>> {
         let permit = self.permit.take();
         let (spool, lane, seq) = (self.spool.clone(), self.lane, self.seq);
         Box::pin(async move {
@@ -670,11 +670,11 @@ impl SpoolAcker {
 }
 
 impl Acker for SpoolAcker {
-    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+    fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<()>> {
         self.settle(false)
     }
 
-    fn requeue(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+    fn requeue(mut self: Box<Self>) -> BoxFuture<'static, Result<()>> {
         self.settle(true)
     }
 }
