@@ -23,8 +23,7 @@ use redis::{Script, Value};
 
 use super::queue::BoxFuture;
 use super::store::{
-    Backlog, Cancel, Claim, Created, Finish, Lookup, NewRecord, Record, State, Store,
-    StoredResult,
+    Backlog, Cancel, Claim, Created, Finish, Lookup, NewRecord, Record, State, Store, StoredResult,
 };
 use super::{now_ms, BackendState, DeferredId};
 use crate::config::Deferred;
@@ -441,7 +440,11 @@ impl RedisStore {
 
     fn keys(&self, id: &DeferredId) -> [String; 3] {
         let b = &self.inner.base;
-        [format!("{b}r:{id}"), format!("{b}b:{id}"), format!("{b}open")]
+        [
+            format!("{b}r:{id}"),
+            format!("{b}b:{id}"),
+            format!("{b}open"),
+        ]
     }
 
     /// Runs one transition script on `id` with `now`, the TTL, the id and `args`.
@@ -685,9 +688,7 @@ impl Store for RedisStore {
                         Some(StoredResult {
                             status: u16::try_from(status).unwrap_or(0),
                             content_type: if has_ct { text(&v[13]) } else { None },
-                            body: bytes::Bytes::from(
-                                bytes_of(&v[14]).unwrap_or_default().to_vec(),
-                            ),
+                            body: bytes::Bytes::from(bytes_of(&v[14]).unwrap_or_default().to_vec()),
                         })
                     } else {
                         None
@@ -798,9 +799,13 @@ impl Store for RedisStore {
                     r.content_type.as_deref(),
                     &r.body[..],
                 ),
-                Finish::OutcomeUnknown { error } => {
-                    (State::OutcomeUnknown, error.as_str(), String::new(), None, &[][..])
-                }
+                Finish::OutcomeUnknown { error } => (
+                    State::OutcomeUnknown,
+                    error.as_str(),
+                    String::new(),
+                    None,
+                    &[][..],
+                ),
                 Finish::Dead { error } => {
                     (State::Dead, error.as_str(), String::new(), None, &[][..])
                 }
@@ -857,7 +862,10 @@ impl Store for RedisStore {
                 .arg(self.inner.ttl_ms)
                 .arg(format!("{b}r:"));
             let v = self.inner.invoke("backlog", &inv).await?;
-            let open = v.first().and_then(num).ok_or_else(|| bad_reply("backlog"))?;
+            let open = v
+                .first()
+                .and_then(num)
+                .ok_or_else(|| bad_reply("backlog"))?;
             Ok(Backlog {
                 open,
                 oldest_queued_at_ms: v.get(1).and_then(num),

@@ -29,12 +29,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::queue::{Acker, BoxFuture, Delivery, Queue};
 use super::store::{
-    Backlog, Cancel, Claim, Created, Finish, Lookup, NewRecord, Record, State, Store,
-    StoredResult,
+    Backlog, Cancel, Claim, Created, Finish, Lookup, NewRecord, Record, State, Store, StoredResult,
 };
 use super::{now_ms, BackendState, DeferredId, Envelope};
 use crate::config::Deferred;
@@ -103,6 +102,9 @@ pub struct Spool {
     ready: LaneState,
     dead: LaneState,
     up: AtomicBool,
+    /// Never sent on: its receivers see it close when the spool drops, which ends
+    /// the consumers wherever they wait.
+    alive: watch::Sender<()>,
 }
 
 /// A failure inside a disk task, turned into the crate's error at the boundary.
@@ -242,7 +244,11 @@ impl Tx<'_> {
     }
 
     fn open_del(&mut self, r: &Rec, id: &DeferredId) -> TxResult<()> {
-        if self.open.remove(open_key(r.qat, id.as_str()).as_slice())?.is_some() {
+        if self
+            .open
+            .remove(open_key(r.qat, id.as_str()).as_slice())?
+            .is_some()
+        {
             self.dirty = true;
         }
         Ok(())
@@ -295,6 +301,7 @@ impl Spool {
             ready: LaneState::new(),
             dead: LaneState::new(),
             up: AtomicBool::new(true),
+            alive: watch::channel(()).0,
         });
         tokio::spawn(sweep_loop(Arc::downgrade(&spool)));
         Ok(spool)
@@ -498,6 +505,7 @@ impl Spool {
         let notify = self.lane(lane).notify.clone();
         tokio::spawn(consume_loop(
             self.me.clone(),
+            self.alive.subscribe(),
             lane,
             notify,
             Arc::new(Semaphore::new(prefetch)),
@@ -560,6 +568,7 @@ fn join_message(count: u32, env: &[u8]) -> Vec<u8> {
 /// when the spool or the receiver is dropped.
 async fn consume_loop(
     spool: Weak<Spool>,
+    mut alive: watch::Receiver<()>,
     lane: Lane,
     notify: Arc<Notify>,
     sem: Arc<Semaphore>,
@@ -572,6 +581,7 @@ async fn consume_loop(
                 Err(_) => return,
             },
             _ = tx.closed() => return,
+            _ = alive.changed() => return,
         };
         let (seq, count, bytes) = loop {
             // Registered before looking, so a publish in between is not missed.
@@ -591,6 +601,7 @@ async fn consume_loop(
                 _ = &mut notified => {}
                 _ = tokio::time::sleep(IDLE_CHECK) => {}
                 _ = tx.closed() => return,
+                _ = alive.changed() => return,
             }
         };
         let delivery = Delivery {
@@ -603,8 +614,9 @@ async fn consume_loop(
                 permit: Some(permit),
             }),
         };
-        if tx.send(delivery).await.is_err() {
-            return;
+        tokio::select! {
+            r = tx.send(delivery) => if r.is_err() { return },
+            _ = alive.changed() => return,
         }
     }
 }
@@ -612,7 +624,8 @@ async fn consume_loop(
 /// Deletes expired records now and then, while the spool lives.
 async fn sweep_loop(spool: Weak<Spool>) {
     let every = match spool.upgrade() {
-        Some(s) => Duration::from_millis(s.ttl_ms / 4).clamp(Duration::from_millis(250), Duration::from_secs(60)),
+        Some(s) => Duration::from_millis(s.ttl_ms / 4)
+            .clamp(Duration::from_millis(250), Duration::from_secs(60)),
         None => return,
     };
     loop {
@@ -634,7 +647,7 @@ struct SpoolAcker {
 }
 
 impl SpoolAcker {
-    fn settle(mut self: Box<Self>, requeue: bool) -> BoxFuture<'static, Result<()>> {
+    fn settle(&mut self, requeue: bool) -> BoxFuture<'static, Result<()>> {
         let permit = self.permit.take();
         let (spool, lane, seq) = (self.spool.clone(), self.lane, self.seq);
         Box::pin(async move {
@@ -657,11 +670,11 @@ impl SpoolAcker {
 }
 
 impl Acker for SpoolAcker {
-    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+    fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<()>> {
         self.settle(false)
     }
 
-    fn requeue(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+    fn requeue(mut self: Box<Self>) -> BoxFuture<'static, Result<()>> {
         self.settle(true)
     }
 }
@@ -950,10 +963,7 @@ impl Store for Spool {
     fn cancel<'a>(&'a self, id: &'a DeferredId, owner: &'a str) -> BoxFuture<'a, Result<Cancel>> {
         let (id, owner) = (id.clone(), owner.to_string());
         Box::pin(self.tx("cancel", move |t| {
-            let Some(mut r) = t
-                .load(&id)?
-                .filter(|r| r.live(t.now) && r.owner == owner)
-            else {
+            let Some(mut r) = t.load(&id)?.filter(|r| r.live(t.now) && r.owner == owner) else {
                 return Ok(Cancel::Missing);
             };
             if !matches!(r.state, State::Pending | State::Queued) {

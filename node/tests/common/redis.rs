@@ -86,7 +86,8 @@ impl RedisServer {
         }
     }
 
-    /// Starts again on the same port (empty: nothing was persisted).
+    /// Starts again on the same port and directory: empty, unless it was started
+    /// with `--appendonly yes` (then it replays its AOF).
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
