@@ -107,7 +107,13 @@ async fn publish_consume_ack_topology_and_returns() {
             .any(|l| l.starts_with("strait.deferred.t.dead\tquorum")),
         "no quorum dead-letter queue in:\n{queues}"
     );
-    let bindings = mq.ctl_ok(&["-q", "list_bindings", "source_name", "destination_name", "routing_key"]);
+    let bindings = mq.ctl_ok(&[
+        "-q",
+        "list_bindings",
+        "source_name",
+        "destination_name",
+        "routing_key",
+    ]);
     assert!(
         bindings.contains("strait.deferred.dlx\tstrait.deferred.t.dead\tstrait.deferred.t"),
         "{bindings}"
@@ -126,6 +132,18 @@ async fn publish_consume_ack_topology_and_returns() {
     })
     .await;
     drop(rx);
+
+    // A hung broker (SIGSTOP): the confirm never comes, and the publish says so in time.
+    mq.freeze();
+    let started = Instant::now();
+    let e = q.publish(&envelope("t", 3)).await.unwrap_err();
+    let waited = started.elapsed();
+    mq.thaw();
+    assert!(
+        waited >= CONFIRM_TIMEOUT && waited < CONFIRM_TIMEOUT + Duration::from_millis(500),
+        "{waited:?}"
+    );
+    assert!(e.message.contains("did not confirm"), "{}", e.message);
 
     // No queue to route to: the broker returns the mandatory message, and the ack that
     // follows the return is not a success.
@@ -153,13 +171,19 @@ async fn starts_while_the_broker_is_down_and_fails_fast() {
     assert_eq!(q.state(), BackendState::Down);
     let started = Instant::now();
     let e = q.publish(&envelope("t", 1)).await.unwrap_err();
-    assert!(started.elapsed() < Duration::from_millis(200), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(e.kind, ErrorKind::Unavailable);
     assert!(e.message.contains("NOT queued"), "{}", e.message);
     assert!(q.depth().await.is_err());
     // The consumer waits for the broker instead of ending.
     let mut rx = q.consume(2);
-    assert!(tokio::time::timeout(Duration::from_millis(500), rx.recv()).await.is_err());
+    assert!(tokio::time::timeout(Duration::from_millis(500), rx.recv())
+        .await
+        .is_err());
 
     let bad = AmqpQueue::connect("amqp://u:sup3rsecret@h:nope", "t", &settings(5)).await;
     let e = bad.err().expect("a URL with a bad port is refused");
@@ -175,9 +199,11 @@ async fn broker_stopped_then_restarted_keeps_messages() {
     q.publish(&before).await.expect("a confirmed publish");
 
     mq.stop();
-    eventually(Duration::from_secs(5), "state Down after the broker stopped", || async {
-        q.state() == BackendState::Down
-    })
+    eventually(
+        Duration::from_secs(5),
+        "state Down after the broker stopped",
+        || async { q.state() == BackendState::Down },
+    )
     .await;
     let started = Instant::now();
     let e = q.publish(&envelope("t", 2)).await.unwrap_err();
@@ -205,10 +231,15 @@ async fn broker_stopped_then_restarted_keeps_messages() {
         got.push(d.envelope.clone().expect("an envelope"));
         d.acker.ack().await.expect("ack");
     }
-    assert!(got.contains(&before), "the message from before the stop was lost");
+    assert!(
+        got.contains(&before),
+        "the message from before the stop was lost"
+    );
     assert!(got.contains(&after));
     assert!(
-        tokio::time::timeout(Duration::from_millis(300), rx.recv()).await.is_err(),
+        tokio::time::timeout(Duration::from_millis(300), rx.recv())
+            .await
+            .is_err(),
         "the failed publish must not have been queued"
     );
 }
@@ -231,7 +262,9 @@ async fn requeues_count_up_then_dead_letter() {
     }
     assert_eq!(counts, (0..=limit).collect::<Vec<_>>());
     assert!(
-        tokio::time::timeout(Duration::from_millis(500), rx.recv()).await.is_err(),
+        tokio::time::timeout(Duration::from_millis(500), rx.recv())
+            .await
+            .is_err(),
         "delivered again past the delivery limit"
     );
     let mut dead = q.consume_dead();
@@ -274,16 +307,26 @@ async fn shovel_moves_a_regions_backlog_to_another_broker() {
         let d = next(&mut rx, Duration::from_secs(20)).await;
         let e = d.envelope.clone().expect("an intact envelope");
         d.acker.ack().await.expect("ack");
-        assert_eq!(sent.get(&e.head.id), Some(&e), "changed or unknown: {}", e.head.id);
-        assert!(got.insert(e.head.id.clone(), e).is_none(), "delivered twice");
+        assert_eq!(
+            sent.get(&e.head.id),
+            Some(&e),
+            "changed or unknown: {}",
+            e.head.id
+        );
+        assert!(
+            got.insert(e.head.id.clone(), e).is_none(),
+            "delivered twice"
+        );
     }
     eventually(Duration::from_secs(10), "region a drained", || async {
         qa.depth().await.unwrap() == 0
     })
     .await;
     // queue-length: the shovel deletes itself once it moved what was there.
-    eventually(Duration::from_secs(10), "the shovel removed itself", || async {
-        !a.ctl_ok(&["-q", "list_parameters"]).contains("evacuate-a")
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the shovel removed itself",
+        || async { !a.ctl_ok(&["-q", "list_parameters"]).contains("evacuate-a") },
+    )
     .await;
 }
