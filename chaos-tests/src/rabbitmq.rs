@@ -7,8 +7,9 @@
 //! `/usr/lib/rabbitmq/lib/rabbitmq_server-*/sbin/` folder: the `/usr/sbin` wrappers
 //! switch to the `rabbitmq` user (another HOME, another cookie, so every CLI call
 //! fails to authenticate) and log to /var/log. `RUNNING_UNDER_SYSTEMD` makes the
-//! script `exec` the VM, so the child we spawn IS the broker's beam process and
-//! [`RabbitMq::kill`] kills the broker itself, not a shell around it. Erlang's
+//! script `exec` the VM rather than wait on it from a signal-trapping shell, and
+//! [`RabbitMq::kill`] also SIGKILLs the pid the VM wrote into its pid file, so it is
+//! the broker itself that dies, not a shell around it. Erlang's
 //! busy-waiting schedulers are turned off (`+sbwt none ...`): they burn whole cores
 //! of a small machine while idle.
 //!
