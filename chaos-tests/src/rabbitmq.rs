@@ -7,8 +7,9 @@
 //! `/usr/lib/rabbitmq/lib/rabbitmq_server-*/sbin/` folder: the `/usr/sbin` wrappers
 //! switch to the `rabbitmq` user (another HOME, another cookie, so every CLI call
 //! fails to authenticate) and log to /var/log. `RUNNING_UNDER_SYSTEMD` makes the
-//! script `exec` the VM, so the child we spawn IS the broker's beam process and
-//! [`RabbitMq::kill`] kills the broker itself, not a shell around it. Erlang's
+//! script `exec` the VM rather than wait on it from a signal-trapping shell, and
+//! [`RabbitMq::kill`] also SIGKILLs the pid the VM wrote into its pid file, so it is
+//! the broker itself that dies, not a shell around it. Erlang's
 //! busy-waiting schedulers are turned off (`+sbwt none ...`): they burn whole cores
 //! of a small machine while idle.
 //!
@@ -154,8 +155,8 @@ impl RabbitMq {
         let server = self.sbin.join("rabbitmq-server");
         let mut cmd = Command::new(&server);
         self.env(&mut cmd);
-        let log = std::fs::File::create(self.dir.path().join("server.out"))
-            .expect("server output file");
+        let log =
+            std::fs::File::create(self.dir.path().join("server.out")).expect("server output file");
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log file"))
@@ -264,9 +265,7 @@ impl RabbitMq {
         };
         // The script exec'd the VM, so the child is the beam process; the pid file
         // (written by the VM itself) is checked too, should a wrapper ever remain.
-        let pid_file = std::fs::read_to_string(self.dir.path().join("broker.pid"))
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok());
+        let pid_file = self.pid();
         let _ = child.kill();
         let _ = child.wait();
         if let Some(pid) = pid_file.filter(|&p| p != child.id()) {
@@ -275,6 +274,32 @@ impl RabbitMq {
                 .stderr(Stdio::null())
                 .status();
         }
+    }
+
+    /// The broker VM's process id (from the pid file the VM writes itself).
+    pub fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.path().join("broker.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    }
+
+    /// SIGSTOP to the VM: connections stay open but nothing answers (a hung broker).
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`RabbitMq::freeze`].
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.pid().expect("the broker's pid file");
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid} failed");
     }
 
     /// Starts the broker again on the same data directory and ports (stopping it
@@ -297,6 +322,12 @@ impl RabbitMq {
 impl Drop for RabbitMq {
     fn drop(&mut self) {
         if self.running() {
+            // A frozen VM ignores nothing but SIGKILL; thaw is harmless otherwise.
+            if let Some(pid) = self.pid() {
+                let _ = Command::new("kill")
+                    .args(["-CONT", &pid.to_string()])
+                    .status();
+            }
             // A clean stop takes ~2 s; tests that end do not need the data, so kill.
             self.kill();
         }

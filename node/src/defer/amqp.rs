@@ -30,7 +30,9 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::uri::AMQPUri;
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
 use tokio::sync::{mpsc, watch};
 
 use super::queue::{Acker, BoxFuture, Delivery, Queue};
@@ -244,9 +246,8 @@ impl Shared {
     }
 
     async fn open_connection(&self, role: &str) -> Result<Connection> {
-        let props = ConnectionProperties::default().with_connection_name(
-            format!("strait-node {} {role}", self.region).into(),
-        );
+        let props = ConnectionProperties::default()
+            .with_connection_name(format!("strait-node {} {role}", self.region).into());
         match tokio::time::timeout(
             CONNECT_TIMEOUT,
             Connection::connect_uri(self.uri.clone(), props),
@@ -336,8 +337,11 @@ impl Shared {
                 .confirm_select(ConfirmSelectOptions::default())
                 .await
                 .map_err(|e| {
-                    Error::new(ErrorKind::Unavailable, "RabbitMQ refused publisher confirms")
-                        .with_detail(e)
+                    Error::new(
+                        ErrorKind::Unavailable,
+                        "RabbitMQ refused publisher confirms",
+                    )
+                    .with_detail(e)
                 })?;
             Ok(channel)
         };
@@ -742,7 +746,10 @@ mod tests {
         assert_eq!(uri.query.heartbeat, Some(DEFAULT_HEARTBEAT_S));
         let v6 = parse_url("amqp://[::1]:5999").unwrap();
         assert_eq!(v6.authority.host, "::1");
-        assert_eq!(parse_url("amqp://mq.example").unwrap().authority.host, "mq.example");
+        assert_eq!(
+            parse_url("amqp://mq.example").unwrap().authority.host,
+            "mq.example"
+        );
         assert_eq!(
             parse_url("amqp://h?heartbeat=3").unwrap().query.heartbeat,
             Some(3)
@@ -751,7 +758,11 @@ mod tests {
 
     #[test]
     fn bad_urls_are_config_errors_without_the_password() {
-        for bad in ["http://u:hunter2@h", "amqp://u:hunter2@h:notaport", "hunter2"] {
+        for bad in [
+            "http://u:hunter2@h",
+            "amqp://u:hunter2@h:notaport",
+            "hunter2",
+        ] {
             let e = parse_url(bad).unwrap_err();
             assert_eq!(e.kind, ErrorKind::Config, "{bad}");
             assert!(!e.message.contains("hunter2"), "{}", e.message);
@@ -779,7 +790,11 @@ mod tests {
         ] {
             let e = confirmation_result(c).unwrap_err();
             assert_eq!(e.kind, ErrorKind::Unavailable);
-            assert!(e.message.starts_with("the request was NOT queued: "), "{}", e.message);
+            assert!(
+                e.message.starts_with("the request was NOT queued: "),
+                "{}",
+                e.message
+            );
             assert!(e.message.contains(word), "{}", e.message);
         }
     }
@@ -798,8 +813,14 @@ mod tests {
         let get = |k: &str| args.inner().get(k).cloned();
         assert_eq!(get("x-queue-type"), Some(long_string("quorum")));
         assert_eq!(get("x-delivery-limit"), Some(AMQPValue::LongLongInt(5)));
-        assert_eq!(get("x-dead-letter-exchange"), Some(long_string(DEAD_LETTER_EXCHANGE)));
-        assert_eq!(get("x-dead-letter-strategy"), Some(long_string("at-least-once")));
+        assert_eq!(
+            get("x-dead-letter-exchange"),
+            Some(long_string(DEAD_LETTER_EXCHANGE))
+        );
+        assert_eq!(
+            get("x-dead-letter-strategy"),
+            Some(long_string("at-least-once"))
+        );
         assert_eq!(get("x-overflow"), Some(long_string("reject-publish")));
         assert_eq!(queue_name("eu-west"), "strait.deferred.eu-west");
         assert_eq!(dead_queue_name("eu-west"), "strait.deferred.eu-west.dead");
