@@ -226,11 +226,6 @@ impl RabbitMq {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// The broker VM's process id while it runs (for SIGSTOP/SIGCONT in tests).
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
     /// Whether the broker process is running.
     pub fn running(&mut self) -> bool {
         self.child

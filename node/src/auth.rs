@@ -105,11 +105,7 @@ impl Authenticator {
         match self.mode {
             KeyMode::Anonymous => (*self.anonymous.name == *name).then(|| self.anonymous.clone()),
             KeyMode::Passthrough => None,
-            KeyMode::Managed => self
-                .by_hash
-                .values()
-                .find(|p| *p.name == *name)
-                .cloned(),
+            KeyMode::Managed => self.by_hash.values().find(|p| *p.name == *name).cloned(),
         }
     }
 

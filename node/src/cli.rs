@@ -119,7 +119,12 @@ pub struct Cli {
 
     /// RabbitMQ URL for deferred delivery (a quorum queue per region) [default: the
     /// embedded spool under the state directory]. The password is never logged.
-    #[arg(long, env = "STRAIT_AMQP_URL", hide_env_values = true, value_name = "URL")]
+    #[arg(
+        long,
+        env = "STRAIT_AMQP_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     pub amqp: Option<String>,
 
     /// Node id [default: kept in the state directory, made from the host name].

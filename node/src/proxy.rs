@@ -123,7 +123,8 @@ pub async fn handle(
                 "ok"
             };
             record.finish();
-            resp.headers_mut().insert(crate::meta::REQUEST_ID, rid_header);
+            resp.headers_mut()
+                .insert(crate::meta::REQUEST_ID, rid_header);
             Reply::new(resp)
         }
         Err(err) => {
@@ -221,23 +222,17 @@ async fn phases(
     }
     // `strait-defer`: only Messages requests may wait, and only where the node holds
     // the upstream keys (it never stores a client's own key).
-    let defer = match DeferMode::parse(req.headers.get(&DEFER)) {
-        Ok(None) => None,
-        Ok(Some(_)) if route != RouteKind::Messages => {
+    let defer = match DeferMode::parse(req.headers.get(&DEFER))? {
+        None => None,
+        Some(_) if route != RouteKind::Messages => {
             return Err(Error::new(
                 ErrorKind::InvalidRequest,
                 "strait-defer applies to POST /v1/messages only",
             ))
         }
-        Ok(Some(mode)) => {
+        Some(mode) => {
             deferred_api::available(deferral, snap.auth.mode())?;
             Some(mode)
-        }
-        Err(()) => {
-            return Err(Error::new(
-                ErrorKind::InvalidRequest,
-                "strait-defer must be on-outage or always",
-            ))
         }
     };
 
@@ -335,7 +330,11 @@ async fn phases(
                     Ok(Answer::Local(deferred_api::accepted_response(&accepted)))
                 }
                 Err(not_queued) => Err(Error {
-                    message: format!("{} (the upstream could not be reached: {outage})", not_queued.message).into(),
+                    message: format!(
+                        "{} (the upstream could not be reached: {outage})",
+                        not_queued.message
+                    )
+                    .into(),
                     ..not_queued
                 }),
             };

@@ -40,6 +40,7 @@ pub struct Node {
     public_task: JoinHandle<usize>,
     admin_task: JoinHandle<usize>,
     cluster: ClusterHandle,
+    deferred: Option<crate::deferred::worker::Workers>,
 }
 
 /// How long a starting node waits for its first etcd sync before it serves anyway
@@ -146,12 +147,12 @@ impl Node {
             );
         }
 
-        if let Some(deferral) = &shared.deferral {
+        let deferred = shared.deferral.as_ref().map(|deferral| {
             let holder = node_id
                 .clone()
                 .unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>()));
-            crate::deferred::worker::spawn(shared.clone(), deferral.clone(), holder);
-        }
+            crate::deferred::worker::spawn(shared.clone(), deferral.clone(), holder)
+        });
 
         let (stop_public, stop_public_rx) = watch::channel(false);
         let (stop_admin, stop_admin_rx) = watch::channel(false);
@@ -223,6 +224,7 @@ impl Node {
             public_task,
             admin_task,
             cluster,
+            deferred,
         })
     }
 
@@ -282,6 +284,9 @@ impl Node {
             while d.in_flight.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < until {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+        }
+        if let Some(workers) = self.deferred {
+            workers.stop();
         }
         let cut = self.shared.drain_cut.ended() + left;
         // A clean stop deletes the record rather than letting the lease expire.

@@ -60,7 +60,12 @@ impl Rig {
         let mut h = auth(CLIENT_KEY).to_vec();
         h.push(("strait-defer", mode));
         h.extend_from_slice(extra);
-        post_json(&format!("{}/v1/messages", self.url), &h, &marked(marker, false)).await
+        post_json(
+            &format!("{}/v1/messages", self.url),
+            &h,
+            &marked(marker, false),
+        )
+        .await
     }
 
     async fn result(&self, id: &str, key: &str) -> Resp {
@@ -75,7 +80,11 @@ impl Rig {
             if r.status != StatusCode::ACCEPTED {
                 return r;
             }
-            assert!(started.elapsed() < limit, "{id} still open after {limit:?}: {}", r.text());
+            assert!(
+                started.elapsed() < limit,
+                "{id} still open after {limit:?}: {}",
+                r.text()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -112,7 +121,10 @@ async fn start_node(
     raw.deferred.claim_lease = Duration::from_secs(2);
     tweak(&mut raw);
     let keys = upstream_keys.iter().map(|k| Secret::new(*k)).collect();
-    let clients = [CLIENT_KEY, OTHER_KEY].iter().map(|k| Secret::new(*k)).collect();
+    let clients = [CLIENT_KEY, OTHER_KEY]
+        .iter()
+        .map(|k| Secret::new(*k))
+        .collect();
     let config = raw.validate(keys, clients).expect("valid test config");
     Node::start(config).await.expect("node starts")
 }
@@ -161,13 +173,24 @@ async fn always_queues_and_get_returns_exactly_the_upstream_answer() {
     // A streaming request: the stored result is the stream as the upstream sent it.
     let mut h = auth(CLIENT_KEY).to_vec();
     h.push(("strait-defer", "always"));
-    let r = post_json(&format!("{}/v1/messages", rig.url), &h, &marked("m-stream", true)).await;
+    let r = post_json(
+        &format!("{}/v1/messages", rig.url),
+        &h,
+        &marked("m-stream", true),
+    )
+    .await;
     let id = accepted_id(&r);
     let done = rig.settled(&id, Duration::from_secs(20)).await;
     assert_eq!(done.status, StatusCode::OK);
-    assert!(done.header("content-type").unwrap().starts_with("text/event-stream"));
+    assert!(done
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/event-stream"));
     let text = done.text();
-    assert!(text.contains("event: message_start") && text.contains("event: message_stop"), "{text}");
+    assert!(
+        text.contains("event: message_start") && text.contains("event: message_stop"),
+        "{text}"
+    );
 
     // POST /v1/strait/deferred/messages always queues too.
     let r = post_json(
@@ -177,12 +200,21 @@ async fn always_queues_and_get_returns_exactly_the_upstream_answer() {
     )
     .await;
     let id = accepted_id(&r);
-    assert_eq!(rig.settled(&id, Duration::from_secs(20)).await.status, StatusCode::OK);
+    assert_eq!(
+        rig.settled(&id, Duration::from_secs(20)).await.status,
+        StatusCode::OK
+    );
     assert_eq!(rig.received("m-route"), 1);
 
     let metrics = get(&format!("{}/metrics", rig.admin), &[]).await.text();
-    assert!(metrics.contains("strait_deferred_queued_total{how=\"always\"} 3"), "{metrics}");
-    assert!(metrics.contains("strait_deferred_delivered_total{outcome=\"done\"} 3"), "{metrics}");
+    assert!(
+        metrics.contains("strait_deferred_queued_total{how=\"always\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("strait_deferred_delivered_total{outcome=\"done\"} 3"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -199,19 +231,34 @@ async fn on_outage_is_served_directly_and_queued_only_when_nothing_reaches_the_u
     rig.cut();
     let mut ids = Vec::new();
     for i in 0..5 {
-        ids.push(accepted_id(&rig.defer("on-outage", &format!("m-outage-{i}"), &[]).await));
+        ids.push(accepted_id(
+            &rig.defer("on-outage", &format!("m-outage-{i}"), &[]).await,
+        ));
     }
     // A client without strait-defer gets today's error.
     let plain = rig.defer("", "m-plain", &[]).await;
-    assert_eq!(plain.status, StatusCode::BAD_REQUEST, "an empty strait-defer value is refused");
+    assert_eq!(
+        plain.status,
+        StatusCode::BAD_REQUEST,
+        "an empty strait-defer value is refused"
+    );
     let mut h = auth(CLIENT_KEY).to_vec();
     h.push(("content-type", "application/json"));
-    let plain = send(Method::POST, &format!("{}/v1/messages", rig.url), &h, marked("m-plain", false).to_string()).await;
+    let plain = send(
+        Method::POST,
+        &format!("{}/v1/messages", rig.url),
+        &h,
+        marked("m-plain", false).to_string(),
+    )
+    .await;
     plain.assert_gateway_error(502, "api_error");
     // While cut, the ids stay open.
     let open = rig.result(&ids[0], CLIENT_KEY).await;
     assert_eq!(open.status, StatusCode::ACCEPTED);
-    assert!(matches!(open.json()["status"].as_str(), Some("queued" | "delivering")));
+    assert!(matches!(
+        open.json()["status"].as_str(),
+        Some("queued" | "delivering")
+    ));
 
     // The path is back: every one delivered, once.
     rig.heal();
@@ -230,7 +277,8 @@ async fn a_request_sent_and_then_unanswered_is_not_deferred() {
     })
     .await;
     for key in UPSTREAM_KEYS {
-        rig.mock.set_key_fault(key, Fault::latency(Duration::from_secs(3)));
+        rig.mock
+            .set_key_fault(key, Fault::latency(Duration::from_secs(3)));
     }
     let r = rig.defer("on-outage", "m-timeout", &[]).await;
     r.assert_gateway_error(504, "api_error");
@@ -242,46 +290,84 @@ async fn ids_belong_to_their_key_and_unknown_ones_are_404() {
     let dir = tempfile::tempdir().unwrap();
     let rig = Rig::start(dir.path(), |_| {}).await;
     let id = accepted_id(&rig.defer("always", "m-owner", &[]).await);
-    assert_eq!(rig.settled(&id, Duration::from_secs(20)).await.status, StatusCode::OK);
+    assert_eq!(
+        rig.settled(&id, Duration::from_secs(20)).await.status,
+        StatusCode::OK
+    );
 
-    rig.result(&id, OTHER_KEY).await.assert_gateway_error(404, "not_found_error");
+    rig.result(&id, OTHER_KEY)
+        .await
+        .assert_gateway_error(404, "not_found_error");
     let unknown = format!("dfr_default_{:032x}", 7);
-    rig.result(&unknown, CLIENT_KEY).await.assert_gateway_error(404, "not_found_error");
-    rig.result("../../etc/passwd", CLIENT_KEY).await.assert_gateway_error(404, "not_found_error");
-    rig.result("nonsense", CLIENT_KEY).await.assert_gateway_error(404, "not_found_error");
+    rig.result(&unknown, CLIENT_KEY)
+        .await
+        .assert_gateway_error(404, "not_found_error");
+    rig.result("../../etc/passwd", CLIENT_KEY)
+        .await
+        .assert_gateway_error(404, "not_found_error");
+    rig.result("nonsense", CLIENT_KEY)
+        .await
+        .assert_gateway_error(404, "not_found_error");
     let other_region = format!("dfr_west_{:032x}", 7);
     let r = rig.result(&other_region, CLIENT_KEY).await;
     r.assert_gateway_error(404, "not_found_error");
     assert!(r.text().contains("region west"), "{}", r.text());
     // Another key cannot cancel it either.
-    let del = send(Method::DELETE, &format!("{}/v1/strait/deferred/{id}", rig.url), &auth(OTHER_KEY), "").await;
+    let del = send(
+        Method::DELETE,
+        &format!("{}/v1/strait/deferred/{id}", rig.url),
+        &auth(OTHER_KEY),
+        "",
+    )
+    .await;
     del.assert_gateway_error(404, "not_found_error");
     // No key: 401.
-    get(&format!("{}/v1/strait/deferred/{id}", rig.url), &[]).await.assert_gateway_error(401, "authentication_error");
+    get(&format!("{}/v1/strait/deferred/{id}", rig.url), &[])
+        .await
+        .assert_gateway_error(401, "authentication_error");
 }
 
 #[tokio::test]
 async fn an_idempotency_key_returns_the_first_id_and_queues_nothing_new() {
     let dir = tempfile::tempdir().unwrap();
     let rig = Rig::start(dir.path(), |_| {}).await;
-    let first = accepted_id(&rig.defer("always", "m-idem", &[("idempotency-key", "job-42")]).await);
-    let again = rig.defer("always", "m-idem", &[("idempotency-key", "job-42")]).await;
+    let first = accepted_id(
+        &rig.defer("always", "m-idem", &[("idempotency-key", "job-42")])
+            .await,
+    );
+    let again = rig
+        .defer("always", "m-idem", &[("idempotency-key", "job-42")])
+        .await;
     assert_eq!(again.status, StatusCode::ACCEPTED);
     assert_eq!(again.json()["id"], first.as_str());
-    assert_eq!(rig.settled(&first, Duration::from_secs(20)).await.status, StatusCode::OK);
-    let after = rig.defer("always", "m-idem", &[("idempotency-key", "job-42")]).await;
+    assert_eq!(
+        rig.settled(&first, Duration::from_secs(20)).await.status,
+        StatusCode::OK
+    );
+    let after = rig
+        .defer("always", "m-idem", &[("idempotency-key", "job-42")])
+        .await;
     assert_eq!(after.json()["id"], first.as_str());
     assert_eq!(after.json()["status"], "done");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(rig.received("m-idem"), 1, "sent upstream once");
 
     // The same key with another body: 422. Another client key: its own id.
-    rig.defer("always", "m-idem-other-body", &[("idempotency-key", "job-42")])
-        .await
-        .assert_gateway_error(422, "invalid_request_error");
+    rig.defer(
+        "always",
+        "m-idem-other-body",
+        &[("idempotency-key", "job-42")],
+    )
+    .await
+    .assert_gateway_error(422, "invalid_request_error");
     let mut h = auth(OTHER_KEY).to_vec();
     h.extend([("strait-defer", "always"), ("idempotency-key", "job-42")]);
-    let theirs = post_json(&format!("{}/v1/messages", rig.url), &h, &marked("m-idem", false)).await;
+    let theirs = post_json(
+        &format!("{}/v1/messages", rig.url),
+        &h,
+        &marked("m-idem", false),
+    )
+    .await;
     assert_ne!(accepted_id(&theirs), first);
 }
 
@@ -306,14 +392,22 @@ async fn cancel_works_while_queued_and_the_request_is_never_sent() {
     let r = cancelled.expect("cancelled within 5 s");
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.json()["status"], "cancelled");
-    rig.result(&id, CLIENT_KEY).await.assert_gateway_error(410, "not_found_error");
+    rig.result(&id, CLIENT_KEY)
+        .await
+        .assert_gateway_error(410, "not_found_error");
     rig.heal();
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(rig.received("m-cancel"), 0);
     // A finished one cannot be cancelled.
     let done = accepted_id(&rig.defer("always", "m-done", &[]).await);
     rig.settled(&done, Duration::from_secs(30)).await;
-    let r = send(Method::DELETE, &format!("{}/v1/strait/deferred/{done}", rig.url), &auth(CLIENT_KEY), "").await;
+    let r = send(
+        Method::DELETE,
+        &format!("{}/v1/strait/deferred/{done}", rig.url),
+        &auth(CLIENT_KEY),
+        "",
+    )
+    .await;
     r.assert_gateway_error(409, "invalid_request_error");
 }
 
@@ -325,7 +419,10 @@ async fn results_expire_after_their_ttl_with_410() {
     })
     .await;
     let id = accepted_id(&rig.defer("always", "m-ttl", &[]).await);
-    assert_eq!(rig.settled(&id, Duration::from_secs(20)).await.status, StatusCode::OK);
+    assert_eq!(
+        rig.settled(&id, Duration::from_secs(20)).await.status,
+        StatusCode::OK
+    );
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let r = rig.result(&id, CLIENT_KEY).await;
     r.assert_gateway_error(410, "not_found_error");
@@ -347,9 +444,16 @@ async fn a_request_the_upstream_keeps_refusing_is_dead_lettered_with_its_last_er
     let r = rig.settled(&id, Duration::from_secs(40)).await;
     r.assert_gateway_error(502, "api_error");
     assert_eq!(r.header("x-strait-deferred-status"), Some("dead_lettered"));
-    assert!(r.text().contains("529"), "the last error is named: {}", r.text());
+    assert!(
+        r.text().contains("529"),
+        "the last error is named: {}",
+        r.text()
+    );
     let metrics = get(&format!("{}/metrics", rig.admin), &[]).await.text();
-    assert!(metrics.contains("strait_deferred_dead_lettered_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("strait_deferred_dead_lettered_total 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -359,7 +463,9 @@ async fn the_spool_keeps_queued_requests_across_a_node_restart() {
     rig.cut();
     let mut ids = Vec::new();
     for i in 0..5 {
-        ids.push(accepted_id(&rig.defer("always", &format!("m-restart-{i}"), &[]).await));
+        ids.push(accepted_id(
+            &rig.defer("always", &format!("m-restart-{i}"), &[]).await,
+        ));
     }
     rig.stop().await;
     let Rig { mock, proxy, .. } = rig;
@@ -377,7 +483,12 @@ async fn a_passthrough_gateway_refuses_deferral_and_says_why() {
     let h = Harness::passthrough().await;
     let mut hdr = auth("sk-ant-client-own-key").to_vec();
     hdr.push(("strait-defer", "always"));
-    let r = post_json(&format!("{}/v1/messages", h.url), &hdr, &message_body(false)).await;
+    let r = post_json(
+        &format!("{}/v1/messages", h.url),
+        &hdr,
+        &message_body(false),
+    )
+    .await;
     r.assert_gateway_error(400, "invalid_request_error");
     assert!(r.text().contains("store your API key"), "{}", r.text());
     assert!(!r.text().contains("sk-ant-client-own-key"));
@@ -401,13 +512,30 @@ async fn bad_defer_requests_get_clear_errors() {
     // Only Messages requests may wait.
     let mut h = auth(CLIENT_KEY).to_vec();
     h.push(("strait-defer", "always"));
-    let r = post_json(&format!("{}/v1/messages/count_tokens", rig.url), &h, &message_body(false)).await;
+    let r = post_json(
+        &format!("{}/v1/messages/count_tokens", rig.url),
+        &h,
+        &message_body(false),
+    )
+    .await;
     r.assert_gateway_error(400, "invalid_request_error");
     // Invalid JSON is refused before anything is queued.
     h.push(("content-type", "application/json"));
-    let r = send(Method::POST, &format!("{}/v1/strait/deferred/messages", rig.url), &h, "{not json").await;
+    let r = send(
+        Method::POST,
+        &format!("{}/v1/strait/deferred/messages", rig.url),
+        &h,
+        "{not json",
+    )
+    .await;
     r.assert_gateway_error(400, "invalid_request_error");
-    let r = send(Method::PUT, &format!("{}/v1/strait/deferred/messages", rig.url), &h, "{}").await;
+    let r = send(
+        Method::PUT,
+        &format!("{}/v1/strait/deferred/messages", rig.url),
+        &h,
+        "{}",
+    )
+    .await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(rig.mock.request_count(), 0);

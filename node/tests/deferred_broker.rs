@@ -55,7 +55,10 @@ fn received(mock: &MockHandle, marker: &str) -> usize {
 fn received_counts(mock: &MockHandle) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     for r in mock.requests() {
-        if let Some(m) = r.json().and_then(|v| v["metadata"]["user_id"].as_str().map(String::from)) {
+        if let Some(m) = r
+            .json()
+            .and_then(|v| v["metadata"]["user_id"].as_str().map(String::from))
+        {
             *counts.entry(m).or_insert(0) += 1;
         }
     }
@@ -85,13 +88,22 @@ async fn settled(url: &str, id: &str, limit: Duration) -> Resp {
         if r.status != StatusCode::ACCEPTED {
             return r;
         }
-        assert!(started.elapsed() < limit, "{id} still open after {limit:?}: {}", r.text());
+        assert!(
+            started.elapsed() < limit,
+            "{id} still open after {limit:?}: {}",
+            r.text()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 /// An in-process node on the broker and Redis, its upstream through `proxy`.
-async fn node_on(broker: &RabbitMq, redis: &RedisServer, upstream: std::net::SocketAddr, dir: &Path) -> Node {
+async fn node_on(
+    broker: &RabbitMq,
+    redis: &RedisServer,
+    upstream: std::net::SocketAddr,
+    dir: &Path,
+) -> Node {
     let mut raw = RawConfig::default();
     raw.listen.public = "127.0.0.1:0".into();
     raw.listen.admin = "127.0.0.1:0".into();
@@ -104,7 +116,9 @@ async fn node_on(broker: &RabbitMq, redis: &RedisServer, upstream: std::net::Soc
     raw.deferred.claim_lease = Duration::from_secs(2);
     raw.deferred.confirm_timeout = Duration::from_secs(2);
     let keys = UPSTREAM_KEYS.iter().map(|k| Secret::new(*k)).collect();
-    let config = raw.validate(keys, vec![Secret::new(CLIENT_KEY)]).expect("valid config");
+    let config = raw
+        .validate(keys, vec![Secret::new(CLIENT_KEY)])
+        .expect("valid config");
     Node::start(config).await.expect("node starts")
 }
 
@@ -133,11 +147,26 @@ async fn a_broker_down_means_503_never_202_and_its_queue_survives_a_restart() {
     let r = defer(&url, "b-refused", &[]).await;
     r.assert_gateway_error(503, "overloaded_error");
     assert!(r.text().contains("NOT queued"), "{}", r.text());
-    assert!(started.elapsed() < Duration::from_secs(4), "refused within the confirm timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "refused within the confirm timeout"
+    );
     let ready = get(&format!("http://{}/readyz", node.admin_addr()), &[]).await;
-    assert_eq!(ready.status, StatusCode::OK, "a broker down is a warning, not a failure");
-    assert!(ready.text().contains("\"deferred:queue\""), "{}", ready.text());
-    assert!(ready.text().contains("rabbitmq unreachable"), "{}", ready.text());
+    assert_eq!(
+        ready.status,
+        StatusCode::OK,
+        "a broker down is a warning, not a failure"
+    );
+    assert!(
+        ready.text().contains("\"deferred:queue\""),
+        "{}",
+        ready.text()
+    );
+    assert!(
+        ready.text().contains("rabbitmq unreachable"),
+        "{}",
+        ready.text()
+    );
 
     tokio::task::block_in_place(|| broker.start_again());
     // Publishing works again once the node has reconnected.
@@ -158,9 +187,17 @@ async fn a_broker_down_means_503_never_202_and_its_queue_survives_a_restart() {
         assert_eq!(done.status, StatusCode::OK, "{}", done.text());
     }
     for i in 0..3 {
-        assert_eq!(received(&mock, &format!("b-{i}")), 1, "queued before the stop, delivered once");
+        assert_eq!(
+            received(&mock, &format!("b-{i}")),
+            1,
+            "queued before the stop, delivered once"
+        );
     }
-    assert_eq!(received(&mock, "b-refused"), 0, "the refused one was never queued");
+    assert_eq!(
+        received(&mock, "b-refused"),
+        0,
+        "the refused one was never queued"
+    );
     node.drain().await;
 }
 
@@ -181,7 +218,9 @@ async fn redis_restarted_keeps_results_and_while_down_deferral_is_refused() {
     let r = defer(&url, "r-refused", &[]).await;
     r.assert_gateway_error(503, "overloaded_error");
     assert!(r.text().contains("NOT queued"), "{}", r.text());
-    result(&url, &id).await.assert_gateway_error(503, "overloaded_error");
+    result(&url, &id)
+        .await
+        .assert_gateway_error(503, "overloaded_error");
 
     redis.restart();
     let mut back = None;
@@ -209,17 +248,23 @@ async fn a_forced_duplicate_delivery_is_acked_without_sending() {
     let url = format!("http://{}", node.public_addr());
 
     let id = accepted_id(&defer(&url, "d-1", &[]).await);
-    assert_eq!(settled(&url, &id, Duration::from_secs(30)).await.status, StatusCode::OK);
+    assert_eq!(
+        settled(&url, &id, Duration::from_secs(30)).await.status,
+        StatusCode::OK
+    );
 
     // The same id published again, as a broker redelivery or a republish would.
     use strait_node::defer::{queue::Queue, DeferredId, Envelope, EnvelopeHead};
     let mut raw = RawConfig::default();
     raw.deferred.amqp_url = Some(broker.url());
     raw.deferred.redis = Some(redis_url(&redis));
-    let cfg = raw.validate(vec![Secret::new("sk-x")], vec![Secret::new("c")]).unwrap();
-    let queue = strait_node::defer::amqp::AmqpQueue::connect(&broker.url(), "default", &cfg.deferred)
-        .await
+    let cfg = raw
+        .validate(vec![Secret::new("sk-x")], vec![Secret::new("c")])
         .unwrap();
+    let queue =
+        strait_node::defer::amqp::AmqpQueue::connect(&broker.url(), "default", &cfg.deferred)
+            .await
+            .unwrap();
     let env = Envelope {
         head: EnvelopeHead {
             id: DeferredId::parse(&id).unwrap(),
@@ -243,16 +288,29 @@ async fn a_forced_duplicate_delivery_is_acked_without_sending() {
     }
     assert!(published, "the test's own publish is confirmed");
     let metrics_url = format!("http://{}/metrics", node.admin_addr());
-    eventually("the duplicate is skipped", Duration::from_secs(20), async || {
-        get(&metrics_url, &[]).await.text().contains("strait_deferred_redeliveries_total{action=\"skipped\"} 1")
-    })
+    eventually(
+        "the duplicate is skipped",
+        Duration::from_secs(20),
+        async || {
+            get(&metrics_url, &[])
+                .await
+                .text()
+                .contains("strait_deferred_redeliveries_total{action=\"skipped\"} 1")
+        },
+    )
     .await;
     assert_eq!(received(&mock, "d-1"), 1, "sent upstream once");
     node.drain().await;
 }
 
 /// A node process on the broker and Redis, with `extra` arguments.
-fn node_process(broker: &RabbitMq, redis: &RedisServer, upstream: &str, dir: &Path, extra: &[&str]) -> NodeProcess {
+fn node_process(
+    broker: &RabbitMq,
+    redis: &RedisServer,
+    upstream: &str,
+    dir: &Path,
+    extra: &[&str],
+) -> NodeProcess {
     let path = dir.join("node.toml");
     std::fs::write(
         &path,
@@ -293,21 +351,35 @@ async fn killed_between_claim_and_send_the_next_node_delivers_once() {
     // One request a minute: the direct request takes it, so the delivery claims the
     // id and then waits for its limits (claimed, not sent) when the node is killed.
     let mut first = tokio::task::block_in_place(|| {
-        node_process(&broker, &redis, mock.url(), dir.path(), &["--default-limits", "rpm=1"])
+        node_process(
+            &broker,
+            &redis,
+            mock.url(),
+            dir.path(),
+            &["--default-limits", "rpm=1"],
+        )
     });
-    let r = post_json(&format!("{}/v1/messages", first.url()), &auth(CLIENT_KEY), &message_body(false)).await;
+    let r = post_json(
+        &format!("{}/v1/messages", first.url()),
+        &auth(CLIENT_KEY),
+        &message_body(false),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK);
     let id = accepted_id(&defer(&first.url(), "k-claim", &[]).await);
-    eventually("the delivery holds the id", Duration::from_secs(20), async || {
-        result(&first.url(), &id).await.json()["status"] == "delivering"
-    })
+    eventually(
+        "the delivery holds the id",
+        Duration::from_secs(20),
+        async || result(&first.url(), &id).await.json()["status"] == "delivering",
+    )
     .await;
     first.signal("KILL");
     first.wait(Duration::from_secs(5));
     assert_eq!(received(&mock, "k-claim"), 0);
 
     let dir2 = tempfile::tempdir().unwrap();
-    let second = tokio::task::block_in_place(|| node_process(&broker, &redis, mock.url(), dir2.path(), &[]));
+    let second =
+        tokio::task::block_in_place(|| node_process(&broker, &redis, mock.url(), dir2.path(), &[]));
     let done = settled(&second.url(), &id, Duration::from_secs(60)).await;
     assert_eq!(done.status, StatusCode::OK, "{}", done.text());
     assert_eq!(received(&mock, "k-claim"), 1);
@@ -322,20 +394,27 @@ async fn killed_between_send_and_ack_ends_outcome_unknown_and_is_never_resent() 
         mock.set_key_fault(key, Fault::latency(Duration::from_secs(4)));
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut first = tokio::task::block_in_place(|| node_process(&broker, &redis, mock.url(), dir.path(), &[]));
+    let mut first =
+        tokio::task::block_in_place(|| node_process(&broker, &redis, mock.url(), dir.path(), &[]));
     let id = accepted_id(&defer(&first.url(), "k-sent", &[]).await);
-    eventually("the upstream has the request", Duration::from_secs(20), async || {
-        received(&mock, "k-sent") == 1
-    })
+    eventually(
+        "the upstream has the request",
+        Duration::from_secs(20),
+        async || received(&mock, "k-sent") == 1,
+    )
     .await;
     first.signal("KILL");
     first.wait(Duration::from_secs(5));
 
     let dir2 = tempfile::tempdir().unwrap();
-    let second = tokio::task::block_in_place(|| node_process(&broker, &redis, mock.url(), dir2.path(), &[]));
+    let second =
+        tokio::task::block_in_place(|| node_process(&broker, &redis, mock.url(), dir2.path(), &[]));
     let r = settled(&second.url(), &id, Duration::from_secs(60)).await;
     r.assert_gateway_error(502, "api_error");
-    assert_eq!(r.header("x-strait-deferred-status"), Some("outcome_unknown"));
+    assert_eq!(
+        r.header("x-strait-deferred-status"),
+        Some("outcome_unknown")
+    );
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(received(&mock, "k-sent"), 1, "never resent");
 }
@@ -346,36 +425,65 @@ async fn killed_between_publish_and_confirm_the_client_never_saw_a_202() {
     let redis = durable_redis();
     let mock = MockUpstream::start(MockConfig::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut first = tokio::task::block_in_place(|| node_process(&broker, &redis, mock.url(), dir.path(), &[]));
+    let mut first =
+        tokio::task::block_in_place(|| node_process(&broker, &redis, mock.url(), dir.path(), &[]));
     let url = first.url();
     // The broker stops answering: the publish waits for a confirm that does not come.
     let pid = broker.pid().expect("broker running").to_string();
-    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    assert!(std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
     let client = tokio::spawn(async move {
         let mut h = auth(CLIENT_KEY).to_vec();
-        h.extend([("strait-defer", "always"), ("idempotency-key", "k-confirm"), ("content-type", "application/json")]);
-        let mut req = http::Request::builder().method(Method::POST).uri(format!("{url}/v1/messages"));
+        h.extend([
+            ("strait-defer", "always"),
+            ("idempotency-key", "k-confirm"),
+            ("content-type", "application/json"),
+        ]);
+        let mut req = http::Request::builder()
+            .method(Method::POST)
+            .uri(format!("{url}/v1/messages"));
         for (k, v) in &h {
             req = req.header(*k, *v);
         }
-        let req = req.body(http_body_util::Full::new(bytes::Bytes::from(marked("k-confirm", false).to_string()))).unwrap();
-        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+        let req = req
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                marked("k-confirm", false).to_string(),
+            )))
+            .unwrap();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(hyper_util::client::legacy::connect::HttpConnector::new());
         client.request(req).await.map(|r| r.status())
     });
     tokio::time::sleep(Duration::from_millis(700)).await;
     first.signal("KILL");
     first.wait(Duration::from_secs(5));
     let seen = client.await.unwrap();
-    assert!(seen.is_err() || seen.as_ref().is_ok_and(|s| *s != StatusCode::ACCEPTED), "no 202: {seen:?}");
-    assert!(std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    assert!(
+        seen.is_err() || seen.as_ref().is_ok_and(|s| *s != StatusCode::ACCEPTED),
+        "no 202: {seen:?}"
+    );
+    assert!(std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
 
     // The client tries again with its idempotency key: one request upstream, at most.
     let dir2 = tempfile::tempdir().unwrap();
-    let second = tokio::task::block_in_place(|| node_process(&broker, &redis, mock.url(), dir2.path(), &[]));
+    let second =
+        tokio::task::block_in_place(|| node_process(&broker, &redis, mock.url(), dir2.path(), &[]));
     let mut id = None;
     for _ in 0..100 {
-        let r = defer(&second.url(), "k-confirm", &[("idempotency-key", "k-confirm")]).await;
+        let r = defer(
+            &second.url(),
+            "k-confirm",
+            &[("idempotency-key", "k-confirm")],
+        )
+        .await;
         if r.status == StatusCode::ACCEPTED {
             id = Some(accepted_id(&r));
             break;
@@ -406,9 +514,13 @@ async fn jepsen_count_over_2000_deferred_requests_across_node_kills_and_a_broker
     let mock = MockUpstream::start(MockConfig::default()).await.unwrap();
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes: Vec<NodeProcess> = tokio::task::block_in_place(|| {
-        dirs.iter().map(|d| node_process(&broker, &redis, mock.url(), d.path(), &[])).collect()
+        dirs.iter()
+            .map(|d| node_process(&broker, &redis, mock.url(), d.path(), &[]))
+            .collect()
     });
-    let urls = Arc::new(Mutex::new(nodes.iter().map(|n| n.url()).collect::<Vec<_>>()));
+    let urls = Arc::new(Mutex::new(
+        nodes.iter().map(|n| n.url()).collect::<Vec<_>>(),
+    ));
     let fates = Arc::new(Mutex::new(vec![Fate::default(); REQUESTS]));
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -436,7 +548,12 @@ async fn jepsen_count_over_2000_deferred_requests_across_node_kills_and_a_broker
                         if r.0 == StatusCode::ACCEPTED {
                             break r.1;
                         }
-                        assert_eq!(r.0, StatusCode::SERVICE_UNAVAILABLE, "only honest refusals: {}", r.1.unwrap_or_default());
+                        assert_eq!(
+                            r.0,
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "only honest refusals: {}",
+                            r.1.unwrap_or_default()
+                        );
                     }
                     if tries > 200 {
                         break None;
@@ -460,7 +577,11 @@ async fn jepsen_count_over_2000_deferred_requests_across_node_kills_and_a_broker
         }
     };
     let mut kills = 0;
-    for (at, what) in [(REQUESTS / 4, "node0"), (REQUESTS / 2, "broker"), (3 * REQUESTS / 4, "node1")] {
+    for (at, what) in [
+        (REQUESTS / 4, "node0"),
+        (REQUESTS / 2, "broker"),
+        (3 * REQUESTS / 4, "node1"),
+    ] {
         wait_sent(at).await;
         match what {
             "broker" => tokio::task::block_in_place(|| broker.restart()),
@@ -469,7 +590,9 @@ async fn jepsen_count_over_2000_deferred_requests_across_node_kills_and_a_broker
                 nodes[n].signal("KILL");
                 nodes[n].wait(Duration::from_secs(5));
                 kills += 1;
-                let fresh = tokio::task::block_in_place(|| node_process(&broker, &redis, mock.url(), dirs[n].path(), &[]));
+                let fresh = tokio::task::block_in_place(|| {
+                    node_process(&broker, &redis, mock.url(), dirs[n].path(), &[])
+                });
                 urls.lock().unwrap()[n] = fresh.url();
                 nodes[n] = fresh;
             }
@@ -504,7 +627,10 @@ async fn jepsen_count_over_2000_deferred_requests_across_node_kills_and_a_broker
         }
     }
     let counts = received_counts(&mock);
-    let duplicated = counts.iter().filter(|(k, n)| k.starts_with("j-") && **n > 1).count();
+    let duplicated = counts
+        .iter()
+        .filter(|(k, n)| k.starts_with("j-") && **n > 1)
+        .count();
     let acked = fates.iter().filter(|f| f.id.is_some()).count();
     let retried = fates.iter().filter(|f| f.tries > 1).count();
     let table = format!(
@@ -515,7 +641,10 @@ async fn jepsen_count_over_2000_deferred_requests_across_node_kills_and_a_broker
         total.elapsed().as_secs_f64()
     );
     println!("{table}");
-    assert_eq!(acked, REQUESTS, "every request was acknowledged in the end:\n{table}");
+    assert_eq!(
+        acked, REQUESTS,
+        "every request was acknowledged in the end:\n{table}"
+    );
     assert_eq!(lost, 0, "{table}");
     assert_eq!(duplicated, 0, "{table}");
     assert_eq!(false_202, 0, "{table}");
@@ -539,12 +668,20 @@ async fn try_defer(url: &str, key: &str) -> Option<(StatusCode, Option<String>)>
         .header("strait-defer", "always")
         .header("idempotency-key", key);
     req = req.header("connection", "close");
-    let req = req.body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
+    let req = req
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build(hyper_util::client::legacy::connect::HttpConnector::new());
-    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req)).await.ok()?.ok()?;
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .ok()?
+        .ok()?;
     let status = resp.status();
-    let body = http_body_util::BodyExt::collect(resp.into_body()).await.ok()?.to_bytes();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .ok()?
+        .to_bytes();
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     Some((
         status,

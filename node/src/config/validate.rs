@@ -10,8 +10,8 @@ use super::raw::{
     DEFAULT_REGION, DEFAULT_SPOOL_SUBDIR,
 };
 use super::{
-    hash_key, Auth, ClientKey, Cluster, Config, Deferred, LimitMode, Limits, Log, LogFormat, RateLimits,
-    RedisSettings, Secret, Tenant, TlsConfig, Upstream, UpstreamKey, UpstreamTarget,
+    hash_key, Auth, ClientKey, Cluster, Config, Deferred, LimitMode, Limits, Log, LogFormat,
+    RateLimits, RedisSettings, Secret, Tenant, TlsConfig, Upstream, UpstreamKey, UpstreamTarget,
 };
 use crate::error::{Error, Result};
 

@@ -6,11 +6,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::config::{Config, Deferred as Settings};
 use super::metrics::DeferMetrics;
 use super::queue::Queue;
 use super::store::{Created, NewRecord, State, Store};
 use super::{fingerprint, now_ms, BackendState, DeferredId, Envelope, EnvelopeHead};
+use crate::config::{Config, Deferred as Settings};
 use crate::error::{Error, ErrorKind, Result};
 
 /// The queue, the store and what the node needs to use them.

@@ -48,13 +48,16 @@ pub enum DeferMode {
 }
 
 impl DeferMode {
-    /// `None` for an absent header; `Err` for a value we do not know.
-    pub fn parse(value: Option<&[u8]>) -> Result<Option<DeferMode>, ()> {
+    /// `None` for an absent header; an error for a value we do not know.
+    pub fn parse(value: Option<&[u8]>) -> crate::error::Result<Option<DeferMode>> {
         match value {
             None => Ok(None),
             Some(v) if v.eq_ignore_ascii_case(b"on-outage") => Ok(Some(DeferMode::OnOutage)),
             Some(v) if v.eq_ignore_ascii_case(b"always") => Ok(Some(DeferMode::Always)),
-            Some(_) => Err(()),
+            Some(_) => Err(crate::error::Error::new(
+                crate::error::ErrorKind::InvalidRequest,
+                "strait-defer must be on-outage or always",
+            )),
         }
     }
 }
@@ -90,7 +93,9 @@ impl DeferredId {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
             && hexpart.len() == 32
-            && hexpart.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+            && hexpart
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
         ok.then(|| DeferredId(s.to_string()))
     }
 
@@ -211,8 +216,15 @@ mod tests {
         assert_eq!(a, DeferredId::idempotent("us", "team-a", "k1"));
         assert_ne!(a, DeferredId::idempotent("us", "team-b", "k1"));
         assert_eq!(a.region(), "us");
-        for bad in ["", "dfr_", "dfr_us_", "dfr__0123", "x_us_00000000000000000000000000000000",
-            "dfr_US_00000000000000000000000000000000", "dfr_us_0000000000000000000000000000000g"] {
+        for bad in [
+            "",
+            "dfr_",
+            "dfr_us_",
+            "dfr__0123",
+            "x_us_00000000000000000000000000000000",
+            "dfr_US_00000000000000000000000000000000",
+            "dfr_us_0000000000000000000000000000000g",
+        ] {
             assert!(DeferredId::parse(bad).is_none(), "{bad}");
         }
     }
@@ -242,9 +254,15 @@ mod tests {
 
     #[test]
     fn defer_header_values() {
-        assert_eq!(DeferMode::parse(None), Ok(None));
-        assert_eq!(DeferMode::parse(Some(b"On-Outage")), Ok(Some(DeferMode::OnOutage)));
-        assert_eq!(DeferMode::parse(Some(b"always")), Ok(Some(DeferMode::Always)));
+        assert_eq!(DeferMode::parse(None).unwrap(), None);
+        assert_eq!(
+            DeferMode::parse(Some(b"On-Outage")).unwrap(),
+            Some(DeferMode::OnOutage)
+        );
+        assert_eq!(
+            DeferMode::parse(Some(b"always")).unwrap(),
+            Some(DeferMode::Always)
+        );
         assert!(DeferMode::parse(Some(b"later")).is_err());
     }
 }

@@ -13,7 +13,9 @@ use http::{header, HeaderValue, Method, Response, StatusCode};
 use crate::auth::Principal;
 use crate::config::KeyMode;
 use crate::defer::store::{Cancel, Lookup, Record, State, StoredResult};
-use crate::defer::{Accepted, Deferral, DeferredId, Enqueue, DEFERRED_HEADER, QUEUE_PATH, RESULT_PATH};
+use crate::defer::{
+    Accepted, Deferral, DeferredId, Enqueue, DEFERRED_HEADER, QUEUE_PATH, RESULT_PATH,
+};
 use crate::error::{Error, ErrorKind, Result};
 use crate::head::HeaderFields;
 use crate::meta::RequestMeta;
@@ -42,7 +44,14 @@ pub async fn serve(
         }
         let (body, meta) = admitted.await?;
         let accepted = deferral
-            .enqueue(enqueue_request(principal, headers, "/v1/messages", body, &meta, "always"))
+            .enqueue(enqueue_request(
+                principal,
+                headers,
+                "/v1/messages",
+                body,
+                &meta,
+                "always",
+            ))
             .await?;
         return Ok(accepted_response(&accepted));
     }
@@ -127,12 +136,18 @@ pub fn accepted_response(accepted: &Accepted) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::full(body));
     *resp.status_mut() = StatusCode::ACCEPTED;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if let Ok(loc) = HeaderValue::from_str(&format!("{RESULT_PATH}{}", accepted.id)) {
         h.insert(header::LOCATION, loc);
     }
     h.insert(DEFERRED_HEADER, id_value(&accepted.id));
-    h.insert(STATUS_HEADER, HeaderValue::from_static(accepted.state.as_str()));
+    h.insert(
+        STATUS_HEADER,
+        HeaderValue::from_static(accepted.state.as_str()),
+    );
     resp
 }
 
@@ -194,8 +209,10 @@ async fn cancel(
                 "status": State::Cancelled.as_str(),
             });
             let mut resp = json_response(StatusCode::OK, body.to_string());
-            resp.headers_mut()
-                .insert(STATUS_HEADER, HeaderValue::from_static(State::Cancelled.as_str()));
+            resp.headers_mut().insert(
+                STATUS_HEADER,
+                HeaderValue::from_static(State::Cancelled.as_str()),
+            );
             Ok(resp)
         }
         Cancel::TooLate(state) => Err(Error::new(
@@ -222,7 +239,10 @@ fn stored_response(id: &DeferredId, result: StoredResult) -> Response<ProxyBody>
         h.insert(header::CONTENT_TYPE, ct);
     }
     h.insert(DEFERRED_HEADER, id_value(id));
-    h.insert(STATUS_HEADER, HeaderValue::from_static(State::Done.as_str()));
+    h.insert(
+        STATUS_HEADER,
+        HeaderValue::from_static(State::Done.as_str()),
+    );
     resp
 }
 
@@ -240,7 +260,8 @@ fn status_response(rec: &Record) -> Response<ProxyBody> {
         ),
     });
     let mut resp = json_response(StatusCode::ACCEPTED, body.to_string());
-    resp.headers_mut().insert(DEFERRED_HEADER, id_value(&rec.id));
+    resp.headers_mut()
+        .insert(DEFERRED_HEADER, id_value(&rec.id));
     resp.headers_mut()
         .insert(STATUS_HEADER, HeaderValue::from_static(rec.state.as_str()));
     resp
@@ -251,7 +272,8 @@ fn status_response(rec: &Record) -> Response<ProxyBody> {
 fn final_answer(rec: &Record, message: String) -> Response<ProxyBody> {
     let mut resp: Response<ProxyBody> =
         Error::new(ErrorKind::UpstreamProtocol, message).bare_response();
-    resp.headers_mut().insert(DEFERRED_HEADER, id_value(&rec.id));
+    resp.headers_mut()
+        .insert(DEFERRED_HEADER, id_value(&rec.id));
     resp.headers_mut()
         .insert(STATUS_HEADER, HeaderValue::from_static(rec.state.as_str()));
     resp
@@ -260,8 +282,10 @@ fn final_answer(rec: &Record, message: String) -> Response<ProxyBody> {
 fn json_response(status: StatusCode, body: String) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::full(body));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
@@ -270,7 +294,10 @@ fn id_value(id: &DeferredId) -> HeaderValue {
 }
 
 fn unknown_id() -> Error {
-    Error::new(ErrorKind::NotFound, "no deferred request with this id for this API key")
+    Error::new(
+        ErrorKind::NotFound,
+        "no deferred request with this id for this API key",
+    )
 }
 
 fn store_down(e: Error) -> Error {

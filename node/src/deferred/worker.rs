@@ -45,12 +45,27 @@ const MAX_PAUSE: Duration = Duration::from_secs(30);
 /// How often the depth and oldest-age gauges are read from the store.
 const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 
+/// The consumer tasks of a node; [`Workers::stop`] ends them (after a drain).
+pub struct Workers(Vec<tokio::task::JoinHandle<()>>);
+
+impl Workers {
+    /// Stops taking deliveries: unacked ones go back to the queue when the
+    /// connection (or the spool) closes.
+    pub fn stop(self) {
+        for task in self.0 {
+            task.abort();
+        }
+    }
+}
+
 /// Starts the consumers (the queue's and the dead-letter queue's) and the backlog
 /// gauges. `node` names this node in claims (`holder`s).
-pub fn spawn(shared: Arc<Shared>, deferral: Arc<Deferral>, node: String) {
-    tokio::spawn(consume(shared, deferral.clone(), node));
-    tokio::spawn(consume_dead(deferral.clone()));
-    tokio::spawn(backlog(deferral));
+pub fn spawn(shared: Arc<Shared>, deferral: Arc<Deferral>, node: String) -> Workers {
+    Workers(vec![
+        tokio::spawn(consume(shared, deferral.clone(), node)),
+        tokio::spawn(consume_dead(deferral.clone())),
+        tokio::spawn(backlog(deferral)),
+    ])
 }
 
 async fn consume(shared: Arc<Shared>, deferral: Arc<Deferral>, node: String) {
@@ -178,8 +193,16 @@ async fn deliver(shared: Arc<Shared>, deferral: Arc<Deferral>, delivery: Deliver
             return;
         }
         Claim::WasSent(_) if !deferral.settings.resend_unknown => {
-            let error = "sent upstream by a node that stopped before storing the answer".to_string();
-            end(&deferral, &id, &holder, Finish::OutcomeUnknown { error }, acker).await;
+            let error =
+                "sent upstream by a node that stopped before storing the answer".to_string();
+            end(
+                &deferral,
+                &id,
+                &holder,
+                Finish::OutcomeUnknown { error },
+                acker,
+            )
+            .await;
             m.delivered.with_label_values(&["outcome_unknown"]).inc();
             return;
         }
@@ -211,7 +234,14 @@ async fn deliver(shared: Arc<Shared>, deferral: Arc<Deferral>, delivery: Deliver
         }
         Attempt::Unknown(error) => {
             tracing::warn!(id = %id, "deferred request sent, outcome unknown: {error}");
-            end(&deferral, &id, &holder, Finish::OutcomeUnknown { error }, acker).await;
+            end(
+                &deferral,
+                &id,
+                &holder,
+                Finish::OutcomeUnknown { error },
+                acker,
+            )
+            .await;
             m.delivered.with_label_values(&["outcome_unknown"]).inc();
         }
         Attempt::NotSent(error) => {
@@ -232,11 +262,21 @@ async fn deliver(shared: Arc<Shared>, deferral: Arc<Deferral>, delivery: Deliver
 /// Stores how the id ended, then acks: the result is written before the message
 /// goes. A store that cannot be written is tried again for about a lease; after that
 /// the message is requeued (the next delivery finds the id `sent`).
-async fn end(deferral: &Deferral, id: &DeferredId, holder: &str, finish: Finish, acker: Box<dyn Acker>) {
+async fn end(
+    deferral: &Deferral,
+    id: &DeferredId,
+    holder: &str,
+    finish: Finish,
+    acker: Box<dyn Acker>,
+) {
     let mut pause = Duration::from_millis(200);
     let give_up = tokio::time::Instant::now() + deferral.settings.claim_lease;
     loop {
-        match deferral.store.finish(id, Some(holder), finish.clone()).await {
+        match deferral
+            .store
+            .finish(id, Some(holder), finish.clone())
+            .await
+        {
             Ok(_) => break,
             Err(e) if tokio::time::Instant::now() < give_up => {
                 tracing::warn!(id = %id, "deferred: cannot store the outcome yet: {e}");
@@ -336,7 +376,10 @@ async fn attempt(shared: &Shared, deferral: &Deferral, env: &Envelope, holder: &
         request_id: format!("{}", head.id),
         started: std::time::Instant::now(),
         method: Method::POST,
-        uri: head.path.parse().unwrap_or_else(|_| http::Uri::from_static("/v1/messages")),
+        uri: head
+            .path
+            .parse()
+            .unwrap_or_else(|_| http::Uri::from_static("/v1/messages")),
         route: RouteKind::Messages,
         client: Some(principal.name.clone()),
         model: None,
@@ -514,8 +557,9 @@ fn sse_usage(body: &[u8]) -> Usage {
             usage.cache_creation_input_tokens = usage
                 .cache_creation_input_tokens
                 .max(part.cache_creation_input_tokens);
-            usage.cache_read_input_tokens =
-                usage.cache_read_input_tokens.max(part.cache_read_input_tokens);
+            usage.cache_read_input_tokens = usage
+                .cache_read_input_tokens
+                .max(part.cache_read_input_tokens);
         }
     }
     usage
