@@ -30,6 +30,12 @@ const LONG: Duration = Duration::from_secs(60);
 /// busy machine, short enough to keep the file quick.
 const SHORT_TTL: Duration = Duration::from_millis(1000);
 
+/// A creation time past the pending grace (its publisher has certainly decided), so
+/// a pending record made with it is claimed like a queued one.
+fn stale() -> u64 {
+    now_ms() - 60_000
+}
+
 fn settings(dir: &Path, ttl: Duration, delivery_limit: u32) -> Deferred {
     Deferred {
         amqp_url: None,
@@ -160,6 +166,11 @@ async fn state_machine(store: Arc<dyn Store>, short: Arc<dyn Store>) {
         Lookup::Found(r, None) => assert_eq!(r.state, State::Pending),
         other => panic!("{other:?}"),
     }
+    // A fresh pending record is left to its publisher (it may yet be abandoned).
+    match s.claim(&id, "h0", lease).await.unwrap() {
+        Claim::Pending { until_ms } => assert!(until_ms >= qat + 10_000, "{until_ms}"),
+        other => panic!("a fresh pending record is not claimed: {other:?}"),
+    }
     s.mark_queued(&id).await.unwrap();
     s.mark_queued(&id).await.unwrap();
     assert_eq!(state(s, &id).await, Some(State::Queued));
@@ -244,7 +255,7 @@ async fn state_machine(store: Arc<dyn Store>, short: Arc<dyn Store>) {
     // Released (nothing reached the upstream): queued again with its error, then a
     // second holder ends it as outcome unknown.
     let id = DeferredId::random(region);
-    s.create(&rec(&id, "bob", now_ms())).await.unwrap();
+    s.create(&rec(&id, "bob", stale())).await.unwrap();
     assert!(matches!(
         s.claim(&id, "h1", lease).await.unwrap(),
         Claim::Mine(_)
@@ -291,11 +302,11 @@ async fn state_machine(store: Arc<dyn Store>, short: Arc<dyn Store>) {
     // Abandoned (publish failed): gone, and the id can be created again. Cancel:
     // another owner sees nothing; the owner cancels once; then it is final.
     let id = DeferredId::random(region);
-    s.create(&rec(&id, "carol", now_ms())).await.unwrap();
+    s.create(&rec(&id, "carol", stale())).await.unwrap();
     s.abandon(&id).await.unwrap();
     assert_eq!(s.lookup(&id).await.unwrap(), Lookup::Missing);
     assert_eq!(
-        s.create(&rec(&id, "carol", now_ms())).await.unwrap(),
+        s.create(&rec(&id, "carol", stale())).await.unwrap(),
         Created::New
     );
     s.mark_queued(&id).await.unwrap();
@@ -316,7 +327,7 @@ async fn state_machine(store: Arc<dyn Store>, short: Arc<dyn Store>) {
 
     // Dead-lettered from the queue consumer (no holder) while queued.
     let id = DeferredId::random(region);
-    s.create(&rec(&id, "dan", now_ms())).await.unwrap();
+    s.create(&rec(&id, "dan", stale())).await.unwrap();
     s.mark_queued(&id).await.unwrap();
     assert!(s
         .finish(
@@ -358,7 +369,7 @@ async fn state_machine(store: Arc<dyn Store>, short: Arc<dyn Store>) {
 
     // Eight consumers claim one id at once: exactly one wins.
     let id = DeferredId::random(region);
-    s.create(&rec(&id, "erin", now_ms())).await.unwrap();
+    s.create(&rec(&id, "erin", stale())).await.unwrap();
     s.mark_queued(&id).await.unwrap();
     let tasks: Vec<_> = (0..8)
         .map(|i| {
@@ -472,7 +483,7 @@ async fn state_machine(store: Arc<dyn Store>, short: Arc<dyn Store>) {
         "expired ids are not open work"
     );
     assert_eq!(
-        s.create(&rec(&again, "gina", now_ms())).await.unwrap(),
+        s.create(&rec(&again, "gina", stale())).await.unwrap(),
         Created::New,
         "an expired id is created afresh"
     );
@@ -520,7 +531,7 @@ async fn redis_restart_with_aof_keeps_a_done_result() {
     let mut srv = RedisServer::start_with(AOF);
     let store = redis_store(&srv.url(), "r", LONG).await;
     let id = DeferredId::random("r");
-    store.create(&rec(&id, "o", now_ms())).await.unwrap();
+    store.create(&rec(&id, "o", stale())).await.unwrap();
     store.mark_queued(&id).await.unwrap();
     assert!(matches!(
         store.claim(&id, "h", LONG).await.unwrap(),
@@ -565,7 +576,7 @@ async fn redis_down_fails_fast_then_recovers() {
     assert_eq!(store.state(), BackendState::Down);
     let id = DeferredId::random("r");
     let t = Instant::now();
-    let err = store.create(&rec(&id, "o", now_ms())).await.unwrap_err();
+    let err = store.create(&rec(&id, "o", stale())).await.unwrap_err();
     assert!(
         t.elapsed() < Duration::from_secs(3),
         "took {:?}",
@@ -585,7 +596,7 @@ async fn redis_down_fails_fast_then_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(
-        store.create(&rec(&id, "o", now_ms())).await.unwrap(),
+        store.create(&rec(&id, "o", stale())).await.unwrap(),
         Created::New
     );
 }

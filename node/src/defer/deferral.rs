@@ -156,6 +156,9 @@ impl Deferral {
     }
 }
 
+/// How long a starting node waits for its broker before it serves without it.
+const BROKER_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// RabbitMQ and Redis with `--amqp`, else the embedded spool.
 async fn open_backends(
     settings: &Settings,
@@ -171,6 +174,14 @@ async fn open_backends(
                 tracing::warn!("deferred store: {w}");
             }
             let queue = super::amqp::AmqpQueue::connect(url, region, settings).await?;
+            // A node that starts with its broker up takes deferrals from its first
+            // request; with the broker down it starts anyway (deferral answers 503).
+            if !queue.wait_connected(BROKER_WAIT).await {
+                tracing::warn!(
+                    "the deferred queue's broker did not answer within {BROKER_WAIT:?}: \
+                     deferral answers 503 until it does"
+                );
+            }
             Ok((Arc::new(queue), Arc::new(store)))
         }
         None => {

@@ -189,6 +189,15 @@ impl Envelope {
     }
 }
 
+/// How long a consumer leaves a `pending` record alone: its publisher may still be
+/// waiting for the confirm, and on a timeout it removes the record and answers 503
+/// (NOT queued). Twice the confirm timeout covers that decision; after it, a pending
+/// record is one whose node died after the confirm and before writing `queued`, and
+/// its message is delivered.
+pub fn pending_grace(settings: &crate::config::Deferred) -> std::time::Duration {
+    settings.confirm_timeout * 2
+}
+
 /// Unix milliseconds now.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

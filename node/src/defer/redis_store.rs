@@ -151,6 +151,12 @@ if not live(r) then
 end
 if final(r.state) then return out('final', r) end
 local h = ARGV[4]
+-- A record still pending may belong to a publish that is about to be refused
+-- (no confirm in time): leave it alone until that decision is certainly made.
+local grace = r.qat + tonumber(ARGV[6])
+if r.state == 'pending' and grace > now then
+  return {'pending', n(grace)}
+end
 if (r.state == 'delivering' or r.state == 'sent') and r.holder ~= h and r.lease > now then
   return {'held', n(r.lease)}
 end
@@ -319,6 +325,8 @@ struct Inner {
     /// `P{R}:`: every key of this region starts with it.
     base: String,
     ttl_ms: u64,
+    /// How long a `pending` record is left to its publisher (see [`pending_grace`]).
+    grace_ms: u64,
     up: AtomicBool,
     /// The URL's password, scrubbed from any error text before it is logged.
     secret: Option<String>,
@@ -358,6 +366,7 @@ impl RedisStore {
             conn,
             base: format!("{}{{{region}}}:", settings.key_prefix),
             ttl_ms: ms(settings.result_ttl).max(1),
+            grace_ms: ms(super::pending_grace(settings)),
             up: AtomicBool::new(false),
             secret,
             endpoint,
@@ -708,12 +717,13 @@ impl Store for RedisStore {
     ) -> BoxFuture<'a, Result<Claim>> {
         Box::pin(async move {
             let lease = ms(lease).to_string();
+            let grace = self.inner.grace_ms.to_string();
             let v = self
                 .run(
                     "claim",
                     &self.inner.scripts.claim,
                     id,
-                    &[holder.as_bytes(), lease.as_bytes()],
+                    &[holder.as_bytes(), lease.as_bytes(), grace.as_bytes()],
                 )
                 .await?;
             let rec = || parse_record(id, &v).ok_or_else(|| bad_reply("claim"));
@@ -723,6 +733,9 @@ impl Store for RedisStore {
                 Some("final") => Ok(Claim::Finished(rec()?.state)),
                 Some("missing") => Ok(Claim::Missing),
                 Some("held") => Ok(Claim::HeldElsewhere {
+                    until_ms: v.get(1).and_then(num).ok_or_else(|| bad_reply("claim"))?,
+                }),
+                Some("pending") => Ok(Claim::Pending {
                     until_ms: v.get(1).and_then(num).ok_or_else(|| bad_reply("claim"))?,
                 }),
                 _ => Err(bad_reply("claim")),

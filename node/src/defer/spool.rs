@@ -97,6 +97,8 @@ pub struct Spool {
     db: Arc<Database>,
     region: String,
     ttl_ms: u64,
+    /// How long a `pending` record is left to its publisher (see `pending_grace`).
+    grace_ms: u64,
     delivery_limit: u32,
     next_seq: AtomicU64,
     ready: LaneState,
@@ -293,6 +295,7 @@ impl Spool {
             me: me.clone(),
             db,
             region: region.to_string(),
+            grace_ms: u64::try_from(super::pending_grace(settings).as_millis()).unwrap_or(u64::MAX),
             ttl_ms: u64::try_from(settings.result_ttl.as_millis())
                 .unwrap_or(u64::MAX)
                 .max(1),
@@ -837,6 +840,7 @@ impl Store for Spool {
     ) -> BoxFuture<'a, Result<Claim>> {
         let (id, holder) = (id.clone(), holder.to_string());
         let lease = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+        let grace_ms = self.grace_ms;
         Box::pin(self.tx("claim", move |t| {
             let Some(mut r) = t.load(&id)? else {
                 return Ok(Claim::Missing);
@@ -847,6 +851,10 @@ impl Store for Spool {
             }
             if r.state.is_final() {
                 return Ok(Claim::Finished(r.state));
+            }
+            let grace = r.qat.saturating_add(grace_ms);
+            if r.state == State::Pending && grace > t.now {
+                return Ok(Claim::Pending { until_ms: grace });
             }
             if matches!(r.state, State::Claimed | State::Sent)
                 && r.holder.as_deref() != Some(holder.as_str())

@@ -155,6 +155,10 @@ pub enum Claim {
     Mine(Record),
     /// Another holder's lease is live until this Unix ms: requeue later, never ack.
     HeldElsewhere { until_ms: u64 },
+    /// Still `Pending` and younger than [`super::pending_grace`]: its publisher is
+    /// deciding (the confirm, then `queued`; or a timeout, then removal). Ask again
+    /// shortly; after `until_ms` a pending record is claimed like a queued one.
+    Pending { until_ms: u64 },
     /// Found `Sent` with its lease run out: the caller decides (outcome unknown, or
     /// resend when the operator allows). The caller now holds it, still `Sent`.
     WasSent(Record),

@@ -40,8 +40,14 @@ use crate::state::Shared;
 /// Consecutive transport failures after which the path counts as down and
 /// deliveries wait before trying it.
 const PATH_DOWN_AFTER: u32 = 3;
-/// Longest pause of a delivery waiting for the path, its limits or a requeue.
-const MAX_PAUSE: Duration = Duration::from_secs(30);
+/// Longest pause of a delivery waiting for the path, its limits or a requeue: also
+/// how long after the path heals a waiting delivery may take to notice.
+const MAX_PAUSE: Duration = Duration::from_secs(10);
+/// Longest a delivery is held (retried in place) before its message is requeued:
+/// well under RabbitMQ's `consumer_timeout` (30 min by default).
+const HOLD_MAX: Duration = Duration::from_secs(600);
+/// How often a delivery asks again about an id whose publisher is still deciding.
+const PENDING_POLL: Duration = Duration::from_millis(50);
 /// How often the depth and oldest-age gauges are read from the store.
 const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 
@@ -140,8 +146,11 @@ async fn backlog(deferral: Arc<Deferral>) {
 enum Attempt {
     /// An answer to store (the upstream's, or the gateway's own error).
     Done(StoredResult),
-    /// Nothing reached the upstream: give the id back and requeue.
-    NotSent(String),
+    /// Nothing reached the upstream: give the id back. `hold`: the failure says
+    /// nothing about the request (the path, the keys, the store), so it is retried
+    /// while the message is held; otherwise (an upstream error answer) the message
+    /// is requeued and the delivery counts.
+    NotSent { error: String, hold: bool },
     /// Sent, and no complete answer came back.
     Unknown(String),
     /// Another holder has the id now (our lease ran out): do nothing more.
@@ -165,97 +174,123 @@ async fn deliver(shared: Arc<Shared>, deferral: Arc<Deferral>, delivery: Deliver
     let store = &deferral.store;
     let lease = deferral.settings.claim_lease;
 
-    wait_for_path(&shared, &deferral).await;
-    let claim = match store.claim(&id, &holder, lease).await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(id = %id, "deferred: the store is unreachable, requeueing: {e}");
-            return requeue(&deferral, acker, delivery_count).await;
-        }
-    };
-    match claim {
-        Claim::Missing => {
-            m.delivered.with_label_values(&["gone"]).inc();
-            let _ = acker.ack().await;
-            return;
-        }
-        Claim::Finished(_) => {
-            m.redeliveries.with_label_values(&["skipped"]).inc();
-            let _ = acker.ack().await;
-            return;
-        }
-        Claim::HeldElsewhere { until_ms } => {
-            // Never acked: if the holder dies, its lease runs out and this copy takes over.
-            m.redeliveries.with_label_values(&["requeued"]).inc();
-            let wait = Duration::from_millis(until_ms.saturating_sub(now_ms()));
-            tokio::time::sleep(wait.clamp(Duration::from_millis(200), lease)).await;
-            let _ = acker.requeue().await;
-            return;
-        }
-        Claim::WasSent(_) if !deferral.settings.resend_unknown => {
-            let error =
-                "sent upstream by a node that stopped before storing the answer".to_string();
-            end(
-                &deferral,
-                &id,
-                &holder,
-                Finish::OutcomeUnknown { error },
-                acker,
-            )
-            .await;
-            m.delivered.with_label_values(&["outcome_unknown"]).inc();
-            return;
-        }
-        Claim::WasSent(_) | Claim::Mine(_) => {}
-    }
-
-    // The lease is renewed while the request runs: long generations take minutes.
-    let renewer = {
-        let (store, id, holder) = (store.clone(), id.clone(), holder.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(lease / 3).await;
-                match store.renew(&id, &holder, lease).await {
-                    Ok(true) => {}
-                    Ok(false) => break,
-                    Err(e) => tracing::warn!(id = %id, "deferred: lease renewal failed: {e}"),
+    // Failures that say nothing about the request (the path down, no usable key,
+    // the store away) are retried while the message is held, not requeued: only an
+    // upstream's error answer counts toward the delivery limit, so a long outage does
+    // not dead-letter what it was queued to survive.
+    let held_since = tokio::time::Instant::now();
+    let mut tries: u32 = 0;
+    loop {
+        tries += 1;
+        wait_for_path(&shared, &deferral).await;
+        let claim = loop {
+            match store.claim(&id, &holder, lease).await {
+                // The publisher is a moment from writing `queued` (or removing it).
+                Ok(Claim::Pending { until_ms }) if now_ms() < until_ms => {
+                    tokio::time::sleep(PENDING_POLL).await;
                 }
+                other => break other,
             }
-        })
-    };
-    let outcome = attempt(&shared, &deferral, &env, &holder).await;
-    renewer.abort();
-    match outcome {
-        Attempt::Done(result) => {
-            let status = result.status;
-            end(&deferral, &id, &holder, Finish::Done(result), acker).await;
-            m.delivered.with_label_values(&["done"]).inc();
-            tracing::info!(id = %id, status, "deferred request delivered");
-        }
-        Attempt::Unknown(error) => {
-            tracing::warn!(id = %id, "deferred request sent, outcome unknown: {error}");
-            end(
-                &deferral,
-                &id,
-                &holder,
-                Finish::OutcomeUnknown { error },
-                acker,
-            )
-            .await;
-            m.delivered.with_label_values(&["outcome_unknown"]).inc();
-        }
-        Attempt::NotSent(error) => {
-            tracing::info!(id = %id, attempt = delivery_count + 1, "deferred delivery not sent, requeued: {error}");
-            if let Err(e) = store.release(&id, &holder, &error).await {
-                tracing::warn!(id = %id, "deferred: cannot release the claim (its lease will run out): {e}");
+        };
+        let claim = match claim {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(id = %id, "deferred: the store is unreachable, requeueing: {e}");
+                return requeue(&deferral, acker, delivery_count).await;
             }
-            m.redeliveries.with_label_values(&["requeued"]).inc();
-            requeue(&deferral, acker, delivery_count).await;
+        };
+        match claim {
+            Claim::Missing => {
+                m.delivered.with_label_values(&["gone"]).inc();
+                let _ = acker.ack().await;
+                return;
+            }
+            Claim::Finished(_) => {
+                m.redeliveries.with_label_values(&["skipped"]).inc();
+                let _ = acker.ack().await;
+                return;
+            }
+            Claim::HeldElsewhere { until_ms } | Claim::Pending { until_ms } => {
+                // Never acked: if the holder dies, its lease runs out and this copy takes over.
+                m.redeliveries.with_label_values(&["requeued"]).inc();
+                let wait = Duration::from_millis(until_ms.saturating_sub(now_ms()));
+                tokio::time::sleep(wait.clamp(Duration::from_millis(200), lease)).await;
+                let _ = acker.requeue().await;
+                return;
+            }
+            Claim::WasSent(_) if !deferral.settings.resend_unknown => {
+                let error =
+                    "sent upstream by a node that stopped before storing the answer".to_string();
+                end(
+                    &deferral,
+                    &id,
+                    &holder,
+                    Finish::OutcomeUnknown { error },
+                    acker,
+                )
+                .await;
+                m.delivered.with_label_values(&["outcome_unknown"]).inc();
+                return;
+            }
+            Claim::WasSent(_) | Claim::Mine(_) => {}
         }
-        Attempt::LostClaim => {
-            m.redeliveries.with_label_values(&["requeued"]).inc();
-            let _ = acker.requeue().await;
+
+        // The lease is renewed while the request runs: long generations take minutes.
+        let renewer = {
+            let (store, id, holder) = (store.clone(), id.clone(), holder.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(lease / 3).await;
+                    match store.renew(&id, &holder, lease).await {
+                        Ok(true) => {}
+                        Ok(false) => break,
+                        Err(e) => tracing::warn!(id = %id, "deferred: lease renewal failed: {e}"),
+                    }
+                }
+            })
+        };
+        let outcome = attempt(&shared, &deferral, &env, &holder).await;
+        renewer.abort();
+        match outcome {
+            Attempt::Done(result) => {
+                let status = result.status;
+                end(&deferral, &id, &holder, Finish::Done(result), acker).await;
+                m.delivered.with_label_values(&["done"]).inc();
+                tracing::info!(id = %id, status, "deferred request delivered");
+            }
+            Attempt::Unknown(error) => {
+                tracing::warn!(id = %id, "deferred request sent, outcome unknown: {error}");
+                end(
+                    &deferral,
+                    &id,
+                    &holder,
+                    Finish::OutcomeUnknown { error },
+                    acker,
+                )
+                .await;
+                m.delivered.with_label_values(&["outcome_unknown"]).inc();
+            }
+            Attempt::NotSent { error, hold } => {
+                if let Err(e) = store.release(&id, &holder, &error).await {
+                    tracing::warn!(id = %id, "deferred: cannot release the claim (its lease will run out): {e}");
+                }
+                if hold && held_since.elapsed() < HOLD_MAX && !shared.health.is_draining() {
+                    tracing::debug!(id = %id, tries, "deferred delivery not sent, held: {error}");
+                    m.paused.inc();
+                    tokio::time::sleep(backoff(tries)).await;
+                    m.paused.dec();
+                    continue;
+                }
+                tracing::info!(id = %id, attempt = delivery_count + 1, "deferred delivery not sent, requeued: {error}");
+                m.redeliveries.with_label_values(&["requeued"]).inc();
+                requeue(&deferral, acker, delivery_count).await;
+            }
+            Attempt::LostClaim => {
+                m.redeliveries.with_label_values(&["requeued"]).inc();
+                let _ = acker.requeue().await;
+            }
         }
+        return;
     }
 }
 
@@ -366,7 +401,12 @@ async fn attempt(shared: &Shared, deferral: &Deferral, env: &Envelope, holder: &
     .await;
     let (body, meta) = match admitted {
         Ok(a) => a,
-        Err(e) if e.kind == ErrorKind::Unavailable => return Attempt::NotSent(e.message.into()),
+        Err(e) if e.kind == ErrorKind::Unavailable => {
+            return Attempt::NotSent {
+                error: e.message.into(),
+                hold: true,
+            }
+        }
         Err(e) => return Attempt::Done(error_result(&e)),
     };
 
@@ -419,7 +459,12 @@ async fn attempt(shared: &Shared, deferral: &Deferral, env: &Envelope, holder: &
     match deferral.store.mark_sent(&head.id, holder).await {
         Ok(true) => {}
         Ok(false) => return Attempt::LostClaim,
-        Err(e) => return Attempt::NotSent(format!("the deferred store is unreachable ({e})")),
+        Err(e) => {
+            return Attempt::NotSent {
+                error: format!("the deferred store is unreachable ({e})"),
+                hold: true,
+            }
+        }
     }
     let scope = route::Scope::new(RouteKind::Messages, meta.model.as_deref());
     let way_out = route::decide(snap.pool_for(&principal), snap.auth.mode(), scope);
@@ -443,12 +488,14 @@ async fn attempt(shared: &Shared, deferral: &Deferral, env: &Envelope, holder: &
             record.error = Some(e.label());
             record.finish();
             return match e.kind {
-                ErrorKind::UpstreamConnect | ErrorKind::NoUpstreamKey => {
-                    Attempt::NotSent(e.message.into())
-                }
-                ErrorKind::RateLimited if e.upstream_scope.is_some() => {
-                    Attempt::NotSent(e.message.into())
-                }
+                ErrorKind::UpstreamConnect | ErrorKind::NoUpstreamKey => Attempt::NotSent {
+                    error: e.message.into(),
+                    hold: true,
+                },
+                ErrorKind::RateLimited if e.upstream_scope.is_some() => Attempt::NotSent {
+                    error: e.message.into(),
+                    hold: true,
+                },
                 ErrorKind::UpstreamTimeout | ErrorKind::UpstreamProtocol => {
                     Attempt::Unknown(e.message.into())
                 }
@@ -461,7 +508,10 @@ async fn attempt(shared: &Shared, deferral: &Deferral, env: &Envelope, holder: &
     if status.as_u16() == 429 || status.is_server_error() {
         // The API's overload or an error answer: the request was not run.
         record.finish();
-        return Attempt::NotSent(format!("the upstream answered {status}"));
+        return Attempt::NotSent {
+            error: format!("the upstream answered {status}"),
+            hold: false,
+        };
     }
     let content_type = fwd
         .response
