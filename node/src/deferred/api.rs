@@ -57,22 +57,26 @@ pub async fn serve(
     }
     let raw = &path[RESULT_PATH.len()..];
     let id = DeferredId::parse(raw).ok_or_else(unknown_id)?;
-    if id.region() != deferral.region {
-        return Err(Error::new(
-            ErrorKind::NotFound,
-            format!(
-                "deferred request {id} belongs to region {}: ask a node of that region",
-                id.region()
-            ),
-        ));
-    }
-    match *method {
+    let foreign = id.region() != deferral.region;
+    let answer = match *method {
         Method::GET => lookup(deferral, principal, &id).await,
         Method::DELETE => cancel(deferral, principal, &id).await,
         _ => Err(Error::new(
             ErrorKind::MethodNotAllowed,
             "use GET or DELETE on /v1/strait/deferred/{id}",
         )),
+    };
+    match answer {
+        // Another region's id is found here only once its backlog was moved here;
+        // otherwise the client is told where to ask.
+        Err(e) if foreign && e.kind == ErrorKind::NotFound => Err(Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "deferred request {id} belongs to region {}: ask a node of that region",
+                id.region()
+            ),
+        )),
+        other => other,
     }
 }
 

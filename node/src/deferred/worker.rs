@@ -185,6 +185,14 @@ async fn deliver(shared: Arc<Shared>, deferral: Arc<Deferral>, delivery: Deliver
         wait_for_path(&shared, &deferral).await;
         let claim = loop {
             match store.claim(&id, &holder, lease).await {
+                // Another region's id, moved here with its region's backlog (an
+                // evacuation, docs/deferred.md): this region's store takes it over.
+                Ok(Claim::Missing) if id.region() != deferral.region => {
+                    match adopt(&deferral, &env).await {
+                        Ok(()) => continue,
+                        Err(e) => break Err(e),
+                    }
+                }
                 // The publisher is a moment from writing `queued` (or removing it).
                 Ok(Claim::Pending { until_ms }) if now_ms() < until_ms => {
                     tokio::time::sleep(PENDING_POLL).await;
@@ -292,6 +300,21 @@ async fn deliver(shared: Arc<Shared>, deferral: Arc<Deferral>, delivery: Deliver
         }
         return;
     }
+}
+
+/// Records an evacuated id from another region in this region's store, queued, so
+/// the state machine runs here (the message is the only copy: the shovel moved it).
+async fn adopt(deferral: &Deferral, env: &Envelope) -> crate::error::Result<()> {
+    let new = crate::defer::store::NewRecord {
+        id: env.head.id.clone(),
+        owner: env.head.owner.clone(),
+        fingerprint: crate::defer::fingerprint(&env.body),
+        queued_at_ms: env.head.queued_at_ms,
+    };
+    deferral.store.create(&new).await?;
+    deferral.store.mark_queued(&new.id).await?;
+    tracing::info!(id = %new.id, "deferred: an id of region {} taken over here", new.id.region());
+    Ok(())
 }
 
 /// Stores how the id ended, then acks: the result is written before the message
