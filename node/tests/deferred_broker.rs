@@ -104,6 +104,17 @@ async fn node_on(
     upstream: std::net::SocketAddr,
     dir: &Path,
 ) -> Node {
+    node_on_with(broker, redis, upstream, dir, |_| {}).await
+}
+
+/// [`node_on`], with the raw config changed by `tweak`.
+async fn node_on_with(
+    broker: &RabbitMq,
+    redis: &RedisServer,
+    upstream: std::net::SocketAddr,
+    dir: &Path,
+    tweak: impl FnOnce(&mut RawConfig),
+) -> Node {
     let mut raw = RawConfig::default();
     raw.listen.public = "127.0.0.1:0".into();
     raw.listen.admin = "127.0.0.1:0".into();
@@ -115,6 +126,7 @@ async fn node_on(
     raw.deferred.redis = Some(redis_url(redis));
     raw.deferred.claim_lease = Duration::from_secs(2);
     raw.deferred.confirm_timeout = Duration::from_secs(2);
+    tweak(&mut raw);
     let keys = UPSTREAM_KEYS.iter().map(|k| Secret::new(*k)).collect();
     let config = raw
         .validate(keys, vec![Secret::new(CLIENT_KEY)])
@@ -298,6 +310,41 @@ async fn a_forced_duplicate_delivery_is_acked_without_sending() {
     )
     .await;
     assert_eq!(received(&mock, "d-1"), 1, "sent upstream once");
+    node.drain().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_dead_letters_after_the_delivery_limit_and_get_says_why() {
+    let broker = tokio::task::block_in_place(RabbitMq::start);
+    let redis = durable_redis();
+    let mock = MockUpstream::start(MockConfig::default()).await.unwrap();
+    for key in UPSTREAM_KEYS {
+        mock.set_key_fault(key, Fault::overloaded());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node = node_on_with(&broker, &redis, mock.addr(), dir.path(), |raw| {
+        raw.deferred.delivery_limit = 1;
+        raw.upstream.max_attempts = 1;
+    })
+    .await;
+    let url = format!("http://{}", node.public_addr());
+    let id = accepted_id(&defer(&url, "dl-1", &[]).await);
+    let r = settled(&url, &id, Duration::from_secs(60)).await;
+    r.assert_gateway_error(502, "api_error");
+    assert_eq!(r.header("x-strait-deferred-status"), Some("dead_lettered"));
+    assert!(r.text().contains("529"), "{}", r.text());
+    assert_eq!(
+        received(&mock, "dl-1"),
+        2,
+        "delivered twice (limit 1), then dead"
+    );
+    let metrics = get(&format!("http://{}/metrics", node.admin_addr()), &[])
+        .await
+        .text();
+    assert!(
+        metrics.contains("strait_deferred_dead_lettered_total 1"),
+        "{metrics}"
+    );
     node.drain().await;
 }
 
@@ -504,7 +551,11 @@ struct Fate {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jepsen_count_over_2000_deferred_requests_across_node_kills_and_a_broker_restart() {
-    const REQUESTS: usize = 2000;
+    // 2,000 in the suite; `STRAIT_JEPSEN_REQUESTS=10000` for the bench run.
+    let requests: usize = std::env::var("STRAIT_JEPSEN_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
     const CLIENTS: usize = 16;
     let total = Instant::now();
     let mut broker = tokio::task::block_in_place(RabbitMq::start);
@@ -519,7 +570,7 @@ async fn jepsen_count_over_2000_deferred_requests_across_node_kills_and_a_broker
     let urls = Arc::new(Mutex::new(
         nodes.iter().map(|n| n.url()).collect::<Vec<_>>(),
     ));
-    let fates = Arc::new(Mutex::new(vec![Fate::default(); REQUESTS]));
+    let fates = Arc::new(Mutex::new(vec![Fate::default(); requests]));
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
 
@@ -531,7 +582,7 @@ async fn jepsen_count_over_2000_deferred_requests_across_node_kills_and_a_broker
         workers.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= REQUESTS {
+                if i >= requests {
                     return;
                 }
                 let key = format!("j-{i}");
@@ -576,9 +627,9 @@ async fn jepsen_count_over_2000_deferred_requests_across_node_kills_and_a_broker
     };
     let mut kills = 0;
     for (at, what) in [
-        (REQUESTS / 4, "node0"),
-        (REQUESTS / 2, "broker"),
-        (3 * REQUESTS / 4, "node1"),
+        (requests / 4, "node0"),
+        (requests / 2, "broker"),
+        (3 * requests / 4, "node1"),
     ] {
         wait_sent(at).await;
         match what {
@@ -634,13 +685,13 @@ async fn jepsen_count_over_2000_deferred_requests_across_node_kills_and_a_broker
     let table = format!(
         "| attempted | acknowledged (202) | retried by the client | delivered | outcome unknown | dead-lettered | lost | duplicated upstream | false 202 |\n\
          | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n\
-         | {REQUESTS} | {acked} | {retried} | {delivered} | {unknown} | {dead} | {lost} | {duplicated} | {false_202} |\n\
+         | {requests} | {acked} | {retried} | {delivered} | {unknown} | {dead} | {lost} | {duplicated} | {false_202} |\n\
          faults: {kills} node kills (SIGKILL, then restarted), 1 broker restart; {:.1} s in all",
         total.elapsed().as_secs_f64()
     );
     println!("{table}");
     assert_eq!(
-        acked, REQUESTS,
+        acked, requests,
         "every request was acknowledged in the end:\n{table}"
     );
     assert_eq!(lost, 0, "{table}");

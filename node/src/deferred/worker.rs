@@ -202,6 +202,14 @@ async fn deliver(shared: Arc<Shared>, deferral: Arc<Deferral>, delivery: Deliver
         };
         let claim = match claim {
             Ok(c) => c,
+            // The store away says nothing about the request: held, like a path down.
+            Err(e) if held_since.elapsed() < HOLD_MAX && !shared.health.is_draining() => {
+                tracing::warn!(id = %id, "deferred: the store is unreachable, holding: {e}");
+                m.paused.inc();
+                tokio::time::sleep(backoff(tries)).await;
+                m.paused.dec();
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(id = %id, "deferred: the store is unreachable, requeueing: {e}");
                 return requeue(&deferral, acker, delivery_count).await;
