@@ -119,7 +119,12 @@ pub struct Cli {
 
     /// RabbitMQ URL for deferred delivery (a quorum queue per region) [default: the
     /// embedded spool under the state directory]. The password is never logged.
-    #[arg(long, env = "STRAIT_AMQP_URL", hide_env_values = true, value_name = "URL")]
+    #[arg(
+        long,
+        env = "STRAIT_AMQP_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     pub amqp: Option<String>,
 
     /// Node id [default: kept in the state directory, made from the host name].
@@ -134,6 +139,11 @@ pub struct Cli {
     /// Or the STRAIT_KEK environment variable.
     #[arg(long, value_name = "FILE")]
     pub kek_file: Option<PathBuf>,
+
+    /// File with the cluster secret nodes and coordinators share (guards /stats on the
+    /// admin listener). Or the STRAIT_CLUSTER_SECRET environment variable.
+    #[arg(long, value_name = "FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
 }
 
 impl Cli {
@@ -208,6 +218,14 @@ impl Cli {
         if let Ok(v) = std::env::var("STRAIT_KEK") {
             if !v.trim().is_empty() {
                 raw.cluster.kek = Some(Secret::new(v));
+            }
+        }
+        if let Some(v) = self.cluster_secret_file {
+            raw.cluster.cluster_secret_file = Some(v);
+        }
+        if let Ok(v) = std::env::var("STRAIT_CLUSTER_SECRET") {
+            if !v.trim().is_empty() {
+                raw.cluster.cluster_secret = Some(Secret::new(v.trim()));
             }
         }
         if let Some(v) = &self.default_limits {

@@ -22,7 +22,8 @@
 //!   - [`stream`]: relaying the body, usage read on the side, SSE error events.
 //!   - [`account`]: settling, metrics and the access log for a finished request.
 //! - [`state`]: what every connection shares.
-//! - [`proxy`] (the pipeline), [`admin`] (health and metrics endpoints), [`cluster`]
+//! - [`proxy`] (the pipeline), [`admin`] (health and metrics endpoints; [`stats`], the
+//!   JSON the coordinators' dashboard scrapes), [`cluster`]
 //!   (membership and live config in etcd; the node alone on its file config when no
 //!   etcd is configured).
 //! - [`server`] (start, signals, drain) and [`cli`] (flags and environment).
@@ -58,6 +59,7 @@ pub mod secret;
 pub mod server;
 pub mod sse;
 pub mod state;
+pub mod stats;
 pub mod stream;
 pub mod telemetry;
 

@@ -38,8 +38,7 @@ const LAYERS: &[Layer] = &[
     Layer {
         name: "phases",
         modules: &[
-            "accept", "auth", "admit", "limits", "route", "forward", "defer", "stream",
-            "account",
+            "accept", "auth", "admit", "limits", "route", "forward", "defer", "stream", "account",
         ],
         why: "one module per request phase; a later phase may use an earlier one's types, \
               never in a loop",
@@ -51,7 +50,7 @@ const LAYERS: &[Layer] = &[
     },
     Layer {
         name: "pipeline",
-        modules: &["proxy", "admin", "cluster"],
+        modules: &["proxy", "admin", "stats", "cluster"],
         why: "the request pipeline, the admin endpoints and the cluster supervisor, each \
               driving the phases over the shared state",
     },
