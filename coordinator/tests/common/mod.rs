@@ -183,6 +183,7 @@ pub fn config(etcd: &Etcd, id: &str, region: &str) -> Config {
         SecretSources {
             admin_token: Some(Secret::new(TOKEN)),
             kek: Some(Secret::new(KEK_HEX)),
+            cluster_secret: None,
         },
     )
     .expect("valid test config")
