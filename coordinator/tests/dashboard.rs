@@ -175,11 +175,15 @@ async fn the_dashboard_in_a_real_browser() {
         .await;
     br.script("window.__notReloaded = true; return 1;").await;
     let before = br.text("#traffic-node-node-a .total").await;
-    for _ in 0..40 {
-        assert_eq!(message(&a.public, &traffic_key).await, StatusCode::OK);
-    }
-    for _ in 0..10 {
-        assert_eq!(message(&b.public, &traffic_key).await, StatusCode::OK);
+    // Spread over a few scrapes, so the charts have a line to draw.
+    for _ in 0..4 {
+        for _ in 0..10 {
+            assert_eq!(message(&a.public, &traffic_key).await, StatusCode::OK);
+        }
+        for _ in 0..3 {
+            assert_eq!(message(&b.public, &traffic_key).await, StatusCode::OK);
+        }
+        tokio::time::sleep(Duration::from_millis(1200)).await;
     }
     eventually("the request total moves", Duration::from_secs(10), || async {
         let now = br.text("#traffic-node-node-a .total").await;
@@ -190,6 +194,7 @@ async fn the_dashboard_in_a_real_browser() {
         br.text("#traffic-r1 dd.rps").await != "0.0/s"
     })
     .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         br.script("return window.__notReloaded === true;").await,
         true,

@@ -94,6 +94,7 @@ pub fn signin(error: Option<&str>, csrf: &str) -> Markup {
 fn ms(secs: Option<f64>) -> String {
     match secs {
         None => "–".into(),
+        Some(s) if s < 0.01 => format!("{:.1} ms", s * 1000.0),
         Some(s) if s < 1.0 => format!("{:.0} ms", s * 1000.0),
         Some(s) => format!("{s:.2} s"),
     }
@@ -154,6 +155,14 @@ fn limits_query(l: &LimitsDoc) -> String {
 /// An inline SVG line of `values` (oldest first), scaled to its own maximum.
 fn spark(values: &[f64], label: &str) -> Markup {
     let (w, h) = (300.0, 48.0);
+    // One value is drawn as a level line rather than an invisible point.
+    let one;
+    let values = if values.len() == 1 {
+        one = [values[0], values[0]];
+        &one[..]
+    } else {
+        values
+    };
     let max = values.iter().copied().fold(0.0_f64, f64::max);
     let n = values.len();
     let pts: Vec<String> = values

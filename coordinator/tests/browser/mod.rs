@@ -4,6 +4,7 @@
 //! fails the test with the command that installs it.
 #![allow(dead_code)]
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -41,7 +42,10 @@ impl Browser {
             );
         }
         let port = crate::common::free_port();
+        // A process group of its own: the browser it starts is stopped with it, even
+        // when a failed assertion skips the orderly quit.
         let driver = Command::new(CHROMEDRIVER)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -259,17 +263,20 @@ impl Browser {
         std::fs::write(path, png).expect("write screenshot");
     }
 
-    pub async fn quit(mut self) {
+    /// Closes the session; dropping stops the driver and whatever is left of the browser.
+    pub async fn quit(self) {
         let p = format!("/session/{}", self.session);
         let _ = self.raw(Method::DELETE, &p, None).await;
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
     }
 }
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        // The group is the driver's own (its id is the driver's pid): the driver, the
+        // browser and its helpers, nothing else.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.driver.id())])
+            .status();
         let _ = self.driver.wait();
     }
 }
