@@ -145,7 +145,10 @@ async fn the_dashboard_in_a_real_browser() {
     br.click("#signin").await;
     br.wait_for("#signin-error", Duration::from_secs(10)).await;
     assert_eq!(br.text("#signin-error").await, "Wrong admin token.");
-    assert!(br.find("nav").await.is_none(), "no page behind a wrong token");
+    assert!(
+        br.find("nav").await.is_none(),
+        "no page behind a wrong token"
+    );
     br.screenshot(&dir.join("signin-error.png")).await;
 
     // The right token: the cluster page with both regions and nodes.
@@ -185,10 +188,14 @@ async fn the_dashboard_in_a_real_browser() {
         }
         tokio::time::sleep(Duration::from_millis(1200)).await;
     }
-    eventually("the request total moves", Duration::from_secs(10), || async {
-        let now = br.text("#traffic-node-node-a .total").await;
-        now != before && now.parse::<u64>().unwrap_or(0) >= 40
-    })
+    eventually(
+        "the request total moves",
+        Duration::from_secs(10),
+        || async {
+            let now = br.text("#traffic-node-node-a .total").await;
+            now != before && now.parse::<u64>().unwrap_or(0) >= 40
+        },
+    )
     .await;
     eventually("a request rate shows", Duration::from_secs(10), || async {
         br.text("#traffic-r1 dd.rps").await != "0.0/s"
@@ -266,7 +273,9 @@ async fn the_dashboard_in_a_real_browser() {
     let req = http::Request::post(format!("{url}/action"))
         .header("cookie", format!("strait_session={session}"))
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(Full::new(Bytes::from("op=drain_node&region=r2&node=node-b")))
+        .body(Full::new(Bytes::from(
+            "op=drain_node&region=r2&node=node-b",
+        )))
         .unwrap();
     let resp = client.request(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);

@@ -181,8 +181,12 @@ impl Browser {
 
     pub async fn click(&self, css: &str) {
         let e = self.wait_for(css, Duration::from_secs(10)).await;
-        self.cmd(Method::POST, &format!("/element/{e}/click"), Some(json!({})))
-            .await;
+        self.cmd(
+            Method::POST,
+            &format!("/element/{e}/click"),
+            Some(json!({})),
+        )
+        .await;
     }
 
     pub async fn type_into(&self, css: &str, text: &str) {
