@@ -133,6 +133,14 @@ async fn the_dashboard_in_a_real_browser() {
     .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     let traffic_key = r.json["key"].as_str().unwrap().to_string();
+    let r = admin(
+        Method::POST,
+        &format!("{url}/v1/keys"),
+        Some(json!({"name": "tight", "limits": {"rpm": 3}})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let tight_key = r.json["key"].as_str().unwrap().to_string();
 
     let br = Browser::start().await;
     let dir = shots();
@@ -285,9 +293,28 @@ async fn the_dashboard_in_a_real_browser() {
         .iter()
         .any(|(k, _)| k.ends_with("drain/r2/node-b")));
 
-    // Limits and the audit log.
+    // Limits: a key at its limit tops the list; its 429s are the gateway's.
+    let t = Instant::now();
+    while message(&b.public, &tight_key).await != StatusCode::OK {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the tight key never worked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..4 {
+        message(&b.public, &tight_key).await;
+    }
     br.goto(&format!("{url}/limits")).await;
-    br.wait_for("#live", Duration::from_secs(10)).await;
+    eventually(
+        "the tight key tops the limits",
+        Duration::from_secs(10),
+        || async {
+            let t = br.text("#closest tbody tr").await;
+            t.contains("tight") && t.contains("100.0%")
+        },
+    )
+    .await;
     br.screenshot(&dir.join("limits.png")).await;
     br.goto(&format!("{url}/audit")).await;
     let audit = br.text("#audit").await;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 use serde_json::Value;
 use strait_node::schema::{ClusterConfig, LimitsDoc};
-use strait_node::stats::{Hist, NodeStats};
+use strait_node::stats::NodeStats;
 
 use super::{AuditEntry, View};
 use crate::scrape::{merge_rounds, points, NodeSeries, Point};
@@ -503,10 +503,6 @@ pub fn traffic(v: &View) -> Markup {
 // ---------------------------------------------------------------------------------
 // Limits.
 
-fn hist_total(h: &Hist) -> u64 {
-    h.count
-}
-
 pub fn limits(v: &View) -> Markup {
     let live: Vec<(&NodeSeries, &NodeStats)> = v
         .nodes
@@ -583,7 +579,6 @@ pub fn limits(v: &View) -> Markup {
                     }
                 } }
             } }
-            p.muted { "Latency observations on the live nodes: " (live.iter().map(|(_, s)| hist_total(&s.latency)).sum::<u64>()) "." }
         }
     }
 }
