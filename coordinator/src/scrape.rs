@@ -159,8 +159,9 @@ impl Scraper {
             });
         }
         let horizon = at - HISTORY.as_secs_f64();
-        nodes.retain(|key, s| {
-            if !results.contains_key(key) && s.samples.back().is_some_and(|x| x.round != round) {
+        nodes.retain(|_, s| {
+            // Not listed this round: its record is gone from etcd.
+            if s.samples.back().is_some_and(|x| x.round != round) {
                 s.gone_since.get_or_insert(at);
             }
             while s.samples.front().is_some_and(|x| x.at < horizon) {
@@ -363,6 +364,95 @@ mod tests {
             error: s.is_none().then(|| "down".to_string()),
             stats: s.map(Arc::new),
         }
+    }
+
+    fn record(id: &str, admin_addr: String) -> NodeRecord {
+        NodeRecord {
+            id: id.into(),
+            region: "r1".into(),
+            public_addr: "127.0.0.1:1".into(),
+            admin_addr,
+            version: "0.1.0".into(),
+            started_at: String::new(),
+            state: strait_node::schema::NodeState::Serving,
+            path: Default::default(),
+        }
+    }
+
+    /// A node admin listener serving `/stats` to holders of `secret` only.
+    async fn stats_server(secret: &'static str) -> String {
+        let app = axum::Router::new().route(
+            "/stats",
+            axum::routing::get(move |h: http::HeaderMap| async move {
+                let ok = h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+                    == Some(&format!("Bearer {secret}"));
+                if ok {
+                    (
+                        StatusCode::OK,
+                        serde_json::to_string(&stats(7, 1, 7, 0)).unwrap(),
+                    )
+                } else {
+                    (StatusCode::UNAUTHORIZED, String::new())
+                }
+            }),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+        addr.to_string()
+    }
+
+    #[tokio::test]
+    async fn failed_scrapes_are_kept_and_vanished_nodes_shown_as_gone() {
+        let store = crate::store::MemoryStore::leading(crate::leader::LeaderInfo {
+            id: "c1".into(),
+            region: "r1".into(),
+            url: "http://c1".into(),
+        });
+        let good = stats_server("the-cluster-secret-01").await;
+        store.put_node(record("good", good.clone()));
+        // A closed port: nothing listens on port 1.
+        store.put_node(record("down", "127.0.0.1:1".into()));
+        let scraper = Scraper::new(Some(Secret::new("the-cluster-secret-01")));
+        scraper.round(&store).await;
+        let nodes = scraper.nodes();
+        let by_id = |id: &str| nodes.iter().find(|n| n.record.id == id).unwrap().clone();
+        assert_eq!(by_id("good").latest().map(|s| s.requests.total), Some(7));
+        let down = by_id("down");
+        assert!(down.latest().is_none());
+        assert!(
+            down.last()
+                .unwrap()
+                .error
+                .as_deref()
+                .unwrap()
+                .starts_with("unreachable"),
+            "{:?}",
+            down.last()
+        );
+
+        // The wrong secret is a failed scrape that says so.
+        let wrong = Scraper::new(Some(Secret::new("not-the-secret-000000")));
+        wrong.round(&store).await;
+        let n = wrong.nodes();
+        let e = n.iter().find(|n| n.record.id == "good").unwrap();
+        assert!(e.last().unwrap().error.as_deref().unwrap().contains("401"));
+
+        // The node's record disappears: still listed, as gone, with its history.
+        store.remove_node("r1", "good");
+        scraper.round(&store).await;
+        let gone = scraper
+            .nodes()
+            .into_iter()
+            .find(|n| n.record.id == "good")
+            .unwrap();
+        assert!(gone.gone_since.is_some());
+        assert_eq!(
+            gone.samples.len(),
+            1,
+            "no sample for a round it was not listed in"
+        );
+        assert_eq!(scraper.info().round, 2);
     }
 
     #[test]
