@@ -10,9 +10,10 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 # Debian packages: service binaries the tests launch, protoc for etcd-client, python,
-# and make (the jemalloc allocator builds from its C sources).
+# make (the jemalloc allocator builds from its C sources), a headless browser and its
+# WebDriver (the dashboard tests), and prometheus for promtool (the alert rules test).
 PKGS=(redis-server rabbitmq-server etcd-server etcd-client protobuf-compiler libprotobuf-dev
-      python3 python3-venv ca-certificates make)
+      python3 python3-venv ca-certificates make chromium chromium-driver prometheus)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -20,7 +21,10 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing Debian packages: ${missing[*]}"
   $SUDO apt-get update -qq
+  # Only promtool is wanted: the prometheus service would take port 9090.
+  if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl mask prometheus >/dev/null 2>&1 || true; fi
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl stop prometheus >/dev/null 2>&1 || true; fi
 fi
 
 # The official Anthropic Python SDK, in a virtualenv of its own (Debian's python

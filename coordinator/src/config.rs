@@ -39,6 +39,16 @@ pub struct RawConfig {
     pub etcd_timeout: Option<String>,
     /// Log filter. Default: `info`.
     pub log_level: Option<String>,
+    /// File holding the cluster secret shared with the nodes (at least 16 characters):
+    /// the dashboard reads each node's `/stats` with it, and signs its session cookies
+    /// with a key derived from it. Or `STRAIT_CLUSTER_SECRET`. Default: none (node stats
+    /// then need loopback admin listeners; sessions are signed from the admin token).
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Mark the dashboard's session cookie `Secure` (sent over HTTPS only): set it when
+    /// browsers reach the coordinator through TLS. Default: `false`.
+    pub cookie_secure: Option<bool>,
+    /// How long a dashboard sign-in lasts. Default: `12h`.
+    pub session_ttl: Option<String>,
 }
 
 impl RawConfig {
@@ -59,6 +69,7 @@ impl RawConfig {
 pub struct SecretSources {
     pub admin_token: Option<Secret>,
     pub kek: Option<Secret>,
+    pub cluster_secret: Option<Secret>,
 }
 
 /// The validated configuration the server runs with.
@@ -74,6 +85,10 @@ pub struct Config {
     pub lease_ttl: Duration,
     pub etcd_timeout: Duration,
     pub log_level: String,
+    /// The secret nodes and coordinators share; `None` when not configured.
+    pub cluster_secret: Option<Secret>,
+    pub cookie_secure: bool,
+    pub session_ttl: Duration,
 }
 
 fn duration(field: &str, text: Option<&str>, default: Duration) -> Result<Duration> {
@@ -165,6 +180,27 @@ impl Config {
         if etcd_timeout.is_zero() {
             return Err(Error::config("etcd_timeout: must be positive"));
         }
+        let cluster_secret = match (secrets.cluster_secret, &raw.cluster_secret_file) {
+            (Some(s), _) => Some(s),
+            (None, Some(path)) => Some(read_secret_file("cluster_secret_file", path)?),
+            (None, None) => None,
+        };
+        if cluster_secret
+            .as_ref()
+            .is_some_and(|s| s.expose().len() < 16)
+        {
+            return Err(Error::config(
+                "cluster secret: at least 16 characters (e.g. `openssl rand -hex 32`)",
+            ));
+        }
+        let session_ttl = duration(
+            "session_ttl",
+            raw.session_ttl.as_deref(),
+            Duration::from_secs(12 * 3600),
+        )?;
+        if session_ttl < Duration::from_secs(60) || session_ttl > Duration::from_secs(30 * 86_400) {
+            return Err(Error::config("session_ttl: between 1m and 30d"));
+        }
         Ok(Config {
             id,
             region,
@@ -176,13 +212,16 @@ impl Config {
             lease_ttl,
             etcd_timeout,
             log_level: raw.log_level.unwrap_or_else(|| "info".to_string()),
+            cluster_secret,
+            cookie_secure: raw.cookie_secure.unwrap_or(false),
+            session_ttl,
         })
     }
 
     /// One-paragraph summary for `--check-config` (no secrets).
     pub fn summary(&self) -> String {
         format!(
-            "coordinator {} in region {}\nlisten: {}\nadvertise_url: {}\netcd: {}\nlease_ttl: {:?}, etcd_timeout: {:?}\nadmin token: set ({} characters), KEK: set",
+            "coordinator {} in region {}\nlisten: {}\nadvertise_url: {}\netcd: {}\nlease_ttl: {:?}, etcd_timeout: {:?}\nadmin token: set ({} characters), KEK: set\ncluster secret: {}, cookie_secure: {}, session_ttl: {:?}",
             self.id,
             self.region,
             self.listen,
@@ -190,7 +229,10 @@ impl Config {
             self.etcd_endpoints.join(", "),
             self.lease_ttl,
             self.etcd_timeout,
-            self.admin_token.expose().len()
+            self.admin_token.expose().len(),
+            if self.cluster_secret.is_some() { "set" } else { "not set" },
+            self.cookie_secure,
+            self.session_ttl
         )
     }
 }
@@ -203,6 +245,7 @@ mod tests {
         SecretSources {
             admin_token: Some(Secret::new(token)),
             kek: Some(Secret::new("ab".repeat(32))),
+            cluster_secret: None,
         }
     }
 
@@ -274,6 +317,7 @@ mod tests {
             SecretSources {
                 admin_token: Some(Secret::new("0123456789abcdef")),
                 kek: None,
+                cluster_secret: None,
             },
         );
         assert!(no_kek.unwrap_err().message.contains("KEK"));

@@ -24,10 +24,12 @@ pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod dashboard;
 pub mod election;
 pub mod error;
 pub mod leader;
 pub mod openapi;
+pub mod scrape;
 pub mod server;
 pub mod store;
 

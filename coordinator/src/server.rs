@@ -1,6 +1,7 @@
 //! Starting and stopping a coordinator: bind the admin listener, connect to etcd,
-//! run the election, serve the API until shutdown. The one place the etcd store,
-//! the election, the app and the API are wired together.
+//! run the election and the node scraper, serve the API and the dashboard until
+//! shutdown. The one place the etcd store, the election, the app, the API and the
+//! dashboard are wired together.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,9 +12,11 @@ use tokio::task::JoinHandle;
 
 use crate::app::App;
 use crate::config::Config;
+use crate::dashboard::{Dash, Settings};
 use crate::election::Election;
 use crate::error::{Error, Result};
 use crate::leader::LeaderInfo;
+use crate::scrape::Scraper;
 use crate::store::etcd::{connect_etcd, EtcdElector, EtcdStore};
 
 /// A started coordinator. Dropping it does not stop it; call [`Running::shutdown`].
@@ -25,6 +28,7 @@ pub struct Running {
     pub election: Election,
     shutdown: watch::Sender<bool>,
     election_task: JoinHandle<()>,
+    scrape_task: JoinHandle<()>,
     http_task: JoinHandle<()>,
 }
 
@@ -62,10 +66,24 @@ pub async fn start(config: Config) -> Result<Running> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let elector = EtcdElector::new(client, config.etcd_timeout);
     let election_task = tokio::spawn(election.clone().run(elector, shutdown_rx.clone()));
-    let router = crate::api::router(app);
+    let scraper = Scraper::new(config.cluster_secret.clone());
+    let scrape_task = tokio::spawn(scraper.clone().run(app.store.clone(), shutdown_rx.clone()));
+    let dash = Dash::new(
+        app.clone(),
+        scraper,
+        Settings {
+            admin_token: config.admin_token.expose(),
+            cluster_secret: config.cluster_secret.as_ref().map(|s| s.expose()),
+            cookie_secure: config.cookie_secure,
+            session_ttl: config.session_ttl,
+        },
+    );
+    let router = crate::api::router(app).merge(crate::dashboard::router(dash));
     let mut http_shutdown = shutdown_rx;
     let http_task = tokio::spawn(async move {
-        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+        // The peer address feeds the dashboard's sign-in rate limit.
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        let serve = axum::serve(listener, service).with_graceful_shutdown(async move {
             let _ = http_shutdown.wait_for(|s| *s).await;
         });
         if let Err(e) = serve.await {
@@ -79,6 +97,7 @@ pub async fn start(config: Config) -> Result<Running> {
         election,
         shutdown,
         election_task,
+        scrape_task,
         http_task,
     })
 }
@@ -89,6 +108,7 @@ impl Running {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.election_task.await;
+        let _ = self.scrape_task.await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.http_task).await;
     }
 }

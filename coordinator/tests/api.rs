@@ -676,6 +676,7 @@ fn example_config_parses() {
         strait_coordinator::config::SecretSources {
             admin_token: Some(strait_node::config::Secret::new(TOKEN)),
             kek: Some(strait_node::config::Secret::new(KEK_HEX)),
+            cluster_secret: None,
         },
     )
     .expect("example config is valid");

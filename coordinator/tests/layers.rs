@@ -31,9 +31,19 @@ pub const LAYERS: &[Layer] = &[
         why: "validate-then-commit of config changes over any Store",
     },
     Layer {
+        name: "observe",
+        modules: &["scrape"],
+        why: "reads every node's /stats and keeps a short history; knows only the Store",
+    },
+    Layer {
         name: "api",
         modules: &["api", "openapi"],
         why: "HTTP in and out: routes, token layer, per-resource handlers, their description",
+    },
+    Layer {
+        name: "dashboard",
+        modules: &["dashboard"],
+        why: "the pages people use: sessions, HTML, and actions made as admin API calls",
     },
     Layer {
         name: "server",

@@ -1,5 +1,5 @@
-//! The admin listener: `/livez`, `/readyz`, `/metrics` and `/keys` (the upstream
-//! keys' states). Health answers are also served on the public listener (see
+//! The admin listener: `/livez`, `/readyz`, `/metrics`, `/keys` (the upstream
+//! keys' states) and `/stats` (the dashboard's JSON, see [`crate::stats`]). Health answers are also served on the public listener (see
 //! `proxy::handle`); the rest is admin-only.
 
 use http::{header, HeaderValue, Response, StatusCode};
@@ -21,6 +21,7 @@ pub fn handle(shared: &Shared, req: ClientRequest) -> Response<ProxyBody> {
             );
             r
         }
+        "/stats" => crate::stats::handle(shared, &req),
         "/keys" => {
             let mut r = Response::new(ProxyBody::full(keys_json(shared)));
             r.headers_mut().insert(

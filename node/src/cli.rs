@@ -139,6 +139,11 @@ pub struct Cli {
     /// Or the STRAIT_KEK environment variable.
     #[arg(long, value_name = "FILE")]
     pub kek_file: Option<PathBuf>,
+
+    /// File with the cluster secret nodes and coordinators share (guards /stats on the
+    /// admin listener). Or the STRAIT_CLUSTER_SECRET environment variable.
+    #[arg(long, value_name = "FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
 }
 
 impl Cli {
@@ -213,6 +218,14 @@ impl Cli {
         if let Ok(v) = std::env::var("STRAIT_KEK") {
             if !v.trim().is_empty() {
                 raw.cluster.kek = Some(Secret::new(v));
+            }
+        }
+        if let Some(v) = self.cluster_secret_file {
+            raw.cluster.cluster_secret_file = Some(v);
+        }
+        if let Ok(v) = std::env::var("STRAIT_CLUSTER_SECRET") {
+            if !v.trim().is_empty() {
+                raw.cluster.cluster_secret = Some(Secret::new(v.trim()));
             }
         }
         if let Some(v) = &self.default_limits {

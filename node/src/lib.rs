@@ -23,7 +23,8 @@
 //!   - [`account`]: settling, metrics and the access log for a finished request.
 //! - [`state`]: what every connection shares.
 //! - [`proxy`] (the pipeline), [`deferred`] (the deferred API and the consumer that
-//!   delivers), [`admin`] (health and metrics endpoints), [`cluster`]
+//!   delivers), [`admin`] (health and metrics endpoints; [`stats`], the JSON the
+//!   coordinators' dashboard scrapes), [`cluster`]
 //!   (membership and live config in etcd; the node alone on its file config when no
 //!   etcd is configured).
 //! - [`server`] (start, signals, drain) and [`cli`] (flags and environment).
@@ -60,6 +61,7 @@ pub mod secret;
 pub mod server;
 pub mod sse;
 pub mod state;
+pub mod stats;
 pub mod stream;
 pub mod telemetry;
 

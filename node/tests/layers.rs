@@ -50,7 +50,7 @@ const LAYERS: &[Layer] = &[
     },
     Layer {
         name: "pipeline",
-        modules: &["proxy", "deferred", "admin", "cluster"],
+        modules: &["proxy", "deferred", "admin", "stats", "cluster"],
         why: "the request pipeline, the admin endpoints and the cluster supervisor, each \
               driving the phases over the shared state",
     },

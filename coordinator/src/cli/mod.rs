@@ -137,6 +137,20 @@ pub struct ServeArgs {
     /// Log filter [default: info].
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
+    /// File holding the cluster secret shared with the nodes (instead of STRAIT_CLUSTER_SECRET).
+    #[arg(long, value_name = "FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// The cluster secret: reads the nodes' /stats, signs dashboard sessions.
+    #[arg(
+        long,
+        env = "STRAIT_CLUSTER_SECRET",
+        hide_env_values = true,
+        hide = true
+    )]
+    pub cluster_secret: Option<String>,
+    /// Mark the dashboard session cookie Secure (browsers reach the coordinator over HTTPS).
+    #[arg(long)]
+    pub cookie_secure: bool,
 }
 
 /// Limits flags shared by keys and tenants; absent = unchanged (or unlimited on create).

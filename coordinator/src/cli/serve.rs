@@ -30,6 +30,10 @@ pub fn serve_config(args: &ServeArgs, token: Option<String>) -> Result<Config> {
     set!(kek_file, args.kek_file.clone());
     set!(lease_ttl, args.lease_ttl.clone());
     set!(log_level, args.log_level.clone());
+    set!(cluster_secret_file, args.cluster_secret_file.clone());
+    if args.cookie_secure {
+        raw.cookie_secure = Some(true);
+    }
     if !args.etcd.is_empty() {
         raw.etcd_endpoints = Some(args.etcd.clone());
     }
@@ -44,7 +48,23 @@ pub fn serve_config(args: &ServeArgs, token: Option<String>) -> Result<Config> {
     } else {
         args.kek.clone().map(Secret::new)
     };
-    Config::build(raw, SecretSources { admin_token, kek })
+    let cluster_secret = if args.cluster_secret_file.is_some() {
+        None
+    } else {
+        args.cluster_secret
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(Secret::new)
+    };
+    Config::build(
+        raw,
+        SecretSources {
+            admin_token,
+            kek,
+            cluster_secret,
+        },
+    )
 }
 
 pub(super) fn serve(

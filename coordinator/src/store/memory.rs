@@ -70,6 +70,13 @@ impl MemoryStore {
         s.nodes.push(node);
     }
 
+    /// Removes a node record, as its lease expiring does.
+    pub fn remove_node(&self, region: &str, id: &str) {
+        let mut s = self.state();
+        s.revision += 1;
+        s.nodes.retain(|n| !(n.region == region && n.id == id));
+    }
+
     /// The revision of the last write.
     pub fn revision(&self) -> i64 {
         self.state().revision

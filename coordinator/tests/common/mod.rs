@@ -183,6 +183,7 @@ pub fn config(etcd: &Etcd, id: &str, region: &str) -> Config {
         SecretSources {
             admin_token: Some(Secret::new(TOKEN)),
             kek: Some(Secret::new(KEK_HEX)),
+            cluster_secret: None,
         },
     )
     .expect("valid test config")
@@ -346,6 +347,18 @@ pub struct NodeProc {
 
 impl NodeProc {
     pub fn spawn(bin: &Path, etcd: &Etcd, region: &str, node_id: &str, upstream: &str) -> NodeProc {
+        NodeProc::spawn_with(bin, etcd, region, node_id, upstream, &[])
+    }
+
+    /// As [`NodeProc::spawn`], with extra environment variables.
+    pub fn spawn_with(
+        bin: &Path,
+        etcd: &Etcd,
+        region: &str,
+        node_id: &str,
+        upstream: &str,
+        env: &[(&str, &str)],
+    ) -> NodeProc {
         let state = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(bin);
         cmd.args([
@@ -372,7 +385,9 @@ impl NodeProc {
         .env("STRAIT_KEK", KEK_HEX)
         .env_remove("STRAIT_UPSTREAM_KEYS")
         .env_remove("STRAIT_CLIENT_KEYS")
-        .env_remove("RUST_LOG");
+        .env_remove("RUST_LOG")
+        .env_remove("STRAIT_CLUSTER_SECRET");
+        cmd.envs(env.iter().copied());
         let (proc, line) =
             Captured::spawn_until(&mut cmd, "strait-node listening", Duration::from_secs(20));
         let v: Value = serde_json::from_str(&line).expect("JSON log line");

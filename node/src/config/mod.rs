@@ -210,6 +210,10 @@ pub struct Config {
     /// This node's region: names the deferred queue and ids; with etcd, its record.
     pub region: String,
     pub deferred: Deferred,
+    /// The secret nodes and coordinators share (`cluster.cluster_secret_file` or
+    /// `STRAIT_CLUSTER_SECRET`): the bearer token of `/stats`. `None`: `/stats` answers
+    /// only on a loopback admin listener.
+    pub cluster_secret: Option<Secret>,
 }
 
 /// The key-handling mode a node runs in, derived from which keys are configured.

@@ -457,6 +457,13 @@ pub struct RawCluster {
     /// The KEK from the environment (`STRAIT_KEK`), set by `cli`; never in the file.
     #[serde(skip)]
     pub kek: Option<Secret>,
+    /// File holding the cluster secret (at least 16 characters) shared by nodes and
+    /// coordinators: it guards the admin listener's `/stats`. Or `STRAIT_CLUSTER_SECRET`.
+    /// Default: none (then `/stats` answers only on a loopback admin listener).
+    pub cluster_secret_file: Option<PathBuf>,
+    /// The cluster secret from the environment (`STRAIT_CLUSTER_SECRET`), set by `cli`.
+    #[serde(skip)]
+    pub cluster_secret: Option<Secret>,
 }
 
 impl Default for RawCluster {
@@ -471,6 +478,8 @@ impl Default for RawCluster {
             advertise_public: None,
             advertise_admin: None,
             kek: None,
+            cluster_secret_file: None,
+            cluster_secret: None,
         }
     }
 }

@@ -203,6 +203,7 @@ impl RawConfig {
         } else {
             self.cluster.region.clone()
         };
+        let cluster_secret = validate_cluster_secret(&self.cluster)?;
         let cluster = validate_cluster(self.cluster)?;
         if !keys.is_empty()
             && client_keys.is_empty()
@@ -294,8 +295,35 @@ impl RawConfig {
             rate_limits,
             region,
             deferred,
+            cluster_secret,
         })
     }
+}
+
+/// The cluster secret from the environment or its file (not both), at least 16 characters.
+fn validate_cluster_secret(c: &RawCluster) -> Result<Option<Secret>> {
+    let secret = match (&c.cluster_secret, &c.cluster_secret_file) {
+        (Some(_), Some(_)) => {
+            return Err(Error::config(
+                "the cluster secret is given twice: set either STRAIT_CLUSTER_SECRET or cluster.cluster_secret_file",
+            ))
+        }
+        (Some(s), None) => s.clone(),
+        (None, Some(path)) => Secret::new(
+            std::fs::read_to_string(path)
+                .map_err(|e| {
+                    Error::config(format!("cluster.cluster_secret_file {}: {e}", path.display()))
+                })?
+                .trim(),
+        ),
+        (None, None) => return Ok(None),
+    };
+    if secret.expose().trim().len() < 16 {
+        return Err(Error::config(
+            "the cluster secret needs at least 16 characters (e.g. `openssl rand -hex 32`)",
+        ));
+    }
+    Ok(Some(secret))
 }
 
 fn validate_deferred(d: RawDeferred, state_dir: &Path, limits: &RateLimits) -> Result<Deferred> {

@@ -172,6 +172,21 @@ impl LocalLimiter {
         }
     }
 
+    /// What scope `i` used in its current windows, by [`Dim::ALL`]: requests, input
+    /// and output tokens this minute, tokens today, requests in flight (`/stats`).
+    pub fn usage(&self, i: usize) -> [u64; 5] {
+        let c = lock(&self.state[i]);
+        let now = Instant::now();
+        let minute = c.window_start.is_some_and(|s| now < s + MINUTE);
+        let day = c.day_start.is_some_and(|s| now < s + DAY);
+        Dim::ALL.map(|d| match d {
+            Dim::DailyTokens if !day => 0,
+            Dim::Concurrency => c.in_flight,
+            Dim::Requests | Dim::InputTokens | Dim::OutputTokens if !minute => 0,
+            d => c.used(d),
+        })
+    }
+
     /// Current in-flight count of a scope (tests and the benchmark).
     pub fn in_flight(&self, scope: usize) -> u64 {
         lock(&self.state[scope]).in_flight

@@ -262,6 +262,28 @@ impl Limiter {
         &self.scopes
     }
 
+    /// Every limited scope (the node config's, then the cluster config's) with what it
+    /// used in its current windows by [`Dim::ALL`]; `None` with Redis, where the counts
+    /// live in Redis. Read by `/stats`, never on the hot path.
+    pub fn usage(&self) -> Vec<(Scope, Option<[u64; 5]>)> {
+        let mut out: Vec<_> = self
+            .scopes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let used = match &self.backend {
+                    Backend::Local(l) => Some(l.usage(i)),
+                    Backend::Redis(_) => None,
+                };
+                (s.clone(), used)
+            })
+            .collect();
+        if let Some(tier) = self.cluster.load_full() {
+            out.extend(tier.usage());
+        }
+        out
+    }
+
     /// The scopes a principal is limited by; `None` when no limits apply to it.
     pub fn subject(&self, principal: &str) -> Option<Subject> {
         self.subjects.get(principal).copied()
