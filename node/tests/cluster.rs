@@ -64,7 +64,13 @@ impl Cluster {
     }
 
     fn node_with(&self, region: &str, id: &str, extra: &[&str]) -> NodeProcess {
-        let state = self.dir.path().join(format!("state-{id}"));
+        self.node_in(region, id, &format!("state-{id}"), extra)
+    }
+
+    /// A node whose state directory is `state` under the test's folder (two
+    /// processes cannot share one: the deferred spool in it is locked).
+    fn node_in(&self, region: &str, id: &str, state: &str, extra: &[&str]) -> NodeProcess {
+        let state = self.dir.path().join(state);
         let config = self.dir.path().join("node.toml");
         NodeProcess::spawn(
             &[
@@ -229,8 +235,9 @@ async fn register_and_expire_after_kill_9() {
         .await;
     }
 
-    // A second node with a taken id is told so in its log.
-    let twin = cl.node("eu", "node-a");
+    // A second node with a taken id (another machine: its own state) is told so in
+    // its log.
+    let twin = cl.node_in("eu", "node-a", "state-twin", &[]);
     logged(
         || twin.log(),
         "another node may be registered with this node id",

@@ -436,7 +436,13 @@ fn deferred_panel(nodes: &[&NodeSeries]) -> Markup {
                 @let depth: u64 = reports.iter().filter_map(|d| d["depth"].as_u64()).sum();
                 @let oldest = reports.iter().filter_map(|d| d["oldest_age_seconds"].as_f64()).fold(0.0, f64::max);
                 @let dead: u64 = reports.iter().filter_map(|d| d["dead_lettered"].as_u64()).sum();
+                @let down = reports.iter().filter(|d| d["reachable"] == Value::Bool(false)).count();
+                @let kind = reports.iter().find_map(|d| Some(format!("{} + {}", d["queue"].as_str()?, d["store"].as_str()?))).unwrap_or_default();
                 dl.numbers {
+                    div { dt { "Queue" } dd.queue-kind { (kind) } }
+                    @if down > 0 {
+                        div { dt { "Unreachable" } dd.bad { (down) " node(s): deferral answers 503" } }
+                    }
                     div { dt { "Depth" } dd { (depth) } }
                     div { dt { "Oldest" } dd { (age(oldest)) } }
                     div { dt { "Dead letters" } dd { (dead) } }

@@ -34,6 +34,14 @@ pub async fn serve(
     headers: &HeaderFields,
     admitted: impl std::future::Future<Output = Result<(Bytes, RequestMeta)>>,
 ) -> Result<Response<ProxyBody>> {
+    if path != QUEUE_PATH && mode == KeyMode::Passthrough {
+        // Nothing is ever deferred here, so no id exists.
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            "no deferred request with this id: this gateway passes clients' own keys \
+             through and does not defer requests",
+        ));
+    }
     let deferral = available(deferral, mode)?;
     if path == QUEUE_PATH {
         if method != Method::POST {

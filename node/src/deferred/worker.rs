@@ -78,11 +78,12 @@ async fn consume(shared: Arc<Shared>, deferral: Arc<Deferral>, node: String) {
     let mut deliveries = deferral.queue.consume(deferral.settings.prefetch);
     let mut seq: u64 = 0;
     while let Some(delivery) = deliveries.recv().await {
-        if shared.health.is_draining() {
-            // A draining node takes no new work: back to the queue for another node.
-            let _ = delivery.acker.requeue().await;
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
+        // A draining node starts no delivery. It does not requeue either (each
+        // requeue counts toward the delivery limit, and a spool would hand the same
+        // message straight back): the delivery waits, and goes back to the queue when
+        // the process stops (or runs here once a cluster drain is lifted).
+        while shared.health.is_draining() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
         seq += 1;
         let holder = format!("{node}/{seq}");
