@@ -275,14 +275,18 @@ pub async fn run(plan: &Evacuation, residency: &Residency) -> Result<Report> {
     let result = async {
         let channel = source.create_channel().await.map_err(|e| {
             broker_error(
-                format!("cannot open a channel on the source broker {}", report.source),
+                format!(
+                    "cannot open a channel on the source broker {}",
+                    report.source
+                ),
                 e,
             )
         })?;
         // Passive: a mistyped region must not create an empty queue on the source.
-        let probe = source.create_channel().await.map_err(|e| {
-            broker_error(format!("cannot open a channel on {}", report.source), e)
-        })?;
+        let probe = source
+            .create_channel()
+            .await
+            .map_err(|e| broker_error(format!("cannot open a channel on {}", report.source), e))?;
         probe
             .queue_declare(
                 source_queue.as_str().into(),
@@ -294,10 +298,7 @@ pub async fn run(plan: &Evacuation, residency: &Residency) -> Result<Report> {
             )
             .await
             .map_err(|e| {
-                broker_error(
-                    format!("the source broker has no queue {source_queue}"),
-                    e,
-                )
+                broker_error(format!("the source broker has no queue {source_queue}"), e)
             })?;
         let _ = probe.close(200, "checked".into()).await;
         let target = if plan.dry_run {
@@ -333,7 +334,10 @@ async fn drain(
     let source_queue = amqp::queue_name(&plan.from_region);
     loop {
         let got = channel
-            .basic_get(source_queue.as_str().into(), BasicGetOptions { no_ack: false })
+            .basic_get(
+                source_queue.as_str().into(),
+                BasicGetOptions { no_ack: false },
+            )
             .await;
         let message = match got {
             Ok(Some(m)) => m.delivery,
@@ -585,7 +589,10 @@ mod tests {
         assert_eq!(r.refusal("tenanted", "c"), None);
         // Both lists: only `a` is on both.
         let both = r.refusal("both", "b").unwrap();
-        assert!(both.starts_with("key both is pinned to regions [a]"), "{both}");
+        assert!(
+            both.starts_with("key both is pinned to regions [a]"),
+            "{both}"
+        );
         assert!(r.refusal("both", "c").is_some());
     }
 

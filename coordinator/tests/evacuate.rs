@@ -174,7 +174,9 @@ async fn evacuate_moves_what_the_target_may_serve_and_leaves_pinned_keys() {
 
     // Region b's queue exists already, with another delivery limit than the default:
     // the command must read it, or its declare would be refused.
-    let b_node = AmqpQueue::connect(&b.url(), "b", &settings(5)).await.unwrap();
+    let b_node = AmqpQueue::connect(&b.url(), "b", &settings(5))
+        .await
+        .unwrap();
     assert!(b_node.wait_connected(Duration::from_secs(10)).await);
     drop(b_node);
 

@@ -177,16 +177,10 @@ async fn a_shovelled_backlog_is_delivered_once_by_the_target_region() {
         let done = settled(&url_b, id, Duration::from_secs(30)).await;
         assert_eq!(done.status, StatusCode::OK, "{}", done.text());
         assert_eq!(done.json()["type"], "message", "{}", done.text());
-        assert_eq!(
-            done.header("x-strait-deferred"),
-            Some(id.as_str())
-        );
+        assert_eq!(done.header("x-strait-deferred"), Some(id.as_str()));
         assert_eq!(received(&mock, &format!("ev-{i}")), 1, "delivered once");
     }
-    eprintln!(
-        "shovel to the last result on b: {:?}",
-        shovelled.elapsed()
-    );
+    eprintln!("shovel to the last result on b: {:?}", shovelled.elapsed());
     assert_eq!(queue_length(&a, "strait.deferred.a").await, 0);
     // A moment for a duplicate, if any, to show up.
     tokio::time::sleep(Duration::from_millis(500)).await;
