@@ -15,6 +15,8 @@
 //! - [`api`]: the admin HTTP API (axum): router and token layer in `api/mod.rs`, one
 //!   file per resource; [`openapi`] describes it.
 //! - [`server`]: start and stop a coordinator (wires etcd, election, app and api).
+//! - [`evacuate`]: `deferred evacuate`, an operator's job: reads the residency policy
+//!   from the store and moves a region's deferred backlog between brokers.
 //! - [`cli`]: clap definitions; `cli/serve.rs` runs a server, `cli/client.rs` is the
 //!   command-line client of the admin API.
 
@@ -27,6 +29,7 @@ pub mod config;
 pub mod dashboard;
 pub mod election;
 pub mod error;
+pub mod evacuate;
 pub mod leader;
 pub mod openapi;
 pub mod scrape;

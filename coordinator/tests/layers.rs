@@ -51,6 +51,11 @@ pub const LAYERS: &[Layer] = &[
         why: "wires etcd, election, app and api together and runs them",
     },
     Layer {
+        name: "jobs",
+        modules: &["evacuate"],
+        why: "operator jobs run from the command line over the store and the brokers",
+    },
+    Layer {
         name: "cli",
         modules: &["cli"],
         why: "the binary's face: serve, and a client of the admin API",

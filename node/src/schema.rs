@@ -132,6 +132,23 @@ pub struct ClientKeyDoc {
     pub pool: Option<String>,
 }
 
+impl ClientKeyDoc {
+    /// Regions whose nodes may serve this key: its own list and its tenant's list
+    /// together (a region must be on both); `None` when neither pins it. Nodes build
+    /// their policy with it, and the coordinator's evacuation checks residency with it.
+    pub fn effective_regions(&self, tenant: Option<&TenantDoc>) -> Option<Vec<String>> {
+        match (
+            &self.allowed_regions,
+            tenant.and_then(|t| t.allowed_regions.as_ref()),
+        ) {
+            (Some(a), Some(b)) => Some(a.iter().filter(|r| b.contains(r)).cloned().collect()),
+            (Some(a), None) => Some(a.clone()),
+            (None, Some(b)) => Some(b.clone()),
+            (None, None) => None,
+        }
+    }
+}
+
 /// An upstream key sealed with the key-encryption key (XChaCha20-Poly1305; the
 /// key id is the associated data, so a ciphertext cannot be moved to another id).
 ///

@@ -168,7 +168,7 @@ fn regions_value(list: &[String]) -> Option<Value> {
 /// Runs one client subcommand against the admin API.
 pub async fn run_client(c: &AdminClient, cmd: Command) -> Result<()> {
     match cmd {
-        Command::Serve(_) => unreachable!("handled by run"),
+        Command::Serve(_) | Command::Deferred(_) => unreachable!("handled by run"),
         Command::Keys(k) => match k {
             KeysCmd::Create {
                 name,

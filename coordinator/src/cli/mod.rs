@@ -8,9 +8,11 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 mod client;
+mod deferred;
 mod serve;
 
 pub use client::{run_client, AdminClient};
+pub use deferred::{DeferredCmd, EvacuateArgs};
 pub use serve::serve_config;
 
 const EXAMPLES: &str = "\
@@ -28,6 +30,10 @@ Examples:
   strait-coordinator drain node r1 node-a      # or: drain region r1
   strait-coordinator nodes list
   strait-coordinator keys revoke ck_0123abcd
+
+  # Move region r1's deferred backlog to r2 (keys pinned away from r2 stay in r1):
+  STRAIT_EVACUATE_FROM_AMQP=amqp://... STRAIT_EVACUATE_TO_AMQP=amqp://... \\
+    strait-coordinator deferred evacuate --etcd http://etcd-1:2379 --from-region r1 --to-region r2
 
 Writes sent to a coordinator that is not the leader are retried once at the leader.
 See docs/coordinator.md for the API and every route.";
@@ -91,6 +97,10 @@ pub enum Command {
     Cluster,
     /// Which coordinator leads (accepts writes).
     Leader,
+    /// Deferred delivery: move a region's backlog to another region (reads etcd and
+    /// the brokers directly, not the admin API).
+    #[command(subcommand)]
+    Deferred(DeferredCmd),
 }
 
 /// Flags of `serve`; each overrides the config file's field of the same name.
@@ -321,6 +331,7 @@ pub fn run(cli: Cli) -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => serve::serve(&rt, args, cli.token),
+        Command::Deferred(cmd) => deferred::run(&rt, cmd),
         cmd => {
             let client = AdminClient::new(cli.url, cli.token);
             match rt.block_on(run_client(&client, cmd)) {

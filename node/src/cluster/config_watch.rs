@@ -215,15 +215,7 @@ pub fn build_snapshot(
         hex::decode_to_slice(k.sha256.trim(), &mut hash)
             .map_err(|_| format!("client key {id}: bad sha256"))?;
         let tenant = k.tenant.as_ref().and_then(|t| cc.tenants.get(t));
-        let allowed_regions = match (
-            &k.allowed_regions,
-            tenant.and_then(|t| t.allowed_regions.as_ref()),
-        ) {
-            (Some(a), Some(b)) => Some(a.iter().filter(|r| b.contains(r)).cloned().collect()),
-            (Some(a), None) => Some(a.clone()),
-            (None, Some(b)) => Some(b.clone()),
-            (None, None) => None,
-        };
+        let allowed_regions = k.effective_regions(tenant);
         let pool = match k.pool.as_deref() {
             None | Some(DEFAULT_POOL) => 0,
             Some(p) => *pool_index

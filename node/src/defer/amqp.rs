@@ -94,7 +94,7 @@ fn url_host(url: &str) -> Option<&str> {
 
 /// Parses an AMQP URL. `amq-protocol-uri` keeps only DNS names as the host (an IP
 /// address would silently become `localhost`), so an IP host is put back here.
-fn parse_url(url: &str) -> Result<AMQPUri> {
+pub fn parse_url(url: &str) -> Result<AMQPUri> {
     let invalid = || {
         Error::config(format!(
             "deferred.amqp_url ({}) is not an AMQP URL: expected amqp://user:password@host:port/vhost \
@@ -355,7 +355,9 @@ impl Shared {
     }
 }
 
-fn queue_arguments(delivery_limit: u32) -> FieldTable {
+/// The main queue's declare arguments. Public so a tool that declares or checks
+/// the queue (the coordinator's evacuation) uses exactly the node's.
+pub fn queue_arguments(delivery_limit: u32) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), long_string("quorum"));
     args.insert(
