@@ -136,7 +136,7 @@ pub struct Choice<'a> {
     /// ECS scope: every address sharing this many leading bits with the client maps
     /// the same way.
     pub scope: u8,
-    /// No node was ready, so every node is in the answer.
+    /// Nodes exist but none is ready, so every node is in the answer.
     pub fail_open: bool,
 }
 
@@ -157,7 +157,7 @@ pub fn choose<'a>(
         }
         None => (None, 0),
     };
-    if ready.is_empty() {
+    if ready.is_empty() && !nodes.is_empty() {
         return Choice {
             nodes: nodes.iter().collect(),
             region,
@@ -372,6 +372,8 @@ mod tests {
         let c = choose(&all_down, &m, client("10.1.2.3/32"));
         assert!(c.fail_open);
         assert_eq!(ids(&c), ["e1", "e2", "w1"]);
+        // No node at all is an empty answer, not a fail-open one.
+        assert!(!choose(&[], &m, client("10.1.2.3/32")).fail_open);
     }
 
     #[test]
