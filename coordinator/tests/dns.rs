@@ -162,6 +162,12 @@ async fn a(server: SocketAddr) -> Vec<String> {
     ips(&query(server, ZONE, RecordType::A, None, false).await)
 }
 
+/// Waits until DNS has seen `n` nodes with an address (every write so far, when
+/// the last one added the n-th node: the watch applies writes in order).
+async fn seen(running: &Running, n: i64) {
+    common::wait_until(Duration::from_secs(3), || running.metrics.nodes.get() == n).await;
+}
+
 /// Polls the A answer until it equals `want`; how long that took.
 async fn wait_for(server: SocketAddr, want: &[&str], limit: Duration) -> Duration {
     let start = Instant::now();
@@ -282,7 +288,8 @@ async fn answers_follow_readiness_drain_and_lease_expiry() {
         None,
     )
     .await;
-    wait_for(dns, &["10.9.0.1", "10.9.0.2"], Duration::from_secs(2)).await;
+    seen(&running, 5).await;
+    assert_eq!(a(dns).await, ["10.9.0.1", "10.9.0.2"]);
     let aaaa = query(dns, ZONE, RecordType::AAAA, None, false).await;
     assert_eq!(ips(&aaaa), ["2001:db8::6"]);
 
@@ -371,7 +378,7 @@ async fn the_subnet_map_picks_the_region_with_and_without_ecs() {
     .await;
 
     // No ECS: the packet comes from 127.0.0.1, mapped to east; no OPT asked, none sent.
-    wait_for(dns, &["10.9.0.1"], Duration::from_secs(2)).await;
+    seen(&running, 3).await;
     let plain = query(dns, ZONE, RecordType::A, None, true).await;
     assert_eq!(ips(&plain), ["10.9.0.1"]);
     assert!(plain.edns.is_none());
@@ -438,7 +445,8 @@ async fn another_region_when_the_nearest_has_none_and_fail_open_when_none_is_rea
     put_node(&mut c, "e1", "east", "10.9.0.1:8443", Serving, "pass", None).await;
     put_node(&mut c, "w1", "west", "10.9.1.1:8443", Serving, "pass", None).await;
     put_node(&mut c, "w2", "west", "10.9.1.2:8443", Serving, "warn", None).await;
-    wait_for(dns, &["10.9.0.1"], Duration::from_secs(2)).await;
+    seen(&running, 3).await;
+    assert_eq!(a(dns).await, ["10.9.0.1"]);
 
     // East's only node fails: east clients get west's ready nodes.
     put_node(&mut c, "e1", "east", "10.9.0.1:8443", Serving, "fail", None).await;
@@ -494,4 +502,50 @@ async fn fail_open_total(url: &str) -> u64 {
         .trim()
         .parse()
         .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_dns_from_its_flags() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let etcd = Etcd::start().await;
+    let port = common::free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strait-coordinator"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--etcd", &etcd.endpoint])
+        .args(["--dns-listen", &format!("127.0.0.1:{port}")])
+        .args(["--dns-name", "Api.Strait.Test.", "--dns-ttl", "3s"])
+        .args(["--dns-ns", "ns1.strait.test", "--log-level", "warn"])
+        .env("STRAIT_ADMIN_TOKEN", TOKEN)
+        .env("STRAIT_KEK", KEK_HEX)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn strait-coordinator");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening"), "{line:?}");
+    let dns: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut c = etcd.client().await;
+    put_node(
+        &mut c,
+        "a",
+        "r1",
+        "10.9.0.1:8443",
+        NodeState::Serving,
+        "pass",
+        None,
+    )
+    .await;
+    wait_for(dns, &["10.9.0.1"], Duration::from_secs(3)).await;
+    let soa = query(dns, ZONE, RecordType::SOA, None, true).await;
+    match soa.answers.first().map(|r| &r.data) {
+        Some(RData::SOA(s)) => {
+            assert_eq!(s.mname.to_ascii(), "ns1.strait.test.");
+            assert_eq!(s.minimum, 3);
+        }
+        other => panic!("no SOA: {other:?}"),
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -62,6 +62,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per run, so the size of the serve flags does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a coordinator server.

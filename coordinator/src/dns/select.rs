@@ -260,7 +260,7 @@ mod tests {
             .iter()
             .map(|(n, r)| (n.parse::<IpNet>().unwrap().trunc(), r.to_string()))
             .collect();
-        m.sort_by(|a, b| b.0.prefix_len().cmp(&a.0.prefix_len()));
+        m.sort_by_key(|(net, _)| (net.addr().is_ipv6(), std::cmp::Reverse(net.prefix_len())));
         m
     }
 
