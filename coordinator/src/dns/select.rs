@@ -103,8 +103,10 @@ pub fn parse_nodes(docs: &NodeDocs) -> Vec<DnsNode> {
                 continue;
             }
         };
-        let Some(ip) = host_ip(&view.public_addr) else {
-            tracing::warn!(%key, public_addr = %view.public_addr, "dns: public_addr has no IP address; node left out of DNS");
+        // A wildcard bind (0.0.0.0, ::) names no host: the node must set
+        // `cluster.advertise_public` to an address clients can reach.
+        let Some(ip) = host_ip(&view.public_addr).filter(|ip| !ip.is_unspecified()) else {
+            tracing::warn!(%key, public_addr = %view.public_addr, "dns: public_addr has no usable IP address (set cluster.advertise_public on the node); node left out of DNS");
             continue;
         };
         let ready = view.state == NodeState::Serving
@@ -331,6 +333,10 @@ mod tests {
         let mut docs = NodeDocs::new();
         docs.insert("k".into(), serde_json::to_vec(&today).unwrap());
         docs.insert("bad".into(), b"{".to_vec());
+        let wildcard = String::from_utf8(serde_json::to_vec(&today).unwrap())
+            .unwrap()
+            .replace("[2001:db8::7]:8443", "0.0.0.0:8443");
+        docs.insert("wildcard".into(), wildcard.into_bytes());
         let parsed = parse_nodes(&docs);
         assert_eq!(parsed.len(), 1);
         assert_eq!(parsed[0].ip, "2001:db8::7".parse::<IpAddr>().unwrap());
