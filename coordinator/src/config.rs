@@ -49,6 +49,29 @@ pub struct RawConfig {
     pub cookie_secure: Option<bool>,
     /// How long a dashboard sign-in lasts. Default: `12h`.
     pub session_ttl: Option<String>,
+    /// The smart DNS server (`[dns]`, see `docs/failover.md`). Default: off.
+    pub dns: Option<RawDns>,
+}
+
+/// `[dns]`: an authoritative DNS server for the cluster's name. It runs when both
+/// `listen` and `name` are set (from here or `--dns-listen` / `--dns-name`).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawDns {
+    /// UDP and TCP address to answer on, e.g. `0.0.0.0:53`. Default: none (DNS off).
+    pub listen: Option<String>,
+    /// The name this server is authoritative for, e.g. `api.example.com`. Default: none.
+    pub name: Option<String>,
+    /// TTL of the A/AAAA answers (and of negative answers). Default: `15s`.
+    pub ttl: Option<String>,
+    /// Names of the servers the parent zone delegates `name` to (the coordinators),
+    /// served as NS records and as the SOA's primary. Default: `["ns.<name>"]`.
+    pub nameservers: Option<Vec<String>>,
+    /// The SOA's contact mailbox in DNS form. Default: `hostmaster.<name>`.
+    pub hostmaster: Option<String>,
+    /// Client subnet (CIDR, IPv4 or IPv6) -> region of the nodes to answer with.
+    /// Default: empty (every ready node for every client).
+    pub regions: std::collections::BTreeMap<String, String>,
 }
 
 impl RawConfig {
@@ -89,6 +112,105 @@ pub struct Config {
     pub cluster_secret: Option<Secret>,
     pub cookie_secure: bool,
     pub session_ttl: Duration,
+    /// The smart DNS server; `None` when off.
+    pub dns: Option<DnsConfig>,
+}
+
+/// The validated `[dns]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsConfig {
+    pub listen: SocketAddr,
+    /// The zone apex, lowercase, without the trailing dot.
+    pub name: String,
+    pub ttl: Duration,
+    /// Lowercase, without trailing dots.
+    pub nameservers: Vec<String>,
+    pub hostmaster: String,
+    /// (subnet, region), most specific first.
+    pub regions: Vec<(ipnet::IpNet, String)>,
+}
+
+/// A DNS name as configured: lowercase, no trailing dot, labels of 1 to 63 letters,
+/// digits, `-` or `_`.
+fn dns_name(field: &str, text: &str) -> Result<String> {
+    let name = text.trim().trim_end_matches('.').to_ascii_lowercase();
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if ok {
+        Ok(name)
+    } else {
+        Err(Error::config(format!(
+            "{field} {text:?}: not a DNS name (e.g. \"api.example.com\")"
+        )))
+    }
+}
+
+impl DnsConfig {
+    /// `None` when neither `listen` nor `name` is set; an error when only one is.
+    fn build(raw: RawDns) -> Result<Option<DnsConfig>> {
+        let (listen, name) = match (raw.listen, raw.name) {
+            (None, None) => return Ok(None),
+            (Some(l), Some(n)) => (l, n),
+            _ => {
+                return Err(Error::config(
+                    "dns: set both listen and name (--dns-listen, --dns-name), or neither",
+                ))
+            }
+        };
+        let listen: SocketAddr = listen
+            .parse()
+            .map_err(|e| Error::config(format!("dns listen {listen:?}: {e}")))?;
+        let name = dns_name("dns name", &name)?;
+        let ttl = duration("dns ttl", raw.ttl.as_deref(), Duration::from_secs(15))?;
+        if ttl.is_zero() || ttl > Duration::from_secs(86_400) {
+            return Err(Error::config("dns ttl: between 1s and 1d"));
+        }
+        let nameservers = match raw.nameservers {
+            None => vec![format!("ns.{name}")],
+            Some(list) if list.is_empty() => {
+                return Err(Error::config("dns nameservers: give at least one name"))
+            }
+            Some(list) => list
+                .iter()
+                .map(|n| dns_name("dns nameserver", n))
+                .collect::<Result<_>>()?,
+        };
+        let hostmaster = match raw.hostmaster {
+            None => format!("hostmaster.{name}"),
+            Some(h) => dns_name("dns hostmaster", &h)?,
+        };
+        let mut regions = Vec::with_capacity(raw.regions.len());
+        for (cidr, region) in raw.regions {
+            let net: ipnet::IpNet = cidr.trim().parse().map_err(|e| {
+                Error::config(format!(
+                    "dns regions {cidr:?}: {e} (e.g. \"10.1.0.0/16\" or \"2001:db8::/32\")"
+                ))
+            })?;
+            if !valid_name(&region) {
+                return Err(Error::config(format!(
+                    "dns regions {cidr:?} = {region:?}: use lowercase letters, digits, '-' or '_'"
+                )));
+            }
+            regions.push((net.trunc(), region));
+        }
+        // IPv4 then IPv6, longest prefix first: the first subnet holding an address
+        // is its match.
+        regions.sort_by_key(|(net, _)| (net.addr().is_ipv6(), std::cmp::Reverse(net.prefix_len())));
+        Ok(Some(DnsConfig {
+            listen,
+            name,
+            ttl,
+            nameservers,
+            hostmaster,
+            regions,
+        }))
+    }
 }
 
 fn duration(field: &str, text: Option<&str>, default: Duration) -> Result<Duration> {
@@ -201,6 +323,7 @@ impl Config {
         if session_ttl < Duration::from_secs(60) || session_ttl > Duration::from_secs(30 * 86_400) {
             return Err(Error::config("session_ttl: between 1m and 30d"));
         }
+        let dns = DnsConfig::build(raw.dns.unwrap_or_default())?;
         Ok(Config {
             id,
             region,
@@ -215,6 +338,7 @@ impl Config {
             cluster_secret,
             cookie_secure: raw.cookie_secure.unwrap_or(false),
             session_ttl,
+            dns,
         })
     }
 
@@ -233,7 +357,17 @@ impl Config {
             if self.cluster_secret.is_some() { "set" } else { "not set" },
             self.cookie_secure,
             self.session_ttl
-        )
+        ) + &match &self.dns {
+            None => "\ndns: off".to_string(),
+            Some(d) => format!(
+                "\ndns: {} on {} (udp, tcp), ttl {:?}, nameservers {}, {} subnet(s) mapped to regions",
+                d.name,
+                d.listen,
+                d.ttl,
+                d.nameservers.join(", "),
+                d.regions.len()
+            ),
+        }
     }
 }
 
@@ -321,5 +455,38 @@ mod tests {
             },
         );
         assert!(no_kek.unwrap_err().message.contains("KEK"));
+    }
+
+    #[test]
+    fn dns_section_is_validated() {
+        let build = |text: &str| {
+            Config::build(
+                RawConfig::from_toml(text).unwrap(),
+                secrets("0123456789abcdef"),
+            )
+        };
+        assert!(build("").unwrap().dns.is_none());
+        let c = build(
+            "[dns]\nlisten = \"127.0.0.1:5353\"\nname = \"API.Example.com.\"\n[dns.regions]\n\"10.1.0.0/16\" = \"east\"\n\"10.1.2.9/24\" = \"west\"\n\"2001:db8::/32\" = \"west\"\n",
+        )
+        .unwrap();
+        let d = c.dns.unwrap();
+        assert_eq!(d.name, "api.example.com");
+        assert_eq!(d.ttl, Duration::from_secs(15));
+        assert_eq!(d.nameservers, ["ns.api.example.com"]);
+        assert_eq!(d.hostmaster, "hostmaster.api.example.com");
+        // Most specific first, host bits cleared.
+        let nets: Vec<String> = d.regions.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(nets, ["10.1.2.0/24", "10.1.0.0/16", "2001:db8::/32"]);
+
+        let err = |text: &str| build(text).unwrap_err().message;
+        assert!(err("[dns]\nlisten = \"127.0.0.1:53\"\n").contains("both"));
+        assert!(err("[dns]\nlisten = \"127.0.0.1:53\"\nname = \"a b\"\n").contains("DNS name"));
+        assert!(
+            err("[dns]\nlisten = \"127.0.0.1:53\"\nname = \"a.b\"\nttl = \"0s\"\n").contains("ttl")
+        );
+        assert!(err("[dns]\nlisten = \"127.0.0.1:53\"\nname = \"a.b\"\n[dns.regions]\n\"10.0.0.0/33\" = \"east\"\n").contains("10.0.0.0/33"));
+        assert!(err("[dns]\nlisten = \"127.0.0.1:53\"\nname = \"a.b\"\n[dns.regions]\n\"10.0.0.0/8\" = \"East\"\n").contains("East"));
+        assert!(RawConfig::from_toml("[dns]\nport = 53\n").is_err());
     }
 }

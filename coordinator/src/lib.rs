@@ -14,6 +14,8 @@
 //! - [`app`]: shared state, admin-token check, validate-then-commit of config changes.
 //! - [`api`]: the admin HTTP API (axum): router and token layer in `api/mod.rs`, one
 //!   file per resource; [`openapi`] describes it.
+//! - [`dns`]: the smart DNS server: an authoritative zone answered from the node
+//!   records (ready nodes, nearest region first), and the coordinator's metrics.
 //! - [`server`]: start and stop a coordinator (wires etcd, election, app and api).
 //! - [`evacuate`]: `deferred evacuate`, an operator's job: reads the residency policy
 //!   from the store and moves a region's deferred backlog between brokers.
@@ -27,6 +29,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod dashboard;
+pub mod dns;
 pub mod election;
 pub mod error;
 pub mod evacuate;

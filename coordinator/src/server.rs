@@ -13,11 +13,12 @@ use tokio::task::JoinHandle;
 use crate::app::App;
 use crate::config::Config;
 use crate::dashboard::{Dash, Settings};
+use crate::dns::{DnsMetrics, DnsServer};
 use crate::election::Election;
 use crate::error::{Error, Result};
 use crate::leader::LeaderInfo;
 use crate::scrape::Scraper;
-use crate::store::etcd::{connect_etcd, EtcdElector, EtcdStore};
+use crate::store::etcd::{connect_etcd, watch_nodes, EtcdElector, EtcdStore};
 
 /// A started coordinator. Dropping it does not stop it; call [`Running::shutdown`].
 pub struct Running {
@@ -26,6 +27,11 @@ pub struct Running {
     /// The URL this coordinator advertises.
     pub url: String,
     pub election: Election,
+    /// The DNS server's address (UDP and TCP), when `[dns]` is configured.
+    pub dns_addr: Option<SocketAddr>,
+    /// The coordinator's metrics (served at `GET /metrics`).
+    pub metrics: DnsMetrics,
+    dns: Option<(DnsServer, JoinHandle<()>)>,
     shutdown: watch::Sender<bool>,
     election_task: JoinHandle<()>,
     scrape_task: JoinHandle<()>,
@@ -64,7 +70,7 @@ pub async fn start(config: Config) -> Result<Running> {
     ));
 
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let elector = EtcdElector::new(client, config.etcd_timeout);
+    let elector = EtcdElector::new(client.clone(), config.etcd_timeout);
     let election_task = tokio::spawn(election.clone().run(elector, shutdown_rx.clone()));
     let scraper = Scraper::new(config.cluster_secret.clone());
     let scrape_task = tokio::spawn(scraper.clone().run(app.store.clone(), shutdown_rx.clone()));
@@ -78,7 +84,30 @@ pub async fn start(config: Config) -> Result<Running> {
             session_ttl: config.session_ttl,
         },
     );
-    let router = crate::api::router(app).merge(crate::dashboard::router(dash));
+    let metrics = DnsMetrics::new();
+    let dns = match config.dns.clone() {
+        None => None,
+        Some(dns_config) => {
+            let (docs_tx, docs_rx) = watch::channel(Arc::default());
+            let watch_task = tokio::spawn(watch_nodes(
+                client.clone(),
+                config.etcd_timeout,
+                docs_tx,
+                shutdown_rx.clone(),
+            ));
+            match crate::dns::start(dns_config, docs_rx, metrics.clone()).await {
+                Ok(server) => Some((server, watch_task)),
+                Err(e) => {
+                    let _ = shutdown.send(true);
+                    return Err(e);
+                }
+            }
+        }
+    };
+    let dns_addr = dns.as_ref().map(|(s, _)| s.addr);
+    let router = crate::api::router(app)
+        .merge(crate::dashboard::router(dash))
+        .merge(crate::dns::metrics_router(metrics.clone()));
     let mut http_shutdown = shutdown_rx;
     let http_task = tokio::spawn(async move {
         // The peer address feeds the dashboard's sign-in rate limit.
@@ -95,6 +124,9 @@ pub async fn start(config: Config) -> Result<Running> {
         addr,
         url,
         election,
+        dns_addr,
+        metrics,
+        dns,
         shutdown,
         election_task,
         scrape_task,
@@ -107,6 +139,10 @@ impl Running {
     /// then stops serving after in-flight requests finish.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
+        if let Some((server, watch_task)) = self.dns {
+            server.shutdown().await;
+            let _ = watch_task.await;
+        }
         let _ = self.election_task.await;
         let _ = self.scrape_task.await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.http_task).await;

@@ -36,6 +36,11 @@ pub const LAYERS: &[Layer] = &[
         why: "reads every node's /stats and keeps a short history; knows only the Store",
     },
     Layer {
+        name: "dns",
+        modules: &["dns"],
+        why: "answers DNS from the node records the store watches; knows config and store",
+    },
+    Layer {
         name: "api",
         modules: &["api", "openapi"],
         why: "HTTP in and out: routes, token layer, per-resource handlers, their description",

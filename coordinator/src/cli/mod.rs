@@ -68,6 +68,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per run, so the size of the serve flags does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a coordinator server.
@@ -161,6 +163,18 @@ pub struct ServeArgs {
     /// Mark the dashboard session cookie Secure (browsers reach the coordinator over HTTPS).
     #[arg(long)]
     pub cookie_secure: bool,
+    /// Serve DNS for --dns-name on this address, UDP and TCP (e.g. 0.0.0.0:53) [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub dns_listen: Option<String>,
+    /// The name the DNS server is authoritative for (e.g. api.example.com).
+    #[arg(long, value_name = "NAME")]
+    pub dns_name: Option<String>,
+    /// TTL of DNS answers [default: 15s].
+    #[arg(long, value_name = "DURATION")]
+    pub dns_ttl: Option<String>,
+    /// Nameserver names for the NS records, repeatable [default: ns.<dns-name>].
+    #[arg(long = "dns-ns", value_name = "NAME")]
+    pub dns_nameservers: Vec<String>,
 }
 
 /// Limits flags shared by keys and tenants; absent = unchanged (or unlimited on create).

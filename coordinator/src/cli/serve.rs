@@ -34,6 +34,25 @@ pub fn serve_config(args: &ServeArgs, token: Option<String>) -> Result<Config> {
     if args.cookie_secure {
         raw.cookie_secure = Some(true);
     }
+    if args.dns_listen.is_some()
+        || args.dns_name.is_some()
+        || args.dns_ttl.is_some()
+        || !args.dns_nameservers.is_empty()
+    {
+        let dns = raw.dns.get_or_insert_with(Default::default);
+        for (field, value) in [
+            (&mut dns.listen, &args.dns_listen),
+            (&mut dns.name, &args.dns_name),
+            (&mut dns.ttl, &args.dns_ttl),
+        ] {
+            if let Some(v) = value {
+                *field = Some(v.clone());
+            }
+        }
+        if !args.dns_nameservers.is_empty() {
+            dns.nameservers = Some(args.dns_nameservers.clone());
+        }
+    }
     if !args.etcd.is_empty() {
         raw.etcd_endpoints = Some(args.etcd.clone());
     }

@@ -7,13 +7,16 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, GetResponse, LeaderKey, Txn, TxnOp,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, GetResponse, LeaderKey, Txn,
+    TxnOp, WatchOptions,
 };
 use strait_node::schema::{ClusterConfig, NodeRecord, CONFIG_PREFIX, ELECTION_NAME, NODES_PREFIX};
 use tokio::sync::watch;
 
-use super::{BoxFuture, Elector, Store};
+use super::{BoxFuture, Elector, NodeDocs, Store};
 use crate::error::{Error, ErrorKind, Result};
 use crate::leader::{LeaderInfo, Leadership};
 
@@ -341,4 +344,94 @@ impl Elector for EtcdElector {
         let mine = mine.clone();
         Box::pin(async move { self.observe_inner(&mine).await })
     }
+}
+
+/// Keeps `tx` equal to the node records in etcd until `shutdown`: lists the prefix,
+/// then follows a watch from the next revision, so a change (a drain, a readiness
+/// flip, a lease expiring) arrives within milliseconds. Any break (etcd down, watch
+/// cancelled or compacted) re-lists after half a second; meanwhile `tx` keeps the
+/// last view.
+pub async fn watch_nodes(
+    client: Client,
+    timeout: Duration,
+    tx: watch::Sender<Arc<NodeDocs>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            r = follow_nodes(&client, timeout, &tx) => {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e.message, "node watch broke; re-listing");
+                }
+            }
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// One list-then-watch round; returns when the watch ends.
+async fn follow_nodes(
+    client: &Client,
+    timeout: Duration,
+    tx: &watch::Sender<Arc<NodeDocs>>,
+) -> Result<()> {
+    let mut c = client.clone();
+    let resp = tokio::time::timeout(
+        timeout,
+        c.get(NODES_PREFIX, Some(GetOptions::new().with_prefix())),
+    )
+    .await
+    .map_err(|_| Error::new(ErrorKind::Unavailable, "etcd: listing nodes timed out"))??;
+    let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+    let mut docs: NodeDocs = resp
+        .kvs()
+        .iter()
+        .map(|kv| {
+            (
+                String::from_utf8_lossy(kv.key()).into_owned(),
+                kv.value().to_vec(),
+            )
+        })
+        .collect();
+    tx.send_replace(Arc::new(docs.clone()));
+    let opts = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(revision + 1);
+    let mut stream = tokio::time::timeout(timeout, c.watch(NODES_PREFIX, Some(opts)))
+        .await
+        .map_err(|_| {
+            Error::new(
+                ErrorKind::Unavailable,
+                "etcd: starting the node watch timed out",
+            )
+        })??;
+    while let Some(msg) = stream.message().await? {
+        if msg.canceled() {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                format!("etcd: node watch cancelled ({})", msg.cancel_reason()),
+            ));
+        }
+        if msg.events().is_empty() {
+            continue;
+        }
+        for ev in msg.events() {
+            let Some(kv) = ev.kv() else { continue };
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            match ev.event_type() {
+                EventType::Put => {
+                    docs.insert(key, kv.value().to_vec());
+                }
+                EventType::Delete => {
+                    docs.remove(&key);
+                }
+            }
+        }
+        tx.send_replace(Arc::new(docs.clone()));
+    }
+    Err(Error::new(ErrorKind::Unavailable, "etcd: node watch ended"))
 }

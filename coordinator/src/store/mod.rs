@@ -16,8 +16,13 @@ use crate::leader::{LeaderInfo, Leadership};
 pub mod etcd;
 pub mod memory;
 
-pub use etcd::{EtcdElector, EtcdStore};
+pub use etcd::{watch_nodes, EtcdElector, EtcdStore};
 pub use memory::MemoryStore;
+
+/// The raw node records under `/strait/nodes/`, key -> JSON document, as
+/// [`etcd::watch_nodes`] keeps them (raw, so readers can look at fields this
+/// version's [`NodeRecord`] does not know yet).
+pub type NodeDocs = std::collections::BTreeMap<String, Vec<u8>>;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
 
