@@ -161,7 +161,12 @@ fn schemas() -> Value {
             "ttfb_ms": { "type": "number", "nullable": true },
             "error_rate": { "type": "number" },
             "consecutive_failures": { "type": "integer" },
-            "status": { "type": "string", "enum": ["pass", "warn", "fail"] }
+            "status": { "type": "string", "enum": ["pass", "warn", "fail"] },
+            "state": { "type": "string", "enum": ["closed", "half_open", "open"], "description": "The direct upstream path's circuit breaker" },
+            "ttfb_ewma_ms": { "type": "number", "nullable": true },
+            "ttfb_p50_ms": { "type": "number", "nullable": true },
+            "ttfb_p99_ms": { "type": "number", "nullable": true },
+            "probe_rtt_ms": { "type": "number", "nullable": true }
         }
     });
     json!({

@@ -376,6 +376,7 @@ mod tests {
             started_at: String::new(),
             state: strait_node::schema::NodeState::Serving,
             path: Default::default(),
+            ready: Default::default(),
         }
     }
 

@@ -493,7 +493,9 @@ fn node(region: &str, id: &str, admin_port: u16) -> NodeRecord {
             error_rate: 0.0,
             consecutive_failures: 0,
             status: "pass".into(),
+            ..PathHealth::default()
         },
+        ready: schema::Ready::Pass,
     }
 }
 

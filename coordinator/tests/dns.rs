@@ -16,7 +16,7 @@ use http::Method;
 use strait_coordinator::config::{Config, RawConfig, RawDns, SecretSources};
 use strait_coordinator::server::Running;
 use strait_node::config::Secret;
-use strait_node::schema::{node_key, NodeRecord, NodeState, PathHealth};
+use strait_node::schema::{node_key, NodeRecord, NodeState, PathHealth, Ready};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ZONE: &str = "api.strait.test";
@@ -79,6 +79,12 @@ async fn put_node(
         path: PathHealth {
             status: status.into(),
             ..Default::default()
+        },
+        // What a node publishes as its `/readyz` verdict.
+        ready: match status {
+            "fail" => Ready::Fail,
+            "warn" => Ready::Warn,
+            _ => Ready::Pass,
         },
     };
     let opts = lease.map(|l| PutOptions::new().with_lease(l));

@@ -1,4 +1,4 @@
-//! The admin listener: `/livez`, `/readyz`, `/metrics`, `/keys` (the upstream
+//! The admin listener: `/livez`, `/readyz`, `/readyz/local`, `/metrics`, `/keys` (the upstream
 //! keys' states) and `/stats` (the dashboard's JSON, see [`crate::stats`]). Health answers are also served on the public listener (see
 //! `proxy::handle`); the rest is admin-only.
 
@@ -11,7 +11,7 @@ use crate::stream::ProxyBody;
 /// Serves one admin request.
 pub fn handle(shared: &Shared, req: ClientRequest) -> Response<ProxyBody> {
     match req.uri.path() {
-        p @ ("/livez" | "/readyz") => health(shared, p),
+        p @ ("/livez" | "/readyz" | "/readyz/local") => health(shared, p),
         "/metrics" => {
             refresh_gauges(shared);
             let mut r = Response::new(ProxyBody::full(shared.metrics.render()));
@@ -38,17 +38,24 @@ pub fn handle(shared: &Shared, req: ClientRequest) -> Response<ProxyBody> {
     }
 }
 
-/// `/livez` (the process answers) or `/readyz` (health+json, 200 pass/warn, 503 fail).
+/// `/livez` (the process answers), `/readyz` (DNS-facing: the upstream path
+/// counts) or `/readyz/local` (can this node take work), as health+json: 200 for pass
+/// or warn, 503 for fail.
 pub fn health(shared: &Shared, path: &str) -> Response<ProxyBody> {
-    let (status, body, ctype) = if path == "/livez" {
-        (
+    let (status, body, ctype) = match path {
+        "/livez" => (
             StatusCode::OK,
             String::from("{\"status\":\"pass\"}"),
             "application/health+json",
-        )
-    } else {
-        let (status, body) = shared.readiness();
-        (status, body, "application/health+json")
+        ),
+        "/readyz/local" => {
+            let (status, body) = shared.local_readiness();
+            (status, body, "application/health+json")
+        }
+        _ => {
+            let (status, body) = shared.readiness();
+            (status, body, "application/health+json")
+        }
     };
     let mut r = Response::new(ProxyBody::full(body));
     *r.status_mut() = status;
@@ -61,6 +68,12 @@ pub fn health(shared: &Shared, path: &str) -> Response<ProxyBody> {
 
 /// Gauges derived from state are computed at scrape time rather than on the hot path.
 fn refresh_gauges(shared: &Shared) {
+    let up = &shared.health.upstream;
+    let m = &shared.metrics;
+    m.path_state.set(up.circuit.gauge_value());
+    if let Some(ms) = up.ttfb.ewma.ms() {
+        m.ttfb_ewma.set(ms / 1000.0);
+    }
     let census = shared.snapshot.load().census();
     let keys = &shared.metrics.keys;
     for (state, n) in [

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -51,6 +51,13 @@ pub struct Metrics {
     pub body_bytes_in_flight: IntGauge,
     /// Requests refused because their body did not fit the in-flight body budget.
     pub body_budget_refusals: IntCounter,
+    /// The direct path's circuit: 0 closed, 1 half-open, 2 open (set at scrape time).
+    pub path_state: IntGauge,
+    /// Active probes of the upstream path by result: `answered` (any HTTP status),
+    /// `error` (connect or protocol failure), `timeout`.
+    pub probes: IntCounterVec,
+    /// Moving average of requests' time to first byte (set at scrape time).
+    pub ttfb_ewma: Gauge,
 }
 
 impl Metrics {
@@ -190,6 +197,28 @@ impl Metrics {
                     .register(Box::new(c.clone()))
                     .expect("unique metric");
                 c
+            },
+            path_state: gauge(
+                "upstream_path_state",
+                "The direct upstream path's circuit breaker: 0 closed, 1 half-open, 2 open",
+            ),
+            probes: counter(
+                "upstream_probes_total",
+                "Active probes of the upstream path (GET /v1/models) by result: answered \
+                 (any HTTP status), error, timeout",
+                &["result"],
+            ),
+            ttfb_ewma: {
+                let g = Gauge::new(
+                    "upstream_ttfb_ewma_seconds",
+                    "Requests' upstream time to first byte, exponentially weighted moving \
+                     average (weight 0.2 per response)",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
             },
             registry,
         })

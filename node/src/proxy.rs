@@ -53,7 +53,7 @@ pub async fn handle(
     let started = Instant::now();
     let path = req.uri.path();
     // DNS health checkers probe from outside, so health is on the public port too.
-    if path == "/livez" || path == "/readyz" {
+    if path == "/livez" || path == "/readyz" || path == "/readyz/local" {
         return Reply::new(crate::admin::health(&shared, path));
     }
     let request_id = shared.request_ids.next();

@@ -49,6 +49,11 @@ pub fn valid_name(s: &str) -> bool {
 }
 
 /// A node's registration, refreshed while it lives and gone when its lease expires.
+///
+/// Rewritten on every lease refresh and, at once, whenever `state`, `ready` or
+/// `path.state` changes (within about a second), so DNS and peers can act on it.
+/// Fields added after the first release carry `#[serde(default)]`: a record written
+/// by an older node still parses, and an older reader ignores the new fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeRecord {
     pub id: String,
@@ -60,6 +65,11 @@ pub struct NodeRecord {
     pub started_at: String,
     pub state: NodeState,
     pub path: PathHealth,
+    /// The node's `/readyz` status: `pass`, `warn` (still serving: DNS keeps it) or
+    /// `fail` (draining, or the direct upstream path's circuit is open). Absent in
+    /// records of nodes older than the field: read as `pass`.
+    #[serde(default)]
+    pub ready: Ready,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,16 +79,83 @@ pub enum NodeState {
     Draining,
 }
 
+/// A `/readyz` status, as in the IETF health+json draft: `pass` | `warn` | `fail`.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Ready {
+    #[default]
+    Pass,
+    Warn,
+    Fail,
+}
+
+impl Ready {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ready::Pass => "pass",
+            Ready::Warn => "warn",
+            Ready::Fail => "fail",
+        }
+    }
+}
+
+/// The circuit breaker over the node's direct upstream path (docs/failover.md):
+/// `closed` (in use), `open` (failed `health.failure_threshold` times in a row; a
+/// probe must succeed before it is trusted again), `half_open` (a probe succeeded
+/// after it opened; one more success closes it, a failure opens it again).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathState {
+    #[default]
+    Closed,
+    HalfOpen,
+    Open,
+}
+
+impl PathState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PathState::Closed => "closed",
+            PathState::HalfOpen => "half_open",
+            PathState::Open => "open",
+        }
+    }
+}
+
 /// The node's recent view of its upstream path.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PathHealth {
-    /// Recent upstream time to first byte (milliseconds), if any request was made.
+    /// Mean upstream time to first byte (milliseconds) over requests since the
+    /// previous record; the last known value if none was made since.
     pub ttfb_ms: Option<f64>,
-    /// Share of recent upstream attempts that failed (0.0 to 1.0).
+    /// Share of upstream attempts and probes since the previous record that failed
+    /// at the transport (0.0 to 1.0). Answers of any status are not failures.
     pub error_rate: f64,
+    /// Transport failures in a row (requests and probes), reset by any answer.
     pub consecutive_failures: u32,
-    /// pass | warn | fail, as in `/readyz`.
+    /// pass | warn | fail: the `upstream:path` check of `/readyz`.
     pub status: String,
+    /// The path's circuit breaker: `closed`, `half_open` or `open`. Absent in records
+    /// of older nodes: read as `closed`.
+    #[serde(default)]
+    pub state: PathState,
+    /// Time to first byte of requests as an exponentially weighted moving average
+    /// (milliseconds, weight 0.2 per response); `None` before the first response.
+    #[serde(default)]
+    pub ttfb_ewma_ms: Option<f64>,
+    /// Median time to first byte over the last 64 responses (milliseconds).
+    #[serde(default)]
+    pub ttfb_p50_ms: Option<f64>,
+    /// 99th percentile time to first byte over the last 64 responses (milliseconds:
+    /// with 64 samples, the slowest but one).
+    #[serde(default)]
+    pub ttfb_p99_ms: Option<f64>,
+    /// Round trip of the active probes (`GET /v1/models`) as a moving average
+    /// (milliseconds, weight 0.2): the path's latency without any model's work.
+    #[serde(default)]
+    pub probe_rtt_ms: Option<f64>,
 }
 
 /// Limits for a key or tenant; absent fields are unlimited. Same shape as the
@@ -319,5 +396,22 @@ mod tests {
         // Written back without `org` when there is none, as the previous version did.
         let back = serde_json::to_string(&c.pools["default"]).unwrap();
         assert!(!back.contains("org"), "{back}");
+    }
+
+    /// A record written before `ready` and the path's circuit existed still parses,
+    /// as `pass` and `closed`; the new fields are written under their documented names.
+    #[test]
+    fn node_records_parse_across_versions() {
+        let old = br#"{"id":"n1","region":"east","public_addr":"10.0.0.1:8080","admin_addr":"10.0.0.1:9090","version":"0.1.0","started_at":"2026-11-27T10:00:00Z","state":"serving","path":{"ttfb_ms":null,"error_rate":0.0,"consecutive_failures":0,"status":"pass"}}"#;
+        let mut r: NodeRecord = serde_json::from_slice(old).unwrap();
+        assert_eq!(r.ready, Ready::Pass);
+        assert_eq!(r.path.state, PathState::Closed);
+        r.ready = Ready::Fail;
+        r.path.state = PathState::HalfOpen;
+        r.path.ttfb_p99_ms = Some(812.0);
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["ready"], "fail");
+        assert_eq!(v["path"]["state"], "half_open");
+        assert_eq!(v["path"]["ttfb_p99_ms"], 812.0);
     }
 }

@@ -41,6 +41,8 @@ pub struct Node {
     admin_task: JoinHandle<usize>,
     cluster: ClusterHandle,
     deferred: Option<crate::deferred::worker::Workers>,
+    /// The upstream path's active probes (`forward::probe`), stopped after the drain.
+    prober: JoinHandle<()>,
 }
 
 /// How long a starting node waits for its first etcd sync before it serves anyway
@@ -92,6 +94,26 @@ impl Node {
             ),
             deferral,
         });
+
+        shared
+            .health
+            .upstream
+            .circuit
+            .set_threshold(config.health.failure_threshold);
+        // Path health with or without traffic: `/readyz` and the node record follow
+        // the probes' verdict within one interval.
+        let prober = {
+            let s = shared.clone();
+            tokio::spawn(async move {
+                crate::forward::probe::run(
+                    &s.upstream,
+                    &s.health.upstream,
+                    &s.metrics,
+                    &s.config.health,
+                )
+                .await
+            })
+        };
 
         // Cluster mode: serve the last good config from disk until etcd answers.
         let applier = match &config.cluster {
@@ -225,6 +247,7 @@ impl Node {
             admin_task,
             cluster,
             deferred,
+            prober,
         })
     }
 
@@ -289,6 +312,7 @@ impl Node {
             workers.stop();
         }
         let cut = self.shared.drain_cut.ended() + left;
+        self.prober.abort();
         // A clean stop deletes the record rather than letting the lease expire.
         self.cluster.stop(std::time::Duration::from_secs(3)).await;
         let _ = self.stop_admin.send(true);

@@ -13,7 +13,7 @@ use crate::admit::budget::BodyBudget;
 use crate::auth::{Authenticator, Principal};
 use crate::config::{Config, KeyMode};
 use crate::forward::Upstream;
-use crate::health::{Health, ReadyInputs};
+use crate::health::{Health, LocalInputs, Ready, ReadyInputs};
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::route::{Census, KeyPool, PoolSettings};
@@ -127,11 +127,31 @@ impl Default for RequestIds {
 }
 
 impl Shared {
-    /// The readiness answer, shared by the admin and public listeners.
+    /// The `/readyz` answer (DNS-facing), shared by the admin and public listeners.
     pub fn readiness(&self) -> (StatusCode, String) {
+        self.health.readiness(&self.ready_inputs())
+    }
+
+    /// The overall `/readyz` status alone, for the node record.
+    pub fn ready(&self) -> Ready {
+        self.health.ready(&self.ready_inputs())
+    }
+
+    /// The `/readyz/local` answer: can this node take work (the upstream path aside).
+    pub fn local_readiness(&self) -> (StatusCode, String) {
+        self.health.local_readiness(&LocalInputs {
+            // Admin connections count too: at most 256, a rounding error beside the cap.
+            connections: self.metrics.downstream_connections.get().max(0) as usize,
+            max_connections: self.config.limits.max_connections,
+            body_bytes: self.body_budget.in_flight(),
+            body_budget: self.config.limits.max_inflight_body_bytes,
+        })
+    }
+
+    fn ready_inputs(&self) -> ReadyInputs {
         let snap = self.snapshot.load();
         let census = snap.census();
-        let inputs = ReadyInputs {
+        ReadyInputs {
             keys_total: census.total,
             keys_ready: census.ready,
             keys_usable: census.usable(),
@@ -151,7 +171,6 @@ impl Shared {
                     (d.store.kind(), up(d.store.state())),
                 ]
             }),
-        };
-        self.health.readiness(&inputs)
+        }
     }
 }

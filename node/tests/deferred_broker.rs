@@ -126,6 +126,7 @@ async fn node_on_with(
     raw.deferred.redis = Some(redis_url(redis));
     raw.deferred.claim_lease = Duration::from_secs(2);
     raw.deferred.confirm_timeout = Duration::from_secs(2);
+    common::quiet_probes(&mut raw);
     tweak(&mut raw);
     let keys = UPSTREAM_KEYS.iter().map(|k| Secret::new(*k)).collect();
     let config = raw

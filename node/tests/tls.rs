@@ -215,6 +215,7 @@ async fn node_on_https_mock(
     raw.upstream.ca_file = Some(ca_path);
     // The node's state (its deferred spool) beside the CA, removed with it.
     raw.cluster.state_dir = ca_dir.path().join("state");
+    common::quiet_probes(&mut raw);
     tweak(&mut raw);
     let cfg = raw
         .validate(

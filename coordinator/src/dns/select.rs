@@ -35,24 +35,31 @@ struct RecordView {
     /// A readiness verdict of its own (`"pass"`, or `{"status": "pass", ...}`).
     #[serde(default)]
     readiness: Option<Value>,
-    /// Or a plain flag.
+    /// The node's `/readyz` status (`strait_node::schema::Ready`: `"pass"`,
+    /// `"warn"`, `"fail"`); a plain flag is read too.
     #[serde(default)]
-    ready: Option<bool>,
+    ready: Option<Value>,
 }
 
 #[derive(Deserialize)]
 struct PathView {
     #[serde(default)]
     status: Option<String>,
+    /// The direct path's circuit (`closed`, `half_open`, `open`).
+    #[serde(default)]
+    state: Option<String>,
 }
 
-/// The `/readyz` verdict the record carries: `readiness` when the node publishes it,
-/// else `ready`, else the upstream path's status (`path.status`), which today's
-/// nodes publish and which `/readyz` is built from.
-// TODO(issue 15, path health): when the node record gains its `/readyz` verdict
-// (pass | warn | fail, including relay and draining), publish it as `readiness`
-// (a string or an object with `status`); this reader already prefers it.
+/// The `/readyz` verdict the record carries: `ready` (what nodes publish,
+/// `strait_node::schema::NodeRecord::ready`), or a `readiness` of the same meaning;
+/// for records of older nodes without either, the circuit (`path.state`: open is
+/// `fail`) or the path's `status`.
 fn verdict(v: &RecordView) -> Option<String> {
+    match &v.ready {
+        Some(Value::String(s)) => return Some(s.to_ascii_lowercase()),
+        Some(Value::Bool(r)) => return Some(if *r { "pass" } else { "fail" }.to_string()),
+        _ => {}
+    }
     match &v.readiness {
         Some(Value::String(s)) => return Some(s.to_ascii_lowercase()),
         Some(Value::Object(o)) => {
@@ -62,13 +69,11 @@ fn verdict(v: &RecordView) -> Option<String> {
         }
         _ => {}
     }
-    if let Some(r) = v.ready {
-        return Some(if r { "pass" } else { "fail" }.to_string());
+    let path = v.path.as_ref()?;
+    if let Some(state) = &path.state {
+        return Some(if state == "open" { "fail" } else { "pass" }.to_string());
     }
-    v.path
-        .as_ref()
-        .and_then(|p| p.status.as_ref())
-        .map(|s| s.to_ascii_lowercase())
+    path.status.as_ref().map(|s| s.to_ascii_lowercase())
 }
 
 /// The host of `host:port`, `[v6]:port`, or a bare address; `None` for a host name.
@@ -316,6 +321,9 @@ mod tests {
             "fail"
         )));
         assert!(!ready(rec(r#","ready":false"#, "serving", "pass")));
+        // What nodes publish: `ready` as the /readyz verdict, first of all.
+        assert!(!ready(rec(r#","ready":"fail""#, "serving", "pass")));
+        assert!(ready(rec(r#","ready":"warn""#, "serving", "fail")));
         // The record the node writes today reads the same way.
         let today = strait_node::schema::NodeRecord {
             id: "a".into(),
@@ -329,6 +337,7 @@ mod tests {
                 status: "pass".into(),
                 ..Default::default()
             },
+            ready: strait_node::schema::Ready::Warn,
         };
         let mut docs = NodeDocs::new();
         docs.insert("k".into(), serde_json::to_vec(&today).unwrap());

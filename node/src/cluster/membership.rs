@@ -8,7 +8,6 @@ use std::sync::atomic::Ordering;
 use prometheus::core::Collector;
 
 use crate::error::{Error, Result};
-use crate::health::UPSTREAM_FAIL_THRESHOLD;
 use crate::schema::{valid_name, NodeRecord, NodeState, PathHealth};
 use crate::state::Shared;
 
@@ -118,14 +117,10 @@ impl RecordBuilder {
             self.last_ttfb_ms = Some((ds / dc as f64 * 1000.0 * 100.0).round() / 100.0);
         }
 
-        let fails = health.upstream.consecutive_failures();
-        let status = if fails >= UPSTREAM_FAIL_THRESHOLD {
-            "fail"
-        } else if fails > 0 {
-            "warn"
-        } else {
-            "pass"
-        };
+        let up = &health.upstream;
+        let fails = up.consecutive_failures();
+        let pct = up.ttfb.percentiles();
+        let round = |ms: f64| (ms * 100.0).round() / 100.0;
         NodeRecord {
             id: self.id.clone(),
             region: self.region.clone(),
@@ -142,8 +137,14 @@ impl RecordBuilder {
                 ttfb_ms: self.last_ttfb_ms,
                 error_rate: (error_rate * 1000.0).round() / 1000.0,
                 consecutive_failures: fails,
-                status: status.to_string(),
+                status: up.status().as_str().to_string(),
+                state: up.circuit.state(),
+                ttfb_ewma_ms: up.ttfb.ewma.ms().map(round),
+                ttfb_p50_ms: pct.map(|p| round(p.p50_ms)),
+                ttfb_p99_ms: pct.map(|p| round(p.p99_ms)),
+                probe_rtt_ms: up.probe_rtt.ms().map(round),
             },
+            ready: shared.ready(),
         }
     }
 }

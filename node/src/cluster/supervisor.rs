@@ -17,7 +17,7 @@ use super::config_watch::{Applier, Source};
 use super::etcd::{self, EtcdStore};
 use super::membership::{Members, RecordBuilder};
 use super::store::{ClusterHandle, ClusterStore, NodeCtx};
-use crate::schema::{NodeRecord, CONFIG_PREFIX, NODES_PREFIX, ROOT};
+use crate::schema::{NodeRecord, NodeState, CONFIG_PREFIX, NODES_PREFIX, ROOT};
 use crate::state::Shared;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
@@ -26,6 +26,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The record (with fresh path health) is rewritten every this many keep-alives.
 const RECORD_REFRESH_TICKS: u32 = 3;
+/// How often the node's readiness is compared with its record's: a change that
+/// no one signals (Redis or a deferred backend going down) reaches etcd within this.
+/// Moves of the path's circuit and drains signal `record_changed` and go at once.
+const READY_CHECK: Duration = Duration::from_millis(500);
 
 /// An etcd store runs as one supervisor task.
 impl ClusterStore for EtcdStore {
@@ -203,6 +207,8 @@ impl Supervisor {
             tokio::time::interval_at(tokio::time::Instant::now() + tick_every, tick_every);
         let mut last_answer = Instant::now();
         let mut ticks = 0u32;
+        let mut ready_check = tokio::time::interval(READY_CHECK);
+        ready_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 _ = self.stop.changed() => {
@@ -232,6 +238,11 @@ impl Supervisor {
                 _ = self.shared.health.cluster.record_changed.notified() => {
                     written = self.put_record(&mut client, lease).await?;
                 }
+                _ = ready_check.tick() => {
+                    if self.record_is_stale(&written) {
+                        written = self.put_record(&mut client, lease).await?;
+                    }
+                }
                 msg = watch.message() => {
                     let resp = match msg {
                         Ok(Some(resp)) => resp,
@@ -253,6 +264,14 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    /// The written record no longer tells the node's readiness, path state or drain.
+    fn record_is_stale(&self, written: &NodeRecord) -> bool {
+        let h = &self.shared.health;
+        written.ready != self.shared.ready()
+            || written.path.state != h.upstream.circuit.state()
+            || (written.state == NodeState::Draining) != h.is_draining()
     }
 
     /// Reads everything under `/strait/` and replaces the local view with it.

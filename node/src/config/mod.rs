@@ -193,6 +193,18 @@ pub struct Deferred {
     pub key_prefix: String,
 }
 
+/// Path health (`[health]`, docs/failover.md): the active probes of the direct
+/// upstream path and the circuit breaker they feed.
+#[derive(Debug, Clone)]
+pub struct HealthChecks {
+    /// Mean time between probes; each wait is jittered by ±20%.
+    pub probe_interval: Duration,
+    /// A probe not answered within this counts as a failure.
+    pub probe_timeout: Duration,
+    /// Transport failures in a row (probes and requests) that open the circuit.
+    pub failure_threshold: u32,
+}
+
 /// The validated configuration a node runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -214,6 +226,7 @@ pub struct Config {
     /// `STRAIT_CLUSTER_SECRET`): the bearer token of `/stats`. `None`: `/stats` answers
     /// only on a loopback admin listener.
     pub cluster_secret: Option<Secret>,
+    pub health: HealthChecks,
 }
 
 /// The key-handling mode a node runs in, derived from which keys are configured.

@@ -101,6 +101,15 @@ pub const DEFAULT_DEFERRED_CLAIM_LEASE: Duration = Duration::from_secs(30);
 pub const DEFAULT_DEFERRED_MAX_RESULT_BYTES: u64 = 32 * 1024 * 1024;
 /// The embedded spool's directory, under the state directory.
 pub const DEFAULT_SPOOL_SUBDIR: &str = "spool";
+/// Default time between two active probes of the upstream path (`GET /v1/models`),
+/// jittered by ±20% so a region's nodes do not probe in step.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// Default longest wait for a probe's answer before it counts as a failure.
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default transport failures in a row (probes and requests) that open the path's
+/// circuit: two, so one lost packet does not move DNS, and a dead path is seen
+/// within one probe interval (a failed probe is confirmed at once).
+pub const DEFAULT_FAILURE_THRESHOLD: u32 = 2;
 
 /// The file's shape. Unknown fields are errors so typos do not pass silently.
 #[derive(Debug, Default, Deserialize)]
@@ -120,6 +129,32 @@ pub struct RawConfig {
     pub redis: RawRedis,
     /// Deferred delivery (docs/deferred.md).
     pub deferred: RawDeferred,
+    /// Path health: active probes and the circuit breaker (docs/failover.md).
+    pub health: RawHealth,
+}
+
+/// `[health]`: how the node watches its direct upstream path.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawHealth {
+    /// Default [`DEFAULT_PROBE_INTERVAL`] (2 s), jittered ±20%.
+    #[serde(with = "humantime_serde_compat")]
+    pub probe_interval: Duration,
+    /// Default [`DEFAULT_PROBE_TIMEOUT`] (1 s); at most `probe_interval`.
+    #[serde(with = "humantime_serde_compat")]
+    pub probe_timeout: Duration,
+    /// Default [`DEFAULT_FAILURE_THRESHOLD`] (2).
+    pub failure_threshold: u32,
+}
+
+impl Default for RawHealth {
+    fn default() -> Self {
+        RawHealth {
+            probe_interval: DEFAULT_PROBE_INTERVAL,
+            probe_timeout: DEFAULT_PROBE_TIMEOUT,
+            failure_threshold: DEFAULT_FAILURE_THRESHOLD,
+        }
+    }
 }
 
 /// `[deferred]`: where deferred requests wait and their results live.

@@ -6,12 +6,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::raw::{
-    RawCluster, RawConfig, RawDeferred, RawLimitSpec, RawRedis, RawTenant, DEFAULT_REDIS_PREFIX,
-    DEFAULT_REGION, DEFAULT_SPOOL_SUBDIR,
+    RawCluster, RawConfig, RawDeferred, RawHealth, RawLimitSpec, RawRedis, RawTenant,
+    DEFAULT_REDIS_PREFIX, DEFAULT_REGION, DEFAULT_SPOOL_SUBDIR,
 };
 use super::{
-    hash_key, Auth, ClientKey, Cluster, Config, Deferred, LimitMode, Limits, Log, LogFormat,
-    RateLimits, RedisSettings, Secret, Tenant, TlsConfig, Upstream, UpstreamKey, UpstreamTarget,
+    hash_key, Auth, ClientKey, Cluster, Config, Deferred, HealthChecks, LimitMode, Limits, Log,
+    LogFormat, RateLimits, RedisSettings, Secret, Tenant, TlsConfig, Upstream, UpstreamKey,
+    UpstreamTarget,
 };
 use crate::error::{Error, Result};
 
@@ -240,6 +241,7 @@ impl RawConfig {
             )));
         }
         let deferred = validate_deferred(self.deferred, &state_dir, &rate_limits)?;
+        let health = validate_health(&self.health)?;
 
         let workers = match self.runtime.workers {
             Some(0) | None => None,
@@ -296,8 +298,33 @@ impl RawConfig {
             region,
             deferred,
             cluster_secret,
+            health,
         })
     }
+}
+
+fn validate_health(h: &RawHealth) -> Result<HealthChecks> {
+    if h.probe_interval < Duration::from_millis(100) || h.probe_interval > Duration::from_secs(3600)
+    {
+        return Err(Error::config(
+            "health.probe_interval must be between 100ms and 1h",
+        ));
+    }
+    if h.probe_timeout.is_zero() || h.probe_timeout > h.probe_interval {
+        return Err(Error::config(
+            "health.probe_timeout must be above 0 and at most health.probe_interval",
+        ));
+    }
+    if !(1..=100).contains(&h.failure_threshold) {
+        return Err(Error::config(
+            "health.failure_threshold must be between 1 and 100",
+        ));
+    }
+    Ok(HealthChecks {
+        probe_interval: h.probe_interval,
+        probe_timeout: h.probe_timeout,
+        failure_threshold: h.failure_threshold,
+    })
 }
 
 /// The cluster secret from the environment or its file (not both), at least 16 characters.

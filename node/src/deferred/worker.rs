@@ -35,11 +35,11 @@ use crate::head::HeaderFields;
 use crate::limits::Reservation;
 use crate::meta::{RouteKind, Usage};
 use crate::route;
+use crate::schema::Ready;
 use crate::state::Shared;
 
-/// Consecutive transport failures after which the path counts as down and
-/// deliveries wait before trying it.
-const PATH_DOWN_AFTER: u32 = 3;
+/// How often a waiting delivery looks at the path's circuit.
+const PATH_POLL: Duration = Duration::from_millis(250);
 /// Longest pause of a delivery waiting for the path, its limits or a requeue: also
 /// how long after the path heals a waiting delivery may take to notice.
 const MAX_PAUSE: Duration = Duration::from_secs(10);
@@ -379,15 +379,20 @@ fn backoff(n: u32) -> Duration {
     base.mul_f64(0.5 + rand::random::<f64>())
 }
 
-/// While the path has failed several times in a row, waits before trying it: the
-/// attempt that follows is the probe, and its failure lengthens the next wait.
+/// While the direct path's circuit is open (the active probes and failed requests
+/// say the upstream cannot be reached), waits for it to close, up to [`MAX_PAUSE`]:
+/// the probes close it within a probe interval of the path healing, and after the
+/// pause the delivery tries anyway (without probes, its attempt is the probe).
 async fn wait_for_path(shared: &Shared, deferral: &Deferral) {
-    let failures = shared.health.upstream.consecutive_failures();
-    if failures >= PATH_DOWN_AFTER {
-        deferral.metrics.paused.inc();
-        tokio::time::sleep(backoff(failures - PATH_DOWN_AFTER)).await;
-        deferral.metrics.paused.dec();
+    if shared.health.upstream.status() != Ready::Fail {
+        return;
     }
+    deferral.metrics.paused.inc();
+    let until = tokio::time::Instant::now() + MAX_PAUSE;
+    while shared.health.upstream.status() == Ready::Fail && tokio::time::Instant::now() < until {
+        tokio::time::sleep(PATH_POLL).await;
+    }
+    deferral.metrics.paused.dec();
 }
 
 async fn attempt(shared: &Shared, deferral: &Deferral, env: &Envelope, holder: &str) -> Attempt {

@@ -3,10 +3,12 @@
 //! another key or connection while nothing has been sent to the client yet.
 //!
 //! Layout: `headers` (which header fields go upstream and come back), `retry` (the
-//! retry rule); this file runs the attempt loop. The wire work (pool, HTTP/1.1 by
+//! retry rule), `probe` (the active path probes, off the request path); this file
+//! runs the attempt loop. The wire work (pool, HTTP/1.1 by
 //! hand, HTTP/2 through hyper, TLS, DNS) is the protocol wing's, [`crate::http1`].
 
 mod headers;
+pub mod probe;
 mod retry;
 
 use std::sync::Arc;
@@ -214,6 +216,7 @@ impl Upstream {
                 Ok(Ok(mut resp)) => {
                     let ttfb = sent.elapsed();
                     record.upstream_ttfb = Some(ttfb);
+                    ctx.health.record_ttfb(ttfb);
                     let status = resp.status;
                     ctx.health.record_response(status);
                     if status.is_success() {

@@ -62,7 +62,10 @@ pub async fn send(
     // The client's fields as they came (framing and `expect` left out: the body goes
     // out right behind the head, framed by what is actually sent).
     headers.write_lines(&mut head);
-    wire::put_header(&mut head, &X_FORWARDED_FOR, headers.forwarded_for());
+    // Empty for the gateway's own requests (path probes): no client to name.
+    if !headers.forwarded_for().is_empty() {
+        wire::put_header(&mut head, &X_FORWARDED_FOR, headers.forwarded_for());
+    }
     if let Some(key) = api_key {
         wire::put_header(&mut head, &X_API_KEY, key);
     }

@@ -56,7 +56,7 @@ pub trait HeadFields {
 pub trait OutgoingFields {
     /// Writes the relayed fields as HTTP/1.1 lines (`x-forwarded-for` not included).
     fn write_lines(&self, out: &mut Vec<u8>);
-    /// The `x-forwarded-for` value to send.
+    /// The `x-forwarded-for` value to send; empty: none.
     fn forwarded_for(&self) -> &HeaderValue;
     /// Every field as a map (for HTTP/2), `x-forwarded-for` and `api_key` included.
     fn to_map(&self, api_key: Option<&HeaderValue>) -> HeaderMap;

@@ -59,6 +59,7 @@ impl Harness {
         raw.log.access_log = false;
         let state = tempfile::tempdir().expect("a state directory");
         raw.cluster.state_dir = state.path().to_path_buf();
+        quiet_probes(&mut raw);
         tweak(&mut raw);
         let config = raw
             .validate(
@@ -104,6 +105,13 @@ impl Harness {
         assert_eq!(r.status, StatusCode::OK);
         r.text()
     }
+}
+
+/// Keeps the node's active path probes (`GET /v1/models`, every 2 s by default) out
+/// of a test about something else: they would show in the mock's request and
+/// connection counts. Tests of path health (path_health.rs) set their own interval.
+pub fn quiet_probes(raw: &mut RawConfig) {
+    raw.health.probe_interval = Duration::from_secs(3600);
 }
 
 /// A finished response, with the arrival time of each body chunk.
