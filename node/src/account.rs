@@ -36,6 +36,40 @@ pub struct RequestRecord {
 }
 
 impl RequestRecord {
+    /// A record for a request that has only just arrived: nothing learnt yet.
+    pub fn new(
+        metrics: Arc<Metrics>,
+        access_log: bool,
+        request_id: String,
+        started: Instant,
+        method: http::Method,
+        uri: http::Uri,
+        route: RouteKind,
+    ) -> Self {
+        RequestRecord {
+            metrics,
+            access_log,
+            request_id,
+            started,
+            method,
+            uri,
+            route,
+            client: None,
+            model: None,
+            stream: false,
+            status: 0,
+            upstream_key: None,
+            attempts: 0,
+            upstream_ttfb: None,
+            ttft: None,
+            usage: Default::default(),
+            error: None,
+            outcome: "error",
+            bytes_out: 0,
+            permit: None,
+        }
+    }
+
     /// Writes the metrics and the access line. Called exactly once, when the response
     /// is done or abandoned.
     pub fn finish(&mut self) {

@@ -18,6 +18,18 @@ const SECONDS_BUCKETS: &[f64] = &[
     60.0, 120.0, 300.0,
 ];
 
+/// Registers `metric` in `registry` and hands it back: every metric of the node is
+/// registered once, at start, so a failure here is a bug (a clash of names).
+pub fn registered<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: M,
+) -> M {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
 /// Every metric the node exports, in its own registry (so several nodes can live in
 /// one test process).
 pub struct Metrics {

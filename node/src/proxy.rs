@@ -70,28 +70,15 @@ pub async fn handle(
         )
     };
     let header_bytes = req.headers.wire_size();
-    let mut record = RequestRecord {
-        metrics: shared.metrics.clone(),
-        access_log: shared.config.log.access_log,
+    let mut record = RequestRecord::new(
+        shared.metrics.clone(),
+        shared.config.log.access_log,
         request_id,
         started,
-        method: req.method.clone(),
-        uri: req.uri.clone(),
-        route: *route.as_ref().unwrap_or(&RouteKind::OtherV1),
-        client: None,
-        model: None,
-        stream: false,
-        status: 0,
-        upstream_key: None,
-        attempts: 0,
-        upstream_ttfb: None,
-        ttft: None,
-        usage: Default::default(),
-        error: None,
-        outcome: "error",
-        bytes_out: 0,
-        permit: None,
-    };
+        req.method.clone(),
+        req.uri.clone(),
+        *route.as_ref().unwrap_or(&RouteKind::OtherV1),
+    );
     let mut limits = LimitHeaders::None;
     let max_headers = shared.config.limits.max_header_bytes;
     let result = match route {

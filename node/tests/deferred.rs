@@ -8,6 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::deferred::{marked, received};
 use common::*;
 use http::{Method, StatusCode};
 use strait_chaos::faultproxy::{FaultProxy, FaultProxyHandle};
@@ -91,11 +92,7 @@ impl Rig {
 
     /// Requests the mock received carrying `marker`.
     fn received(&self, marker: &str) -> usize {
-        self.mock
-            .requests()
-            .iter()
-            .filter(|r| r.json().is_some_and(|v| v["metadata"]["user_id"] == marker))
-            .count()
+        received(&self.mock, marker)
     }
 
     async fn stop(&mut self) {
@@ -130,23 +127,10 @@ async fn start_node(
     Node::start(config).await.expect("node starts")
 }
 
-/// A Messages body the mock's request log can be searched for.
-fn marked(marker: &str, stream: bool) -> serde_json::Value {
-    let mut body = message_body(stream);
-    body["metadata"] = serde_json::json!({ "user_id": marker });
-    body
-}
-
+/// A 202's id: queued, in this node's region.
 fn accepted_id(r: &Resp) -> String {
-    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
-    let v = r.json();
-    assert_eq!(v["type"], "deferred_request");
-    assert_eq!(v["status"], "queued");
-    let id = v["id"].as_str().unwrap().to_string();
-    assert_eq!(
-        r.header("location"),
-        Some(format!("/v1/strait/deferred/{id}").as_str())
-    );
+    let id = common::deferred::accepted_id(r);
+    assert_eq!(r.json()["status"], "queued");
     assert!(id.starts_with("dfr_default_"), "{id}");
     id
 }

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::deferred::*;
 use common::process::NodeProcess;
 use common::redis::RedisServer;
 use common::*;
@@ -20,7 +21,6 @@ use strait_chaos::faultproxy::{FaultProxy, FaultProxyHandle};
 use strait_chaos::mock::{Fault, MockConfig, MockHandle, MockUpstream};
 use strait_chaos::rabbitmq::RabbitMq;
 use strait_node::config::{RawConfig, Secret};
-use strait_node::Node;
 
 /// Redis that keeps acknowledged writes: every write fsynced, no eviction.
 fn durable_redis() -> RedisServer {
@@ -36,19 +36,6 @@ fn durable_redis() -> RedisServer {
 
 fn redis_url(r: &RedisServer) -> String {
     format!("redis://127.0.0.1:{}/", r.port)
-}
-
-fn marked(marker: &str, stream: bool) -> serde_json::Value {
-    let mut body = message_body(stream);
-    body["metadata"] = serde_json::json!({ "user_id": marker });
-    body
-}
-
-fn received(mock: &MockHandle, marker: &str) -> usize {
-    mock.requests()
-        .iter()
-        .filter(|r| r.json().is_some_and(|v| v["metadata"]["user_id"] == marker))
-        .count()
 }
 
 /// Every marker the mock received, with how often.
@@ -72,69 +59,6 @@ async fn defer(url: &str, marker: &str, extra: &[(&str, &str)]) -> Resp {
     post_json(&format!("{url}/v1/messages"), &h, &marked(marker, false)).await
 }
 
-fn accepted_id(r: &Resp) -> String {
-    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
-    r.json()["id"].as_str().unwrap().to_string()
-}
-
-async fn result(url: &str, id: &str) -> Resp {
-    get(&format!("{url}/v1/strait/deferred/{id}"), &auth(CLIENT_KEY)).await
-}
-
-async fn settled(url: &str, id: &str, limit: Duration) -> Resp {
-    let started = Instant::now();
-    loop {
-        let r = result(url, id).await;
-        if r.status != StatusCode::ACCEPTED {
-            return r;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "{id} still open after {limit:?}: {}",
-            r.text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// An in-process node on the broker and Redis, its upstream through `proxy`.
-async fn node_on(
-    broker: &RabbitMq,
-    redis: &RedisServer,
-    upstream: std::net::SocketAddr,
-    dir: &Path,
-) -> Node {
-    node_on_with(broker, redis, upstream, dir, |_| {}).await
-}
-
-/// [`node_on`], with the raw config changed by `tweak`.
-async fn node_on_with(
-    broker: &RabbitMq,
-    redis: &RedisServer,
-    upstream: std::net::SocketAddr,
-    dir: &Path,
-    tweak: impl FnOnce(&mut RawConfig),
-) -> Node {
-    let mut raw = RawConfig::default();
-    raw.listen.public = "127.0.0.1:0".into();
-    raw.listen.admin = "127.0.0.1:0".into();
-    raw.upstream.base_url = format!("http://{upstream}");
-    raw.upstream.connect_timeout = Duration::from_secs(1);
-    raw.log.access_log = false;
-    raw.cluster.state_dir = dir.to_path_buf();
-    raw.deferred.amqp_url = Some(broker.url());
-    raw.deferred.redis = Some(redis_url(redis));
-    raw.deferred.claim_lease = Duration::from_secs(2);
-    raw.deferred.confirm_timeout = Duration::from_secs(2);
-    common::quiet_probes(&mut raw);
-    tweak(&mut raw);
-    let keys = UPSTREAM_KEYS.iter().map(|k| Secret::new(*k)).collect();
-    let config = raw
-        .validate(keys, vec![Secret::new(CLIENT_KEY)])
-        .expect("valid config");
-    Node::start(config).await.expect("node starts")
-}
-
 async fn cut_path(proxy: &FaultProxyHandle) {
     proxy.set_refuse(true);
     proxy.reset_all();
@@ -147,7 +71,15 @@ async fn a_broker_down_means_503_never_202_and_its_queue_survives_a_restart() {
     let mock = MockUpstream::start(MockConfig::default()).await.unwrap();
     let proxy = FaultProxy::start(mock.addr()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let node = node_on(&broker, &redis, proxy.addr(), dir.path()).await;
+    let node = broker_node(
+        "default",
+        &broker.url(),
+        &redis_url(&redis),
+        proxy.addr(),
+        dir.path(),
+        |_| {},
+    )
+    .await;
     let url = format!("http://{}", node.public_addr());
 
     cut_path(&proxy).await;
@@ -218,7 +150,15 @@ async fn redis_restarted_keeps_results_and_while_down_deferral_is_refused() {
     let mut redis = durable_redis();
     let mock = MockUpstream::start(MockConfig::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let node = node_on(&broker, &redis, mock.addr(), dir.path()).await;
+    let node = broker_node(
+        "default",
+        &broker.url(),
+        &redis_url(&redis),
+        mock.addr(),
+        dir.path(),
+        |_| {},
+    )
+    .await;
     let url = format!("http://{}", node.public_addr());
 
     let id = accepted_id(&defer(&url, "r-1", &[]).await);
@@ -255,7 +195,15 @@ async fn a_forced_duplicate_delivery_is_acked_without_sending() {
     let redis = durable_redis();
     let mock = MockUpstream::start(MockConfig::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let node = node_on(&broker, &redis, mock.addr(), dir.path()).await;
+    let node = broker_node(
+        "default",
+        &broker.url(),
+        &redis_url(&redis),
+        mock.addr(),
+        dir.path(),
+        |_| {},
+    )
+    .await;
     let url = format!("http://{}", node.public_addr());
 
     let id = accepted_id(&defer(&url, "d-1", &[]).await);
@@ -323,10 +271,17 @@ async fn the_broker_dead_letters_after_the_delivery_limit_and_get_says_why() {
         mock.set_key_fault(key, Fault::overloaded());
     }
     let dir = tempfile::tempdir().unwrap();
-    let node = node_on_with(&broker, &redis, mock.addr(), dir.path(), |raw| {
-        raw.deferred.delivery_limit = 1;
-        raw.upstream.max_attempts = 1;
-    })
+    let node = broker_node(
+        "default",
+        &broker.url(),
+        &redis_url(&redis),
+        mock.addr(),
+        dir.path(),
+        |raw| {
+            raw.deferred.delivery_limit = 1;
+            raw.upstream.max_attempts = 1;
+        },
+    )
     .await;
     let url = format!("http://{}", node.public_addr());
     let id = accepted_id(&defer(&url, "dl-1", &[]).await);

@@ -6,82 +6,15 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::deferred::*;
 use common::redis::RedisServer;
 use common::*;
 use http::StatusCode;
 use strait_chaos::faultproxy::FaultProxy;
-use strait_chaos::mock::{MockConfig, MockHandle, MockUpstream};
+use strait_chaos::mock::{MockConfig, MockUpstream};
 use strait_chaos::rabbitmq::RabbitMq;
-use strait_node::config::{RawConfig, Secret};
-use strait_node::Node;
-
-fn marked(marker: &str) -> serde_json::Value {
-    let mut body = message_body(false);
-    body["metadata"] = serde_json::json!({ "user_id": marker });
-    body
-}
-
-fn received(mock: &MockHandle, marker: &str) -> usize {
-    mock.requests()
-        .iter()
-        .filter(|r| r.json().is_some_and(|v| v["metadata"]["user_id"] == marker))
-        .count()
-}
-
-async fn result(url: &str, id: &str) -> Resp {
-    get(&format!("{url}/v1/strait/deferred/{id}"), &auth(CLIENT_KEY)).await
-}
-
-async fn settled(url: &str, id: &str, limit: Duration) -> Resp {
-    let started = Instant::now();
-    loop {
-        let r = result(url, id).await;
-        // Until a node of this region has taken the id over (its message reached
-        // one), the id is another region's: 404 naming that region.
-        let not_yet_here =
-            r.status == StatusCode::NOT_FOUND && r.text().contains("belongs to region");
-        if r.status != StatusCode::ACCEPTED && !not_yet_here {
-            return r;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "{id} still open after {limit:?}: {}",
-            r.text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// An in-process node of `region` on its broker and Redis.
-async fn node_on(
-    region: &str,
-    broker: &RabbitMq,
-    redis: &RedisServer,
-    upstream: std::net::SocketAddr,
-    dir: &Path,
-) -> Node {
-    let mut raw = RawConfig::default();
-    raw.listen.public = "127.0.0.1:0".into();
-    raw.listen.admin = "127.0.0.1:0".into();
-    raw.upstream.base_url = format!("http://{upstream}");
-    raw.upstream.connect_timeout = Duration::from_secs(1);
-    raw.log.access_log = false;
-    raw.limits.drain_timeout = Duration::from_secs(3);
-    raw.cluster.region = region.into();
-    raw.cluster.state_dir = dir.to_path_buf();
-    raw.deferred.amqp_url = Some(broker.url());
-    raw.deferred.redis = Some(format!("redis://127.0.0.1:{}/", redis.port));
-    raw.deferred.claim_lease = Duration::from_secs(2);
-    raw.deferred.confirm_timeout = Duration::from_secs(2);
-    let keys = UPSTREAM_KEYS.iter().map(|k| Secret::new(*k)).collect();
-    let config = raw
-        .validate(keys, vec![Secret::new(CLIENT_KEY)])
-        .expect("valid config");
-    Node::start(config).await.expect("node starts")
-}
 
 /// Ready messages in a queue (a passive declare: `list_queues` lags by seconds).
 async fn queue_length(broker: &RabbitMq, queue: &str) -> u32 {
@@ -122,7 +55,15 @@ async fn a_shovelled_backlog_is_delivered_once_by_the_target_region() {
     let (mut a, mut b) = brokers.await.unwrap();
 
     // Region a: the upstream path is cut, so its deferred requests wait in its queue.
-    let node_a = node_on("a", &a, &redis_a, proxy.addr(), dir_a.path()).await;
+    let node_a = broker_node(
+        "a",
+        &a.url(),
+        &format!("redis://127.0.0.1:{}/", redis_a.port),
+        proxy.addr(),
+        dir_a.path(),
+        |raw| raw.limits.drain_timeout = Duration::from_secs(3),
+    )
+    .await;
     let url_a = format!("http://{}", node_a.public_addr());
     proxy.set_refuse(true);
     proxy.reset_all();
@@ -133,7 +74,7 @@ async fn a_shovelled_backlog_is_delivered_once_by_the_target_region() {
         let r = post_json(
             &format!("{url_a}/v1/messages"),
             &h,
-            &marked(&format!("ev-{i}")),
+            &marked(&format!("ev-{i}"), false),
         )
         .await;
         assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
@@ -157,7 +98,15 @@ async fn a_shovelled_backlog_is_delivered_once_by_the_target_region() {
     }
 
     // Region b's node first (it declares b's queue), then the shovel on broker a.
-    let node_b = node_on("b", &b, &redis_b, mock.addr(), dir_b.path()).await;
+    let node_b = broker_node(
+        "b",
+        &b.url(),
+        &format!("redis://127.0.0.1:{}/", redis_b.port),
+        mock.addr(),
+        dir_b.path(),
+        |raw| raw.limits.drain_timeout = Duration::from_secs(3),
+    )
+    .await;
     let url_b = format!("http://{}", node_b.public_addr());
     let shovel = serde_json::json!({
         "src-protocol": "amqp091",

@@ -1,5 +1,6 @@
 //! Deferred delivery's metrics, registered in the node's registry.
 
+use crate::metrics::registered;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 /// Publish-to-confirm buckets: a broker on the same LAN confirms in milliseconds; the
@@ -33,36 +34,25 @@ impl DeferMetrics {
     pub fn register(registry: &Registry) -> DeferMetrics {
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
+            registered(registry, c)
         };
         let single = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
+            registered(registry, IntCounter::new(name, help).expect("valid metric"))
         };
         let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
+            registered(registry, IntGauge::new(name, help).expect("valid metric"))
         };
-        let publish_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "deferred_publish_seconds",
-                "Time from publish to the queue's confirm (broker ack or spool fsync)",
+        let publish_seconds = registered(
+            registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "deferred_publish_seconds",
+                    "Time from publish to the queue's confirm (broker ack or spool fsync)",
+                )
+                .buckets(PUBLISH_BUCKETS.to_vec()),
             )
-            .buckets(PUBLISH_BUCKETS.to_vec()),
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(publish_seconds.clone()))
-            .expect("unique metric");
+            .expect("valid metric"),
+        );
         DeferMetrics {
             queued: counter(
                 "deferred_queued_total",

@@ -206,9 +206,7 @@ async fn deliver(shared: Arc<Shared>, deferral: Arc<Deferral>, delivery: Deliver
             // The store away says nothing about the request: held, like a path down.
             Err(e) if held_since.elapsed() < HOLD_MAX && !shared.health.is_draining() => {
                 tracing::warn!(id = %id, "deferred: the store is unreachable, holding: {e}");
-                m.paused.inc();
-                tokio::time::sleep(backoff(tries)).await;
-                m.paused.dec();
+                pause(&deferral, backoff(tries)).await;
                 continue;
             }
             Err(e) => {
@@ -293,9 +291,7 @@ async fn deliver(shared: Arc<Shared>, deferral: Arc<Deferral>, delivery: Deliver
                 }
                 if hold && held_since.elapsed() < HOLD_MAX && !shared.health.is_draining() {
                     tracing::debug!(id = %id, tries, "deferred delivery not sent, held: {error}");
-                    m.paused.inc();
-                    tokio::time::sleep(backoff(tries)).await;
-                    m.paused.dec();
+                    pause(&deferral, backoff(tries)).await;
                     continue;
                 }
                 tracing::info!(id = %id, attempt = delivery_count + 1, "deferred delivery not sent, requeued: {error}");
@@ -365,10 +361,15 @@ async fn end(
 
 /// Back to the queue after a backoff that grows with the message's deliveries.
 async fn requeue(deferral: &Deferral, acker: Box<dyn Acker>, delivery_count: u32) {
-    deferral.metrics.paused.inc();
-    tokio::time::sleep(backoff(delivery_count)).await;
-    deferral.metrics.paused.dec();
+    pause(deferral, backoff(delivery_count)).await;
     let _ = acker.requeue().await;
+}
+
+/// Waits `d`, counted in the `paused` gauge.
+async fn pause(deferral: &Deferral, d: Duration) {
+    deferral.metrics.paused.inc();
+    tokio::time::sleep(d).await;
+    deferral.metrics.paused.dec();
 }
 
 /// 1 s, 2 s, 4 s, ... up to [`MAX_PAUSE`], with jitter (0.5x to 1.5x).
@@ -447,31 +448,19 @@ async fn attempt(shared: &Shared, deferral: &Deferral, env: &Envelope, holder: &
         Err(e) => return Attempt::Done(error_result(&e)),
     };
 
-    let mut record = RequestRecord {
-        metrics: shared.metrics.clone(),
-        access_log: shared.config.log.access_log,
-        request_id: format!("{}", head.id),
-        started: std::time::Instant::now(),
-        method: Method::POST,
-        uri: head
-            .path
+    let mut record = RequestRecord::new(
+        shared.metrics.clone(),
+        shared.config.log.access_log,
+        head.id.to_string(),
+        std::time::Instant::now(),
+        Method::POST,
+        head.path
             .parse()
             .unwrap_or_else(|_| http::Uri::from_static("/v1/messages")),
-        route: RouteKind::Messages,
-        client: Some(principal.name.clone()),
-        model: None,
-        stream: meta.stream,
-        status: 0,
-        upstream_key: None,
-        attempts: 0,
-        upstream_ttfb: None,
-        ttft: None,
-        usage: Default::default(),
-        error: None,
-        outcome: "error",
-        bytes_out: 0,
-        permit: None,
-    };
+        RouteKind::Messages,
+    );
+    record.client = Some(principal.name.clone());
+    record.stream = meta.stream;
     // Counted against the requester's limits like any request: wait for room.
     let reservation = Reservation::for_request(RouteKind::Messages, &meta, body.buffered_len());
     loop {
@@ -482,11 +471,7 @@ async fn attempt(shared: &Shared, deferral: &Deferral, env: &Envelope, holder: &
                 break;
             }
             Err(rejection) => match rejection.error.retry_after {
-                Some(after) => {
-                    deferral.metrics.paused.inc();
-                    tokio::time::sleep(after.min(MAX_PAUSE)).await;
-                    deferral.metrics.paused.dec();
-                }
+                Some(after) => pause(deferral, after.min(MAX_PAUSE)).await,
                 // It can never fit (max_tokens over the limit, say): that is its answer.
                 None => return Attempt::Done(error_result(&rejection.error)),
             },

@@ -3,6 +3,7 @@
 //! each body chunk arrived.
 #![allow(dead_code)]
 
+pub mod deferred;
 pub mod etcd;
 pub mod process;
 pub mod redis;
