@@ -207,6 +207,15 @@ async fn a_session_and_an_action_on_the_standby_reach_the_leader() {
     .await;
     assert!(a.body.contains("drain region r9"), "{}", a.body);
     assert!(a.body.contains("ops-1"));
+    // The log is the cluster's: the leader shows the standby's entries too.
+    let a = send(
+        Method::GET,
+        &format!("{leader_url}/audit"),
+        Some(&session),
+        None,
+    )
+    .await;
+    assert!(a.body.contains("drain region r9"), "{}", a.body);
 
     standby.shutdown().await;
     leader.shutdown().await;

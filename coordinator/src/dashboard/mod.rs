@@ -32,11 +32,11 @@ use crate::scrape::{now_unix, NodeSeries, RoundInfo, Scraper};
 use actions::{Action, ActionForm, Executor};
 use session::{Attempts, Keys, Session, COOKIE, PRE_COOKIE};
 
-/// Audit entries kept in memory.
+/// Audit entries kept in memory (shown while etcd cannot be read) and on the page.
 const AUDIT_KEEP: usize = 1000;
 
-/// One line of the audit log.
-#[derive(Debug, Clone)]
+/// One line of the audit log, kept in etcd (`/strait/audit/`) for every coordinator.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct AuditEntry {
     pub at: String,
     pub who: String,
@@ -87,12 +87,21 @@ impl Dash {
         if log.len() >= AUDIT_KEEP {
             log.pop_front();
         }
-        log.push_back(AuditEntry {
+        let entry = AuditEntry {
             at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             who: who.to_string(),
             from: from.to_string(),
             what: what.to_string(),
             outcome: outcome.to_string(),
+        };
+        let json = serde_json::to_vec(&entry).expect("an entry serialises");
+        log.push_back(entry);
+        // The cluster's copy: every coordinator reads the same log from etcd.
+        let store = self.app.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.audit_append(json).await {
+                tracing::warn!(target: "audit", "audit entry not written to etcd (kept in this coordinator's memory): {e}");
+            }
         });
     }
 
@@ -448,11 +457,20 @@ async fn audit_page(State(d): State<DashState>, headers: HeaderMap) -> Response 
     let Some(s) = d.session(&headers) else {
         return Redirect::to("/signin").into_response();
     };
-    let entries: Vec<AuditEntry> = d
-        .audit
-        .lock()
-        .map(|l| l.iter().cloned().collect())
-        .unwrap_or_default();
+    // The cluster's log from etcd; this coordinator's own entries while it cannot be read.
+    let entries: Vec<AuditEntry> = match d.app.store.audit_recent(AUDIT_KEEP).await {
+        Ok(docs) => docs
+            .iter()
+            .filter_map(|doc| serde_json::from_slice(doc).ok())
+            .collect(),
+        Err(e) => {
+            tracing::warn!("audit log: etcd unreadable, showing this coordinator's entries: {e}");
+            d.audit
+                .lock()
+                .map(|l| l.iter().rev().cloned().collect())
+                .unwrap_or_default()
+        }
+    };
     let csrf = d.keys.csrf(&s.sid);
     let viewer = pages::Viewer {
         who: &s.who,

@@ -733,10 +733,10 @@ pub fn error_page(message: &str) -> Markup {
 pub fn audit(entries: &[AuditEntry]) -> Markup {
     html! {
         section.panel {
-            p.muted { "Kept in memory by this coordinator (the last 1000 entries), and logged with target \"audit\"." }
+            p.muted { "The cluster's log, newest first: kept in etcd and shown by every coordinator (the last 1000 here; 10,000 kept), and logged with target \"audit\"." }
             div.scroll { table #audit {
                 thead { tr { th { "When" } th { "Who" } th { "From" } th { "What" } th { "Outcome" } } }
-                tbody { @for e in entries.iter().rev() {
+                tbody { @for e in entries {
                     tr { td { (e.at) } td { (e.who) } td { (e.from) } td { (e.what) } td { (e.outcome) } }
                 } }
             } }

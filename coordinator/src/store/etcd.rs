@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, GetResponse, LeaderKey, Txn,
-    TxnOp, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, GetResponse,
+    LeaderKey, SortOrder, SortTarget, Txn, TxnOp, WatchOptions,
 };
 use strait_node::schema::{ClusterConfig, NodeRecord, CONFIG_PREFIX, ELECTION_NAME, NODES_PREFIX};
 use tokio::sync::watch;
@@ -185,7 +185,85 @@ impl EtcdStore {
     }
 }
 
+impl EtcdStore {
+    async fn audit_append_inner(&self, entry: Vec<u8>) -> Result<()> {
+        let mut c = self.client.clone();
+        self.deadline(
+            "writing an audit entry",
+            c.put(super::audit_key(), entry, None),
+        )
+        .await?;
+        // Trim: count, and when well over the bound drop the oldest in one range.
+        let count = self
+            .deadline(
+                "counting audit entries",
+                c.get(
+                    super::AUDIT_PREFIX,
+                    Some(GetOptions::new().with_prefix().with_count_only()),
+                ),
+            )
+            .await?
+            .count() as usize;
+        if count > super::AUDIT_KEEP + 100 {
+            let excess = (count - super::AUDIT_KEEP) as i64;
+            let oldest = self
+                .deadline(
+                    "reading old audit entries",
+                    c.get(
+                        super::AUDIT_PREFIX,
+                        Some(
+                            GetOptions::new()
+                                .with_prefix()
+                                .with_keys_only()
+                                .with_sort(SortTarget::Key, SortOrder::Ascend)
+                                .with_limit(excess),
+                        ),
+                    ),
+                )
+                .await?;
+            if let Some(last) = oldest.kvs().last() {
+                let mut end = last.key().to_vec();
+                end.push(0);
+                self.deadline(
+                    "trimming the audit log",
+                    c.delete(
+                        super::AUDIT_PREFIX,
+                        Some(DeleteOptions::new().with_range(end)),
+                    ),
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn audit_recent_inner(&self, limit: usize) -> Result<Vec<Vec<u8>>> {
+        let mut c = self.client.clone();
+        let resp = self
+            .deadline(
+                "reading the audit log",
+                c.get(
+                    super::AUDIT_PREFIX,
+                    Some(
+                        GetOptions::new()
+                            .with_prefix()
+                            .with_sort(SortTarget::Key, SortOrder::Descend)
+                            .with_limit(limit as i64),
+                    ),
+                ),
+            )
+            .await?;
+        Ok(resp.kvs().iter().map(|kv| kv.value().to_vec()).collect())
+    }
+}
+
 impl Store for EtcdStore {
+    fn audit_append(&self, entry: Vec<u8>) -> BoxFuture<'_, ()> {
+        Box::pin(self.audit_append_inner(entry))
+    }
+    fn audit_recent(&self, limit: usize) -> BoxFuture<'_, Vec<Vec<u8>>> {
+        Box::pin(self.audit_recent_inner(limit))
+    }
     fn load(&self) -> BoxFuture<'_, ClusterConfig> {
         Box::pin(self.load_inner())
     }

@@ -29,6 +29,7 @@ struct State {
     config: BTreeMap<String, (Vec<u8>, i64)>,
     nodes: Vec<NodeRecord>,
     leader: Option<LeaderInfo>,
+    audit: Vec<Vec<u8>>,
 }
 
 impl MemoryStore {
@@ -127,6 +128,25 @@ impl Store for MemoryStore {
     ) -> BoxFuture<'_, i64> {
         let done = self.commit_now(base_revision, puts, deletes);
         Box::pin(async move { done })
+    }
+    fn audit_append(&self, entry: Vec<u8>) -> BoxFuture<'_, ()> {
+        let mut st = self.state();
+        st.audit.push(entry);
+        if st.audit.len() > super::AUDIT_KEEP {
+            st.audit.remove(0);
+        }
+        Box::pin(async { Ok(()) })
+    }
+    fn audit_recent(&self, limit: usize) -> BoxFuture<'_, Vec<Vec<u8>>> {
+        let recent = self
+            .state()
+            .audit
+            .iter()
+            .rev()
+            .take(limit)
+            .cloned()
+            .collect();
+        Box::pin(async move { Ok(recent) })
     }
     fn nodes(&self) -> BoxFuture<'_, Vec<NodeRecord>> {
         let nodes = self.state().nodes.clone();

@@ -49,6 +49,25 @@ pub trait Store: Send + Sync + 'static {
     fn is_leader(&self) -> bool;
     /// This coordinator.
     fn me(&self) -> &LeaderInfo;
+    /// Appends one entry (a JSON document) to the cluster's audit log under
+    /// [`AUDIT_PREFIX`], so every coordinator shows the same log and it outlives
+    /// restarts; the oldest entries beyond [`AUDIT_KEEP`] are trimmed.
+    fn audit_append(&self, entry: Vec<u8>) -> BoxFuture<'_, ()>;
+    /// The newest `limit` audit entries, newest first.
+    fn audit_recent(&self, limit: usize) -> BoxFuture<'_, Vec<Vec<u8>>>;
+}
+
+/// Where the audit log lives: one key per entry, named by time so keys sort by age.
+pub const AUDIT_PREFIX: &str = "/strait/audit/";
+/// Audit entries kept in etcd (a few hundred bytes each).
+pub const AUDIT_KEEP: usize = 10_000;
+
+/// The key of an audit entry written now: time first, so keys sort by age.
+pub fn audit_key() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("{AUDIT_PREFIX}{ms:020}-{:08x}", rand::random::<u32>())
 }
 
 /// The calls one election term makes; [`crate::election::Election::run`] drives them.
