@@ -20,8 +20,9 @@ pub struct Deferral {
     pub settings: Settings,
     pub region: String,
     pub metrics: DeferMetrics,
-    /// Deliveries running on this node: a drain waits for them (a delivery cut after
-    /// it was sent would end as `outcome_unknown`).
+    /// Deliveries of this node sent upstream whose outcome is not stored yet: a drain
+    /// waits for them (one cut now would end as `outcome_unknown`); deliveries still
+    /// waiting for the path or their limits do not hold a drain up.
     pub in_flight: std::sync::atomic::AtomicUsize,
 }
 

@@ -2,10 +2,16 @@
 //! `deferred.spool_dir`, the default on a node without `--amqp`. [`Spool`] is both
 //! the [`Queue`] and the [`Store`], with the Redis store's state machine and rules.
 //!
-//! Durability: every write is one redb write transaction committed with redb's
-//! default durability (fsync before `commit` returns), so `publish` answers `Ok`
-//! only once the envelope is on disk. Write transactions serialize, which makes
-//! each transition atomic. Disk work runs on tokio's blocking pool.
+//! Durability: every write is one redb write transaction, and transactions
+//! serialize, which makes each transition atomic. Only the steps whose loss in a
+//! crash would break a promise are committed with an fsync ([`DURABLE_OPS`] and
+//! `publish`: the 202's message, `sent` before the request goes upstream, the result
+//! before the ack, a cancel the client was told of); the others are committed
+//! without one and reach the disk with the next fsynced commit (redb keeps the file
+//! consistent either way). A lost `pending`, `queued`, claim or release only means
+//! another delivery, which the state machine handles; a lost ack or requeue likewise.
+//! So a deferral costs one fsync and a delivery two. Disk work runs on tokio's
+//! blocking pool.
 //!
 //! Tables: `queue` and `dead` (sequence number -> delivery count (u32 BE) and the
 //! envelope), `records` (id -> JSON record), `bodies` (id -> result body), `open`
@@ -38,6 +44,11 @@ use super::store::{
 use super::{now_ms, BackendState, DeferredId, Envelope};
 use crate::config::Deferred;
 use crate::error::{Error, ErrorKind, Result};
+
+/// Store steps committed with an fsync: `sent` (before the request goes upstream, so
+/// a takeover never resends), `finish` (the result, before the ack) and `cancel` (the
+/// client was told). `publish` fsyncs too, in its own transaction.
+const DURABLE_OPS: [&str; 3] = ["mark_sent", "finish", "cancel"];
 
 const QUEUE: TableDefinition<u64, &[u8]> = TableDefinition::new("queue");
 const DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("dead");
@@ -129,6 +140,7 @@ spool_err_from!(
     redb::TableError,
     redb::StorageError,
     redb::CommitError,
+    redb::SetDurabilityError,
     serde_json::Error,
     std::io::Error
 );
@@ -383,8 +395,9 @@ impl Spool {
         }
     }
 
-    /// Runs `f` in one write transaction on the blocking pool; commits (fsync) when
-    /// it changed something.
+    /// Runs `f` in one write transaction on the blocking pool; commits when it changed
+    /// something: with an fsync for the steps in [`DURABLE_OPS`], without one for the
+    /// others (see the module's "Durability").
     async fn tx<T, F>(&self, op: &'static str, f: F) -> Result<T>
     where
         T: Send + 'static,
@@ -393,7 +406,10 @@ impl Spool {
         let db = self.db.clone();
         let (now, ttl) = (now_ms(), self.ttl_ms);
         let r = tokio::task::spawn_blocking(move || -> TxResult<T> {
-            let wtx = db.begin_write()?;
+            let mut wtx = db.begin_write()?;
+            if !DURABLE_OPS.contains(&op) {
+                wtx.set_durability(redb::Durability::None)?;
+            }
             let (out, dirty) = {
                 let mut t = Tx {
                     recs: wtx.open_table(RECORDS)?,
@@ -465,7 +481,10 @@ impl Spool {
         let limit = self.delivery_limit;
         let new_seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let r = tokio::task::spawn_blocking(move || -> TxResult<Option<Lane>> {
-            let wtx = db.begin_write()?;
+            let mut wtx = db.begin_write()?;
+            // An ack or a requeue lost in a crash only means one more delivery, which
+            // the state machine skips or runs as before: no fsync of its own.
+            wtx.set_durability(redb::Durability::None)?;
             let moved = {
                 let mut from = wtx.open_table(lane.table())?;
                 let Some(v) = from.remove(seq)? else {

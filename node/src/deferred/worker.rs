@@ -15,7 +15,7 @@
 //! - any answer: stored as the result (a 400 included), acked.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -76,8 +76,18 @@ pub fn spawn(shared: Arc<Shared>, deferral: Arc<Deferral>, node: String) -> Work
 
 async fn consume(shared: Arc<Shared>, deferral: Arc<Deferral>, node: String) {
     let mut deliveries = deferral.queue.consume(deferral.settings.prefetch);
+    // The deliveries run in this set, so stopping the consumer (after a drain) stops
+    // them too; the unsettled ones go back to the queue.
+    let mut running = tokio::task::JoinSet::new();
     let mut seq: u64 = 0;
-    while let Some(delivery) = deliveries.recv().await {
+    loop {
+        let delivery = tokio::select! {
+            d = deliveries.recv() => match d {
+                Some(d) => d,
+                None => break,
+            },
+            Some(_) = running.join_next(), if !running.is_empty() => continue,
+        };
         // A draining node starts no delivery. It does not requeue either (each
         // requeue counts toward the delivery limit, and a spool would hand the same
         // message straight back): the delivery waits, and goes back to the queue when
@@ -87,12 +97,7 @@ async fn consume(shared: Arc<Shared>, deferral: Arc<Deferral>, node: String) {
         }
         seq += 1;
         let holder = format!("{node}/{seq}");
-        let (shared, deferral) = (shared.clone(), deferral.clone());
-        deferral.in_flight.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(async move {
-            deliver(shared, deferral.clone(), delivery, holder).await;
-            deferral.in_flight.fetch_sub(1, Ordering::Relaxed);
-        });
+        running.spawn(deliver(shared.clone(), deferral.clone(), delivery, holder));
     }
 }
 
@@ -264,7 +269,13 @@ async fn deliver(shared: Arc<Shared>, deferral: Arc<Deferral>, delivery: Deliver
                 }
             })
         };
-        let outcome = attempt(&shared, &deferral, &env, &holder).await;
+        // Counts the delivery in `in_flight` from `sent` until its outcome is stored:
+        // a drain waits for those (cut now, they would end as outcome unknown).
+        let sending = Sending {
+            count: &deferral.in_flight,
+            marked: AtomicBool::new(false),
+        };
+        let outcome = attempt(&shared, &deferral, &env, &holder, &sending).await;
         renewer.abort();
         match outcome {
             Attempt::Done(result) => {
@@ -365,6 +376,28 @@ async fn requeue(deferral: &Deferral, acker: Box<dyn Acker>, delivery_count: u32
     let _ = acker.requeue().await;
 }
 
+/// A delivery between `sent` and its stored outcome, counted while it lives.
+struct Sending<'a> {
+    count: &'a AtomicUsize,
+    marked: AtomicBool,
+}
+
+impl Sending<'_> {
+    fn mark(&self) {
+        if !self.marked.swap(true, Ordering::Relaxed) {
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        if self.marked.load(Ordering::Relaxed) {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Waits `d`, counted in the `paused` gauge.
 async fn pause(deferral: &Deferral, d: Duration) {
     deferral.metrics.paused.inc();
@@ -396,7 +429,13 @@ async fn wait_for_path(shared: &Shared, deferral: &Deferral) {
     deferral.metrics.paused.dec();
 }
 
-async fn attempt(shared: &Shared, deferral: &Deferral, env: &Envelope, holder: &str) -> Attempt {
+async fn attempt(
+    shared: &Shared,
+    deferral: &Deferral,
+    env: &Envelope,
+    holder: &str,
+    sending: &Sending<'_>,
+) -> Attempt {
     let snap = shared.snapshot.load();
     let head = &env.head;
     let Some(principal) = snap.auth.principal_named(&head.owner) else {
@@ -479,7 +518,7 @@ async fn attempt(shared: &Shared, deferral: &Deferral, env: &Envelope, holder: &
     }
 
     match deferral.store.mark_sent(&head.id, holder).await {
-        Ok(true) => {}
+        Ok(true) => sending.mark(),
         Ok(false) => return Attempt::LostClaim,
         Err(e) => {
             return Attempt::NotSent {
