@@ -164,6 +164,7 @@ def start_node(node_bin, workdir, name, state_dir, upstream, config):
     proc = procs.Proc(name, procs.pinned(cmd, ARGS.node_cpus), env=env,
                       log_path=os.path.join(workdir, f"{name}.log"))
     procs.wait_port(port, timeout=30, proc=proc.popen)
+    procs.wait_port(admin, timeout=30, proc=proc.popen)
     return proc, port, admin, started
 
 
