@@ -179,53 +179,71 @@ impl Browser {
         }
     }
 
+    /// Runs `suffix` (`/click`, `/value`, ...) on the element matching `css`, found
+    /// afresh when the page's live update replaced it meanwhile ("stale element").
+    async fn on_element(
+        &self,
+        css: &str,
+        method: Method,
+        suffix: &str,
+        body: Option<Value>,
+    ) -> Value {
+        for _ in 0..20 {
+            let e = self.wait_for(css, Duration::from_secs(10)).await;
+            let p = format!("/session/{}/element/{e}{suffix}", self.session);
+            match self.raw(method.clone(), &p, body.clone()).await {
+                Ok(v) => return v["value"].clone(),
+                Err(msg) if msg.contains("stale element") => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(msg) => panic!("webdriver {p}: {msg}"),
+            }
+        }
+        panic!("{css}: the element kept going stale");
+    }
+
     pub async fn click(&self, css: &str) {
-        let e = self.wait_for(css, Duration::from_secs(10)).await;
-        self.cmd(
-            Method::POST,
-            &format!("/element/{e}/click"),
-            Some(json!({})),
-        )
-        .await;
+        self.on_element(css, Method::POST, "/click", Some(json!({})))
+            .await;
     }
 
     pub async fn type_into(&self, css: &str, text: &str) {
-        let e = self.wait_for(css, Duration::from_secs(10)).await;
-        self.cmd(
-            Method::POST,
-            &format!("/element/{e}/value"),
-            Some(json!({ "text": text })),
-        )
-        .await;
+        self.on_element(css, Method::POST, "/value", Some(json!({ "text": text })))
+            .await;
     }
 
-    /// The visible text of the first element matching `css` ("" if none).
+    /// The visible text of the first element matching `css` ("" if none); read again
+    /// when the page's live update replaced the element meanwhile.
     pub async fn text(&self, css: &str) -> String {
-        let p = format!("/session/{}/element", self.session);
-        let Ok(v) = self
-            .raw(
-                Method::POST,
-                &p,
-                Some(json!({"using": "css selector", "value": css})),
-            )
-            .await
-        else {
-            return String::new();
-        };
-        let Some(e) = v["value"][ELEMENT].as_str() else {
-            return String::new();
-        };
-        let p = format!("/session/{}/element/{e}/text", self.session);
-        self.raw(Method::GET, &p, None)
-            .await
-            .ok()
-            .and_then(|v| v["value"].as_str().map(str::to_string))
-            .unwrap_or_default()
+        for _ in 0..20 {
+            let p = format!("/session/{}/element", self.session);
+            let Ok(v) = self
+                .raw(
+                    Method::POST,
+                    &p,
+                    Some(json!({"using": "css selector", "value": css})),
+                )
+                .await
+            else {
+                return String::new();
+            };
+            let Some(e) = v["value"][ELEMENT].as_str() else {
+                return String::new();
+            };
+            let p = format!("/session/{}/element/{e}/text", self.session);
+            match self.raw(Method::GET, &p, None).await {
+                Ok(v) => return v["value"].as_str().unwrap_or_default().to_string(),
+                Err(msg) if msg.contains("stale element") => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(_) => return String::new(),
+            }
+        }
+        String::new()
     }
 
     pub async fn attr(&self, css: &str, name: &str) -> String {
-        let e = self.wait_for(css, Duration::from_secs(10)).await;
-        self.cmd(Method::GET, &format!("/element/{e}/attribute/{name}"), None)
+        self.on_element(css, Method::GET, &format!("/attribute/{name}"), None)
             .await
             .as_str()
             .unwrap_or("")
