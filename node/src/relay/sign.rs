@@ -131,7 +131,8 @@ impl Channel {
         self.sign_at(method, path, principal, unix_now(), rand::random())
     }
 
-    fn sign_at(
+    /// [`Channel::sign`] with a given time and nonce (for tests of staleness).
+    pub fn sign_at(
         &self,
         method: &str,
         path: &str,
