@@ -17,6 +17,8 @@
 //!     (in process, or shared through Redis).
 //!   - [`route`]: decides how the request leaves (the key pool, cooldowns).
 //!   - [`forward`]: carries the decision out: header rewriting, the attempt loop.
+//!   - [`relay`]: the second way out, through a node of a peer region, over the
+//!     signed node-to-node channel.
 //!   - [`defer`]: the third way out: the durable queue and the deferred ids' state
 //!     machine, each behind its trait (RabbitMQ and Redis, or the embedded spool).
 //!   - [`stream`]: relaying the body, usage read on the side, SSE error events.
@@ -55,6 +57,7 @@ pub mod limits;
 pub mod meta;
 pub mod metrics;
 pub mod proxy;
+pub mod relay;
 pub mod route;
 pub mod schema;
 pub mod secret;

@@ -155,8 +155,29 @@ async fn phases(
 ) -> Result<Answer, Error> {
     let snap = shared.snapshot.load();
 
-    // 2. authenticate
-    let principal = snap.auth.authenticate(&req.headers)?;
+    // 2. authenticate: a request relayed by a peer node carries no client key; its
+    // signature names the principal the first node authenticated.
+    let relayed = crate::relay::is_relayed(&req.headers);
+    let principal = if relayed {
+        let path_and_query = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let Some(relays) = &shared.relay else {
+            tracing::warn!(peer = %peer, "relayed request refused: this node has no cluster secret");
+            return Err(Error::new(
+                ErrorKind::Authentication,
+                "relayed request refused: this node accepts no relayed requests",
+            ));
+        };
+        let name = relays.verify(&req.method, path_and_query, &req.headers, peer)?;
+        snap.auth.principal_named(&name).ok_or_else(|| {
+            tracing::warn!(peer = %peer, "relayed request refused: its principal is unknown here");
+            Error::new(
+                ErrorKind::Authentication,
+                "relayed request refused: unknown principal",
+            )
+        })?
+    } else {
+        snap.auth.authenticate(&req.headers)?
+    };
     record.client = Some(principal.name.clone());
     // Region policy: a key pinned to other regions is never served here, whatever
     // DNS did with the client.
@@ -269,7 +290,13 @@ async fn phases(
     // The model goes to the record once forward is done with it (it names the
     // request's upstream limit scope until then).
     let model = meta.model;
-    match shared.limiter.admit(&principal.name, reservation).await {
+    // A relayed request was counted by the node its client called: limits count once.
+    let admitted = if relayed {
+        Ok(None)
+    } else {
+        shared.limiter.admit(&principal.name, reservation).await
+    };
+    match admitted {
         Ok(None) => {}
         Ok(Some(admission)) => {
             record.permit = Some(admission.permit);
@@ -282,24 +309,111 @@ async fn phases(
         }
     }
 
-    // 4. route: decide how the request leaves (today the direct path; the key is
-    // chosen per attempt inside forward, for the request's upstream limit scope).
+    // 4. route: decide how the request leaves: direct (the key is chosen per attempt
+    // inside forward, for the request's upstream limit scope), or through a peer
+    // region while the direct path's circuit is open. A relayed request is never
+    // relayed again (hop limit 1).
     let scope = route::Scope::new(route, model.as_deref());
-    let way_out = route::decide(snap.pool_for(&principal), snap.auth.mode(), scope);
+    let relays = shared.relay.as_ref().filter(|_| !relayed);
+    let peer_view = shared.health.cluster.relay_peers.load();
+    let candidates = match relays {
+        Some(_) => route::relay_peers(&peer_view, &principal),
+        None => Err(route::NoPeer::None),
+    };
+    let open = shared.health.upstream.status() == crate::health::Ready::Fail;
+    let relay_now = match &candidates {
+        Ok(peers) if open => peers.as_slice(),
+        _ => &[],
+    };
+    let way_out = route::decide(
+        snap.pool_for(&principal),
+        snap.auth.mode(),
+        scope,
+        relay_now,
+    );
 
     // 5. forward: carry the decision out.
     let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let outgoing = UpstreamHeaders::new(&headers, peer, snap.auth.mode());
-    let ctx = ForwardCtx {
-        route: way_out,
-        metrics: &shared.metrics,
-        health: &shared.health.upstream,
-        stream: meta.stream,
+    let up = shared.upstream.config();
+    let first_byte = if meta.stream {
+        up.stream_idle_timeout
+    } else {
+        up.read_timeout
+    } + up.send_timeout;
+    let forwarded = match (way_out, relays) {
+        (route::Route::Relay { peers }, Some(relays)) => {
+            relays
+                .send(
+                    peers,
+                    &principal.name,
+                    &method,
+                    path_and_query,
+                    &outgoing,
+                    body,
+                    first_byte,
+                    record,
+                )
+                .await
+        }
+        _ => {
+            // Kept to relay if no attempt gets past connecting (a streamed upload
+            // cannot be kept: it then gets the direct path's error).
+            let spare = relays.and_then(|_| body.try_clone());
+            let ctx = ForwardCtx {
+                route: way_out,
+                metrics: &shared.metrics,
+                health: &shared.health.upstream,
+                stream: meta.stream,
+                sent: Default::default(),
+            };
+            let direct = shared
+                .upstream
+                .forward(
+                    &ctx,
+                    method.clone(),
+                    path_and_query,
+                    &outgoing,
+                    body,
+                    record,
+                )
+                .await;
+            match (direct, relays, spare) {
+                (Err(e), Some(relays), Some(body))
+                    if e.kind == ErrorKind::UpstreamConnect
+                        && !ctx.sent.load(std::sync::atomic::Ordering::Relaxed) =>
+                {
+                    match &candidates {
+                        Ok(peers) => {
+                            relays
+                                .send(
+                                    peers,
+                                    &principal.name,
+                                    &method,
+                                    path_and_query,
+                                    &outgoing,
+                                    body,
+                                    first_byte,
+                                    record,
+                                )
+                                .await
+                        }
+                        Err(route::NoPeer::Residency) => Err(Error {
+                            message: format!(
+                                "{}; not relayed: this API key may not be served in the regions \
+                                 whose nodes could carry it (its allowed regions)",
+                                e.message
+                            )
+                            .into(),
+                            ..e
+                        }),
+                        Err(route::NoPeer::None) => Err(e),
+                    }
+                }
+                (direct, ..) => direct,
+            }
+        }
     };
-    let forwarded = shared
-        .upstream
-        .forward(&ctx, method, path_and_query, &outgoing, body, record)
-        .await;
     record.model = model;
     if let (Some((body, meta)), Some(deferral)) = (keep, deferral) {
         if let Some(outage) = outage(&forwarded) {
@@ -381,6 +495,7 @@ fn respond(
     mut record: RequestRecord,
     limits: LimitHeaders,
 ) -> Reply<ProxyBody, ReplyFields> {
+    let relayed_via = fwd.relayed_via;
     let UpstreamResponse {
         status,
         headers: upstream_headers,
@@ -398,6 +513,9 @@ fn respond(
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(crate::meta::REQUEST_ID, request_id);
+    if let Some(region) = relayed_via {
+        headers.insert(crate::relay::RELAYED_VIA, region);
+    }
     let idle = if kind == BodyKind::Sse {
         // Proxies in front (nginx and similar) must not buffer the stream either.
         headers.insert(

@@ -93,6 +93,7 @@ impl Node {
                 &metrics,
             ),
             deferral,
+            relay: crate::relay::Relays::new(&config, &metrics)?,
         });
 
         shared

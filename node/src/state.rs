@@ -87,6 +87,8 @@ pub struct Shared {
     /// The deferred queue and store; `None` on a passthrough node alone (it cannot
     /// defer: it would have to store the client's key).
     pub deferral: Option<Arc<crate::defer::Deferral>>,
+    /// Relay through peer regions, both sides; `None` without a cluster secret.
+    pub relay: Option<crate::relay::Relays>,
 }
 
 /// Request ids: a per-process random prefix and a counter, cheap and unique enough to

@@ -38,7 +38,8 @@ const LAYERS: &[Layer] = &[
     Layer {
         name: "phases",
         modules: &[
-            "accept", "auth", "admit", "limits", "route", "forward", "defer", "stream", "account",
+            "accept", "auth", "admit", "limits", "route", "forward", "relay", "defer", "stream",
+            "account",
         ],
         why: "one module per request phase; a later phase may use an earlier one's types, \
               never in a loop",

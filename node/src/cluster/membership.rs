@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use prometheus::core::Collector;
 
 use crate::error::{Error, Result};
-use crate::schema::{valid_name, NodeRecord, NodeState, PathHealth};
+use crate::schema::{valid_name, NodeRecord, NodeState, PathHealth, PathState, Ready};
 use crate::state::Shared;
 
 /// File inside the state directory that keeps a generated node id across restarts.
@@ -176,6 +176,42 @@ impl Members {
         self.nodes.is_empty()
     }
 
+    /// Nodes of other regions that can carry a relayed request now, best first: the
+    /// lowest published time to first byte (median, else average, else probe round
+    /// trip; a node with none yet comes last). None when this node cannot relay: no
+    /// cluster secret to sign with, or clients' own keys passing through (they never
+    /// travel between nodes).
+    fn relay_peers(&self, shared: &Shared) -> Vec<NodeRecord> {
+        let Some(cluster) = &shared.config.cluster else {
+            return Vec::new();
+        };
+        if shared.config.cluster_secret.is_none()
+            || shared.snapshot.load().auth.mode() == crate::config::KeyMode::Passthrough
+        {
+            return Vec::new();
+        }
+        let mut peers: Vec<NodeRecord> = self
+            .nodes
+            .values()
+            .filter_map(|raw| serde_json::from_slice::<NodeRecord>(raw).ok())
+            .filter(|r| {
+                r.region != cluster.region
+                    && r.state == NodeState::Serving
+                    && r.ready != Ready::Fail
+                    && r.path.state == PathState::Closed
+            })
+            .collect();
+        let speed = |r: &NodeRecord| {
+            let p = &r.path;
+            p.ttfb_p50_ms
+                .or(p.ttfb_ewma_ms)
+                .or(p.probe_rtt_ms)
+                .unwrap_or(f64::INFINITY)
+        };
+        peers.sort_by(|a, b| speed(a).total_cmp(&speed(b)));
+        peers
+    }
+
     /// Publishes the count to the node's status and metrics.
     pub fn publish(&self, shared: &Shared, metrics: &super::ClusterMetrics) {
         let n = self.nodes.len();
@@ -183,6 +219,15 @@ impl Members {
             tracing::info!(live_nodes = n, "cluster membership changed");
         }
         metrics.live_nodes.set(n as i64);
+        let peers = self.relay_peers(shared);
+        let status = &shared.health.cluster;
+        if peers.len() != status.relay_peers.load().len() {
+            tracing::info!(
+                relay_peers = peers.len(),
+                "peer regions to relay through changed"
+            );
+        }
+        status.relay_peers.store(std::sync::Arc::new(peers));
         // The limiter's safe share and lease size follow the live count, not a guess.
         if n > 0 {
             shared.limiter.set_node_count(n);

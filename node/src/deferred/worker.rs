@@ -528,7 +528,8 @@ async fn attempt(
         }
     }
     let scope = route::Scope::new(RouteKind::Messages, meta.model.as_deref());
-    let way_out = route::decide(snap.pool_for(&principal), snap.auth.mode(), scope);
+    // Deliveries wait on the direct path's circuit; they are not relayed.
+    let way_out = route::decide(snap.pool_for(&principal), snap.auth.mode(), scope, &[]);
     let peer = SocketAddr::from(([127, 0, 0, 1], 0));
     let outgoing = UpstreamHeaders::new(&fields, peer, snap.auth.mode());
     let ctx = ForwardCtx {
@@ -536,6 +537,7 @@ async fn attempt(
         metrics: &shared.metrics,
         health: &shared.health.upstream,
         stream: meta.stream,
+        sent: Default::default(),
     };
     let forwarded = shared
         .upstream

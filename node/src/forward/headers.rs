@@ -133,6 +133,8 @@ fn stays_behind(name: &[u8], mode: KeyMode) -> bool {
             // Framing is the sender's to decide, from the body it actually sends.
             14 => is(b"content-length"),
             15 => is(b"x-forwarded-for"),
+            // A peer's signed relay fields stop at the node that checked them.
+            n if n > 15 => name[..15].eq_ignore_ascii_case(b"x-strait-relay-"),
             _ => false,
         }
 }

@@ -41,6 +41,9 @@ pub struct Upstream {
 pub struct Forwarded {
     pub response: UpstreamResponse,
     pub prefix: Option<Bytes>,
+    /// The peer region that carried the request (`x-strait-relayed-via`); `None`
+    /// when it went direct.
+    pub relayed_via: Option<HeaderValue>,
 }
 
 /// Per-request inputs to the attempt loop.
@@ -51,6 +54,10 @@ pub struct ForwardCtx<'a> {
     pub health: &'a UpstreamHealth,
     /// The request streams its response (SSE): first-byte wait uses the stream idle timeout.
     pub stream: bool,
+    /// Set once an attempt may have reached the upstream (anything but a failed
+    /// connect or TLS handshake): such a request is never relayed afterwards, its
+    /// outcome being unknown.
+    pub sent: std::sync::atomic::AtomicBool,
 }
 
 impl Upstream {
@@ -127,7 +134,12 @@ impl Upstream {
         } else {
             wait + self.config.send_timeout
         };
-        let Route::Direct { pool, mode, scope } = ctx.route;
+        let Route::Direct { pool, mode, scope } = ctx.route else {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                "a relay route reached the direct attempt loop",
+            ));
+        };
         let mut body = Some(body);
         let mut avoid = None;
         let mut attempt = 0;
@@ -166,6 +178,9 @@ impl Upstream {
             let next_body =
                 |spare: &mut Option<RequestBody>| spare.as_ref().and_then(RequestBody::try_clone);
 
+            if !matches!(outcome, Ok(Err(SendError::Connect(_)))) {
+                ctx.sent.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             // Each way an attempt can go either ends the loop or names the retry's cause
             // and its pause, taken in one place below.
             let (cause, pause) = match outcome {
@@ -227,6 +242,7 @@ impl Upstream {
                             return Ok(Forwarded {
                                 response: resp,
                                 prefix: None,
+                                relayed_via: None,
                             });
                         }
                         let idle = self.config.stream_idle_timeout;
@@ -244,6 +260,7 @@ impl Upstream {
                                 return Ok(Forwarded {
                                     response: resp,
                                     prefix: Some(first),
+                                    relayed_via: None,
                                 })
                             }
                             Err(failure) => {
@@ -295,6 +312,7 @@ impl Upstream {
                                 _ => Ok(Forwarded {
                                     response: resp,
                                     prefix,
+                                    relayed_via: None,
                                 }),
                             };
                         }

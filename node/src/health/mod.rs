@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 
 pub use self::circuit::Circuit;
 pub use self::latency::{Ewma, Latency, Percentiles};
-pub use crate::schema::{PathState, Ready};
+pub use crate::schema::{NodeRecord, PathState, Ready};
 
 /// What the node has seen of its upstream path recently, updated on every attempt
 /// and probe with relaxed atomics (no locks on the hot path), and the circuit
@@ -151,8 +151,8 @@ impl UpstreamHealth {
         match self.circuit.state() {
             PathState::Closed => Ready::Pass,
             PathState::HalfOpen => Ready::Warn,
-            // No other way out exists yet. When the relay through a peer region
-            // lands, an open circuit with a working relay becomes `warn` here.
+            // The path itself: `Health::evaluate` makes it `warn` when a relay
+            // through a peer region can serve instead.
             PathState::Open => Ready::Fail,
         }
     }
@@ -245,7 +245,12 @@ impl Health {
     fn evaluate(&self, inputs: &ReadyInputs) -> Evaluation {
         let draining = self.is_draining();
         let drain = if draining { Ready::Fail } else { Ready::Pass };
-        let path = self.upstream.status();
+        // An open circuit with a peer region to relay through still serves (keys
+        // pinned to this region excepted: docs/failover.md).
+        let path = match self.upstream.status() {
+            Ready::Fail if self.cluster.can_relay() => Ready::Warn,
+            s => s,
+        };
 
         let keys = if inputs.passthrough {
             Ready::Pass
@@ -352,10 +357,16 @@ impl Health {
             PathState::HalfOpen => {
                 "recovering: a probe succeeded after the circuit opened".to_string()
             }
-            PathState::Open => format!(
-                "circuit open after {fails} transport failures in a row; last success {}",
-                fmt_ms(last_ok)
-            ),
+            PathState::Open => {
+                let relay = match self.cluster.relay_peers.load().first() {
+                    Some(p) => format!("; serving by relay through region {}", p.region),
+                    None => String::new(),
+                };
+                format!(
+                    "circuit open after {fails} transport failures in a row; last success {}{relay}",
+                    fmt_ms(last_ok)
+                )
+            }
         };
         let mut body = json!({
             "status": e.overall.as_str(),
@@ -525,9 +536,19 @@ pub struct ClusterStatus {
     /// Wakes the supervisor to rewrite the node record (drain, or the upstream
     /// path's circuit moved: shared with [`UpstreamHealth`]).
     pub record_changed: Arc<Notify>,
+    /// Nodes of other regions that can carry a relayed request now (serving, ready
+    /// `pass` or `warn`, direct path closed), best first. Written by the cluster's
+    /// membership watch; always empty on a node that cannot relay (no cluster
+    /// secret, or passing the client's key through).
+    pub relay_peers: arc_swap::ArcSwap<Vec<NodeRecord>>,
 }
 
 impl ClusterStatus {
+    /// Whether some peer region can carry requests now.
+    pub fn can_relay(&self) -> bool {
+        !self.relay_peers.load().is_empty()
+    }
+
     /// Nodes in the cluster as last seen in etcd, at least 1 (this node). The limiter
     /// divides a global limit by this for its safe local share.
     pub fn live_nodes(&self) -> usize {
@@ -584,6 +605,30 @@ mod tests {
 
         h.draining.store(true, Ordering::Relaxed);
         assert_eq!(h.readiness(&inputs()).0, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn an_open_circuit_with_a_relay_warns() {
+        let h = Health::new();
+        h.upstream.record_failure();
+        h.upstream.record_failure();
+        assert_eq!(h.ready(&inputs()), Ready::Fail);
+        let peer: NodeRecord = serde_json::from_value(json!({
+            "id": "w1", "region": "west", "public_addr": "127.0.0.1:1", "admin_addr": "127.0.0.1:2",
+            "version": "0", "started_at": "", "state": "serving",
+            "path": {"ttfb_ms": null, "error_rate": 0.0, "consecutive_failures": 0, "status": "pass"},
+        }))
+        .unwrap();
+        h.cluster.relay_peers.store(Arc::new(vec![peer]));
+        let (code, body) = h.readiness(&inputs());
+        assert_eq!(code, StatusCode::OK);
+        assert!(body.contains("\"status\":\"warn\""), "{body}");
+        assert!(
+            body.contains("serving by relay through region west"),
+            "{body}"
+        );
+        h.draining.store(true, Ordering::Relaxed);
+        assert_eq!(h.ready(&inputs()), Ready::Fail);
     }
 
     #[test]

@@ -1,0 +1,389 @@
+//! Relay through a peer region: in-process nodes of two or three regions on
+//! 127.0.0.1 sharing one etcd and one mock upstream, each node's path through its
+//! own fault proxy. A cut path relays with no client error; a key pinned to its
+//! region is never relayed; forged, stale and replayed signatures get 401; a relayed
+//! request is never relayed again; a stream comes through byte for byte.
+
+mod common;
+
+use std::time::Duration;
+
+use common::etcd::Etcd;
+use common::*;
+use strait_chaos::faultproxy::{FaultProxy, FaultProxyHandle};
+use strait_chaos::mock::{MockConfig, MockHandle, MockUpstream};
+use strait_node::config::{hash_key, RawConfig, Secret};
+use strait_node::relay::Channel;
+use strait_node::schema::{client_key_key, ClientKeyDoc, LimitsDoc};
+use strait_node::Node;
+
+const SECRET: &str = "relay-test-cluster-secret-0123456789";
+/// A cluster key allowed in `east` only.
+const PINNED_KEY: &str = "strait-client-key-pinned-east";
+/// The name the node gives the environment's client key ([`CLIENT_KEY`]).
+const ENV_KEY_NAME: &str = "key-1";
+
+/// A node of `region` whose upstream is the shared mock behind its own fault proxy.
+struct RegionNode {
+    _node: Node,
+    proxy: FaultProxyHandle,
+    url: String,
+    admin: String,
+    _state: tempfile::TempDir,
+}
+
+impl RegionNode {
+    async fn start(etcd: Option<&Etcd>, mock: &MockHandle, region: &str) -> RegionNode {
+        let proxy = FaultProxy::start(mock.addr())
+            .await
+            .expect("fault proxy starts");
+        let state = tempfile::tempdir().unwrap();
+        let mut raw = RawConfig::default();
+        raw.listen.public = "127.0.0.1:0".into();
+        raw.listen.admin = "127.0.0.1:0".into();
+        raw.upstream.base_url = format!("http://{}", proxy.addr());
+        raw.upstream.connect_timeout = Duration::from_millis(500);
+        raw.log.access_log = false;
+        raw.cluster.state_dir = state.path().to_path_buf();
+        raw.cluster.cluster_secret = Some(Secret::new(SECRET));
+        raw.health.probe_interval = Duration::from_millis(300);
+        raw.health.probe_timeout = Duration::from_millis(200);
+        if let Some(etcd) = etcd {
+            raw.cluster.etcd = vec![etcd.url.clone()];
+            raw.cluster.region = region.into();
+            raw.cluster.node_id = Some(format!("{region}-1"));
+            raw.cluster.lease_ttl = Duration::from_secs(5);
+        }
+        let config = raw
+            .validate(
+                UPSTREAM_KEYS.iter().map(|k| Secret::new(*k)).collect(),
+                vec![Secret::new(CLIENT_KEY)],
+            )
+            .expect("test config is valid");
+        let node = Node::start(config).await.expect("node starts");
+        RegionNode {
+            url: format!("http://{}", node.public_addr()),
+            admin: format!("http://{}", node.admin_addr()),
+            _node: node,
+            proxy,
+            _state: state,
+        }
+    }
+
+    fn cut(&self) {
+        self.proxy.set_refuse(true);
+        self.proxy.reset_all();
+    }
+
+    async fn message(&self, key: &str, stream: bool) -> Resp {
+        post_json(
+            &format!("{}/v1/messages", self.url),
+            &auth(key),
+            &message_body(stream),
+        )
+        .await
+    }
+
+    async fn metric(&self, series: &str) -> f64 {
+        let m = get(&format!("{}/metrics", self.admin), &[]).await.text();
+        m.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Waits until this node sees `n` nodes in etcd (its peers' records included).
+    async fn sees(&self, n: usize) {
+        eventually(
+            &format!("{n} live nodes"),
+            Duration::from_secs(10),
+            async || self.metric("strait_cluster_nodes").await == n as f64,
+        )
+        .await;
+    }
+
+    async fn readyz(&self) -> serde_json::Value {
+        get(&format!("{}/readyz", self.admin), &[]).await.json()
+    }
+}
+
+async fn mock() -> MockHandle {
+    MockUpstream::start(MockConfig::default())
+        .await
+        .expect("mock upstream starts")
+}
+
+/// Messages requests the mock has seen (probes left out).
+fn messages_seen(mock: &MockHandle) -> Vec<strait_chaos::mock::RecordedRequest> {
+    mock.requests()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/v1/messages"))
+        .collect()
+}
+
+/// A body with its message id (`msg_` and 24 characters) blanked.
+fn unnamed(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body).into_owned();
+    match text.find("\"id\":\"msg_") {
+        Some(at) => {
+            let start = at + "\"id\":\"msg_".len();
+            format!("{}{}", &text[..start], &text[start + 24..])
+        }
+        None => text,
+    }
+}
+
+async fn put_pinned_key(etcd: &Etcd) {
+    let doc = ClientKeyDoc {
+        id: "ck-pinned".into(),
+        name: "pinned".into(),
+        tenant: None,
+        sha256: hex::encode(hash_key(PINNED_KEY)),
+        created_at: "2026-11-27T00:00:00Z".into(),
+        revoked: false,
+        limits: LimitsDoc::default(),
+        allowed_regions: Some(vec!["east".into()]),
+        pool: None,
+    };
+    etcd.client()
+        .await
+        .put(
+            client_key_key("ck-pinned"),
+            serde_json::to_vec(&doc).unwrap(),
+            None,
+        )
+        .await
+        .expect("etcd put");
+}
+
+/// Signed relay fields as a peer would send them, for `path` as `principal`.
+fn signed(
+    channel: &Channel,
+    path: &str,
+    principal: &str,
+    ts: Option<u64>,
+) -> Vec<(String, String)> {
+    let s = match ts {
+        Some(ts) => channel.sign_at("POST", path, principal, ts, rand::random()),
+        None => channel.sign("POST", path, principal),
+    }
+    .unwrap();
+    s.fields()
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+        .collect()
+}
+
+async fn post_signed(url: &str, fields: &[(String, String)]) -> Resp {
+    let mut headers: Vec<(&str, &str)> = vec![("anthropic-version", "2023-06-01")];
+    headers.extend(fields.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+    post_json(
+        &format!("{url}/v1/messages"),
+        &headers,
+        &message_body(false),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_path_relays_through_the_peer_and_a_pinned_key_is_never_relayed() {
+    let etcd = Etcd::start();
+    let mock = mock().await;
+    put_pinned_key(&etcd).await;
+    let east = RegionNode::start(Some(&etcd), &mock, "east").await;
+    let west = RegionNode::start(Some(&etcd), &mock, "west").await;
+    east.sees(2).await;
+    eventually(
+        "the pinned key is known",
+        Duration::from_secs(10),
+        async || east.message(PINNED_KEY, false).await.status == 200,
+    )
+    .await;
+    let direct = east.message(CLIENT_KEY, true).await;
+    assert_eq!(direct.status, 200);
+    assert_eq!(direct.header("x-strait-relayed-via"), None);
+
+    // Cut before the circuit knows: the failed connect turns into a relay within
+    // the same request.
+    east.cut();
+    let before = messages_seen(&mock).len();
+    let started = std::time::Instant::now();
+    let r = east.message(CLIENT_KEY, false).await;
+    let first_relay = started.elapsed();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-strait-relayed-via"), Some("west"));
+    let seen = messages_seen(&mock);
+    assert_eq!(seen.len(), before + 1, "sent upstream once, by west");
+    let last = seen.last().unwrap();
+    assert!(
+        last.header("x-strait-relay-signature").is_none()
+            && last.header("x-strait-relay-principal").is_none(),
+        "relay fields stop at the peer"
+    );
+    assert!(
+        UPSTREAM_KEYS.contains(&last.header("x-api-key").unwrap()),
+        "the upstream gets a gateway key, never the client's"
+    );
+
+    // A key pinned to east is not sent through west: today's 502, naming the policy.
+    let r = east.message(PINNED_KEY, false).await;
+    r.assert_gateway_error(502, "api_error");
+    assert!(r.text().contains("not relayed"), "{}", r.text());
+    assert_eq!(r.header("x-strait-relayed-via"), None);
+    assert_eq!(
+        messages_seen(&mock).len(),
+        before + 1,
+        "the pinned request went nowhere"
+    );
+
+    // The circuit opens; with a peer to relay through, /readyz warns (still 200).
+    eventually("readyz warn", Duration::from_secs(3), async || {
+        east.readyz().await["status"] == "warn"
+    })
+    .await;
+    let v = east.readyz().await;
+    assert_eq!(
+        v["checks"]["upstream:path"][0]["observedValue"], "open",
+        "{v}"
+    );
+    // Relayed from the start now (the circuit is open); streams byte for byte.
+    let started = std::time::Instant::now();
+    let r = east.message(CLIENT_KEY, false).await;
+    let open_relay = started.elapsed();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-strait-relayed-via"), Some("west"));
+    let relayed = east.message(CLIENT_KEY, true).await;
+    assert_eq!(relayed.status, 200);
+    assert_eq!(relayed.header("x-strait-relayed-via"), Some("west"));
+    let via_west = west.message(CLIENT_KEY, true).await;
+    // The mock names each message afresh; every other byte is the same.
+    assert_eq!(
+        unnamed(&relayed.body),
+        unnamed(&via_west.body),
+        "the stream relayed byte for byte"
+    );
+    assert_eq!(unnamed(&relayed.body), unnamed(&direct.body));
+    assert_eq!(relayed.body.len(), via_west.body.len());
+    assert!(
+        east.metric(r#"strait_relay_requests_total{direction="sent"}"#)
+            .await
+            >= 3.0
+    );
+    assert!(
+        west.metric(r#"strait_relay_requests_total{direction="received"}"#)
+            .await
+            >= 3.0
+    );
+    eprintln!("measured: relay after a failed connect {first_relay:?}, relay on an open circuit {open_relay:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_stale_and_replayed_signatures_are_refused() {
+    let mock = mock().await;
+    let n = RegionNode::start(None, &mock, "east").await;
+    let ours = Channel::new(SECRET.as_bytes());
+
+    let good = signed(&ours, "/v1/messages", ENV_KEY_NAME, None);
+    let r = post_signed(&n.url, &good).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The same signature again: a replay.
+    let r = post_signed(&n.url, &good).await;
+    r.assert_gateway_error(401, "authentication_error");
+    assert!(r.text().contains("replayed"), "{}", r.text());
+
+    let forged = signed(
+        &Channel::new(b"not-the-cluster-secret-at-all"),
+        "/v1/messages",
+        ENV_KEY_NAME,
+        None,
+    );
+    post_signed(&n.url, &forged)
+        .await
+        .assert_gateway_error(401, "authentication_error");
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let stale = signed(&ours, "/v1/messages", ENV_KEY_NAME, Some(now - 30));
+    let r = post_signed(&n.url, &stale).await;
+    r.assert_gateway_error(401, "authentication_error");
+    assert!(r.text().contains("stale"), "{}", r.text());
+
+    // Signed for another path, and a principal the node does not know.
+    let other = signed(&ours, "/v1/complete", ENV_KEY_NAME, None);
+    post_signed(&n.url, &other)
+        .await
+        .assert_gateway_error(401, "authentication_error");
+    let unknown = signed(&ours, "/v1/messages", "nobody", None);
+    post_signed(&n.url, &unknown)
+        .await
+        .assert_gateway_error(401, "authentication_error");
+    assert_eq!(
+        n.metric(r#"strait_relay_requests_total{direction="refused"}"#)
+            .await,
+        4.0
+    );
+    assert_eq!(
+        messages_seen(&mock).len(),
+        1,
+        "only the genuine request went upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_request_is_never_relayed_again_with_three_regions() {
+    let etcd = Etcd::start();
+    let mock = mock().await;
+    let east = RegionNode::start(Some(&etcd), &mock, "east").await;
+    let west = RegionNode::start(Some(&etcd), &mock, "west").await;
+    let south = RegionNode::start(Some(&etcd), &mock, "south").await;
+    for n in [&east, &west, &south] {
+        n.sees(3).await;
+    }
+    // West's path is cut, its circuit not open yet: a request relayed to it fails
+    // there with the direct path's error, and is not passed on to south.
+    let channel = Channel::new(SECRET.as_bytes());
+    west.cut();
+    let r = post_signed(
+        &west.url,
+        &signed(&channel, "/v1/messages", ENV_KEY_NAME, None),
+    )
+    .await;
+    r.assert_gateway_error(502, "api_error");
+    assert_eq!(r.header("x-strait-relayed-via"), None);
+    assert_eq!(
+        south
+            .metric(r#"strait_relay_requests_total{direction="received"}"#)
+            .await,
+        0.0
+    );
+
+    // East cut too: its request goes through south (west's path is open by now or
+    // soon; either way the request is sent upstream exactly once).
+    east.cut();
+    eventually(
+        "west's circuit open in east's view",
+        Duration::from_secs(5),
+        async || west.readyz().await["checks"]["upstream:path"][0]["observedValue"] == "open",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let before = messages_seen(&mock).len();
+    let r = east.message(CLIENT_KEY, false).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-strait-relayed-via"), Some("south"));
+    assert_eq!(messages_seen(&mock).len(), before + 1);
+    assert_eq!(
+        west.metric(r#"strait_relay_requests_total{direction="sent"}"#)
+            .await,
+        0.0,
+        "west relayed nothing"
+    );
+    assert_eq!(
+        south
+            .metric(r#"strait_relay_requests_total{direction="sent"}"#)
+            .await,
+        0.0,
+        "south relayed nothing"
+    );
+}
