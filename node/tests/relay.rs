@@ -34,6 +34,16 @@ struct RegionNode {
 
 impl RegionNode {
     async fn start(etcd: Option<&Etcd>, mock: &MockHandle, region: &str) -> RegionNode {
+        RegionNode::start_with(etcd, mock, region, |_| {}).await
+    }
+
+    /// [`RegionNode::start`], with the raw config changed by `tweak`.
+    async fn start_with(
+        etcd: Option<&Etcd>,
+        mock: &MockHandle,
+        region: &str,
+        tweak: impl FnOnce(&mut RawConfig),
+    ) -> RegionNode {
         let proxy = FaultProxy::start(mock.addr())
             .await
             .expect("fault proxy starts");
@@ -54,6 +64,7 @@ impl RegionNode {
             raw.cluster.node_id = Some(format!("{region}-1"));
             raw.cluster.lease_ttl = Duration::from_secs(5);
         }
+        tweak(&mut raw);
         let config = raw
             .validate(
                 UPSTREAM_KEYS.iter().map(|k| Secret::new(*k)).collect(),
@@ -385,5 +396,47 @@ async fn a_relayed_request_is_never_relayed_again_with_three_regions() {
             .await,
         0.0,
         "south relayed nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_path_times_out_once_then_the_circuit_opens_and_requests_relay() {
+    let etcd = Etcd::start();
+    let mock = mock().await;
+    let east = RegionNode::start_with(Some(&etcd), &mock, "east", |raw| {
+        raw.upstream.read_timeout = Duration::from_millis(800);
+    })
+    .await;
+    let _west = RegionNode::start(Some(&etcd), &mock, "west").await;
+    east.sees(2).await;
+    assert_eq!(east.message(CLIENT_KEY, false).await.status, 200);
+
+    // The path stalls: the request goes out and nothing comes back. Its outcome is
+    // unknown, so it is neither relayed nor resent: the client gets the timeout.
+    east.proxy.set_blackhole(true);
+    let stalled = post_json(
+        &format!("{}/v1/messages", east.url),
+        &auth(CLIENT_KEY),
+        &common::deferred::marked("stalled-1", false),
+    )
+    .await;
+    stalled.assert_gateway_error(504, "api_error");
+    assert_eq!(stalled.header("x-strait-relayed-via"), None);
+
+    // The stall and the probes' timeouts open the circuit; new requests relay.
+    eventually("the circuit opens", Duration::from_secs(5), async || {
+        east.readyz().await["checks"]["upstream:path"][0]["observedValue"] == "open"
+    })
+    .await;
+    let r = east.message(CLIENT_KEY, false).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-strait-relayed-via"), Some("west"));
+
+    // Once the stall clears, the held request reaches the upstream at most once.
+    east.proxy.set_blackhole(false);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        common::deferred::received(&mock, "stalled-1") <= 1,
+        "the stalled request was never resent"
     );
 }
