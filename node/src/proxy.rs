@@ -216,7 +216,9 @@ async fn phases(
             record.model = meta.model.clone();
             Ok((full_bytes(&body), meta))
         };
-        let answer = deferred_api::serve(
+        // The rare ways (the deferred API, a deferral, a relay) run boxed: awaited in
+        // place, each would widen this future, which every request moves.
+        let answer = Box::pin(deferred_api::serve(
             deferral,
             snap.auth.mode(),
             &principal,
@@ -224,7 +226,7 @@ async fn phases(
             uri.path(),
             &headers,
             admitted,
-        )
+        ))
         .await?;
         return Ok(Answer::Local(answer));
     }
@@ -275,12 +277,14 @@ async fn phases(
             &meta,
             "always",
         );
-        let accepted = deferral.enqueue(req).await?;
+        let accepted = Box::pin(deferral.enqueue(req)).await?;
         return Ok(Answer::Local(deferred_api::accepted_response(&accepted)));
     }
     // `on-outage`: kept to be queued if no attempt reaches the upstream.
     let keep = match defer {
-        Some(DeferMode::OnOutage) => Some((full_bytes(&body), meta.clone())),
+        // Boxed: held across the forward, it would otherwise widen every request's
+        // future for what few requests carry.
+        Some(DeferMode::OnOutage) => Some(Box::new((full_bytes(&body), meta.clone()))),
         _ => None,
     };
 
@@ -343,18 +347,17 @@ async fn phases(
     } + up.send_timeout;
     let forwarded = match (way_out, relays) {
         (route::Route::Relay { peers }, Some(relays)) => {
-            relays
-                .send(
-                    peers,
-                    &principal.name,
-                    &method,
-                    path_and_query,
-                    &outgoing,
-                    body,
-                    first_byte,
-                    record,
-                )
-                .await
+            Box::pin(relays.send(
+                peers,
+                &principal.name,
+                &method,
+                path_and_query,
+                &outgoing,
+                body,
+                first_byte,
+                record,
+            ))
+            .await
         }
         _ => {
             // Kept to relay if no attempt gets past connecting (a streamed upload
@@ -385,18 +388,17 @@ async fn phases(
                 {
                     match &candidates {
                         Ok(peers) => {
-                            relays
-                                .send(
-                                    peers,
-                                    &principal.name,
-                                    &method,
-                                    path_and_query,
-                                    &outgoing,
-                                    body,
-                                    first_byte,
-                                    record,
-                                )
-                                .await
+                            Box::pin(relays.send(
+                                peers,
+                                &principal.name,
+                                &method,
+                                path_and_query,
+                                &outgoing,
+                                body,
+                                first_byte,
+                                record,
+                            ))
+                            .await
                         }
                         Err(route::NoPeer::Residency) => Err(Error {
                             message: format!(
@@ -415,7 +417,8 @@ async fn phases(
         }
     };
     record.model = model;
-    if let (Some((body, meta)), Some(deferral)) = (keep, deferral) {
+    if let (Some(kept), Some(deferral)) = (keep, deferral) {
+        let (body, meta) = *kept;
         if let Some(outage) = outage(&forwarded) {
             let req = deferred_api::enqueue_request(
                 &principal,
@@ -425,7 +428,7 @@ async fn phases(
                 &meta,
                 "on_outage",
             );
-            return match deferral.enqueue(req).await {
+            return match Box::pin(deferral.enqueue(req)).await {
                 Ok(accepted) => {
                     tracing::info!(request_id = %record.request_id, id = %accepted.id, "deferred after: {outage}");
                     Ok(Answer::Local(deferred_api::accepted_response(&accepted)))
