@@ -216,9 +216,7 @@ async fn phases(
             record.model = meta.model.clone();
             Ok((full_bytes(&body), meta))
         };
-        // The rare ways (the deferred API, a deferral, a relay) run boxed: awaited in
-        // place, each would widen this future, which every request moves.
-        let answer = Box::pin(deferred_api::serve(
+        let answer = deferred_api::serve(
             deferral,
             snap.auth.mode(),
             &principal,
@@ -226,7 +224,7 @@ async fn phases(
             uri.path(),
             &headers,
             admitted,
-        ))
+        )
         .await?;
         return Ok(Answer::Local(answer));
     }
@@ -277,14 +275,12 @@ async fn phases(
             &meta,
             "always",
         );
-        let accepted = Box::pin(deferral.enqueue(req)).await?;
+        let accepted = deferral.enqueue(req).await?;
         return Ok(Answer::Local(deferred_api::accepted_response(&accepted)));
     }
     // `on-outage`: kept to be queued if no attempt reaches the upstream.
     let keep = match defer {
-        // Boxed: held across the forward, it would otherwise widen every request's
-        // future for what few requests carry.
-        Some(DeferMode::OnOutage) => Some(Box::new((full_bytes(&body), meta.clone()))),
+        Some(DeferMode::OnOutage) => Some((full_bytes(&body), meta.clone())),
         _ => None,
     };
 
@@ -347,17 +343,18 @@ async fn phases(
     } + up.send_timeout;
     let forwarded = match (way_out, relays) {
         (route::Route::Relay { peers }, Some(relays)) => {
-            Box::pin(relays.send(
-                peers,
-                &principal.name,
-                &method,
-                path_and_query,
-                &outgoing,
-                body,
-                first_byte,
-                record,
-            ))
-            .await
+            relays
+                .send(
+                    peers,
+                    &principal.name,
+                    &method,
+                    path_and_query,
+                    &outgoing,
+                    body,
+                    first_byte,
+                    record,
+                )
+                .await
         }
         _ => {
             // Kept to relay if no attempt gets past connecting (a streamed upload
@@ -388,17 +385,18 @@ async fn phases(
                 {
                     match &candidates {
                         Ok(peers) => {
-                            Box::pin(relays.send(
-                                peers,
-                                &principal.name,
-                                &method,
-                                path_and_query,
-                                &outgoing,
-                                body,
-                                first_byte,
-                                record,
-                            ))
-                            .await
+                            relays
+                                .send(
+                                    peers,
+                                    &principal.name,
+                                    &method,
+                                    path_and_query,
+                                    &outgoing,
+                                    body,
+                                    first_byte,
+                                    record,
+                                )
+                                .await
                         }
                         Err(route::NoPeer::Residency) => Err(Error {
                             message: format!(
@@ -417,8 +415,7 @@ async fn phases(
         }
     };
     record.model = model;
-    if let (Some(kept), Some(deferral)) = (keep, deferral) {
-        let (body, meta) = *kept;
+    if let (Some((body, meta)), Some(deferral)) = (keep, deferral) {
         if let Some(outage) = outage(&forwarded) {
             let req = deferred_api::enqueue_request(
                 &principal,
@@ -428,7 +425,7 @@ async fn phases(
                 &meta,
                 "on_outage",
             );
-            return match Box::pin(deferral.enqueue(req)).await {
+            return match deferral.enqueue(req).await {
                 Ok(accepted) => {
                     tracing::info!(request_id = %record.request_id, id = %accepted.id, "deferred after: {outage}");
                     Ok(Answer::Local(deferred_api::accepted_response(&accepted)))
