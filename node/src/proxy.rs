@@ -341,21 +341,11 @@ async fn phases(
     } else {
         up.read_timeout
     } + up.send_timeout;
-    let forwarded = match (way_out, relays) {
-        (route::Route::Relay { peers }, Some(relays)) => {
-            relays
-                .send(
-                    peers,
-                    &principal.name,
-                    &method,
-                    path_and_query,
-                    &outgoing,
-                    body,
-                    first_byte,
-                    record,
-                )
-                .await
-        }
+    // Through a peer when the route says so, or when the direct attempt could not
+    // even connect (nothing was sent, so the same request may go another way);
+    // otherwise the direct path's result.
+    let (relay_with, direct) = match (way_out, relays) {
+        (route::Route::Relay { peers }, Some(_)) => (Some((peers, body)), None),
         _ => {
             // Kept to relay if no attempt gets past connecting (a streamed upload
             // cannot be kept: it then gets the direct path's error).
@@ -379,40 +369,52 @@ async fn phases(
                 )
                 .await;
             match (direct, relays, spare) {
-                (Err(e), Some(relays), Some(body))
+                (Err(e), Some(_), Some(body))
                     if e.kind == ErrorKind::UpstreamConnect
                         && !ctx.sent.load(std::sync::atomic::Ordering::Relaxed) =>
                 {
                     match &candidates {
-                        Ok(peers) => {
-                            relays
-                                .send(
-                                    peers,
-                                    &principal.name,
-                                    &method,
-                                    path_and_query,
-                                    &outgoing,
-                                    body,
-                                    first_byte,
-                                    record,
+                        Ok(peers) => (Some((peers.as_slice(), body)), None),
+                        Err(route::NoPeer::Residency) => (
+                            None,
+                            Some(Err(Error {
+                                message: format!(
+                                    "{}; not relayed: this API key may not be served in the \
+                                     regions whose nodes could carry it (its allowed regions)",
+                                    e.message
                                 )
-                                .await
-                        }
-                        Err(route::NoPeer::Residency) => Err(Error {
-                            message: format!(
-                                "{}; not relayed: this API key may not be served in the regions \
-                                 whose nodes could carry it (its allowed regions)",
-                                e.message
-                            )
-                            .into(),
-                            ..e
-                        }),
-                        Err(route::NoPeer::None) => Err(e),
+                                .into(),
+                                ..e
+                            })),
+                        ),
+                        Err(route::NoPeer::None) => (None, Some(Err(e))),
                     }
                 }
-                (direct, ..) => direct,
+                (direct, ..) => (None, Some(direct)),
             }
         }
+    };
+    let forwarded = match (relay_with, relays, direct) {
+        (Some((peers, body)), Some(relays), _) => {
+            relays
+                .send(
+                    peers,
+                    &principal.name,
+                    &method,
+                    path_and_query,
+                    &outgoing,
+                    body,
+                    first_byte,
+                    record,
+                )
+                .await
+        }
+        (_, _, Some(direct)) => direct,
+        // A relay is chosen only with a relay channel; never a panic on the request path.
+        (_, _, None) => Err(Error::new(
+            ErrorKind::Internal,
+            "no way out was taken for this request",
+        )),
     };
     record.model = model;
     if let (Some((body, meta)), Some(deferral)) = (keep, deferral) {
