@@ -59,6 +59,27 @@ async fn defer(url: &str, marker: &str, extra: &[(&str, &str)]) -> Resp {
     post_json(&format!("{url}/v1/messages"), &h, &marked(marker, false)).await
 }
 
+/// A node of region `default` on `broker` and `redis`, and its public URL.
+async fn start_node(
+    broker: &RabbitMq,
+    redis: &RedisServer,
+    upstream: std::net::SocketAddr,
+    dir: &Path,
+    tweak: impl FnOnce(&mut RawConfig),
+) -> (strait_node::Node, String) {
+    let node = broker_node(
+        "default",
+        &broker.url(),
+        &redis_url(redis),
+        upstream,
+        dir,
+        tweak,
+    )
+    .await;
+    let url = format!("http://{}", node.public_addr());
+    (node, url)
+}
+
 async fn cut_path(proxy: &FaultProxyHandle) {
     proxy.set_refuse(true);
     proxy.reset_all();
@@ -71,16 +92,7 @@ async fn a_broker_down_means_503_never_202_and_its_queue_survives_a_restart() {
     let mock = MockUpstream::start(MockConfig::default()).await.unwrap();
     let proxy = FaultProxy::start(mock.addr()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let node = broker_node(
-        "default",
-        &broker.url(),
-        &redis_url(&redis),
-        proxy.addr(),
-        dir.path(),
-        |_| {},
-    )
-    .await;
-    let url = format!("http://{}", node.public_addr());
+    let (node, url) = start_node(&broker, &redis, proxy.addr(), dir.path(), |_| {}).await;
 
     cut_path(&proxy).await;
     let mut ids = Vec::new();
@@ -150,16 +162,7 @@ async fn redis_restarted_keeps_results_and_while_down_deferral_is_refused() {
     let mut redis = durable_redis();
     let mock = MockUpstream::start(MockConfig::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let node = broker_node(
-        "default",
-        &broker.url(),
-        &redis_url(&redis),
-        mock.addr(),
-        dir.path(),
-        |_| {},
-    )
-    .await;
-    let url = format!("http://{}", node.public_addr());
+    let (node, url) = start_node(&broker, &redis, mock.addr(), dir.path(), |_| {}).await;
 
     let id = accepted_id(&defer(&url, "r-1", &[]).await);
     let first = settled(&url, &id, Duration::from_secs(30)).await;
@@ -195,16 +198,7 @@ async fn a_forced_duplicate_delivery_is_acked_without_sending() {
     let redis = durable_redis();
     let mock = MockUpstream::start(MockConfig::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let node = broker_node(
-        "default",
-        &broker.url(),
-        &redis_url(&redis),
-        mock.addr(),
-        dir.path(),
-        |_| {},
-    )
-    .await;
-    let url = format!("http://{}", node.public_addr());
+    let (node, url) = start_node(&broker, &redis, mock.addr(), dir.path(), |_| {}).await;
 
     let id = accepted_id(&defer(&url, "d-1", &[]).await);
     assert_eq!(
@@ -271,19 +265,11 @@ async fn the_broker_dead_letters_after_the_delivery_limit_and_get_says_why() {
         mock.set_key_fault(key, Fault::overloaded());
     }
     let dir = tempfile::tempdir().unwrap();
-    let node = broker_node(
-        "default",
-        &broker.url(),
-        &redis_url(&redis),
-        mock.addr(),
-        dir.path(),
-        |raw| {
-            raw.deferred.delivery_limit = 1;
-            raw.upstream.max_attempts = 1;
-        },
-    )
+    let (node, url) = start_node(&broker, &redis, mock.addr(), dir.path(), |raw| {
+        raw.deferred.delivery_limit = 1;
+        raw.upstream.max_attempts = 1;
+    })
     .await;
-    let url = format!("http://{}", node.public_addr());
     let id = accepted_id(&defer(&url, "dl-1", &[]).await);
     let r = settled(&url, &id, Duration::from_secs(60)).await;
     r.assert_gateway_error(502, "api_error");
