@@ -1,5 +1,5 @@
-//! Userspace TCP proxy that injects network faults (latency, blackhole, refusal, resets),
-//! standing in for netem, which this kernel lacks.
+//! Userspace TCP proxy that injects network faults (latency with jitter and spikes,
+//! blackhole, refusal, resets), standing in for netem, which this kernel lacks.
 
 use std::io;
 use std::net::SocketAddr;
@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -21,6 +22,9 @@ const IN_FLIGHT: usize = 64;
 struct Shared {
     upstream: SocketAddr,
     latency_us: AtomicU64,
+    jitter_us: AtomicU64,
+    // Extra one-way delay while a spike episode lasts; 0 between episodes.
+    spike_us: AtomicU64,
     blackhole: watch::Sender<bool>,
     refuse: watch::Sender<bool>,
     // Bumped by reset_all; every connection watches it.
@@ -29,8 +33,55 @@ struct Shared {
 }
 
 impl Shared {
+    /// The delay for the chunk read now: base, plus uniform jitter, plus any spike.
     fn latency(&self) -> Duration {
-        Duration::from_micros(self.latency_us.load(Relaxed))
+        let jitter = self.jitter_us.load(Relaxed);
+        let jitter = if jitter == 0 {
+            0
+        } else {
+            rand::rng().random_range(0..=jitter)
+        };
+        Duration::from_micros(
+            self.latency_us
+                .load(Relaxed)
+                .saturating_add(jitter)
+                .saturating_add(self.spike_us.load(Relaxed)),
+        )
+    }
+}
+
+/// Latency spike episodes, as on a congested long-haul link: at random moments (on average
+/// every `every`) the one-way delay rises by a random amount in `extra_min..=extra_max`
+/// for `length`. Chunks stay in order, so data read during a spike holds back what follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Spikes {
+    pub every: Duration,
+    pub length: Duration,
+    pub extra_min: Duration,
+    pub extra_max: Duration,
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Drives spike episodes until aborted.
+async fn spike_loop(shared: Arc<Shared>, spikes: Spikes) {
+    let every = micros(spikes.every).max(1);
+    let (lo, hi) = (micros(spikes.extra_min), micros(spikes.extra_max));
+    let (lo, hi) = (lo.min(hi), lo.max(hi));
+    loop {
+        // Exponential gaps: episodes arrive as a Poisson process, not on a beat a test
+        // could fall between.
+        let gap = {
+            let u: f64 = rand::rng().random_range(f64::EPSILON..1.0);
+            (-(u.ln()) * every as f64) as u64
+        };
+        tokio::time::sleep(Duration::from_micros(gap)).await;
+        let extra = rand::rng().random_range(lo..=hi);
+        shared.spike_us.store(extra, Relaxed);
+        tokio::time::sleep(spikes.length).await;
+        shared.spike_us.store(0, Relaxed);
     }
 }
 
@@ -45,6 +96,8 @@ impl FaultProxy {
         let shared = Arc::new(Shared {
             upstream,
             latency_us: AtomicU64::new(0),
+            jitter_us: AtomicU64::new(0),
+            spike_us: AtomicU64::new(0),
             blackhole: watch::Sender::new(false),
             refuse: watch::Sender::new(false),
             generation: watch::Sender::new(0),
@@ -56,6 +109,7 @@ impl FaultProxy {
             shared,
             abort: task.abort_handle(),
             task: Mutex::new(Some(task)),
+            spikes: Mutex::new(None),
         })
     }
 }
@@ -66,6 +120,7 @@ pub struct FaultProxyHandle {
     shared: Arc<Shared>,
     abort: AbortHandle,
     task: Mutex<Option<JoinHandle<()>>>,
+    spikes: Mutex<Option<AbortHandle>>,
 }
 
 impl FaultProxyHandle {
@@ -77,11 +132,27 @@ impl FaultProxyHandle {
     /// Delay added to every chunk in each direction (a round trip gains twice this).
     /// Applies to data read from now on; connection setup is not delayed.
     pub fn set_latency(&self, latency: Duration) {
-        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        self.shared.latency_us.store(us, Relaxed);
+        self.shared.latency_us.store(micros(latency), Relaxed);
     }
 
-    /// The current one-way latency.
+    /// Adds a uniform random delay in `0..=jitter` to each chunk, on top of the base latency.
+    pub fn set_jitter(&self, jitter: Duration) {
+        self.shared.jitter_us.store(micros(jitter), Relaxed);
+    }
+
+    /// Starts spike episodes (replacing any running), or stops them with `None`.
+    pub fn set_spikes(&self, spikes: Option<Spikes>) {
+        let mut slot = self.spikes.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(old) = slot.take() {
+            old.abort();
+        }
+        self.shared.spike_us.store(0, Relaxed);
+        if let Some(spikes) = spikes {
+            *slot = Some(tokio::spawn(spike_loop(self.shared.clone(), spikes)).abort_handle());
+        }
+    }
+
+    /// The one-way delay a chunk read now would get (base, a jitter draw, any spike).
     pub fn latency(&self) -> Duration {
         self.shared.latency()
     }
@@ -112,6 +183,7 @@ impl FaultProxyHandle {
 
     /// Closes the listener and all connections, and waits until they are gone.
     pub async fn shutdown(&self) {
+        self.set_spikes(None);
         self.abort.abort();
         let task = self
             .task
@@ -126,6 +198,7 @@ impl FaultProxyHandle {
 
 impl Drop for FaultProxyHandle {
     fn drop(&mut self) {
+        self.set_spikes(None);
         self.abort.abort();
     }
 }

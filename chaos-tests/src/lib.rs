@@ -12,7 +12,8 @@
 //!   - `mock/ratelimit.rs`: the usage window behind the `anthropic-ratelimit-*` headers.
 //!   - `mock/response.rs`: body type, ids, Anthropic error shape, paced sending.
 //! - [`layers`]: an architecture check holding a crate's imports to a layer table.
-//! - [`faultproxy`]: a userspace TCP proxy injecting latency, blackholes, refusals and resets.
+//! - [`faultproxy`]: a userspace TCP proxy injecting latency (with jitter and spikes),
+//!   blackholes, refusals and resets.
 //! - [`process`]: a binary under test as a child process, output captured, started when ready.
 //! - [`rabbitmq`]: a private RabbitMQ broker on free ports: start, stop, SIGKILL, restart.
 //! - [`tls`]: a throwaway CA and server certificate, and rustls configs for both ends.

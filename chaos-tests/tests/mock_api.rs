@@ -13,7 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
-use strait_chaos::faultproxy::FaultProxy;
+use strait_chaos::faultproxy::{FaultProxy, Spikes};
 use strait_chaos::mock::{Fault, MockConfig, MockEndpoint, MockHandle, MockLimit, MockUpstream};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -1186,6 +1186,45 @@ async fn fault_proxy_adds_latency_both_ways() {
         "one request and one response leg: {:?}",
         start.elapsed()
     );
+}
+
+#[tokio::test]
+async fn fault_proxy_jitter_and_spikes_vary_the_delay_within_their_bounds() {
+    let mock = mock().await;
+    let proxy = FaultProxy::start(mock.addr()).await.unwrap();
+    proxy.set_latency(Duration::from_millis(10));
+    proxy.set_jitter(Duration::from_millis(5));
+    let draws: Vec<Duration> = (0..200).map(|_| proxy.latency()).collect();
+    assert!(draws
+        .iter()
+        .all(|d| (Duration::from_millis(10)..=Duration::from_millis(15)).contains(d)));
+    assert!(
+        draws.iter().any(|d| *d != draws[0]),
+        "jitter should vary the delay"
+    );
+
+    proxy.set_jitter(Duration::ZERO);
+    proxy.set_spikes(Some(Spikes {
+        every: Duration::from_millis(20),
+        length: Duration::from_millis(30),
+        extra_min: Duration::from_millis(200),
+        extra_max: Duration::from_millis(300),
+    }));
+    let mut spiked = false;
+    for _ in 0..200 {
+        let d = proxy.latency();
+        assert!(
+            d == Duration::from_millis(10)
+                || (Duration::from_millis(210)..=Duration::from_millis(310)).contains(&d),
+            "a delay outside base or base+spike: {d:?}"
+        );
+        spiked |= d > Duration::from_millis(10);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(spiked, "no spike within a second at one per 20 ms");
+    proxy.set_spikes(None);
+    assert_eq!(proxy.latency(), Duration::from_millis(10));
+    assert_eq!(proxied_message(proxy.addr()).await, StatusCode::OK);
 }
 
 #[tokio::test]
