@@ -177,7 +177,8 @@ pub struct LimiterStats {
 }
 
 /// One limited key or tenant: its limits and, where this node knows it, its usage in
-/// the current windows (`used` is empty with Redis, which holds the counts).
+/// the current windows (`used` is empty with Redis until its first background read, and while
+/// Redis is unreachable).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ScopeStats {

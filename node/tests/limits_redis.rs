@@ -584,3 +584,58 @@ async fn remaining_moves_with_every_request_in_both_modes() {
         }
     }
 }
+
+/// `/stats` reports a key's cluster-wide use from Redis (the dashboard's "closest to
+/// their limits"), whichever node is asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stats_report_cluster_wide_usage_read_from_redis() {
+    let redis = RedisServer::start();
+    let mock = mock().await;
+    let (nodes, _dir) = nodes(
+        2,
+        &mock,
+        &redis,
+        "exact",
+        "rpm=40",
+        SLOW_MACHINE,
+        "usage-key",
+    );
+    for i in 0..5 {
+        let r = post_json(
+            &format!("{}/v1/messages", nodes[i % 2].url()),
+            &[
+                ("x-api-key", "usage-key"),
+                ("anthropic-version", "2023-06-01"),
+            ],
+            &msg(16, false),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    for node in &nodes {
+        let url = format!("http://{}/stats", node.admin);
+        // The first ask starts the background read; it lands within a couple of seconds.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let used = loop {
+            let r = get(&url, &[]).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            let v = r.json();
+            assert_eq!(v["limiter"]["backend"], "redis", "{v}");
+            let scope = v["limiter"]["scopes"]
+                .as_array()
+                .and_then(|s| s.iter().find(|s| s["kind"] == "key"))
+                .cloned()
+                .unwrap_or_else(|| panic!("a limited key in {v}"));
+            assert_eq!(scope["limits"]["requests"], 40, "{scope}");
+            if let Some(used) = scope["used"]["requests"].as_u64() {
+                break used;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no usage from Redis after 10 s: {scope}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(used, 5, "both nodes' requests, as Redis counts them");
+    }
+}

@@ -516,9 +516,25 @@ pub fn limits(v: &View) -> Markup {
         .filter(|n| n.gone_since.is_none())
         .filter_map(|n| n.latest().map(|s| (n, s.as_ref())))
         .collect();
-    let mut scopes: Vec<(&NodeSeries, &strait_node::stats::ScopeStats)> = live
+    // With Redis every node reports the same cluster-wide figures: one row per scope.
+    let mut seen = std::collections::HashSet::new();
+    let mut scopes: Vec<(&str, &strait_node::stats::ScopeStats)> = live
         .iter()
-        .flat_map(|(n, s)| s.limiter.scopes.iter().map(move |sc| (*n, sc)))
+        .flat_map(|(n, s)| {
+            let shared = s.limiter.backend == "redis";
+            s.limiter.scopes.iter().map(move |sc| (n, shared, sc))
+        })
+        .filter(|(_, shared, sc)| {
+            !*shared || sc.used.is_empty() || seen.insert((sc.kind.as_str(), sc.name.as_str()))
+        })
+        .map(|(n, shared, sc)| {
+            let who = if shared && !sc.used.is_empty() {
+                "cluster (Redis)"
+            } else {
+                n.record.id.as_str()
+            };
+            (who, sc)
+        })
         .collect();
     scopes.sort_by(|a, b| b.1.fullness().total_cmp(&a.1.fullness()));
     scopes.truncate(15);
@@ -530,15 +546,15 @@ pub fn limits(v: &View) -> Markup {
             } @else {
                 div.scroll { table #closest {
                     thead { tr { th { "Node" } th { "Scope" } th { "Name" } th { "Usage (current windows)" } th { "Fullest" } } }
-                    tbody { @for (n, sc) in &scopes {
+                    tbody { @for (who, sc) in &scopes {
                         tr {
-                            td { (n.record.id) }
+                            td { (who) }
                             td { (sc.kind) }
                             td { (sc.name) }
                             td { @for (dim, limit) in &sc.limits {
                                 @match sc.used.get(dim) {
                                     Some(u) => { (dim) " " (u) "/" (limit) br; },
-                                    None => { (dim) " ?/" (limit) " (in Redis)" br; },
+                                    None => { (dim) " ?/" (limit) " (not read from Redis yet, or Redis unreachable)" br; },
                                 }
                             } }
                             td { meter min="0" max="1" low="0.7" high="0.9" value=(format!("{:.3}", sc.fullness().min(1.0))) {} " " (pct(sc.fullness())) }
@@ -741,5 +757,79 @@ pub fn audit(entries: &[AuditEntry]) -> Markup {
                 } }
             } }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Arc;
+
+    use strait_node::stats::{LimiterStats, ScopeStats};
+
+    use super::*;
+    use crate::scrape::Sample;
+
+    fn node(id: &str, backend: &str, used: u64) -> NodeSeries {
+        let record = serde_json::from_value(serde_json::json!({
+            "id": id, "region": "r1", "public_addr": "127.0.0.2:8080",
+            "admin_addr": "127.0.0.2:9090", "version": "test",
+            "started_at": "2026-12-03T00:00:00Z", "state": "serving",
+            "path": serde_json::to_value(strait_node::schema::PathHealth::default()).unwrap(),
+        }))
+        .expect("a node record");
+        let scope = ScopeStats {
+            kind: "key".into(),
+            name: "busy-key".into(),
+            limits: [("requests".to_string(), 10)].into(),
+            used: [("requests".to_string(), used)].into(),
+        };
+        let stats = NodeStats {
+            limiter: LimiterStats {
+                backend: backend.into(),
+                scopes: vec![scope],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        NodeSeries {
+            record,
+            gone_since: None,
+            samples: VecDeque::from([Sample {
+                at: 0.0,
+                round: 1,
+                stats: Some(Arc::new(stats)),
+                error: None,
+            }]),
+        }
+    }
+
+    fn view(nodes: Vec<NodeSeries>) -> View {
+        View {
+            config: ClusterConfig::default(),
+            leader: None,
+            nodes,
+            info: Default::default(),
+            now: 0.0,
+        }
+    }
+
+    #[test]
+    fn redis_usage_is_one_cluster_row_and_local_usage_one_row_per_node() {
+        let shared = limits(&view(vec![
+            node("n-a", "redis", 7),
+            node("n-b", "redis", 7),
+        ]))
+        .into_string();
+        assert_eq!(shared.matches("busy-key").count(), 1, "{shared}");
+        assert!(shared.contains("cluster (Redis)") && shared.contains("requests 7/10"));
+
+        let local = limits(&view(vec![
+            node("n-a", "local", 3),
+            node("n-b", "local", 4),
+        ]))
+        .into_string();
+        assert_eq!(local.matches("busy-key").count(), 2, "{local}");
+        assert!(local.contains("n-a") && local.contains("n-b"));
     }
 }

@@ -263,8 +263,9 @@ impl Limiter {
     }
 
     /// Every limited scope (the node config's, then the cluster config's) with what it
-    /// used in its current windows by [`Dim::ALL`]; `None` with Redis, where the counts
-    /// live in Redis. Read by `/stats`, never on the hot path.
+    /// used in its current windows by [`Dim::ALL`]. With Redis, the cluster-wide figures
+    /// of a background read at most a couple of seconds old (`None` until the first read
+    /// and while Redis is unreachable). Read by `/stats`, never on the hot path.
     pub fn usage(&self) -> Vec<(Scope, Option<[u64; 5]>)> {
         let mut out: Vec<_> = self
             .scopes
@@ -273,7 +274,7 @@ impl Limiter {
             .map(|(i, s)| {
                 let used = match &self.backend {
                     Backend::Local(l) => Some(l.usage(i)),
-                    Backend::Redis(_) => None,
+                    Backend::Redis(r) => r.usage(i),
                 };
                 (s.clone(), used)
             })

@@ -27,6 +27,7 @@ use prometheus::IntCounter;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use self::exact::SettleMsg;
 use self::leased::{lock, LeaseSlot};
@@ -81,6 +82,7 @@ struct Ops {
     lease: IntCounter,
     sync: IntCounter,
     ping: IntCounter,
+    usage: IntCounter,
 }
 
 /// The Redis-backed limiter. Built by [`RedisLimiter::start`].
@@ -105,6 +107,11 @@ pub struct RedisLimiter {
     resync: AtomicBool,
     settle_tx: mpsc::UnboundedSender<SettleMsg>,
     scripts: Scripts,
+    /// Every scope's use as Redis last said (`/stats`); empty until first read, and
+    /// refreshed only while someone reads it (see [`RedisLimiter::usage`]).
+    usage: ArcSwap<Vec<Option<[u64; 5]>>>,
+    /// When `/stats` last asked for usage; the background read stops after a quiet spell.
+    usage_asked: std::sync::Mutex<Option<Instant>>,
     /// Round trips made (all kinds), for the benchmark.
     pub round_trips: AtomicU64,
 }
@@ -151,6 +158,7 @@ impl RedisLimiter {
             lease: op("lease"),
             sync: op("sync"),
             ping: op("ping"),
+            usage: op("usage"),
         };
         let (settle_tx, settle_rx) = mpsc::unbounded_channel();
         let single = if settings.cluster {
@@ -183,6 +191,8 @@ impl RedisLimiter {
             resync: AtomicBool::new(true),
             settle_tx,
             scripts: Scripts::new(),
+            usage: ArcSwap::from_pointee(Vec::new()),
+            usage_asked: std::sync::Mutex::new(None),
             round_trips: AtomicU64::new(0),
             settings,
         });
@@ -192,6 +202,20 @@ impl RedisLimiter {
         tokio::spawn(exact::settle_loop(Arc::downgrade(&limiter), settle_rx));
         tokio::spawn(sync::sync_loop(Arc::downgrade(&limiter)));
         Ok(limiter)
+    }
+
+    /// Scope `i`'s use in its current windows by [`super::Dim::ALL`], as Redis said at
+    /// most [`sync::USAGE_EVERY`] ago; `None` before the first read and while Redis is
+    /// unreachable. Asking keeps the background read going; a node nobody asks reads nothing.
+    pub fn usage(&self, i: usize) -> Option<[u64; 5]> {
+        *self
+            .usage_asked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+        if self.is_degraded() {
+            return None;
+        }
+        self.usage.load().get(i).copied().flatten()
     }
 
     pub fn mode(&self) -> LimitMode {

@@ -234,12 +234,35 @@ return {now, ws or -1, ds or -1, u[1], u[2], u[3], u[4]}
 "#,
 );
 
-/// The four scripts, each hashed once when the limiter starts.
+/// Read-only: a scope's use in its current windows, by [`Dim::ALL`], for `/stats`.
+/// Expired windows read as 0 and slots of nodes whose heartbeat lapsed are not counted,
+/// as the deciding scripts would see them; nothing is swept or written.
+const USAGE_LUA: &str = concat!(
+    "\n",
+    lua_now!(),
+    r#"local h, c, ce = KEYS[1], KEYS[2], KEYS[3]
+local win, day = tonumber(ARGV[1]), tonumber(ARGV[2])
+local v = redis.call('HMGET', h, 'ws', 'r', 'i', 'o', 'ds', 'd')
+local ws, ds = tonumber(v[1]), tonumber(v[5])
+local out = {0, 0, 0, 0, 0}
+if ws ~= nil and now < ws + win then
+  out[1], out[2], out[3] = tonumber(v[2]) or 0, tonumber(v[3]) or 0, tonumber(v[4]) or 0
+end
+if ds ~= nil and now < ds + day then out[4] = tonumber(v[6]) or 0 end
+for _, n in ipairs(redis.call('ZRANGEBYSCORE', ce, '(' .. now, '+inf')) do
+  out[5] = out[5] + (tonumber(redis.call('HGET', c, n)) or 0)
+end
+return out
+"#,
+);
+
+/// The five scripts, each hashed once when the limiter starts.
 pub(super) struct Scripts {
     pub(super) admit: Script,
     pub(super) settle: Script,
     pub(super) lease: Script,
     pub(super) sync: Script,
+    pub(super) usage: Script,
 }
 
 impl Scripts {
@@ -249,6 +272,7 @@ impl Scripts {
             settle: Script::new(SETTLE_LUA),
             lease: Script::new(LEASE_LUA),
             sync: Script::new(SYNC_LUA),
+            usage: Script::new(USAGE_LUA),
         }
     }
 }
@@ -321,6 +345,14 @@ impl RedisLimiter {
             inv.arg(r);
         }
         inv.arg(mode).arg(val);
+        inv
+    }
+
+    /// A read of one scope's current use (the `/stats` snapshot).
+    pub(super) fn usage_invocation(&self, i: usize) -> redis::ScriptInvocation<'_> {
+        let mut inv = self.scripts.usage.prepare_invoke();
+        self.add_scope_keys(&mut inv, &[i]);
+        inv.arg(ms(MINUTE)).arg(ms(DAY));
         inv
     }
 }

@@ -1,6 +1,6 @@
 //! Background upkeep of the Redis limiter: the leased-mode sync (surplus back, debt
-//! pushed), concurrency-slot heartbeats in both modes, and the health and reconnect
-//! probes that end an outage.
+//! pushed), concurrency-slot heartbeats in both modes, the health and reconnect
+//! probes that end an outage, and the usage snapshot `/stats` reads.
 
 use std::sync::atomic::Ordering;
 use std::sync::Weak;
@@ -14,6 +14,13 @@ use crate::config::LimitMode;
 
 /// How often a healthy node checks that Redis still answers (one PING).
 const HEALTH_PING: Duration = Duration::from_secs(1);
+
+/// How often the `/stats` usage snapshot is re-read from Redis while it is being asked
+/// for (the dashboard polls every 2 s).
+pub(super) const USAGE_EVERY: Duration = Duration::from_secs(2);
+
+/// The snapshot stops being refreshed this long after the last ask.
+const USAGE_IDLE: Duration = Duration::from_secs(30);
 
 impl RedisLimiter {
     /// Leased: returns surplus and pushes debt per scope; both modes: slot heartbeats.
@@ -95,6 +102,30 @@ impl RedisLimiter {
     }
 }
 
+impl RedisLimiter {
+    /// Re-reads every scope's use (one read-only script per scope), if asked lately.
+    async fn refresh_usage(&self) {
+        let asked = *self
+            .usage_asked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if asked.is_none_or(|t| t.elapsed() > USAGE_IDLE) {
+            return;
+        }
+        let mut fresh = Vec::with_capacity(self.scopes.len());
+        for i in 0..self.scopes.len() {
+            let inv = self.usage_invocation(i);
+            let used = match self.run(&inv, &self.ops.usage, "usage").await {
+                Some(v) if v.len() == 5 => Some(std::array::from_fn(|d| v[d].max(0) as u64)),
+                // Redis failed (and the node degraded): no half-fresh snapshot.
+                _ => return,
+            };
+            fresh.push(used);
+        }
+        self.usage.store(std::sync::Arc::new(fresh));
+    }
+}
+
 /// Background: lease sync (leased), slot heartbeats (both), reconnect probes.
 pub(super) async fn sync_loop(limiter: Weak<RedisLimiter>) {
     let (tick, probe_every) = match limiter.upgrade() {
@@ -114,6 +145,7 @@ pub(super) async fn sync_loop(limiter: Weak<RedisLimiter>) {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_sync = Instant::now();
     let mut last_ping = Instant::now();
+    let mut last_usage: Option<Instant> = None;
     loop {
         interval.tick().await;
         let Some(l) = limiter.upgrade() else { return };
@@ -129,6 +161,10 @@ pub(super) async fn sync_loop(limiter: Weak<RedisLimiter>) {
         if last_ping.elapsed() >= HEALTH_PING {
             last_ping = Instant::now();
             l.probe().await;
+        }
+        if last_usage.is_none_or(|t| t.elapsed() >= USAGE_EVERY) {
+            last_usage = Some(Instant::now());
+            l.refresh_usage().await;
         }
     }
 }
