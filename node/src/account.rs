@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::meta::{RouteKind, Usage};
 use crate::metrics::Metrics;
+use crate::telemetry::access;
 
 /// What the access log and metrics need to know about one finished request.
 /// Built up along the pipeline; never holds bodies or keys.
@@ -97,32 +98,38 @@ impl RequestRecord {
         if !self.access_log {
             return;
         }
-        tracing::info!(
-            target: "strait::access",
-            request_id = %self.request_id,
-            method = %self.method,
-            path = %self.uri.path(),
-            route,
-            status = self.status,
-            client = self.client.as_deref().unwrap_or("-"),
-            model = self.model.as_deref().map(|m| if m.len() > 64 { "other" } else { m }).unwrap_or("-"),
-            stream = self.stream,
-            upstream_key = self.upstream_key.as_deref().unwrap_or("-"),
-            attempts = self.attempts,
-            duration_ms = ms(elapsed),
-            ttfb_ms = self.upstream_ttfb.map(ms),
-            ttft_ms = self.ttft.map(ms),
-            input_tokens = self.usage.input_tokens,
-            output_tokens = self.usage.output_tokens,
-            bytes_out = self.bytes_out,
-            outcome = self.outcome,
-            error = self.error,
-            "request"
-        );
+        let written = access::write(|l| {
+            l.str("request_id", &self.request_id);
+            l.str("method", self.method.as_str());
+            l.str("path", self.uri.path());
+            l.str("route", route);
+            l.uint("status", u64::from(self.status));
+            l.str("client", self.client.as_deref().unwrap_or("-"));
+            let model = self.model.as_deref();
+            l.str(
+                "model",
+                model.map_or("-", |m| if m.len() > 64 { "other" } else { m }),
+            );
+            l.bool("stream", self.stream);
+            l.str("upstream_key", self.upstream_key.as_deref().unwrap_or("-"));
+            l.uint("attempts", u64::from(self.attempts));
+            l.millis("duration_ms", elapsed);
+            if let Some(t) = self.upstream_ttfb {
+                l.millis("ttfb_ms", t);
+            }
+            if let Some(t) = self.ttft {
+                l.millis("ttft_ms", t);
+            }
+            l.uint("input_tokens", self.usage.input_tokens);
+            l.uint("output_tokens", self.usage.output_tokens);
+            l.uint("bytes_out", self.bytes_out);
+            l.str("outcome", self.outcome);
+            if let Some(e) = self.error {
+                l.str("error", e);
+            }
+        });
+        if !written {
+            m.access_log_dropped.inc();
+        }
     }
-}
-
-/// Milliseconds with microsecond precision, so log lines stay short and readable.
-fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }

@@ -70,6 +70,10 @@ pub struct Cli {
     #[arg(long)]
     pub no_access_log: bool,
 
+    /// Append access-log lines to this file instead of stdout.
+    #[arg(long, value_name = "PATH")]
+    pub access_log_file: Option<String>,
+
     /// Upstream Anthropic keys, comma-separated. Prefer the environment variable.
     #[arg(
         long,
@@ -189,6 +193,9 @@ impl Cli {
         }
         if self.no_access_log {
             raw.log.access_log = false;
+        }
+        if let Some(v) = self.access_log_file {
+            raw.log.access_log_file = Some(v);
         }
         if let Some(v) = self.etcd {
             raw.cluster.etcd = v

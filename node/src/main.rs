@@ -29,7 +29,13 @@ fn main() -> std::process::ExitCode {
         print!("{}", summary(&config));
         return std::process::ExitCode::SUCCESS;
     }
-    let _log = strait_node::telemetry::init(&config.log);
+    let _log = match strait_node::telemetry::init(&config.log) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("strait-node: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let mut rt = match config.workers {
         // One worker: a current-thread runtime does the same work without the
         // multi-thread scheduler's cross-thread wake-ups and bookkeeping on every task

@@ -63,6 +63,8 @@ pub struct Metrics {
     pub body_bytes_in_flight: IntGauge,
     /// Requests refused because their body did not fit the in-flight body budget.
     pub body_budget_refusals: IntCounter,
+    /// Access lines dropped because the log's destination fell behind.
+    pub access_log_dropped: IntCounter,
     /// The direct path's circuit: 0 closed, 1 half-open, 2 open (set at scrape time).
     pub path_state: IntGauge,
     /// Active probes of the upstream path by result: `answered` (any HTTP status),
@@ -203,6 +205,17 @@ impl Metrics {
                 let c = IntCounter::new(
                     "request_body_budget_refusals_total",
                     "Requests refused (503) because the in-flight body budget was full",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("unique metric");
+                c
+            },
+            access_log_dropped: {
+                let c = IntCounter::new(
+                    "access_log_dropped_total",
+                    "Access lines dropped because their destination could not keep up",
                 )
                 .expect("valid metric");
                 registry

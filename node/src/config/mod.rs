@@ -149,6 +149,8 @@ pub struct Log {
     pub format: LogFormat,
     pub level: String,
     pub access_log: bool,
+    /// `None`: stdout, with the other logs.
+    pub access_log_file: Option<PathBuf>,
 }
 
 /// Validated `[cluster]` settings; present only when etcd endpoints are configured.

@@ -445,6 +445,9 @@ pub struct RawLog {
     pub level: String,
     /// One line per request under target `strait::access`. Default true.
     pub access_log: bool,
+    /// Where access lines go: a file (appended to, created if missing). Default: none,
+    /// stdout with the other logs.
+    pub access_log_file: Option<String>,
 }
 
 impl Default for RawLog {
@@ -453,6 +456,7 @@ impl Default for RawLog {
             format: "text".into(),
             level: "info".into(),
             access_log: true,
+            access_log_file: None,
         }
     }
 }

@@ -291,6 +291,14 @@ impl RawConfig {
                 format,
                 level: self.log.level,
                 access_log: self.log.access_log,
+                access_log_file: match self.log.access_log_file {
+                    Some(p) if p.trim().is_empty() => {
+                        return Err(Error::config(
+                            "log.access_log_file: empty (leave it out for stdout)",
+                        ))
+                    }
+                    p => p.map(std::path::PathBuf::from),
+                },
             },
             workers,
             cluster,
