@@ -181,11 +181,17 @@ def start_nginx(name, template, workdir, values, cpus):
 
 
 def start_strait(binary, workdir, name, listen_port, admin_port, upstream, cpus, extra_args=(),
-                 config_file=None, client_key="c1", upstream_key="k1"):
-    """Starts strait-node with one worker, managed keys (client-key auth), metrics on
-    the admin listener and the access log off; `extra_args` pass through (--strait-arg)."""
+                 config_file=None, client_key="c1", upstream_key="k1", workers=1, access_log=None):
+    """Starts strait-node with one worker (`workers=None`: its default, one per core),
+    managed keys (client-key auth), metrics on the admin listener and the access log
+    off (`access_log=PATH`: on, its default text line to that file); `extra_args` pass
+    through (--strait-arg)."""
     cmd = [binary, "--listen", f"127.0.0.1:{listen_port}", "--admin-listen", f"127.0.0.1:{admin_port}",
-           "--workers", "1", "--no-access-log", "--log-format", "json", "--log-level", "warn"]
+           "--log-level", "warn"]
+    if workers is not None:
+        cmd += ["--workers", str(workers)]
+    # JSON process logs as before; with the access log on, its default format (text).
+    cmd += ["--no-access-log", "--log-format", "json"] if access_log is None else ["--access-log-file", access_log]
     if upstream:
         cmd += ["--upstream", upstream]
     if config_file:

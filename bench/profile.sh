@@ -16,7 +16,8 @@
 #   bench/profile.sh kernel-nginx [SECONDS]    the same for nginx
 #
 # Strait runs with limits far above the load (as in bench/run.py) unless
-# PROFILE_NO_LIMITS=1. PROFILE_KEEP=FILE keeps the callgrind profile. Ports:
+# PROFILE_NO_LIMITS=1, and without its access log unless PROFILE_ACCESS_LOG=1 (which
+# turns nginx's on too: its default combined format to a file). PROFILE_KEEP=FILE keeps the callgrind profile. Ports:
 # PROFILE_PORT (default 18180) and the next five.
 set -euo pipefail
 
@@ -65,9 +66,19 @@ start_strait() {
         --state-dir "$WORK/state" --check-config >/dev/null 2>&1; then
         extra+=(--config "$WORK/quiet-probes.toml")
     fi
+    # PROFILE_ACCESS_LOG=1: the access log on, its default text line, to a file (older
+    # binaries without --access-log-file: through stdout to strait.log, at level info).
+    local logs=(--no-access-log --log-format json --log-level warn)
+    if [ "${PROFILE_ACCESS_LOG:-0}" = 1 ]; then
+        if "$BIN" --help | grep -q -- --access-log-file; then
+            logs=(--log-format text --log-level warn --access-log-file "$WORK/access.log")
+        else
+            logs=(--log-format text --log-level info)
+        fi
+    fi
     STRAIT_UPSTREAM_KEYS=k1 STRAIT_CLIENT_KEYS=c1 "$@" "$BIN" \
         --listen "127.0.0.1:$PX" --admin-listen "127.0.0.1:$PX_ADMIN" --workers 1 \
-        --no-access-log --log-format json --log-level warn \
+        "${logs[@]}" \
         --upstream "http://127.0.0.1:$UP" "${LIMITS[@]}" "${extra[@]}" >"$WORK/strait.log" 2>&1 &
     SP=$!
     PIDS+=($SP)
@@ -76,7 +87,9 @@ start_strait() {
 
 # nginx_conf: writes the nginx contender's config (bench/nginx/proxy.conf) to px.conf.
 nginx_conf() {
-    sed -e "s|{{DIR}}|$WORK|g; s|{{PORT}}|$NX|; s|{{H2PORT}}|$NX_H2|; s|{{UPSTREAM}}|127.0.0.1:$UP|; s|{{BUFFERING}}|on|" \
+    local log=off
+    [ "${PROFILE_ACCESS_LOG:-0}" = 1 ] && log="$WORK/nginx-access.log combined"
+    sed -e "s|{{DIR}}|$WORK|g; s|{{PORT}}|$NX|; s|{{H2PORT}}|$NX_H2|; s|{{UPSTREAM}}|127.0.0.1:$UP|; s|{{BUFFERING}}|on|; s|{{WORKERS}}|1|; s|{{ACCESS_LOG}}|$log|" \
         "$HERE/nginx/proxy.conf" >"$WORK/px.conf"
     mkdir -p "$WORK/px"
 }

@@ -131,7 +131,8 @@ def start_canned(args, node_bin, workdir):
     procs.wait_port(up_port, proc=upstream.popen)
     px_port, px_h2 = procs.free_port(), procs.free_port()
     nginx, _ = procs.start_nginx("nginx", "proxy.conf", workdir, {"PORT": px_port, "H2PORT": px_h2,
-                                 "UPSTREAM": f"127.0.0.1:{up_port}", "BUFFERING": "on"}, args.proxy_cpus)
+                                 "UPSTREAM": f"127.0.0.1:{up_port}", "BUFFERING": "on",
+                                 "WORKERS": 1, "ACCESS_LOG": "off"}, args.proxy_cpus)
     procs.wait_port(px_port, proc=nginx.popen)
     st_port, st_admin = procs.free_port(), procs.free_port()
     strait = procs.start_strait(node_bin, workdir, "strait", st_port, st_admin, f"http://127.0.0.1:{up_port}",
@@ -220,7 +221,8 @@ def run_ttft_section(args, cfg, node_bin, mock_bin, workdir):
     mock_port = int(mock_url.rsplit(":", 1)[1])
     px_port, px_h2 = procs.free_port(), procs.free_port()
     nginx, _ = procs.start_nginx("nginx-sse", "proxy.conf", workdir, {"PORT": px_port, "H2PORT": px_h2,
-                                 "UPSTREAM": f"127.0.0.1:{mock_port}", "BUFFERING": "off"}, args.proxy_cpus)
+                                 "UPSTREAM": f"127.0.0.1:{mock_port}", "BUFFERING": "off",
+                                 "WORKERS": 1, "ACCESS_LOG": "off"}, args.proxy_cpus)
     st_port, st_admin = procs.free_port(), procs.free_port()
     strait = procs.start_strait(node_bin, workdir, "strait-sse", st_port, st_admin, mock_url, args.proxy_cpus,
                                 args.strait_arg)

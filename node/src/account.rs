@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::access_key;
 use crate::meta::{RouteKind, Usage};
 use crate::metrics::Metrics;
 use crate::telemetry::access;
@@ -99,33 +100,36 @@ impl RequestRecord {
             return;
         }
         let written = access::write(|l| {
-            l.str("request_id", &self.request_id);
-            l.str("method", self.method.as_str());
-            l.str("path", self.uri.path());
-            l.str("route", route);
-            l.uint("status", u64::from(self.status));
-            l.str("client", self.client.as_deref().unwrap_or("-"));
+            l.str(access_key!("request_id"), &self.request_id);
+            l.str(access_key!("method"), self.method.as_str());
+            l.str(access_key!("path"), self.uri.path());
+            l.str(access_key!("route"), route);
+            l.uint(access_key!("status"), u64::from(self.status));
+            l.str(access_key!("client"), self.client.as_deref().unwrap_or("-"));
             let model = self.model.as_deref();
             l.str(
-                "model",
+                access_key!("model"),
                 model.map_or("-", |m| if m.len() > 64 { "other" } else { m }),
             );
-            l.bool("stream", self.stream);
-            l.str("upstream_key", self.upstream_key.as_deref().unwrap_or("-"));
-            l.uint("attempts", u64::from(self.attempts));
-            l.millis("duration_ms", elapsed);
+            l.bool(access_key!("stream"), self.stream);
+            l.str(
+                access_key!("upstream_key"),
+                self.upstream_key.as_deref().unwrap_or("-"),
+            );
+            l.uint(access_key!("attempts"), u64::from(self.attempts));
+            l.millis(access_key!("duration_ms"), elapsed);
             if let Some(t) = self.upstream_ttfb {
-                l.millis("ttfb_ms", t);
+                l.millis(access_key!("ttfb_ms"), t);
             }
             if let Some(t) = self.ttft {
-                l.millis("ttft_ms", t);
+                l.millis(access_key!("ttft_ms"), t);
             }
-            l.uint("input_tokens", self.usage.input_tokens);
-            l.uint("output_tokens", self.usage.output_tokens);
-            l.uint("bytes_out", self.bytes_out);
-            l.str("outcome", self.outcome);
+            l.uint(access_key!("input_tokens"), self.usage.input_tokens);
+            l.uint(access_key!("output_tokens"), self.usage.output_tokens);
+            l.uint(access_key!("bytes_out"), self.bytes_out);
+            l.str(access_key!("outcome"), self.outcome);
             if let Some(e) = self.error {
-                l.str("error", e);
+                l.str(access_key!("error"), e);
             }
         });
         if !written {

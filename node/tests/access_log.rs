@@ -44,11 +44,7 @@ fn spawn(format: &str, upstream: &str, file: &std::path::Path) -> Node {
                     .map(|i| i + field.len() + 4)
             })
             .unwrap_or_else(|| panic!("no {field} address in {line}"));
-        line[at..]
-            .split([' ', '"'])
-            .next()
-            .unwrap()
-            .to_string()
+        line[at..].split([' ', '"']).next().unwrap().to_string()
     };
     Node {
         public: addr("public"),

@@ -41,6 +41,9 @@ static SINK: OnceLock<Arc<Shared>> = OnceLock::new();
 
 thread_local! {
     static MINE: RefCell<Option<Arc<Pending>>> = const { RefCell::new(None) };
+    /// The last timestamp this thread wrote and its second: the date and time of day
+    /// are worked out once a second, not once a line.
+    static STAMP: std::cell::Cell<(u64, [u8; 27])> = const { std::cell::Cell::new((u64::MAX, [0; 27])) };
 }
 
 /// Where access lines go.
@@ -198,6 +201,51 @@ fn write_loop(shared: &Shared, to: Destination) {
     }
 }
 
+/// A field name, rendered once for each format (` name=` and `,"name":`): a line has
+/// about twenty, so each is one copy. Made by [`key!`](crate::access_key).
+#[derive(Clone, Copy)]
+pub struct Key {
+    pub text: &'static [u8],
+    pub json: &'static [u8],
+}
+
+/// `access_key!("status")`: the [`Key`] of a field name (a literal of plain ASCII).
+#[macro_export]
+macro_rules! access_key {
+    ($name:literal) => {
+        $crate::telemetry::access::Key {
+            text: concat!(" ", $name, "=").as_bytes(),
+            json: concat!(",\"", $name, "\":").as_bytes(),
+        }
+    };
+}
+
+/// Bytes a text value may hold bare; anything else (space, quote, `=`, backslash,
+/// control, non-ASCII) makes it quoted. A table: one load per byte.
+const BARE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = (b as u8).is_ascii_graphic()
+            && b != b'"' as usize
+            && b != b'=' as usize
+            && b != b'\\' as usize;
+        b += 1;
+    }
+    t
+};
+
+/// Bytes a JSON string must escape: `"`, `\`, controls and DEL.
+const JSON_ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = b < 0x20 || b == 0x7f || b == b'"' as usize || b == b'\\' as usize;
+        b += 1;
+    }
+    t
+};
+
 /// One line being formatted: `key=value` pairs in text, members of one object in JSON.
 pub struct Line<'a> {
     buf: &'a mut Vec<u8>,
@@ -206,8 +254,23 @@ pub struct Line<'a> {
 
 impl<'a> Line<'a> {
     fn begin(buf: &'a mut Vec<u8>, format: LogFormat) -> Self {
-        let mut ts = [0u8; 27];
-        timestamp(SystemTime::now(), &mut ts);
+        let ts = STAMP.with(|c| {
+            let (secs, mut ts) = c.get();
+            let now = SystemTime::now();
+            let d = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+            if d.as_secs() == secs {
+                // Same second as this thread's last line: only the microseconds change.
+                let mut us = d.subsec_micros();
+                for i in (20..26).rev() {
+                    ts[i] = b'0' + (us % 10) as u8;
+                    us /= 10;
+                }
+            } else {
+                timestamp(now, &mut ts);
+            }
+            c.set((d.as_secs(), ts));
+            ts
+        });
         match format {
             LogFormat::Text => {
                 buf.extend_from_slice(&ts);
@@ -231,23 +294,15 @@ impl<'a> Line<'a> {
         self.buf.push(b'\n');
     }
 
-    fn key(&mut self, key: &str) {
-        match self.format {
-            LogFormat::Text => {
-                self.buf.push(b' ');
-                self.buf.extend_from_slice(key.as_bytes());
-                self.buf.push(b'=');
-            }
-            LogFormat::Json => {
-                self.buf.extend_from_slice(b",\"");
-                self.buf.extend_from_slice(key.as_bytes());
-                self.buf.extend_from_slice(b"\":");
-            }
-        }
+    fn key(&mut self, key: Key) {
+        self.buf.extend_from_slice(match self.format {
+            LogFormat::Text => key.text,
+            LogFormat::Json => key.json,
+        });
     }
 
     /// A string field, escaped so that any value stays on its one line.
-    pub fn str(&mut self, key: &str, value: &str) {
+    pub fn str(&mut self, key: Key, value: &str) {
         self.key(key);
         match self.format {
             LogFormat::Text => text_value(self.buf, value),
@@ -255,20 +310,20 @@ impl<'a> Line<'a> {
         }
     }
 
-    pub fn uint(&mut self, key: &str, value: u64) {
+    pub fn uint(&mut self, key: Key, value: u64) {
         self.key(key);
         self.buf
             .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
     }
 
-    pub fn bool(&mut self, key: &str, value: bool) {
+    pub fn bool(&mut self, key: Key, value: bool) {
         self.key(key);
         self.buf
             .extend_from_slice(if value { b"true" } else { b"false" });
     }
 
     /// A duration in milliseconds with microsecond precision (`1.234`).
-    pub fn millis(&mut self, key: &str, d: Duration) {
+    pub fn millis(&mut self, key: Key, d: Duration) {
         self.key(key);
         let us = d.as_micros().min(u128::from(u64::MAX)) as u64;
         let mut b = itoa::Buffer::new();
@@ -296,10 +351,7 @@ impl<'a> Line<'a> {
 /// Text values as `tracing`'s text format writes them: bare when plain, else quoted
 /// with Rust's escapes (so a space, quote or newline cannot split or forge a field).
 fn text_value(buf: &mut Vec<u8>, value: &str) {
-    let plain = !value.is_empty()
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'=' && b != b'\\');
+    let plain = !value.is_empty() && value.bytes().all(|b| BARE[usize::from(b)]);
     if plain {
         buf.extend_from_slice(value.as_bytes());
     } else {
@@ -312,14 +364,16 @@ fn json_string(buf: &mut Vec<u8>, value: &str) {
     let bytes = value.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
+        if !JSON_ESCAPE[usize::from(b)] {
+            continue;
+        }
         let esc: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
             b'\n' => b"\\n",
             b'\r' => b"\\r",
             b'\t' => b"\\t",
-            0..=0x1f | 0x7f => b"",
-            _ => continue,
+            _ => b"",
         };
         buf.extend_from_slice(&bytes[start..i]);
         if esc.is_empty() {
@@ -405,10 +459,13 @@ mod tests {
     fn json_lines_parse_and_escape_anything_a_client_sent() {
         let model = "evil\"model\n{\"status\":1}\u{1}";
         let s = line(LogFormat::Json, |l| {
-            l.str("model", model);
-            l.uint("status", 200);
-            l.bool("stream", true);
-            l.millis("duration_ms", Duration::from_micros(1_234_560));
+            l.str(crate::access_key!("model"), model);
+            l.uint(crate::access_key!("status"), 200);
+            l.bool(crate::access_key!("stream"), true);
+            l.millis(
+                crate::access_key!("duration_ms"),
+                Duration::from_micros(1_234_560),
+            );
         });
         assert_eq!(s.matches('\n').count(), 1, "{s}");
         let v: serde_json::Value = serde_json::from_str(s.trim_end()).expect("one JSON object");
@@ -423,10 +480,10 @@ mod tests {
     #[test]
     fn text_values_are_bare_when_plain_and_quoted_otherwise() {
         let s = line(LogFormat::Text, |l| {
-            l.str("path", "/v1/messages");
-            l.str("model", "a b\nstatus=500");
-            l.str("error", "");
-            l.millis("ttfb_ms", Duration::from_millis(7));
+            l.str(crate::access_key!("path"), "/v1/messages");
+            l.str(crate::access_key!("model"), "a b\nstatus=500");
+            l.str(crate::access_key!("error"), "");
+            l.millis(crate::access_key!("ttfb_ms"), Duration::from_millis(7));
         });
         assert!(
             s.contains(" INFO strait::access: request path=/v1/messages "),
@@ -486,8 +543,8 @@ mod tests {
         let (mut written, mut dropped) = (0u64, 0u64);
         while dropped < 100 {
             let ok = write(|l| {
-                l.str("path", "/v1/messages");
-                l.str("padding", &"x".repeat(200));
+                l.str(crate::access_key!("path"), "/v1/messages");
+                l.str(crate::access_key!("padding"), &"x".repeat(200));
             });
             if ok {
                 written += 1;
@@ -508,9 +565,9 @@ mod tests {
     #[test]
     fn millis_keep_microseconds_without_trailing_zeros() {
         let s = line(LogFormat::Text, |l| {
-            l.millis("a", Duration::from_micros(1_500));
-            l.millis("b", Duration::from_micros(2_050));
-            l.millis("c", Duration::from_micros(3_001));
+            l.millis(crate::access_key!("a"), Duration::from_micros(1_500));
+            l.millis(crate::access_key!("b"), Duration::from_micros(2_050));
+            l.millis(crate::access_key!("c"), Duration::from_micros(3_001));
         });
         assert!(s.contains(" a=1.5 b=2.05 c=3.001"), "{s}");
     }
