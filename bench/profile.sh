@@ -1,6 +1,6 @@
 #!/bin/bash
 # Per-request cost of one strait-node binary, for before/after comparisons of a change
-# (the figures in docs/benchmarks.md "What was done about the misses"). The canned
+# (current figures in docs/benchmarks.md; the trims in docs/benchmarks-history.md). The canned
 # nginx upstream of bench/run.py runs on CPU 1; the proxy under test on CPU 0.
 #
 #   bench/profile.sh callgrind BIN [REQUESTS]  user-space instructions per request

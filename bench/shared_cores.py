@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Strait against nginx where it is deployed: unpinned, with access logs on, on every
-core (issue 19; docs/benchmarks.md "Shared cores"). The pinned, logs-off section of
+core (issue 19; docs/benchmarks.md "Access log and shared cores"). The pinned, logs-off section of
 bench/run.py is repeated here as the reference.
 
     python3 bench/shared_cores.py                  # 9 rounds per section, 6 s each
