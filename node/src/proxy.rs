@@ -167,7 +167,13 @@ async fn phases(
                 "relayed request refused: this node accepts no relayed requests",
             ));
         };
-        let name = relays.verify(&req.method, path_and_query, &req.headers, peer)?;
+        let name = relays.verify(
+            &req.method,
+            path_and_query,
+            &req.headers,
+            req.client_cert,
+            peer,
+        )?;
         snap.auth.principal_named(&name).ok_or_else(|| {
             tracing::warn!(peer = %peer, "relayed request refused: its principal is unknown here");
             Error::new(
@@ -320,7 +326,10 @@ async fn phases(
         Some(_) => route::relay_peers(&peer_view, &principal),
         None => Err(route::NoPeer::None),
     };
-    let open = shared.health.upstream.status() == crate::health::Ready::Fail;
+    // The direct path's circuit is open, or (when configured) a peer's path has been
+    // much faster than ours for a while.
+    let open = shared.health.upstream.status() == crate::health::Ready::Fail
+        || relays.is_some_and(|r| r.prefers_peer());
     let relay_now = match &candidates {
         Ok(peers) if open => peers.as_slice(),
         _ => &[],
