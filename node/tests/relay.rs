@@ -606,3 +606,119 @@ async fn the_relay_goes_over_mutual_tls_and_a_relayed_request_without_a_client_c
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+/// A free port on 127.0.0.1 (bound, then released for the node to take).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A node of `region` whose peers reach it through a fault proxy (its advertised
+/// public address) adding `one_way` each way: a peer that far from the others.
+async fn far_node(
+    etcd: &Etcd,
+    mock: &MockHandle,
+    region: &str,
+    one_way: Duration,
+) -> (RegionNode, FaultProxyHandle) {
+    let port = free_port();
+    let listen: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let front = FaultProxy::start(listen).await.expect("fault proxy starts");
+    front.set_latency(one_way);
+    let advertised = front.addr().to_string();
+    let node = RegionNode::start_with(Some(etcd), mock, region, |raw| {
+        raw.listen.public = listen.to_string();
+        raw.cluster.advertise_public = Some(advertised);
+    })
+    .await;
+    (node, front)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_with_the_lower_published_ttfb_plus_round_trip_carries_the_relay() {
+    let etcd = Etcd::start();
+    let mock = mock().await;
+    let east = RegionNode::start(Some(&etcd), &mock, "east").await;
+    // South would come first by name and publishes as good a path as west's; our
+    // round trip to it is 160 ms longer.
+    let (_south, _south_front) = far_node(&etcd, &mock, "south", Duration::from_millis(80)).await;
+    let (_west, _west_front) = far_node(&etcd, &mock, "west", Duration::ZERO).await;
+    east.sees(3).await;
+    eventually(
+        "both round trips measured",
+        Duration::from_secs(10),
+        async || {
+            east.metric(r#"strait_relay_peer_rtt_seconds{node="south-1",region="south"}"#)
+                .await
+                > 0.1
+                && east
+                    .metric(r#"strait_relay_peer_rtt_seconds{node="west-1",region="west"}"#)
+                    .await
+                    > 0.0
+        },
+    )
+    .await;
+    let rtt_south = east
+        .metric(r#"strait_relay_peer_rtt_seconds{node="south-1",region="south"}"#)
+        .await;
+    let rtt_west = east
+        .metric(r#"strait_relay_peer_rtt_seconds{node="west-1",region="west"}"#)
+        .await;
+    assert!(rtt_west < 0.05, "west is near: {rtt_west}");
+
+    east.cut();
+    for _ in 0..3 {
+        let r = east.message(CLIENT_KEY, false).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-strait-relayed-via"), Some("west"));
+    }
+    eprintln!("measured: round trip to south {rtt_south:.3} s, to west {rtt_west:.3} s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_much_faster_peer_takes_the_requests_once_its_lead_has_lasted() {
+    let etcd = Etcd::start();
+    let mock = mock().await;
+    let east = RegionNode::start_with(Some(&etcd), &mock, "east", |raw| {
+        raw.health.relay_when_faster = true;
+        raw.health.faster_ratio = 2.0;
+        raw.health.faster_for = Duration::from_millis(900);
+        // Probes must get through the slow path, or it counts as broken.
+        raw.health.probe_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let _west = RegionNode::start(Some(&etcd), &mock, "west").await;
+    east.sees(2).await;
+    // East's own path is slow (a 100 ms round trip) but works: its circuit stays closed.
+    let started = std::time::Instant::now();
+    east.proxy.set_latency(Duration::from_millis(50));
+    let r = east.message(CLIENT_KEY, false).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-strait-relayed-via"), None, "direct at first");
+    eventually(
+        "the trigger moves requests to west",
+        Duration::from_secs(10),
+        async || east.metric("strait_relay_faster_peer").await == 1.0,
+    )
+    .await;
+    let engaged = started.elapsed();
+    assert!(
+        engaged >= Duration::from_millis(900),
+        "not before the lead has lasted faster_for: {engaged:?}"
+    );
+    let sent = std::time::Instant::now();
+    let r = east.message(CLIENT_KEY, false).await;
+    let took = sent.elapsed();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-strait-relayed-via"), Some("west"));
+    assert!(
+        took < Duration::from_millis(80),
+        "the relay avoids the slow path: {took:?}"
+    );
+    let v = east.readyz().await;
+    assert_eq!(v["status"], "pass", "a working direct path: {v}");
+    eprintln!("measured: trigger engaged {engaged:?} after the path slowed");
+}

@@ -43,14 +43,22 @@ impl PeerRtts {
     }
 
     /// Ranks `peers` best first: the peer's published time to first byte (median,
-    /// else moving average, else its probes' round trip; none yet: last) plus our
-    /// round trip to it (not measured yet: nothing added).
+    /// else moving average, else its probes' round trip) plus our round trip to it
+    /// (not measured yet: nothing added). Peers that published no latency yet (a
+    /// fresh record) come after those that did, ordered by our round trip alone.
     pub fn rank(&self, peers: &mut [NodeRecord]) {
         let map = self.by_addr.lock().unwrap_or_else(|p| p.into_inner());
         let cost = |r: &NodeRecord| {
-            published_ttfb(r).unwrap_or(f64::INFINITY) + map.get(&r.public_addr).unwrap_or(&0.0)
+            let rtt = map.get(&r.public_addr).copied().unwrap_or(0.0);
+            match published_ttfb(r) {
+                Some(ttfb) => (0, ttfb + rtt),
+                None => (1, rtt),
+            }
         };
-        peers.sort_by(|a, b| cost(a).total_cmp(&cost(b)));
+        peers.sort_by(|a, b| {
+            let (a, b) = (cost(a), cost(b));
+            a.0.cmp(&b.0).then(a.1.total_cmp(&b.1))
+        });
     }
 
     /// The cost of relaying through `r` as the "peer much faster" trigger compares
@@ -142,6 +150,15 @@ mod tests {
         rtts.add("far", Duration::from_millis(80));
         rtts.rank(&mut peers);
         assert_eq!(peers[0].id, "near", "30 + 5 beats 10 + 80");
+        let mut fresh = peers[1].clone();
+        fresh.id = "fresh".into();
+        fresh.public_addr = "fresh".into();
+        fresh.path = PathHealth::default();
+        rtts.add("fresh", Duration::from_millis(1));
+        let mut all = vec![fresh, peers[1].clone(), peers[0].clone()];
+        rtts.rank(&mut all);
+        let order: Vec<_> = all.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(order, ["near", "far", "fresh"], "published latency first");
         assert_eq!(rtts.path_cost(&peers[0]), Some(10.0));
         rtts.retain(&["near"]);
         assert_eq!(rtts.get("far"), None);
