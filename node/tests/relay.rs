@@ -690,7 +690,7 @@ async fn a_much_faster_peer_takes_the_requests_once_its_lead_has_lasted() {
         raw.health.probe_timeout = Duration::from_millis(300);
     })
     .await;
-    let _west = RegionNode::start(Some(&etcd), &mock, "west").await;
+    let (_west, west_front) = far_node(&etcd, &mock, "west", Duration::ZERO).await;
     east.sees(2).await;
     // East's own path is slow (a 100 ms round trip) but works: its circuit stays closed.
     let started = std::time::Instant::now();
@@ -720,5 +720,12 @@ async fn a_much_faster_peer_takes_the_requests_once_its_lead_has_lasted() {
     );
     let v = east.readyz().await;
     assert_eq!(v["status"], "pass", "a working direct path: {v}");
+
+    // West becomes unreachable: nothing was sent, so the request goes direct.
+    west_front.set_refuse(true);
+    west_front.reset_all();
+    let r = east.message(CLIENT_KEY, false).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-strait-relayed-via"), None);
     eprintln!("measured: trigger engaged {engaged:?} after the path slowed");
 }

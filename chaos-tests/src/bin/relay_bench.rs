@@ -132,12 +132,7 @@ fn start_node(
     cmd.arg("--config")
         .arg(&config)
         .args(["--listen", listen, "--admin-listen", "127.0.0.1:0"])
-        .args([
-            "--log-format",
-            "json",
-            "--log-level",
-            "info",
-        ])
+        .args(["--log-format", "json", "--log-level", "info"])
         .args([
             "--no-access-log",
             "--upstream",
