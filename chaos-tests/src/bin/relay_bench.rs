@@ -328,11 +328,13 @@ async fn main() {
     a_to_b.set_latency(Duration::from_millis(20));
 
     let (_etcd, etcd_url) = start_etcd(&dir);
-    let cluster = |region: &str, extra: &str| {
+    // Probes every second (default timeout, 1 s); the trigger at its default ratio
+    // with a short hold so the run need not wait half a minute.
+    let cluster = |region: &str, id: &str, extra: &str, faster: bool| {
         format!(
-            "[cluster]\netcd = [\"{etcd_url}\"]\nregion = \"{region}\"\nnode_id = \"{region}-1\"\n{extra}\n\
+            "[cluster]\netcd = [\"{etcd_url}\"]\nregion = \"{region}\"\nnode_id = \"{id}\"\n{extra}\n\
              [health]\nprobe_interval = \"1s\"\nprobe_timeout = \"1s\"\n\
-             relay_when_faster = true\nfaster_ratio = 2.0\nfaster_for = \"3s\"\n"
+             relay_when_faster = {faster}\nfaster_ratio = 2.0\nfaster_for = \"3s\"\n"
         )
     };
     let node_b = start_node(
@@ -341,7 +343,12 @@ async fn main() {
         "b",
         &b_listen.to_string(),
         path_b.addr(),
-        &cluster("b", &format!("advertise_public = \"{}\"", a_to_b.addr())),
+        &cluster(
+            "b",
+            "b-1",
+            &format!("advertise_public = \"{}\"", a_to_b.addr()),
+            false,
+        ),
     );
     let node_a = start_node(
         &args.node_bin,
@@ -349,7 +356,17 @@ async fn main() {
         "a",
         "127.0.0.2:0",
         path_a.addr(),
-        &cluster("a", ""),
+        &cluster("a", "a-1", "", true),
+    );
+    // A second node of region A with the trigger off: it relays only while its
+    // direct path's circuit is open (spikes make probes time out).
+    let node_a_circuit = start_node(
+        &args.node_bin,
+        &dir,
+        "a2",
+        "127.0.0.4:0",
+        path_a.addr(),
+        &cluster("a", "a-2", "", false),
     );
     let solo = start_node(
         &args.node_bin,
@@ -411,7 +428,14 @@ async fn main() {
             measure
         ),
         load(
-            "Strait, relay through B",
+            "Strait, relay on an open circuit only",
+            format!("http://{}/v1/messages", node_a_circuit.public),
+            n,
+            warm,
+            measure
+        ),
+        load(
+            "Strait, relay (peer much faster)",
             format!("http://{}/v1/messages", node_a.public),
             n,
             warm,
@@ -425,7 +449,7 @@ async fn main() {
     );
     println!("| contender | requests | errors | relayed | P50 ms | P95 ms | P99 ms | max ms |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    for r in [runs.0, runs.1, runs.2, runs.3, runs.4] {
+    for r in [runs.0, runs.1, runs.2, runs.3, runs.4, runs.5] {
         println!(
             "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} |",
             r.name,
