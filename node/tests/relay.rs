@@ -729,3 +729,36 @@ async fn a_much_faster_peer_takes_the_requests_once_its_lead_has_lasted() {
     assert_eq!(r.header("x-strait-relayed-via"), None);
     eprintln!("measured: trigger engaged {engaged:?} after the path slowed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_tls_still_relays_over_tls_to_a_peer_that_listens_with_it() {
+    let etcd = Etcd::start();
+    let mock = mock().await;
+    let pki = cluster_pki();
+    // East has no certificate of its own (no mTLS), but trusts the cluster CA.
+    let east = RegionNode::start_with(Some(&etcd), &mock, "east", |raw| {
+        raw.cluster.peer_ca_file = Some(pki.ca.clone());
+    })
+    .await;
+    // West listens with TLS and asks no client certificate (no peer_ca_file).
+    let west = RegionNode::start_with(Some(&etcd), &mock, "west", |raw| {
+        raw.tls = Some(strait_node::config::RawTls {
+            cert: pki.cert.clone(),
+            key: pki.key.clone(),
+            tls13_only: true,
+        });
+    })
+    .await;
+    east.sees(2).await;
+    east.cut();
+    let r = east.message(CLIENT_KEY, true).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-strait-relayed-via"), Some("west"));
+    // Only TLS reaches west's listener (a plain request there would not be answered
+    // as HTTP), so the relay went over TLS; its signature still counted.
+    assert_eq!(
+        west.metric(r#"strait_relay_requests_total{direction="received"}"#)
+            .await,
+        1.0
+    );
+}
