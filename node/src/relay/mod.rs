@@ -377,6 +377,8 @@ impl Relays {
             let peers = cluster.relay_peers.load_full();
             let addrs: Vec<&str> = peers.iter().map(|p| p.public_addr.as_str()).collect();
             self.rtts.retain(&addrs);
+            // Peers that left stop showing in the metric.
+            self.rtt_gauge.reset();
             for peer in peers.iter() {
                 // A first round trip includes dialling (and TLS): measure again on the
                 // connection it left in the pool.
@@ -391,11 +393,11 @@ impl Relays {
                 }
                 if let Some(rtt) = rtt {
                     self.rtts.add(&peer.public_addr, rtt);
-                    if let Some(ms) = self.rtts.get(&peer.public_addr) {
-                        self.rtt_gauge
-                            .with_label_values(&[peer.region.as_str(), peer.id.as_str()])
-                            .set(ms / 1000.0);
-                    }
+                }
+                if let Some(ms) = self.rtts.get(&peer.public_addr) {
+                    self.rtt_gauge
+                        .with_label_values(&[peer.region.as_str(), peer.id.as_str()])
+                        .set(ms / 1000.0);
                 }
             }
             cluster.relay_peers.rcu(|current| {
