@@ -50,11 +50,21 @@ struct Args {
 const CLIENT_KEY: &str = "bench-client-key-0001";
 const SECRET: &str = "relay-bench-cluster-secret-0123456789";
 
-/// Kills its child when dropped (by PID: only what this run started).
+/// Stops its child when dropped (by PID: only what this run started): SIGTERM first,
+/// so nginx's master takes its workers down with it, then SIGKILL if it lingers.
 struct Proc(Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        for _ in 0..50 {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
