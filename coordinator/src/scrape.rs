@@ -377,6 +377,7 @@ mod tests {
             state: strait_node::schema::NodeState::Serving,
             path: Default::default(),
             ready: Default::default(),
+            tls: false,
         }
     }
 

@@ -496,6 +496,7 @@ fn node(region: &str, id: &str, admin_port: u16) -> NodeRecord {
             ..PathHealth::default()
         },
         ready: schema::Ready::Pass,
+        tls: false,
     }
 }
 

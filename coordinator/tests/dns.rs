@@ -86,6 +86,7 @@ async fn put_node(
             "warn" => Ready::Warn,
             _ => Ready::Pass,
         },
+        tls: false,
     };
     let opts = lease.map(|l| PutOptions::new().with_lease(l));
     etcd.put(

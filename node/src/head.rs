@@ -19,6 +19,9 @@ pub struct ClientRequest {
     pub version: Version,
     pub headers: HeaderFields,
     pub body: ClientBody,
+    /// The connection presented a client certificate the listener verified against
+    /// the cluster's CA (`cluster.peer_ca_file`): a peer node, for relayed requests.
+    pub client_cert: bool,
 }
 
 /// A request's header fields, in arrival order.

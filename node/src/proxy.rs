@@ -167,7 +167,13 @@ async fn phases(
                 "relayed request refused: this node accepts no relayed requests",
             ));
         };
-        let name = relays.verify(&req.method, path_and_query, &req.headers, peer)?;
+        let name = relays.verify(
+            &req.method,
+            path_and_query,
+            &req.headers,
+            req.client_cert,
+            peer,
+        )?;
         snap.auth.principal_named(&name).ok_or_else(|| {
             tracing::warn!(peer = %peer, "relayed request refused: its principal is unknown here");
             Error::new(
@@ -320,7 +326,11 @@ async fn phases(
         Some(_) => route::relay_peers(&peer_view, &principal),
         None => Err(route::NoPeer::None),
     };
+    // The direct path's circuit is open, or (when configured) a peer's path has been
+    // much faster than ours for a while.
     let open = shared.health.upstream.status() == crate::health::Ready::Fail;
+    let preferred = !open && relays.is_some_and(|r| r.prefers_peer());
+    let open = open || preferred;
     let relay_now = match &candidates {
         Ok(peers) if open => peers.as_slice(),
         _ => &[],
@@ -396,7 +406,10 @@ async fn phases(
     };
     let forwarded = match (relay_with, relays, direct) {
         (Some((peers, body)), Some(relays), _) => {
-            relays
+            // Relaying by preference while the direct path works: if no peer can be
+            // reached (nothing was sent), the request still goes direct.
+            let spare = preferred.then(|| body.try_clone()).flatten();
+            let relayed = relays
                 .send(
                     peers,
                     &principal.name,
@@ -407,7 +420,36 @@ async fn phases(
                     first_byte,
                     record,
                 )
-                .await
+                .await;
+            match (relayed, spare) {
+                (Err(e), Some(body)) if e.kind == ErrorKind::UpstreamConnect => {
+                    tracing::info!(request_id = %record.request_id, "no faster peer reachable: sent direct");
+                    let ctx = ForwardCtx {
+                        route: route::decide(
+                            snap.pool_for(&principal),
+                            snap.auth.mode(),
+                            scope,
+                            &[],
+                        ),
+                        metrics: &shared.metrics,
+                        health: &shared.health.upstream,
+                        stream: meta.stream,
+                        sent: Default::default(),
+                    };
+                    shared
+                        .upstream
+                        .forward(
+                            &ctx,
+                            method.clone(),
+                            path_and_query,
+                            &outgoing,
+                            body,
+                            record,
+                        )
+                        .await
+                }
+                (relayed, _) => relayed,
+            }
         }
         (_, _, Some(direct)) => direct,
         // A relay is chosen only with a relay channel; never a panic on the request path.

@@ -70,6 +70,11 @@ pub struct NodeRecord {
     /// records of nodes older than the field: read as `pass`.
     #[serde(default)]
     pub ready: Ready,
+    /// Whether `public_addr` speaks TLS: peers relay to it over TLS (mTLS when they
+    /// have certificates of their own), else over plain HTTP. Absent in records of
+    /// older nodes: read as plain HTTP.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

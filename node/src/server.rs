@@ -106,13 +106,24 @@ impl Node {
         let prober = {
             let s = shared.clone();
             tokio::spawn(async move {
-                crate::forward::probe::run(
+                let probes = crate::forward::probe::run(
                     &s.upstream,
                     &s.health.upstream,
                     &s.metrics,
                     &s.config.health,
-                )
-                .await
+                );
+                // Our round trips to the relay candidates, beside the direct path's.
+                let peers = async {
+                    match &s.relay {
+                        Some(relay) if s.config.cluster.is_some() => {
+                            relay
+                                .measure(&s.health.cluster, &s.health.upstream, &s.config.health)
+                                .await
+                        }
+                        _ => std::future::pending().await,
+                    }
+                };
+                tokio::join!(probes, peers);
             })
         };
 

@@ -440,3 +440,325 @@ async fn a_stalled_path_times_out_once_then_the_circuit_opens_and_requests_relay
         "the stalled request was never resent"
     );
 }
+
+/// A cluster CA and one node certificate it signed (for `localhost` and
+/// `127.0.0.1`, usable as server and as client certificate), written to files.
+struct ClusterPki {
+    _dir: tempfile::TempDir,
+    ca: std::path::PathBuf,
+    ca_pem: String,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+}
+
+fn cluster_pki() -> ClusterPki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Strait cluster test CA");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let mut params =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "strait node");
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &*ca).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let paths = ["ca.pem", "cert.pem", "key.pem"].map(|n| dir.path().join(n));
+    std::fs::write(&paths[0], ca.pem()).unwrap();
+    std::fs::write(&paths[1], cert.pem()).unwrap();
+    std::fs::write(&paths[2], key.serialize_pem()).unwrap();
+    let [ca_path, cert, key] = paths;
+    ClusterPki {
+        _dir: dir,
+        ca: ca_path,
+        ca_pem: ca.pem(),
+        cert,
+        key,
+    }
+}
+
+/// A POST over HTTPS (HTTP/1.1) trusting only `ca_pem`, without a client certificate.
+async fn https_post(
+    ca_pem: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &serde_json::Value,
+) -> Resp {
+    use http_body_util::Full;
+    let cfg = strait_chaos::tls::client_config(ca_pem, &[]).unwrap();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(cfg)
+        .https_only()
+        .enable_http1()
+        .build();
+    let client: hyper_util::client::legacy::Client<_, Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(https);
+    let mut req = http::Request::post(url).header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Full::new(bytes::Bytes::from(body.to_string())))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .expect("answer within 30 s")
+        .expect("HTTPS request succeeds at the HTTP level");
+    collect(resp, started).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_goes_over_mutual_tls_and_a_relayed_request_without_a_client_cert_is_refused() {
+    let etcd = Etcd::start();
+    let mock = mock().await;
+    let pki = cluster_pki();
+    let with_tls = |raw: &mut RawConfig| {
+        raw.tls = Some(strait_node::config::RawTls {
+            cert: pki.cert.clone(),
+            key: pki.key.clone(),
+            tls13_only: false,
+        });
+        raw.cluster.peer_ca_file = Some(pki.ca.clone());
+    };
+    let east = RegionNode::start_with(Some(&etcd), &mock, "east", with_tls).await;
+    let west = RegionNode::start_with(Some(&etcd), &mock, "west", with_tls).await;
+    east.sees(2).await;
+    let https = |n: &RegionNode| n.url.replace("http://", "https://");
+
+    // The records say both listen with TLS.
+    let mut etcd_client = etcd.client().await;
+    let recs = etcd_client
+        .get(
+            "/strait/nodes/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(recs.kvs().len(), 2);
+    for kv in recs.kvs() {
+        let rec: strait_node::schema::NodeRecord = serde_json::from_slice(kv.value()).unwrap();
+        assert!(rec.tls, "{rec:?}");
+    }
+
+    // East's path is cut: its request goes to west over mutual TLS, signed as ever.
+    east.cut();
+    let r = https_post(
+        &pki.ca_pem,
+        &format!("{}/v1/messages", https(&east)),
+        &auth(CLIENT_KEY),
+        &message_body(false),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-strait-relayed-via"), Some("west"));
+    assert_eq!(
+        west.metric(r#"strait_relay_requests_total{direction="received"}"#)
+            .await,
+        1.0
+    );
+
+    // A correctly signed relayed request over TLS but without a client certificate:
+    // refused, and its nonce left unspent (the signature was not even looked at).
+    let channel = Channel::new(SECRET.as_bytes());
+    let fields = signed(&channel, "/v1/messages", ENV_KEY_NAME, None);
+    let mut headers: Vec<(&str, &str)> = vec![("anthropic-version", "2023-06-01")];
+    headers.extend(fields.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+    let before = messages_seen(&mock).len();
+    let r = https_post(
+        &pki.ca_pem,
+        &format!("{}/v1/messages", https(&west)),
+        &headers,
+        &message_body(false),
+    )
+    .await;
+    r.assert_gateway_error(401, "authentication_error");
+    assert!(r.text().contains("client certificate"), "{}", r.text());
+    assert_eq!(messages_seen(&mock).len(), before, "nothing went upstream");
+    assert_eq!(
+        west.metric(r#"strait_relay_requests_total{direction="refused"}"#)
+            .await,
+        1.0
+    );
+    // Clients of the API need no certificate.
+    let r = https_post(
+        &pki.ca_pem,
+        &format!("{}/v1/messages", https(&west)),
+        &auth(CLIENT_KEY),
+        &message_body(false),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// A free port on 127.0.0.1 (bound, then released for the node to take).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A node of `region` whose peers reach it through a fault proxy (its advertised
+/// public address) adding `one_way` each way: a peer that far from the others.
+async fn far_node(
+    etcd: &Etcd,
+    mock: &MockHandle,
+    region: &str,
+    one_way: Duration,
+) -> (RegionNode, FaultProxyHandle) {
+    let port = free_port();
+    let listen: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let front = FaultProxy::start(listen).await.expect("fault proxy starts");
+    front.set_latency(one_way);
+    let advertised = front.addr().to_string();
+    let node = RegionNode::start_with(Some(etcd), mock, region, |raw| {
+        raw.listen.public = listen.to_string();
+        raw.cluster.advertise_public = Some(advertised);
+    })
+    .await;
+    (node, front)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_with_the_lower_published_ttfb_plus_round_trip_carries_the_relay() {
+    let etcd = Etcd::start();
+    let mock = mock().await;
+    let east = RegionNode::start(Some(&etcd), &mock, "east").await;
+    // South would come first by name and publishes as good a path as west's; our
+    // round trip to it is 160 ms longer.
+    let (_south, _south_front) = far_node(&etcd, &mock, "south", Duration::from_millis(80)).await;
+    let (_west, _west_front) = far_node(&etcd, &mock, "west", Duration::ZERO).await;
+    east.sees(3).await;
+    eventually(
+        "both round trips measured",
+        Duration::from_secs(10),
+        async || {
+            east.metric(r#"strait_relay_peer_rtt_seconds{node="south-1",region="south"}"#)
+                .await
+                > 0.1
+                && east
+                    .metric(r#"strait_relay_peer_rtt_seconds{node="west-1",region="west"}"#)
+                    .await
+                    > 0.0
+        },
+    )
+    .await;
+    let rtt_south = east
+        .metric(r#"strait_relay_peer_rtt_seconds{node="south-1",region="south"}"#)
+        .await;
+    let rtt_west = east
+        .metric(r#"strait_relay_peer_rtt_seconds{node="west-1",region="west"}"#)
+        .await;
+    assert!(rtt_west < 0.05, "west is near: {rtt_west}");
+
+    east.cut();
+    for _ in 0..3 {
+        let r = east.message(CLIENT_KEY, false).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-strait-relayed-via"), Some("west"));
+    }
+    eprintln!("measured: round trip to south {rtt_south:.3} s, to west {rtt_west:.3} s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_much_faster_peer_takes_the_requests_once_its_lead_has_lasted() {
+    let etcd = Etcd::start();
+    let mock = mock().await;
+    let east = RegionNode::start_with(Some(&etcd), &mock, "east", |raw| {
+        raw.health.relay_when_faster = true;
+        raw.health.faster_ratio = 2.0;
+        raw.health.faster_for = Duration::from_millis(900);
+        // Probes must get through the slow path, or it counts as broken.
+        raw.health.probe_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let (_west, west_front) = far_node(&etcd, &mock, "west", Duration::ZERO).await;
+    east.sees(2).await;
+    // East's own path is slow (a 100 ms round trip) but works: its circuit stays closed.
+    let started = std::time::Instant::now();
+    east.proxy.set_latency(Duration::from_millis(50));
+    let r = east.message(CLIENT_KEY, false).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-strait-relayed-via"), None, "direct at first");
+    eventually(
+        "the trigger moves requests to west",
+        Duration::from_secs(10),
+        async || east.metric("strait_relay_faster_peer").await == 1.0,
+    )
+    .await;
+    let engaged = started.elapsed();
+    assert!(
+        engaged >= Duration::from_millis(900),
+        "not before the lead has lasted faster_for: {engaged:?}"
+    );
+    let sent = std::time::Instant::now();
+    let r = east.message(CLIENT_KEY, false).await;
+    let took = sent.elapsed();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-strait-relayed-via"), Some("west"));
+    assert!(
+        took < Duration::from_millis(80),
+        "the relay avoids the slow path: {took:?}"
+    );
+    let v = east.readyz().await;
+    assert_eq!(v["status"], "pass", "a working direct path: {v}");
+
+    // West becomes unreachable: nothing was sent, so the request goes direct.
+    west_front.set_refuse(true);
+    west_front.reset_all();
+    let r = east.message(CLIENT_KEY, false).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-strait-relayed-via"), None);
+    eprintln!("measured: trigger engaged {engaged:?} after the path slowed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_tls_still_relays_over_tls_to_a_peer_that_listens_with_it() {
+    let etcd = Etcd::start();
+    let mock = mock().await;
+    let pki = cluster_pki();
+    // East has no certificate of its own (no mTLS), but trusts the cluster CA.
+    let east = RegionNode::start_with(Some(&etcd), &mock, "east", |raw| {
+        raw.cluster.peer_ca_file = Some(pki.ca.clone());
+    })
+    .await;
+    // West listens with TLS and asks no client certificate (no peer_ca_file).
+    let west = RegionNode::start_with(Some(&etcd), &mock, "west", |raw| {
+        raw.tls = Some(strait_node::config::RawTls {
+            cert: pki.cert.clone(),
+            key: pki.key.clone(),
+            tls13_only: true,
+        });
+    })
+    .await;
+    east.sees(2).await;
+    east.cut();
+    let r = east.message(CLIENT_KEY, true).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-strait-relayed-via"), Some("west"));
+    // Only TLS reaches west's listener (a plain request there would not be answered
+    // as HTTP), so the relay went over TLS; its signature still counted.
+    assert_eq!(
+        west.metric(r#"strait_relay_requests_total{direction="received"}"#)
+            .await,
+        1.0
+    );
+}

@@ -338,6 +338,7 @@ mod tests {
                 ..Default::default()
             },
             ready: strait_node::schema::Ready::Warn,
+            tls: false,
         };
         let mut docs = NodeDocs::new();
         docs.insert("k".into(), serde_json::to_vec(&today).unwrap());

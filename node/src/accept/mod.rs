@@ -138,6 +138,12 @@ where
                     match tokio::time::timeout(handshake_timeout, tls.acceptor().accept(tcp)).await
                     {
                         Ok(Ok(stream)) => {
+                            // A certificate is there only if the verifier accepted it.
+                            let verified = stream.get_ref().1.peer_certificates().is_some();
+                            let service = move |mut req: ClientRequest, peer| {
+                                req.client_cert = verified;
+                                service(req, peer)
+                            };
                             if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
                                 serve_h2(&http, stream, peer, watcher, service).await;
                             } else if let h1::Ended::Http2(stream, read) =
@@ -205,6 +211,7 @@ async fn serve_h2<IO, S, F, B, X>(
                 version: parts.version,
                 headers: HeaderFields::Map(parts.headers),
                 body: ClientBody::Hyper(body, watch),
+                client_cert: false,
             },
             peer,
         );

@@ -145,6 +145,7 @@ impl RecordBuilder {
                 probe_rtt_ms: up.probe_rtt.ms().map(round),
             },
             ready: shared.ready(),
+            tls: shared.config.tls.is_some(),
         }
     }
 }
@@ -178,7 +179,8 @@ impl Members {
 
     /// Nodes of other regions that can carry a relayed request now, best first: the
     /// lowest published time to first byte (median, else average, else probe round
-    /// trip; a node with none yet comes last). None when this node cannot relay: no
+    /// trip; a node with none yet comes last) plus our measured round trip to it
+    /// (`relay::PeerRtts`). None when this node cannot relay: no
     /// cluster secret to sign with, or clients' own keys passing through (they never
     /// travel between nodes).
     fn relay_peers(&self, shared: &Shared) -> Vec<NodeRecord> {
@@ -201,14 +203,9 @@ impl Members {
                     && r.path.state == PathState::Closed
             })
             .collect();
-        let speed = |r: &NodeRecord| {
-            let p = &r.path;
-            p.ttfb_p50_ms
-                .or(p.ttfb_ewma_ms)
-                .or(p.probe_rtt_ms)
-                .unwrap_or(f64::INFINITY)
-        };
-        peers.sort_by(|a, b| speed(a).total_cmp(&speed(b)));
+        if let Some(relay) = &shared.relay {
+            relay.rank(&mut peers);
+        }
         peers
     }
 

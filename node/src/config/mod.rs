@@ -30,6 +30,10 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub tls13_only: bool,
+    /// `cluster.peer_ca_file`: client certificates signed by it are asked for and
+    /// verified (optional for clients; required of relayed requests). `None`: no
+    /// client certificates.
+    pub client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -205,6 +209,18 @@ pub struct HealthChecks {
     pub probe_timeout: Duration,
     /// Transport failures in a row (probes and requests) that open the circuit.
     pub failure_threshold: u32,
+    /// The "peer much faster" relay trigger: `None` when off, else the ratio and
+    /// how long it must hold.
+    pub relay_when_faster: Option<FasterPeer>,
+}
+
+/// When a peer region counts as much faster than the direct path.
+#[derive(Debug, Clone, Copy)]
+pub struct FasterPeer {
+    /// The peer's cost times this must stay below the direct path's latency.
+    pub ratio: f64,
+    /// For this long, before requests move (and back).
+    pub sustain: Duration,
 }
 
 /// The validated configuration a node runs with.
@@ -228,6 +244,9 @@ pub struct Config {
     /// `STRAIT_CLUSTER_SECRET`): the bearer token of `/stats`. `None`: `/stats` answers
     /// only on a loopback admin listener.
     pub cluster_secret: Option<Secret>,
+    /// `cluster.peer_ca_file`: trust for peers' server certificates when relaying over
+    /// TLS (`None`: the public web roots and `upstream.ca_file`).
+    pub peer_ca_file: Option<PathBuf>,
     pub health: HealthChecks,
 }
 

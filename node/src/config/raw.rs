@@ -110,6 +110,16 @@ pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// circuit: two, so one lost packet does not move DNS, and a dead path is seen
 /// within one probe interval (a failed probe is confirmed at once).
 pub const DEFAULT_FAILURE_THRESHOLD: u32 = 2;
+/// Default of the "peer much faster" relay trigger: off. A node relays only when its
+/// direct path cannot be used unless the operator turns it on.
+pub const DEFAULT_RELAY_WHEN_FASTER: bool = false;
+/// Default factor by which a peer's path must beat the direct one for the "peer
+/// much faster" trigger: 2, so a peer must take at most half our direct latency.
+pub const DEFAULT_FASTER_RATIO: f64 = 2.0;
+/// Default time the peer must stay that much faster before requests move (and the
+/// direct path must stay no longer beaten that much before they move back): 30 s,
+/// long enough that a few slow answers do not move traffic.
+pub const DEFAULT_FASTER_FOR: Duration = Duration::from_secs(30);
 
 /// The file's shape. Unknown fields are errors so typos do not pass silently.
 #[derive(Debug, Default, Deserialize)]
@@ -145,6 +155,18 @@ pub struct RawHealth {
     pub probe_timeout: Duration,
     /// Default [`DEFAULT_FAILURE_THRESHOLD`] (2).
     pub failure_threshold: u32,
+    /// Relay while a peer region's path has been much faster than the direct one
+    /// (`faster_ratio`, for `faster_for`), not only when the direct path fails.
+    /// Default [`DEFAULT_RELAY_WHEN_FASTER`] (false).
+    pub relay_when_faster: bool,
+    /// How many times faster (peer's path latency plus our round trip to it, against
+    /// the direct path's) counts as much faster; above 1. Default
+    /// [`DEFAULT_FASTER_RATIO`] (2).
+    pub faster_ratio: f64,
+    /// How long the peer must stay that much faster before requests relay, and not
+    /// be before they go direct again. Default [`DEFAULT_FASTER_FOR`] (30 s).
+    #[serde(with = "humantime_serde_compat")]
+    pub faster_for: Duration,
 }
 
 impl Default for RawHealth {
@@ -153,6 +175,9 @@ impl Default for RawHealth {
             probe_interval: DEFAULT_PROBE_INTERVAL,
             probe_timeout: DEFAULT_PROBE_TIMEOUT,
             failure_threshold: DEFAULT_FAILURE_THRESHOLD,
+            relay_when_faster: DEFAULT_RELAY_WHEN_FASTER,
+            faster_ratio: DEFAULT_FASTER_RATIO,
+            faster_for: DEFAULT_FASTER_FOR,
         }
     }
 }
@@ -500,6 +525,12 @@ pub struct RawCluster {
     /// coordinators: it guards the admin listener's `/stats`. Or `STRAIT_CLUSTER_SECRET`.
     /// Default: none (then `/stats` answers only on a loopback admin listener).
     pub cluster_secret_file: Option<PathBuf>,
+    /// PEM CA certificate(s) that sign the cluster's node certificates. Relays to a
+    /// peer that listens with TLS verify its certificate against it (without it: the
+    /// public web roots and `upstream.ca_file`); with `[tls]` the public listener also
+    /// asks for client certificates signed by it and refuses relayed requests that
+    /// come without one (mTLS). Default: none.
+    pub peer_ca_file: Option<PathBuf>,
     /// The cluster secret from the environment (`STRAIT_CLUSTER_SECRET`), set by `cli`.
     #[serde(skip)]
     pub cluster_secret: Option<Secret>,
@@ -518,6 +549,7 @@ impl Default for RawCluster {
             advertise_admin: None,
             kek: None,
             cluster_secret_file: None,
+            peer_ca_file: None,
             cluster_secret: None,
         }
     }

@@ -10,9 +10,9 @@ use super::raw::{
     DEFAULT_REDIS_PREFIX, DEFAULT_REGION, DEFAULT_SPOOL_SUBDIR,
 };
 use super::{
-    hash_key, Auth, ClientKey, Cluster, Config, Deferred, HealthChecks, LimitMode, Limits, Log,
-    LogFormat, RateLimits, RedisSettings, Secret, Tenant, TlsConfig, Upstream, UpstreamKey,
-    UpstreamTarget,
+    hash_key, Auth, ClientKey, Cluster, Config, Deferred, FasterPeer, HealthChecks, LimitMode,
+    Limits, Log, LogFormat, RateLimits, RedisSettings, Secret, Tenant, TlsConfig, Upstream,
+    UpstreamKey, UpstreamTarget,
 };
 use crate::error::{Error, Result};
 
@@ -64,6 +64,7 @@ impl RawConfig {
                     cert: t.cert,
                     key: t.key,
                     tls13_only: t.tls13_only,
+                    client_ca: self.cluster.peer_ca_file.clone(),
                 })
             }
         };
@@ -205,6 +206,15 @@ impl RawConfig {
             self.cluster.region.clone()
         };
         let cluster_secret = validate_cluster_secret(&self.cluster)?;
+        let peer_ca_file = self.cluster.peer_ca_file.clone();
+        if let Some(p) = &peer_ca_file {
+            if !p.exists() {
+                return Err(Error::config(format!(
+                    "cluster.peer_ca_file: no such file {}",
+                    p.display()
+                )));
+            }
+        }
         let cluster = validate_cluster(self.cluster)?;
         if !keys.is_empty()
             && client_keys.is_empty()
@@ -306,6 +316,7 @@ impl RawConfig {
             region,
             deferred,
             cluster_secret,
+            peer_ca_file,
             health,
         })
     }
@@ -328,10 +339,22 @@ fn validate_health(h: &RawHealth) -> Result<HealthChecks> {
             "health.failure_threshold must be between 1 and 100",
         ));
     }
+    if !(h.faster_ratio.is_finite() && h.faster_ratio > 1.0 && h.faster_ratio <= 100.0) {
+        return Err(Error::config(
+            "health.faster_ratio must be above 1 and at most 100",
+        ));
+    }
+    if h.faster_for > Duration::from_secs(24 * 3600) {
+        return Err(Error::config("health.faster_for must be at most 24h"));
+    }
     Ok(HealthChecks {
         probe_interval: h.probe_interval,
         probe_timeout: h.probe_timeout,
         failure_threshold: h.failure_threshold,
+        relay_when_faster: h.relay_when_faster.then_some(FasterPeer {
+            ratio: h.faster_ratio,
+            sustain: h.faster_for,
+        }),
     })
 }
 

@@ -17,7 +17,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 pub use self::circuit::Circuit;
-pub use self::latency::{Ewma, Latency, Percentiles};
+pub use self::latency::{Ewma, Latency, Percentiles, EWMA_WEIGHT};
 pub use crate::schema::{NodeRecord, PathState, Ready};
 
 /// What the node has seen of its upstream path recently, updated on every attempt

@@ -174,6 +174,7 @@ where
             version,
             headers: HeaderFields::Raw(headers),
             body,
+            client_cert: false,
         };
         // A declared body over the limit will be refused unread: no invitation to send it.
         let refused_unread = matches!(framing, Framing::Length(n) if n > settings.max_body);
