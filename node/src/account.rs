@@ -5,10 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::access_key;
 use crate::meta::{RouteKind, Usage};
 use crate::metrics::Metrics;
-use crate::telemetry::access;
+use crate::telemetry::access::{self, key};
 
 /// What the access log and metrics need to know about one finished request.
 /// Built up along the pipeline; never holds bodies or keys.
@@ -100,36 +99,36 @@ impl RequestRecord {
             return;
         }
         let written = access::write(|l| {
-            l.str(access_key!("request_id"), &self.request_id);
-            l.str(access_key!("method"), self.method.as_str());
-            l.str(access_key!("path"), self.uri.path());
-            l.str(access_key!("route"), route);
-            l.uint(access_key!("status"), u64::from(self.status));
-            l.str(access_key!("client"), self.client.as_deref().unwrap_or("-"));
+            l.str(key!("request_id"), &self.request_id);
+            l.str(key!("method"), self.method.as_str());
+            l.str(key!("path"), self.uri.path());
+            l.str(key!("route"), route);
+            l.uint(key!("status"), u64::from(self.status));
+            l.str(key!("client"), self.client.as_deref().unwrap_or("-"));
             let model = self.model.as_deref();
             l.str(
-                access_key!("model"),
+                key!("model"),
                 model.map_or("-", |m| if m.len() > 64 { "other" } else { m }),
             );
-            l.bool(access_key!("stream"), self.stream);
+            l.bool(key!("stream"), self.stream);
             l.str(
-                access_key!("upstream_key"),
+                key!("upstream_key"),
                 self.upstream_key.as_deref().unwrap_or("-"),
             );
-            l.uint(access_key!("attempts"), u64::from(self.attempts));
-            l.millis(access_key!("duration_ms"), elapsed);
+            l.uint(key!("attempts"), u64::from(self.attempts));
+            l.millis(key!("duration_ms"), elapsed);
             if let Some(t) = self.upstream_ttfb {
-                l.millis(access_key!("ttfb_ms"), t);
+                l.millis(key!("ttfb_ms"), t);
             }
             if let Some(t) = self.ttft {
-                l.millis(access_key!("ttft_ms"), t);
+                l.millis(key!("ttft_ms"), t);
             }
-            l.uint(access_key!("input_tokens"), self.usage.input_tokens);
-            l.uint(access_key!("output_tokens"), self.usage.output_tokens);
-            l.uint(access_key!("bytes_out"), self.bytes_out);
-            l.str(access_key!("outcome"), self.outcome);
+            l.uint(key!("input_tokens"), self.usage.input_tokens);
+            l.uint(key!("output_tokens"), self.usage.output_tokens);
+            l.uint(key!("bytes_out"), self.bytes_out);
+            l.str(key!("outcome"), self.outcome);
             if let Some(e) = self.error {
-                l.str(access_key!("error"), e);
+                l.str(key!("error"), e);
             }
         });
         if !written {

@@ -202,16 +202,15 @@ fn write_loop(shared: &Shared, to: Destination) {
 }
 
 /// A field name, rendered once for each format (` name=` and `,"name":`): a line has
-/// about twenty, so each is one copy. Made by [`key!`](crate::access_key).
+/// about twenty, so each is one copy. Made by `key!`.
 #[derive(Clone, Copy)]
 pub struct Key {
     pub text: &'static [u8],
     pub json: &'static [u8],
 }
 
-/// `access_key!("status")`: the [`Key`] of a field name (a literal of plain ASCII).
-#[macro_export]
-macro_rules! access_key {
+/// `key!("status")`: the [`Key`] of a field name (a literal of plain ASCII).
+macro_rules! key {
     ($name:literal) => {
         $crate::telemetry::access::Key {
             text: concat!(" ", $name, "=").as_bytes(),
@@ -219,6 +218,7 @@ macro_rules! access_key {
         }
     };
 }
+pub(crate) use key;
 
 /// Bytes a text value may hold bare; anything else (space, quote, `=`, backslash,
 /// control, non-ASCII) makes it quoted. A table: one load per byte.
@@ -459,13 +459,10 @@ mod tests {
     fn json_lines_parse_and_escape_anything_a_client_sent() {
         let model = "evil\"model\n{\"status\":1}\u{1}";
         let s = line(LogFormat::Json, |l| {
-            l.str(crate::access_key!("model"), model);
-            l.uint(crate::access_key!("status"), 200);
-            l.bool(crate::access_key!("stream"), true);
-            l.millis(
-                crate::access_key!("duration_ms"),
-                Duration::from_micros(1_234_560),
-            );
+            l.str(key!("model"), model);
+            l.uint(key!("status"), 200);
+            l.bool(key!("stream"), true);
+            l.millis(key!("duration_ms"), Duration::from_micros(1_234_560));
         });
         assert_eq!(s.matches('\n').count(), 1, "{s}");
         let v: serde_json::Value = serde_json::from_str(s.trim_end()).expect("one JSON object");
@@ -480,10 +477,10 @@ mod tests {
     #[test]
     fn text_values_are_bare_when_plain_and_quoted_otherwise() {
         let s = line(LogFormat::Text, |l| {
-            l.str(crate::access_key!("path"), "/v1/messages");
-            l.str(crate::access_key!("model"), "a b\nstatus=500");
-            l.str(crate::access_key!("error"), "");
-            l.millis(crate::access_key!("ttfb_ms"), Duration::from_millis(7));
+            l.str(key!("path"), "/v1/messages");
+            l.str(key!("model"), "a b\nstatus=500");
+            l.str(key!("error"), "");
+            l.millis(key!("ttfb_ms"), Duration::from_millis(7));
         });
         assert!(
             s.contains(" INFO strait::access: request path=/v1/messages "),
@@ -543,8 +540,8 @@ mod tests {
         let (mut written, mut dropped) = (0u64, 0u64);
         while dropped < 100 {
             let ok = write(|l| {
-                l.str(crate::access_key!("path"), "/v1/messages");
-                l.str(crate::access_key!("padding"), &"x".repeat(200));
+                l.str(key!("path"), "/v1/messages");
+                l.str(key!("padding"), &"x".repeat(200));
             });
             if ok {
                 written += 1;
@@ -565,9 +562,9 @@ mod tests {
     #[test]
     fn millis_keep_microseconds_without_trailing_zeros() {
         let s = line(LogFormat::Text, |l| {
-            l.millis(crate::access_key!("a"), Duration::from_micros(1_500));
-            l.millis(crate::access_key!("b"), Duration::from_micros(2_050));
-            l.millis(crate::access_key!("c"), Duration::from_micros(3_001));
+            l.millis(key!("a"), Duration::from_micros(1_500));
+            l.millis(key!("b"), Duration::from_micros(2_050));
+            l.millis(key!("c"), Duration::from_micros(3_001));
         });
         assert!(s.contains(" a=1.5 b=2.05 c=3.001"), "{s}");
     }
