@@ -353,13 +353,29 @@ async fn phases(
     } + up.send_timeout;
     // Through a peer when the route says so, or when the direct attempt could not
     // even connect (nothing was sent, so the same request may go another way);
-    // otherwise the direct path's result.
-    let (relay_with, direct) = match (way_out, relays) {
-        (route::Route::Relay { peers }, Some(_)) => (Some((peers, body)), None),
-        _ => {
+    // otherwise the direct path's result. The relay's branches live in `Onward`, off
+    // this future, so the common direct path moves its (large) result once.
+    let onward = relays.map(|relays| Onward {
+        shared,
+        relays,
+        pool: snap.pool_for(&principal),
+        mode: snap.auth.mode(),
+        scope,
+        principal: &principal.name,
+        method: &method,
+        path_and_query,
+        outgoing: &outgoing,
+        first_byte,
+        stream: meta.stream,
+    });
+    let forwarded = match (way_out, onward) {
+        (route::Route::Relay { peers }, Some(onward)) => {
+            Box::pin(onward.relay(peers, preferred, body, record)).await
+        }
+        (way_out, onward) => {
             // Kept to relay if no attempt gets past connecting (a streamed upload
             // cannot be kept: it then gets the direct path's error).
-            let spare = relays.and_then(|_| body.try_clone());
+            let spare = onward.as_ref().and_then(|_| body.try_clone());
             let ctx = ForwardCtx {
                 route: way_out,
                 metrics: &shared.metrics,
@@ -378,85 +394,23 @@ async fn phases(
                     record,
                 )
                 .await;
-            match (direct, relays, spare) {
-                (Err(e), Some(_), Some(body))
+            match direct {
+                Err(e)
                     if e.kind == ErrorKind::UpstreamConnect
+                        && spare.is_some()
                         && !ctx.sent.load(std::sync::atomic::Ordering::Relaxed) =>
                 {
-                    match &candidates {
-                        Ok(peers) => (Some((peers.as_slice(), body)), None),
-                        Err(route::NoPeer::Residency) => (
-                            None,
-                            Some(Err(Error {
-                                message: format!(
-                                    "{}; not relayed: this API key may not be served in the \
-                                     regions whose nodes could carry it (its allowed regions)",
-                                    e.message
-                                )
-                                .into(),
-                                ..e
-                            })),
-                        ),
-                        Err(route::NoPeer::None) => (None, Some(Err(e))),
+                    match (onward, spare) {
+                        (Some(onward), Some(body)) => {
+                            Box::pin(onward.after_connect_failure(e, &candidates, body, record))
+                                .await
+                        }
+                        _ => Err(e),
                     }
                 }
-                (direct, ..) => (None, Some(direct)),
+                direct => direct,
             }
         }
-    };
-    let forwarded = match (relay_with, relays, direct) {
-        (Some((peers, body)), Some(relays), _) => {
-            // Relaying by preference while the direct path works: if no peer can be
-            // reached (nothing was sent), the request still goes direct.
-            let spare = preferred.then(|| body.try_clone()).flatten();
-            let relayed = relays
-                .send(
-                    peers,
-                    &principal.name,
-                    &method,
-                    path_and_query,
-                    &outgoing,
-                    body,
-                    first_byte,
-                    record,
-                )
-                .await;
-            match (relayed, spare) {
-                (Err(e), Some(body)) if e.kind == ErrorKind::UpstreamConnect => {
-                    tracing::info!(request_id = %record.request_id, "no faster peer reachable: sent direct");
-                    let ctx = ForwardCtx {
-                        route: route::decide(
-                            snap.pool_for(&principal),
-                            snap.auth.mode(),
-                            scope,
-                            &[],
-                        ),
-                        metrics: &shared.metrics,
-                        health: &shared.health.upstream,
-                        stream: meta.stream,
-                        sent: Default::default(),
-                    };
-                    shared
-                        .upstream
-                        .forward(
-                            &ctx,
-                            method.clone(),
-                            path_and_query,
-                            &outgoing,
-                            body,
-                            record,
-                        )
-                        .await
-                }
-                (relayed, _) => relayed,
-            }
-        }
-        (_, _, Some(direct)) => direct,
-        // A relay is chosen only with a relay channel; never a panic on the request path.
-        (_, _, None) => Err(Error::new(
-            ErrorKind::Internal,
-            "no way out was taken for this request",
-        )),
     };
     record.model = model;
     if let (Some((body, meta)), Some(deferral)) = (keep, deferral) {
@@ -585,5 +539,96 @@ fn respond(
             relayed: Some(relayed),
             rate: rate_headers,
         },
+    }
+}
+
+/// What the relay's branches of step 5 need: kept apart from `phases` so that the
+/// direct path, taken by nearly every request, does not carry their state.
+struct Onward<'a> {
+    shared: &'a Shared,
+    relays: &'a crate::relay::Relays,
+    pool: &'a crate::route::KeyPool,
+    mode: crate::config::KeyMode,
+    scope: route::Scope<'a>,
+    principal: &'a str,
+    method: &'a http::Method,
+    path_and_query: &'a str,
+    outgoing: &'a UpstreamHeaders<'a>,
+    first_byte: std::time::Duration,
+    stream: bool,
+}
+
+impl Onward<'_> {
+    /// Through `peers`, as the route decided. Relaying by preference while the direct
+    /// path works, a request no peer could take (nothing was sent) still goes direct.
+    async fn relay(
+        self,
+        peers: &[&crate::schema::NodeRecord],
+        preferred: bool,
+        body: crate::body::RequestBody,
+        record: &mut RequestRecord,
+    ) -> Result<Forwarded, Error> {
+        let spare = preferred.then(|| body.try_clone()).flatten();
+        let relayed = self
+            .relays
+            .send(
+                peers,
+                self.principal,
+                self.method,
+                self.path_and_query,
+                self.outgoing,
+                body,
+                self.first_byte,
+                record,
+            )
+            .await;
+        match (relayed, spare) {
+            (Err(e), Some(body)) if e.kind == ErrorKind::UpstreamConnect => {
+                tracing::info!(request_id = %record.request_id, "no faster peer reachable: sent direct");
+                let ctx = ForwardCtx {
+                    route: route::decide(self.pool, self.mode, self.scope, &[]),
+                    metrics: &self.shared.metrics,
+                    health: &self.shared.health.upstream,
+                    stream: self.stream,
+                    sent: Default::default(),
+                };
+                self.shared
+                    .upstream
+                    .forward(
+                        &ctx,
+                        self.method.clone(),
+                        self.path_and_query,
+                        self.outgoing,
+                        body,
+                        record,
+                    )
+                    .await
+            }
+            (relayed, _) => relayed,
+        }
+    }
+
+    /// The direct attempt could not connect and nothing was sent: the same request
+    /// goes through a peer, unless residency leaves none (then the error says why).
+    async fn after_connect_failure(
+        self,
+        e: Error,
+        candidates: &Result<Vec<&crate::schema::NodeRecord>, route::NoPeer>,
+        body: crate::body::RequestBody,
+        record: &mut RequestRecord,
+    ) -> Result<Forwarded, Error> {
+        match candidates {
+            Ok(peers) => self.relay(peers, false, body, record).await,
+            Err(route::NoPeer::Residency) => Err(Error {
+                message: format!(
+                    "{}; not relayed: this API key may not be served in the regions whose \
+                     nodes could carry it (its allowed regions)",
+                    e.message
+                )
+                .into(),
+                ..e
+            }),
+            Err(route::NoPeer::None) => Err(e),
+        }
     }
 }
