@@ -101,11 +101,12 @@ impl RawHeaders {
         &self.head[start as usize..end as usize]
     }
 
-    /// Whether `f` is named `want` (lower case). Lengths are compared before names:
-    /// most fields are passed over without looking at their bytes.
+    /// Whether `f` is named `want` (lower case, not empty). Lengths, then first
+    /// letters, are compared before names: most fields are passed over without a loop.
     #[inline]
     fn is_named(&self, f: &Field, want: &[u8]) -> bool {
         (f.name.1 - f.name.0) as usize == want.len()
+            && self.head[f.name.0 as usize] | 0x20 == want[0] | 0x20
             && self.slice(f.name).eq_ignore_ascii_case(want)
     }
 
@@ -131,6 +132,24 @@ impl RawHeaders {
 }
 
 impl HeaderFields {
+    /// Whether any field has one of `names`: one pass over the fields, none when no
+    /// field name has one of their lengths (the common case for rare fields).
+    pub fn has_any(&self, names: &[&HeaderName]) -> bool {
+        match self {
+            HeaderFields::Map(map) => names.iter().any(|n| map.contains_key(*n)),
+            HeaderFields::Raw(raw) => {
+                let lengths = names
+                    .iter()
+                    .fold(0, |m, n| m | length_bit(n.as_str().len()));
+                raw.name_lengths & lengths != 0
+                    && raw
+                        .fields
+                        .iter()
+                        .any(|f| names.iter().any(|n| raw.is_named(f, n.as_str().as_bytes())))
+            }
+        }
+    }
+
     /// The first value of `name`.
     #[inline]
     pub fn get(&self, name: &HeaderName) -> Option<&[u8]> {
@@ -303,6 +322,18 @@ mod tests {
         assert_eq!(h.get_all(&long).count(), 0);
         assert_eq!(h.get_all(&HeaderName::from_static("upgrade")).count(), 0);
         assert_eq!(h.wire_size(), (9 + 2 + 4) + (6 + 1 + 4) * 2);
+
+        // One pass for several names, raw or as a map; a same-length, same-first-letter
+        // name is still told apart.
+        let kez = HeaderName::from_static("x-api-kez");
+        let host = http::header::HOST;
+        assert!(h.has_any(&[&host, &accept]));
+        assert!(!h.has_any(&[&host, &kez]));
+        assert!(!h.has_any(&[]));
+        let mut map = http::HeaderMap::new();
+        map.insert(&accept, http::HeaderValue::from_static("a"));
+        let m = HeaderFields::Map(map);
+        assert!(m.has_any(&[&kez, &accept]) && !m.has_any(&[&kez, &host]));
     }
 
     #[test]

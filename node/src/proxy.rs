@@ -321,9 +321,10 @@ async fn phases(
     // relayed again (hop limit 1).
     let scope = route::Scope::new(route, model.as_deref());
     let relays = shared.relay.as_ref().filter(|_| !relayed);
-    let peer_view = shared.health.cluster.relay_peers.load();
-    let candidates = match relays {
-        Some(_) => route::relay_peers(&peer_view, &principal),
+    // Read only by a node that relays: the rest skip the load.
+    let peer_view = relays.map(|_| shared.health.cluster.relay_peers.load());
+    let candidates = match &peer_view {
+        Some(view) => route::relay_peers(view, &principal),
         None => Err(route::NoPeer::None),
     };
     // The direct path's circuit is open, or (when configured) a peer's path has been
@@ -383,7 +384,7 @@ async fn phases(
                 stream: meta.stream,
                 sent: Default::default(),
             };
-            let direct = shared
+            let mut direct = shared
                 .upstream
                 .forward(
                     &ctx,
@@ -394,22 +395,19 @@ async fn phases(
                     record,
                 )
                 .await;
-            match direct {
-                Err(e)
-                    if e.kind == ErrorKind::UpstreamConnect
-                        && spare.is_some()
-                        && !ctx.sent.load(std::sync::atomic::Ordering::Relaxed) =>
-                {
-                    match (onward, spare) {
-                        (Some(onward), Some(body)) => {
-                            Box::pin(onward.after_connect_failure(e, &candidates, body, record))
-                                .await
-                        }
-                        _ => Err(e),
-                    }
+            // Checked by reference and replaced only when it relays, so the direct
+            // answer is not moved through a match on its way out.
+            let unsent = matches!(&direct, Err(e) if e.kind == ErrorKind::UpstreamConnect)
+                && !ctx.sent.load(std::sync::atomic::Ordering::Relaxed);
+            if let (true, Some(onward), Some(body)) = (unsent, onward, spare) {
+                let taken =
+                    std::mem::replace(&mut direct, Err(Error::new(ErrorKind::Internal, "relayed")));
+                if let Err(e) = taken {
+                    direct =
+                        Box::pin(onward.after_connect_failure(e, &candidates, body, record)).await;
                 }
-                direct => direct,
             }
+            direct
         }
     };
     record.model = model;

@@ -127,14 +127,17 @@ fn stays_behind(name: &[u8], mode: KeyMode) -> bool {
             4 => is(b"host"),
             6 => is(b"expect"),
             9 => own_key && is(b"x-api-key"),
-            // The client's request to the gateway, not to the API.
-            12 => is(b"strait-defer"),
+            // The client's request to the gateway, not to the API. (The first letter
+            // first: `content-type` has this length and is on every request.)
+            12 => name[0] | 0x20 == b's' && is(b"strait-defer"),
             13 => own_key && is(b"authorization"),
             // Framing is the sender's to decide, from the body it actually sends.
             14 => is(b"content-length"),
             15 => is(b"x-forwarded-for"),
             // A peer's signed relay fields stop at the node that checked them.
-            n if n > 15 => name[..15].eq_ignore_ascii_case(b"x-strait-relay-"),
+            n if n > 15 => {
+                name[0] | 0x20 == b'x' && name[..15].eq_ignore_ascii_case(b"x-strait-relay-")
+            }
             _ => false,
         }
 }

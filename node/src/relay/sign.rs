@@ -226,9 +226,7 @@ fn refused(why: impl std::fmt::Display) -> Error {
 /// Whether a request carries any relay field: it then must verify (a client cannot
 /// pose as a peer by sending some of them).
 pub fn is_relayed(fields: &HeaderFields) -> bool {
-    fields.get(&SIGNATURE).is_some()
-        || fields.get(&HOP).is_some()
-        || fields.get(&PRINCIPAL).is_some()
+    fields.has_any(&[&SIGNATURE, &HOP, &PRINCIPAL])
 }
 
 #[cfg(test)]
