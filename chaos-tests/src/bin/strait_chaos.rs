@@ -125,6 +125,13 @@ fn main() {
                 ));
                 let json = serde_json::to_string_pretty(&report).unwrap_or_default();
                 std::fs::write(&path, json).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                let lines: String = report
+                    .records
+                    .iter()
+                    .filter_map(|r| serde_json::to_string(r).ok())
+                    .map(|l| l + "\n")
+                    .collect();
+                let _ = std::fs::write(path.with_extension("requests.jsonl"), lines);
                 eprintln!(
                     "   {} in {:.0} s: {}",
                     if report.pass { "pass" } else { "FAIL" },

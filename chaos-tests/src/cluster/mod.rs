@@ -27,7 +27,7 @@ use crate::faultproxy::{FaultProxy, FaultProxyHandle};
 use crate::mock::{MockConfig, MockHandle, MockUpstream, Pacing};
 use crate::process::Captured;
 use crate::rabbitmq::RabbitMq;
-use procs::{free_port, EtcdMember, Proc, RedisServer, Usage};
+use procs::{free_port, EtcdMember, RedisServer, Usage};
 
 /// The KEK nodes and coordinators share (a test value; nothing is sealed with it here).
 pub const KEK_HEX: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
@@ -349,7 +349,7 @@ impl Cluster {
             // Streams last about half a second: long enough to be cut by a fault.
             pacing: Pacing {
                 ttft: Duration::from_millis(50),
-                interval: Duration::from_millis(20),
+                interval: Duration::from_millis(40),
                 tokens: 20,
             },
             ..MockConfig::default()

@@ -201,6 +201,7 @@ impl EtcdMember {
 /// Starts `members` etcd members as one cluster in `dir` and waits until every one
 /// answers `etcdctl endpoint health`.
 pub fn start_etcd(dir: &Path, members: usize) -> Vec<EtcdMember> {
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     let ports: Vec<(u16, u16)> = (0..members).map(|_| (free_port(), free_port())).collect();
     let initial_cluster = ports
         .iter()

@@ -220,6 +220,10 @@ pub struct Report {
     pub dns_react_ms: Option<u64>,
     pub readyz_react_ms: Option<u64>,
     pub recover_ms: Option<u64>,
+    /// The `/readyz` statuses each target went through from the fault to the heal.
+    pub target_readyz: BTreeMap<String, Vec<String>>,
+    /// The DNS answers (sorted addresses) seen from the fault to the heal, in order.
+    pub dns_answers: Vec<Vec<Ipv4Addr>>,
     pub usage_before: Vec<(String, Option<Usage>)>,
     pub usage_after: Vec<(String, Option<Usage>)>,
     pub fd_growth_max: i64,
@@ -229,6 +233,9 @@ pub struct Report {
     pub seconds: f64,
     /// Up to 20 examples of lost, unknown and duplicated requests.
     pub examples: Vec<String>,
+    /// Every request, for a closer look (written to its own file by the binary).
+    #[serde(skip)]
+    pub records: Vec<Record>,
 }
 
 #[derive(Default)]
@@ -490,6 +497,7 @@ pub async fn run(s: &Scenario, cluster: &mut Cluster, spec: &RunSpec) -> Report 
     let _ = mon.await;
 
     count(&mut report, &records);
+    report.records = records.clone();
     // Deferred ids: poll each at its region until it ends.
     let ids: Vec<(String, String)> = records
         .iter()
@@ -574,6 +582,30 @@ pub async fn run(s: &Scenario, cluster: &mut Cluster, spec: &RunSpec) -> Report 
             })
             .min();
     }
+    for id in s.targets {
+        let seen = tl
+            .ready
+            .get(*id)
+            .map(|v| {
+                let before = v.iter().rev().find(|(t, _)| *t < t_fault).map(|(_, st)| st.clone());
+                before
+                    .into_iter()
+                    .chain(
+                        v.iter()
+                            .filter(|(t, _)| *t >= t_fault && *t <= t_heal)
+                            .map(|(_, st)| st.clone()),
+                    )
+                    .collect()
+            })
+            .unwrap_or_default();
+        report.target_readyz.insert((*id).to_string(), seen);
+    }
+    report.dns_answers = tl
+        .dns
+        .iter()
+        .filter(|(t, _)| *t >= t_fault && *t <= t_heal)
+        .map(|(_, a)| a.clone().unwrap_or_default())
+        .collect();
     // Recovery: after the heal, the first moment from which DNS lists every node and
     // every node says pass to the end of the monitoring.
     let all = {
@@ -620,7 +652,8 @@ pub async fn run(s: &Scenario, cluster: &mut Cluster, spec: &RunSpec) -> Report 
         .filter_map(|(id, before)| {
             let after = report.usage_after.iter().find(|(i, _)| i == id)?.1?;
             let same = cluster.node(id).pid() == *pids_before.get(id)?;
-            same.then(|| after.fds as i64 - before.as_ref()?.fds as i64)
+            let before = (*before)?;
+            same.then(|| after.fds as i64 - before.fds as i64)
         })
         .max()
         .unwrap_or(0);

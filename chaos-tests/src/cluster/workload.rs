@@ -245,9 +245,12 @@ async fn one(
         let result = tokio::time::timeout(spec.request_timeout, async {
             match client.request(req).await {
                 Err(e) if e.is_connect() => None,
-                Err(e) => Some(Outcome::Unknown {
-                    why: format!("request: {e}"),
-                }),
+                Err(e) => Some((
+                    Outcome::Unknown {
+                        why: format!("request: {e}"),
+                    },
+                    None,
+                )),
                 Ok(resp) => Some(read_answer(resp, stream).await),
             }
         })
