@@ -406,7 +406,11 @@ where
                 wait_for(&mut blackhole, false).await;
                 wait_for(&mut stall, false).await;
                 let slice = shared.slice.load(Relaxed);
-                let n = if slice == 0 { rest.len() } else { slice.min(rest.len()) };
+                let n = if slice == 0 {
+                    rest.len()
+                } else {
+                    slice.min(rest.len())
+                };
                 let piece = rest.split_to(n);
                 writer.write_all(&piece).await?;
                 if slice != 0 {
@@ -414,7 +418,8 @@ where
                 }
                 let rate = shared.bandwidth.load(Relaxed);
                 if rate != 0 {
-                    let nanos = (n as u128 * 1_000_000_000 / u128::from(rate)).min(u128::from(u64::MAX));
+                    let nanos =
+                        (n as u128 * 1_000_000_000 / u128::from(rate)).min(u128::from(u64::MAX));
                     tokio::time::sleep(Duration::from_nanos(nanos as u64)).await;
                 }
             }

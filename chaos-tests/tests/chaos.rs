@@ -41,9 +41,16 @@ fn binaries() -> (PathBuf, PathBuf) {
         cmd.arg("--release");
     }
     let status = cmd.status().expect("run cargo build");
-    assert!(status.success(), "cargo build of strait-node and strait-coordinator failed");
+    assert!(
+        status.success(),
+        "cargo build of strait-node and strait-coordinator failed"
+    );
     let (node, coord) = (dir.join("strait-node"), dir.join("strait-coordinator"));
-    assert!(node.is_file() && coord.is_file(), "binaries missing in {}", dir.display());
+    assert!(
+        node.is_file() && coord.is_file(),
+        "binaries missing in {}",
+        dir.display()
+    );
     (node, coord)
 }
 
@@ -116,7 +123,10 @@ async fn the_bandwidth_cap_slows_a_transfer_to_its_rate() {
     let started = Instant::now();
     c.write_all(&data).await.unwrap();
     c.read_exact(&mut got).await.unwrap();
-    assert!(started.elapsed() < Duration::from_millis(300), "uncapped again");
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "uncapped again"
+    );
 }
 
 #[tokio::test]

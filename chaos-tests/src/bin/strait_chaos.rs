@@ -50,8 +50,7 @@ enum Cmd {
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -59,7 +58,10 @@ fn main() {
     match cli.cmd {
         Cmd::List => {
             for s in SCENARIOS {
-                println!("{:<20} {}\n{:<20} expects: {}\n", s.name, s.what, "", s.expect);
+                println!(
+                    "{:<20} {}\n{:<20} expects: {}\n",
+                    s.name, s.what, "", s.expect
+                );
             }
         }
         Cmd::Run {
@@ -91,9 +93,8 @@ fn main() {
             }
             let node_bin =
                 node_bin.unwrap_or_else(|| locate_binary("strait-node", "STRAIT_NODE_BIN"));
-            let coordinator_bin = coordinator_bin.unwrap_or_else(|| {
-                locate_binary("strait-coordinator", "STRAIT_COORDINATOR_BIN")
-            });
+            let coordinator_bin = coordinator_bin
+                .unwrap_or_else(|| locate_binary("strait-coordinator", "STRAIT_COORDINATOR_BIN"));
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

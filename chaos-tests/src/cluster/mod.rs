@@ -263,7 +263,12 @@ impl Coordinator {
             "strait-coordinator listening",
             Duration::from_secs(30),
         );
-        self.url = line.trim().rsplit(' ').next().unwrap_or_default().to_string();
+        self.url = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .unwrap_or_default()
+            .to_string();
         self.proc = Some(proc);
     }
 
@@ -520,7 +525,9 @@ impl Cluster {
             last = got;
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        panic!("DNS did not list every node within {limit:?}: wanted {want:?}, last answer {last:?}");
+        panic!(
+            "DNS did not list every node within {limit:?}: wanted {want:?}, last answer {last:?}"
+        );
     }
 
     pub fn node(&self, id: &str) -> &Node {
@@ -585,9 +592,7 @@ impl Cluster {
             .ok()?;
         let text = String::from_utf8_lossy(&out.stdout);
         let first = text.lines().find(|l| !l.trim().is_empty())?;
-        self.coordinators
-            .iter()
-            .position(|c| first.contains(&c.id))
+        self.coordinators.iter().position(|c| first.contains(&c.id))
     }
 
     /// Stops every node (SIGKILL), coordinator, broker, Redis and etcd member, by PID.

@@ -304,7 +304,14 @@ impl RedisServer {
         std::fs::create_dir_all(&self.dir).unwrap_or_else(|e| panic!("redis dir: {e}"));
         let child = Command::new(bin)
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
             .args(["--maxmemory-policy", "noeviction"])
             .arg("--dir")
             .arg(&self.dir)

@@ -214,6 +214,12 @@ pub struct Report {
     pub lost: u64,
     pub duplicated: u64,
     pub false_202: u64,
+    /// Requests the client was told failed (an error status or an SSE error event) that
+    /// the upstream nevertheless executed: honest only for timeouts (504), whose outcome
+    /// is unknown by nature.
+    pub failed_but_executed: BTreeMap<String, u64>,
+    /// Deferrals refused (`503`, "NOT queued") that were executed anyway: a false refusal.
+    pub false_refusal: u64,
     pub limited_admitted: u64,
     pub limited_bound: u64,
     pub limit_rpm: u64,
@@ -284,10 +290,9 @@ fn monitor(
             if let Some(a) = answer.as_mut() {
                 a.sort();
             }
-            let states = futures_util::future::join_all(
-                nodes.iter().map(|(_, a)| readyz(&client, *a)),
-            )
-            .await;
+            let states =
+                futures_util::future::join_all(nodes.iter().map(|(_, a)| readyz(&client, *a)))
+                    .await;
             {
                 let mut tl = t.lock().unwrap_or_else(|e| e.into_inner());
                 if tl.dns.last().map(|(_, a)| a) != Some(&answer) {
@@ -540,8 +545,27 @@ pub async fn run(s: &Scenario, cluster: &mut Cluster, spec: &RunSpec) -> Report 
             push_example(&mut report, format!("executed {n} times: {id}"));
         }
     }
+    for r in &records {
+        let ran = executed.get(&r.id).copied().unwrap_or(0) > 0;
+        if !ran {
+            continue;
+        }
+        if let Some(k) = failure_key(&r.outcome) {
+            *report.failed_but_executed.entry(k).or_insert(0) += 1;
+            let deferral = matches!(r.kind, Kind::DeferAlways | Kind::DeferOnOutage);
+            if deferral && matches!(r.outcome, Outcome::Failed { status: 503, .. }) {
+                report.false_refusal += 1;
+                push_example(&mut report, format!("refused deferral executed: {}", r.id));
+            }
+        }
+    }
     // Limiter: what reached the upstream under the limited key, against the bound.
-    let limited: Vec<_> = cluster.spec.keys.iter().filter(|k| k.rpm.is_some()).collect();
+    let limited: Vec<_> = cluster
+        .spec
+        .keys
+        .iter()
+        .filter(|k| k.rpm.is_some())
+        .collect();
     if let Some(k) = limited.first() {
         let prefix = format!("{}-{}-", s.name, k.name);
         report.limited_admitted = executed
@@ -587,7 +611,11 @@ pub async fn run(s: &Scenario, cluster: &mut Cluster, spec: &RunSpec) -> Report 
             .ready
             .get(*id)
             .map(|v| {
-                let before = v.iter().rev().find(|(t, _)| *t < t_fault).map(|(_, st)| st.clone());
+                let before = v
+                    .iter()
+                    .rev()
+                    .find(|(t, _)| *t < t_fault)
+                    .map(|(_, st)| st.clone());
                 before
                     .into_iter()
                     .chain(
@@ -617,7 +645,10 @@ pub async fn run(s: &Scenario, cluster: &mut Cluster, spec: &RunSpec) -> Report 
         .dns
         .iter()
         .rev()
-        .take_while(|(_, a)| a.as_ref().is_some_and(|a| all.iter().all(|ip| a.contains(ip))))
+        .take_while(|(_, a)| {
+            a.as_ref()
+                .is_some_and(|a| all.iter().all(|ip| a.contains(ip)))
+        })
         .last()
         .map(|(t, _)| *t);
     let ready_ok_from = tl
@@ -700,7 +731,6 @@ fn count(report: &mut Report, records: &[Record]) {
             }
         }
     }
-    let _ = Kind::Plain;
 }
 
 fn verdict(s: &Scenario, r: &mut Report) {
@@ -710,11 +740,24 @@ fn verdict(s: &Scenario, r: &mut Report) {
         ("duplicated 0".to_string(), r.duplicated == 0),
         ("false 202 0".to_string(), r.false_202 == 0),
         (
-            format!("limiter admitted {} <= bound {}", r.limited_admitted, r.limited_bound),
+            "refused deferral never executed".to_string(),
+            r.false_refusal == 0,
+        ),
+        (
+            format!(
+                "limiter admitted {} <= bound {}",
+                r.limited_admitted, r.limited_bound
+            ),
             r.limited_admitted <= r.limited_bound,
         ),
-        ("every failure Anthropic-shaped".to_string(), r.failed_unshaped == 0),
-        ("recovered (DNS full, all pass)".to_string(), r.recover_ms.is_some()),
+        (
+            "every failure Anthropic-shaped".to_string(),
+            r.failed_unshaped == 0,
+        ),
+        (
+            "recovered (DNS full, all pass)".to_string(),
+            r.recover_ms.is_some(),
+        ),
         (
             format!("fd growth {} <= 64", r.fd_growth_max),
             r.fd_growth_max <= 64,

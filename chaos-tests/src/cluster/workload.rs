@@ -137,10 +137,7 @@ pub async fn run(
                     break;
                 }
                 let rec = one(&spec, &client, &mut cache, w, i, n, started).await;
-                records
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(rec);
+                records.lock().unwrap_or_else(|e| e.into_inner()).push(rec);
                 i += 1;
                 tokio::time::sleep(spec.think).await;
             }
@@ -277,7 +274,6 @@ async fn one(
     rec
 }
 
-
 async fn read_answer(
     resp: http::Response<hyper::body::Incoming>,
     stream: bool,
@@ -335,10 +331,7 @@ async fn read_answer(
             }
         }
     } else if status == StatusCode::OK {
-        match (
-            serde_json::from_str::<serde_json::Value>(&text).ok(),
-            cut,
-        ) {
+        match (serde_json::from_str::<serde_json::Value>(&text).ok(), cut) {
             (Some(v), _) if v["type"] == "message" => Outcome::Ok,
             (_, Some(e)) => Outcome::Unknown {
                 why: format!("body cut: {e}"),
@@ -355,7 +348,9 @@ async fn read_answer(
             .unwrap_or("")
             .to_string();
         let shaped = v.as_ref().is_some_and(|v| {
-            v["type"] == "error" && v["error"]["type"].is_string() && v["error"]["message"].is_string()
+            v["type"] == "error"
+                && v["error"]["type"].is_string()
+                && v["error"]["message"].is_string()
         });
         Outcome::Failed {
             status: status.as_u16(),
