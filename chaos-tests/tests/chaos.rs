@@ -71,6 +71,20 @@ async fn three_scenarios_keep_the_invariants() {
         let report = scenario::run(&s, &mut cluster, &run).await;
         cluster.teardown();
         eprintln!("{}", scenario::table(std::slice::from_ref(&report)));
+        // Kept for a look after a failure: the counts and every request.
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("chaos");
+        let _ = std::fs::create_dir_all(&out);
+        let _ = std::fs::write(
+            out.join(format!("{name}.json")),
+            serde_json::to_string_pretty(&report).unwrap_or_default(),
+        );
+        let lines: String = report
+            .records
+            .iter()
+            .filter_map(|r| serde_json::to_string(r).ok())
+            .map(|l| l + "\n")
+            .collect();
+        let _ = std::fs::write(out.join(format!("{name}.requests.jsonl")), lines);
         // What every scenario must show, asserted one by one so a failure names it.
         let bad: Vec<&str> = report
             .checks
@@ -79,7 +93,12 @@ async fn three_scenarios_keep_the_invariants() {
             .map(|(c, _)| c.as_str())
             .collect();
         if !bad.is_empty() {
-            failures.push(format!("{name}: {bad:?}; examples {:?}", report.examples));
+            failures.push(format!(
+                "{name}: {bad:?}; examples {:?} (report in {})\n{}",
+                report.examples,
+                out.display(),
+                scenario::table(std::slice::from_ref(&report))
+            ));
         }
         assert!(report.attempted > 50, "{name}: the workload ran");
     }

@@ -112,7 +112,11 @@ fn main() {
             for s in chosen {
                 eprintln!("== {}: {}", s.name, s.what);
                 let report = rt.block_on(async {
-                    let mut cluster = Cluster::start(spec.clone()).await;
+                    let spec = ClusterSpec {
+                        redis_cluster: s.redis_cluster,
+                        ..spec.clone()
+                    };
+                    let mut cluster = Cluster::start(spec).await;
                     let r = scenario::run(&s, &mut cluster, &run).await;
                     cluster.teardown();
                     // Brokers' epmd and sockets need a moment before the next cluster.

@@ -65,6 +65,10 @@ pub struct ClusterSpec {
     pub lease_ttl: Duration,
     /// DNS answer TTL.
     pub dns_ttl: Duration,
+    /// The limiter on a three-master Redis Cluster (direct, no fault proxy: the cluster's
+    /// slot map announces the masters' own ports) instead of the single Redis, which
+    /// keeps the deferred results either way.
+    pub redis_cluster: bool,
 }
 
 impl ClusterSpec {
@@ -97,6 +101,7 @@ impl ClusterSpec {
             ],
             lease_ttl: Duration::from_secs(3),
             dns_ttl: Duration::from_secs(1),
+            redis_cluster: false,
         }
     }
 }
@@ -301,6 +306,8 @@ pub struct Cluster {
     pub mock: MockHandle,
     pub etcd: Vec<EtcdMember>,
     pub redis: RedisServer,
+    /// The limiter's Redis Cluster masters when [`ClusterSpec::redis_cluster`] is set.
+    pub redis_masters: Vec<RedisServer>,
     pub regions: Vec<Region>,
     pub coordinators: Vec<Coordinator>,
     /// The port every node's public listener uses (on its own address).
@@ -349,6 +356,21 @@ impl Cluster {
                 .unwrap_or_else(|e| panic!("etcd start: {e}"))
         };
         let redis = RedisServer::start(&dir.path().join("redis"));
+        let redis_masters = if spec.redis_cluster {
+            let d = dir.path().join("redis-cluster");
+            tokio::task::spawn_blocking(move || procs::start_redis_cluster(&d))
+                .await
+                .unwrap_or_else(|e| panic!("Redis Cluster start: {e}"))
+        } else {
+            Vec::new()
+        };
+        let limiter_redis: Option<String> = (!redis_masters.is_empty()).then(|| {
+            redis_masters
+                .iter()
+                .map(|m| format!("redis://127.0.0.1:{}/", m.port))
+                .collect::<Vec<_>>()
+                .join(",")
+        });
         let mock = MockUpstream::start(MockConfig {
             record: false,
             // Streams last about half a second: long enough to be cut by a fault.
@@ -408,6 +430,7 @@ impl Cluster {
                     &etcd_proxies,
                     &redis_proxy,
                     &broker_proxy,
+                    limiter_redis.as_deref(),
                     &state,
                 );
                 std::fs::write(&config, text).unwrap_or_else(|e| panic!("node config: {e}"));
@@ -484,6 +507,7 @@ impl Cluster {
             mock,
             etcd,
             redis,
+            redis_masters,
             regions,
             coordinators,
             public_port,
@@ -612,6 +636,7 @@ fn node_config(
     etcd: &[FaultProxyHandle],
     redis: &FaultProxyHandle,
     broker: &FaultProxyHandle,
+    limiter_redis: Option<&str>,
     state: &Path,
 ) -> String {
     use std::fmt::Write;
@@ -647,7 +672,8 @@ max_attempts = 3
 [auth]
 {keys}
 [redis]
-url = "redis://{redis}/"
+url = "{limiter}"
+cluster = {cluster}
 mode = "leased"
 expected_nodes = {nodes}
 
@@ -676,6 +702,8 @@ failure_threshold = 2
 "#,
         upstream = upstream.addr(),
         redis = redis.addr(),
+        limiter = limiter_redis.map_or_else(|| format!("redis://{}/", redis.addr()), str::to_owned),
+        cluster = limiter_redis.is_some(),
         broker = broker.addr(),
         etcd = etcd.join(", "),
         nodes = spec.regions * spec.nodes_per_region,

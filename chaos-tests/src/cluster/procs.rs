@@ -276,14 +276,21 @@ pub fn etcd_leader(endpoints: &[String]) -> Option<usize> {
 pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
+    extra: Vec<String>,
     pub proc: Proc,
 }
 
 impl RedisServer {
     pub fn start(dir: &Path) -> RedisServer {
+        RedisServer::start_with(dir, &[])
+    }
+
+    /// As [`RedisServer::start`], with more `redis-server` arguments.
+    pub fn start_with(dir: &Path, extra: &[&str]) -> RedisServer {
         let mut r = RedisServer {
             port: free_port(),
             dir: dir.to_path_buf(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             proc: Proc {
                 child: None,
                 name: String::new(),
@@ -313,6 +320,7 @@ impl RedisServer {
                 "always",
             ])
             .args(["--maxmemory-policy", "noeviction"])
+            .args(&self.extra)
             .arg("--dir")
             .arg(&self.dir)
             .stdin(Stdio::null())
@@ -334,4 +342,63 @@ impl RedisServer {
         std::thread::sleep(down);
         self.spawn();
     }
+}
+
+fn redis_cli(args: &[&str]) -> Option<String> {
+    let out = Command::new(which("redis-cli")?)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether every master of a Redis Cluster says `cluster_state:ok`.
+pub fn redis_cluster_ok(masters: &[RedisServer]) -> bool {
+    masters.iter().all(|m| {
+        redis_cli(&["-p", &m.port.to_string(), "cluster", "info"])
+            .is_some_and(|t| t.contains("cluster_state:ok"))
+    })
+}
+
+/// Starts a Redis Cluster of three masters (no replicas, every slot assigned) under
+/// `dir` and waits until each master reports the cluster ok.
+pub fn start_redis_cluster(dir: &Path) -> Vec<RedisServer> {
+    let masters: Vec<RedisServer> = (0..3)
+        .map(|i| {
+            RedisServer::start_with(
+                &dir.join(format!("m{}", i + 1)),
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ],
+            )
+        })
+        .collect();
+    let addrs: Vec<String> = masters
+        .iter()
+        .map(|m| format!("127.0.0.1:{}", m.port))
+        .collect();
+    let mut args = vec!["--cluster", "create"];
+    args.extend(addrs.iter().map(String::as_str));
+    args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+    assert!(
+        redis_cli(&args).is_some(),
+        "redis-cli --cluster create failed for {addrs:?} (is redis-tools installed?)"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !redis_cluster_ok(&masters) {
+        assert!(
+            Instant::now() < deadline,
+            "the Redis Cluster {addrs:?} did not reach cluster_state:ok within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    masters
 }

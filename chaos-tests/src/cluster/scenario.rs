@@ -35,6 +35,8 @@ pub struct Scenario {
     /// their safe share (limit / live nodes) on top of what Redis grants the others, and
     /// a restarted (emptied) Redis starts a fresh window.
     pub limiter_extra: f64,
+    /// Run on a cluster whose limiter uses a three-master Redis Cluster.
+    pub redis_cluster: bool,
 }
 
 /// Every scenario, in the order `--all` runs them.
@@ -47,6 +49,7 @@ pub const SCENARIOS: &[Scenario] = &[
         targets: &["r1-n1"],
         leaves_dns: true,
         limiter_extra: 0.0,
+        redis_cluster: false,
     },
     Scenario {
         name: "sigstop-node",
@@ -56,6 +59,7 @@ pub const SCENARIOS: &[Scenario] = &[
         targets: &["r2-n1"],
         leaves_dns: true,
         limiter_extra: 0.0,
+        redis_cluster: false,
     },
     Scenario {
         name: "lose-region",
@@ -65,6 +69,7 @@ pub const SCENARIOS: &[Scenario] = &[
         targets: &["r3-n1", "r3-n2"],
         leaves_dns: true,
         limiter_extra: 0.0,
+        redis_cluster: false,
     },
     Scenario {
         name: "partition-etcd",
@@ -74,6 +79,7 @@ pub const SCENARIOS: &[Scenario] = &[
         targets: &["r1-n1", "r1-n2"],
         leaves_dns: true,
         limiter_extra: 0.0,
+        redis_cluster: false,
     },
     Scenario {
         name: "partition-redis",
@@ -83,6 +89,7 @@ pub const SCENARIOS: &[Scenario] = &[
         targets: &["r1-n1", "r1-n2"],
         leaves_dns: false,
         limiter_extra: 2.0 / 6.0,
+        redis_cluster: false,
     },
     Scenario {
         name: "partition-broker",
@@ -92,6 +99,7 @@ pub const SCENARIOS: &[Scenario] = &[
         targets: &["r2-n1", "r2-n2"],
         leaves_dns: false,
         limiter_extra: 0.0,
+        redis_cluster: false,
     },
     Scenario {
         name: "brownout",
@@ -101,6 +109,7 @@ pub const SCENARIOS: &[Scenario] = &[
         targets: &["r1-n1", "r1-n2"],
         leaves_dns: false,
         limiter_extra: 0.0,
+        redis_cluster: false,
     },
     Scenario {
         name: "upstream-down",
@@ -110,6 +119,7 @@ pub const SCENARIOS: &[Scenario] = &[
         targets: &["r2-n1", "r2-n2"],
         leaves_dns: false,
         limiter_extra: 0.0,
+        redis_cluster: false,
     },
     Scenario {
         name: "etcd-leader",
@@ -119,6 +129,7 @@ pub const SCENARIOS: &[Scenario] = &[
         targets: &[],
         leaves_dns: false,
         limiter_extra: 0.0,
+        redis_cluster: false,
     },
     Scenario {
         name: "redis-restart",
@@ -128,6 +139,7 @@ pub const SCENARIOS: &[Scenario] = &[
         targets: &[],
         leaves_dns: false,
         limiter_extra: 1.0,
+        redis_cluster: false,
     },
     Scenario {
         name: "broker-restart",
@@ -137,6 +149,7 @@ pub const SCENARIOS: &[Scenario] = &[
         targets: &[],
         leaves_dns: false,
         limiter_extra: 0.0,
+        redis_cluster: false,
     },
     Scenario {
         name: "rolling-restart",
@@ -146,6 +159,7 @@ pub const SCENARIOS: &[Scenario] = &[
         targets: &[],
         leaves_dns: false,
         limiter_extra: 0.0,
+        redis_cluster: false,
     },
     Scenario {
         name: "coordinator-leader",
@@ -155,6 +169,17 @@ pub const SCENARIOS: &[Scenario] = &[
         targets: &[],
         leaves_dns: false,
         limiter_extra: 0.0,
+        redis_cluster: false,
+    },
+    Scenario {
+        name: "redis-cluster-master",
+        what: "limiter on a three-master Redis Cluster: kill -9 one master, restart it on its AOF after 8 s",
+        expect: "a third of the slots go away and the cluster reports fail: nodes degrade to safe shares (/readyz warn) and recover when the master rejoins; overshoot within one extra window",
+        hold: Duration::from_secs(8),
+        targets: &[],
+        leaves_dns: false,
+        limiter_extra: 1.0,
+        redis_cluster: true,
     },
 ];
 
@@ -391,6 +416,7 @@ async fn inject(s: &Scenario, c: &mut Cluster) {
             let i = tokio::task::block_in_place(|| c.coordinator_leader()).unwrap_or(0);
             c.coordinators[i].kill9();
         }
+        "redis-cluster-master" => c.redis_masters[0].proc.kill9(),
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -417,6 +443,13 @@ async fn heal(s: &Scenario, c: &mut Cluster) {
             }
         }),
         "broker-restart" => tokio::task::block_in_place(|| c.regions[0].broker.start_again()),
+        "redis-cluster-master" => tokio::task::block_in_place(|| {
+            c.redis_masters[0].restart_after(Duration::ZERO);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !procs::redis_cluster_ok(&c.redis_masters) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }),
         "coordinator-leader" => tokio::task::block_in_place(|| {
             for co in &mut c.coordinators {
                 if co.pid().is_none() {
