@@ -22,7 +22,8 @@ const READ_CHUNK: usize = 16 * 1024;
 const IN_FLIGHT: usize = 64;
 
 struct Shared {
-    upstream: SocketAddr,
+    // Switchable, as a load balancer in front of a cluster moves to a healthy member.
+    upstream: Mutex<SocketAddr>,
     latency_us: AtomicU64,
     jitter_us: AtomicU64,
     // Extra one-way delay while a spike episode lasts; 0 between episodes.
@@ -112,7 +113,7 @@ impl FaultProxy {
         let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
-            upstream,
+            upstream: Mutex::new(upstream),
             latency_us: AtomicU64::new(0),
             jitter_us: AtomicU64::new(0),
             spike_us: AtomicU64::new(0),
@@ -230,6 +231,16 @@ impl FaultProxyHandle {
         self.set_stall(Direction::Downstream, false);
     }
 
+    /// Where new connections go from now on (open ones stay where they are; follow with
+    /// [`FaultProxyHandle::reset_all`] to move them too).
+    pub fn set_upstream(&self, upstream: SocketAddr) {
+        *self
+            .shared
+            .upstream
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = upstream;
+    }
+
     /// Aborts every current connection with an RST to both the client and the upstream.
     pub fn reset_all(&self) {
         self.shared.generation.send_modify(|g| *g += 1);
@@ -328,7 +339,8 @@ async fn proxy(mut client: TcpStream, shared: Arc<Shared>) {
     let upstream = tokio::select! {
         up = async {
             wait_for(&mut blackhole, false).await;
-            TcpStream::connect(shared.upstream).await
+            let to = *shared.upstream.lock().unwrap_or_else(PoisonError::into_inner);
+            TcpStream::connect(to).await
         } => up,
         _ = generation.changed() => {
             let _ = client.set_zero_linger();

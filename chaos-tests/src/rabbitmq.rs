@@ -81,6 +81,50 @@ impl RabbitMq {
 
     /// Starts a broker with `plugins` enabled (e.g. `rabbitmq_shovel`).
     pub fn start_with_plugins(plugins: &[&str]) -> RabbitMq {
+        let mut mq = RabbitMq::prepare(plugins, None);
+        mq.spawn();
+        mq
+    }
+
+    /// Starts `members` brokers joined into one RabbitMQ cluster (one Erlang cookie, one
+    /// epmd they all register with), the first one started first and the others joined to
+    /// it. Quorum queues declared on it are then replicated to every member.
+    pub fn start_cluster(members: usize) -> Vec<RabbitMq> {
+        let cookie: String = {
+            use rand::Rng;
+            let mut rng = rand::rng();
+            (0..32)
+                .map(|_| char::from(b'A' + rng.random_range(0..26u8)))
+                .collect()
+        };
+        let epmd_port = free_port();
+        let mut out: Vec<RabbitMq> = Vec::new();
+        for i in 0..members {
+            let mut mq = RabbitMq::prepare(&[], Some((&cookie, epmd_port)));
+            mq.spawn();
+            if i > 0 {
+                let first = out[0].nodename.clone();
+                mq.ctl_ok(&["-q", "stop_app"]);
+                mq.ctl_ok(&["-q", "join_cluster", &first]);
+                mq.ctl_ok(&["-q", "start_app"]);
+            }
+            out.push(mq);
+        }
+        let status = out[0].ctl_ok(&["-q", "cluster_status", "--formatter", "json"]);
+        let running = serde_json::from_str::<serde_json::Value>(&status)
+            .ok()
+            .and_then(|v| v["running_nodes"].as_array().map(Vec::len))
+            .unwrap_or(0);
+        assert_eq!(
+            running, members,
+            "the RabbitMQ cluster did not form: {status}"
+        );
+        out
+    }
+
+    /// A broker's folders and ports, not started. `cluster`: the shared Erlang cookie
+    /// and epmd port of a cluster.
+    fn prepare(plugins: &[&str], cluster: Option<(&str, u16)>) -> RabbitMq {
         let dir = tempfile::tempdir().expect("temp dir for the broker");
         std::fs::write(
             dir.path().join("enabled_plugins"),
@@ -104,17 +148,23 @@ impl RabbitMq {
                 .unwrap_or("q")
                 .replace(|c: char| !c.is_ascii_alphanumeric(), "")
         );
-        let mut mq = RabbitMq {
+        if let Some((cookie, _)) = cluster {
+            use std::os::unix::fs::PermissionsExt;
+            let path = dir.path().join("home/.erlang.cookie");
+            std::fs::write(&path, cookie).expect("write the Erlang cookie");
+            // Erlang refuses a cookie file others can read.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400))
+                .expect("cookie permissions");
+        }
+        RabbitMq {
             port: free_port(),
             dist_port: free_port(),
-            epmd_port: free_port(),
+            epmd_port: cluster.map_or_else(free_port, |(_, p)| p),
             nodename: format!("{unique}@localhost"),
             sbin: sbin_dir(),
             dir,
             child: None,
-        };
-        mq.spawn();
-        mq
+        }
     }
 
     /// The AMQP URL of the broker (user `guest`, which may log in from loopback only,

@@ -114,6 +114,7 @@ fn main() {
                 let report = rt.block_on(async {
                     let spec = ClusterSpec {
                         redis_cluster: s.redis_cluster,
+                        broker_cluster: s.broker_cluster,
                         ..spec.clone()
                     };
                     let mut cluster = Cluster::start(spec).await;

@@ -69,6 +69,9 @@ pub struct ClusterSpec {
     /// slot map announces the masters' own ports) instead of the single Redis, which
     /// keeps the deferred results either way.
     pub redis_cluster: bool,
+    /// Region r1's broker is a three-node RabbitMQ cluster (its quorum queue replicated
+    /// to all three); the region's broker proxy points at the first member.
+    pub broker_cluster: bool,
 }
 
 impl ClusterSpec {
@@ -102,6 +105,7 @@ impl ClusterSpec {
             lease_ttl: Duration::from_secs(3),
             dns_ttl: Duration::from_secs(1),
             redis_cluster: false,
+            broker_cluster: false,
         }
     }
 }
@@ -235,6 +239,8 @@ pub struct Region {
     pub upstream_key: String,
     pub nodes: Vec<Node>,
     pub broker: RabbitMq,
+    /// The other members when the region's broker is a cluster.
+    pub broker_peers: Vec<RabbitMq>,
     /// Between the region's nodes and the upstream.
     pub upstream_proxy: FaultProxyHandle,
     /// Between the region's nodes and each etcd member.
@@ -346,7 +352,16 @@ impl Cluster {
         // Brokers first: they are the slowest (about 5 s each), so they start in
         // parallel while the rest comes up.
         let brokers: Vec<_> = (0..spec.regions)
-            .map(|_| tokio::task::spawn_blocking(RabbitMq::start))
+            .map(|r| {
+                let clustered = r == 0 && spec.broker_cluster;
+                tokio::task::spawn_blocking(move || {
+                    if clustered {
+                        RabbitMq::start_cluster(3)
+                    } else {
+                        vec![RabbitMq::start()]
+                    }
+                })
+            })
             .collect();
         let etcd = {
             let d = dir.path().join("etcd");
@@ -397,9 +412,11 @@ impl Cluster {
 
         let mut regions = Vec::new();
         for (r, broker) in brokers.into_iter().enumerate() {
-            let broker = broker
+            let mut members = broker
                 .await
                 .unwrap_or_else(|e| panic!("RabbitMQ broker of region {r} did not start: {e}"));
+            let broker = members.remove(0);
+            let broker_peers = members;
             let name = format!("r{}", r + 1);
             let upstream_key = format!("sk-ant-chaos-{name}-upstream");
             let proxy = |addr: SocketAddr| async move {
@@ -451,6 +468,7 @@ impl Cluster {
                 upstream_key,
                 nodes,
                 broker,
+                broker_peers,
                 upstream_proxy,
                 etcd_proxies,
                 redis_proxy,

@@ -37,6 +37,8 @@ pub struct Scenario {
     pub limiter_extra: f64,
     /// Run on a cluster whose limiter uses a three-master Redis Cluster.
     pub redis_cluster: bool,
+    /// Run with region r1's broker a three-node RabbitMQ cluster.
+    pub broker_cluster: bool,
 }
 
 /// Every scenario, in the order `--all` runs them.
@@ -50,6 +52,7 @@ pub const SCENARIOS: &[Scenario] = &[
         leaves_dns: true,
         limiter_extra: 0.0,
         redis_cluster: false,
+        broker_cluster: false,
     },
     Scenario {
         name: "sigstop-node",
@@ -60,6 +63,7 @@ pub const SCENARIOS: &[Scenario] = &[
         leaves_dns: true,
         limiter_extra: 0.0,
         redis_cluster: false,
+        broker_cluster: false,
     },
     Scenario {
         name: "lose-region",
@@ -70,6 +74,7 @@ pub const SCENARIOS: &[Scenario] = &[
         leaves_dns: true,
         limiter_extra: 0.0,
         redis_cluster: false,
+        broker_cluster: false,
     },
     Scenario {
         name: "partition-etcd",
@@ -80,6 +85,7 @@ pub const SCENARIOS: &[Scenario] = &[
         leaves_dns: true,
         limiter_extra: 0.0,
         redis_cluster: false,
+        broker_cluster: false,
     },
     Scenario {
         name: "partition-redis",
@@ -90,6 +96,7 @@ pub const SCENARIOS: &[Scenario] = &[
         leaves_dns: false,
         limiter_extra: 2.0 / 6.0,
         redis_cluster: false,
+        broker_cluster: false,
     },
     Scenario {
         name: "partition-broker",
@@ -100,6 +107,7 @@ pub const SCENARIOS: &[Scenario] = &[
         leaves_dns: false,
         limiter_extra: 0.0,
         redis_cluster: false,
+        broker_cluster: false,
     },
     Scenario {
         name: "brownout",
@@ -110,6 +118,7 @@ pub const SCENARIOS: &[Scenario] = &[
         leaves_dns: false,
         limiter_extra: 0.0,
         redis_cluster: false,
+        broker_cluster: false,
     },
     Scenario {
         name: "upstream-down",
@@ -120,6 +129,7 @@ pub const SCENARIOS: &[Scenario] = &[
         leaves_dns: false,
         limiter_extra: 0.0,
         redis_cluster: false,
+        broker_cluster: false,
     },
     Scenario {
         name: "etcd-leader",
@@ -130,6 +140,7 @@ pub const SCENARIOS: &[Scenario] = &[
         leaves_dns: false,
         limiter_extra: 0.0,
         redis_cluster: false,
+        broker_cluster: false,
     },
     Scenario {
         name: "redis-restart",
@@ -140,6 +151,7 @@ pub const SCENARIOS: &[Scenario] = &[
         leaves_dns: false,
         limiter_extra: 1.0,
         redis_cluster: false,
+        broker_cluster: false,
     },
     Scenario {
         name: "broker-restart",
@@ -150,6 +162,7 @@ pub const SCENARIOS: &[Scenario] = &[
         leaves_dns: false,
         limiter_extra: 0.0,
         redis_cluster: false,
+        broker_cluster: false,
     },
     Scenario {
         name: "rolling-restart",
@@ -160,6 +173,7 @@ pub const SCENARIOS: &[Scenario] = &[
         leaves_dns: false,
         limiter_extra: 0.0,
         redis_cluster: false,
+        broker_cluster: false,
     },
     Scenario {
         name: "coordinator-leader",
@@ -170,6 +184,7 @@ pub const SCENARIOS: &[Scenario] = &[
         leaves_dns: false,
         limiter_extra: 0.0,
         redis_cluster: false,
+        broker_cluster: false,
     },
     Scenario {
         name: "redis-cluster-master",
@@ -180,6 +195,18 @@ pub const SCENARIOS: &[Scenario] = &[
         leaves_dns: false,
         limiter_extra: 1.0,
         redis_cluster: true,
+        broker_cluster: false,
+    },
+    Scenario {
+        name: "broker-cluster-node",
+        what: "region r1's broker is a three-node RabbitMQ cluster: r1's upstream is cut (deferrals queue up), then kill -9 the member the nodes use (the quorum queue's leader); its proxy moves to the second member as a load balancer would; upstream and the killed member back after 10 s",
+        expect: "deferrals in r1 refused with 503 until the nodes reconnect (never a false 202); confirmed messages survive on the other two members and are delivered once",
+        hold: Duration::from_secs(10),
+        targets: &[],
+        leaves_dns: false,
+        limiter_extra: 0.0,
+        redis_cluster: false,
+        broker_cluster: true,
     },
 ];
 
@@ -417,6 +444,18 @@ async fn inject(s: &Scenario, c: &mut Cluster) {
             c.coordinators[i].kill9();
         }
         "redis-cluster-master" => c.redis_masters[0].proc.kill9(),
+        "broker-cluster-node" => {
+            // Cut r1's upstream first so its `always` deferrals pile up in the queue:
+            // the kill must find messages there, or it proves nothing.
+            let r = &mut c.regions[0];
+            r.upstream_proxy.set_refuse(true);
+            r.upstream_proxy.reset_all();
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            tokio::task::block_in_place(|| r.broker.kill());
+            let next = SocketAddr::from(([127, 0, 0, 1], r.broker_peers[0].port));
+            r.broker_proxy.set_upstream(next);
+            r.broker_proxy.reset_all();
+        }
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -443,6 +482,7 @@ async fn heal(s: &Scenario, c: &mut Cluster) {
             }
         }),
         "broker-restart" => tokio::task::block_in_place(|| c.regions[0].broker.start_again()),
+        "broker-cluster-node" => tokio::task::block_in_place(|| c.regions[0].broker.start_again()),
         "redis-cluster-master" => tokio::task::block_in_place(|| {
             c.redis_masters[0].restart_after(Duration::ZERO);
             let deadline = Instant::now() + Duration::from_secs(20);
@@ -610,7 +650,13 @@ pub async fn run(s: &Scenario, cluster: &mut Cluster, spec: &RunSpec) -> Report 
         report.limit_rpm = rpm;
         // Fixed windows start with the first request after the last one ended, so a
         // run of T seconds meets at most floor(T / 60) + 1 of them.
-        let windows = (started.elapsed().as_secs() / 60 + 1) as f64;
+        // T is the workload's span (to the last answer), not the settling after it.
+        let span_ms = records
+            .iter()
+            .map(|r| r.at_ms + r.took_ms)
+            .max()
+            .unwrap_or(0);
+        let windows = (span_ms / 60_000 + 1) as f64;
         report.limited_bound = (rpm as f64 * (windows + s.limiter_extra)).ceil() as u64;
     }
 
