@@ -82,7 +82,7 @@ impl RabbitMq {
     /// Starts a broker with `plugins` enabled (e.g. `rabbitmq_shovel`).
     pub fn start_with_plugins(plugins: &[&str]) -> RabbitMq {
         let mut mq = RabbitMq::prepare(plugins, None);
-        mq.spawn();
+        mq.spawn_fresh();
         mq
     }
 
@@ -101,7 +101,7 @@ impl RabbitMq {
         let mut out: Vec<RabbitMq> = Vec::new();
         for i in 0..members {
             let mut mq = RabbitMq::prepare(&[], Some((&cookie, epmd_port)));
-            mq.spawn();
+            mq.spawn_fresh();
             if i > 0 {
                 let first = out[0].nodename.clone();
                 mq.ctl_ok(&["-q", "stop_app"]);
@@ -191,6 +191,8 @@ impl RabbitMq {
             .env("RABBITMQ_ENABLED_PLUGINS_FILE", d.join("enabled_plugins"))
             .env("RABBITMQ_CONFIG_FILE", d.join("rabbitmq"))
             .env("RABBITMQ_PID_FILE", d.join("broker.pid"))
+            // A crash dump lands with the broker's files, not in the caller's folder.
+            .env("ERL_CRASH_DUMP", d.join("erl_crash.dump"))
             .env(
                 "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
                 "+sbwt none +sbwtdcpu none +sbwtdio none",
@@ -200,7 +202,34 @@ impl RabbitMq {
             .env_remove("RABBITMQ_ALLOW_INPUT");
     }
 
+    /// A first start: ports come from [`free_port`], which only finds a port free a
+    /// moment ago, and busy machines hand it to some outgoing connection in between
+    /// (`dist_port_already_used`, `eaddrinuse`). Then new ports are drawn and the start
+    /// is tried again, at most three times. Restarts keep their ports (proxies and
+    /// clients point at them) and fail loudly instead.
+    fn spawn_fresh(&mut self) {
+        for _ in 0..2 {
+            match self.try_spawn() {
+                Ok(()) => return,
+                Err(out) if out.contains("already_used") || out.contains("eaddrinuse") => {
+                    tracing::warn!(port = self.port, "rabbitmq port taken; trying other ports");
+                    self.port = free_port();
+                    self.dist_port = free_port();
+                }
+                Err(out) => panic!("rabbitmq-server exited at start-up; its output:\n{out}"),
+            }
+        }
+        self.spawn();
+    }
+
     fn spawn(&mut self) {
+        if let Err(out) = self.try_spawn() {
+            panic!("rabbitmq-server exited at start-up; its output:\n{out}");
+        }
+    }
+
+    /// Starts the server; `Err` with its output when it exits during start-up.
+    fn try_spawn(&mut self) -> Result<(), String> {
         let started = Instant::now();
         let server = self.sbin.join("rabbitmq-server");
         let mut cmd = Command::new(&server);
@@ -223,10 +252,8 @@ impl RabbitMq {
         let deadline = started + Duration::from_secs(60);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!(
-                    "rabbitmq-server exited at start-up ({status}); its output:\n{}",
-                    self.server_output()
-                );
+                self.child = None;
+                return Err(format!("({status}) {}", self.server_output()));
             }
             assert!(
                 Instant::now() < deadline,
@@ -248,6 +275,7 @@ impl RabbitMq {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "rabbitmq ready"
         );
+        Ok(())
     }
 
     fn server_output(&self) -> String {
