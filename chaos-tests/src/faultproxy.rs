@@ -1,5 +1,7 @@
 //! Userspace TCP proxy that injects network faults (latency with jitter and spikes,
-//! blackhole, refusal, resets), standing in for netem, which this kernel lacks.
+//! blackhole, refusal, resets, bandwidth caps, slicing into small writes, a half-open
+//! stall of one direction), standing in for netem, which this kernel lacks. The
+//! [`FaultProxyHandle`] is the control API: every knob applies to open connections too.
 
 use std::io;
 use std::net::SocketAddr;
@@ -20,7 +22,8 @@ const READ_CHUNK: usize = 16 * 1024;
 const IN_FLIGHT: usize = 64;
 
 struct Shared {
-    upstream: SocketAddr,
+    // Switchable, as a load balancer in front of a cluster moves to a healthy member.
+    upstream: Mutex<SocketAddr>,
     latency_us: AtomicU64,
     jitter_us: AtomicU64,
     // Extra one-way delay while a spike episode lasts; 0 between episodes.
@@ -30,6 +33,13 @@ struct Shared {
     // Bumped by reset_all; every connection watches it.
     generation: watch::Sender<u64>,
     active: AtomicUsize,
+    // Bytes per second per connection and direction; 0 = uncapped.
+    bandwidth: AtomicU64,
+    // Largest single write; 0 = whatever was read.
+    slice: AtomicUsize,
+    // Half-open stall: while set, that direction forwards nothing (the other flows).
+    stall_up: watch::Sender<bool>,
+    stall_down: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -85,6 +95,15 @@ async fn spike_loop(shared: Arc<Shared>, spikes: Spikes) {
     }
 }
 
+/// One direction through the proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Client to upstream (requests).
+    Upstream,
+    /// Upstream to client (responses).
+    Downstream,
+}
+
 /// Starts fault proxies.
 pub struct FaultProxy;
 
@@ -94,7 +113,7 @@ impl FaultProxy {
         let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
-            upstream,
+            upstream: Mutex::new(upstream),
             latency_us: AtomicU64::new(0),
             jitter_us: AtomicU64::new(0),
             spike_us: AtomicU64::new(0),
@@ -102,6 +121,10 @@ impl FaultProxy {
             refuse: watch::Sender::new(false),
             generation: watch::Sender::new(0),
             active: AtomicUsize::new(0),
+            bandwidth: AtomicU64::new(0),
+            slice: AtomicUsize::new(0),
+            stall_up: watch::Sender::new(false),
+            stall_down: watch::Sender::new(false),
         });
         let task = tokio::spawn(accept_loop(listener, addr, shared.clone()));
         Ok(FaultProxyHandle {
@@ -169,6 +192,53 @@ impl FaultProxyHandle {
     /// listens on the same address again.
     pub fn set_refuse(&self, on: bool) {
         self.shared.refuse.send_replace(on);
+    }
+
+    /// Caps each connection's throughput, per direction, at `bytes_per_sec` (0 or `None`
+    /// lifts the cap). Paced per write, so a burst larger than a second's worth is spread.
+    pub fn set_bandwidth(&self, bytes_per_sec: Option<u64>) {
+        self.shared
+            .bandwidth
+            .store(bytes_per_sec.unwrap_or(0), Relaxed);
+    }
+
+    /// Forwards data in writes of at most `bytes` (0 or `None`: as read), each flushed on
+    /// its own, so the peer sees many small segments (split SSE events, split HTTP heads).
+    pub fn set_slicing(&self, bytes: Option<usize>) {
+        self.shared.slice.store(bytes.unwrap_or(0), Relaxed);
+    }
+
+    /// A half-open stall: while on, data in `direction` is held (not dropped) while the
+    /// other direction keeps flowing, as when one way of a path dies silently.
+    pub fn set_stall(&self, direction: Direction, on: bool) {
+        match direction {
+            Direction::Upstream => self.shared.stall_up.send_replace(on),
+            Direction::Downstream => self.shared.stall_down.send_replace(on),
+        };
+    }
+
+    /// Lifts every fault: latency, jitter, spikes, blackhole, refusal, bandwidth, slicing,
+    /// stalls.
+    pub fn heal(&self) {
+        self.set_latency(Duration::ZERO);
+        self.set_jitter(Duration::ZERO);
+        self.set_spikes(None);
+        self.set_blackhole(false);
+        self.set_refuse(false);
+        self.set_bandwidth(None);
+        self.set_slicing(None);
+        self.set_stall(Direction::Upstream, false);
+        self.set_stall(Direction::Downstream, false);
+    }
+
+    /// Where new connections go from now on (open ones stay where they are; follow with
+    /// [`FaultProxyHandle::reset_all`] to move them too).
+    pub fn set_upstream(&self, upstream: SocketAddr) {
+        *self
+            .shared
+            .upstream
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = upstream;
     }
 
     /// Aborts every current connection with an RST to both the client and the upstream.
@@ -269,7 +339,8 @@ async fn proxy(mut client: TcpStream, shared: Arc<Shared>) {
     let upstream = tokio::select! {
         up = async {
             wait_for(&mut blackhole, false).await;
-            TcpStream::connect(shared.upstream).await
+            let to = *shared.upstream.lock().unwrap_or_else(PoisonError::into_inner);
+            TcpStream::connect(to).await
         } => up,
         _ = generation.changed() => {
             let _ = client.set_zero_linger();
@@ -294,8 +365,8 @@ async fn proxy(mut client: TcpStream, shared: Arc<Shared>) {
         tokio::select! {
             done = async {
                 tokio::try_join!(
-                    pump(cr, uw, &shared, shared.blackhole.subscribe()),
-                    pump(ur, cw, &shared, shared.blackhole.subscribe()),
+                    pump(cr, uw, &shared, shared.blackhole.subscribe(), shared.stall_up.subscribe()),
+                    pump(ur, cw, &shared, shared.blackhole.subscribe(), shared.stall_down.subscribe()),
                 )
             } => done.is_ok(),
             _ = generation.changed() => false,
@@ -315,6 +386,7 @@ async fn pump<R, W>(
     mut writer: W,
     shared: &Shared,
     mut blackhole: watch::Receiver<bool>,
+    mut stall: watch::Receiver<bool>,
 ) -> io::Result<()>
 where
     R: tokio::io::AsyncRead + Unpin,
@@ -341,8 +413,28 @@ where
     let write = async {
         while let Some((due, chunk)) = rx.recv().await {
             tokio::time::sleep_until(due).await;
-            wait_for(&mut blackhole, false).await;
-            writer.write_all(&chunk).await?;
+            let mut rest = chunk;
+            while !rest.is_empty() {
+                wait_for(&mut blackhole, false).await;
+                wait_for(&mut stall, false).await;
+                let slice = shared.slice.load(Relaxed);
+                let n = if slice == 0 {
+                    rest.len()
+                } else {
+                    slice.min(rest.len())
+                };
+                let piece = rest.split_to(n);
+                writer.write_all(&piece).await?;
+                if slice != 0 {
+                    writer.flush().await?;
+                }
+                let rate = shared.bandwidth.load(Relaxed);
+                if rate != 0 {
+                    let nanos =
+                        (n as u128 * 1_000_000_000 / u128::from(rate)).min(u128::from(u64::MAX));
+                    tokio::time::sleep(Duration::from_nanos(nanos as u64)).await;
+                }
+            }
         }
         // The reader saw EOF: pass the half-close on.
         writer.shutdown().await

@@ -11,6 +11,9 @@
 //!   - `mock/accounts.rs`: organisations, per-org request limits, refused keys and orgs.
 //!   - `mock/ratelimit.rs`: the usage window behind the `anthropic-ratelimit-*` headers.
 //!   - `mock/response.rs`: body type, ids, Anthropic error shape, paced sending.
+//! - [`cluster`]: a whole cluster on loopback (etcd, Redis, brokers, nodes, coordinators
+//!   with DNS, fault proxies on every path), the client workload, and the chaos scenarios
+//!   with their Jepsen-style count (the `strait-chaos` binary drives it).
 //! - [`layers`]: an architecture check holding a crate's imports to a layer table.
 //! - [`faultproxy`]: a userspace TCP proxy injecting latency (with jitter and spikes),
 //!   blackholes, refusals and resets.
@@ -22,6 +25,7 @@
 //! process for benchmarks and multi-process tests.
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod faultproxy;
 pub mod layers;
 pub mod mock;

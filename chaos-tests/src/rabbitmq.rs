@@ -81,6 +81,50 @@ impl RabbitMq {
 
     /// Starts a broker with `plugins` enabled (e.g. `rabbitmq_shovel`).
     pub fn start_with_plugins(plugins: &[&str]) -> RabbitMq {
+        let mut mq = RabbitMq::prepare(plugins, None);
+        mq.spawn_fresh();
+        mq
+    }
+
+    /// Starts `members` brokers joined into one RabbitMQ cluster (one Erlang cookie, one
+    /// epmd they all register with), the first one started first and the others joined to
+    /// it. Quorum queues declared on it are then replicated to every member.
+    pub fn start_cluster(members: usize) -> Vec<RabbitMq> {
+        let cookie: String = {
+            use rand::Rng;
+            let mut rng = rand::rng();
+            (0..32)
+                .map(|_| char::from(b'A' + rng.random_range(0..26u8)))
+                .collect()
+        };
+        let epmd_port = free_port();
+        let mut out: Vec<RabbitMq> = Vec::new();
+        for i in 0..members {
+            let mut mq = RabbitMq::prepare(&[], Some((&cookie, epmd_port)));
+            mq.spawn_fresh();
+            if i > 0 {
+                let first = out[0].nodename.clone();
+                mq.ctl_ok(&["-q", "stop_app"]);
+                mq.ctl_ok(&["-q", "join_cluster", &first]);
+                mq.ctl_ok(&["-q", "start_app"]);
+            }
+            out.push(mq);
+        }
+        let status = out[0].ctl_ok(&["-q", "cluster_status", "--formatter", "json"]);
+        let running = serde_json::from_str::<serde_json::Value>(&status)
+            .ok()
+            .and_then(|v| v["running_nodes"].as_array().map(Vec::len))
+            .unwrap_or(0);
+        assert_eq!(
+            running, members,
+            "the RabbitMQ cluster did not form: {status}"
+        );
+        out
+    }
+
+    /// A broker's folders and ports, not started. `cluster`: the shared Erlang cookie
+    /// and epmd port of a cluster.
+    fn prepare(plugins: &[&str], cluster: Option<(&str, u16)>) -> RabbitMq {
         let dir = tempfile::tempdir().expect("temp dir for the broker");
         std::fs::write(
             dir.path().join("enabled_plugins"),
@@ -104,17 +148,23 @@ impl RabbitMq {
                 .unwrap_or("q")
                 .replace(|c: char| !c.is_ascii_alphanumeric(), "")
         );
-        let mut mq = RabbitMq {
+        if let Some((cookie, _)) = cluster {
+            use std::os::unix::fs::PermissionsExt;
+            let path = dir.path().join("home/.erlang.cookie");
+            std::fs::write(&path, cookie).expect("write the Erlang cookie");
+            // Erlang refuses a cookie file others can read.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400))
+                .expect("cookie permissions");
+        }
+        RabbitMq {
             port: free_port(),
             dist_port: free_port(),
-            epmd_port: free_port(),
+            epmd_port: cluster.map_or_else(free_port, |(_, p)| p),
             nodename: format!("{unique}@localhost"),
             sbin: sbin_dir(),
             dir,
             child: None,
-        };
-        mq.spawn();
-        mq
+        }
     }
 
     /// The AMQP URL of the broker (user `guest`, which may log in from loopback only,
@@ -141,6 +191,8 @@ impl RabbitMq {
             .env("RABBITMQ_ENABLED_PLUGINS_FILE", d.join("enabled_plugins"))
             .env("RABBITMQ_CONFIG_FILE", d.join("rabbitmq"))
             .env("RABBITMQ_PID_FILE", d.join("broker.pid"))
+            // A crash dump lands with the broker's files, not in the caller's folder.
+            .env("ERL_CRASH_DUMP", d.join("erl_crash.dump"))
             .env(
                 "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
                 "+sbwt none +sbwtdcpu none +sbwtdio none",
@@ -150,7 +202,34 @@ impl RabbitMq {
             .env_remove("RABBITMQ_ALLOW_INPUT");
     }
 
+    /// A first start: ports come from [`free_port`], which only finds a port free a
+    /// moment ago, and busy machines hand it to some outgoing connection in between
+    /// (`dist_port_already_used`, `eaddrinuse`). Then new ports are drawn and the start
+    /// is tried again, at most three times. Restarts keep their ports (proxies and
+    /// clients point at them) and fail loudly instead.
+    fn spawn_fresh(&mut self) {
+        for _ in 0..2 {
+            match self.try_spawn() {
+                Ok(()) => return,
+                Err(out) if out.contains("already_used") || out.contains("eaddrinuse") => {
+                    tracing::warn!(port = self.port, "rabbitmq port taken; trying other ports");
+                    self.port = free_port();
+                    self.dist_port = free_port();
+                }
+                Err(out) => panic!("rabbitmq-server exited at start-up; its output:\n{out}"),
+            }
+        }
+        self.spawn();
+    }
+
     fn spawn(&mut self) {
+        if let Err(out) = self.try_spawn() {
+            panic!("rabbitmq-server exited at start-up; its output:\n{out}");
+        }
+    }
+
+    /// Starts the server; `Err` with its output when it exits during start-up.
+    fn try_spawn(&mut self) -> Result<(), String> {
         let started = Instant::now();
         let server = self.sbin.join("rabbitmq-server");
         let mut cmd = Command::new(&server);
@@ -173,10 +252,8 @@ impl RabbitMq {
         let deadline = started + Duration::from_secs(60);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!(
-                    "rabbitmq-server exited at start-up ({status}); its output:\n{}",
-                    self.server_output()
-                );
+                self.child = None;
+                return Err(format!("({status}) {}", self.server_output()));
             }
             assert!(
                 Instant::now() < deadline,
@@ -198,6 +275,7 @@ impl RabbitMq {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "rabbitmq ready"
         );
+        Ok(())
     }
 
     fn server_output(&self) -> String {

@@ -129,6 +129,8 @@ pub(crate) struct State {
     accounts: accounts::Accounts,
     batches: Mutex<api::Batches>,
     files: Mutex<Vec<api::FileObject>>,
+    /// Messages executed (answered, not refused by a fault or a limit), by correlation id.
+    executed: Mutex<HashMap<String, u32>>,
 }
 
 impl State {
@@ -150,6 +152,23 @@ impl State {
             accounts: accounts::Accounts::default(),
             batches: Mutex::new(api::Batches::default()),
             files: Mutex::new(Vec::new()),
+            executed: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts a Messages request the mock is about to execute under its correlation id:
+    /// `metadata.user_id` of the body, the one field a client sets that the API (and so
+    /// every gateway) passes through. Counted even when recording is off.
+    pub(crate) fn count_executed(&self, body: &[u8]) {
+        // Cheap test first: most bench bodies carry no metadata.
+        if !body.windows(7).any(|w| w == b"user_id") {
+            return;
+        }
+        let id = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["metadata"]["user_id"].as_str().map(str::to_owned));
+        if let Some(id) = id {
+            *lock(&self.executed).entry(id).or_insert(0) += 1;
         }
     }
 
@@ -305,6 +324,18 @@ impl MockHandle {
     /// Requests received since start, counted even when recording is off.
     pub fn request_count(&self) -> u64 {
         self.state.total.load(Relaxed)
+    }
+
+    /// How often each correlation id (`metadata.user_id`) was executed: a Messages request
+    /// the mock answered with a response of its own making (not a fault's status, not a
+    /// reset before the answer, not its own rate limit). Above 1 means a duplicate.
+    pub fn executed_counts(&self) -> HashMap<String, u32> {
+        lock(&self.state.executed).clone()
+    }
+
+    /// Forgets the executed counts.
+    pub fn clear_executed(&self) {
+        lock(&self.state.executed).clear();
     }
 
     /// Forgets recorded requests (the count keeps running).

@@ -265,7 +265,10 @@ fn dispatch(
     pacing: Pacing,
 ) -> Resp {
     match route {
-        Route::Messages => messages::create(state, ctl, body, fault, pacing),
+        Route::Messages => {
+            state.count_executed(body);
+            messages::create(state, ctl, body, fault, pacing)
+        }
         Route::CountTokens => api::count_tokens(state, ctl, fault, body),
         Route::BatchCreate => api::create_batch(state, ctl, fault, body),
         Route::BatchList => api::list_batches(state, ctl, fault),
