@@ -156,6 +156,66 @@ async fn a_broker_down_means_503_never_202_and_its_queue_survives_a_restart() {
     node.drain().await;
 }
 
+/// A broker that goes silent (SIGSTOP: its TCP connections stay open) is noticed at
+/// the first unconfirmed publish: 503, `/readyz` warns at once, and the refused
+/// request is never sent, even when the broker later reads the publish it held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_broker_warns_at_the_first_unconfirmed_publish_and_recovers() {
+    let broker = tokio::task::block_in_place(RabbitMq::start);
+    let redis = durable_redis();
+    let mock = MockUpstream::start(MockConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (node, url) = start_node(&broker, &redis, mock.addr(), dir.path(), |raw| {
+        raw.deferred.confirm_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let readyz = format!("http://{}/readyz", node.admin_addr());
+    let queue_check = || async {
+        let ready = get(&readyz, &[]).await.json();
+        ready["checks"]["deferred:queue"][0].clone()
+    };
+    let first = accepted_id(&defer(&url, "s-before", &[]).await);
+    assert_eq!(queue_check().await["status"], "pass");
+
+    broker.freeze();
+    let r = defer(&url, "s-refused", &[]).await;
+    r.assert_gateway_error(503, "overloaded_error");
+    assert!(r.text().contains("did not confirm"), "{}", r.text());
+    let check = queue_check().await;
+    assert_eq!(check["status"], "warn", "{check}");
+    assert!(
+        check["observedValue"]
+            .as_str()
+            .unwrap()
+            .contains("rabbitmq unreachable"),
+        "{check}"
+    );
+
+    broker.thaw();
+    let mut again = None;
+    for _ in 0..100 {
+        let r = defer(&url, "s-after", &[]).await;
+        if r.status == StatusCode::ACCEPTED {
+            again = Some(accepted_id(&r));
+            break;
+        }
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let again = again.expect("deferral works again within 20 s of the broker's return");
+    assert_eq!(queue_check().await["status"], "pass");
+    for id in [&first, &again] {
+        let done = settled(&url, id, Duration::from_secs(30)).await;
+        assert_eq!(done.status, StatusCode::OK, "{}", done.text());
+    }
+    assert_eq!(
+        received(&mock, "s-refused"),
+        0,
+        "a 503 said NOT queued: never sent"
+    );
+    node.drain().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_keeps_results_and_while_down_deferral_is_refused() {
     let broker = tokio::task::block_in_place(RabbitMq::start);

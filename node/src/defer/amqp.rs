@@ -48,8 +48,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// A broker that accepts TCP but never finishes the handshake must not hold the loop.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Heartbeat asked for when the URL sets none: a silently dead peer is noticed
-/// within about two intervals instead of the broker's 60 s default.
-const DEFAULT_HEARTBEAT_S: u16 = 10;
+/// within about two intervals (by an idle node; a publish notices at its confirm
+/// timeout) instead of the broker's 60 s default.
+const DEFAULT_HEARTBEAT_S: u16 = 5;
 /// How often a connection's health is looked at by its task.
 const WATCH_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -168,11 +169,18 @@ struct Shared {
 struct Link {
     conn: Connection,
     channel: Channel,
+    /// Set when a publish went unconfirmed: a broker that went silent (a partition,
+    /// a stalled disk) keeps its TCP connection "connected" until heartbeats lapse,
+    /// so the link is given up at once, `/readyz` says the broker is unreachable,
+    /// and the publisher reconnects (and stays down while the broker cannot answer).
+    given_up: std::sync::atomic::AtomicBool,
 }
 
 impl Link {
     fn alive(&self) -> bool {
-        self.conn.status().connected() && self.channel.status().connected()
+        !self.given_up.load(std::sync::atomic::Ordering::Relaxed)
+            && self.conn.status().connected()
+            && self.channel.status().connected()
     }
 }
 
@@ -346,7 +354,11 @@ impl Shared {
             Ok(channel)
         };
         match setup.await {
-            Ok(channel) => Ok(Link { conn, channel }),
+            Ok(channel) => Ok(Link {
+                conn,
+                channel,
+                given_up: Default::default(),
+            }),
             Err(e) => {
                 let _ = conn.close(200, "setup failed".into()).await;
                 Err(e)
@@ -652,10 +664,15 @@ impl Queue for AmqpQueue {
             match tokio::time::timeout(shared.confirm_timeout, confirmed).await {
                 Ok(Ok(confirmation)) => confirmation_result(confirmation),
                 Ok(Err(e)) => Err(not_queued("the connection to the broker failed").with_detail(e)),
-                Err(_) => Err(not_queued(format_args!(
-                    "the broker did not confirm it within {:?}",
-                    shared.confirm_timeout
-                ))),
+                Err(_) => {
+                    link.given_up
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(url = %shared.shown, "deferred queue: a publish went unconfirmed; reconnecting to RabbitMQ");
+                    Err(not_queued(format_args!(
+                        "the broker did not confirm it within {:?}",
+                        shared.confirm_timeout
+                    )))
+                }
             }
         })
     }
