@@ -14,6 +14,15 @@ pub struct Captured {
     ended: Mutex<mpsc::Receiver<()>>,
 }
 
+/// A test that panics (or forgets) must not leave its process running: dropping the
+/// handle kills the child (a no-op when it has already exited).
+impl Drop for Captured {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Captured {
     /// Spawns `cmd` with piped output and waits up to `limit` for a line containing
     /// `ready`, which is returned. Panics with the output so far if the process exits

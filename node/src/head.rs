@@ -39,14 +39,21 @@ pub struct RawHeaders {
     // On the heap, sized once: the head is moved through several phases, and moving
     // fields kept inline cost more than the allocation.
     fields: Vec<Field>,
-    /// Bit `n % 64` is set when some field's name is `n` bytes long. Most lookups are
-    /// for fields a message does not have (`authorization` beside `x-api-key`,
-    /// `connection`, `retry-after`), and this answers them without a scan.
-    name_lengths: u64,
+    /// A bit per name length and first letter ([`name_bit`]) is set for every field.
+    /// Most lookups are for fields a message does not have (`authorization` beside
+    /// `x-api-key`, `strait-defer`, `transfer-encoding`, `retry-after`), and this
+    /// answers them without a scan. The first letter matters: by length alone
+    /// `strait-defer` collides with `content-type`, and `expect`, `x-forwarded-for`
+    /// and `transfer-encoding` with fields every request has.
+    name_bits: u64,
 }
 
-fn length_bit(len: usize) -> u64 {
-    1 << (len % 64)
+/// Bit `(7 * length + first letter) % 64` of a name (case folded); 7 spreads the
+/// common fields of a request over distinct bits.
+#[inline(always)]
+fn name_bit(name: &[u8]) -> u64 {
+    let first = usize::from(name.first().map_or(0, |b| b | 0x20));
+    1 << ((name.len() * 7 + first) % 64)
 }
 
 #[derive(Clone, Copy)]
@@ -61,7 +68,7 @@ impl RawHeaders {
         RawHeaders {
             head,
             fields: Vec::with_capacity(fields),
-            name_lengths: 0,
+            name_bits: 0,
         }
     }
 
@@ -87,13 +94,14 @@ impl RawHeaders {
             value: span(value),
         };
         self.fields.push(field);
-        self.name_lengths |= length_bit(name.len());
+        self.name_bits |= name_bit(name);
     }
 
-    /// Whether some field's name is as long as `name` (if not, none has that name).
+    /// Whether some field's name has the length and first letter of `name` (if not,
+    /// none has that name).
     #[inline]
     fn may_have(&self, name: &[u8]) -> bool {
-        self.name_lengths & length_bit(name.len()) != 0
+        self.name_bits & name_bit(name) != 0
     }
 
     #[inline]
@@ -142,8 +150,8 @@ impl HeaderFields {
             HeaderFields::Raw(raw) => {
                 let lengths = names
                     .iter()
-                    .fold(0, |m, n| m | length_bit(n.as_str().len()));
-                raw.name_lengths & lengths != 0
+                    .fold(0, |m, n| m | name_bit(n.as_str().as_bytes()));
+                raw.name_bits & lengths != 0
                     && raw
                         .fields
                         .iter()

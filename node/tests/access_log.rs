@@ -19,6 +19,13 @@ struct Node {
     _state: tempfile::TempDir,
 }
 
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.proc.child.kill();
+        let _ = self.proc.child.wait();
+    }
+}
+
 /// Starts a node with logs in `format` and access lines to `file`.
 fn spawn(format: &str, upstream: &str, file: &std::path::Path) -> Node {
     let state = tempfile::tempdir().unwrap();
