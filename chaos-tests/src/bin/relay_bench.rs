@@ -20,6 +20,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use strait_chaos::cluster::procs;
 use strait_chaos::faultproxy::{FaultProxy, Spikes};
 use strait_chaos::mock::{MockConfig, MockUpstream};
 use strait_chaos::process::Captured;
@@ -83,50 +84,6 @@ impl Drop for Node {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_etcd(dir: &Path) -> (Proc, String) {
-    let (port, peer) = (free_port(), free_port());
-    let url = format!("http://127.0.0.1:{port}");
-    let child = Command::new("etcd")
-        .args(["--name", "bench", "--data-dir"])
-        .arg(dir.join("etcd"))
-        .args([
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-        ])
-        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-        .args([
-            "--initial-advertise-peer-urls",
-            &format!("http://127.0.0.1:{peer}"),
-        ])
-        .args([
-            "--initial-cluster",
-            &format!("bench=http://127.0.0.1:{peer}"),
-        ])
-        .args(["--logger=zap", "--log-level", "error"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("etcd runs (is it installed?)");
-    let etcd = Proc(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "etcd did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    (etcd, url)
-}
-
 /// A strait-node process; `toml` is its config file's text.
 fn start_node(
     bin: &Path,
@@ -165,14 +122,16 @@ fn start_node(
 }
 
 fn start_nginx(template: &Path, dir: &Path, upstream: SocketAddr) -> (Proc, u16) {
-    let (port, h2) = (free_port(), free_port());
+    let (port, h2) = (procs::free_port(), procs::free_port());
     let text = std::fs::read_to_string(template).expect("the nginx template");
     let conf = text
         .replace("{{DIR}}", &dir.display().to_string())
         .replace("{{UPSTREAM}}", &upstream.to_string())
         .replace("{{PORT}}", &port.to_string())
         .replace("{{H2PORT}}", &h2.to_string())
-        .replace("{{BUFFERING}}", "on");
+        .replace("{{BUFFERING}}", "on")
+        .replace("{{WORKERS}}", "1")
+        .replace("{{ACCESS_LOG}}", "off");
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf).unwrap();
     let child = Command::new("nginx")
@@ -332,12 +291,13 @@ async fn main() {
     // B's clean path to the API, and the 40 ms round trip from A's node to B's.
     let path_b = FaultProxy::start(mock.addr()).await.unwrap();
     path_b.set_latency(Duration::from_millis(5));
-    let b_port = free_port();
+    let b_port = procs::free_port();
     let b_listen: SocketAddr = format!("127.0.0.3:{b_port}").parse().unwrap();
     let a_to_b = FaultProxy::start(b_listen).await.unwrap();
     a_to_b.set_latency(Duration::from_millis(20));
 
-    let (_etcd, etcd_url) = start_etcd(&dir);
+    let etcd = procs::start_etcd(&dir, 1);
+    let etcd_url = etcd[0].endpoint();
     // Probes every second (default timeout, 1 s); the trigger at its default ratio
     // with a short hold so the run need not wait half a minute.
     let cluster = |region: &str, id: &str, extra: &str, faster: bool| {
