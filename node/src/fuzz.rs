@@ -6,8 +6,9 @@
 //! A panic here is the finding, not a failure mode of the gateway: nothing on the
 //! request path calls this module.
 //!
-//! References: hyper's HTTP/1.1 server for heads and bodies (the node parses heads
-//! with httparse as hyper does, and must agree with it on what a request is); the
+//! References: hyper's HTTP/1.1 server for heads and bodies (hyper reads heads with
+//! httparse, which the node's own head parser matches byte for byte, and the node
+//! must agree with it on what a request is); the
 //! WHATWG event-stream rules, written out below, for SSE; `http::HeaderMap` for
 //! header lookups; serde_json for the JSON scanner.
 

@@ -56,6 +56,59 @@ fn name_bit(name: &[u8]) -> u64 {
     1 << ((name.len() * 7 + first) % 64)
 }
 
+/// Fields recorded while a head is parsed from a buffer the head is later copied out
+/// of: offsets from the head's first byte, made into [`RawHeaders`] over the copy.
+pub struct RawFields {
+    base: usize,
+    fields: Vec<Field>,
+    name_bits: u64,
+    /// The furthest offset recorded: the copy must reach it.
+    end: u32,
+}
+
+impl RawFields {
+    /// For a head that starts at `head[0]`, with room for `fields` fields.
+    pub fn new(head: &[u8], fields: usize) -> Self {
+        RawFields {
+            base: head.as_ptr() as usize,
+            fields: Vec::with_capacity(fields),
+            name_bits: 0,
+            end: 0,
+        }
+    }
+
+    /// Adds a field whose name and value are slices of the head given to [`new`].
+    ///
+    /// [`new`]: RawFields::new
+    #[inline]
+    pub fn push(&mut self, name: &[u8], value: &[u8]) {
+        let span = |s: &[u8]| {
+            // Wrapping: a slice from below the head lands far past any copy's end,
+            // which `into_headers` refuses.
+            let start = (s.as_ptr() as usize).wrapping_sub(self.base);
+            let start = u32::try_from(start).unwrap_or(u32::MAX);
+            (start, start.saturating_add(s.len() as u32))
+        };
+        let field = Field {
+            name: span(name),
+            value: span(value),
+        };
+        self.end = self.end.max(field.name.1).max(field.value.1);
+        self.fields.push(field);
+        self.name_bits |= name_bit(name);
+    }
+
+    /// The fields over `head`, a copy of the head they were recorded from.
+    pub fn into_headers(self, head: Bytes) -> RawHeaders {
+        assert!(self.end as usize <= head.len(), "fields within the head");
+        RawHeaders {
+            head,
+            fields: self.fields,
+            name_bits: self.name_bits,
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Field {
     name: (u32, u32),
@@ -190,7 +243,7 @@ impl HeaderFields {
 
     /// Writes the fields `keep` accepts as HTTP/1.1 header lines. Raw fields that sat
     /// on adjacent lines go out in one copy, their separators as they came (checked
-    /// by httparse); every line ends in CRLF whatever ended it on the way in.
+    /// by the head parser); every line ends in CRLF whatever ended it on the way in.
     pub fn write_lines(&self, out: &mut Vec<u8>, mut keep: impl FnMut(&[u8]) -> bool) {
         let raw = match self {
             HeaderFields::Map(map) => {
@@ -297,7 +350,7 @@ pub fn put_header(buf: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
     put_field(buf, name.as_str().as_bytes(), value.as_bytes());
 }
 
-/// A header line from a name and value already checked (parsed by httparse, or from
+/// A header line from a name and value already checked (parsed by the head parser, or from
 /// `HeaderName` and `HeaderValue`).
 pub fn put_field(buf: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     buf.extend_from_slice(name);

@@ -508,7 +508,6 @@ fn respond(
     let mut response = Response::new(());
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(crate::meta::REQUEST_ID, request_id);
     if let Some(region) = relayed_via {
         headers.insert(crate::relay::RELAYED_VIA, region);
     }
@@ -534,6 +533,7 @@ fn respond(
     Reply {
         response: response.map(|()| ProxyBody::Relay(Box::new(relay))),
         fields: ReplyFields {
+            request_id: Some(request_id),
             relayed: Some(relayed),
             rate: rate_headers,
         },

@@ -203,6 +203,9 @@ impl RelayedHeaders {
     fn keeps(&self, name: &[u8], bodiless: bool, named: &[&[u8]], own: &HeaderMap) -> bool {
         !(is_hop_by_hop(name)
             || (!bodiless && name.eq_ignore_ascii_case(b"content-length"))
+            // The gateway answers with its own request id, which may not be in `own`
+            // (it travels beside the map: `ReplyFields`).
+            || name.eq_ignore_ascii_case(crate::meta::REQUEST_ID_HEADER.as_bytes())
             || (self.strip_rate_limits && limit_headers::is_upstream(name))
             || named.iter().any(|n| n.eq_ignore_ascii_case(name))
             || own

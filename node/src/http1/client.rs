@@ -1,5 +1,5 @@
 //! HTTP/1.1 to the upstream, by hand: the request is written straight from the header
-//! map into one buffer, the response head parsed with httparse, and the body decoded
+//! map into one buffer, the response head parsed in one pass (`parse`), and the body decoded
 //! (content-length, chunked or until close) by [`H1Body`], which hands the connection
 //! back to the pool when the body ends cleanly.
 //!
@@ -19,7 +19,8 @@ use tokio::io::AsyncWriteExt;
 use super::framing::{self as wire, Framing};
 use super::pool::{Conn, Outgoing, Pool, SendError};
 use crate::body::{BoxError, RequestBody};
-use crate::head::{RawHeaders, X_API_KEY, X_FORWARDED_FOR};
+use super::parse;
+use crate::head::{RawFields, RawHeaders, X_API_KEY, X_FORWARDED_FOR};
 
 /// Response heads larger than this are refused (Anthropic's are about 2 KiB).
 const MAX_HEAD: usize = 64 * 1024;
@@ -202,63 +203,64 @@ async fn read_head(conn: &mut Conn, method: &Method) -> std::io::Result<Response
 
 /// Parses one head from the front of `buf`, consuming it when complete.
 fn parse_head(buf: &mut BytesMut, method: &Method) -> std::io::Result<Parsed> {
-    // Uninitialised slots: zeroing 128 of them for every response cost more than
-    // parsing a typical head.
-    let mut slots =
-        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut []);
-    let parsed = httparse::ParserConfig::default()
-        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
-    let len = match parsed {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+    // Fields are recorded as offsets from the head's first byte while it is parsed,
+    // and the framing fields read then: one pass. The head is copied out only once it
+    // is whole (the read buffer is the connection's, reused for its next response).
+    let mut fields = RawFields::new(buf, 8);
+    let mut content_length: Option<u64> = None;
+    let mut chunked = false;
+    let mut close = false;
+    let mut framing_error = None;
+    let parsed = parse::response(buf, MAX_HEADERS, |name, value| {
+        match name.len() {
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                match wire::parse_length(value) {
+                    Some(n) if content_length.is_none_or(|c| c == n) => content_length = Some(n),
+                    Some(_) => {
+                        framing_error.get_or_insert("conflicting upstream content-length");
+                    }
+                    None => {
+                        framing_error.get_or_insert("invalid upstream content-length");
+                    }
+                }
+            }
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                chunked = value
+                    .rsplit(|b| *b == b',')
+                    .next()
+                    .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                if !chunked {
+                    close = true;
+                }
+            }
+            10 if name.eq_ignore_ascii_case(b"connection") && wire::has_token(value, b"close") => {
+                close = true;
+            }
+            _ => {}
+        }
+        fields.push(name, value);
+    });
+    let (line, len) = match parsed {
+        Ok(parse::Status::Complete(done)) => done,
+        Ok(parse::Status::Partial) => return Ok(Parsed::Partial),
         Err(e) => {
             return Err(std::io::Error::other(format!(
                 "invalid upstream response head: {e}"
             )))
         }
     };
-    let code = resp.code.unwrap_or(0);
+    close |= line.minor == 0;
+    let code = line.code;
     let status = StatusCode::from_u16(code)
         .map_err(|_| std::io::Error::other("invalid upstream status code"))?;
     if (100..200).contains(&code) && code != 101 {
         buf.advance(len);
         return Ok(Parsed::Interim);
     }
-    // The fields stay the bytes they came in, in one copy of the head (the read
-    // buffer is the connection's, reused for its next response).
-    let raw = Bytes::copy_from_slice(&buf[..len]);
-    let base = buf.as_ptr() as usize;
-    let mut headers = RawHeaders::with_capacity(raw.clone(), resp.headers.len());
-    let mut content_length: Option<u64> = None;
-    let mut chunked = false;
-    let mut close = resp.version == Some(0);
-    for h in resp.headers.iter() {
-        // httparse has checked names (tokens) and values (no control characters).
-        let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
-            let n = wire::parse_length(h.value)
-                .ok_or_else(|| std::io::Error::other("invalid upstream content-length"))?;
-            if content_length.is_some_and(|c| c != n) {
-                return Err(std::io::Error::other("conflicting upstream content-length"));
-            }
-            content_length = Some(n);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            chunked = h
-                .value
-                .rsplit(|b| *b == b',')
-                .next()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            if !chunked {
-                close = true;
-            }
-        } else if name.eq_ignore_ascii_case(b"connection") && wire::has_token(h.value, b"close") {
-            close = true;
-        }
-        let at = |s: &[u8]| s.as_ptr() as usize - base;
-        let (n, v) = (at(name), at(h.value));
-        headers.push(&raw[n..n + name.len()], &raw[v..v + h.value.len()]);
+    if let Some(what) = framing_error {
+        return Err(std::io::Error::other(what));
     }
+    let headers = fields.into_headers(Bytes::copy_from_slice(&buf[..len]));
     buf.advance(len);
     let framing = if *method == Method::HEAD
         || status == StatusCode::NO_CONTENT

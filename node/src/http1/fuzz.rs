@@ -15,7 +15,7 @@ pub struct ReadRequest {
     pub method: String,
     pub target: String,
     pub http11: bool,
-    /// As they came: names in the client's case, values as httparse cut them.
+    /// As they came: names in the client's case, values as the head parser cut them.
     pub fields: Vec<(Vec<u8>, Vec<u8>)>,
     pub keep_alive: bool,
     pub body: Vec<u8>,

@@ -14,6 +14,7 @@ pub mod dns;
 pub mod framing;
 #[doc(hidden)]
 pub mod fuzz;
+mod parse;
 pub mod pool;
 mod request;
 mod response;

@@ -1,14 +1,13 @@
-//! One HTTP/1.1 request head, parsed with httparse from the front of the connection's
+//! One HTTP/1.1 request head, parsed (`parse`) from the front of the connection's
 //! buffer without a copy: method, target, fields (as positions in the head's bytes),
 //! framing and keep-alive. Ambiguous framing is refused, not guessed at.
-
-use std::mem::MaybeUninit;
 
 use bytes::BytesMut;
 use http::{Method, Uri, Version};
 
 use super::framing::{self as wire, Framing};
-use crate::head::RawHeaders;
+use super::parse;
+use crate::head::{RawFields, RawHeaders};
 
 /// The first bytes of every HTTP/2 connection with prior knowledge (RFC 9113 3.4).
 pub(super) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -41,23 +40,10 @@ pub(super) fn is_h2_preface(buf: &[u8]) -> bool {
     buf[..n] == H2_PREFACE[..n]
 }
 
-/// Where the head at the front of `buf` ends (after its empty line), if it is all
-/// there. Bare-LF line ends are accepted, as httparse accepts them.
-fn head_end(buf: &[u8]) -> Option<usize> {
-    // An empty line is LF then CRLF (the usual head) or LF then LF; two searches, each
-    // one pass, rather than a look at every line end.
-    let crlf = memchr::memmem::find(buf, b"\n\r\n");
-    let scope = &buf[..crlf.map_or(buf.len(), |i| i + 1)];
-    match memchr::memmem::find(scope, b"\n\n") {
-        Some(i) => Some(i + 2),
-        None => crlf.map(|i| i + 3),
-    }
-}
-
 /// Parses one request head from the front of `buf`, consuming it when complete.
 pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
     // Empty lines before a request line are ignored (RFC 9112 2.2): CRLF or LF, as
-    // httparse takes them. A bare CR is not one (hyper refuses it); a CR at the end
+    // the head parser takes them. A bare CR is not one (hyper refuses it); a CR at the end
     // of what has come may be the start of a CRLF and waits.
     let mut blank = 0;
     loop {
@@ -68,30 +54,11 @@ pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
         }
     }
     bytes::Buf::advance(buf, blank);
-    let Some(len) = head_end(buf) else {
-        return Ok(None);
-    };
-    // The head is split off the read buffer without a copy, and the target and every
-    // value point into it. They are dropped before the connection reads again (the
-    // request is done by then), so the buffer is reclaimed rather than regrown.
-    let raw = buf.split_to(len).freeze();
-    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut []);
-    match req.parse_with_uninit_headers(&raw, &mut slots) {
-        Ok(httparse::Status::Complete(n)) if n == raw.len() => {}
-        Err(httparse::Error::TooManyHeaders) => return Err(Refused::TooManyFields),
-        _ => return Err(Refused::Malformed("malformed HTTP/1.1 request head")),
-    }
-    let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
-        .map_err(|_| Refused::Malformed("invalid request method"))?;
-    let version = match req.version {
-        Some(1) => Version::HTTP_11,
-        _ => Version::HTTP_10,
-    };
-    let uri = Uri::from_maybe_shared(raw.slice_ref(req.path.unwrap_or_default().as_bytes()))
-        .map_err(|_| Refused::Malformed("invalid request target"))?;
-
-    let mut headers = RawHeaders::with_capacity(raw.clone(), req.headers.len());
+    // The fields are recorded, and the framing fields read, as the parser meets them:
+    // one pass, which also finds where the head ends (or that it has not all come).
+    // A framing error is kept until the head has parsed, so a malformed head is
+    // refused as malformed whatever its fields say.
+    let mut fields = RawFields::new(buf, 8);
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut transfer_encoding = false;
@@ -99,36 +66,72 @@ pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
     let mut keep_alive_token = false;
     let mut expect_continue = false;
     let mut has_host = false;
-    for h in req.headers.iter() {
-        // httparse has checked the name is a token and the value has no control
-        // characters: what `HeaderName` and `HeaderValue` would check.
-        let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
-            let n =
-                wire::parse_length(h.value).ok_or(Refused::Malformed("invalid content-length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(Refused::Malformed("conflicting content-length headers"));
+    let mut framing_error = None;
+    let parsed = parse::request(buf, MAX_HEADERS, |name, value| {
+        // The parser has checked the name is a token and the value has no control
+        // characters: what `HeaderName` and `HeaderValue` would check. Names are told
+        // apart by length first: most fields are none of these five.
+        match name.len() {
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                match wire::parse_length(value) {
+                    Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
+                    Some(_) => {
+                        framing_error.get_or_insert("conflicting content-length headers");
+                    }
+                    None => {
+                        framing_error.get_or_insert("invalid content-length");
+                    }
+                }
             }
-            length = Some(n);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            // Only `chunked`, once, is understood; anything else is refused rather
-            // than guessed at (RFC 9112 6.1: a server that does not understand a
-            // transfer coding answers 501; refusing also closes smuggling routes).
-            if transfer_encoding || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-                return Err(Refused::Malformed("unsupported transfer-encoding"));
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                // Only `chunked`, once, is understood; anything else is refused rather
+                // than guessed at (RFC 9112 6.1: a server that does not understand a
+                // transfer coding answers 501; refusing also closes smuggling routes).
+                if transfer_encoding || !value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                    framing_error.get_or_insert("unsupported transfer-encoding");
+                }
+                transfer_encoding = true;
+                chunked = true;
             }
-            transfer_encoding = true;
-            chunked = true;
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            close |= wire::has_token(h.value, b"close");
-            keep_alive_token |= wire::has_token(h.value, b"keep-alive");
-        } else if name.eq_ignore_ascii_case(b"expect") {
-            expect_continue = h.value.eq_ignore_ascii_case(b"100-continue");
-        } else if name.eq_ignore_ascii_case(b"host") {
-            has_host = true;
+            10 if name.eq_ignore_ascii_case(b"connection") => {
+                close |= wire::has_token(value, b"close");
+                keep_alive_token |= wire::has_token(value, b"keep-alive");
+            }
+            6 if name.eq_ignore_ascii_case(b"expect") => {
+                expect_continue = value.eq_ignore_ascii_case(b"100-continue");
+            }
+            4 if name.eq_ignore_ascii_case(b"host") => has_host = true,
+            _ => {}
         }
-        headers.push(name, h.value);
+        fields.push(name, value);
+    });
+    let (line, len) = match parsed {
+        Ok(parse::Status::Complete(done)) => done,
+        Ok(parse::Status::Partial) => return Ok(None),
+        Err(parse::Error::TooManyHeaders) => return Err(Refused::TooManyFields),
+        Err(_) => return Err(Refused::Malformed("malformed HTTP/1.1 request head")),
+    };
+    if let Some(what) = framing_error {
+        return Err(Refused::Malformed(what));
     }
+    let method = Method::from_bytes(line.method)
+        .map_err(|_| Refused::Malformed("invalid request method"))?;
+    let version = match line.minor {
+        1 => Version::HTTP_11,
+        _ => Version::HTTP_10,
+    };
+    // Where the target lies in the head, before the head is cut from the buffer.
+    let target = {
+        let start = line.target.as_ptr() as usize - buf.as_ptr() as usize;
+        start..start + line.target.len()
+    };
+    // The head is split off the read buffer without a copy, and the target and every
+    // value point into it. They are dropped before the connection reads again (the
+    // request is done by then), so the buffer is reclaimed rather than regrown.
+    let raw = buf.split_to(len).freeze();
+    let uri = Uri::from_maybe_shared(raw.slice(target))
+        .map_err(|_| Refused::Malformed("invalid request target"))?;
+    let headers = fields.into_headers(raw);
     let framing = match (chunked, length) {
         (true, Some(_)) => {
             // RFC 9112 6.1: a message with both may be an attempt at smuggling.

@@ -56,7 +56,10 @@ enum Backend {
 /// The node's limiter: scopes from the config, and the backend that keeps their state.
 pub struct Limiter {
     scopes: Arc<Vec<Scope>>,
-    subjects: HashMap<Arc<str>, Subject>,
+    /// By principal name. foldhash rather than SipHash: the names come from the config,
+    /// never from a caller, so there is no flooding to resist, and SipHash was most of
+    /// the lookup's cost on every request.
+    subjects: HashMap<Arc<str>, Subject, foldhash::fast::RandomState>,
     backend: Backend,
     metrics: LimiterMetrics,
     has_redis: bool,
@@ -141,7 +144,7 @@ impl Limiter {
                 tag: format!("t:{name}"),
             });
         }
-        let mut subjects = HashMap::new();
+        let mut subjects = HashMap::with_hasher(foldhash::fast::RandomState::default());
         let mut add_key =
             |name: &str, tenant: Option<&String>, spec: LimitSpec, scopes: &mut Vec<Scope>| {
                 let tenant_idx = tenant.and_then(|t| tenant_index.get(t).copied());

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 
 use super::Relay;
@@ -70,6 +70,9 @@ impl Body for ProxyBody {
     }
 }
 
+/// The start of the request id's line, as [`ReplyFields`] writes it.
+const REQUEST_ID_LINE: &[u8] = b"x-strait-request-id: ";
+
 /// The header fields of a response that are not in its map (see
 /// [`crate::http1::Reply`]): the upstream's, filtered, and the client's own
 /// rate-limit lines when it has limits. Written straight into an HTTP/1.1 head:
@@ -77,12 +80,21 @@ impl Body for ProxyBody {
 /// request.
 #[derive(Default)]
 pub struct ReplyFields {
+    /// `x-strait-request-id`: every proxied response carries the gateway's own (an
+    /// upstream's never passes: [`RelayedHeaders`]). Here rather than in the map,
+    /// where one custom field cost a map allocation and a hashed insert per request.
+    pub request_id: Option<HeaderValue>,
     pub relayed: Option<RelayedHeaders>,
     pub rate: Option<RateHeaders>,
 }
 
 impl HeadFields for ReplyFields {
     fn write_lines(&self, out: &mut Vec<u8>, bodiless: bool, own: &HeaderMap) -> bool {
+        if let Some(id) = &self.request_id {
+            out.extend_from_slice(REQUEST_ID_LINE);
+            out.extend_from_slice(id.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
         let date = self
             .relayed
             .as_ref()
@@ -94,6 +106,9 @@ impl HeadFields for ReplyFields {
     }
 
     fn insert_into(&self, map: &mut HeaderMap) {
+        if let Some(id) = &self.request_id {
+            map.insert(crate::meta::REQUEST_ID, id.clone());
+        }
         if let Some(relayed) = &self.relayed {
             relayed.insert_into(map);
         }
