@@ -203,13 +203,16 @@ pub fn presented_key(headers: &HeaderFields) -> Option<&str> {
     fn text(v: &[u8]) -> Option<&str> {
         std::str::from_utf8(v).ok()
     }
-    if let Some(v) = headers.get(&crate::head::X_API_KEY).and_then(text) {
+    if let Some(v) = headers
+        .get_known(crate::head::Known::XApiKey)
+        .and_then(text)
+    {
         let v = v.trim();
         if !v.is_empty() {
             return Some(v);
         }
     }
-    let auth = text(headers.get(&http::header::AUTHORIZATION)?)?;
+    let auth = text(headers.get_known(crate::head::Known::Authorization)?)?;
     let (scheme, token) = auth.trim().split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)

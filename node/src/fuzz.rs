@@ -492,7 +492,7 @@ pub fn fuzz_headers(block: &[u8]) {
     // Written back, with every other field left out: the kept fields, in order.
     let mut turn = false;
     let mut out = Vec::new();
-    raw.write_lines(&mut out, |_| {
+    raw.write_lines(&mut out, |_, _| {
         turn = !turn;
         turn
     });

@@ -32,6 +32,122 @@ pub enum HeaderFields {
     Raw(RawHeaders),
 }
 
+/// The field names the node itself reads or filters, recognised once per field as a
+/// head is parsed (by length and first letter, then one comparison), so that
+/// lookups and the filters on the way up and back compare a byte rather than names:
+/// comparing names again in every phase cost more than parsing the head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Known {
+    Other,
+    Host,
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Expect,
+    XApiKey,
+    Authorization,
+    XForwardedFor,
+    StraitDefer,
+    Te,
+    Trailer,
+    Upgrade,
+    KeepAlive,
+    ProxyConnection,
+    ProxyAuthenticate,
+    ProxyAuthorization,
+    Date,
+    /// `x-strait-request-id`.
+    RequestId,
+    /// `x-strait-relay-*`: a peer's signed relay fields.
+    StraitRelay,
+    /// `anthropic-ratelimit-*`.
+    RateLimit,
+}
+
+impl Known {
+    /// What `name` is (any case).
+    #[inline]
+    pub fn of(name: &[u8]) -> Known {
+        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+        match (name.len(), name.first().map_or(0, |b| b | 0x20)) {
+            (2, b't') if is(b"te") => Known::Te,
+            (4, b'h') if is(b"host") => Known::Host,
+            (4, b'd') if is(b"date") => Known::Date,
+            (6, b'e') if is(b"expect") => Known::Expect,
+            (7, b't') if is(b"trailer") => Known::Trailer,
+            (7, b'u') if is(b"upgrade") => Known::Upgrade,
+            (9, b'x') if is(b"x-api-key") => Known::XApiKey,
+            (10, b'c') if is(b"connection") => Known::Connection,
+            (10, b'k') if is(b"keep-alive") => Known::KeepAlive,
+            (12, b's') if is(b"strait-defer") => Known::StraitDefer,
+            (13, b'a') if is(b"authorization") => Known::Authorization,
+            (14, b'c') if is(b"content-length") => Known::ContentLength,
+            (15, b'x') if is(b"x-forwarded-for") => Known::XForwardedFor,
+            (16, b'p') if is(b"proxy-connection") => Known::ProxyConnection,
+            (17, b't') if is(b"transfer-encoding") => Known::TransferEncoding,
+            (18, b'p') if is(b"proxy-authenticate") => Known::ProxyAuthenticate,
+            (19, b'p') if is(b"proxy-authorization") => Known::ProxyAuthorization,
+            (19, b'x') if is(b"x-strait-request-id") => Known::RequestId,
+            (n, b'x') if n > 15 && name[..15].eq_ignore_ascii_case(b"x-strait-relay-") => {
+                Known::StraitRelay
+            }
+            (n, b'a') if n > 20 && name[..20].eq_ignore_ascii_case(b"anthropic-ratelimit-") => {
+                Known::RateLimit
+            }
+            _ => Known::Other,
+        }
+    }
+
+    /// Fields that describe one connection, not the message (RFC 9110 7.6.1).
+    #[inline]
+    pub fn is_hop_by_hop(self) -> bool {
+        matches!(
+            self,
+            Known::Te
+                | Known::Trailer
+                | Known::Upgrade
+                | Known::Connection
+                | Known::KeepAlive
+                | Known::ProxyConnection
+                | Known::TransferEncoding
+                | Known::ProxyAuthenticate
+                | Known::ProxyAuthorization
+        )
+    }
+
+    /// The one field name of this kind; `None` for kinds of many names.
+    pub fn name(self) -> Option<HeaderName> {
+        use http::header;
+        Some(match self {
+            Known::Host => header::HOST,
+            Known::ContentLength => header::CONTENT_LENGTH,
+            Known::TransferEncoding => header::TRANSFER_ENCODING,
+            Known::Connection => header::CONNECTION,
+            Known::Expect => header::EXPECT,
+            Known::XApiKey => X_API_KEY,
+            Known::Authorization => header::AUTHORIZATION,
+            Known::XForwardedFor => X_FORWARDED_FOR,
+            Known::StraitDefer => HeaderName::from_static("strait-defer"),
+            Known::Te => header::TE,
+            Known::Trailer => header::TRAILER,
+            Known::Upgrade => header::UPGRADE,
+            Known::KeepAlive => HeaderName::from_static("keep-alive"),
+            Known::ProxyConnection => HeaderName::from_static("proxy-connection"),
+            Known::ProxyAuthenticate => header::PROXY_AUTHENTICATE,
+            Known::ProxyAuthorization => header::PROXY_AUTHORIZATION,
+            Known::Date => header::DATE,
+            Known::RequestId => HeaderName::from_static("x-strait-request-id"),
+            Known::Other | Known::StraitRelay | Known::RateLimit => return None,
+        })
+    }
+
+    #[inline(always)]
+    fn bit(self) -> u32 {
+        1 << self as u8
+    }
+}
+
 /// Header fields as positions in the head they were parsed from. Names keep the case
 /// the client sent; lookups ignore case.
 pub struct RawHeaders {
@@ -46,6 +162,8 @@ pub struct RawHeaders {
     /// `strait-defer` collides with `content-type`, and `expect`, `x-forwarded-for`
     /// and `transfer-encoding` with fields every request has.
     name_bits: u64,
+    /// A bit per [`Known`] kind present.
+    kinds: u32,
 }
 
 /// Bit `(7 * length + first letter) % 64` of a name (case folded); 7 spreads the
@@ -62,6 +180,7 @@ pub struct RawFields {
     base: usize,
     fields: Vec<Field>,
     name_bits: u64,
+    kinds: u32,
     /// The furthest offset recorded: the copy must reach it.
     end: u32,
 }
@@ -73,15 +192,17 @@ impl RawFields {
             base: head.as_ptr() as usize,
             fields: Vec::with_capacity(fields),
             name_bits: 0,
+            kinds: 0,
             end: 0,
         }
     }
 
-    /// Adds a field whose name and value are slices of the head given to [`new`].
+    /// Adds a field whose name and value are slices of the head given to [`new`];
+    /// what it is named, for the parser's own checks.
     ///
     /// [`new`]: RawFields::new
     #[inline]
-    pub fn push(&mut self, name: &[u8], value: &[u8]) {
+    pub fn push(&mut self, name: &[u8], value: &[u8]) -> Known {
         let span = |s: &[u8]| {
             // Wrapping: a slice from below the head lands far past any copy's end,
             // which `into_headers` refuses.
@@ -89,13 +210,17 @@ impl RawFields {
             let start = u32::try_from(start).unwrap_or(u32::MAX);
             (start, start.saturating_add(s.len() as u32))
         };
+        let kind = Known::of(name);
         let field = Field {
             name: span(name),
             value: span(value),
+            kind,
         };
         self.end = self.end.max(field.name.1).max(field.value.1);
         self.fields.push(field);
         self.name_bits |= name_bit(name);
+        self.kinds |= kind.bit();
+        kind
     }
 
     /// The fields over `head`, a copy of the head they were recorded from.
@@ -105,6 +230,7 @@ impl RawFields {
             head,
             fields: self.fields,
             name_bits: self.name_bits,
+            kinds: self.kinds,
         }
     }
 }
@@ -113,6 +239,7 @@ impl RawFields {
 struct Field {
     name: (u32, u32),
     value: (u32, u32),
+    kind: Known,
 }
 
 impl RawHeaders {
@@ -122,6 +249,7 @@ impl RawHeaders {
             head,
             fields: Vec::with_capacity(fields),
             name_bits: 0,
+            kinds: 0,
         }
     }
 
@@ -142,12 +270,15 @@ impl RawHeaders {
             );
             (start as u32, (start + s.len()) as u32)
         };
+        let kind = Known::of(name);
         let field = Field {
             name: span(name),
             value: span(value),
+            kind,
         };
         self.fields.push(field);
         self.name_bits |= name_bit(name);
+        self.kinds |= kind.bit();
     }
 
     /// Whether some field's name has the length and first letter of `name` (if not,
@@ -222,6 +353,44 @@ impl HeaderFields {
         }
     }
 
+    /// The first value of the field `kind` names (not [`Known::Other`], nor a kind
+    /// that names several fields: `x-strait-relay-*`, `anthropic-ratelimit-*`).
+    #[inline]
+    pub fn get_known(&self, kind: Known) -> Option<&[u8]> {
+        match self {
+            HeaderFields::Map(map) => map.get(kind.name()?).map(|v| v.as_bytes()),
+            HeaderFields::Raw(raw) => {
+                if raw.kinds & kind.bit() == 0 {
+                    return None;
+                }
+                raw.fields
+                    .iter()
+                    .find(|f| f.kind == kind)
+                    .map(|f| raw.slice(f.value))
+            }
+        }
+    }
+
+    /// Every value of the field `kind` names, in order (as [`get_known`]).
+    ///
+    /// [`get_known`]: HeaderFields::get_known
+    pub fn get_all_known(&self, kind: Known) -> Values<'_> {
+        Values(match self {
+            HeaderFields::Map(map) => match kind.name() {
+                Some(name) => ValuesOf::Map(map.get_all(name).iter()),
+                None => ValuesOf::Kind(None, [].iter(), kind),
+            },
+            HeaderFields::Raw(raw) => {
+                let fields: &[Field] = if raw.kinds & kind.bit() == 0 {
+                    &[]
+                } else {
+                    &raw.fields
+                };
+                ValuesOf::Kind(Some(raw), fields.iter(), kind)
+            }
+        })
+    }
+
     /// Every value of `name`, in order.
     pub fn get_all<'a>(&'a self, name: &'a HeaderName) -> Values<'a> {
         Values(match self {
@@ -244,11 +413,12 @@ impl HeaderFields {
     /// Writes the fields `keep` accepts as HTTP/1.1 header lines. Raw fields that sat
     /// on adjacent lines go out in one copy, their separators as they came (checked
     /// by the head parser); every line ends in CRLF whatever ended it on the way in.
-    pub fn write_lines(&self, out: &mut Vec<u8>, mut keep: impl FnMut(&[u8]) -> bool) {
+    pub fn write_lines(&self, out: &mut Vec<u8>, mut keep: impl FnMut(&[u8], Known) -> bool) {
         let raw = match self {
             HeaderFields::Map(map) => {
                 for (name, value) in map {
-                    if keep(name.as_str().as_bytes()) {
+                    let name_bytes = name.as_str().as_bytes();
+                    if keep(name_bytes, Known::of(name_bytes)) {
                         put_header(out, name, value);
                     }
                 }
@@ -259,7 +429,7 @@ impl HeaderFields {
         let head = &raw.head[..];
         let mut run: Option<(usize, usize)> = None;
         for f in &raw.fields {
-            if !keep(raw.slice(f.name)) {
+            if !keep(raw.slice(f.name), f.kind) {
                 continue;
             }
             let (start, end) = (f.name.0 as usize, f.value.1 as usize);
@@ -325,6 +495,7 @@ pub struct Values<'a>(ValuesOf<'a>);
 enum ValuesOf<'a> {
     Map(http::header::ValueIter<'a, http::HeaderValue>),
     Raw(&'a RawHeaders, std::slice::Iter<'a, Field>, &'a [u8]),
+    Kind(Option<&'a RawHeaders>, std::slice::Iter<'a, Field>, Known),
 }
 
 impl<'a> Iterator for Values<'a> {
@@ -336,6 +507,10 @@ impl<'a> Iterator for Values<'a> {
             ValuesOf::Raw(raw, it, want) => it
                 .find(|f| raw.is_named(f, want))
                 .map(|f| raw.slice(f.value)),
+            ValuesOf::Kind(raw, it, kind) => {
+                let raw = (*raw)?;
+                it.find(|f| f.kind == *kind).map(|f| raw.slice(f.value))
+            }
         }
     }
 }
@@ -400,6 +575,78 @@ mod tests {
     }
 
     #[test]
+    fn known_names_are_recognised_in_any_case_and_only_whole() {
+        use Known::*;
+        let kinds = [
+            Host,
+            ContentLength,
+            TransferEncoding,
+            Connection,
+            Expect,
+            XApiKey,
+            Authorization,
+            XForwardedFor,
+            StraitDefer,
+            Te,
+            Trailer,
+            Upgrade,
+            KeepAlive,
+            ProxyConnection,
+            ProxyAuthenticate,
+            ProxyAuthorization,
+            Date,
+            RequestId,
+        ];
+        for kind in kinds {
+            let name = kind.name().expect("a kind of one name");
+            assert_eq!(Known::of(name.as_str().as_bytes()), kind, "{name}");
+            let upper = name.as_str().to_ascii_uppercase();
+            assert_eq!(Known::of(upper.as_bytes()), kind, "{upper}");
+            let mut near = name.as_str().as_bytes().to_vec();
+            *near.last_mut().unwrap() ^= 0x01;
+            assert_ne!(Known::of(&near), kind, "{near:?}");
+            assert_eq!(Known::of(&near[..near.len() - 1]), Other);
+        }
+        assert_eq!(Known::of(b"X-Strait-Relay-Signature"), StraitRelay);
+        assert_eq!(Known::of(b"x-strait-relay-"), Other);
+        assert_eq!(Known::of(b"anthropic-ratelimit-tokens-limit"), RateLimit);
+        assert_eq!(Known::of(b"anthropic-ratelimit-"), Other);
+        for other in [
+            &b"content-type"[..],
+            b"anthropic-version",
+            b"",
+            b"x-api-kez",
+            b"hosts",
+        ] {
+            assert_eq!(Known::of(other), Other);
+        }
+        assert!(Te.is_hop_by_hop() && ProxyAuthorization.is_hop_by_hop());
+        assert!(!Host.is_hop_by_hop() && !Other.is_hop_by_hop());
+
+        // Looked up by kind, raw and as a map alike.
+        let head = Bytes::from_static(b"Connection: a\r\nx: 1\r\nconnection: b\r\n");
+        let mut raw = RawHeaders::with_capacity(head.clone(), 3);
+        raw.push(&head[0..10], &head[12..13]);
+        raw.push(&head[15..16], &head[18..19]);
+        raw.push(&head[21..31], &head[33..34]);
+        let h = HeaderFields::Raw(raw);
+        assert_eq!(h.get_known(Connection), Some(&b"a"[..]));
+        assert_eq!(
+            h.get_all_known(Connection).collect::<Vec<_>>(),
+            [b"a", b"b"]
+        );
+        assert_eq!(h.get_known(Host), None);
+        assert_eq!(h.get_all_known(XForwardedFor).count(), 0);
+        let mut map = http::HeaderMap::new();
+        map.append(http::header::CONNECTION, HeaderValue::from_static("a"));
+        map.append(http::header::CONNECTION, HeaderValue::from_static("b"));
+        let m = HeaderFields::Map(map);
+        assert_eq!(m.get_known(Connection), Some(&b"a"[..]));
+        assert_eq!(m.get_all_known(Connection).count(), 2);
+        assert_eq!(m.get_all_known(RateLimit).count(), 0);
+    }
+
+    #[test]
     fn kept_lines_are_written_in_runs_with_crlf_endings() {
         let head = Bytes::from_static(b"A: 1\r\nB:2\r\nC: 3\nD: 4\r\nE: 5\r\n");
         let mut raw = RawHeaders::with_capacity(head.clone(), 4);
@@ -410,13 +657,13 @@ mod tests {
         }
         let h = HeaderFields::Raw(raw);
         let mut out = Vec::new();
-        h.write_lines(&mut out, |n| n != b"D");
+        h.write_lines(&mut out, |n, _| n != b"D");
         assert_eq!(out, b"A: 1\r\nB:2\r\nC: 3\r\nE: 5\r\n");
         out.clear();
-        h.write_lines(&mut out, |n| n == b"B" || n == b"E");
+        h.write_lines(&mut out, |n, _| n == b"B" || n == b"E");
         assert_eq!(out, b"B:2\r\nE: 5\r\n");
         out.clear();
-        h.write_lines(&mut out, |_| false);
+        h.write_lines(&mut out, |_, _| false);
         assert!(out.is_empty());
     }
 

@@ -30,9 +30,6 @@ enum Answer {
     Local(Response<ProxyBody>),
 }
 
-/// The request field that asks for deferral (`strait-defer`).
-const DEFER: http::HeaderName = http::HeaderName::from_static(crate::defer::DEFER_HEADER);
-
 /// What the limiter said about a request, for its response headers.
 #[derive(Default)]
 enum LimitHeaders {
@@ -236,7 +233,7 @@ async fn phases(
     }
     // `strait-defer`: only Messages requests may wait, and only where the node holds
     // the upstream keys (it never stores a client's own key).
-    let defer = match DeferMode::parse(req.headers.get(&DEFER))? {
+    let defer = match DeferMode::parse(req.headers.get_known(crate::head::Known::StraitDefer))? {
         None => None,
         Some(_) if route != RouteKind::Messages => {
             return Err(Error::new(

@@ -10,7 +10,7 @@ pub mod target;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, Method};
+use http::Method;
 use serde::Deserialize;
 
 use self::budget::BodyBudget;
@@ -146,7 +146,7 @@ fn too_large(max: u64) -> Error {
 }
 
 fn content_length(headers: &HeaderFields) -> Result<Option<u64>> {
-    match headers.get(&header::CONTENT_LENGTH) {
+    match headers.get_known(crate::head::Known::ContentLength) {
         None => Ok(None),
         Some(v) => crate::http1::framing::parse_length(v)
             .map(Some)

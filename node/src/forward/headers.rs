@@ -6,14 +6,13 @@
 
 use std::net::SocketAddr;
 
-use http::header::{self, HeaderName};
+use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue};
 
 use crate::config::KeyMode;
-use crate::head::{HeaderFields, X_API_KEY, X_FORWARDED_FOR};
+use crate::head::{HeaderFields, Known, X_API_KEY, X_FORWARDED_FOR};
 use crate::http1::framing as wire;
 use crate::http1::OutgoingFields;
-use crate::limits::headers as limit_headers;
 
 /// The client's header fields as they go upstream: hop-by-hop fields (and those the
 /// client's `Connection` names), `host`, the framing fields and, unless passing
@@ -39,19 +38,22 @@ impl<'a> UpstreamHeaders<'a> {
         }
     }
 
-    fn keeps(&self, name: &[u8]) -> bool {
-        !stays_behind(name, self.mode) && !self.named.iter().any(|n| n.eq_ignore_ascii_case(name))
+    fn keeps(&self, name: &[u8], kind: Known) -> bool {
+        !stays_behind(kind, self.mode) && !self.named.iter().any(|n| n.eq_ignore_ascii_case(name))
     }
 
     /// The client's fields that go upstream, as they came.
     pub fn fields(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + '_ {
-        self.client.iter().filter(|(name, _)| self.keeps(name))
+        self.client
+            .iter()
+            .filter(|(name, _)| self.keeps(name, Known::of(name)))
     }
 }
 
 impl OutgoingFields for UpstreamHeaders<'_> {
     fn write_lines(&self, out: &mut Vec<u8>) {
-        self.client.write_lines(out, |name| self.keeps(name));
+        self.client
+            .write_lines(out, |name, kind| self.keeps(name, kind));
     }
 
     fn forwarded_for(&self) -> &HeaderValue {
@@ -88,7 +90,7 @@ fn connection_names(fields: &HeaderFields) -> Vec<&[u8]> {
         n.is_empty() || n.eq_ignore_ascii_case(b"keep-alive") || n.eq_ignore_ascii_case(b"close")
     };
     let mut names = Vec::new();
-    for value in fields.get_all(&header::CONNECTION) {
+    for value in fields.get_all_known(Known::Connection) {
         if names_nothing(value) {
             continue;
         }
@@ -101,52 +103,30 @@ fn connection_names(fields: &HeaderFields) -> Vec<&[u8]> {
     names
 }
 
-/// Fields that describe one connection, not the message (RFC 9110 7.6.1): relayed in
-/// neither direction. One comparison of lengths, then of names: most fields are
-/// over in one step.
-fn is_hop_by_hop(name: &[u8]) -> bool {
-    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
-    match name.len() {
-        2 => is(b"te"),
-        7 => is(b"trailer") || is(b"upgrade"),
-        10 => is(b"connection") || is(b"keep-alive"),
-        16 => is(b"proxy-connection"),
-        17 => is(b"transfer-encoding"),
-        18 => is(b"proxy-authenticate"),
-        19 => is(b"proxy-authorization"),
-        _ => false,
+/// Request fields never relayed as the client sent them: hop-by-hop fields (RFC 9110
+/// 7.6.1), `host` and `expect`, the client's credentials unless passing through, the
+/// client's request to the gateway (`strait-defer`), framing (the sender's to decide,
+/// from the body it actually sends), `x-forwarded-for` (rewritten) and a peer's
+/// signed relay fields, which stop at the node that checked them.
+fn stays_behind(kind: Known, mode: KeyMode) -> bool {
+    match kind {
+        Known::Other | Known::Date | Known::RequestId | Known::RateLimit => false,
+        Known::XApiKey | Known::Authorization => mode != KeyMode::Passthrough,
+        Known::Host
+        | Known::Expect
+        | Known::StraitDefer
+        | Known::ContentLength
+        | Known::XForwardedFor
+        | Known::StraitRelay => true,
+        hop => hop.is_hop_by_hop(),
     }
-}
-
-/// Request fields never relayed as the client sent them.
-fn stays_behind(name: &[u8], mode: KeyMode) -> bool {
-    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
-    let own_key = mode != KeyMode::Passthrough;
-    is_hop_by_hop(name)
-        || match name.len() {
-            4 => is(b"host"),
-            6 => is(b"expect"),
-            9 => own_key && is(b"x-api-key"),
-            // The client's request to the gateway, not to the API. (The first letter
-            // first: `content-type` has this length and is on every request.)
-            12 => name[0] | 0x20 == b's' && is(b"strait-defer"),
-            13 => own_key && is(b"authorization"),
-            // Framing is the sender's to decide, from the body it actually sends.
-            14 => is(b"content-length"),
-            15 => is(b"x-forwarded-for"),
-            // A peer's signed relay fields stop at the node that checked them.
-            n if n > 15 => {
-                name[0] | 0x20 == b'x' && name[..15].eq_ignore_ascii_case(b"x-strait-relay-")
-            }
-            _ => false,
-        }
 }
 
 /// `x-forwarded-for` for the upstream: the client's own values, then the peer.
 fn forwarded_for(client: &HeaderFields, peer: SocketAddr) -> HeaderValue {
     use std::fmt::Write;
     let mut joined = String::new();
-    for v in client.get_all(&X_FORWARDED_FOR) {
+    for v in client.get_all_known(Known::XForwardedFor) {
         let Ok(v) = std::str::from_utf8(v.trim_ascii()) else {
             continue;
         };
@@ -200,13 +180,20 @@ impl RelayedHeaders {
         }
     }
 
-    fn keeps(&self, name: &[u8], bodiless: bool, named: &[&[u8]], own: &HeaderMap) -> bool {
-        !(is_hop_by_hop(name)
-            || (!bodiless && name.eq_ignore_ascii_case(b"content-length"))
+    fn keeps(
+        &self,
+        name: &[u8],
+        kind: Known,
+        bodiless: bool,
+        named: &[&[u8]],
+        own: &HeaderMap,
+    ) -> bool {
+        !(kind.is_hop_by_hop()
+            || (!bodiless && kind == Known::ContentLength)
             // The gateway answers with its own request id, which may not be in `own`
             // (it travels beside the map: `ReplyFields`).
-            || name.eq_ignore_ascii_case(crate::meta::REQUEST_ID_HEADER.as_bytes())
-            || (self.strip_rate_limits && limit_headers::is_upstream(name))
+            || kind == Known::RequestId
+            || (self.strip_rate_limits && kind == Known::RateLimit)
             || named.iter().any(|n| n.eq_ignore_ascii_case(name))
             || own
                 .keys()
@@ -223,7 +210,7 @@ impl RelayedHeaders {
         let named = connection_names(&self.fields);
         self.fields
             .iter()
-            .filter(move |(name, _)| self.keeps(name, bodiless, &named, own))
+            .filter(move |(name, _)| self.keeps(name, Known::of(name), bodiless, &named, own))
     }
 
     /// [`RelayedHeaders::fields`] as HTTP/1.1 lines. Returns whether a `date` was
@@ -232,9 +219,9 @@ impl RelayedHeaders {
     pub fn write_lines(&self, out: &mut Vec<u8>, bodiless: bool, own: &HeaderMap) -> bool {
         let named = connection_names(&self.fields);
         let mut date = false;
-        self.fields.write_lines(out, |name| {
-            date |= name.eq_ignore_ascii_case(b"date");
-            self.keeps(name, bodiless, &named, own)
+        self.fields.write_lines(out, |name, kind| {
+            date |= kind == Known::Date;
+            self.keeps(name, kind, bodiless, &named, own)
         });
         date
     }
@@ -262,6 +249,7 @@ impl RelayedHeaders {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header;
 
     #[test]
     fn framing_fields_are_not_relayed_with_a_body() {
@@ -406,6 +394,18 @@ mod tests {
         assert_eq!(own.get_all(crate::meta::REQUEST_ID).iter().count(), 1);
         assert_eq!(own[crate::meta::REQUEST_ID], "strait_1");
         assert_eq!(own.get_all("set-cookie").iter().count(), 2);
+    }
+
+    #[test]
+    fn the_gateways_own_field_names_are_known() {
+        assert_eq!(
+            Known::of(crate::defer::DEFER_HEADER.as_bytes()),
+            Known::StraitDefer
+        );
+        assert_eq!(
+            Known::of(crate::meta::REQUEST_ID_HEADER.as_bytes()),
+            Known::RequestId
+        );
     }
 
     #[test]

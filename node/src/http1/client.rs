@@ -17,10 +17,10 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 
 use super::framing::{self as wire, Framing};
+use super::parse;
 use super::pool::{Conn, Outgoing, Pool, SendError};
 use crate::body::{BoxError, RequestBody};
-use super::parse;
-use crate::head::{RawFields, RawHeaders, X_API_KEY, X_FORWARDED_FOR};
+use crate::head::{Known, RawFields, RawHeaders, X_API_KEY, X_FORWARDED_FOR};
 
 /// Response heads larger than this are refused (Anthropic's are about 2 KiB).
 const MAX_HEAD: usize = 64 * 1024;
@@ -212,19 +212,17 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> std::io::Result<Parsed> {
     let mut close = false;
     let mut framing_error = None;
     let parsed = parse::response(buf, MAX_HEADERS, |name, value| {
-        match name.len() {
-            14 if name.eq_ignore_ascii_case(b"content-length") => {
-                match wire::parse_length(value) {
-                    Some(n) if content_length.is_none_or(|c| c == n) => content_length = Some(n),
-                    Some(_) => {
-                        framing_error.get_or_insert("conflicting upstream content-length");
-                    }
-                    None => {
-                        framing_error.get_or_insert("invalid upstream content-length");
-                    }
+        match fields.push(name, value) {
+            Known::ContentLength => match wire::parse_length(value) {
+                Some(n) if content_length.is_none_or(|c| c == n) => content_length = Some(n),
+                Some(_) => {
+                    framing_error.get_or_insert("conflicting upstream content-length");
                 }
-            }
-            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                None => {
+                    framing_error.get_or_insert("invalid upstream content-length");
+                }
+            },
+            Known::TransferEncoding => {
                 chunked = value
                     .rsplit(|b| *b == b',')
                     .next()
@@ -233,12 +231,11 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> std::io::Result<Parsed> {
                     close = true;
                 }
             }
-            10 if name.eq_ignore_ascii_case(b"connection") && wire::has_token(value, b"close") => {
+            Known::Connection if wire::has_token(value, b"close") => {
                 close = true;
             }
             _ => {}
         }
-        fields.push(name, value);
     });
     let (line, len) = match parsed {
         Ok(parse::Status::Complete(done)) => done,

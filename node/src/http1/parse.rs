@@ -383,7 +383,10 @@ mod tests {
                 req.method.unwrap().as_bytes().to_vec(),
                 req.path.unwrap().as_bytes().to_vec(),
                 req.version.unwrap(),
-                req.headers.iter().map(|h| (h.name.as_bytes(), h.value)).collect(),
+                req.headers
+                    .iter()
+                    .map(|h| (h.name.as_bytes(), h.value))
+                    .collect(),
                 n,
             ))),
             Ok(httparse::Status::Partial) => Ok(Status::Partial),
@@ -415,13 +418,16 @@ mod tests {
     ) -> std::result::Result<Status<(u8, u16, Fields<'_>, usize)>, String> {
         let mut slots = vec![MaybeUninit::<httparse::Header<'_>>::uninit(); max];
         let mut resp = httparse::Response::new(&mut []);
-        match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-            &mut resp, b, &mut slots,
-        ) {
+        match httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut resp, b, &mut slots)
+        {
             Ok(httparse::Status::Complete(n)) => Ok(Status::Complete((
                 resp.version.unwrap(),
                 resp.code.unwrap(),
-                resp.headers.iter().map(|h| (h.name.as_bytes(), h.value)).collect(),
+                resp.headers
+                    .iter()
+                    .map(|h| (h.name.as_bytes(), h.value))
+                    .collect(),
                 n,
             ))),
             Ok(httparse::Status::Partial) => Ok(Status::Partial),
@@ -512,11 +518,22 @@ mod tests {
         for b in CORPUS {
             same_prefixes(b);
         }
-        let many: Vec<u8> = [&b"GET / HTTP/1.1\r\n"[..], &b"A: b\r\n".repeat(130), b"\r\n"].concat();
+        let many: Vec<u8> = [
+            &b"GET / HTTP/1.1\r\n"[..],
+            &b"A: b\r\n".repeat(130),
+            b"\r\n",
+        ]
+        .concat();
         same(&many);
         // The common heads are taken whole.
-        assert!(matches!(ours_request(CORPUS[0], 128), Ok(Status::Complete(_))));
-        assert!(matches!(ours_response(CORPUS[21], 128), Ok(Status::Complete(_))));
+        assert!(matches!(
+            ours_request(CORPUS[0], 128),
+            Ok(Status::Complete(_))
+        ));
+        assert!(matches!(
+            ours_response(CORPUS[21], 128),
+            Ok(Status::Complete(_))
+        ));
     }
 
     #[test]
@@ -556,10 +573,8 @@ mod tests {
     /// A well-formed head with arbitrary field values.
     fn valid_head() -> impl Strategy<Value = Vec<u8>> {
         let name = "[A-Za-z0-9!#$%&'*+.^_`|~-]{1,12}";
-        let value = prop::collection::vec(
-            prop_oneof![Just(b'\t'), 0x20u8..0x7f, 0x80u8..=0xff],
-            0..24,
-        );
+        let value =
+            prop::collection::vec(prop_oneof![Just(b'\t'), 0x20u8..0x7f, 0x80u8..=0xff], 0..24);
         (
             prop::bool::ANY,
             prop::collection::vec((name, value, prop::bool::ANY), 0..8),

@@ -7,7 +7,7 @@ use http::{Method, Uri, Version};
 
 use super::framing::{self as wire, Framing};
 use super::parse;
-use crate::head::{RawFields, RawHeaders};
+use crate::head::{Known, RawFields, RawHeaders};
 
 /// The first bytes of every HTTP/2 connection with prior knowledge (RFC 9113 3.4).
 pub(super) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -69,21 +69,18 @@ pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
     let mut framing_error = None;
     let parsed = parse::request(buf, MAX_HEADERS, |name, value| {
         // The parser has checked the name is a token and the value has no control
-        // characters: what `HeaderName` and `HeaderValue` would check. Names are told
-        // apart by length first: most fields are none of these five.
-        match name.len() {
-            14 if name.eq_ignore_ascii_case(b"content-length") => {
-                match wire::parse_length(value) {
-                    Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
-                    Some(_) => {
-                        framing_error.get_or_insert("conflicting content-length headers");
-                    }
-                    None => {
-                        framing_error.get_or_insert("invalid content-length");
-                    }
+        // characters: what `HeaderName` and `HeaderValue` would check.
+        match fields.push(name, value) {
+            Known::ContentLength => match wire::parse_length(value) {
+                Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
+                Some(_) => {
+                    framing_error.get_or_insert("conflicting content-length headers");
                 }
-            }
-            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                None => {
+                    framing_error.get_or_insert("invalid content-length");
+                }
+            },
+            Known::TransferEncoding => {
                 // Only `chunked`, once, is understood; anything else is refused rather
                 // than guessed at (RFC 9112 6.1: a server that does not understand a
                 // transfer coding answers 501; refusing also closes smuggling routes).
@@ -93,17 +90,16 @@ pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
                 transfer_encoding = true;
                 chunked = true;
             }
-            10 if name.eq_ignore_ascii_case(b"connection") => {
+            Known::Connection => {
                 close |= wire::has_token(value, b"close");
                 keep_alive_token |= wire::has_token(value, b"keep-alive");
             }
-            6 if name.eq_ignore_ascii_case(b"expect") => {
+            Known::Expect => {
                 expect_continue = value.eq_ignore_ascii_case(b"100-continue");
             }
-            4 if name.eq_ignore_ascii_case(b"host") => has_host = true,
+            Known::Host => has_host = true,
             _ => {}
         }
-        fields.push(name, value);
     });
     let (line, len) = match parsed {
         Ok(parse::Status::Complete(done)) => done,

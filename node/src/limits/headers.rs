@@ -61,11 +61,6 @@ pub fn apply(headers: &mut HeaderMap, view: &RateView) {
     RateHeaders(*view).insert_into(headers);
 }
 
-/// Whether `name` is one of the upstream's `anthropic-ratelimit-*` headers.
-pub fn is_upstream(name: &[u8]) -> bool {
-    name.len() > PREFIX.len() && name[..PREFIX.len()].eq_ignore_ascii_case(PREFIX.as_bytes())
-}
-
 /// Removes the upstream's `anthropic-ratelimit-*` headers.
 pub fn strip_upstream(headers: &mut HeaderMap) {
     // An empty collect does not allocate.

@@ -233,6 +233,16 @@ pub fn is_relayed(fields: &HeaderFields) -> bool {
 mod tests {
     use super::*;
 
+    #[test]
+    fn relay_fields_are_known_to_the_head_as_relay_fields() {
+        for name in [SIGNATURE, HOP, PRINCIPAL] {
+            assert_eq!(
+                crate::head::Known::of(name.as_str().as_bytes()),
+                crate::head::Known::StraitRelay
+            );
+        }
+    }
+
     fn fields(s: &Signed) -> HeaderFields {
         let mut map = http::HeaderMap::new();
         for (n, v) in s.fields() {
