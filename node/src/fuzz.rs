@@ -489,6 +489,33 @@ pub fn fuzz_headers(block: &[u8]) {
             Lossy(block)
         );
     }
+    // The kinds the pipeline looks up by (`head::Known`), raw and mapped alike, and
+    // each raw field's kind as its name says.
+    for (name, kind) in raw.iter().map(|(n, _)| (n, crate::head::Known::of(n))) {
+        if let Some(known) = kind.name() {
+            assert!(
+                name.eq_ignore_ascii_case(known.as_str().as_bytes()),
+                "{:?} taken for {known}",
+                Lossy(name)
+            );
+        }
+    }
+    for kind in [
+        crate::head::Known::Host,
+        crate::head::Known::ContentLength,
+        crate::head::Known::Connection,
+        crate::head::Known::XApiKey,
+        crate::head::Known::Authorization,
+        crate::head::Known::XForwardedFor,
+        crate::head::Known::StraitDefer,
+    ] {
+        assert!(
+            raw.get_all_known(kind).eq(map.get_all_known(kind)),
+            "{kind:?} in {:?}",
+            Lossy(block)
+        );
+        assert_eq!(raw.get_known(kind), map.get_known(kind));
+    }
     // Written back, with every other field left out: the kept fields, in order.
     let mut turn = false;
     let mut out = Vec::new();
