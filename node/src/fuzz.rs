@@ -500,15 +500,7 @@ pub fn fuzz_headers(block: &[u8]) {
             );
         }
     }
-    for kind in [
-        crate::head::Known::Host,
-        crate::head::Known::ContentLength,
-        crate::head::Known::Connection,
-        crate::head::Known::XApiKey,
-        crate::head::Known::Authorization,
-        crate::head::Known::XForwardedFor,
-        crate::head::Known::StraitDefer,
-    ] {
+    for kind in crate::head::Known::NAMED {
         assert!(
             raw.get_all_known(kind).eq(map.get_all_known(kind)),
             "{kind:?} in {:?}",

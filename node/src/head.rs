@@ -66,6 +66,28 @@ pub enum Known {
 }
 
 impl Known {
+    /// The kinds that name one field each (every kind but `Other` and the prefixes).
+    pub const NAMED: [Known; 18] = [
+        Known::Host,
+        Known::ContentLength,
+        Known::TransferEncoding,
+        Known::Connection,
+        Known::Expect,
+        Known::XApiKey,
+        Known::Authorization,
+        Known::XForwardedFor,
+        Known::StraitDefer,
+        Known::Te,
+        Known::Trailer,
+        Known::Upgrade,
+        Known::KeepAlive,
+        Known::ProxyConnection,
+        Known::ProxyAuthenticate,
+        Known::ProxyAuthorization,
+        Known::Date,
+        Known::RequestId,
+    ];
+
     /// What `name` is (any case). `name` is a token (a parsed head's, or a
     /// `HeaderName`): see [`lower_eq`].
     #[inline]
@@ -90,9 +112,7 @@ impl Known {
             (18, b'p') if is(b"proxy-authenticate") => Known::ProxyAuthenticate,
             (19, b'p') if is(b"proxy-authorization") => Known::ProxyAuthorization,
             (19, b'x') if is(b"x-strait-request-id") => Known::RequestId,
-            (n, b'x') if n > 15 && lower_eq(&name[..15], b"x-strait-relay-") => {
-                Known::StraitRelay
-            }
+            (n, b'x') if n > 15 && lower_eq(&name[..15], b"x-strait-relay-") => Known::StraitRelay,
             (n, b'a') if n > 20 && lower_eq(&name[..20], b"anthropic-ratelimit-") => {
                 Known::RateLimit
             }
@@ -599,27 +619,7 @@ mod tests {
     #[test]
     fn known_names_are_recognised_in_any_case_and_only_whole() {
         use Known::*;
-        let kinds = [
-            Host,
-            ContentLength,
-            TransferEncoding,
-            Connection,
-            Expect,
-            XApiKey,
-            Authorization,
-            XForwardedFor,
-            StraitDefer,
-            Te,
-            Trailer,
-            Upgrade,
-            KeepAlive,
-            ProxyConnection,
-            ProxyAuthenticate,
-            ProxyAuthorization,
-            Date,
-            RequestId,
-        ];
-        for kind in kinds {
+        for kind in Known::NAMED {
             let name = kind.name().expect("a kind of one name");
             assert_eq!(Known::of(name.as_str().as_bytes()), kind, "{name}");
             let upper = name.as_str().to_ascii_uppercase();

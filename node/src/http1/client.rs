@@ -213,15 +213,15 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> std::io::Result<Parsed> {
     let mut framing_error = None;
     let parsed = parse::response(buf, MAX_HEADERS, |name, value| {
         match fields.push(name, value) {
-            Known::ContentLength => match wire::parse_length(value) {
-                Some(n) if content_length.is_none_or(|c| c == n) => content_length = Some(n),
-                Some(_) => {
-                    framing_error.get_or_insert("conflicting upstream content-length");
+            Known::ContentLength => {
+                let words = [
+                    "invalid upstream content-length",
+                    "conflicting upstream content-length",
+                ];
+                if let Err(e) = wire::add_length(&mut content_length, value, words) {
+                    framing_error.get_or_insert(e);
                 }
-                None => {
-                    framing_error.get_or_insert("invalid upstream content-length");
-                }
-            },
+            }
             Known::TransferEncoding => {
                 chunked = value
                     .rsplit(|b| *b == b',')

@@ -259,6 +259,24 @@ pub fn parse_length(value: &[u8]) -> Option<u64> {
     Some(v.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
+/// Takes one `content-length` value into the head's `length`: equal repeats are one
+/// length (RFC 9110 8.6); the error says what is wrong, in the caller's `words`
+/// (invalid, conflicting).
+pub fn add_length(
+    length: &mut Option<u64>,
+    value: &[u8],
+    words: [&'static str; 2],
+) -> Result<(), &'static str> {
+    match parse_length(value) {
+        Some(n) if length.is_none_or(|l| l == n) => {
+            *length = Some(n);
+            Ok(())
+        }
+        Some(_) => Err(words[1]),
+        None => Err(words[0]),
+    }
+}
+
 /// Whether a comma-separated header value lists `token` (case-insensitive).
 pub fn has_token(value: &[u8], token: &[u8]) -> bool {
     value

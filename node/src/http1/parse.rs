@@ -370,12 +370,13 @@ mod tests {
     use std::mem::MaybeUninit;
 
     type Fields<'a> = Vec<(&'a [u8], &'a [u8])>;
+    /// A parse as the tests compare it: what was read, or the error's words.
+    type Outcome<T> = std::result::Result<Status<T>, String>;
+    type RequestParts<'a> = (Vec<u8>, Vec<u8>, u8, Fields<'a>, usize);
+    type ResponseParts<'a> = (u8, u16, Fields<'a>, usize);
 
     /// The reference: httparse with its default settings.
-    fn reference_request(
-        b: &[u8],
-        max: usize,
-    ) -> std::result::Result<Status<(Vec<u8>, Vec<u8>, u8, Fields<'_>, usize)>, String> {
+    fn reference_request(b: &[u8], max: usize) -> Outcome<RequestParts<'_>> {
         let mut slots = vec![MaybeUninit::<httparse::Header<'_>>::uninit(); max];
         let mut req = httparse::Request::new(&mut []);
         match req.parse_with_uninit_headers(b, &mut slots) {
@@ -394,10 +395,7 @@ mod tests {
         }
     }
 
-    fn ours_request(
-        b: &[u8],
-        max: usize,
-    ) -> std::result::Result<Status<(Vec<u8>, Vec<u8>, u8, Fields<'_>, usize)>, String> {
+    fn ours_request(b: &[u8], max: usize) -> Outcome<RequestParts<'_>> {
         let mut fields = Vec::new();
         match request(b, max, |n, v| fields.push((n, v))) {
             Ok(Status::Complete((line, n))) => Ok(Status::Complete((
@@ -412,10 +410,7 @@ mod tests {
         }
     }
 
-    fn reference_response(
-        b: &[u8],
-        max: usize,
-    ) -> std::result::Result<Status<(u8, u16, Fields<'_>, usize)>, String> {
+    fn reference_response(b: &[u8], max: usize) -> Outcome<ResponseParts<'_>> {
         let mut slots = vec![MaybeUninit::<httparse::Header<'_>>::uninit(); max];
         let mut resp = httparse::Response::new(&mut []);
         match httparse::ParserConfig::default()
@@ -435,10 +430,7 @@ mod tests {
         }
     }
 
-    fn ours_response(
-        b: &[u8],
-        max: usize,
-    ) -> std::result::Result<Status<(u8, u16, Fields<'_>, usize)>, String> {
+    fn ours_response(b: &[u8], max: usize) -> Outcome<ResponseParts<'_>> {
         let mut fields = Vec::new();
         match response(b, max, |n, v| fields.push((n, v))) {
             Ok(Status::Complete((line, n))) => {

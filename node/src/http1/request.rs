@@ -71,15 +71,15 @@ pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
         // The parser has checked the name is a token and the value has no control
         // characters: what `HeaderName` and `HeaderValue` would check.
         match fields.push(name, value) {
-            Known::ContentLength => match wire::parse_length(value) {
-                Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
-                Some(_) => {
-                    framing_error.get_or_insert("conflicting content-length headers");
+            Known::ContentLength => {
+                let words = [
+                    "invalid content-length",
+                    "conflicting content-length headers",
+                ];
+                if let Err(e) = wire::add_length(&mut length, value, words) {
+                    framing_error.get_or_insert(e);
                 }
-                None => {
-                    framing_error.get_or_insert("invalid content-length");
-                }
-            },
+            }
             Known::TransferEncoding => {
                 // Only `chunked`, once, is understood; anything else is refused rather
                 // than guessed at (RFC 9112 6.1: a server that does not understand a
