@@ -21,6 +21,7 @@
 //! A missing server (the `rabbitmq-server` package) fails the test with a message
 //! saying how to install it; it never skips.
 
+use crate::cluster::procs::free_port;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -36,14 +37,6 @@ pub struct RabbitMq {
     sbin: PathBuf,
     dir: tempfile::TempDir,
     child: Option<Child>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free port")
-        .local_addr()
-        .expect("local addr")
-        .port()
 }
 
 /// The package's `sbin` folder (`rabbitmq_server-<version>/sbin`), found by glob.

@@ -96,10 +96,7 @@ impl RegionNode {
     }
 
     async fn metric(&self, series: &str) -> f64 {
-        let m = get(&format!("{}/metrics", self.admin), &[]).await.text();
-        m.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0)
+        metric_at(&self.admin, series).await
     }
 
     /// Waits until this node sees `n` nodes in etcd (its peers' records included).
@@ -605,15 +602,6 @@ async fn the_relay_goes_over_mutual_tls_and_a_relayed_request_without_a_client_c
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
-}
-
-/// A free port on 127.0.0.1 (bound, then released for the node to take).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A node of `region` whose peers reach it through a fault proxy (its advertised

@@ -80,10 +80,7 @@ impl RegionProcess {
     }
 
     async fn metric(&self, series: &str) -> f64 {
-        let m = get(&format!("{}/metrics", self.admin), &[]).await.text();
-        m.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0)
+        metric_at(&self.admin, series).await
     }
 }
 

@@ -2,6 +2,7 @@
 //! stoppable and restartable on the same ports and data (so nodes can reconnect),
 //! always stopped by PID. A missing binary fails the test: it never skips.
 
+use super::free_port;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -16,14 +17,6 @@ pub struct Etcd {
     name: String,
     data: PathBuf,
     _dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Etcd {

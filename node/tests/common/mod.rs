@@ -244,6 +244,24 @@ pub fn message_body(stream: bool) -> serde_json::Value {
     })
 }
 
+/// A free port on 127.0.0.1 (bound, then released for a process to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The value of one series (its name and labels as written) on an admin listener's
+/// `/metrics`; 0 when absent.
+pub async fn metric_at(admin: &str, series: &str) -> f64 {
+    let m = get(&format!("{admin}/metrics"), &[]).await.text();
+    m.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// A free address on loopback, for tests that need a port nothing listens on.
 pub fn closed_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -14,6 +14,8 @@ pub struct RedisServer {
     extra: Vec<String>,
 }
 
+/// Its own copy of the harness's `free_port`: the limiter benchmark
+/// (`benches/limiter.rs`) includes this file without the rest of the harness.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
