@@ -216,8 +216,9 @@ fn name_bit(name: &[u8]) -> u64 {
     1 << ((name.len() * 7 + first) % 64)
 }
 
-/// Fields recorded while a head is parsed from a buffer the head is later copied out
-/// of: offsets from the head's first byte, made into [`RawHeaders`] over the copy.
+/// Fields recorded while a head is parsed from a read buffer the head's bytes are
+/// cut or copied out of afterwards: offsets from the head's first byte, made into
+/// [`RawHeaders`] over those bytes. The one way a [`RawHeaders`] is built.
 pub struct RawFields {
     base: usize,
     fields: Vec<Field>,
@@ -265,9 +266,10 @@ impl RawFields {
         kind
     }
 
-    /// The fields over `head`, a copy of the head they were recorded from.
+    /// The fields over `head`, the bytes (or a copy of the bytes) they were recorded
+    /// from. Refuses fields that lie outside it.
     pub fn into_headers(self, head: Bytes) -> RawHeaders {
-        assert!(self.end as usize <= head.len(), "fields within the head");
+        assert!(self.end as usize <= head.len(), "a slice of the head");
         RawHeaders {
             head,
             fields: self.fields,
@@ -285,44 +287,6 @@ struct Field {
 }
 
 impl RawHeaders {
-    /// For a head with `fields` fields (known once it is parsed).
-    pub fn with_capacity(head: Bytes, fields: usize) -> Self {
-        RawHeaders {
-            head,
-            fields: Vec::with_capacity(fields),
-            name_bits: 0,
-            kinds: 0,
-        }
-    }
-
-    /// Adds a field whose name and value are slices of the head given to
-    /// [`with_capacity`].
-    ///
-    /// [`with_capacity`]: RawHeaders::with_capacity
-    // Inline: called once per field from both head parsers; as a call it cost ~25
-    // instructions a field once the binary grew past the inliner's own guess (callgrind).
-    #[inline]
-    pub fn push(&mut self, name: &[u8], value: &[u8]) {
-        let span = |s: &[u8]| {
-            // Wrapping: a slice from below the head lands far past its end.
-            let start = (s.as_ptr() as usize).wrapping_sub(self.head.as_ptr() as usize);
-            assert!(
-                start <= self.head.len() && s.len() <= self.head.len() - start,
-                "a slice of the head"
-            );
-            (start as u32, (start + s.len()) as u32)
-        };
-        let kind = Known::of(name);
-        let field = Field {
-            name: span(name),
-            value: span(value),
-            kind,
-        };
-        self.fields.push(field);
-        self.name_bits |= name_bit(name);
-        self.kinds |= kind.bit();
-    }
-
     /// Whether some field's name has the length and first letter of `name` (if not,
     /// none has that name).
     #[inline]
@@ -583,11 +547,11 @@ mod tests {
     #[test]
     fn raw_fields_are_found_whatever_their_case() {
         let head = Bytes::from_static(b"X-Api-Key: k1\r\nAccept: a\r\naccept: b\r\n");
-        let mut raw = RawHeaders::with_capacity(head.clone(), 4);
+        let mut raw = RawFields::new(&head, 4);
         raw.push(&head[0..9], &head[11..13]);
         raw.push(&head[15..21], &head[23..24]);
         raw.push(&head[26..32], &head[34..35]);
-        let h = HeaderFields::Raw(raw);
+        let h = HeaderFields::Raw(raw.into_headers(head.clone()));
         assert_eq!(
             h.get(&HeaderName::from_static("x-api-key")),
             Some(&b"k1"[..])
@@ -647,11 +611,11 @@ mod tests {
 
         // Looked up by kind, raw and as a map alike.
         let head = Bytes::from_static(b"Connection: a\r\nx: 1\r\nconnection: b\r\n");
-        let mut raw = RawHeaders::with_capacity(head.clone(), 3);
+        let mut raw = RawFields::new(&head, 3);
         raw.push(&head[0..10], &head[12..13]);
         raw.push(&head[15..16], &head[18..19]);
         raw.push(&head[21..31], &head[33..34]);
-        let h = HeaderFields::Raw(raw);
+        let h = HeaderFields::Raw(raw.into_headers(head.clone()));
         assert_eq!(h.get_known(Connection), Some(&b"a"[..]));
         assert_eq!(
             h.get_all_known(Connection).collect::<Vec<_>>(),
@@ -671,13 +635,13 @@ mod tests {
     #[test]
     fn kept_lines_are_written_in_runs_with_crlf_endings() {
         let head = Bytes::from_static(b"A: 1\r\nB:2\r\nC: 3\nD: 4\r\nE: 5\r\n");
-        let mut raw = RawHeaders::with_capacity(head.clone(), 4);
+        let mut raw = RawFields::new(&head, 4);
         for line in head.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             let colon = line.iter().position(|b| *b == b':').unwrap();
             raw.push(&line[..colon], line[colon + 1..].trim_ascii());
         }
-        let h = HeaderFields::Raw(raw);
+        let h = HeaderFields::Raw(raw.into_headers(head.clone()));
         let mut out = Vec::new();
         h.write_lines(&mut out, |n, _| n != b"D");
         assert_eq!(out, b"A: 1\r\nB:2\r\nC: 3\r\nE: 5\r\n");
@@ -692,7 +656,8 @@ mod tests {
     #[test]
     #[should_panic(expected = "a slice of the head")]
     fn a_field_from_elsewhere_is_refused() {
-        let mut raw = RawHeaders::with_capacity(Bytes::from_static(b"a: b\r\n"), 1);
+        let mut raw = RawFields::new(b"a: b\r\n", 1);
         raw.push(b"other", b"memory");
+        raw.into_headers(Bytes::from_static(b"a: b\r\n"));
     }
 }

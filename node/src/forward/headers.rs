@@ -280,7 +280,7 @@ mod tests {
 
     fn raw(head: &'static [u8]) -> HeaderFields {
         let head = bytes::Bytes::from_static(head);
-        let mut raw = crate::head::RawHeaders::with_capacity(head.clone(), 8);
+        let mut raw = crate::head::RawFields::new(&head, 8);
         let mut at = 0;
         while let Some(end) = head[at..].windows(2).position(|w| w == b"\r\n") {
             let line = &head[at..at + end];
@@ -288,7 +288,7 @@ mod tests {
             raw.push(&line[..colon], line[colon + 1..].trim_ascii());
             at += end + 2;
         }
-        HeaderFields::Raw(raw)
+        HeaderFields::Raw(raw.into_headers(head))
     }
 
     #[test]
