@@ -38,7 +38,7 @@ pub struct Cli {
     #[arg(long, value_name = "URL")]
     pub upstream: Option<String>,
 
-    /// Runtime worker threads [default: one per core]. 1 runs everything on one thread.
+    /// Event loops serving the public listener, one thread each [default: one per core].
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
 
@@ -289,7 +289,10 @@ pub fn summary(c: &Config) -> String {
         c.limits.max_body_bytes,
         c.limits.max_header_bytes,
         c.limits.max_connections,
-        c.workers.map_or_else(|| "one per core".to_string(), |n| n.to_string()),
+        match c.workers {
+            Some(n) => format!("{n} event loops"),
+            None => format!("{} event loops (one per core)", c.event_loops()),
+        },
         match &c.cluster {
             Some(cl) => format!(
                 "etcd {} (region {}, lease {:?}, state {}, KEK {})",

@@ -36,18 +36,10 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let mut rt = match config.workers {
-        // One worker: a current-thread runtime does the same work without the
-        // multi-thread scheduler's cross-thread wake-ups and bookkeeping on every task
-        // switch, which a proxy makes several of per request (docs/benchmarks.md).
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n);
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
+    // A current-thread runtime: it runs the control work and the public listener's
+    // first event loop; `server::run` starts one more thread per further worker, each
+    // with its own runtime and share of the listener (`accept::loops`).
+    let mut rt = tokio::runtime::Builder::new_current_thread();
     let rt = match rt.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

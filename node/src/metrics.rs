@@ -55,6 +55,8 @@ pub struct Metrics {
     pub stream_failures: IntCounterVec,
     pub upstream_connections: IntGauge,
     pub downstream_connections: IntGauge,
+    /// Client connections each of the public listener's event loops accepted.
+    pub loop_connections: IntCounterVec,
     pub key_cooldowns: IntCounterVec,
     pub keys_retired: IntCounterVec,
     pub keys: IntGaugeVec,
@@ -182,6 +184,12 @@ impl Metrics {
                 "Open upstream connections (pooled or in use)",
             ),
             downstream_connections: gauge("downstream_connections", "Open client connections"),
+            loop_connections: counter(
+                "event_loop_connections_total",
+                "Client connections accepted on the public listener, by the event loop \
+                 (worker thread) that serves them",
+                &["event_loop"],
+            ),
             key_cooldowns: counter(
                 "upstream_key_cooldowns_total",
                 "Upstream limit scopes cooled (rate_limited; scope as messages/sonnet) or \

@@ -29,7 +29,8 @@ use crate::proxy;
 use crate::state::{RequestIds, Shared, Snapshot};
 use crate::stream::DrainCut;
 
-/// A started node. Dropping it does not stop it; call [`Node::drain`].
+/// A started node. Dropping it does not drain it (call [`Node::drain`]): the public
+/// listener's first event loop runs on until its runtime ends, the others stop at once.
 pub struct Node {
     shared: Arc<Shared>,
     public_addr: SocketAddr,
@@ -38,6 +39,8 @@ pub struct Node {
     stop_public: watch::Sender<bool>,
     stop_admin: watch::Sender<bool>,
     public_task: JoinHandle<usize>,
+    /// The public listener's other event loops, kept until the node is dropped.
+    _public_loops: accept::loops::Loops,
     admin_task: JoinHandle<usize>,
     cluster: ClusterHandle,
     deferred: Option<crate::deferred::worker::Workers>,
@@ -64,7 +67,7 @@ impl Node {
             Some(t) => Some(Arc::new(TlsState::load(t)?)),
             None => None,
         };
-        let upstream = Upstream::new(&config.upstream, &metrics)?;
+        let upstream = Upstream::new(&config.upstream, config.event_loops(), &metrics)?;
         let limiter = Arc::new(crate::limits::Limiter::new(&config, &metrics.registry)?);
         limiter.connect().await;
         // Deferred delivery: not on a passthrough node alone, which cannot defer (it
@@ -146,9 +149,12 @@ impl Node {
             None => None,
         };
 
-        let public = bind(config.public_listen, "listen.public").await?;
+        let loops = config.event_loops();
+        let addr = config.public_listen;
+        let public = accept::loops::bind(addr, loops)
+            .map_err(|e| Error::config(format!("listen.public: cannot listen on {addr}: {e}")))?;
         let admin = bind(config.admin_listen, "listen.admin").await?;
-        let public_addr = public
+        let public_addr = public[0]
             .local_addr()
             .map_err(|e| Error::config("public listener").with_detail(e))?;
         let admin_addr = admin
@@ -197,26 +203,25 @@ impl Node {
         // accept loop then waits CUT_GRACE more for the cut connections to close.
         let mut public_limits = config.limits.clone();
         public_limits.drain_timeout += CUT_GRACE;
-        let public_task = tokio::spawn(accept::serve(
+        let (public_loops, public_task) = accept::loops::serve_on_loops(
             public,
-            tls.clone(),
-            http.clone(),
-            public_limits,
-            metrics.clone(),
-            stop_public_rx,
+            accept::Listening::new(
+                tls.clone(),
+                http.clone(),
+                public_limits,
+                metrics.clone(),
+                stop_public_rx,
+            ),
             move |req, peer| proxy::handle(s.clone(), req, peer),
-        ));
+        )
+        .map_err(|e| Error::config("cannot start the event loops").with_detail(e))?;
         let s = shared.clone();
         let mut admin_limits = config.limits.clone();
         admin_limits.max_connections = 256;
         admin_limits.drain_timeout = std::time::Duration::from_secs(1);
         let admin_task = tokio::spawn(accept::serve(
             admin,
-            None,
-            http,
-            admin_limits,
-            metrics,
-            stop_admin_rx,
+            accept::Listening::new(None, http, admin_limits, metrics, stop_admin_rx),
             move |req, _peer| {
                 let s = s.clone();
                 async move { Reply::<_, NoFields>::new(crate::admin::handle(&s, req)) }
@@ -232,6 +237,7 @@ impl Node {
         tracing::info!(
             public = %public_addr,
             admin = %admin_addr,
+            event_loops = loops,
             tls = tls.is_some(),
             upstream = %config.upstream.target.authority,
             mode,
@@ -256,6 +262,7 @@ impl Node {
             stop_public,
             stop_admin,
             public_task,
+            _public_loops: public_loops,
             admin_task,
             cluster,
             deferred,

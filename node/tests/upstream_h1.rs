@@ -171,7 +171,12 @@ async fn every_framing_is_relayed_whole_and_usage_read() {
 #[tokio::test]
 async fn keep_alive_connections_are_reused() {
     let up = raw_upstream().await;
-    let h = node_for(&up).await;
+    let url = up.url.clone();
+    let h = Harness::managed_with(move |raw| {
+        raw.upstream.base_url = url;
+        raw.runtime.workers = Some(1);
+    })
+    .await;
     for _ in 0..20 {
         assert_eq!(ask(&h, "").await.status, 200);
     }
@@ -181,6 +186,38 @@ async fn keep_alive_connections_are_reused() {
         "20 sequential requests share one upstream connection"
     );
     assert!(h.metrics().await.contains("strait_upstream_connections 1"));
+}
+
+#[tokio::test]
+async fn each_event_loop_keeps_its_own_upstream_connections() {
+    const LOOPS: usize = 4;
+    let up = raw_upstream().await;
+    let url = up.url.clone();
+    let h = Harness::managed_with(move |raw| {
+        raw.upstream.base_url = url;
+        raw.runtime.workers = Some(LOOPS);
+    })
+    .await;
+    // Each request on a client connection of its own, which may land on any loop.
+    for _ in 0..40 {
+        assert_eq!(ask(&h, "").await.status, 200);
+    }
+    let mut loops_used = 0;
+    for i in 0..LOOPS {
+        let series = format!("strait_event_loop_connections_total{{event_loop=\"{i}\"}}");
+        if metric_at(&h.admin, &series).await > 0.0 {
+            loops_used += 1;
+        }
+    }
+    let opened = up.connections.load(Ordering::SeqCst);
+    assert!(
+        loops_used > 1,
+        "the 40 client connections spread over the loops"
+    );
+    assert_eq!(
+        opened, loops_used,
+        "one upstream connection per loop that served, each reused by its loop"
+    );
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@
 //! HTTP/2 connections (by ALPN, or by the prior-knowledge preface on plain TCP) to
 //! hyper.
 
+pub mod loops;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -22,6 +23,7 @@ use http::{Request, Response};
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -73,35 +75,67 @@ pub fn http_settings(limits: &Limits, metrics: &Metrics) -> HttpSettings {
     }
 }
 
+/// What every accept loop of a listener shares.
+#[derive(Clone)]
+pub struct Listening {
+    pub tls: Option<Arc<TlsState>>,
+    pub http: Arc<HttpSettings>,
+    pub limits: Limits,
+    pub metrics: Arc<Metrics>,
+    /// Set to true to stop accepting and drain.
+    pub stop: watch::Receiver<bool>,
+    /// `limits.max_connections` slots, shared by the listener's loops.
+    pub slots: Arc<Semaphore>,
+    /// Counts this loop's connections (`accept::loops` sets it per loop).
+    pub accepted: Option<IntCounter>,
+}
+
+impl Listening {
+    pub fn new(
+        tls: Option<Arc<TlsState>>,
+        http: Arc<HttpSettings>,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        let slots = Arc::new(Semaphore::new(limits.max_connections));
+        Listening {
+            tls,
+            http,
+            limits,
+            metrics,
+            stop,
+            slots,
+            accepted: None,
+        }
+    }
+}
+
 /// One accept loop: waits for a connection slot, accepts, optionally does TLS, and
 /// serves HTTP. When `stop` fires it stops accepting, lets open connections finish
 /// (idle keep-alive connections are closed, in-flight requests and streams complete)
-/// for up to `limits.drain_timeout`, and returns how many were still open.
-#[allow(clippy::too_many_arguments)]
-pub async fn serve<S, F, B, X>(
-    listener: TcpListener,
-    tls: Option<Arc<TlsState>>,
-    http: Arc<HttpSettings>,
-    limits: Limits,
-    metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
-    service: S,
-) -> usize
+/// for up to `limits.drain_timeout`, and returns how many of its own were still open.
+pub async fn serve<S, F, B, X>(listener: TcpListener, on: Listening, service: S) -> usize
 where
     S: Fn(ClientRequest, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Reply<B, X>> + Send + 'static,
     B: http_body::Body<Data = Bytes, Error = BoxError> + From<Bytes> + Send + Unpin + 'static,
     X: HeadFields + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let Listening {
+        tls,
+        http,
+        limits,
+        metrics,
+        mut stop,
+        slots,
+        accepted,
+    } = on;
+    // This loop's own connections, for its drain; `slots` counts every loop's. Each
+    // of ours holds one of `slots` too, so a permit here is always free at once.
+    let mine = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     loop {
-        // Waiting for a slot before accepting leaves excess clients in the kernel
-        // backlog rather than accepting connections we cannot serve.
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = stop.changed() => break,
-        };
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -114,6 +148,20 @@ where
             },
             _ = stop.changed() => break,
         };
+        // With every slot taken the connection waits here, unserved, and this loop
+        // accepts no other: the excess stays in the kernel backlog, bar one per loop.
+        // (Taking the slot first would hold it for whichever loop's socket the next
+        // client lands on, while a client queued on another loop's waits.)
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = stop.changed() => break,
+        };
+        let Ok(own) = mine.clone().acquire_owned().await else {
+            break;
+        };
+        if let Some(c) = &accepted {
+            c.inc();
+        }
         let _ = tcp.set_nodelay(true);
         let http = http.clone();
         let tls = tls.clone();
@@ -123,7 +171,7 @@ where
         let watcher = graceful.watcher();
         let stop = stop.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _permits = (permit, own);
             metrics.downstream_connections.inc();
             match tls {
                 None => {
@@ -170,16 +218,16 @@ where
         tracing::info!(open, "draining connections");
     }
     // HTTP/2 connections are told to finish by `graceful`; HTTP/1.1 ones saw `stop`.
-    // Every connection holds a slot, so holding all slots means all have closed.
+    // Every connection holds one of `mine`, so holding all of them means all have closed.
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let drained = async {
         graceful.shutdown().await;
-        let _ = slots.acquire_many(all).await;
+        let _ = mine.acquire_many(all).await;
     };
     match tokio::time::timeout(limits.drain_timeout, drained).await {
         Ok(()) => 0,
         Err(_) => {
-            let left = limits.max_connections - slots.available_permits();
+            let left = limits.max_connections - mine.available_permits();
             tracing::warn!(left, "drain deadline passed with connections still open");
             left
         }

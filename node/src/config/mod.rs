@@ -262,6 +262,13 @@ pub enum KeyMode {
 }
 
 impl Config {
+    /// How many event loops serve the public listener: `workers`, or one per core.
+    pub fn event_loops(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
+
     pub fn key_mode(&self) -> KeyMode {
         match (
             self.upstream.keys.is_empty(),

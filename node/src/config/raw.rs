@@ -489,7 +489,8 @@ impl Default for RawLog {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawRuntime {
-    /// Runtime worker threads; 0 or absent means one per core.
+    /// Event loops serving the public listener, one thread each (`accept::loops`); 0
+    /// or absent means one per core.
     pub workers: Option<usize>,
 }
 

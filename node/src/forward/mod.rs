@@ -21,7 +21,7 @@ use crate::body::RequestBody;
 use crate::config::{KeyMode, Upstream as UpstreamConfig};
 use crate::error::{Error, ErrorKind, Result};
 use crate::health::UpstreamHealth;
-use crate::http1::pool::{self as client, Client, SendError};
+use crate::http1::pool::{self as client, Client, PoolSettings, SendError};
 use crate::http1::{connect, dns};
 use crate::metrics::Metrics;
 use crate::route::{KeyPool, KeyRef, NoKey, Reason, Route, Scope, ScopeKey, Verdict};
@@ -61,8 +61,13 @@ pub struct ForwardCtx<'a> {
 }
 
 impl Upstream {
-    /// Builds the client. Must run inside the Tokio runtime (the resolver needs it).
-    pub fn new(config: &UpstreamConfig, metrics: &Arc<Metrics>) -> Result<Self> {
+    /// Builds the client for a node serving on `event_loops` loops. Must run inside the
+    /// Tokio runtime (the resolver needs it).
+    pub fn new(
+        config: &UpstreamConfig,
+        event_loops: usize,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Self> {
         let dns = dns::HickoryDns::new(config.dns_ttl_cap)
             .map_err(|e| Error::config("cannot set up the DNS resolver").with_detail(e))?;
         let t = &config.target;
@@ -88,8 +93,11 @@ impl Upstream {
             dialer,
             format!("{}://{}", t.scheme, t.authority),
             authority,
-            config.pool_max_idle_per_host,
-            config.pool_idle_timeout,
+            PoolSettings {
+                max_idle: config.pool_max_idle_per_host,
+                idle_timeout: config.pool_idle_timeout,
+                event_loops,
+            },
             config.h2_max_streams_per_connection,
             metrics.upstream_connections.clone(),
         );

@@ -70,21 +70,52 @@ pub struct Conn {
     _count: Counted,
 }
 
-/// Idle HTTP/1.1 connections.
+thread_local! {
+    /// The event loop this thread runs ([`set_event_loop`]); 0 on every other thread.
+    static EVENT_LOOP: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Names the event loop the calling thread runs, so the connections it dials and
+/// returns stay in its own share of each pool. A connection's socket is registered
+/// with the reactor of the loop that dialled it: used from another loop, each of its
+/// reads would be a wake-up across threads.
+pub fn set_event_loop(index: usize) {
+    EVENT_LOOP.with(|l| l.set(index));
+}
+
+/// One event loop's idle connections, oldest first, with when each was put back.
+type Share = Mutex<VecDeque<(Conn, Instant)>>;
+
+/// Idle HTTP/1.1 connections, one share per event loop.
 pub struct Pool {
-    idle: Mutex<VecDeque<(Conn, Instant)>>,
+    shares: Box<[Share]>,
+    /// Per share: the configured maximum divided among the loops.
     max_idle: usize,
     idle_timeout: Duration,
 }
 
 impl Pool {
+    fn new(max_idle: usize, idle_timeout: Duration, loops: usize) -> Self {
+        let loops = loops.max(1);
+        Pool {
+            shares: (0..loops).map(|_| Mutex::new(VecDeque::new())).collect(),
+            max_idle: max_idle.div_ceil(loops),
+            idle_timeout,
+        }
+    }
+
+    /// This thread's share.
+    fn share(&self) -> &Share {
+        &self.shares[EVENT_LOOP.with(std::cell::Cell::get) % self.shares.len()]
+    }
+
     /// Returns a connection whose response was read completely.
     pub fn put(&self, conn: Conn) {
         if self.max_idle == 0 {
             return;
         }
         let now = Instant::now();
-        let mut idle = self.idle.lock().expect("pool lock");
+        let mut idle = self.share().lock().expect("pool lock");
         while idle
             .front()
             .is_some_and(|(_, since)| now.duration_since(*since) >= self.idle_timeout)
@@ -99,7 +130,7 @@ impl Pool {
 
     /// The most recently used idle connection that is still open at `now`, if any.
     fn take(&self, now: Instant) -> Option<Conn> {
-        let mut idle = self.idle.lock().expect("pool lock");
+        let mut idle = self.share().lock().expect("pool lock");
         while let Some((conn, since)) = idle.pop_back() {
             if now.saturating_duration_since(since) < self.idle_timeout && conn.io.idle_and_open() {
                 return Some(conn);
@@ -165,23 +196,32 @@ enum Dialed {
     H2(http2::SendRequest<RequestBody>, StreamSlot),
 }
 
+/// How the HTTP/1.1 pool keeps idle connections.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    /// Idle connections kept in all (divided among the event loops).
+    pub max_idle: usize,
+    pub idle_timeout: Duration,
+    /// The node's event loops: each keeps its own idle connections.
+    pub event_loops: usize,
+}
+
 impl Client {
     pub fn new(
         dialer: Dialer,
         origin: String,
         authority: HeaderValue,
-        max_idle: usize,
-        idle_timeout: Duration,
+        pool: PoolSettings,
         h2_max_streams: usize,
         gauge: IntGauge,
     ) -> Self {
         Client {
             dialer,
-            pool: Arc::new(Pool {
-                idle: Mutex::new(VecDeque::new()),
-                max_idle,
-                idle_timeout,
-            }),
+            pool: Arc::new(Pool::new(
+                pool.max_idle,
+                pool.idle_timeout,
+                pool.event_loops,
+            )),
             h2: Mutex::new(Vec::new()),
             h2_max_streams,
             h2_dial: tokio::sync::Mutex::new(()),

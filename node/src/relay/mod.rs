@@ -29,7 +29,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::forward::{Forwarded, UpstreamHeaders};
 use crate::head::HeaderFields;
 use crate::health::{ClusterStatus, UpstreamHealth};
-use crate::http1::pool::{Client, Outgoing, SendError};
+use crate::http1::pool::{Client, Outgoing, PoolSettings, SendError};
 use crate::http1::{connect, dns, OutgoingFields};
 use crate::metrics::Metrics;
 use crate::schema::NodeRecord;
@@ -61,8 +61,7 @@ pub struct Relays {
     rtt_gauge: GaugeVec,
     faster_gauge: IntGauge,
     connect_timeout: Duration,
-    idle_timeout: Duration,
-    max_idle: usize,
+    pool: PoolSettings,
     connections: IntGauge,
     /// `sent` / `received` / `refused` relayed requests, and `failed` sends.
     pub counts: IntCounterVec,
@@ -127,8 +126,11 @@ impl Relays {
             rtt_gauge,
             faster_gauge,
             connect_timeout: config.upstream.connect_timeout,
-            idle_timeout: config.upstream.pool_idle_timeout,
-            max_idle: config.upstream.pool_max_idle_per_host,
+            pool: PoolSettings {
+                max_idle: config.upstream.pool_max_idle_per_host,
+                idle_timeout: config.upstream.pool_idle_timeout,
+                event_loops: config.event_loops(),
+            },
             connections,
             counts,
         }))
@@ -214,8 +216,7 @@ impl Relays {
             dialer,
             format!("{scheme}://{authority}"),
             host,
-            self.max_idle,
-            self.idle_timeout,
+            self.pool,
             1,
             self.connections.clone(),
         ));
