@@ -22,6 +22,10 @@
 //! saying how to install it; it never skips.
 
 use crate::cluster::procs::free_port;
+
+/// How [`RabbitMq::try_spawn`]'s error starts when the port answered but the broker
+/// never came up.
+const AWAIT_FAILED: &str = "rabbitmqctl await_startup failed";
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -196,20 +200,25 @@ impl RabbitMq {
     }
 
     /// A first start: ports come from [`free_port`], which only finds a port free a
-    /// moment ago, and busy machines hand it to some outgoing connection in between
-    /// (`dist_port_already_used`, `eaddrinuse`). Then new ports are drawn and the start
+    /// moment ago, and busy machines hand it to some outgoing connection or another
+    /// test's listener in between (`dist_port_already_used`, `eaddrinuse`, or the
+    /// port answering while `await_startup` finds no broker). Then new ports are drawn and the start
     /// is tried again, at most three times. Restarts keep their ports (proxies and
     /// clients point at them) and fail loudly instead.
     fn spawn_fresh(&mut self) {
         for _ in 0..2 {
             match self.try_spawn() {
                 Ok(()) => return,
-                Err(out) if out.contains("already_used") || out.contains("eaddrinuse") => {
+                Err(out)
+                    if out.contains("already_used")
+                        || out.contains("eaddrinuse")
+                        || out.starts_with(AWAIT_FAILED) =>
+                {
                     tracing::warn!(port = self.port, "rabbitmq port taken; trying other ports");
                     self.port = free_port();
                     self.dist_port = free_port();
                 }
-                Err(out) => panic!("rabbitmq-server exited at start-up; its output:\n{out}"),
+                Err(out) => panic!("rabbitmq-server did not start; its output:\n{out}"),
             }
         }
         self.spawn();
@@ -217,11 +226,12 @@ impl RabbitMq {
 
     fn spawn(&mut self) {
         if let Err(out) = self.try_spawn() {
-            panic!("rabbitmq-server exited at start-up; its output:\n{out}");
+            panic!("rabbitmq-server did not start; its output:\n{out}");
         }
     }
 
-    /// Starts the server; `Err` with its output when it exits during start-up.
+    /// Starts the server; `Err` with its output when it exits during start-up, or when
+    /// its port answers but `await_startup` finds no broker (then it is stopped).
     fn try_spawn(&mut self) -> Result<(), String> {
         let started = Instant::now();
         let server = self.sbin.join("rabbitmq-server");
@@ -257,12 +267,21 @@ impl RabbitMq {
             std::thread::sleep(Duration::from_millis(100));
         }
         let out = self.ctl(&["-q", "await_startup", "--timeout", "60"]);
-        assert!(
-            out.status.success(),
-            "rabbitmqctl await_startup failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if !out.status.success() {
+            // The port answered, yet the broker is not up: most often another process
+            // took the port between `free_port` and the broker's bind, so the port
+            // answered for it. Stopped here, so that a fresh start can draw new ports.
+            if let Some(mut child) = self.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            return Err(format!(
+                "{AWAIT_FAILED}: {}{}\nserver output:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.server_output()
+            ));
+        }
         tracing::debug!(
             port = self.port,
             elapsed_ms = started.elapsed().as_millis() as u64,
