@@ -44,19 +44,8 @@ async fn drain_lets_streams_finish_and_refuses_new_work() {
         "no new connections"
     );
 
-    let r = inflight.await.unwrap();
-    assert_eq!(r.status, 200);
-    assert_eq!(
-        r.event_names().last().map(String::as_str),
-        Some("message_stop"),
-        "stream finished: {}",
-        r.text()
-    );
-    let cut = tokio::time::timeout(Duration::from_secs(10), drained)
-        .await
-        .expect("drain ends")
-        .unwrap();
-    assert_eq!(cut, 0, "nothing was cut");
+    inflight.await.unwrap().assert_stream_finished();
+    assert_eq!(drain_result(drained).await, 0, "nothing was cut");
 }
 
 #[tokio::test]

@@ -92,20 +92,9 @@ async fn a_drain_lets_the_streams_on_every_event_loop_finish() {
     let node = h.node.take().unwrap();
     let drained = tokio::spawn(node.drain());
     for s in streams {
-        let r = s.await.unwrap();
-        assert_eq!(r.status, 200);
-        assert_eq!(
-            r.event_names().last().map(String::as_str),
-            Some("message_stop"),
-            "stream finished: {}",
-            r.text()
-        );
+        s.await.unwrap().assert_stream_finished();
     }
-    let cut = tokio::time::timeout(Duration::from_secs(10), drained)
-        .await
-        .expect("drain ends")
-        .unwrap();
-    assert_eq!(cut, 0, "nothing was cut");
+    assert_eq!(drain_result(drained).await, 0, "nothing was cut");
 }
 
 #[tokio::test]

@@ -161,6 +161,26 @@ impl Resp {
             .filter_map(|l| l.strip_prefix("event: ").map(str::to_string))
             .collect()
     }
+
+    /// A 200 event stream that ran to its `message_stop`.
+    pub fn assert_stream_finished(&self) {
+        assert_eq!(self.status, 200, "{}", self.text());
+        assert_eq!(
+            self.event_names().last().map(String::as_str),
+            Some("message_stop"),
+            "the stream finished: {}",
+            self.text()
+        );
+    }
+}
+
+/// Waits up to 10 s for a drain started as `tokio::spawn(node.drain())`; how many
+/// responses and connections it cut.
+pub async fn drain_result(drain: tokio::task::JoinHandle<usize>) -> usize {
+    tokio::time::timeout(Duration::from_secs(10), drain)
+        .await
+        .expect("drain ends")
+        .unwrap()
 }
 
 fn client() -> Client<HttpConnector, Full<Bytes>> {
