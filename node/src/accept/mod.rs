@@ -111,7 +111,7 @@ impl Listening {
     }
 }
 
-/// One accept loop: waits for a connection slot, accepts, optionally does TLS, and
+/// One accept loop: accepts, waits for a connection slot, optionally does TLS, and
 /// serves HTTP. When `stop` fires it stops accepting, lets open connections finish
 /// (idle keep-alive connections are closed, in-flight requests and streams complete)
 /// for up to `limits.drain_timeout`, and returns how many of its own were still open.
