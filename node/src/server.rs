@@ -149,11 +149,16 @@ impl Node {
             None => None,
         };
 
-        let loops = config.event_loops();
-        let addr = config.public_listen;
-        let public = accept::loops::bind(addr, loops)
-            .map_err(|e| Error::config(format!("listen.public: cannot listen on {addr}: {e}")))?;
-        let admin = bind(config.admin_listen, "listen.admin").await?;
+        let public = bind(config.public_listen, "listen.public", config.event_loops())?;
+        let event_loops = public.len();
+        let admin = bind(config.admin_listen, "listen.admin", 1)?;
+        let admin = admin
+            .into_iter()
+            .next()
+            .map(TcpListener::from_std)
+            .transpose()
+            .map_err(|e| Error::config("admin listener").with_detail(e))?
+            .ok_or_else(|| Error::config("admin listener: no socket"))?;
         let public_addr = public[0]
             .local_addr()
             .map_err(|e| Error::config("public listener").with_detail(e))?;
@@ -237,7 +242,7 @@ impl Node {
         tracing::info!(
             public = %public_addr,
             admin = %admin_addr,
-            event_loops = loops,
+            event_loops,
             tls = tls.is_some(),
             upstream = %config.upstream.target.authority,
             mode,
@@ -341,10 +346,10 @@ impl Node {
     }
 }
 
-async fn bind(addr: SocketAddr, field: &str) -> Result<TcpListener> {
-    // std's listener gives a large backlog; tokio's bind uses 1024 as well.
-    TcpListener::bind(addr)
-        .await
+/// `count` listening sockets on `addr` ([`accept::loops::bind`]), the error naming
+/// the config field.
+fn bind(addr: SocketAddr, field: &str, count: usize) -> Result<Vec<std::net::TcpListener>> {
+    accept::loops::bind(addr, count)
         .map_err(|e| Error::config(format!("{field}: cannot listen on {addr}: {e}")))
 }
 

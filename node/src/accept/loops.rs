@@ -36,25 +36,27 @@ const BACKLOG: i32 = 1024;
 /// the group. (A process of the same user that sets `SO_REUSEPORT` later could still
 /// join the group, as with nginx's `reuseport`.)
 pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
-    let alone = std::net::TcpListener::bind(addr)?;
+    let alone = listen(addr, false)?;
     if count <= 1 {
-        alone.set_nonblocking(true)?;
         return Ok(vec![alone]);
     }
     // The port the kernel chose for port 0, or the one asked for.
     let addr = alone.local_addr()?;
     drop(alone);
-    (0..count)
-        .map(|_| {
-            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-            socket.set_reuse_address(true)?;
-            socket.set_reuse_port(true)?;
-            socket.bind(&addr.into())?;
-            socket.listen(BACKLOG)?;
-            socket.set_nonblocking(true)?;
-            Ok(socket.into())
-        })
-        .collect()
+    (0..count).map(|_| listen(addr, true)).collect()
+}
+
+/// One non-blocking listening socket on `addr`.
+fn listen(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 /// Keeps the extra loops' runtimes alive: the tasks they started (pooled upstream
