@@ -117,6 +117,7 @@ async fn start_node(
     raw.cluster.state_dir = dir.to_path_buf();
     raw.deferred.claim_lease = Duration::from_secs(2);
     common::quiet_probes(&mut raw);
+    common::one_event_loop(&mut raw);
     tweak(&mut raw);
     let keys = upstream_keys.iter().map(|k| Secret::new(*k)).collect();
     let clients = [CLIENT_KEY, OTHER_KEY]

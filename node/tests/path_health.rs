@@ -52,6 +52,7 @@ impl PathNode {
         raw.cluster.state_dir = state.path().to_path_buf();
         raw.health.probe_interval = INTERVAL;
         raw.health.probe_timeout = TIMEOUT;
+        common::one_event_loop(&mut raw);
         tweak(&mut raw);
         let config = raw
             .validate(

@@ -64,6 +64,7 @@ impl RegionNode {
             raw.cluster.node_id = Some(format!("{region}-1"));
             raw.cluster.lease_ttl = Duration::from_secs(5);
         }
+        common::one_event_loop(&mut raw);
         tweak(&mut raw);
         let config = raw
             .validate(

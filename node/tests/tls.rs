@@ -216,6 +216,7 @@ async fn node_on_https_mock(
     // The node's state (its deferred spool) beside the CA, removed with it.
     raw.cluster.state_dir = ca_dir.path().join("state");
     common::quiet_probes(&mut raw);
+    common::one_event_loop(&mut raw);
     tweak(&mut raw);
     let cfg = raw
         .validate(

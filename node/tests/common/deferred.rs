@@ -87,6 +87,7 @@ pub async fn broker_node(
     raw.deferred.claim_lease = Duration::from_secs(2);
     raw.deferred.confirm_timeout = Duration::from_secs(2);
     super::quiet_probes(&mut raw);
+    super::one_event_loop(&mut raw);
     tweak(&mut raw);
     let keys = UPSTREAM_KEYS.iter().map(|k| Secret::new(*k)).collect();
     let config = raw

@@ -61,6 +61,7 @@ impl Harness {
         let state = tempfile::tempdir().expect("a state directory");
         raw.cluster.state_dir = state.path().to_path_buf();
         quiet_probes(&mut raw);
+        one_event_loop(&mut raw);
         tweak(&mut raw);
         let config = raw
             .validate(
@@ -106,6 +107,15 @@ impl Harness {
         assert_eq!(r.status, StatusCode::OK);
         r.text()
     }
+}
+
+/// In-process nodes serve on one event loop unless the test asks for more (its
+/// `tweak` comes after this; event_loops.rs does): a loop on a thread of its own can
+/// hand a response to the test before the node has counted it, and many tests read
+/// `/metrics` or the mock's counts right after a response. Tests of the binary run its
+/// default, one loop per core.
+pub fn one_event_loop(raw: &mut RawConfig) {
+    raw.runtime.workers = Some(1);
 }
 
 /// Keeps the node's active path probes (`GET /v1/models`, every 2 s by default) out
