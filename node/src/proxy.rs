@@ -219,7 +219,9 @@ async fn phases(
             record.model = meta.model.clone();
             Ok((full_bytes(&body), meta))
         };
-        let answer = deferred_api::serve(
+        // Boxed, like the other rare paths: inline, its state would size every
+        // request's future.
+        let answer = Box::pin(deferred_api::serve(
             deferral,
             snap.auth.mode(),
             &principal,
@@ -227,7 +229,7 @@ async fn phases(
             uri.path(),
             &headers,
             admitted,
-        )
+        ))
         .await?;
         return Ok(Answer::Local(answer));
     }

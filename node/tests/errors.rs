@@ -160,6 +160,40 @@ async fn upstream_too_slow_is_504() {
     );
 }
 
+/// The upstream deadline is timed by the pooled connection's own timer, moved on only
+/// when it fires early: a timer left from an earlier request on the connection must
+/// neither cut a later request short nor let one run past its own deadline.
+#[tokio::test]
+async fn upstream_deadline_holds_on_a_reused_connection() {
+    let h =
+        Harness::managed_with(|raw| raw.upstream.read_timeout = Duration::from_millis(400)).await;
+    let r = h.message(false, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The first request's deadline passes while this one waits for its answer.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let r = h
+        .message(false, &[("x-mock-fault", "latency-ms=300")])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // And this one is cut at its own deadline, not its predecessors'.
+    let started = std::time::Instant::now();
+    h.message(false, &[("x-mock-fault", "latency-ms=3000")])
+        .await
+        .assert_gateway_error(504, "api_error");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(350) && took < Duration::from_millis(2500),
+        "cut after {took:?}, the deadline is 400 ms"
+    );
+    assert_eq!(
+        h.mock.connections_accepted(),
+        1,
+        "the three requests went over one pooled upstream connection"
+    );
+}
+
 #[tokio::test]
 async fn upstream_reset_before_response_is_retried_then_502() {
     let h = Harness::managed().await;
@@ -245,6 +279,37 @@ async fn idle_keep_alive_connections_are_closed() {
         .unwrap();
     assert_eq!(n, 0, "EOF");
     assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+/// The idle deadline runs from the last response, not the first: the connection's
+/// timer, left at the first request's deadline, is moved on when it fires early.
+#[tokio::test]
+async fn a_keep_alive_connection_idles_from_its_last_response() {
+    let h =
+        Harness::managed_with(|raw| raw.limits.header_read_timeout = Duration::from_millis(400))
+            .await;
+    let addr = h.url.trim_start_matches("http://").to_string();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    for pause in [0, 250] {
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        s.write_all(b"GET /livez HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    }
+    let answered = std::time::Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("closed by the node")
+        .unwrap();
+    assert_eq!(n, 0, "EOF");
+    let idle = answered.elapsed();
+    assert!(
+        idle >= Duration::from_millis(300) && idle < Duration::from_secs(3),
+        "closed {idle:?} after the second answer; the idle limit is 400 ms from it"
+    );
 }
 
 #[tokio::test]

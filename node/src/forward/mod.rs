@@ -169,60 +169,59 @@ impl Upstream {
             let api_key = key.map(|k| pool.header(k));
             // One clock read for the time to first byte and the timeout's deadline.
             let sent = tokio::time::Instant::now();
-            let outcome = tokio::time::timeout_at(
-                sent + first_byte_timeout,
-                self.client.send(
+            let outcome = self
+                .client
+                .send(
                     &client::Outgoing {
                         method: &method,
                         target,
                         headers,
                         api_key,
                         at: sent.into_std(),
+                        deadline: sent + first_byte_timeout,
                     },
                     attempt_body,
-                ),
-            )
-            .await;
+                )
+                .await;
             let next_body =
                 |spare: &mut Option<RequestBody>| spare.as_ref().and_then(RequestBody::try_clone);
 
-            if !matches!(outcome, Ok(Err(SendError::Connect(_)))) {
+            if !matches!(outcome, Err(SendError::Connect(_))) {
                 ctx.sent.store(true, std::sync::atomic::Ordering::Relaxed);
             }
             // Each way an attempt can go either ends the loop or names the retry's cause
             // and its pause, taken in one place below.
             let (cause, pause) = match outcome {
-                Err(_) => {
-                    ctx.metrics
-                        .upstream_errors
-                        .with_label_values(&["timeout"])
-                        .inc();
-                    ctx.health.record_failure();
-                    let failure = Error::new(
-                        ErrorKind::UpstreamTimeout,
-                        "upstream did not respond in time",
-                    );
-                    retry_transport(failure, can_retry, attempt)?
-                }
-                Ok(Err(e)) => {
-                    let (kind, label, msg, detail) = match e {
+                Err(e) => {
+                    let (label, failure) = match e {
                         SendError::BodyTooLarge => {
                             return Err(Error::new(
                                 ErrorKind::RequestTooLarge,
                                 "request body exceeds the gateway limit",
                             ))
                         }
+                        SendError::Timeout => (
+                            "timeout",
+                            Error::new(
+                                ErrorKind::UpstreamTimeout,
+                                "upstream did not respond in time",
+                            ),
+                        ),
                         SendError::Connect(d) => (
-                            ErrorKind::UpstreamConnect,
                             "connect",
-                            "could not connect to the upstream API",
-                            d,
+                            Error::new(
+                                ErrorKind::UpstreamConnect,
+                                "could not connect to the upstream API",
+                            )
+                            .with_detail(d),
                         ),
                         SendError::Io(d) => (
-                            ErrorKind::UpstreamProtocol,
                             "protocol",
-                            "the upstream connection failed before a response",
-                            d,
+                            Error::new(
+                                ErrorKind::UpstreamProtocol,
+                                "the upstream connection failed before a response",
+                            )
+                            .with_detail(d),
                         ),
                     };
                     ctx.metrics
@@ -230,13 +229,9 @@ impl Upstream {
                         .with_label_values(&[label])
                         .inc();
                     ctx.health.record_failure();
-                    retry_transport(
-                        Error::new(kind, msg).with_detail(detail),
-                        can_retry,
-                        attempt,
-                    )?
+                    retry_transport(failure, can_retry, attempt)?
                 }
-                Ok(Ok(mut resp)) => {
+                Ok(mut resp) => {
                     let ttfb = sent.elapsed();
                     record.upstream_ttfb = Some(ttfb);
                     ctx.health.record_ttfb(ttfb);

@@ -14,7 +14,7 @@ use super::Upstream;
 use crate::body::RequestBody;
 use crate::config::HealthChecks;
 use crate::health::{PathState, UpstreamHealth};
-use crate::http1::pool::Outgoing;
+use crate::http1::pool::{Outgoing, SendError};
 use crate::http1::OutgoingFields;
 use crate::metrics::Metrics;
 
@@ -85,12 +85,16 @@ impl Upstream {
             headers: &ProbeFields,
             api_key: None,
             at: sent,
+            deadline,
         };
-        let mut resp =
-            tokio::time::timeout_at(deadline, self.client.send(&out, RequestBody::Full(None)))
-                .await
-                .map_err(|_| ProbeError::Timeout)?
-                .map_err(|e| ProbeError::Failed(format!("{e:?}")))?;
+        let mut resp = self
+            .client
+            .send(&out, RequestBody::Full(None))
+            .await
+            .map_err(|e| match e {
+                SendError::Timeout => ProbeError::Timeout,
+                e => ProbeError::Failed(format!("{e:?}")),
+            })?;
         let rtt = sent.elapsed();
         let mut read = 0;
         while read < DRAIN_LIMIT {

@@ -7,7 +7,8 @@
 //! task, a pool checkout future and a task per request to return the connection, which
 //! together were a fifth of the node's CPU time per request (docs/benchmarks.md).
 
-use std::pin::Pin;
+use std::future::Future;
+use std::pin::{pin, Pin};
 use std::sync::Weak;
 use std::task::{ready, Context, Poll};
 
@@ -15,6 +16,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderValue, Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
+use tokio::time::{Instant, Sleep};
 
 use super::framing::{self as wire, Framing};
 use super::parse;
@@ -70,6 +72,14 @@ pub async fn send(
     if let Some(key) = api_key {
         wire::put_header(&mut head, &X_API_KEY, key);
     }
+    // Each wait below is timed by the connection's own timer (see `within`).
+    let due = req.deadline;
+    let mut timer = conn
+        .timer
+        .take()
+        .unwrap_or_else(|| Box::pin(tokio::time::sleep_until(due)));
+    crate::body::arm(timer.as_mut(), due);
+    let timed_out = || SendError::Timeout;
     match body {
         RequestBody::Full(data) => {
             let data = data.unwrap_or_default();
@@ -79,10 +89,16 @@ pub async fn send(
             head.extend_from_slice(b"\r\n");
             if data.len() <= INLINE_BODY {
                 head.extend_from_slice(&data);
-                conn.io.write_all(&head).await.map_err(io_err)?;
-            } else {
-                conn.io.write_all(&head).await.map_err(io_err)?;
-                conn.io.write_all(&data).await.map_err(io_err)?;
+            }
+            within(timer.as_mut(), due, pin!(conn.io.write_all(&head)))
+                .await
+                .ok_or_else(timed_out)?
+                .map_err(io_err)?;
+            if data.len() > INLINE_BODY {
+                within(timer.as_mut(), due, pin!(conn.io.write_all(&data)))
+                    .await
+                    .ok_or_else(timed_out)?
+                    .map_err(io_err)?;
             }
         }
         RequestBody::Stream { .. } => {
@@ -92,19 +108,32 @@ pub async fn send(
                 None => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
             }
             head.extend_from_slice(b"\r\n");
-            conn.io.write_all(&head).await.map_err(io_err)?;
-            send_stream(&mut conn, body, exact.is_none()).await?;
+            within(timer.as_mut(), due, pin!(conn.io.write_all(&head)))
+                .await
+                .ok_or_else(timed_out)?
+                .map_err(io_err)?;
+            within(
+                timer.as_mut(),
+                due,
+                pin!(send_stream(&mut conn, body, exact.is_none())),
+            )
+            .await
+            .ok_or_else(timed_out)??;
         }
     }
     if head.capacity() <= KEPT_WRITE_BUFFER {
         head.clear();
         conn.wbuf = head;
     }
-    conn.io.flush().await.map_err(io_err)?;
-
-    let head = read_head(&mut conn, method)
+    within(timer.as_mut(), due, pin!(conn.io.flush()))
         .await
+        .ok_or_else(timed_out)?
+        .map_err(io_err)?;
+    let head = within(timer.as_mut(), due, pin!(read_head(&mut conn, method)))
+        .await
+        .ok_or_else(timed_out)?
         .map_err(|e| SendError::Io(e.to_string()))?;
+    conn.timer = Some(timer);
     let mut body = H1Body {
         conn: Some(conn),
         pool,
@@ -113,6 +142,39 @@ pub async fn send(
     };
     body.finish_if_done();
     Ok((head.status, head.headers, body))
+}
+
+/// `work`, or `None` at `due`, timed by a connection's own timer. The timer is set no
+/// later than `due` (`body::arm`); one that fires early is moved on to `due` then.
+/// A timer per request, registered in the timer wheel and removed again, cost more
+/// than one tenth of the attempt's own work. Work that is ready at once (most writes)
+/// never touches the timer.
+fn within<F: Future + Unpin>(timer: Pin<&mut Sleep>, due: Instant, work: F) -> Within<'_, F> {
+    Within { timer, due, work }
+}
+
+struct Within<'t, F> {
+    timer: Pin<&'t mut Sleep>,
+    due: Instant,
+    work: F,
+}
+
+impl<F: Future + Unpin> Future for Within<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if let Poll::Ready(done) = Pin::new(&mut this.work).poll(cx) {
+            return Poll::Ready(Some(done));
+        }
+        while this.timer.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= this.due {
+                return Poll::Ready(None);
+            }
+            this.timer.as_mut().reset(this.due);
+        }
+        Poll::Pending
+    }
 }
 
 fn method_has_body(m: &Method) -> bool {

@@ -4,6 +4,7 @@
 //! next is opened. Requests go out on whichever the upstream speaks.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,6 +18,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus::IntGauge;
+use tokio::time::Sleep;
 
 use super::client::{self as h1, H1Body};
 use super::connect::{Counted, Dialer, Io};
@@ -48,6 +50,9 @@ pub struct Outgoing<'a> {
     /// When the attempt started: an idle connection older than the pool's timeout
     /// then is not reused (the caller's reading, not one more clock read).
     pub at: Instant,
+    /// When the response head must have come ([`SendError::Timeout`] after it): the
+    /// connection, the request and the head all count against it.
+    pub deadline: tokio::time::Instant,
 }
 
 /// Why a request could not be sent or answered, for the attempt loop's decision.
@@ -59,6 +64,8 @@ pub enum SendError {
     BodyTooLarge,
     /// Writing the request or reading the response head failed.
     Io(String),
+    /// The response head did not come by the request's deadline.
+    Timeout,
 }
 
 /// A pooled HTTP/1.1 connection with its read buffer.
@@ -67,6 +74,9 @@ pub struct Conn {
     pub buf: BytesMut,
     /// Where request heads are written (reused; see `h1::send`).
     pub wbuf: Vec<u8>,
+    /// The connection's own timer for its requests' deadlines, made at its first
+    /// request and moved only when it would fire late (see `h1::send`).
+    pub timer: Option<Pin<Box<Sleep>>>,
     _count: Counted,
 }
 
@@ -249,12 +259,18 @@ impl Client {
             // Over TLS the protocol may be HTTP/2: until ALPN has told, dials take
             // turns, so a burst of first requests shares one HTTP/2 connection rather
             // than opening one each.
-            None if self.dialer.is_tls() && proto != PROTO_H1 => self.h2_sender(req.at).await?,
-            None => self.dial().await?,
+            // The dials are boxed: a pooled connection is the usual case, and their
+            // state inline would size every request's future.
+            None if self.dialer.is_tls() && proto != PROTO_H1 => {
+                by(req.deadline, Box::pin(self.h2_sender(req.at))).await?
+            }
+            None => by(req.deadline, Box::pin(self.dial())).await?,
         };
         let conn = match dialed {
             Dialed::H1(conn) => conn,
-            Dialed::H2(sender, slot) => return self.send_h2(sender, slot, req, body).await,
+            Dialed::H2(sender, slot) => {
+                return by(req.deadline, self.send_h2(sender, slot, req, body)).await
+            }
         };
         let (status, headers, body) =
             h1::send(conn, Arc::downgrade(&self.pool), &self.authority, req, body).await?;
@@ -318,6 +334,7 @@ impl Client {
                 io,
                 buf: BytesMut::new(),
                 wbuf: Vec::new(),
+                timer: None,
                 _count: count,
             }));
         }
@@ -434,4 +451,15 @@ impl Body for UpstreamBody {
             UpstreamBody::H2(b, _) => b.size_hint(),
         }
     }
+}
+
+/// `work`, or [`SendError::Timeout`] at `deadline`. For the dials and HTTP/2 streams; a
+/// pooled HTTP/1.1 connection keeps a timer of its own for this.
+async fn by<T>(
+    deadline: tokio::time::Instant,
+    work: impl Future<Output = Result<T, SendError>>,
+) -> Result<T, SendError> {
+    tokio::time::timeout_at(deadline, work)
+        .await
+        .unwrap_or(Err(SendError::Timeout))
 }

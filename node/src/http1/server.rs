@@ -120,16 +120,13 @@ where
     let mut drain_rx = stop.clone();
     let drained = futures_util::FutureExt::fuse(drain_rx.changed());
     tokio::pin!(drained);
+    let mut drain = DrainWait {
+        stop: &stop,
+        drained: drained.as_mut(),
+        registered: false,
+    };
     loop {
-        let head = match read_head(
-            &mut conn,
-            settings,
-            &stop,
-            drained.as_mut(),
-            deadline.as_mut(),
-            first,
-        )
-        .await
+        let head = match read_head(&mut conn, settings, &mut drain, deadline.as_mut(), first).await
         {
             Ok(Some(head)) => head,
             Ok(None) => break,
@@ -284,22 +281,25 @@ enum HeadError {
 /// Waits for a complete request head. `Ok(None)`: the connection should close quietly
 /// (the client closed, went idle past the timeout, or the node is draining).
 ///
-/// `drained` resolves when the drain signal changes (or its sender is gone); once it
-/// has, the connection is treated as draining.
+/// The head's deadline is `due`; the connection's timer is moved only when it would
+/// fire after it. A timer that fires early is moved on to `due` then. Moving it for
+/// every request, a removal and an insertion in the timer wheel, cost more than the
+/// rest of the wait.
 async fn read_head<IO: AsyncRead + Unpin, D: futures_util::future::FusedFuture>(
     conn: &mut Conn<IO>,
     settings: &Settings,
-    stop: &watch::Receiver<bool>,
-    mut drained: Pin<&mut D>,
+    drain: &mut DrainWait<'_, '_, D>,
     mut deadline: Pin<&mut tokio::time::Sleep>,
     first: bool,
 ) -> Result<Option<Head>, HeadError> {
-    if !first {
-        deadline
-            .as_mut()
-            .reset(tokio::time::Instant::now() + settings.header_read_timeout);
-    }
-    let mut stopping = *stop.borrow() || drained.is_terminated();
+    let due = if first {
+        deadline.deadline()
+    } else {
+        let due = Instant::now() + settings.header_read_timeout;
+        body::arm(deadline.as_mut(), due);
+        due
+    };
+    let mut stopping = *drain.stop.borrow() || drain.drained.is_terminated();
     loop {
         if !conn.buf.is_empty() {
             if first && is_h2_preface(&conn.buf) {
@@ -324,13 +324,43 @@ async fn read_head<IO: AsyncRead + Unpin, D: futures_util::future::FusedFuture>(
         conn.buf.reserve(READ_CHUNK);
         let idle = conn.buf.is_empty();
         tokio::select! {
+            biased;
             r = conn.io.read_buf(&mut conn.buf) => match r {
                 Ok(0) | Err(_) => return Ok(None),
                 Ok(_) => {}
             },
-            () = deadline.as_mut() => return Ok(None),
-            _ = drained.as_mut(), if idle && !stopping => stopping = true,
+            () = deadline.as_mut() => {
+                if Instant::now() >= due {
+                    return Ok(None);
+                }
+                deadline.as_mut().reset(due);
+            }
+            () = std::future::poll_fn(|cx| drain.poll(cx)), if idle && !stopping => {
+                stopping = true
+            }
         }
+    }
+}
+
+/// The connection's wait for the drain signal. `drained` resolves when the signal
+/// changes (or its sender is gone); once it has, the connection is treated as draining.
+struct DrainWait<'s, 'p, D> {
+    stop: &'s watch::Receiver<bool>,
+    drained: Pin<&'p mut D>,
+    /// `drained` has been polled once, so the connection's task is among its waiters.
+    registered: bool,
+}
+
+impl<D: Future> DrainWait<'_, '_, D> {
+    /// Polls `drained` the first time, to join its waiters, then only once the signal
+    /// has changed: the connection runs as one task, so the waker it left stays good.
+    /// Polling it at every wait re-took the signal's lock for nothing.
+    fn poll(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.registered && !self.stop.has_changed().unwrap_or(true) {
+            return std::task::Poll::Pending;
+        }
+        self.registered = true;
+        self.drained.as_mut().poll(cx).map(|_| ())
     }
 }
 
@@ -448,11 +478,14 @@ async fn pump<IO: AsyncRead + Unpin>(
 /// a body reads the answer instead of a reset.
 async fn linger<IO: AsyncRead + AsyncWrite + Unpin>(conn: &mut Conn<IO>) {
     let _ = conn.io.shutdown().await;
+    // Read into the connection's own buffer: a scratch array here would be part of
+    // every connection's future.
     let drain = async {
         let mut seen = 0;
-        let mut scratch = [0u8; 8192];
         while seen < LINGER_BYTES {
-            match conn.io.read(&mut scratch).await {
+            conn.buf.clear();
+            conn.buf.reserve(READ_CHUNK);
+            match conn.io.read_buf(&mut conn.buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => seen += n,
             }

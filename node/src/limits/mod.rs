@@ -373,7 +373,10 @@ impl Limiter {
             Backend::Local(l) => l
                 .admit(subject, res)
                 .map(|(data, view)| (Permit::new(data, l.clone()), view)),
-            Backend::Redis(r) => r.admit(subject, res).await,
+            // Boxed: the Redis exchange's state is larger than all the rest of a
+            // request's admission, and each future that holds this one inline is
+            // copied whole when the request's handler is made.
+            Backend::Redis(r) => Box::pin(r.admit(subject, res)).await,
         };
         match result {
             Ok((permit, view)) => {

@@ -262,23 +262,22 @@ impl Relays {
                 signed: &signed,
             };
             let at = tokio::time::Instant::now();
-            let outcome = tokio::time::timeout_at(
-                at + first_byte,
-                client.send(
+            let outcome = client
+                .send(
                     &Outgoing {
                         method,
                         target: path_and_query,
                         headers: &fields,
                         api_key: None,
                         at: at.into_std(),
+                        deadline: at + first_byte,
                     },
                     this,
-                ),
-            )
-            .await;
+                )
+                .await;
             let region = &peer.region;
             match outcome {
-                Ok(Ok(response)) => {
+                Ok(response) => {
                     self.counts.with_label_values(&["sent"]).inc();
                     record.upstream_ttfb = Some(at.elapsed());
                     tracing::info!(request_id = %record.request_id, region, node = %peer.id, "request relayed through a peer region");
@@ -288,7 +287,7 @@ impl Relays {
                         relayed_via: HeaderValue::from_str(region).ok(),
                     });
                 }
-                Ok(Err(SendError::Connect(d))) => {
+                Err(SendError::Connect(d)) => {
                     self.counts.with_label_values(&["failed"]).inc();
                     last = Some(
                         Error::new(
@@ -298,13 +297,13 @@ impl Relays {
                         .with_detail(d),
                     );
                 }
-                Ok(Err(SendError::BodyTooLarge)) => {
+                Err(SendError::BodyTooLarge) => {
                     return Err(Error::new(
                         ErrorKind::RequestTooLarge,
                         "request body exceeds the gateway limit",
                     ))
                 }
-                Ok(Err(SendError::Io(d))) => {
+                Err(SendError::Io(d)) => {
                     self.counts.with_label_values(&["failed"]).inc();
                     return Err(Error::new(
                         ErrorKind::UpstreamProtocol,
@@ -312,7 +311,7 @@ impl Relays {
                     )
                     .with_detail(d));
                 }
-                Err(_) => {
+                Err(SendError::Timeout) => {
                     self.counts.with_label_values(&["failed"]).inc();
                     return Err(Error::new(
                         ErrorKind::UpstreamTimeout,
@@ -349,12 +348,9 @@ impl Relays {
             headers: &NoFields,
             api_key: None,
             at: sent,
+            deadline,
         };
-        let mut resp =
-            tokio::time::timeout_at(deadline, client.send(&out, RequestBody::Full(None)))
-                .await
-                .ok()?
-                .ok()?;
+        let mut resp = client.send(&out, RequestBody::Full(None)).await.ok()?;
         let rtt = sent.elapsed();
         while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, resp.body.frame()).await {}
         Some(rtt)
