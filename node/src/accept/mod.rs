@@ -170,7 +170,9 @@ where
         let handshake_timeout = limits.header_read_timeout;
         let watcher = graceful.watcher();
         let stop = stop.clone();
-        tokio::spawn(async move {
+        // Boxed: a connection's future is some 16 KB, and unboxed the task would copy
+        // it whole when spawned and again as it finishes.
+        tokio::spawn(Box::pin(async move {
             let _permits = (permit, own);
             metrics.downstream_connections.inc();
             match tls {
@@ -210,7 +212,7 @@ where
                 }
             }
             metrics.downstream_connections.dec();
-        });
+        }));
     }
     drop(listener);
     let open = graceful.count();
