@@ -163,6 +163,7 @@ where
             c.inc();
         }
         let _ = tcp.set_nodelay(true);
+        let tcp = crate::http1::sock::Tcp(tcp);
         let http = http.clone();
         let tls = tls.clone();
         let service = service.clone();

@@ -68,7 +68,7 @@ impl AsyncWrite for Io {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            Io::Plain(t) => Pin::new(t).poll_write(cx, buf),
+            Io::Plain(t) => super::sock::poll_send(t, cx, buf),
             Io::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
         }
     }

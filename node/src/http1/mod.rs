@@ -19,6 +19,7 @@ pub mod pool;
 mod request;
 mod response;
 pub mod server;
+pub mod sock;
 
 use http::{HeaderMap, HeaderValue, Response};
 
