@@ -88,7 +88,7 @@ pub struct Relay {
     /// with its head never needs one).
     timer: Option<Pin<Box<Sleep>>>,
     state: State,
-    record: RequestRecord,
+    record: Box<RequestRecord>,
     counted_stream: bool,
     relayed: Relayed,
     cut: CutWatch,
@@ -100,7 +100,7 @@ impl Relay {
         kind: BodyKind,
         prefix: Option<Bytes>,
         idle: Duration,
-        record: RequestRecord,
+        record: Box<RequestRecord>,
         cut: Arc<DrainCut>,
     ) -> Self {
         let tap = match kind {
