@@ -374,8 +374,8 @@ impl Limiter {
                 .admit(subject, res)
                 .map(|(data, view)| (Permit::new(data, l.clone()), view)),
             // Boxed: the Redis exchange's state is larger than all the rest of a
-            // request's admission, and each future that holds this one inline is
-            // copied whole when the request's handler is made.
+            // request's admission; inline, it would size every request's future,
+            // those the local limiter decides too.
             Backend::Redis(r) => Box::pin(r.admit(subject, res)).await,
         };
         match result {
