@@ -43,6 +43,28 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(upstream: SocketAddr) -> Shared {
+        Shared {
+            upstream: Mutex::new(upstream),
+            latency_us: AtomicU64::new(0),
+            jitter_us: AtomicU64::new(0),
+            spike_us: AtomicU64::new(0),
+            blackhole: watch::Sender::new(false),
+            refuse: watch::Sender::new(false),
+            generation: watch::Sender::new(0),
+            active: AtomicUsize::new(0),
+            bandwidth: AtomicU64::new(0),
+            slice: AtomicUsize::new(0),
+            stall_up: watch::Sender::new(false),
+            stall_down: watch::Sender::new(false),
+        }
+    }
+
+    /// Aborts every connection accepted so far (see [`FaultProxyHandle::reset_all`]).
+    fn reset_all(&self) {
+        self.generation.send_modify(|g| *g += 1);
+    }
+
     /// The delay for the chunk read now: base, plus uniform jitter, plus any spike.
     fn latency(&self) -> Duration {
         let jitter = self.jitter_us.load(Relaxed);
@@ -112,20 +134,7 @@ impl FaultProxy {
     pub async fn start(upstream: SocketAddr) -> io::Result<FaultProxyHandle> {
         let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared {
-            upstream: Mutex::new(upstream),
-            latency_us: AtomicU64::new(0),
-            jitter_us: AtomicU64::new(0),
-            spike_us: AtomicU64::new(0),
-            blackhole: watch::Sender::new(false),
-            refuse: watch::Sender::new(false),
-            generation: watch::Sender::new(0),
-            active: AtomicUsize::new(0),
-            bandwidth: AtomicU64::new(0),
-            slice: AtomicUsize::new(0),
-            stall_up: watch::Sender::new(false),
-            stall_down: watch::Sender::new(false),
-        });
+        let shared = Arc::new(Shared::new(upstream));
         let task = tokio::spawn(accept_loop(listener, addr, shared.clone()));
         Ok(FaultProxyHandle {
             addr,
@@ -243,7 +252,7 @@ impl FaultProxyHandle {
 
     /// Aborts every current connection with an RST to both the client and the upstream.
     pub fn reset_all(&self) {
-        self.shared.generation.send_modify(|g| *g += 1);
+        self.shared.reset_all();
     }
 
     /// Connections currently open through the proxy.
@@ -308,7 +317,10 @@ async fn accept_loop(listener: TcpListener, addr: SocketAddr, shared: Arc<Shared
                         continue;
                     }
                     let _ = client.set_nodelay(true);
-                    conns.spawn(proxy(client, shared.clone()));
+                    // Watched from the accept, not from when the task first runs: a
+                    // reset between the two must reach this connection too.
+                    let generation = shared.generation.subscribe();
+                    conns.spawn(proxy(client, shared.clone(), generation));
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "fault proxy accept failed");
@@ -329,11 +341,15 @@ impl Drop for Active {
     }
 }
 
-async fn proxy(mut client: TcpStream, shared: Arc<Shared>) {
+/// Forwards one accepted connection until either side ends it or `generation` (taken
+/// when it was accepted) moves.
+async fn proxy(mut client: TcpStream, shared: Arc<Shared>, mut generation: watch::Receiver<u64>) {
     shared.active.fetch_add(1, Relaxed);
     let _active = Active(shared.clone());
-    let mut generation = shared.generation.subscribe();
-    generation.borrow_and_update();
+    if generation.has_changed().unwrap_or(true) {
+        let _ = client.set_zero_linger();
+        return;
+    }
     let mut blackhole = shared.blackhole.subscribe();
 
     let upstream = tokio::select! {
@@ -440,4 +456,42 @@ where
         writer.shutdown().await
     };
     tokio::try_join!(read, write).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The race a node test once lost: the accept loop had taken a connection and
+    /// spawned its task, and `reset_all` ran before the task did. The connection must
+    /// still be reset, not forwarded (it would have stayed in the node's pool).
+    #[tokio::test]
+    async fn a_reset_reaches_a_connection_whose_task_has_not_run() {
+        let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let shared = Arc::new(Shared::new(upstream.local_addr().unwrap()));
+        let mut client = TcpStream::connect(front.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = front.accept().await.unwrap();
+        // What the accept loop does, then the reset, then the task's first poll.
+        let generation = shared.generation.subscribe();
+        shared.reset_all();
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            proxy(accepted, shared.clone(), generation),
+        )
+        .await
+        .expect("a reset connection is not forwarded");
+        let mut byte = [0u8; 1];
+        let read = client.read(&mut byte).await;
+        assert!(
+            matches!(&read, Err(e) if e.kind() == io::ErrorKind::ConnectionReset),
+            "the client should see a reset, got {read:?}"
+        );
+        assert_eq!(shared.active.load(Relaxed), 0);
+        let upstream_dialled =
+            tokio::time::timeout(Duration::from_millis(100), upstream.accept()).await;
+        assert!(upstream_dialled.is_err(), "the upstream was dialled");
+    }
 }
