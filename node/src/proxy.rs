@@ -25,7 +25,7 @@ use crate::stream::{ProxyBody, Relay, ReplyFields};
 /// How a request was answered when it did not fail.
 enum Answer {
     /// The upstream's response, relayed.
-    Upstream(Forwarded, BodyKind),
+    Upstream(Box<Forwarded>, BodyKind),
     /// The gateway's own answer: a deferred request's 202, or the deferred API's.
     Local(Response<ProxyBody>),
 }
@@ -468,7 +468,7 @@ fn full_bytes(body: &crate::body::RequestBody) -> bytes::Bytes {
 /// `on-outage` request may be queued: no connection, no usable key, or only error
 /// answers (5xx, 529, 429) once the attempts ran out. A request that was sent and
 /// then got no answer (a timeout, a cut) is not: its outcome is unknown.
-fn outage(forwarded: &Result<Forwarded, Error>) -> Option<String> {
+fn outage(forwarded: &Result<Box<Forwarded>, Error>) -> Option<String> {
     match forwarded {
         Err(e) => match e.kind {
             ErrorKind::UpstreamConnect | ErrorKind::NoUpstreamKey => Some(e.message.to_string()),
@@ -486,7 +486,7 @@ fn outage(forwarded: &Result<Forwarded, Error>) -> Option<String> {
 /// relayed by [`Relay`], which also finishes the record (phase 7) when it is done.
 fn respond(
     shared: &Shared,
-    fwd: Forwarded,
+    fwd: Box<Forwarded>,
     kind: BodyKind,
     request_id: HeaderValue,
     mut record: Box<RequestRecord>,
@@ -523,7 +523,7 @@ fn respond(
         shared.upstream.config().read_timeout
     };
     record.status = status.as_u16();
-    let relay = Relay::new(
+    let relay = Relay::boxed(
         body,
         kind,
         fwd.prefix,
@@ -532,7 +532,7 @@ fn respond(
         shared.drain_cut.clone(),
     );
     Reply {
-        response: response.map(|()| ProxyBody::Relay(Box::new(relay))),
+        response: response.map(|()| ProxyBody::Relay(relay)),
         fields: ReplyFields {
             request_id: Some(request_id),
             relayed: Some(relayed),
@@ -566,7 +566,7 @@ impl Onward<'_> {
         preferred: bool,
         body: crate::body::RequestBody,
         record: &mut RequestRecord,
-    ) -> Result<Forwarded, Error> {
+    ) -> Result<Box<Forwarded>, Error> {
         let spare = preferred.then(|| body.try_clone()).flatten();
         let relayed = self
             .relays
@@ -615,7 +615,7 @@ impl Onward<'_> {
         candidates: &Result<Vec<&crate::schema::NodeRecord>, route::NoPeer>,
         body: crate::body::RequestBody,
         record: &mut RequestRecord,
-    ) -> Result<Forwarded, Error> {
+    ) -> Result<Box<Forwarded>, Error> {
         match candidates {
             Ok(peers) => self.relay(peers, false, body, record).await,
             Err(route::NoPeer::Residency) => Err(Error {

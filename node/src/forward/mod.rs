@@ -37,7 +37,8 @@ pub struct Upstream {
 }
 
 /// A response that has been committed to: headers arrived, and for streams the first
-/// event was looked at. `prefix` holds bytes already read from the body.
+/// event was looked at. `prefix` holds bytes already read from the body. Boxed on its
+/// way back to the pipeline: moved whole from step to step, it was copied six times.
 pub struct Forwarded {
     pub response: UpstreamResponse,
     pub prefix: Option<Bytes>,
@@ -120,7 +121,7 @@ impl Upstream {
         headers: &UpstreamHeaders<'_>,
         body: RequestBody,
         record: &mut RequestRecord,
-    ) -> Result<Forwarded> {
+    ) -> Result<Box<Forwarded>> {
         let prefixed;
         let target = if self.config.target.path_prefix.is_empty() {
             path_and_query
@@ -242,11 +243,11 @@ impl Upstream {
                         // possible: an `error` event then is retried like a 529.
                         if !(ctx.stream && can_retry && crate::sse::is_event_stream(&resp.headers))
                         {
-                            return Ok(Forwarded {
+                            return Ok(Box::new(Forwarded {
                                 response: resp,
                                 prefix: None,
                                 relayed_via: None,
-                            });
+                            }));
                         }
                         let idle = self.config.stream_idle_timeout;
                         match crate::sse::peek_first_event(&mut resp.body, idle).await {
@@ -260,11 +261,11 @@ impl Upstream {
                                 ("stream_error_event", retry::pause(&f, attempt))
                             }
                             Ok((first, _)) => {
-                                return Ok(Forwarded {
+                                return Ok(Box::new(Forwarded {
                                     response: resp,
                                     prefix: Some(first),
                                     relayed_via: None,
-                                })
+                                }))
                             }
                             Err(failure) => {
                                 ctx.metrics
@@ -312,11 +313,11 @@ impl Upstream {
                                 }
                                 // An upstream 429 (no other organisation's key can
                                 // serve the scope) or any other answer: as it came.
-                                _ => Ok(Forwarded {
+                                _ => Ok(Box::new(Forwarded {
                                     response: resp,
                                     prefix,
                                     relayed_via: None,
-                                }),
+                                })),
                             };
                         }
                         let cause = match (&verdict, label) {

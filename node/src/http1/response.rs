@@ -31,6 +31,9 @@ enum Out {
     Close,
 }
 
+/// How a response's body is framed, from [`write_head`] to [`write_body`].
+pub(super) struct BodyOut(Out);
+
 /// What one poll of the response body gave.
 enum Step {
     Data(Bytes),
@@ -55,10 +58,23 @@ pub(super) async fn write_response<
     http10: bool,
     keep_alive: &mut bool,
 ) -> io::Result<()> {
-    let Reply { response, fields } = reply;
-    let (parts, mut body) = response.into_parts();
-    let status = parts.status;
-    let out = &mut conn.out;
+    let (body, framing) = write_head(&mut conn.out, reply, is_head, http10, keep_alive);
+    write_body(conn, body, framing).await
+}
+
+/// A response's head, into `out` (cleared first); returns the body and how it is
+/// framed, for [`write_body`]. Not async: the reply (several hundred bytes) is taken
+/// apart here rather than carried, and copied, into the writing future's state.
+pub(super) fn write_head<B: Body<Data = Bytes> + Unpin, X: HeadFields>(
+    out: &mut Vec<u8>,
+    reply: Reply<B, X>,
+    is_head: bool,
+    http10: bool,
+    keep_alive: &mut bool,
+) -> (B, BodyOut) {
+    // Read in place: taken apart into locals, its pieces were copied again.
+    let headers = reply.response.headers();
+    let status = reply.response.status();
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
@@ -70,14 +86,13 @@ pub(super) async fn write_response<
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let mut framing = if bodiless {
+    let framing = if bodiless {
         Out::None
     } else {
-        let declared = parts
-            .headers
+        let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| wire::parse_length(v.as_bytes()));
-        match body.size_hint().exact().or(declared) {
+        match reply.response.body().size_hint().exact().or(declared) {
             Some(n) => Out::Length(n),
             None if http10 => Out::Close,
             None => Out::Chunked,
@@ -86,7 +101,7 @@ pub(super) async fn write_response<
     if framing == Out::Close {
         *keep_alive = false;
     }
-    for (name, value) in &parts.headers {
+    for (name, value) in headers {
         if name == header::TRANSFER_ENCODING
             || name == header::CONNECTION
             || (name == header::CONTENT_LENGTH && !bodiless)
@@ -95,15 +110,13 @@ pub(super) async fn write_response<
         }
         wire::put_header(out, name, value);
     }
-    // Written, then let go: a stream should not hold its head's bytes while it runs.
-    let upstream_date = fields.write_lines(out, bodiless, &parts.headers);
-    drop(fields);
+    let upstream_date = reply.fields.write_lines(out, bodiless, headers);
     match framing {
         Out::Length(n) => wire::put_length(out, n),
         Out::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Out::None | Out::Close => {}
     }
-    if !upstream_date && !parts.headers.contains_key(header::DATE) {
+    if !upstream_date && !headers.contains_key(header::DATE) {
         put_date(out);
     }
     if !*keep_alive {
@@ -112,8 +125,19 @@ pub(super) async fn write_response<
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    drop(parts);
+    // The rest of the head is let go here: a stream should not hold its bytes while
+    // it runs.
+    (reply.response.into_body(), BodyOut(framing))
+}
 
+/// A response's body after [`write_head`], then the whole output written. An error
+/// when the connection cannot carry another request (see [`write_response`]).
+pub(super) async fn write_body<IO: AsyncWrite + Unpin, B: Body<Data = Bytes> + Unpin>(
+    conn: &mut Conn<IO>,
+    mut body: B,
+    framing: BodyOut,
+) -> io::Result<()> {
+    let mut framing = framing.0;
     if framing == Out::None {
         conn.io.write_all(&conn.out).await?;
         return conn.io.flush().await;

@@ -24,7 +24,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::framing::{self as wire, Framing};
 use super::request::{is_h2_preface, parse_head, Head, Refused, H2_PREFACE, MAX_HEADERS};
-use super::response::write_response;
+use super::response::{write_body, write_head, write_response};
 use super::{HeadFields, Reply};
 use crate::body::{self, ClientBody, Stall, UploadClock, UploadLimits};
 use crate::error::{Error, ErrorKind};
@@ -187,11 +187,10 @@ where
             let _ = conn.io.flush().await;
         }
 
-        let response = match framing {
-            Framing::Done => {
-                let fut = service(request(ClientBody::Full(None)), peer);
-                Ok(fut.await)
-            }
+        // The reply is taken as it comes, not wrapped in a result with the stalls:
+        // each move of it copied several hundred bytes.
+        let reply = match framing {
+            Framing::Done => service(request(ClientBody::Full(None)), peer).await,
             Framing::Length(n) if n <= PREREAD.min(settings.max_body) => {
                 let n = n as usize;
                 // Usually the body came with the head: no clock, no timer.
@@ -204,10 +203,13 @@ where
                     Ok(true) => {
                         framing = Framing::Done;
                         let body = conn.buf.split_to(n).freeze();
-                        Ok(service(request(ClientBody::Full(Some(body))), peer).await)
+                        service(request(ClientBody::Full(Some(body))), peer).await
                     }
                     Ok(false) => return Ended::Closed,
-                    Err(stall) => Err(stall),
+                    Err(stall) => {
+                        stalled(&mut conn, settings, stall).await;
+                        break;
+                    }
                 }
             }
             _ => {
@@ -218,46 +220,45 @@ where
                     Framing::Length(n) => Some(n),
                     _ => None,
                 };
-                let fut = service(request(ClientBody::Channel { rx, left }), peer);
-                let pump = pump(
-                    &mut conn,
-                    &mut framing,
-                    tx,
-                    settings.upload,
-                    deadline.as_mut(),
-                );
-                tokio::pin!(fut, pump);
-                let mut pumping = true;
-                loop {
-                    tokio::select! {
-                        biased;
-                        r = &mut fut => break Ok(r),
-                        p = &mut pump, if pumping => match p {
-                            Ok(()) => pumping = false,
-                            // The handler (and an upload it was relaying upstream) is
-                            // dropped: nothing has been sent back yet.
-                            Err(stall) => break Err(stall),
-                        },
+                let answered = {
+                    let fut = service(request(ClientBody::Channel { rx, left }), peer);
+                    let pump = pump(
+                        &mut conn,
+                        &mut framing,
+                        tx,
+                        settings.upload,
+                        deadline.as_mut(),
+                    );
+                    tokio::pin!(fut, pump);
+                    let mut pumping = true;
+                    loop {
+                        tokio::select! {
+                            biased;
+                            r = &mut fut => break Ok(r),
+                            p = &mut pump, if pumping => match p {
+                                Ok(()) => pumping = false,
+                                // The handler (and an upload it was relaying upstream)
+                                // is dropped: nothing has been sent back yet.
+                                Err(stall) => break Err(stall),
+                            },
+                        }
+                    }
+                };
+                match answered {
+                    Ok(r) => r,
+                    Err(stall) => {
+                        stalled(&mut conn, settings, stall).await;
+                        break;
                     }
                 }
-            }
-        };
-        let response = match response {
-            Ok(r) => r,
-            Err(stall) => {
-                settings
-                    .body_timeouts
-                    .with_label_values(&[stall.label()])
-                    .inc();
-                refuse(&mut conn, settings, stall.error(&settings.upload)).await;
-                break;
             }
         };
         let body_read = framing.is_done();
         if !body_read || *stop.borrow() {
             keep_alive = false;
         }
-        let ok = write_response(&mut conn, response, is_head, http10, &mut keep_alive).await;
+        let (body, out) = write_head(&mut conn.out, reply, is_head, http10, &mut keep_alive);
+        let ok = write_body(&mut conn, body, out).await;
         match ok {
             Ok(()) if keep_alive => continue,
             Ok(()) => {
@@ -271,6 +272,20 @@ where
         }
     }
     Ended::Closed
+}
+
+/// A request body given up on (too slow, or silent): counted, then answered with a
+/// 408 and the connection closed.
+async fn stalled<IO: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<IO>,
+    settings: &Settings,
+    stall: Stall,
+) {
+    settings
+        .body_timeouts
+        .with_label_values(&[stall.label()])
+        .inc();
+    refuse(conn, settings, stall.error(&settings.upload)).await;
 }
 
 enum HeadError {

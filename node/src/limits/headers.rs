@@ -131,30 +131,40 @@ pub fn mark_limited(headers: &mut HeaderMap, dim: Dim, scope: ScopeKind) {
 
 /// The reset time in RFC 3339 (whole seconds), as Anthropic sends it. Windows reset
 /// on whole seconds shared by many requests, so the last few values formatted are
-/// kept, per whole second (a response carries up to three different resets).
+/// kept (a response carries up to three different resets).
 fn reset_value(at: SystemTime) -> HeaderValue {
     with_reset_value(at, HeaderValue::clone)
 }
 
 /// [`reset_value`] lent to `f` rather than cloned.
 fn with_reset_value<R>(at: SystemTime, f: impl FnOnce(&HeaderValue) -> R) -> R {
-    type ResetSlots = [Option<(u64, HeaderValue)>; 4];
+    type ResetSlots = [Option<(SystemTime, HeaderValue)>; 4];
     thread_local! {
         static RECENT: RefCell<(ResetSlots, usize)> =
             const { RefCell::new(([None, None, None, None], 0)) };
     }
-    let secs = at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    fn secs(t: SystemTime) -> u64 {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
     RECENT.with_borrow_mut(|(slots, next)| {
-        if let Some((_, v)) = slots.iter().flatten().find(|(s, _)| *s == secs) {
+        // Looked up by the exact time first: a window's reset comes back exactly the
+        // same request after request, and comparing costs less than the subtraction
+        // that rounds it to seconds (three per response).
+        if let Some((_, v)) = slots.iter().flatten().find(|(t, _)| *t == at) {
             return f(v);
         }
-        let text = humantime::format_rfc3339_seconds(at).to_string();
-        let v = HeaderValue::try_from(text).expect("RFC 3339 is a valid header value");
-        let at = *next;
-        *next = (at + 1) % slots.len();
-        f(&slots[at].insert((secs, v)).1)
+        let whole = secs(at);
+        let v = match slots.iter().flatten().find(|(t, _)| secs(*t) == whole) {
+            Some((_, v)) => v.clone(),
+            None => {
+                let text = humantime::format_rfc3339_seconds(at).to_string();
+                HeaderValue::try_from(text).expect("RFC 3339 is a valid header value")
+            }
+        };
+        let slot = *next;
+        *next = (slot + 1) % slots.len();
+        f(&slots[slot].insert((at, v)).1)
     })
 }
 
@@ -201,5 +211,28 @@ mod tests {
              anthropic-ratelimit-requests-remaining: 59\r\n\
              anthropic-ratelimit-requests-reset: 1970-01-01T00:01:00Z\r\n"
         );
+    }
+
+    #[test]
+    fn reset_values_are_whole_seconds_whatever_was_formatted_before() {
+        let minute = SystemTime::UNIX_EPOCH + Duration::from_secs(60);
+        let ms = Duration::from_millis;
+        // Exact repeats, times within one second, and more distinct times than the
+        // cache keeps, in an order that makes it evict and look again.
+        let cases = [
+            (minute, "1970-01-01T00:01:00Z"),
+            (minute + ms(400), "1970-01-01T00:01:00Z"),
+            (minute, "1970-01-01T00:01:00Z"),
+            (minute + ms(1001), "1970-01-01T00:01:01Z"),
+            (minute + ms(999), "1970-01-01T00:01:00Z"),
+            (minute + ms(5000), "1970-01-01T00:01:05Z"),
+            (minute + ms(7250), "1970-01-01T00:01:07Z"),
+            (minute + ms(7999), "1970-01-01T00:01:07Z"),
+            (minute + ms(400), "1970-01-01T00:01:00Z"),
+            (minute + ms(1001), "1970-01-01T00:01:01Z"),
+        ];
+        for (at, want) in cases {
+            assert_eq!(reset_value(at), want, "{at:?}");
+        }
     }
 }
