@@ -2,7 +2,9 @@
 //! live in one test process). Every phase counts here; [`crate::account`] counts a
 //! finished request.
 
-use std::sync::{Arc, Mutex};
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{
@@ -41,9 +43,8 @@ pub struct Metrics {
     /// the label values on every call, and these two are hit on every request.
     duration_by_route: Vec<Histogram>,
     ttfb_by_route: Vec<Histogram>,
-    /// The request and token counters of the last few label sets, resolved the same
-    /// way: a finished request looked up three (about 600 instructions).
-    recent: Mutex<Recent>,
+    /// Names this instance in each thread's cache of resolved label sets ([`RECENT`]).
+    id: u64,
     pub ttft: HistogramVec,
     pub tokens: IntCounterVec,
     pub upstream_errors: IntCounterVec,
@@ -140,7 +141,7 @@ impl Metrics {
             ),
             duration_by_route: by_route(&duration),
             ttfb_by_route: by_route(&upstream_ttfb),
-            recent: Mutex::default(),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             duration,
             upstream_ttfb,
             ttft: histogram(
@@ -259,7 +260,23 @@ impl Metrics {
 
     /// Counts a finished request and its tokens.
     pub fn count(&self, route: RouteKind, status: u16, model: &str, usage: &Usage) {
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        RECENT.with_borrow_mut(|(owner, recent)| {
+            if *owner != self.id {
+                *owner = self.id;
+                *recent = Recent::default();
+            }
+            self.count_in(recent, route, status, model, usage);
+        });
+    }
+
+    fn count_in(
+        &self,
+        recent: &mut Recent,
+        route: RouteKind,
+        status: u16,
+        model: &str,
+        usage: &Usage,
+    ) {
         let at = recent
             .sets
             .iter()
@@ -311,6 +328,17 @@ impl Metrics {
 
 const RECENT_SETS: usize = 8;
 
+/// Ids of [`Metrics`] instances (a process runs one; tests run many).
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// The request and token counters of the last few label sets, resolved once: a
+    /// finished request looked up three (about 600 instructions). One cache per
+    /// thread, so each event loop counts without taking a lock; it belongs to the
+    /// `Metrics` whose id it holds, and starts over when another instance counts here.
+    static RECENT: RefCell<(u64, Recent)> = RefCell::new((0, Recent::default()));
+}
+
 #[derive(Default)]
 struct Recent {
     sets: [Option<Resolved>; RECENT_SETS],
@@ -336,6 +364,36 @@ impl Resolved {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_instance_counts_its_own_on_every_thread() {
+        let (a, b) = (Arc::new(Metrics::new()), Arc::new(Metrics::new()));
+        let usage = Usage {
+            input_tokens: 5,
+            ..Usage::default()
+        };
+        // Alternating on one thread: the thread's cache moves from one to the other.
+        for _ in 0..3 {
+            a.count(RouteKind::Messages, 200, "m", &usage);
+            b.count(RouteKind::Messages, 200, "m", &usage);
+            b.count(RouteKind::Messages, 200, "m", &usage);
+        }
+        // And from another thread, as a second event loop would.
+        let other = {
+            let a = a.clone();
+            std::thread::spawn(move || a.count(RouteKind::Messages, 200, "m", &usage))
+        };
+        other.join().unwrap();
+        let requests = |m: &Metrics| {
+            m.requests
+                .with_label_values(&["messages", "200", "m"])
+                .get()
+        };
+        assert_eq!(requests(&a), 4);
+        assert_eq!(requests(&b), 6);
+        assert_eq!(a.tokens.with_label_values(&["input", "m"]).get(), 20);
+        assert_eq!(b.tokens.with_label_values(&["input", "m"]).get(), 30);
+    }
 
     #[test]
     fn remembered_label_sets_count_like_fresh_lookups() {

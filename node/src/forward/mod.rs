@@ -233,11 +233,14 @@ impl Upstream {
                     retry_transport(failure, can_retry, attempt)?
                 }
                 Ok(mut resp) => {
-                    let ttfb = sent.elapsed();
+                    // One clock read for the time to first byte and the path's last
+                    // success.
+                    let answered = tokio::time::Instant::now();
+                    let ttfb = answered - sent;
                     record.upstream_ttfb = Some(ttfb);
                     ctx.health.record_ttfb(ttfb);
                     let status = resp.status;
-                    ctx.health.record_response(status);
+                    ctx.health.record_response(status, answered.into_std());
                     if status.is_success() {
                         // A stream's first event is looked at only while a retry is
                         // possible: an `error` event then is retried like a 529.

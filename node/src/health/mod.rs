@@ -25,7 +25,11 @@ pub use crate::schema::{NodeRecord, PathState, Ready};
 /// breaker those outcomes move.
 pub struct UpstreamHealth {
     consecutive_failures: AtomicU32,
-    last_success_unix_ms: AtomicU64,
+    /// When the path last answered, in milliseconds after `epoch` plus one (0: never).
+    /// Kept on the monotonic clock so a request's answer stores the time its attempt
+    /// read already: the wall clock is read only to show it.
+    last_success_ms: AtomicU64,
+    epoch: Instant,
     last_failure_unix_ms: AtomicU64,
     responses: AtomicU64,
     failures: AtomicU64,
@@ -56,7 +60,8 @@ impl UpstreamHealth {
     pub fn new(changed: Arc<Notify>) -> Self {
         UpstreamHealth {
             consecutive_failures: AtomicU32::new(0),
-            last_success_unix_ms: AtomicU64::new(0),
+            last_success_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
             last_failure_unix_ms: AtomicU64::new(0),
             responses: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -67,15 +72,16 @@ impl UpstreamHealth {
         }
     }
 
-    /// A request's answer. Any HTTP response proves the path works (even a 4xx): it
-    /// resets the failure run. A 5xx (529 included) neither proves nor breaks the
-    /// path: every region reaches the same API, so moving clients would not help.
-    pub fn record_response(&self, status: StatusCode) {
+    /// A request's answer, its head received `at`. Any HTTP response proves the path
+    /// works (even a 4xx): it resets the failure run. A 5xx (529 included) neither
+    /// proves nor breaks the path: every region reaches the same API, so moving
+    /// clients would not help.
+    pub fn record_response(&self, status: StatusCode, at: Instant) {
         self.responses.fetch_add(1, Ordering::Relaxed);
         if status.is_server_error() {
             return;
         }
-        self.success();
+        self.success(at);
     }
 
     /// A request's time to first byte (response head received).
@@ -97,7 +103,7 @@ impl UpstreamHealth {
     pub fn probe_answered(&self, rtt: Duration) {
         self.responses.fetch_add(1, Ordering::Relaxed);
         self.probe_rtt.add(rtt);
-        self.success();
+        self.success(Instant::now());
     }
 
     /// An active probe failed at the transport or timed out.
@@ -105,12 +111,12 @@ impl UpstreamHealth {
         self.record_failure();
     }
 
-    fn success(&self) {
+    fn success(&self, at: Instant) {
         if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
             self.consecutive_failures.store(0, Ordering::Relaxed);
         }
-        self.last_success_unix_ms
-            .store(unix_ms(), Ordering::Relaxed);
+        let ms = at.saturating_duration_since(self.epoch).as_millis() as u64;
+        self.last_success_ms.store(ms + 1, Ordering::Relaxed);
         if self.circuit.state() != PathState::Closed {
             self.moved(self.circuit.on_success());
         }
@@ -130,6 +136,17 @@ impl UpstreamHealth {
             PathState::Closed => tracing::info!("upstream path circuit closed: path healthy"),
         }
         self.changed.notify_one();
+    }
+
+    /// When the path last answered, in Unix milliseconds (0: never).
+    pub fn last_success_unix_ms(&self) -> u64 {
+        match self.last_success_ms.load(Ordering::Relaxed) {
+            0 => 0,
+            ms => {
+                let ago = self.epoch + Duration::from_millis(ms - 1);
+                unix_ms().saturating_sub(ago.elapsed().as_millis() as u64)
+            }
+        }
     }
 
     pub fn consecutive_failures(&self) -> u32 {
@@ -349,7 +366,7 @@ impl Health {
 
         let up = &self.upstream;
         let fails = up.consecutive_failures();
-        let last_ok = up.last_success_unix_ms.load(Ordering::Relaxed);
+        let last_ok = up.last_success_unix_ms();
         let state = up.circuit.state();
         let path_output = match state {
             PathState::Closed if fails == 0 => String::new(),
@@ -594,17 +611,37 @@ mod tests {
         assert_eq!(h.ready(&inputs()), Ready::Fail);
         // A 529 proves nothing about the path.
         h.upstream
-            .record_response(StatusCode::from_u16(529).unwrap());
+            .record_response(StatusCode::from_u16(529).unwrap(), Instant::now());
         assert_eq!(h.upstream.circuit.state(), PathState::Open);
         h.upstream.probe_answered(Duration::from_millis(40));
         let (code, body) = h.readiness(&inputs());
         assert_eq!(code, StatusCode::OK);
         assert!(body.contains("\"status\":\"warn\""), "{body}");
-        h.upstream.record_response(StatusCode::OK);
+        h.upstream.record_response(StatusCode::OK, Instant::now());
         assert_eq!(h.ready(&inputs()), Ready::Pass);
 
         h.draining.store(true, Ordering::Relaxed);
         assert_eq!(h.readiness(&inputs()).0, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn the_last_success_is_shown_in_wall_clock_time() {
+        let up = UpstreamHealth::default();
+        assert_eq!(up.last_success_unix_ms(), 0, "never answered");
+        up.record_response(StatusCode::from_u16(529).unwrap(), Instant::now());
+        assert_eq!(up.last_success_unix_ms(), 0, "a 529 is no success");
+        std::thread::sleep(Duration::from_millis(30));
+        let before = unix_ms();
+        up.record_response(StatusCode::OK, Instant::now());
+        let after = unix_ms();
+        std::thread::sleep(Duration::from_millis(300));
+        // Read 300 ms later, it still names the moment of the answer (within the
+        // millisecond rounding of the two clocks).
+        let shown = up.last_success_unix_ms();
+        assert!(
+            before.saturating_sub(2) <= shown && shown <= after + 2,
+            "{before} <= {shown} <= {after}"
+        );
     }
 
     #[test]
