@@ -38,7 +38,7 @@ pub struct Upstream {
 
 /// A response that has been committed to: headers arrived, and for streams the first
 /// event was looked at. `prefix` holds bytes already read from the body. Boxed on its
-/// way back to the pipeline: moved whole from step to step, it was copied six times.
+/// way back to the pipeline: moved whole from step to step, it was copied at each.
 pub struct Forwarded {
     pub response: UpstreamResponse,
     pub prefix: Option<Bytes>,

@@ -95,8 +95,8 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Built in its box: moved whole, its 360 bytes were copied three times on the
-    /// way into the reply.
+    /// Boxed where it is built: moved whole on the way into the reply, its 360 bytes
+    /// were copied three times (once now, into the box).
     pub fn boxed(
         inner: UpstreamBody,
         kind: BodyKind,
