@@ -14,6 +14,12 @@
 #                                              under wrk -c32 (perf tracepoints, no strace
 #                                              slowdown; needs linux-perf)
 #   bench/profile.sh kernel-nginx [SECONDS]    the same for nginx
+#   bench/profile.sh samples BIN [SECONDS]     where the CPU goes: nanoseconds per request
+#                                              by function, user and kernel ([k]), from
+#                                              perf cpu-clock samples at 10 kHz under
+#                                              wrk -c32 (sampling slows the process: for
+#                                              comparing with samples-nginx, not absolute)
+#   bench/profile.sh samples-nginx [SECONDS]   the same for nginx's worker
 #
 # Strait runs with limits far above the load (as in bench/run.py) unless
 # PROFILE_NO_LIMITS=1, and without its access log unless PROFILE_ACCESS_LOG=1 (which
@@ -166,6 +172,26 @@ kernel_of() {
     awk -v r="$req" -v s=$((segs1 - segs0)) 'BEGIN { printf "%-18s %6.3f per request (all processes; segments, not calls)\n", "TCP segments", s / r }'
 }
 
+# samples_of PID PORT SECS: cpu-clock samples of PID (10 kHz, so one sample is 100 us)
+# during SECS of wrk -c32, as nanoseconds per request by function; the 40 largest
+# (SAMPLES_TOP=N for more).
+samples_of() {
+    local pid=$1 port=$2 secs=$3
+    taskset -c 1 wrk -t1 -c32 -d1s -s "$HERE/wrk_post.lua" "http://127.0.0.1:$port/v1/messages" >/dev/null
+    perf record -e cpu-clock -F 10000 -p "$pid" -o "$WORK/samples.data" -- sleep "$secs" >/dev/null 2>&1 &
+    local pr=$!
+    out=$(taskset -c 1 wrk -t1 -c32 -d"${secs}s" -s "$HERE/wrk_post.lua" "http://127.0.0.1:$port/v1/messages")
+    wait "$pr"
+    req=$(echo "$out" | grep -o '"requests":[0-9]*' | cut -d: -f2)
+    perf report -i "$WORK/samples.data" --no-children --sort sym -F sample,sym --stdio 2>/dev/null |
+        awk -v r="$req" '$1 ~ /^[0-9]+$/ && NF >= 3 {
+            ns = $1 * 100000 / r; kind = $2; $1 = ""; $2 = ""; sub(/^ +/, "");
+            total += ns; if (kind == "[k]") kernel += ns;
+            printf "%9.1f ns  %s %s\n", ns, kind, $0 }
+            END { printf "%9.1f ns  total per request (kernel %.1f, user %.1f), %d requests\n",
+                  total, kernel, total - kernel, r }' | sort -k1 -nr | head -$((${SAMPLES_TOP:-40} + 1))
+}
+
 cmd=${1:-}
 case "$cmd" in
 callgrind)
@@ -207,6 +233,17 @@ kernel-nginx)
     start_nginx_proxy
     kernel_of "$worker" "$NX" "${2:-4}"
     ;;
+samples)
+    BIN=$2
+    start_upstream
+    start_strait taskset -c 0
+    samples_of "$SP" "$PX" "${3:-5}"
+    ;;
+samples-nginx)
+    start_upstream
+    start_nginx_proxy
+    samples_of "$worker" "$NX" "${2:-5}"
+    ;;
 syscalls)
     BIN=$2
     start_upstream
@@ -223,7 +260,7 @@ syscalls)
         "$WORK/strace.out" | sort -k2 -nr | head -12
     ;;
 *)
-    sed -n '2,19p' "$0"
+    sed -n '2,25p' "$0"
     exit 2
     ;;
 esac
