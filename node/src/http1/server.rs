@@ -257,8 +257,8 @@ where
         if !body_read || *stop.borrow() {
             keep_alive = false;
         }
-        let (body, out) = write_head(&mut conn.out, reply, is_head, http10, &mut keep_alive);
-        let ok = write_body(&mut conn, body, out).await;
+        let (body, body_out) = write_head(&mut conn.out, reply, is_head, http10, &mut keep_alive);
+        let ok = write_body(&mut conn, body, body_out).await;
         match ok {
             Ok(()) if keep_alive => continue,
             Ok(()) => {
