@@ -30,6 +30,9 @@ struct Shared {
     spike_us: AtomicU64,
     blackhole: watch::Sender<bool>,
     refuse: watch::Sender<bool>,
+    // The listening socket while it listens, shared with the accept loop so that
+    // `set_refuse(true)` closes it before returning (its lock orders the two).
+    listening: Mutex<Option<Arc<TcpListener>>>,
     // Bumped by reset_all; every connection watches it.
     generation: watch::Sender<u64>,
     active: AtomicUsize,
@@ -51,6 +54,7 @@ impl Shared {
             spike_us: AtomicU64::new(0),
             blackhole: watch::Sender::new(false),
             refuse: watch::Sender::new(false),
+            listening: Mutex::new(None),
             generation: watch::Sender::new(0),
             active: AtomicUsize::new(0),
             bandwidth: AtomicU64::new(0),
@@ -61,6 +65,59 @@ impl Shared {
     }
 
     /// Aborts every connection accepted so far (see [`FaultProxyHandle::reset_all`]).
+    /// Turns refusal on or off. On: the listening socket is shut down now, so a
+    /// connection attempted after this returns is refused.
+    fn set_refuse(&self, on: bool) {
+        let closing = {
+            let mut listening = self
+                .listening
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            self.refuse.send_replace(on);
+            if on {
+                listening.take()
+            } else {
+                None
+            }
+        };
+        if let Some(l) = closing {
+            // Shutting a listening socket down stops it listening (new connections are
+            // refused, queued ones reset) although the accept loop still holds it.
+            let _ = socket2::SockRef::from(&*l).shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Publishes a new listening socket unless refusal was turned on meanwhile; `None`
+    /// then, and the socket is dropped.
+    fn listen(&self, l: TcpListener) -> Option<Arc<TcpListener>> {
+        let mut listening = self
+            .listening
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if *self.refuse.borrow() {
+            return None;
+        }
+        let l = Arc::new(l);
+        *listening = Some(l.clone());
+        Some(l)
+    }
+
+    /// Whether a listening socket is published (not shut down by `set_refuse`).
+    fn listening(&self) -> bool {
+        self.listening
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// Forgets the listening socket so that it closes with the accept loop.
+    fn unlisten(&self) {
+        self.listening
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
+
     fn reset_all(&self) {
         self.generation.send_modify(|g| *g += 1);
     }
@@ -135,6 +192,8 @@ impl FaultProxy {
         let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::new(upstream));
+        // Published before the accept loop first runs, so `set_refuse` can close it.
+        let listener = shared.listen(listener);
         let task = tokio::spawn(accept_loop(listener, addr, shared.clone()));
         Ok(FaultProxyHandle {
             addr,
@@ -196,11 +255,11 @@ impl FaultProxyHandle {
         self.shared.blackhole.send_replace(on);
     }
 
-    /// While on, the listening socket is closed, so new connections get ECONNREFUSED
-    /// (a connection that races in just before the close is reset instead). Turning it off
-    /// listens on the same address again.
+    /// While on, the listening socket is closed, so new connections get ECONNREFUSED:
+    /// every one attempted after this returns (one accepted but not yet proxied is
+    /// reset). Turning it off listens on the same address again.
     pub fn set_refuse(&self, on: bool) {
-        self.shared.refuse.send_replace(on);
+        self.shared.set_refuse(on);
     }
 
     /// Caps each connection's throughput, per direction, at `bytes_per_sec` (0 or `None`
@@ -264,6 +323,7 @@ impl FaultProxyHandle {
     pub async fn shutdown(&self) {
         self.set_spikes(None);
         self.abort.abort();
+        self.shared.unlisten();
         let task = self
             .task
             .lock()
@@ -279,6 +339,7 @@ impl Drop for FaultProxyHandle {
     fn drop(&mut self) {
         self.set_spikes(None);
         self.abort.abort();
+        self.shared.unlisten();
     }
 }
 
@@ -287,21 +348,25 @@ async fn wait_for(rx: &mut watch::Receiver<bool>, wanted: bool) {
     let _ = rx.wait_for(|v| *v == wanted).await;
 }
 
-async fn accept_loop(listener: TcpListener, addr: SocketAddr, shared: Arc<Shared>) {
+async fn accept_loop(
+    mut listener: Option<Arc<TcpListener>>,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+) {
     let mut refuse = shared.refuse.subscribe();
     let mut conns = JoinSet::new();
-    let mut listener = Some(listener);
     loop {
-        if *refuse.borrow_and_update() {
+        // A socket `set_refuse` shut down is done, even if refusal is already off again.
+        if *refuse.borrow_and_update() || !shared.listening() {
             listener = None;
         }
-        let Some(l) = &listener else {
+        let Some(l) = listener.clone() else {
             tokio::select! {
                 () = wait_for(&mut refuse, false) => {}
                 Some(_) = conns.join_next(), if !conns.is_empty() => continue,
             }
             match TcpListener::bind(addr).await {
-                Ok(l) => listener = Some(l),
+                Ok(l) => listener = shared.listen(l),
                 Err(e) => {
                     tracing::warn!(error = %e, %addr, "fault proxy could not listen again; retrying");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -493,5 +558,33 @@ mod tests {
         let upstream_dialled =
             tokio::time::timeout(Duration::from_millis(100), upstream.accept()).await;
         assert!(upstream_dialled.is_err(), "the upstream was dialled");
+    }
+
+    /// `set_refuse(true)` takes effect before it returns: the accept loop has not run
+    /// since (a current-thread runtime, no await between), and a connection attempted
+    /// right after is refused, not accepted and reset. Turned off, and on and off again
+    /// before the loop looks, the proxy listens again.
+    #[tokio::test]
+    async fn refusal_is_in_force_when_set_refuse_returns() {
+        let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = FaultProxy::start(upstream.local_addr().unwrap())
+            .await
+            .unwrap();
+        let connect = || std::net::TcpStream::connect(proxy.addr());
+        connect().expect("the proxy listens");
+        proxy.set_refuse(true);
+        let refused = connect();
+        assert!(
+            matches!(&refused, Err(e) if e.kind() == io::ErrorKind::ConnectionRefused),
+            "a connection after set_refuse(true) must be refused, got {refused:?}"
+        );
+        proxy.set_refuse(false);
+        proxy.set_refuse(true);
+        proxy.set_refuse(false);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(proxy.addr()).await.is_err() {
+            assert!(Instant::now() < deadline, "the proxy did not listen again");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }

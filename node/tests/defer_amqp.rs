@@ -1,7 +1,8 @@
 //! The RabbitMQ deferred queue against real brokers (started per test on free ports):
 //! confirmed publishes, consume and ack, the broker stopped and started again,
-//! requeues counted up to dead-lettering, returned messages, the declared topology,
-//! and a region's backlog moved to another broker by a dynamic shovel.
+//! requeues counted up to dead-lettering, returned messages, the declared topology, a
+//! consumer dropped during its setup, and a region's backlog moved to another broker
+//! by a dynamic shovel.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -273,6 +274,47 @@ async fn requeues_count_up_then_dead_letter() {
     d.acker.ack().await.expect("ack the dead letter");
     eventually(Duration::from_secs(5), "main queue empty", || async {
         q.depth().await.unwrap() == 0
+    })
+    .await;
+}
+
+/// A consumer whose receiver is dropped while it is still being set up leaves nothing
+/// behind. Once `basic.consume` is out, lapin keeps the consumer, and with it the
+/// connection, unless the connection is closed; the broker then pushes messages there
+/// that nothing settles, unacked for as long as the process lives (a drained node's
+/// backlog stuck there, not back in the queue). Dropped at forty points across the
+/// setup, every message is ready again and no consumer remains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_dropped_during_its_setup_leaves_no_delivery_behind() {
+    let mq = RabbitMq::start();
+    // Every drop after a delivery returns the messages and counts: no dead letters here.
+    let q = connected(&mq.url(), "t", 1000).await;
+    for n in 0..3 {
+        q.publish(&envelope("t", n))
+            .await
+            .expect("a confirmed publish");
+    }
+    // How long a consumer takes here from `consume` to its first delivery.
+    let started = Instant::now();
+    let mut rx = q.consume(8);
+    next(&mut rx, Duration::from_secs(10)).await;
+    let setup = started.elapsed();
+    drop(rx);
+    for step in 0..40u32 {
+        let rx = q.consume(8);
+        tokio::time::sleep(setup * step / 40).await;
+        drop(rx);
+    }
+    eventually(
+        Duration::from_secs(10),
+        "all 3 messages ready again (none held by a dropped consumer)",
+        || async { q.depth().await.unwrap() == 3 },
+    )
+    .await;
+    eventually(Duration::from_secs(15), "no consumer left", || async {
+        mq.ctl_ok(&["-q", "list_queues", "name", "consumers"])
+            .lines()
+            .any(|l| l == "strait.deferred.t\t0")
     })
     .await;
 }

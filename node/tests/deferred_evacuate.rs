@@ -90,11 +90,26 @@ async fn a_shovelled_backlog_is_delivered_once_by_the_target_region() {
         if n == 4 {
             break;
         }
-        let reached: usize = (0..4).map(|i| received(&mock, &format!("ev-{i}"))).sum();
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "a's queue holds {n} ready messages, not 4 ({reached} reached the upstream through the cut path)"
-        );
+        if started.elapsed() >= Duration::from_secs(10) {
+            // What each id's record says and where the messages are, for the failure.
+            let reached: usize = (0..4).map(|i| received(&mock, &format!("ev-{i}"))).sum();
+            let records: Vec<String> = ids
+                .iter()
+                .map(|id| redis_a.cmd(&["HGETALL", &format!("strait:dfr:{{a}}:r:{id}")]))
+                .collect();
+            let queues = a.ctl(&[
+                "list_queues",
+                "name",
+                "messages_ready",
+                "messages_unacknowledged",
+                "consumers",
+            ]);
+            panic!(
+                "a's queue holds {n} ready messages, not 4 ({reached} reached the upstream \
+                 through the cut path)\nrecords: {records:?}\nqueues: {}",
+                String::from_utf8_lossy(&queues.stdout)
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 

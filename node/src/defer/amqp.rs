@@ -360,7 +360,7 @@ impl Shared {
                 given_up: Default::default(),
             }),
             Err(e) => {
-                let _ = conn.close(200, "setup failed".into()).await;
+                close(&conn, "setup failed").await;
                 Err(e)
             }
         }
@@ -434,11 +434,11 @@ async fn publisher_task(shared: Arc<Shared>, mut shutdown: watch::Receiver<()>) 
                 };
                 shared.link.store(None);
                 if closing {
-                    let _ = link.conn.close(200, "node stopping".into()).await;
+                    close(&link.conn, "node stopping").await;
                     return;
                 }
                 tracing::warn!(url = %shared.shown, "deferred queue: lost the RabbitMQ connection; deferral answers 503 until it is back");
-                let _ = link.conn.close(200, "reconnecting".into()).await;
+                close(&link.conn, "reconnecting").await;
             }
             Err(e) => {
                 failures += 1;
@@ -470,12 +470,31 @@ async fn consumer_task(
     let mut backoff = MIN_BACKOFF;
     let mut failures = 0u32;
     loop {
-        let attempt = tokio::select! {
-            r = open_consumer(&shared, &queue, prefetch) => r,
+        let conn = tokio::select! {
+            r = shared.open_connection("consumer") => r,
             _ = shutdown.changed() => return,
             _ = tx.closed() => return,
         };
-        match attempt {
+        // From here every way out closes the connection itself. Once `basic.consume`
+        // is sent, lapin keeps the consumer registered, and with it the channel and
+        // the connection, even if the setup future is dropped; the broker would then
+        // push up to `prefetch` deliveries there that nothing settles, unacked (not
+        // back in the queue) for as long as the process lives.
+        let setup = match conn {
+            Ok(conn) => tokio::select! {
+                r = start_consuming(&shared, &conn, &queue, prefetch) => match r {
+                    Ok((channel, consumer)) => Ok((conn, channel, consumer)),
+                    Err(e) => {
+                        close(&conn, "setup failed").await;
+                        Err(e)
+                    }
+                },
+                _ = shutdown.changed() => return close(&conn, "consumer ending").await,
+                _ = tx.closed() => return close(&conn, "consumer ending").await,
+            },
+            Err(e) => Err(e),
+        };
+        match setup {
             Ok((conn, channel, mut consumer)) => {
                 tracing::info!(url = %shared.shown, %queue, prefetch, "deferred queue: consuming");
                 backoff = MIN_BACKOFF;
@@ -503,7 +522,7 @@ async fn consumer_task(
                     }
                 };
                 // Unsettled deliveries go back to the queue when the connection ends.
-                let _ = conn.close(200, "consumer ending".into()).await;
+                close(&conn, "consumer ending").await;
                 if ending {
                     return;
                 }
@@ -524,44 +543,42 @@ async fn consumer_task(
     }
 }
 
-async fn open_consumer(
+/// Closes a connection, waiting at most [`CONNECT_TIMEOUT`] for the broker to agree
+/// (a silent broker drops it when the socket goes).
+async fn close(conn: &Connection, why: &str) {
+    let _ = tokio::time::timeout(CONNECT_TIMEOUT, conn.close(200, why.into())).await;
+}
+
+/// On `conn`: a channel, the topology, `basic_qos(prefetch)` and the consumer.
+async fn start_consuming(
     shared: &Shared,
+    conn: &Connection,
     queue: &str,
     prefetch: u16,
-) -> Result<(Connection, Channel, lapin::Consumer)> {
-    let conn = shared.open_connection("consumer").await?;
-    let setup = async {
-        let failed = |e: lapin::Error| {
-            Error::new(
-                ErrorKind::Unavailable,
-                format!("RabbitMQ refused a consumer on {queue}"),
-            )
-            .with_detail(e)
-        };
-        let channel = conn.create_channel().await.map_err(failed)?;
-        shared.declare(&channel).await?;
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await
-            .map_err(failed)?;
-        let consumer = channel
-            .basic_consume(
-                ShortString::from(queue),
-                ShortString::from(""),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(failed)?;
-        Ok((channel, consumer))
+) -> Result<(Channel, lapin::Consumer)> {
+    let failed = |e: lapin::Error| {
+        Error::new(
+            ErrorKind::Unavailable,
+            format!("RabbitMQ refused a consumer on {queue}"),
+        )
+        .with_detail(e)
     };
-    match setup.await {
-        Ok((channel, consumer)) => Ok((conn, channel, consumer)),
-        Err(e) => {
-            let _ = conn.close(200, "setup failed".into()).await;
-            Err(e)
-        }
-    }
+    let channel = conn.create_channel().await.map_err(failed)?;
+    shared.declare(&channel).await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .map_err(failed)?;
+    let consumer = channel
+        .basic_consume(
+            ShortString::from(queue),
+            ShortString::from(""),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(failed)?;
+    Ok((channel, consumer))
 }
 
 fn to_delivery(d: lapin::message::Delivery) -> Delivery {

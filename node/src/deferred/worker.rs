@@ -92,12 +92,18 @@ async fn consume(shared: Arc<Shared>, deferral: Arc<Deferral>, node: String) {
         // requeue counts toward the delivery limit, and a spool would hand the same
         // message straight back): the delivery waits, and goes back to the queue when
         // the process stops (or runs here once a cluster drain is lifted).
-        while shared.health.is_draining() {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        wait_while_draining(&shared).await;
         seq += 1;
         let holder = format!("{node}/{seq}");
         running.spawn(deliver(shared.clone(), deferral.clone(), delivery, holder));
+    }
+}
+
+/// Waits while the node drains: the delivery goes back to the queue when the
+/// consumer stops, or runs here once a cluster drain is lifted.
+async fn wait_while_draining(shared: &Shared) {
+    while shared.health.is_draining() {
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -188,6 +194,8 @@ async fn deliver(shared: Arc<Shared>, deferral: Arc<Deferral>, delivery: Deliver
     let mut tries: u32 = 0;
     loop {
         tries += 1;
+        // A held delivery starts no new attempt on a draining node either.
+        wait_while_draining(&shared).await;
         wait_for_path(&shared, &deferral).await;
         let claim = loop {
             match store.claim(&id, &holder, lease).await {
@@ -209,7 +217,7 @@ async fn deliver(shared: Arc<Shared>, deferral: Arc<Deferral>, delivery: Deliver
         let claim = match claim {
             Ok(c) => c,
             // The store away says nothing about the request: held, like a path down.
-            Err(e) if held_since.elapsed() < HOLD_MAX && !shared.health.is_draining() => {
+            Err(e) if held_since.elapsed() < HOLD_MAX => {
                 tracing::warn!(id = %id, "deferred: the store is unreachable, holding: {e}");
                 pause(&deferral, backoff(tries)).await;
                 continue;
@@ -297,10 +305,13 @@ async fn deliver(shared: Arc<Shared>, deferral: Arc<Deferral>, delivery: Deliver
                 m.delivered.with_label_values(&["outcome_unknown"]).inc();
             }
             Attempt::NotSent { error, hold } => {
+                // Nothing is under way upstream any more: a drain need not wait for
+                // the pause below.
+                drop(sending);
                 if let Err(e) = store.release(&id, &holder, &error).await {
                     tracing::warn!(id = %id, "deferred: cannot release the claim (its lease will run out): {e}");
                 }
-                if hold && held_since.elapsed() < HOLD_MAX && !shared.health.is_draining() {
+                if hold && held_since.elapsed() < HOLD_MAX {
                     tracing::debug!(id = %id, tries, "deferred delivery not sent, held: {error}");
                     pause(&deferral, backoff(tries)).await;
                     continue;
