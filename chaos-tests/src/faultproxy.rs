@@ -64,7 +64,6 @@ impl Shared {
         }
     }
 
-    /// Aborts every connection accepted so far (see [`FaultProxyHandle::reset_all`]).
     /// Turns refusal on or off. On: the listening socket is shut down now, so a
     /// connection attempted after this returns is refused.
     fn set_refuse(&self, on: bool) {
@@ -118,6 +117,7 @@ impl Shared {
             .take();
     }
 
+    /// Aborts every connection accepted so far (see [`FaultProxyHandle::reset_all`]).
     fn reset_all(&self) {
         self.generation.send_modify(|g| *g += 1);
     }

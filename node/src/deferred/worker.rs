@@ -99,8 +99,7 @@ async fn consume(shared: Arc<Shared>, deferral: Arc<Deferral>, node: String) {
     }
 }
 
-/// Waits while the node drains: the delivery goes back to the queue when the
-/// consumer stops, or runs here once a cluster drain is lifted.
+/// Waits while the node drains (why it neither starts nor requeues: in `consume`).
 async fn wait_while_draining(shared: &Shared) {
     while shared.health.is_draining() {
         tokio::time::sleep(Duration::from_millis(500)).await;
