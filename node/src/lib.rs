@@ -29,7 +29,8 @@
 //!   coordinators' dashboard scrapes), [`cluster`]
 //!   (membership and live config in etcd; the node alone on its file config when no
 //!   etcd is configured).
-//! - [`server`] (start, signals, drain) and [`cli`] (flags and environment).
+//! - [`server`] (start, signals, drain), [`cli`] (flags and environment) and
+//!   [`threads`] (the serving thread's own descriptor table).
 //! - `fuzz`: entry points for the property tests and `cargo fuzz` (docs/fuzzing.md);
 //!   nothing on the request path uses it.
 
@@ -67,6 +68,7 @@ pub mod state;
 pub mod stats;
 pub mod stream;
 pub mod telemetry;
+pub mod threads;
 
 pub use error::{Error, ErrorKind};
 pub use server::Node;

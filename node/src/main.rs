@@ -29,18 +29,29 @@ fn main() -> std::process::ExitCode {
         print!("{}", summary(&config));
         return std::process::ExitCode::SUCCESS;
     }
-    let _log = match strait_node::telemetry::init(&config.log) {
-        Ok(guard) => guard,
-        Err(e) => {
+    // The log writers start apart: they keep the old descriptor table, and this thread,
+    // which serves, gets one of its own (`threads` says why).
+    let _log = match strait_node::threads::start_apart(|| strait_node::telemetry::init(&config.log))
+    {
+        Ok(Ok(guard)) => guard,
+        Ok(Err(e)) => {
             eprintln!("strait-node: {e}");
             return std::process::ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("strait-node: cannot set up the serving thread: {e}");
+            return std::process::ExitCode::FAILURE;
         }
     };
     // A current-thread runtime: it runs the control work and the public listener's
     // first event loop; `server::run` starts one more thread per further worker, each
     // with its own runtime and share of the listener (`accept::loops`).
     let mut rt = tokio::runtime::Builder::new_current_thread();
-    let rt = match rt.enable_all().build() {
+    let rt = match rt
+        .enable_all()
+        .thread_keep_alive(strait_node::threads::BLOCKING_KEEP_ALIVE)
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("strait-node: cannot start the runtime: {e}");

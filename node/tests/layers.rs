@@ -57,8 +57,9 @@ const LAYERS: &[Layer] = &[
     },
     Layer {
         name: "process",
-        modules: &["server", "cli"],
-        why: "start, signals and drain; flags and environment: the top, used by main only",
+        modules: &["server", "cli", "threads"],
+        why: "start, signals and drain; flags and environment; the threads' descriptor \
+              tables: the top, used by main only",
     },
     Layer {
         name: "fuzz entry points",

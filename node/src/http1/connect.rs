@@ -55,7 +55,7 @@ impl AsyncRead for Io {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Io::Plain(t) => Pin::new(t).poll_read(cx, buf),
+            Io::Plain(t) => super::sock::poll_recv(t, cx, buf),
             Io::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
         }
     }
