@@ -33,14 +33,10 @@ fn main() -> std::process::ExitCode {
     // which serves, gets one of its own (`threads` says why).
     let _log = match strait_node::threads::start_apart(|| strait_node::telemetry::init(&config.log))
     {
-        Ok(Ok(guard)) => guard,
-        Ok(Err(e)) => {
+        Ok(guard) => guard,
+        Err(e) => {
             eprintln!("strait-node: {e}");
             return std::process::ExitCode::from(2);
-        }
-        Err(e) => {
-            eprintln!("strait-node: cannot set up the serving thread: {e}");
-            return std::process::ExitCode::FAILURE;
         }
     };
     // A current-thread runtime: it runs the control work and the public listener's

@@ -30,10 +30,23 @@ pub const BLOCKING_KEEP_ALIVE: Duration = Duration::from_millis(10);
 /// node would miss its SIGTERM. Call it from `main`, before the runtime or any socket
 /// exists: descriptors opened before the split stay open in both tables until both
 /// close them.
-pub fn start_apart<T>(start: impl FnOnce() -> T) -> io::Result<T> {
-    let previous = block_all_signals()?;
+///
+/// Where the split cannot be made (a seccomp profile that refuses `unshare`, as
+/// Docker's default does without `CAP_SYS_ADMIN`), the node serves on the shared
+/// table, a little slower, and says so in a warning: a speed-up never stops a start.
+pub fn start_apart<T>(start: impl FnOnce() -> T) -> T {
+    let previous = match block_all_signals() {
+        Ok(previous) => previous,
+        Err(e) => {
+            let started = start();
+            tracing::warn!("serving on the shared descriptor table: cannot block signals: {e}");
+            return started;
+        }
+    };
     let started = start();
-    restore_signals(&previous)?;
+    if let Err(e) = restore_signals(&previous) {
+        tracing::error!("cannot unblock signals on the serving thread: {e}");
+    }
     // SAFETY: rustix and libc mark `unshare(CLONE_FILES)` unsafe because a thread on
     // the other side of the split could be handed a descriptor number its table does
     // not hold. The threads left on the old table are jemalloc's (which open none) and
@@ -41,9 +54,10 @@ pub fn start_apart<T>(start: impl FnOnce() -> T) -> io::Result<T> {
     // (standard output, the access log's file); every thread started from here on is
     // started by this one and shares its new table.
     if unsafe { libc::unshare(libc::CLONE_FILES) } != 0 {
-        return Err(io::Error::last_os_error());
+        let e = io::Error::last_os_error();
+        tracing::warn!("serving on the shared descriptor table: unshare(CLONE_FILES): {e}");
     }
-    Ok(started)
+    started
 }
 
 /// Blocks every signal on the calling thread; the mask it had.
@@ -108,8 +122,7 @@ mod tests {
                         say_tx.send((sigterm_blocked(), is_open(fd))).unwrap();
                     }
                 })
-            })
-            .expect("start_apart");
+            });
             assert!(
                 !sigterm_blocked(),
                 "the caller's signal mask was not restored"
