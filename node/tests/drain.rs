@@ -86,7 +86,7 @@ async fn drain_deadline_cuts_streams_that_run_too_long() {
 async fn sigterm_drains_and_exits_zero_and_logs_hold_no_secrets() {
     let mock = MockUpstream::start(slow_stream()).await.unwrap();
     let upstream_keys = UPSTREAM_KEYS.join(",");
-    let mut node = NodeProcess::spawn(
+    let node = NodeProcess::spawn(
         &["--upstream", mock.url()],
         &[
             ("STRAIT_UPSTREAM_KEYS", &upstream_keys),
@@ -109,13 +109,7 @@ async fn sigterm_drains_and_exits_zero_and_logs_hold_no_secrets() {
         r.event_names().last().map(String::as_str),
         Some("message_stop")
     );
-    let code = tokio::task::spawn_blocking(move || {
-        let code = node.wait(Duration::from_secs(15));
-        (code, node.log())
-    })
-    .await
-    .unwrap();
-    let (code, log) = code;
+    let (code, log) = node.exited(Duration::from_secs(15)).await;
     assert_eq!(code, Some(0), "{log}");
     assert!(
         log.contains("\"target\":\"strait::access\""),
@@ -135,19 +129,14 @@ async fn sigterm_drains_and_exits_zero_and_logs_hold_no_secrets() {
 #[tokio::test]
 async fn sighup_without_tls_says_there_was_nothing_to_reload() {
     let mock = MockUpstream::start(MockConfig::default()).await.unwrap();
-    let mut node = NodeProcess::spawn(&["--upstream", mock.url()], &[]);
+    let node = NodeProcess::spawn(&["--upstream", mock.url()], &[]);
     node.signal("HUP");
     eventually("the SIGHUP log line", Duration::from_secs(5), async || {
         node.log().contains("no TLS configured, nothing to reload")
     })
     .await;
     node.signal("TERM");
-    let (code, log) = tokio::task::spawn_blocking(move || {
-        let code = node.wait(Duration::from_secs(15));
-        (code, node.log())
-    })
-    .await
-    .unwrap();
+    let (code, log) = node.exited(Duration::from_secs(15)).await;
     assert!(!log.contains("TLS certificate reloaded"), "{log}");
     assert_eq!(code, Some(0), "SIGHUP did not stop the node: {log}");
 }
@@ -214,14 +203,10 @@ impl Subject {
     }
 
     /// Waits for the process to exit; its exit code, how long that took, and its log.
-    async fn exit(mut self, limit: Duration) -> (Option<i32>, Duration, String) {
+    async fn exit(self, limit: Duration) -> (Option<i32>, Duration, String) {
         let started = std::time::Instant::now();
-        tokio::task::spawn_blocking(move || {
-            let code = self.node.wait(limit);
-            (code, started.elapsed(), self.node.log())
-        })
-        .await
-        .unwrap()
+        let (code, log) = self.node.exited(limit).await;
+        (code, started.elapsed(), log)
     }
 }
 

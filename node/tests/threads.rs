@@ -55,7 +55,7 @@ async fn the_serving_thread_shares_its_descriptor_table_with_no_other_thread() {
     let upstream_keys = UPSTREAM_KEYS.join(",");
     let access_log = tempfile::NamedTempFile::new().unwrap();
     let access_path = access_log.path().to_str().unwrap().to_string();
-    let mut node = NodeProcess::spawn(
+    let node = NodeProcess::spawn(
         &[
             "--upstream",
             mock.url(),
@@ -113,12 +113,7 @@ async fn the_serving_thread_shares_its_descriptor_table_with_no_other_thread() {
     // SIGTERM still drains the node: the writers run with signals blocked, so the
     // handler runs on the serving thread, whose table holds tokio's signal pipe.
     node.signal("TERM");
-    let (code, log) = tokio::task::spawn_blocking(move || {
-        let code = node.wait(Duration::from_secs(15));
-        (code, node.log())
-    })
-    .await
-    .unwrap();
+    let (code, log) = node.exited(Duration::from_secs(15)).await;
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("drained"), "{log}");
     let lines = std::fs::read_to_string(access_log.path()).unwrap();

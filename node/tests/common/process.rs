@@ -82,6 +82,16 @@ impl NodeProcess {
         }
     }
 
+    /// From async code: waits for exit off the runtime; the exit code and the log.
+    pub async fn exited(mut self, limit: Duration) -> (Option<i32>, String) {
+        tokio::task::spawn_blocking(move || {
+            let code = self.wait(limit);
+            (code, self.log())
+        })
+        .await
+        .unwrap()
+    }
+
     pub fn log(&self) -> String {
         self.proc.log()
     }
