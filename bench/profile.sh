@@ -20,6 +20,10 @@
 #                                              wrk -c32 (sampling slows the process: for
 #                                              comparing with samples-nginx, not absolute)
 #   bench/profile.sh samples-nginx [SECONDS]   the same for nginx's worker
+#   bench/profile.sh copies BIN [SECONDS]      memmove/memcpy calls per request by size
+#                                              and calling line (uprobes on glibc's
+#                                              copy routines, DWARF stacks; needs
+#                                              linux-perf and libc6-dbg), under wrk -c4
 #
 # Strait runs with limits far above the load (as in bench/run.py) unless
 # PROFILE_NO_LIMITS=1, and without its access log unless PROFILE_ACCESS_LOG=1 (which
@@ -192,6 +196,54 @@ samples_of() {
                   total, kernel, total - kernel, r }' | sort -k1 -nr | head -$((${SAMPLES_TOP:-40} + 1))
 }
 
+# copies_of PID PORT SECONDS: every call PID makes to glibc's memmove routines while
+# wrk -c4 runs, by size and by the line that called it; calls made at least once per
+# two requests are listed. The routine glibc picked for this CPU is internal, so each
+# candidate is probed by its address in the debug symbols (libc6-dbg).
+copies_of() {
+    local pid=$1 port=$2 secs=$3 libc id dbg
+    libc=$(awk '$NF ~ /libc\.so/ {print $NF; exit}' "/proc/$pid/maps")
+    id=$(readelf -n "$libc" | awk '/Build ID/ {print $3}')
+    dbg=/usr/lib/debug/.build-id/${id:0:2}/${id:2}.debug
+    if [ ! -f "$dbg" ]; then
+        echo "no glibc debug symbols (apt-get install libc6-dbg)" >&2
+        exit 1
+    fi
+    perf probe -q -d 'strait_copy:*' 2>/dev/null || true
+    local events=() i=0
+    while read -r addr name; do
+        perf probe -q -x "$libc" -a "strait_copy:c$i=0x$addr len=%dx:u64" >/dev/null 2>&1 &&
+            events+=(-e "strait_copy:c$i") && i=$((i + 1))
+    done < <(nm "$dbg" | awk '$3 ~ /^__memmove_[a-z0-9]+_unaligned(_erms)?$/ {print $1, $3}')
+    taskset -c 1 wrk -t1 -c4 -d1s -s "$HERE/wrk_post.lua" "http://127.0.0.1:$port/v1/messages" >/dev/null
+    perf record "${events[@]}" --call-graph dwarf,1024 -m 2048 -p "$pid" -o "$WORK/copies.data" \
+        -- sleep "$((secs + 1))" >/dev/null 2>&1 &
+    local pr=$!
+    sleep 0.5
+    out=$(taskset -c 1 wrk -t1 -c4 -d"${secs}s" -s "$HERE/wrk_post.lua" "http://127.0.0.1:$port/v1/messages")
+    wait "$pr"
+    perf probe -q -d 'strait_copy:*' 2>/dev/null || true
+    req=$(echo "$out" | grep -o '"requests":[0-9]*' | cut -d: -f2)
+    # Caller addresses are offsets in the binary's file; the text segment's virtual
+    # addresses lie `shift` above them.
+    local shift
+    shift=$(readelf -lW "$BIN" | awk '$1 == "LOAD" && $8 == "E" {print $3, $2}' | { read -r v o; echo $((v - o)); })
+    perf script -i "$WORK/copies.data" -F trace,ip 2>/dev/null | awk -v r="$req" '
+        /len=/ { len = $NF; n = 0; next }
+        NF == 0 { if (len != "") { key[len " " ip]++; total++ }; len = ""; ip = ""; next }
+        { n++; if (n == 2) ip = $1 }
+        END {
+            printf "%.1f calls per request (%d requests)\n", total / r, r
+            for (k in key) if (key[k] >= r / 2) printf "%.2f %s\n", key[k] / r, k
+        }' >"$WORK/copies.txt"
+    head -1 "$WORK/copies.txt"
+    tail -n +2 "$WORK/copies.txt" | while read -r per len ip; do
+        line=$(addr2line -i -e "$BIN" "$(printf '0x%x' $((0x$ip + shift - 1)))" 2>/dev/null |
+            grep -v '/rustc/\|/registry/' | head -1 || true)
+        printf "%5s per request  %-9s %s\n" "$per" "${len#len=} B" "${line#"$(dirname "$HERE")"/}"
+    done | sort -k1,1nr -k4,4nr
+}
+
 cmd=${1:-}
 case "$cmd" in
 callgrind)
@@ -244,6 +296,12 @@ samples-nginx)
     start_nginx_proxy
     samples_of "$worker" "$NX" "${2:-5}"
     ;;
+copies)
+    BIN=$2
+    start_upstream
+    start_strait taskset -c 0
+    copies_of "$SP" "$PX" "${3:-1}"
+    ;;
 syscalls)
     BIN=$2
     start_upstream
@@ -260,7 +318,7 @@ syscalls)
         "$WORK/strace.out" | sort -k2 -nr | head -12
     ;;
 *)
-    sed -n '2,25p' "$0"
+    sed -n '2,29p' "$0"
     exit 2
     ;;
 esac

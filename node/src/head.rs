@@ -540,9 +540,59 @@ pub fn put_field(buf: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     buf.extend_from_slice(b"\r\n");
 }
 
+/// Appends `n` in decimal, its digits written straight into `buf`.
+///
+/// Why not `itoa` and `extend_from_slice`: that formats into a buffer on the stack and
+/// copies the digits with a `memcpy` call whose length is known only then. The copy
+/// loads bytes that were just stored one or two at a time, which stalls the load until
+/// the stores retire. The response head's six counts were the costliest copies a
+/// request made: 15 % of its `memmove` samples (docs/benchmarks.md).
+#[inline]
+pub fn put_decimal(buf: &mut Vec<u8>, mut n: u64) {
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
+    let len = n.checked_ilog10().map_or(1, |l| l as usize + 1);
+    let at = buf.len();
+    // A fixed-size extension is written inline; it is cut back to the digits below.
+    buf.extend_from_slice(&[b'0'; 20]);
+    let digits = &mut buf[at..at + len];
+    let mut end = len;
+    while n >= 10 {
+        let pair = (n % 100) as usize * 2;
+        n /= 100;
+        digits[end - 2..end].copy_from_slice(&PAIRS[pair..pair + 2]);
+        end -= 2;
+    }
+    if end == 1 {
+        digits[0] = b'0' + n as u8;
+    }
+    buf.truncate(at + len);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimals_are_written_as_formatting_writes_them() {
+        // Every length from 1 to 20 digits, each power of ten and its neighbours,
+        // after what the buffer held already.
+        let mut values = vec![0, 1, 9, 99, u64::MAX, u64::MAX - 1];
+        let mut p = 1u64;
+        while let Some(next) = p.checked_mul(10) {
+            values.extend([p - 1, p, p + 1, next / 3]);
+            p = next;
+        }
+        values.extend([p - 1, p, p + 1]);
+        for n in values {
+            let mut buf = b"x: ".to_vec();
+            put_decimal(&mut buf, n);
+            assert_eq!(buf, format!("x: {n}").into_bytes(), "{n}");
+        }
+    }
 
     #[test]
     fn raw_fields_are_found_whatever_their_case() {

@@ -6,7 +6,8 @@
 //! - vocabulary: [`meta`] (what the phases learn about a request), [`error`] (the one
 //!   error type and its HTTP mapping), [`head`] and [`body`] (the request), [`sse`]
 //!   (event framing), [`json_scan`] (the one hand JSON scanner), [`secret`] (keys and the KEK), [`schema`] (the cluster's
-//!   documents), [`limit_spec`] (what a limit counts).
+//!   documents), [`limit_spec`] (what a limit counts), [`boxed`] (values built in
+//!   their box).
 //! - protocol: [`http1`] (HTTP/1.1 server and client, the upstream pool, TLS, DNS).
 //! - settings and signals: [`config`], [`telemetry`], [`metrics`], [`health`].
 //! - phases, in a request's order (see `proxy::handle`):
@@ -40,6 +41,7 @@ pub mod admin;
 pub mod admit;
 pub mod auth;
 pub mod body;
+pub mod boxed;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -17,6 +17,7 @@ const LAYERS: &[Layer] = &[
             "limit_spec",
             "head",
             "body",
+            "boxed",
             "sse",
             "json_scan",
         ],

@@ -77,8 +77,13 @@ pub fn serve_on_loops<S, F, B, X>(
 where
     S: Fn(ClientRequest, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Reply<B, X>> + Send + 'static,
-    B: http_body::Body<Data = Bytes, Error = BoxError> + From<Bytes> + Send + Unpin + 'static,
-    X: HeadFields + Send + 'static,
+    B: http_body::Body<Data = Bytes, Error = BoxError>
+        + From<Bytes>
+        + Default
+        + Send
+        + Unpin
+        + 'static,
+    X: HeadFields + Default + Send + 'static,
 {
     let counted = |index: usize| {
         let mut on = on.clone();

@@ -119,8 +119,13 @@ pub async fn serve<S, F, B, X>(listener: TcpListener, on: Listening, service: S)
 where
     S: Fn(ClientRequest, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Reply<B, X>> + Send + 'static,
-    B: http_body::Body<Data = Bytes, Error = BoxError> + From<Bytes> + Send + Unpin + 'static,
-    X: HeadFields + Send + 'static,
+    B: http_body::Body<Data = Bytes, Error = BoxError>
+        + From<Bytes>
+        + Default
+        + Send
+        + Unpin
+        + 'static,
+    X: HeadFields + Default + Send + 'static,
 {
     let Listening {
         tls,
@@ -248,8 +253,13 @@ async fn serve_h2<IO, S, F, B, X>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Fn(ClientRequest, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Reply<B, X>> + Send + 'static,
-    B: http_body::Body<Data = Bytes, Error = BoxError> + From<Bytes> + Send + Unpin + 'static,
-    X: HeadFields + Send + 'static,
+    B: http_body::Body<Data = Bytes, Error = BoxError>
+        + From<Bytes>
+        + Default
+        + Send
+        + Unpin
+        + 'static,
+    X: HeadFields + Default + Send + 'static,
 {
     let h1 = &http.h1;
     let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {

@@ -37,10 +37,10 @@ pub struct Upstream {
 }
 
 /// A response that has been committed to: headers arrived, and for streams the first
-/// event was looked at. `prefix` holds bytes already read from the body. Boxed on its
-/// way back to the pipeline: moved whole from step to step, it was copied at each.
+/// event was looked at. `prefix` holds bytes already read from the body. The response
+/// is boxed where the client built it, so this moves from step to step in a few words.
 pub struct Forwarded {
-    pub response: UpstreamResponse,
+    pub response: Box<UpstreamResponse>,
     pub prefix: Option<Bytes>,
     /// The peer region that carried the request (`x-strait-relayed-via`); `None`
     /// when it went direct.
@@ -121,7 +121,7 @@ impl Upstream {
         headers: &UpstreamHeaders<'_>,
         body: RequestBody,
         record: &mut RequestRecord,
-    ) -> Result<Box<Forwarded>> {
+    ) -> Result<Forwarded> {
         let prefixed;
         let target = if self.config.target.path_prefix.is_empty() {
             path_and_query
@@ -246,11 +246,11 @@ impl Upstream {
                         // possible: an `error` event then is retried like a 529.
                         if !(ctx.stream && can_retry && crate::sse::is_event_stream(&resp.headers))
                         {
-                            return Ok(Box::new(Forwarded {
+                            return Ok(Forwarded {
                                 response: resp,
                                 prefix: None,
                                 relayed_via: None,
-                            }));
+                            });
                         }
                         let idle = self.config.stream_idle_timeout;
                         match crate::sse::peek_first_event(&mut resp.body, idle).await {
@@ -264,11 +264,11 @@ impl Upstream {
                                 ("stream_error_event", retry::pause(&f, attempt))
                             }
                             Ok((first, _)) => {
-                                return Ok(Box::new(Forwarded {
+                                return Ok(Forwarded {
                                     response: resp,
                                     prefix: Some(first),
                                     relayed_via: None,
-                                }))
+                                })
                             }
                             Err(failure) => {
                                 ctx.metrics
@@ -316,11 +316,11 @@ impl Upstream {
                                 }
                                 // An upstream 429 (no other organisation's key can
                                 // serve the scope) or any other answer: as it came.
-                                _ => Ok(Box::new(Forwarded {
+                                _ => Ok(Forwarded {
                                     response: resp,
                                     prefix,
                                     relayed_via: None,
-                                })),
+                                }),
                             };
                         }
                         let cause = match (&verdict, label) {

@@ -20,9 +20,9 @@ use tokio::time::{Instant, Sleep};
 
 use super::framing::{self as wire, Framing};
 use super::parse;
-use super::pool::{Conn, Outgoing, Pool, SendError};
+use super::pool::{Conn, Outgoing, Pool, SendError, UpstreamBody, UpstreamResponse};
 use crate::body::{BoxError, RequestBody};
-use crate::head::{Known, RawFields, RawHeaders, X_API_KEY, X_FORWARDED_FOR};
+use crate::head::{HeaderFields, Known, RawFields, RawHeaders, X_API_KEY, X_FORWARDED_FOR};
 
 /// Response heads larger than this are refused (Anthropic's are about 2 KiB).
 const MAX_HEAD: usize = 64 * 1024;
@@ -37,111 +37,126 @@ const INLINE_BODY: usize = 16 * 1024;
 
 /// Writes one request and reads the response head. On success the connection travels
 /// inside the returned body and goes back to `pool` when the body has been read.
-pub async fn send(
+///
+/// The response is boxed here, where it is built: the attempt loop and the pipeline
+/// move it several times on its way to the client, each move of its 240 bytes a
+/// `memcpy` call (docs/benchmarks.md). An `async` block, not an `async fn`, for the
+/// same reason: an `async fn` copies its arguments (the connection is most of them)
+/// into its body's variables once more when first polled.
+#[allow(clippy::manual_async_fn)]
+pub fn send<'a, 'o>(
     mut conn: Conn,
     pool: Weak<Pool>,
-    authority: &HeaderValue,
-    req: &Outgoing<'_>,
+    authority: &'a HeaderValue,
+    req: &'a Outgoing<'o>,
     body: RequestBody,
-) -> Result<(StatusCode, RawHeaders, H1Body), SendError> {
-    let Outgoing {
-        method,
-        target,
-        headers,
-        api_key,
-        ..
-    } = *req;
-    let io_err = |e: std::io::Error| SendError::Io(e.to_string());
-    // The connection's own write buffer, kept between requests while it is small.
-    let mut head = std::mem::take(&mut conn.wbuf);
-    head.clear();
-    head.reserve(512 + body.buffered_len().min(INLINE_BODY));
-    head.extend_from_slice(method.as_str().as_bytes());
-    head.push(b' ');
-    head.extend_from_slice(target.as_bytes());
-    head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-    head.extend_from_slice(authority.as_bytes());
-    head.extend_from_slice(b"\r\n");
-    // The client's fields as they came (framing and `expect` left out: the body goes
-    // out right behind the head, framed by what is actually sent).
-    headers.write_lines(&mut head);
-    // Empty for the gateway's own requests (path probes): no client to name.
-    if !headers.forwarded_for().is_empty() {
-        wire::put_header(&mut head, &X_FORWARDED_FOR, headers.forwarded_for());
-    }
-    if let Some(key) = api_key {
-        wire::put_header(&mut head, &X_API_KEY, key);
-    }
-    // Each wait below is timed by the connection's own timer (see `within`).
-    let due = req.deadline;
-    let mut timer = conn
-        .timer
-        .take()
-        .unwrap_or_else(|| Box::pin(tokio::time::sleep_until(due)));
-    crate::body::arm(timer.as_mut(), due);
-    let timed_out = || SendError::Timeout;
-    match body {
-        RequestBody::Full(data) => {
-            let data = data.unwrap_or_default();
-            if !data.is_empty() || method_has_body(method) {
-                wire::put_length(&mut head, data.len() as u64);
-            }
-            head.extend_from_slice(b"\r\n");
-            if data.len() <= INLINE_BODY {
-                head.extend_from_slice(&data);
-            }
-            within(timer.as_mut(), due, pin!(conn.io.write_all(&head)))
-                .await
-                .ok_or_else(timed_out)?
-                .map_err(io_err)?;
-            if data.len() > INLINE_BODY {
-                within(timer.as_mut(), due, pin!(conn.io.write_all(&data)))
+) -> impl Future<Output = Result<Box<UpstreamResponse>, SendError>> + use<'a, 'o> {
+    async move {
+        let Outgoing {
+            method,
+            target,
+            headers,
+            api_key,
+            ..
+        } = *req;
+        let io_err = |e: std::io::Error| SendError::Io(e.to_string());
+        // The connection's own write buffer, kept between requests while it is small.
+        let mut head = std::mem::take(&mut conn.wbuf);
+        head.clear();
+        head.reserve(512 + body.buffered_len().min(INLINE_BODY));
+        head.extend_from_slice(method.as_str().as_bytes());
+        head.push(b' ');
+        head.extend_from_slice(target.as_bytes());
+        head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        head.extend_from_slice(authority.as_bytes());
+        head.extend_from_slice(b"\r\n");
+        // The client's fields as they came (framing and `expect` left out: the body goes
+        // out right behind the head, framed by what is actually sent).
+        headers.write_lines(&mut head);
+        // Empty for the gateway's own requests (path probes): no client to name.
+        if !headers.forwarded_for().is_empty() {
+            wire::put_header(&mut head, &X_FORWARDED_FOR, headers.forwarded_for());
+        }
+        if let Some(key) = api_key {
+            wire::put_header(&mut head, &X_API_KEY, key);
+        }
+        // Each wait below is timed by the connection's own timer (see `within`).
+        let due = req.deadline;
+        let mut timer = conn
+            .timer
+            .take()
+            .unwrap_or_else(|| Box::pin(tokio::time::sleep_until(due)));
+        crate::body::arm(timer.as_mut(), due);
+        let timed_out = || SendError::Timeout;
+        match body {
+            RequestBody::Full(data) => {
+                let data = data.unwrap_or_default();
+                if !data.is_empty() || method_has_body(method) {
+                    wire::put_length(&mut head, data.len() as u64);
+                }
+                head.extend_from_slice(b"\r\n");
+                if data.len() <= INLINE_BODY {
+                    head.extend_from_slice(&data);
+                }
+                within(timer.as_mut(), due, pin!(conn.io.write_all(&head)))
                     .await
                     .ok_or_else(timed_out)?
                     .map_err(io_err)?;
+                if data.len() > INLINE_BODY {
+                    within(timer.as_mut(), due, pin!(conn.io.write_all(&data)))
+                        .await
+                        .ok_or_else(timed_out)?
+                        .map_err(io_err)?;
+                }
             }
-        }
-        RequestBody::Stream { .. } => {
-            let exact = body.size_hint().exact();
-            match exact {
-                Some(n) => wire::put_length(&mut head, n),
-                None => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-            }
-            head.extend_from_slice(b"\r\n");
-            within(timer.as_mut(), due, pin!(conn.io.write_all(&head)))
+            RequestBody::Stream { .. } => {
+                let exact = body.size_hint().exact();
+                match exact {
+                    Some(n) => wire::put_length(&mut head, n),
+                    None => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+                }
+                head.extend_from_slice(b"\r\n");
+                within(timer.as_mut(), due, pin!(conn.io.write_all(&head)))
+                    .await
+                    .ok_or_else(timed_out)?
+                    .map_err(io_err)?;
+                within(
+                    timer.as_mut(),
+                    due,
+                    pin!(send_stream(&mut conn, body, exact.is_none())),
+                )
                 .await
-                .ok_or_else(timed_out)?
-                .map_err(io_err)?;
-            within(
-                timer.as_mut(),
-                due,
-                pin!(send_stream(&mut conn, body, exact.is_none())),
-            )
-            .await
-            .ok_or_else(timed_out)??;
+                .ok_or_else(timed_out)??;
+            }
         }
+        if head.capacity() <= KEPT_WRITE_BUFFER {
+            head.clear();
+            conn.wbuf = head;
+        }
+        within(timer.as_mut(), due, pin!(conn.io.flush()))
+            .await
+            .ok_or_else(timed_out)?
+            .map_err(io_err)?;
+        let head = within(timer.as_mut(), due, pin!(read_head(&mut conn, method)))
+            .await
+            .ok_or_else(timed_out)?
+            .map_err(|e| SendError::Io(e.to_string()))?;
+        conn.timer = Some(timer);
+        let mut response = crate::boxed::boxed(|| UpstreamResponse {
+            status: head.status,
+            headers: HeaderFields::Raw(head.headers),
+            body: UpstreamBody::H1(H1Body {
+                conn: Some(conn),
+                pool,
+                framing: head.framing,
+                reusable: head.reusable,
+            }),
+        });
+        if let UpstreamBody::H1(body) = &mut response.body {
+            body.finish_if_done();
+        }
+        Ok(response)
     }
-    if head.capacity() <= KEPT_WRITE_BUFFER {
-        head.clear();
-        conn.wbuf = head;
-    }
-    within(timer.as_mut(), due, pin!(conn.io.flush()))
-        .await
-        .ok_or_else(timed_out)?
-        .map_err(io_err)?;
-    let head = within(timer.as_mut(), due, pin!(read_head(&mut conn, method)))
-        .await
-        .ok_or_else(timed_out)?
-        .map_err(|e| SendError::Io(e.to_string()))?;
-    conn.timer = Some(timer);
-    let mut body = H1Body {
-        conn: Some(conn),
-        pool,
-        framing: head.framing,
-        reusable: head.reusable,
-    };
-    body.finish_if_done();
-    Ok((head.status, head.headers, body))
 }
 
 /// `work`, or `None` at `due`, timed by a connection's own timer. The timer is set no

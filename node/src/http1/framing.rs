@@ -8,6 +8,7 @@ use std::io;
 use bytes::{Buf, Bytes, BytesMut};
 use http::HeaderName;
 
+use crate::head::put_decimal;
 pub use crate::head::{put_field, put_header};
 
 /// Trailer sections larger than this (all their lines) are refused.
@@ -288,10 +289,6 @@ pub fn put_length(buf: &mut Vec<u8>, n: u64) {
     buf.extend_from_slice(b"content-length: ");
     put_decimal(buf, n);
     buf.extend_from_slice(b"\r\n");
-}
-
-fn put_decimal(buf: &mut Vec<u8>, n: u64) {
-    buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// A chunk-size line for `len` bytes of data.

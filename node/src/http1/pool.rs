@@ -247,7 +247,7 @@ impl Client {
         &self,
         req: &Outgoing<'_>,
         body: RequestBody,
-    ) -> Result<UpstreamResponse, SendError> {
+    ) -> Result<Box<UpstreamResponse>, SendError> {
         let proto = self.proto.load(Ordering::Relaxed);
         let pooled = if proto == PROTO_H2 {
             None
@@ -272,13 +272,7 @@ impl Client {
                 return by(req.deadline, self.send_h2(sender, slot, req, body)).await
             }
         };
-        let (status, headers, body) =
-            h1::send(conn, Arc::downgrade(&self.pool), &self.authority, req, body).await?;
-        Ok(UpstreamResponse {
-            status,
-            headers: HeaderFields::Raw(headers),
-            body: UpstreamBody::H1(body),
-        })
+        h1::send(conn, Arc::downgrade(&self.pool), &self.authority, req, body).await
     }
 
     /// A stream on a shared HTTP/2 connection with room, dialling one if every
@@ -367,7 +361,7 @@ impl Client {
         slot: StreamSlot,
         out: &Outgoing<'_>,
         body: RequestBody,
-    ) -> Result<UpstreamResponse, SendError> {
+    ) -> Result<Box<UpstreamResponse>, SendError> {
         let uri: Uri = format!("{}{}", self.origin, out.target)
             .parse()
             .map_err(|_| SendError::Io("invalid request path".into()))?;
@@ -383,11 +377,11 @@ impl Client {
         match sender.send_request(req).await {
             Ok(resp) => {
                 let (parts, body) = resp.into_parts();
-                Ok(UpstreamResponse {
+                Ok(Box::new(UpstreamResponse {
                     status: parts.status,
                     headers: HeaderFields::Map(parts.headers),
                     body: UpstreamBody::H2(body, slot),
-                })
+                }))
             }
             Err(e) if caused_by_body_limit(&e) => Err(SendError::BodyTooLarge),
             Err(e) => Err(SendError::Io(error_chain(&e))),

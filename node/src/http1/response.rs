@@ -49,29 +49,40 @@ enum Step {
 /// request (write failure, or a body that failed or fell short of its length).
 pub(super) async fn write_response<
     IO: AsyncWrite + Unpin,
-    B: Body<Data = Bytes> + Unpin,
-    X: HeadFields,
+    B: Body<Data = Bytes> + Unpin + Default,
+    X: HeadFields + Default,
 >(
     conn: &mut Conn<IO>,
-    reply: Reply<B, X>,
+    mut reply: Reply<B, X>,
     is_head: bool,
     http10: bool,
     keep_alive: &mut bool,
 ) -> io::Result<()> {
-    let (body, framing) = write_head(&mut conn.out, reply, is_head, http10, keep_alive);
+    let framing = write_head(&mut conn.out, &reply, is_head, http10, keep_alive);
+    let body = take_body(&mut reply);
     write_body(conn, body, framing).await
 }
 
-/// A response's head, into `out` (cleared first); returns the body and how it is
-/// framed, for [`write_body`]. Not async: the reply (several hundred bytes) is taken
-/// apart here rather than carried, and copied, into the writing future's state.
+/// Takes the body out of a reply whose head is written, and lets the head's parts go
+/// where they lie: a stream should not hold its head's bytes while it runs. Moved to
+/// be dropped, the reply was copied whole once more.
+pub(super) fn take_body<B: Default, X: Default>(reply: &mut Reply<B, X>) -> B {
+    reply.fields = X::default();
+    *reply.response.headers_mut() = http::HeaderMap::new();
+    std::mem::take(reply.response.body_mut())
+}
+
+/// A response's head, into `out` (cleared first); returns how the body is framed, for
+/// [`write_body`]. Not async, and the reply only read ([`take_body`] then): given the
+/// reply itself, the call copied its several hundred bytes, and taking the body out
+/// of it copied the response again.
 pub(super) fn write_head<B: Body<Data = Bytes> + Unpin, X: HeadFields>(
     out: &mut Vec<u8>,
-    reply: Reply<B, X>,
+    reply: &Reply<B, X>,
     is_head: bool,
     http10: bool,
     keep_alive: &mut bool,
-) -> (B, BodyOut) {
+) -> BodyOut {
     // Read in place: taken apart into locals, its pieces were copied again.
     let headers = reply.response.headers();
     let status = reply.response.status();
@@ -125,9 +136,7 @@ pub(super) fn write_head<B: Body<Data = Bytes> + Unpin, X: HeadFields>(
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    // The rest of the head is let go here: a stream should not hold its bytes while
-    // it runs.
-    (reply.response.into_body(), BodyOut(framing))
+    BodyOut(framing)
 }
 
 /// A response's body after [`write_head`], then the whole output written. An error

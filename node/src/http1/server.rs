@@ -23,8 +23,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, Sleep};
 
 use super::framing::{self as wire, Framing};
-use super::request::{is_h2_preface, parse_head, Head, Refused, H2_PREFACE, MAX_HEADERS};
-use super::response::{write_body, write_head, write_response};
+use super::request::{is_h2_preface, parse_head_into, Head, Refused, H2_PREFACE, MAX_HEADERS};
+use super::response::{take_body, write_body, write_head, write_response};
 use super::{HeadFields, Reply};
 use crate::body::{self, ClientBody, Stall, UploadClock, UploadLimits};
 use crate::error::{Error, ErrorKind};
@@ -101,8 +101,8 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
     S: Fn(ClientRequest, SocketAddr) -> F,
     F: Future<Output = Reply<B, X>>,
-    B: Body<Data = Bytes> + Unpin,
-    X: HeadFields,
+    B: Body<Data = Bytes> + Unpin + Default,
+    X: HeadFields + Default,
 {
     let mut conn = Conn {
         io,
@@ -125,11 +125,24 @@ where
         drained: drained.as_mut(),
         registered: false,
     };
+    // Where each request's head is parsed into (see `parse_head_into`).
+    let mut slot = None;
     loop {
-        let head = match read_head(&mut conn, settings, &mut drain, deadline.as_mut(), first).await
-        {
-            Ok(Some(head)) => head,
-            Ok(None) => break,
+        let read = read_head(
+            &mut conn,
+            settings,
+            &mut drain,
+            deadline.as_mut(),
+            first,
+            &mut slot,
+        )
+        .await;
+        let head = match read {
+            Ok(true) => match slot.take() {
+                Some(head) => head,
+                None => break,
+            },
+            Ok(false) => break,
             Err(HeadError::Http2) => {
                 return Ended::Http2(conn.io, conn.buf.freeze());
             }
@@ -189,7 +202,7 @@ where
 
         // The reply is taken as it comes, not wrapped in a result with the stalls:
         // each move of it copied several hundred bytes.
-        let reply = match framing {
+        let mut reply = match framing {
             Framing::Done => service(request(ClientBody::Full(None)), peer).await,
             Framing::Length(n) if n <= PREREAD.min(settings.max_body) => {
                 let n = n as usize;
@@ -257,7 +270,8 @@ where
         if !body_read || *stop.borrow() {
             keep_alive = false;
         }
-        let (body, body_out) = write_head(&mut conn.out, reply, is_head, http10, &mut keep_alive);
+        let body_out = write_head(&mut conn.out, &reply, is_head, http10, &mut keep_alive);
+        let body = take_body(&mut reply);
         let ok = write_body(&mut conn, body, body_out).await;
         match ok {
             Ok(()) if keep_alive => continue,
@@ -293,8 +307,9 @@ enum HeadError {
     Refused(Refused),
 }
 
-/// Waits for a complete request head. `Ok(None)`: the connection should close quietly
-/// (the client closed, went idle past the timeout, or the node is draining).
+/// Waits for a complete request head and writes it into `head` (see
+/// `parse_head_into`). `Ok(false)`: the connection should close quietly (the client
+/// closed, went idle past the timeout, or the node is draining).
 ///
 /// The head's deadline is `due`; the connection's timer is moved only when it would
 /// fire after it. A timer that fires early is moved on to `due` then. Moving it for
@@ -306,7 +321,8 @@ async fn read_head<IO: AsyncRead + Unpin, D: futures_util::future::FusedFuture>(
     drain: &mut DrainWait<'_, '_, D>,
     mut deadline: Pin<&mut tokio::time::Sleep>,
     first: bool,
-) -> Result<Option<Head>, HeadError> {
+    head: &mut Option<Head>,
+) -> Result<bool, HeadError> {
     let due = if first {
         deadline.deadline()
     } else {
@@ -321,32 +337,34 @@ async fn read_head<IO: AsyncRead + Unpin, D: futures_util::future::FusedFuture>(
                 if conn.buf.len() >= H2_PREFACE.len() {
                     return Err(HeadError::Http2);
                 }
-            } else if let Some(head) = parse_head(&mut conn.buf).map_err(HeadError::Refused)? {
+            } else if parse_head_into(&mut conn.buf, head).map_err(HeadError::Refused)? {
                 // RFC 9112 3.2: a server answers 400 to an HTTP/1.1 request without Host.
-                if head.version == Version::HTTP_11 && !head.has_host {
-                    return Err(HeadError::Refused(Refused::Malformed(
-                        "HTTP/1.1 request without a Host header",
-                    )));
+                if let Some(h) = head {
+                    if h.version == Version::HTTP_11 && !h.has_host {
+                        return Err(HeadError::Refused(Refused::Malformed(
+                            "HTTP/1.1 request without a Host header",
+                        )));
+                    }
                 }
-                return Ok(Some(head));
+                return Ok(true);
             }
             if conn.buf.len() > settings.max_head {
                 return Err(HeadError::Refused(Refused::TooLarge));
             }
         } else if stopping {
-            return Ok(None);
+            return Ok(false);
         }
         conn.buf.reserve(READ_CHUNK);
         let idle = conn.buf.is_empty();
         tokio::select! {
             biased;
             r = conn.io.read_buf(&mut conn.buf) => match r {
-                Ok(0) | Err(_) => return Ok(None),
+                Ok(0) | Err(_) => return Ok(false),
                 Ok(_) => {}
             },
             () = deadline.as_mut() => {
                 if Instant::now() >= due {
-                    return Ok(None);
+                    return Ok(false);
                 }
                 deadline.as_mut().reset(due);
             }

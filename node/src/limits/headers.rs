@@ -136,7 +136,7 @@ impl RateHeaders {
             let Some(q) = q else { continue };
             for ((line, len), n) in [(&lines[0], q.limit), (&lines[1], q.remaining)] {
                 put_padded(out, line, *len);
-                out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                crate::head::put_decimal(out, n);
                 out.extend_from_slice(b"\r\n");
             }
             put_padded(out, &lines[2].0, lines[2].1);

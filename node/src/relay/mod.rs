@@ -239,7 +239,7 @@ impl Relays {
         body: RequestBody,
         first_byte: Duration,
         record: &mut RequestRecord,
-    ) -> Result<Box<Forwarded>> {
+    ) -> Result<Forwarded> {
         let mut body = Some(body);
         let mut last = None;
         for peer in peers {
@@ -281,11 +281,11 @@ impl Relays {
                     self.counts.with_label_values(&["sent"]).inc();
                     record.upstream_ttfb = Some(at.elapsed());
                     tracing::info!(request_id = %record.request_id, region, node = %peer.id, "request relayed through a peer region");
-                    return Ok(Box::new(Forwarded {
+                    return Ok(Forwarded {
                         response,
                         prefix: None,
                         relayed_via: HeaderValue::from_str(region).ok(),
-                    }));
+                    });
                 }
                 Err(SendError::Connect(d)) => {
                     self.counts.with_label_values(&["failed"]).inc();

@@ -16,7 +16,7 @@ use tokio::time::Sleep;
 use crate::account::RequestRecord;
 use crate::body::BoxError;
 use crate::error::{Error, ErrorKind};
-use crate::forward::UpstreamBody;
+use crate::forward::UpstreamResponse;
 use crate::meta::{BodyKind, RouteKind, Usage};
 use crate::sse::{SseEvent, SseTap};
 
@@ -74,7 +74,8 @@ fn relayed_output(from_start: u64, deltas: u64) -> u64 {
 /// The relayed response body. Owns the request's record and finishes it on drop,
 /// so a request is accounted for however it ends (completed, failed, client gone).
 pub struct Relay {
-    inner: UpstreamBody,
+    /// The upstream's response, whose body is relayed (its head has gone to the reply).
+    inner: Box<UpstreamResponse>,
     tap: Tap,
     /// Bytes to emit before polling upstream again (a peeked first event, or the
     /// final error event).
@@ -98,7 +99,7 @@ impl Relay {
     /// Boxed where it is built: moved whole on the way into the reply, its 360 bytes
     /// were copied three times (once now, into the box).
     pub fn boxed(
-        inner: UpstreamBody,
+        inner: Box<UpstreamResponse>,
         kind: BodyKind,
         prefix: Option<Bytes>,
         idle: Duration,
@@ -117,7 +118,7 @@ impl Relay {
         if counted_stream {
             record.metrics.active_streams.inc();
         }
-        let mut relay = Box::new(Relay {
+        let mut relay = crate::boxed::boxed(|| Relay {
             inner,
             tap,
             pending: None,
@@ -324,7 +325,7 @@ impl Body for Relay {
             if this.cut.cut.is_fired() {
                 return this.on_cut();
             }
-            match Pin::new(&mut this.inner).poll_frame(cx) {
+            match Pin::new(&mut this.inner.body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     this.deadline = None;
                     match frame.into_data() {
@@ -382,7 +383,7 @@ impl Body for Relay {
     fn size_hint(&self) -> SizeHint {
         match (&self.tap, &self.pending) {
             (Tap::Sse(_), _) | (_, Some(_)) => SizeHint::default(),
-            _ => self.inner.size_hint(),
+            _ => self.inner.body.size_hint(),
         }
     }
 }
@@ -410,7 +411,7 @@ impl Drop for Relay {
             // often ends here rather than in `on_end`. Whether it was complete is the
             // upstream body's to say (its length was reached), not whether the JSON read
             // so far happens to contain a usage object.
-            if matches!(self.state, State::Streaming) && self.inner.is_end_stream() {
+            if matches!(self.state, State::Streaming) && self.inner.body.is_end_stream() {
                 if *len <= MAX_JSON_TAP {
                     self.record.usage = parse_json_usage(chunks).unwrap_or_default();
                 }

@@ -34,6 +34,13 @@ impl ProxyBody {
     }
 }
 
+/// Empty: what is left in a reply whose body the HTTP/1.1 server has taken.
+impl Default for ProxyBody {
+    fn default() -> Self {
+        ProxyBody::empty()
+    }
+}
+
 impl From<Bytes> for ProxyBody {
     fn from(data: Bytes) -> Self {
         ProxyBody::full(data)

@@ -312,8 +312,7 @@ impl<'a> Line<'a> {
 
     pub fn uint(&mut self, key: Key, value: u64) {
         self.key(key);
-        self.buf
-            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+        crate::head::put_decimal(self.buf, value);
     }
 
     pub fn bool(&mut self, key: Key, value: bool) {
@@ -326,8 +325,7 @@ impl<'a> Line<'a> {
     pub fn millis(&mut self, key: Key, d: Duration) {
         self.key(key);
         let us = d.as_micros().min(u128::from(u64::MAX)) as u64;
-        let mut b = itoa::Buffer::new();
-        self.buf.extend_from_slice(b.format(us / 1000).as_bytes());
+        crate::head::put_decimal(self.buf, us / 1000);
         let frac = us % 1000;
         if frac != 0 {
             let digits = [
