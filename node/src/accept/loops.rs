@@ -16,14 +16,12 @@ use std::io;
 use std::net::SocketAddr;
 use std::thread;
 
-use bytes::Bytes;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use super::{serve, Listening};
-use crate::body::BoxError;
+use super::{serve, Listening, ServedBody};
 use crate::head::ClientRequest;
 use crate::http1::{pool, HeadFields, Reply};
 
@@ -77,12 +75,7 @@ pub fn serve_on_loops<S, F, B, X>(
 where
     S: Fn(ClientRequest, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Reply<B, X>> + Send + 'static,
-    B: http_body::Body<Data = Bytes, Error = BoxError>
-        + From<Bytes>
-        + Default
-        + Send
-        + Unpin
-        + 'static,
+    B: ServedBody,
     X: HeadFields + Default + Send + 'static,
 {
     let counted = |index: usize| {

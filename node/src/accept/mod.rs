@@ -111,6 +111,24 @@ impl Listening {
     }
 }
 
+/// What a service's response body must be to go out over HTTP/1.1 and HTTP/2: bytes,
+/// made from bytes for the server's own answers, and empty by default (what the
+/// HTTP/1.1 server leaves in a reply whose body it has taken).
+pub trait ServedBody:
+    http_body::Body<Data = Bytes, Error = BoxError> + From<Bytes> + Default + Send + Unpin + 'static
+{
+}
+
+impl<T> ServedBody for T where
+    T: http_body::Body<Data = Bytes, Error = BoxError>
+        + From<Bytes>
+        + Default
+        + Send
+        + Unpin
+        + 'static
+{
+}
+
 /// One accept loop: accepts, waits for a connection slot, optionally does TLS, and
 /// serves HTTP. When `stop` fires it stops accepting, lets open connections finish
 /// (idle keep-alive connections are closed, in-flight requests and streams complete)
@@ -119,12 +137,7 @@ pub async fn serve<S, F, B, X>(listener: TcpListener, on: Listening, service: S)
 where
     S: Fn(ClientRequest, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Reply<B, X>> + Send + 'static,
-    B: http_body::Body<Data = Bytes, Error = BoxError>
-        + From<Bytes>
-        + Default
-        + Send
-        + Unpin
-        + 'static,
+    B: ServedBody,
     X: HeadFields + Default + Send + 'static,
 {
     let Listening {
@@ -253,12 +266,7 @@ async fn serve_h2<IO, S, F, B, X>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Fn(ClientRequest, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Reply<B, X>> + Send + 'static,
-    B: http_body::Body<Data = Bytes, Error = BoxError>
-        + From<Bytes>
-        + Default
-        + Send
-        + Unpin
-        + 'static,
+    B: ServedBody,
     X: HeadFields + Default + Send + 'static,
 {
     let h1 = &http.h1;
