@@ -96,8 +96,8 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Boxed where it is built: moved whole on the way into the reply, its 360 bytes
-    /// were copied three times (once now, into the box).
+    /// Boxed where it is built (`boxed::boxed`, written in place): moved whole on the
+    /// way into the reply, it was copied three times.
     pub fn boxed(
         inner: Box<UpstreamResponse>,
         kind: BodyKind,
